@@ -1,0 +1,150 @@
+import { z } from 'zod';
+import { ContainerId, Empty, HostPath, Offset, Timestamp } from './common.js';
+import { defineContract, subjectOf, type ServiceContract } from './contract.js';
+
+const ById = z.object({ id: ContainerId });
+
+export const rootfsCreateClone = defineContract({
+  service: 'rootfs',
+  endpoint: 'create-clone',
+  subject: subjectOf('rootfs', 'create-clone'),
+  description: "clone an overlayfs rootfs onto a metacopy overlay and stack it over the original",
+  request: z.object({ id: ContainerId, origRootfs: HostPath }),
+  reply: z.object({
+    /** The clone's merged dir. */
+    rootfs: HostPath,
+    /** The original overlay's workdir: it disappears when the runtime removes the container. */
+    origWorkDir: HostPath,
+  }),
+  errors: ['invalid-request', 'already-exists', 'unsupported', 'internal'],
+});
+
+export const rootfsRemoveClone = defineContract({
+  service: 'rootfs',
+  endpoint: 'remove-clone',
+  subject: subjectOf('rootfs', 'remove-clone'),
+  description: 'unmount and remove a clone and what it stacked on the original rootfs',
+  request: ById,
+  reply: Empty,
+  errors: ['invalid-request', 'not-found', 'internal'],
+});
+
+export const rootfsChownClone = defineContract({
+  service: 'rootfs',
+  endpoint: 'chown-clone',
+  subject: subjectOf('rootfs', 'chown-clone'),
+  description: "shift the ownership of a clone by an offset",
+  request: z.object({ id: ContainerId, uidOffset: Offset, gidOffset: Offset }),
+  reply: Empty,
+  errors: ['invalid-request', 'not-found', 'failed-precondition', 'internal', 'timeout'],
+});
+
+export const rootfsRevertChown = defineContract({
+  service: 'rootfs',
+  endpoint: 'revert-chown',
+  subject: subjectOf('rootfs', 'revert-chown'),
+  description: "undo a clone's chown",
+  request: ById,
+  reply: Empty,
+  errors: ['invalid-request', 'not-found', 'internal', 'timeout'],
+});
+
+export const rootfsContainerStopped = defineContract({
+  service: 'rootfs',
+  endpoint: 'container-stopped',
+  subject: subjectOf('rootfs', 'container-stopped'),
+  description: 'note that the runtime stopped the container (and removed the bind-to-self mount)',
+  request: ById,
+  reply: Empty,
+  errors: ['invalid-request', 'not-found'],
+});
+
+export const rootfsRemoveAll = defineContract({
+  service: 'rootfs',
+  endpoint: 'remove-all',
+  subject: subjectOf('rootfs', 'remove-all'),
+  description: 'remove every clone of this node, best effort',
+  request: Empty,
+  reply: z.object({ removed: z.array(ContainerId), failures: z.array(z.object({ id: ContainerId, error: z.string() })) }),
+  errors: [],
+});
+
+export const rootfsShiftUpper = defineContract({
+  service: 'rootfs',
+  endpoint: 'shift-upper',
+  subject: subjectOf('rootfs', 'shift-upper'),
+  description: "chown an ID-mapped overlay rootfs's upper dir by an offset while the container runs",
+  request: z.object({ id: ContainerId, upperDir: HostPath, uidOffset: Offset, gidOffset: Offset }),
+  reply: Empty,
+  errors: ['invalid-request', 'already-exists', 'internal', 'timeout'],
+});
+
+export const rootfsRevertUpper = defineContract({
+  service: 'rootfs',
+  endpoint: 'revert-upper',
+  subject: subjectOf('rootfs', 'revert-upper'),
+  description: "undo shift-upper; a no-op when the upper dir is not shifted",
+  request: ById,
+  reply: Empty,
+  errors: ['invalid-request', 'internal', 'timeout'],
+});
+
+export const CloneInfo = z.object({
+  id: ContainerId,
+  origRootfs: HostPath,
+  cloneRootfs: HostPath,
+  origWorkDir: HostPath,
+  uidOffset: z.number().int(),
+  gidOffset: z.number().int(),
+  chowned: z.boolean(),
+  containerStopped: z.boolean(),
+  mounted: z.boolean(),
+  createdAt: Timestamp,
+});
+
+export const UpperShiftInfo = z.object({
+  id: ContainerId,
+  upperDir: HostPath,
+  uidOffset: z.number().int(),
+  gidOffset: z.number().int(),
+  shifted: z.boolean(),
+});
+
+export const rootfsList = defineContract({
+  service: 'rootfs',
+  endpoint: 'list',
+  subject: subjectOf('rootfs', 'list'),
+  description: 'every clone and upper-dir shift of this node',
+  request: Empty,
+  reply: z.object({ clones: z.array(CloneInfo), uppers: z.array(UpperShiftInfo) }),
+  errors: [],
+});
+
+export const rootfsService = {
+  service: 'rootfs',
+  name: 'sysbox-rootfs',
+  description: 'overlayfs metacopy clones of container rootfs, chown and revert',
+  contracts: [
+    rootfsCreateClone,
+    rootfsRemoveClone,
+    rootfsChownClone,
+    rootfsRevertChown,
+    rootfsContainerStopped,
+    rootfsRemoveAll,
+    rootfsShiftUpper,
+    rootfsRevertUpper,
+    rootfsList,
+  ],
+} as const satisfies ServiceContract;
+
+export type CloneInfo = z.infer<typeof CloneInfo>;
+
+/** The seed interface (upstream intf.RootfsCloner). */
+export interface RootfsCloner {
+  createClone(id: string, origRootfs: string): Promise<z.infer<typeof rootfsCreateClone.reply>>;
+  removeClone(id: string): Promise<void>;
+  chownClone(id: string, uidOffset: number, gidOffset: number): Promise<void>;
+  revertChown(id: string): Promise<void>;
+  containerStopped(id: string): Promise<void>;
+  removeAll(): Promise<z.infer<typeof rootfsRemoveAll.reply>>;
+}

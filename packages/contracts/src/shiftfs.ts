@@ -1,0 +1,70 @@
+import { z } from 'zod';
+import { ContainerId, Empty, HostPath, Timestamp } from './common.js';
+import { defineContract, subjectOf, type ServiceContract } from './contract.js';
+
+export const ShiftfsMount = z.object({ source: HostPath, readonly: z.boolean() });
+export type ShiftfsMount = z.infer<typeof ShiftfsMount>;
+
+export const shiftfsMark = defineContract({
+  service: 'shiftfs',
+  endpoint: 'mark',
+  subject: subjectOf('shiftfs', 'mark'),
+  description: 'mark host paths with shiftfs for a container; answers the markpoints in request order',
+  request: z.object({ id: ContainerId, mounts: z.array(ShiftfsMount).max(1024), createMarkpoint: z.boolean() }),
+  reply: z.object({ mounts: z.array(ShiftfsMount) }),
+  errors: ['invalid-request', 'unsupported', 'internal'],
+});
+
+export const shiftfsUnmark = defineContract({
+  service: 'shiftfs',
+  endpoint: 'unmark',
+  subject: subjectOf('shiftfs', 'unmark'),
+  description: "drop a container's hold on markpoints; the last holder unmounts",
+  request: z.object({ id: ContainerId, mounts: z.array(ShiftfsMount).max(1024) }),
+  reply: Empty,
+  errors: ['invalid-request', 'internal'],
+});
+
+export const shiftfsUnmarkAll = defineContract({
+  service: 'shiftfs',
+  endpoint: 'unmark-all',
+  subject: subjectOf('shiftfs', 'unmark-all'),
+  description: 'unmount every mark of this node, best effort',
+  request: Empty,
+  reply: z.object({ unmarked: z.array(HostPath), failures: z.array(z.object({ markpoint: HostPath, error: z.string() })) }),
+  errors: [],
+});
+
+export const MarkInfo = z.object({
+  source: HostPath,
+  markpoint: HostPath,
+  createdMarkpoint: z.boolean(),
+  holders: z.array(ContainerId),
+  markedAt: Timestamp,
+});
+
+export const shiftfsList = defineContract({
+  service: 'shiftfs',
+  endpoint: 'list',
+  subject: subjectOf('shiftfs', 'list'),
+  description: 'every mark of this node with its holders, and whether the kernel has shiftfs',
+  request: Empty,
+  reply: z.object({ supported: z.boolean(), marks: z.array(MarkInfo) }),
+  errors: [],
+});
+
+export const shiftfsService = {
+  service: 'shiftfs',
+  name: 'sysbox-shiftfs',
+  description: 'reference-counted shiftfs marks on host paths',
+  contracts: [shiftfsMark, shiftfsUnmark, shiftfsUnmarkAll, shiftfsList],
+} as const satisfies ServiceContract;
+
+export type ShiftfsMarkRequest = z.infer<typeof shiftfsMark.request>;
+
+/** The seed interface (upstream intf.ShiftfsMgr). */
+export interface ShiftfsMgr {
+  mark(id: string, mounts: ShiftfsMount[], createMarkpoint: boolean): Promise<ShiftfsMount[]>;
+  unmark(id: string, mounts: ShiftfsMount[]): Promise<void>;
+  unmarkAll(): Promise<z.infer<typeof shiftfsUnmarkAll.reply>>;
+}

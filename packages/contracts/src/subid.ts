@@ -1,0 +1,63 @@
+import { z } from 'zod';
+import { ContainerId, Empty, Id, Timestamp } from './common.js';
+import { defineContract, subjectOf, type ServiceContract } from './contract.js';
+
+export const SUBID_BLOCK = 65536;
+export const MAX_SUBID_SIZE = 2 ** 32;
+
+export const SubidRange = z.object({ uid: Id, gid: Id, size: z.number().int().min(1).max(MAX_SUBID_SIZE) });
+
+export const subidAlloc = defineContract({
+  service: 'subid',
+  endpoint: 'alloc',
+  subject: subjectOf('subid', 'alloc'),
+  description: 'allocate a subordinate uid/gid range for a container (same answer for the same id)',
+  request: z.object({ id: ContainerId, size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) }),
+  reply: z.object({ uid: Id, gid: Id, size: z.number().int() }),
+  errors: ['invalid-request', 'invalid-size', 'exhausted'],
+});
+
+export const subidFree = defineContract({
+  service: 'subid',
+  endpoint: 'free',
+  subject: subjectOf('subid', 'free'),
+  description: "release a container's range",
+  request: z.object({ id: ContainerId }),
+  reply: Empty,
+  errors: ['invalid-request', 'not-found'],
+});
+
+export const SubidAllocation = SubidRange.extend({ id: ContainerId, allocatedAt: Timestamp });
+export type SubidAllocation = z.infer<typeof SubidAllocation>;
+
+export const subidList = defineContract({
+  service: 'subid',
+  endpoint: 'list',
+  subject: subjectOf('subid', 'list'),
+  description: 'every allocation of this node, with the mode and pool',
+  request: Empty,
+  reply: z.object({
+    mode: z.enum(['shared', 'exclusive']),
+    pool: SubidRange,
+    allocations: z.array(SubidAllocation),
+  }),
+  errors: [],
+});
+
+export const subidService = {
+  service: 'subid',
+  name: 'sysbox-subid',
+  description: 'subordinate uid/gid ranges for system containers',
+  contracts: [subidAlloc, subidFree, subidList],
+} as const satisfies ServiceContract;
+
+export type SubidAllocRequest = z.infer<typeof subidAlloc.request>;
+export type SubidAllocReply = z.infer<typeof subidAlloc.reply>;
+export type SubidListReply = z.infer<typeof subidList.reply>;
+
+/** The seed interface (upstream intf.SubidAlloc). */
+export interface SubidAlloc {
+  alloc(id: string, size: number): Promise<SubidAllocReply>;
+  free(id: string): Promise<void>;
+  list(): Promise<SubidListReply>;
+}

@@ -1,0 +1,106 @@
+/**
+ * The one place that runs child processes (through execa): arguments as arrays, a time bound
+ * and a cancel signal on every call, failures as typed SysboxErrors with the cause kept.
+ */
+import { execa, ExecaError, type ResultPromise } from 'execa';
+import { SysboxError, type ErrorCode } from '@sysbox-mgr-ts/contracts';
+
+export interface DebugLogger {
+  debug(obj: object, msg?: string): void;
+}
+
+export interface RunOptions {
+  /** Milliseconds before the child is killed (SIGTERM, then SIGKILL). */
+  timeout: number;
+  signal?: AbortSignal;
+  cwd?: string;
+  input?: string;
+  env?: Record<string, string>;
+  logger?: DebugLogger;
+  /** Exit codes that count as success besides 0 (rsync's 24: files vanished). */
+  okExitCodes?: readonly number[];
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+export async function run(file: string, args: readonly string[], opts: RunOptions): Promise<RunResult> {
+  const started = performance.now();
+  opts.logger?.debug({ argv: [file, ...args], cwd: opts.cwd }, 'exec');
+  try {
+    const r = await execa(file, args, {
+      timeout: opts.timeout,
+      cancelSignal: opts.signal,
+      forceKillAfterDelay: 2000,
+      cwd: opts.cwd,
+      input: opts.input,
+      env: opts.env,
+      extendEnv: true,
+      stripFinalNewline: true,
+      reject: false,
+    });
+    const exitCode = r.exitCode ?? -1;
+    if (r.failed && !(opts.okExitCodes?.includes(exitCode) && !r.timedOut && !r.isCanceled)) {
+      throw toSysboxError(file, args, opts.timeout, r as unknown as ExecaError);
+    }
+    opts.logger?.debug({ argv: [file, ...args], exitCode, ms: Math.round(performance.now() - started) }, 'exec done');
+    return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode };
+  } catch (err) {
+    if (err instanceof SysboxError) throw err;
+    if (err instanceof ExecaError) throw toSysboxError(file, args, opts.timeout, err);
+    throw SysboxError.from(err);
+  }
+}
+
+function toSysboxError(file: string, args: readonly string[], timeout: number, err: ExecaError): SysboxError {
+  const argv = [file, ...args].join(' ');
+  let code: ErrorCode = 'internal';
+  let why: string;
+  if (err.timedOut) {
+    code = 'timeout';
+    why = `timed out after ${timeout} ms`;
+  } else if (err.isCanceled) {
+    code = 'timeout';
+    why = 'cancelled';
+  } else if ((err.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || err.code === 'ENOENT') {
+    code = 'unsupported';
+    why = `${file} is not installed`;
+  } else {
+    const stderr = String(err.stderr ?? '').trim().split('\n').slice(-3).join(' | ');
+    why = `exit ${err.exitCode ?? err.signal ?? '?'}${stderr ? `: ${stderr}` : ''}`;
+  }
+  return new SysboxError(code, `${argv.length > 300 ? `${argv.slice(0, 300)}…` : argv}: ${why}`, { cause: err });
+}
+
+export interface DaemonOptions {
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Where the child's stdout and stderr go: a file path, or 'pipe' to read them. */
+  output?: 'pipe' | 'inherit' | { file: string };
+}
+
+/** A long-running child (nats-server, a daemon under test): the caller owns its lifetime. */
+export function startProcess(file: string, args: readonly string[], opts: DaemonOptions = {}): ResultPromise {
+  const output = opts.output ?? 'pipe';
+  const stdio = typeof output === 'string' ? output : { file: output.file, append: true };
+  return execa(file, args, {
+    cwd: opts.cwd,
+    env: opts.env,
+    extendEnv: true,
+    stdin: 'ignore',
+    stdout: stdio as 'pipe',
+    stderr: stdio as 'pipe',
+    reject: false,
+    buffer: false,
+    cleanup: true,
+  });
+}
+
+/** True when `file` can be run (it is on PATH or an executable path). */
+export async function isInstalled(file: string): Promise<boolean> {
+  const r = await execa(file, ['--version'], { reject: false, timeout: 5000 });
+  return !(r.failed && (r.cause as NodeJS.ErrnoException | undefined)?.code === 'ENOENT');
+}

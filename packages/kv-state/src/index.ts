@@ -1,0 +1,174 @@
+/**
+ * Durable service state in JetStream KV: one bucket per service, keys `<node>.<container id>`,
+ * every write a compare-and-set on the entry's revision so replicas never overwrite each other.
+ */
+import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
+import { JetStreamApiError } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import type { z } from 'zod';
+
+export interface BucketOptions {
+  /** 1 on the embedded default, 3 on a cluster. */
+  replicas?: number;
+  description?: string;
+}
+
+/**
+ * Binds the bucket, creating it on first use. Creating is idempotent for an identical config;
+ * a bucket an operator made with other settings (say, more replicas) is bound as it is.
+ */
+export async function openBucket(nc: NatsConnection, name: string, opts: BucketOptions = {}): Promise<KV> {
+  const kvm = new Kvm(nc);
+  try {
+    return await kvm.create(name, { replicas: opts.replicas ?? 1, history: 1, description: opts.description });
+  } catch (err) {
+    const kv = await kvm.open(name);
+    await kv.status().catch(() => {
+      throw asUnavailable(err);
+    });
+    return kv;
+  }
+}
+
+/** KV key tokens allow [-_a-zA-Z0-9]; everything else (runc ids may hold `.` and `+`) is =XX escaped. */
+export function encodeKeyToken(id: string): string {
+  return id.replace(/[^-_a-zA-Z0-9]/g, (ch) => `=${ch.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+export function decodeKeyToken(token: string): string {
+  return token.replace(/=([0-9a-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+}
+
+export interface Versioned<T> {
+  key: string;
+  value: T;
+  revision: number;
+}
+
+/** What a mutation returns: the new value, `undefined` for "no change", or REMOVE to delete the entry. */
+export const REMOVE = Symbol('remove');
+export type Mutation<T> = T | undefined | typeof REMOVE;
+
+export interface StateStore<T> {
+  get(key: string): Promise<Versioned<T> | undefined>;
+  list(): Promise<Versioned<T>[]>;
+  /** Creates the entry; `already-exists` when it is there. */
+  create(key: string, value: T): Promise<number>;
+  /**
+   * Reads, applies `mutate`, writes with CAS; on a conflict reads again and retries.
+   * Returns the stored value after the write (undefined when absent).
+   */
+  mutate(key: string, mutate: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>): Promise<T | undefined>;
+  delete(key: string): Promise<void>;
+}
+
+export interface StoreOptions<S extends z.ZodType> {
+  /** First key token: the node this daemon serves. */
+  node: string;
+  /** Optional second token, e.g. a volume kind or a record type. */
+  namespace?: string;
+  schema: S;
+  maxRetries?: number;
+}
+
+export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions<S>): StateStore<z.infer<S>> {
+  type T = z.infer<S>;
+  const prefix = opts.namespace ? `${opts.node}.${opts.namespace}.` : `${opts.node}.`;
+  const maxRetries = opts.maxRetries ?? 50;
+  const fullKey = (key: string): string => prefix + encodeKeyToken(key);
+
+  const decode = (entry: KvEntry): T => {
+    const parsed = opts.schema.safeParse(entry.json());
+    if (!parsed.success) {
+      throw new SysboxError('internal', `state entry ${entry.key} does not match its schema: ${parsed.error.message}`);
+    }
+    return parsed.data as T;
+  };
+
+  const read = async (key: string): Promise<{ value: T | undefined; revision: number }> => {
+    const entry = await kvCall(() => kv.get(fullKey(key)));
+    if (!entry || entry.operation !== 'PUT') return { value: undefined, revision: entry?.revision ?? 0 };
+    return { value: decode(entry), revision: entry.revision };
+  };
+
+  const write = async (key: string, value: T, revision: number): Promise<number> => {
+    const data = JSON.stringify(value);
+    return revision === 0 ? kv.create(fullKey(key), data) : kv.update(fullKey(key), data, revision);
+  };
+
+  return {
+    async get(key) {
+      const { value, revision } = await read(key);
+      return value === undefined ? undefined : { key, value, revision };
+    },
+    async list() {
+      const keys: string[] = [];
+      const it = await kvCall(() => kv.keys(`${prefix}>`));
+      for await (const k of it) if (k.startsWith(prefix) && !k.slice(prefix.length).includes('.')) keys.push(k);
+      const out: Versioned<T>[] = [];
+      for (const k of keys.sort()) {
+        const key = decodeKeyToken(k.slice(prefix.length));
+        const v = await this.get(key);
+        if (v) out.push(v);
+      }
+      return out;
+    },
+    async create(key, value) {
+      const { value: current, revision } = await read(key);
+      if (current !== undefined) throw new SysboxError('already-exists', `${key} already exists`);
+      try {
+        return await write(key, value, revision);
+      } catch (err) {
+        if (isConflict(err)) throw new SysboxError('already-exists', `${key} already exists`, { cause: err });
+        throw asUnavailable(err);
+      }
+    },
+    async mutate(key, mutate) {
+      for (let attempt = 0; ; attempt++) {
+        const { value: current, revision } = await read(key);
+        const next = await mutate(current);
+        if (next === undefined) return current;
+        try {
+          if (next === REMOVE) {
+            if (current !== undefined) await kv.delete(fullKey(key), { previousSeq: revision });
+            return undefined;
+          }
+          await write(key, next, revision);
+          return next;
+        } catch (err) {
+          if (!isConflict(err) || attempt >= maxRetries) throw asUnavailable(err);
+          await jitter(attempt);
+        }
+      }
+    },
+    async delete(key) {
+      await kvCall(() => kv.delete(fullKey(key)));
+    },
+  };
+}
+
+function isConflict(err: unknown): boolean {
+  return (
+    err instanceof JetStreamApiError &&
+    (err.code === 10071 /* wrong last sequence */ || err.code === 10164) /* wrong last sequence unknown */
+  );
+}
+
+function asUnavailable(err: unknown): SysboxError {
+  if (err instanceof SysboxError) return err;
+  return new SysboxError('unavailable', `state store: ${(err as Error).message}`, { cause: err });
+}
+
+async function kvCall<R>(fn: () => Promise<R>): Promise<R> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw asUnavailable(err);
+  }
+}
+
+function jitter(attempt: number): Promise<void> {
+  const ms = Math.min(50, 1 + Math.random() * 2 ** Math.min(attempt, 5));
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,90 @@
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { REMOVE, createStateStore, decodeKeyToken, encodeKeyToken, openBucket } from './index.js';
+
+const Counter = z.object({ n: z.number().int() });
+
+describe('kv-state on a real nats-server', () => {
+  let ns: NatsServer;
+  let nc1: NatsConnection;
+  let nc2: NatsConnection;
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc1 = await connect({ servers: ns.url });
+    nc2 = await connect({ servers: ns.url });
+  });
+  afterAll(async () => {
+    await nc1?.close();
+    await nc2?.close();
+    await ns?.stop();
+  });
+
+  it('two writers doing N CAS increments on one key end at exactly 2N', async () => {
+    const a = createStateStore(await openBucket(nc1, 'counter'), { node: 'n1', schema: Counter });
+    const b = createStateStore(await openBucket(nc2, 'counter'), { node: 'n1', schema: Counter });
+    const N = 100;
+    const inc = (c: { n: number } | undefined) => ({ n: (c?.n ?? 0) + 1 });
+    await Promise.all([
+      (async () => {
+        for (let i = 0; i < N; i++) await a.mutate('c', inc);
+      })(),
+      (async () => {
+        for (let i = 0; i < N; i++) await b.mutate('c', inc);
+      })(),
+    ]);
+    expect((await a.get('c'))?.value.n).toBe(2 * N);
+  });
+
+  it('create refuses an existing key, also after a concurrent create', async () => {
+    const s = createStateStore(await openBucket(nc1, 'create'), { node: 'n1', schema: Counter });
+    const results = await Promise.allSettled([s.create('x', { n: 1 }), s.create('x', { n: 2 })]);
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    const rejected = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    expect(rejected.reason.code).toBe('already-exists');
+  });
+
+  it('lists, deletes by mutation and recreates after a tombstone, scoped by node and namespace', async () => {
+    const kv = await openBucket(nc1, 'scoped');
+    const s = createStateStore(kv, { node: 'n1', namespace: 'docker', schema: Counter });
+    const other = createStateStore(kv, { node: 'n2', namespace: 'docker', schema: Counter });
+    await s.create('a.b+c', { n: 1 });
+    await s.create('d', { n: 2 });
+    await other.create('a.b+c', { n: 9 });
+    expect((await s.list()).map((v) => [v.key, v.value.n])).toEqual([
+      ['a.b+c', 1],
+      ['d', 2],
+    ]);
+    await s.mutate('d', () => REMOVE);
+    expect(await s.get('d')).toBeUndefined();
+    await s.create('d', { n: 3 });
+    expect((await s.get('d'))?.value.n).toBe(3);
+    expect((await other.list()).map((v) => v.value.n)).toEqual([9]);
+  });
+
+  it('a value that breaks the schema is an internal error, not a crash', async () => {
+    const kv = await openBucket(nc1, 'bad');
+    await kv.put('n1.k', JSON.stringify({ n: 'not a number' }));
+    const s = createStateStore(kv, { node: 'n1', schema: Counter });
+    await expect(s.get('k')).rejects.toMatchObject({ code: 'internal' });
+  });
+
+  it('state survives a server restart', async () => {
+    const s = createStateStore(await openBucket(nc1, 'durable'), { node: 'n1', schema: Counter });
+    await s.create('k', { n: 42 });
+    await ns.restart();
+    const nc = await connect({ servers: ns.url });
+    const again = createStateStore(await openBucket(nc, 'durable'), { node: 'n1', schema: Counter });
+    expect((await again.get('k'))?.value.n).toBe(42);
+    await nc.close();
+  });
+
+  it('escapes key tokens both ways', () => {
+    for (const id of ['abc', 'a.b', 'a+b', 'x=y', 'A_b-9']) {
+      expect(encodeKeyToken(id)).toMatch(/^[-_a-zA-Z0-9=]+$/);
+      expect(decodeKeyToken(encodeKeyToken(id))).toBe(id);
+    }
+  });
+});

@@ -1,0 +1,73 @@
+/**
+ * A typed client of the services: validates requests before sending and replies on receipt,
+ * and turns error replies, time-outs and missing responders into typed SysboxErrors.
+ */
+import {
+  NoRespondersError,
+  RequestError,
+  TimeoutError,
+  headers,
+  type NatsConnection,
+} from '@nats-io/nats-core';
+import { SysboxError, type Contract, type ReplyOf, type RequestInputOf } from '@sysbox-mgr-ts/contracts';
+import { REQUEST_ID_HEADER, decodeJson, encodeJson, errorFromReply } from './wire.js';
+
+export interface CallOptions {
+  /** Milliseconds to wait for the reply. */
+  timeoutMs?: number;
+  reqId?: string;
+}
+
+export interface ServiceClient {
+  readonly node: string;
+  call<C extends Contract>(contract: C, payload: RequestInputOf<C>, opts?: CallOptions): Promise<ReplyOf<C>>;
+}
+
+export function createServiceClient(
+  nc: NatsConnection,
+  opts: { node: string; timeoutMs?: number },
+): ServiceClient {
+  const defaultTimeout = opts.timeoutMs ?? 5000;
+  return {
+    node: opts.node,
+    async call(contract, payload, callOpts = {}) {
+      const subject = contract.subject(opts.node);
+      const parsed = contract.request.safeParse(payload);
+      if (!parsed.success) {
+        const why = parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ');
+        throw new SysboxError('invalid-request', `${contract.endpoint}: ${why}`);
+      }
+      const h = callOpts.reqId ? headers() : undefined;
+      if (callOpts.reqId) h!.set(REQUEST_ID_HEADER, callOpts.reqId);
+      const timeout = callOpts.timeoutMs ?? defaultTimeout;
+      let msg;
+      try {
+        msg = await nc.request(subject, encodeJson(parsed.data), { timeout, headers: h });
+      } catch (err) {
+        throw transportError(subject, timeout, err);
+      }
+      const failure = errorFromReply(msg.data, msg.headers);
+      if (failure) throw failure;
+      let body: unknown;
+      try {
+        body = decodeJson(msg.data);
+      } catch (err) {
+        throw new SysboxError('internal', `${subject}: reply is not JSON`, { cause: err });
+      }
+      const reply = contract.reply.safeParse(body);
+      if (!reply.success) {
+        throw new SysboxError('internal', `${subject}: reply failed its schema: ${reply.error.message}`);
+      }
+      return reply.data as ReplyOf<typeof contract>;
+    },
+  };
+}
+
+function transportError(subject: string, timeout: number, err: unknown): SysboxError {
+  const noResponders =
+    err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders?.());
+  if (noResponders) return new SysboxError('unavailable', `${subject}: no service is running for it`, { cause: err });
+  const timedOut = err instanceof TimeoutError || (err instanceof RequestError && err.cause instanceof TimeoutError);
+  if (timedOut) return new SysboxError('timeout', `${subject}: no reply within ${timeout} ms`, { cause: err });
+  return new SysboxError('unavailable', `${subject}: ${(err as Error).message}`, { cause: err });
+}

@@ -1,0 +1,118 @@
+/**
+ * The wiring every daemon's main.ts shares: config, logger, NATS connection, start, and a
+ * graceful stop on SIGTERM/SIGINT (stop taking requests, finish those in flight, drain, flush).
+ */
+import { readFileSync } from 'node:fs';
+import { credsAuthenticator, type NatsConnection } from '@nats-io/nats-core';
+import { connect } from '@nats-io/transport-node';
+import type { Logger } from 'pino';
+import { commonOptions, parseConfig, type ConfigOf, type OptionSpecs } from './config.js';
+import { createLogger } from './logger.js';
+
+export interface Stoppable {
+  stop(): Promise<void>;
+}
+
+export type DaemonConfig<O extends OptionSpecs> = ConfigOf<typeof commonOptions & O>;
+
+export interface DaemonContext<O extends OptionSpecs> {
+  config: DaemonConfig<O>;
+  nc: NatsConnection;
+  log: Logger;
+  version: string;
+}
+
+export interface DaemonSpec<O extends OptionSpecs> {
+  /** Process name, e.g. sysbox-subid-allocator. */
+  name: string;
+  version: string;
+  about: string;
+  options: O;
+  start(ctx: DaemonContext<O>): Promise<Stoppable>;
+}
+
+/** The version field of the package.json next to a module's dist/ or src/ folder. */
+export function packageVersion(moduleUrl: string): string {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', moduleUrl), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+export async function connectNats(
+  config: { natsUrl: string; natsCreds?: string | undefined },
+  name: string,
+  log: Logger,
+): Promise<NatsConnection> {
+  const nc = await connect({
+    servers: config.natsUrl.split(',').map((s) => s.trim()),
+    name,
+    authenticator: config.natsCreds ? credsAuthenticator(readFileSync(config.natsCreds)) : undefined,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+    waitOnFirstConnect: true,
+  });
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') log.warn({ nats: s }, `nats ${s.type}`);
+    }
+  })();
+  return nc;
+}
+
+export async function runDaemon<O extends OptionSpecs>(
+  spec: DaemonSpec<O>,
+  argv: readonly string[] = process.argv.slice(2),
+  env: Record<string, string | undefined> = process.env,
+): Promise<void> {
+  let parsed;
+  try {
+    parsed = parseConfig({ ...commonOptions, ...spec.options }, argv, env, `${spec.name} ${spec.version}: ${spec.about}`);
+  } catch (err) {
+    process.stderr.write(`${spec.name}: ${(err as Error).message}\nTry --help.\n`);
+    process.exit(2);
+  }
+  if ('help' in parsed) {
+    process.stdout.write(parsed.help);
+    return;
+  }
+  const config = parsed.config as DaemonConfig<O>;
+  const log = createLogger({
+    service: spec.name,
+    node: config.node,
+    version: spec.version,
+    level: config.logLevel,
+    pretty: config.logPretty,
+  });
+  process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
+
+  let nc: NatsConnection;
+  let app: Stoppable;
+  try {
+    nc = await connectNats(config, `${spec.name}@${config.node}`, log);
+    app = await spec.start({ config, nc, log, version: spec.version });
+  } catch (err) {
+    log.fatal({ err }, 'start failed');
+    log.flush();
+    process.exitCode = 1;
+    setTimeout(() => process.exit(1), 200).unref();
+    return;
+  }
+  log.info({ natsUrl: config.natsUrl, dataRoot: config.dataRoot }, 'started');
+
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    try {
+      await app.stop();
+      await nc.drain();
+    } catch (err) {
+      log.error({ err }, 'stop failed');
+      process.exitCode = 1;
+    }
+    log.info('stopped');
+    log.flush(() => process.exit());
+  };
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}

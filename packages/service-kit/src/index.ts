@@ -1,0 +1,42 @@
+export {
+  boolOption,
+  commonOptions,
+  helpText,
+  option,
+  parseConfig,
+  type CommonConfig,
+  type ConfigOf,
+  type OptionSpec,
+  type OptionSpecs,
+} from './config.js';
+export { createLogger, type Logger, type LoggerSettings } from './logger.js';
+export { startMicroService, type MicroEndpoint, type MicroService, type MicroServiceConfig } from './micro.js';
+export {
+  handle,
+  processRequest,
+  serve,
+  type Binding,
+  type Handler,
+  type Outcome,
+  type RequestContext,
+  type ServeOptions,
+} from './serve.js';
+export { createServiceClient, type CallOptions, type ServiceClient } from './client.js';
+export {
+  connectNats,
+  packageVersion,
+  runDaemon,
+  type DaemonConfig,
+  type DaemonContext,
+  type DaemonSpec,
+  type Stoppable,
+} from './daemon.js';
+export {
+  ERROR_CODE_HEADER,
+  ERROR_HEADER,
+  REQUEST_ID_HEADER,
+  decodeJson,
+  encodeJson,
+  errorFromReply,
+  errorReply,
+} from './wire.js';

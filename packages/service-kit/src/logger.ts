@@ -1,0 +1,29 @@
+import { pino, type Logger, type LoggerOptions } from 'pino';
+
+export type { Logger } from 'pino';
+
+export interface LoggerSettings {
+  service: string;
+  node: string;
+  version: string;
+  level: string;
+  /** Pretty output is honoured only when stdout is a terminal: production logs stay JSON. */
+  pretty?: boolean;
+  /** A destination stream (tests capture logs with it). */
+  destination?: NodeJS.WritableStream;
+}
+
+/** One root logger per process, its base fields naming the daemon. */
+export function createLogger(s: LoggerSettings): Logger {
+  const options: LoggerOptions = {
+    level: s.level,
+    base: { service: s.service, node: s.node, version: s.version, pid: process.pid },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    serializers: { err: pino.stdSerializers.errWithCause },
+  };
+  if (s.destination) return pino(options, s.destination as pino.DestinationStream);
+  if (s.pretty && process.stdout.isTTY) {
+    return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });
+  }
+  return pino(options, pino.destination({ sync: false }));
+}

@@ -1,0 +1,212 @@
+import { Writable } from 'node:stream';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { SysboxError, defineContract, subjectOf, type ServiceContract } from '@sysbox-mgr-ts/contracts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import {
+  ERROR_CODE_HEADER,
+  createLogger,
+  createServiceClient,
+  decodeJson,
+  encodeJson,
+  handle,
+  parseConfig,
+  commonOptions,
+  serve,
+  type MicroService,
+} from './index.js';
+
+const echo = defineContract({
+  service: 'subid',
+  endpoint: 'echo',
+  subject: subjectOf('subid', 'echo'),
+  description: 'echo',
+  request: z.object({ id: z.string().min(1), n: z.number().int() }),
+  reply: z.object({ id: z.string(), n: z.number(), by: z.string() }),
+  errors: ['invalid-request'],
+});
+const fail = defineContract({
+  service: 'subid',
+  endpoint: 'fail',
+  subject: subjectOf('subid', 'fail'),
+  description: 'fails',
+  request: z.object({ kind: z.enum(['typed', 'unknown', 'sync']) }),
+  reply: z.object({}),
+  errors: ['exhausted', 'internal'],
+});
+const testService = {
+  service: 'subid',
+  name: 'sysbox-test',
+  description: 'kit test service',
+  contracts: [echo, fail],
+} as const satisfies ServiceContract;
+
+const silent = () =>
+  createLogger({
+    service: 't',
+    node: 'n',
+    version: '0',
+    level: 'debug',
+    destination: new Writable({ write: (_c, _e, cb) => cb() }),
+  });
+
+describe('service kit on a real nats-server', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  let ncB: NatsConnection;
+  let a: MicroService;
+  let b: MicroService;
+  const handled: string[] = [];
+
+  const bindings = (who: string) => [
+    handle(echo, async (req) => {
+      handled.push(who);
+      return { id: req.id, n: req.n, by: who };
+    }),
+    handle(fail, (req) => {
+      if (req.kind === 'sync') throw new SysboxError('exhausted', 'sync pool empty');
+      return req.kind === 'typed'
+        ? Promise.reject(new SysboxError('exhausted', 'pool is empty'))
+        : Promise.reject(new TypeError('cannot read x of undefined'));
+    }),
+  ];
+
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: false });
+    nc = await connect({ servers: ns.url });
+    ncB = await connect({ servers: ns.url });
+    a = serve({ nc, service: testService, node: 'n1', version: '1.2.3', log: silent(), bindings: bindings('a') });
+    b = serve({ nc: ncB, service: testService, node: 'n1', version: '1.2.3', log: silent(), bindings: bindings('b') });
+    await nc.flush();
+    await ncB.flush();
+  });
+  afterAll(async () => {
+    await a?.stop();
+    await b?.stop();
+    await nc?.close();
+    await ncB?.close();
+    await ns?.stop();
+  });
+
+  it('round-trips a request through the typed client', async () => {
+    const client = createServiceClient(nc, { node: 'n1' });
+    const r = await client.call(echo, { id: 'c1', n: 7 });
+    expect(r).toMatchObject({ id: 'c1', n: 7 });
+  });
+
+  it('answers a bad request invalid-request without calling the handler', async () => {
+    const before = handled.length;
+    const msg = await nc.request('sysbox.n1.subid.echo', encodeJson({ id: '', n: 'x' }), { timeout: 2000 });
+    expect(msg.headers?.get(ERROR_CODE_HEADER)).toBe('400');
+    const body = decodeJson(msg.data) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('invalid-request');
+    expect(body.error.message).toMatch(/id/);
+    expect(body.error.message).toMatch(/n/);
+    const notJson = await nc.request('sysbox.n1.subid.echo', new TextEncoder().encode('{oops'), { timeout: 2000 });
+    expect((decodeJson(notJson.data) as any).error.message).toMatch(/not valid JSON/);
+    expect(handled.length).toBe(before);
+  });
+
+  it('turns async and sync failures into typed replies, counted in $SRV.STATS', async () => {
+    const client = createServiceClient(nc, { node: 'n1' });
+    await expect(client.call(fail, { kind: 'typed' })).rejects.toMatchObject({ code: 'exhausted', message: 'pool is empty' });
+    await expect(client.call(fail, { kind: 'sync' })).rejects.toMatchObject({ code: 'exhausted' });
+    const unknown = await nc.request('sysbox.n1.subid.fail', encodeJson({ kind: 'unknown' }), { timeout: 2000 });
+    expect(unknown.headers?.get(ERROR_CODE_HEADER)).toBe('500');
+    expect((decodeJson(unknown.data) as any).error).toEqual({ code: 'internal', message: 'cannot read x of undefined' });
+
+    const stats = await gather(nc, '$SRV.STATS.sysbox-test');
+    const failEndpoints = stats.flatMap((s: any) => s.endpoints.filter((e: any) => e.name === 'fail'));
+    const total = failEndpoints.reduce((n: number, e: any) => n + e.num_errors, 0);
+    expect(total).toBe(3);
+    expect(failEndpoints.some((e: any) => e.last_error.includes('exhausted'))).toBe(true);
+  });
+
+  it('$SRV.PING and $SRV.INFO list both replicas with their endpoints', async () => {
+    const pings = await gather(nc, '$SRV.PING');
+    expect(pings.filter((p: any) => p.name === 'sysbox-test')).toHaveLength(2);
+    expect(pings[0]).toMatchObject({ type: 'io.nats.micro.v1.ping_response', version: '1.2.3' });
+    const infos = await gather(nc, '$SRV.INFO.sysbox-test');
+    expect(infos).toHaveLength(2);
+    expect(infos[0].endpoints.map((e: any) => e.subject).sort()).toEqual(['sysbox.n1.subid.echo', 'sysbox.n1.subid.fail']);
+    expect(infos[0].endpoints[0].queue_group).toBe('sysbox-test');
+    const one = await gather(nc, `$SRV.INFO.sysbox-test.${a.id}`);
+    expect(one.map((i: any) => i.id)).toEqual([a.id]);
+  });
+
+  it('two replicas in one queue group both serve', async () => {
+    const client = createServiceClient(nc, { node: 'n1' });
+    const by = new Set<string>();
+    for (let i = 0; i < 60; i++) by.add((await client.call(echo, { id: 'c', n: i })).by);
+    expect(by).toEqual(new Set(['a', 'b']));
+  });
+
+  it('client maps no responders to unavailable, fast', async () => {
+    const client = createServiceClient(nc, { node: 'nobody', timeoutMs: 5000 });
+    const t0 = Date.now();
+    await expect(client.call(echo, { id: 'c', n: 1 })).rejects.toMatchObject({ code: 'unavailable' });
+    expect(Date.now() - t0).toBeLessThan(1000);
+  });
+
+  it('client validates the request before sending', async () => {
+    const client = createServiceClient(nc, { node: 'n1' });
+    await expect(client.call(echo, { id: '', n: 1 })).rejects.toMatchObject({ code: 'invalid-request' });
+  });
+
+  it('stop waits for requests in flight', async () => {
+    const slow = defineContract({ ...echo, endpoint: 'slow', subject: subjectOf('subid', 'slow') });
+    const svc = { ...testService, name: 'sysbox-slow', contracts: [slow] } as const satisfies ServiceContract;
+    let finished = false;
+    const s = serve({
+      nc,
+      service: svc,
+      node: 'n1',
+      version: '0.0.1',
+      log: silent(),
+      bindings: [
+        handle(slow, async (req) => {
+          await new Promise((r) => setTimeout(r, 300));
+          finished = true;
+          return { id: req.id, n: req.n, by: 'slow' };
+        }),
+      ],
+    });
+    await nc.flush();
+    const reply = createServiceClient(nc, { node: 'n1' }).call(slow, { id: 'c', n: 1 });
+    await new Promise((r) => setTimeout(r, 50));
+    await s.stop();
+    expect(finished).toBe(true);
+    await expect(reply).resolves.toMatchObject({ by: 'slow' });
+  });
+});
+
+async function gather(nc: NatsConnection, subject: string): Promise<any[]> {
+  const out: any[] = [];
+  const it = await nc.requestMany(subject, undefined, { maxWait: 500 });
+  for await (const m of it) out.push(decodeJson(m.data));
+  return out;
+}
+
+describe('config', () => {
+  it('reads flags over env over defaults and lists problems', () => {
+    const r = parseConfig(commonOptions, ['--node', 'h1', '--no-log-pretty'], { NATS_URL: 'nats://x:1', LOG_PRETTY: '1' });
+    expect('config' in r && r.config).toMatchObject({
+      node: 'h1',
+      natsUrl: 'nats://x:1',
+      dataRoot: '/var/lib/sysbox',
+      logPretty: false,
+      kvReplicas: 1,
+    });
+    expect(() => parseConfig(commonOptions, ['--node', 'Bad.Node', '--bogus'], {})).toThrow(/--node.*|unknown option --bogus/);
+    expect(() => parseConfig(commonOptions, ['--data-root', 'relative'], {})).toThrow(SysboxError);
+  });
+  it('answers --help with every option', () => {
+    const r = parseConfig(commonOptions, ['--help'], {});
+    expect('help' in r).toBe(true);
+    const help = (r as { help: string }).help;
+    for (const s of Object.values(commonOptions)) expect(help).toContain(`${s.flag}`);
+    expect(help).toContain('NATS_URL');
+  });
+});

@@ -1,0 +1,168 @@
+/**
+ * Starts the system the way production does: a real nats-server and each app from its built
+ * bin as its own process, with a temp data root, temp copies of /etc/subuid, /etc/subgid and
+ * /etc/login.defs, and the gateway on a temp socket. Logs go to one file per process, printed
+ * when a test fails. `stop()` checks that the host is clean.
+ */
+import { appendFileSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { run, startProcess } from '@sysbox-mgr-ts/exec';
+import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+
+export const repoRoot = resolve(import.meta.dirname, '../..');
+
+export type AppName = 'subid-allocator' | 'vol-mgr' | 'shiftfs-mgr' | 'rootfs-cloner' | 'gateway';
+export const SERVICE_APPS: AppName[] = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner'];
+/** `$SRV` names of the apps. */
+export const SERVICE_NAMES: Record<Exclude<AppName, 'gateway'>, string> = {
+  'subid-allocator': 'sysbox-subid',
+  'vol-mgr': 'sysbox-vol',
+  'shiftfs-mgr': 'sysbox-shiftfs',
+  'rootfs-cloner': 'sysbox-rootfs',
+};
+const BINS: Record<AppName, string> = {
+  'subid-allocator': 'sysbox-subid-allocator',
+  'vol-mgr': 'sysbox-vol-mgr',
+  'shiftfs-mgr': 'sysbox-shiftfs-mgr',
+  'rootfs-cloner': 'sysbox-rootfs-cloner',
+  gateway: 'sysbox-gateway',
+};
+
+export interface Proc {
+  app: AppName;
+  replica: number;
+  proc: ReturnType<typeof startProcess>;
+  logFile: string;
+}
+
+export interface System {
+  dir: string;
+  dataRoot: string;
+  socket: string;
+  node: string;
+  nats: NatsServer;
+  nc: NatsConnection;
+  etc: { subuid: string; subgid: string; loginDefs: string };
+  procs: Proc[];
+  start(app: AppName, extraArgs?: string[]): Promise<Proc>;
+  kill(app: AppName, signal?: NodeJS.Signals): Promise<void>;
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+export interface SystemOptions {
+  apps?: AppName[];
+  /** Extra flags per app. */
+  args?: Partial<Record<AppName, string[]>>;
+}
+
+export async function startSystem(opts: SystemOptions = {}): Promise<System> {
+  const dir = mkdtempSync(join(tmpdir(), 'sysbox-e2e-'));
+  const dataRoot = join(dir, 'data');
+  const etcDir = join(dir, 'etc');
+  mkdirSync(dataRoot);
+  mkdirSync(etcDir);
+  mkdirSync(join(dir, 'logs'));
+  const etc = { subuid: join(etcDir, 'subuid'), subgid: join(etcDir, 'subgid'), loginDefs: join(etcDir, 'login.defs') };
+  writeFileSync(etc.subuid, 'alice:100000:65536\n');
+  writeFileSync(etc.subgid, 'alice:100000:65536\n');
+  writeFileSync(etc.loginDefs, 'SUB_UID_MIN 100000\nSUB_UID_MAX 600100000\nSUB_GID_MIN 100000\nSUB_GID_MAX 600100000\n');
+  const socket = join(dir, 'run', 'sysmgr.sock');
+  const node = `e2e-${Math.random().toString(36).slice(2, 8)}`;
+  const nats = await startNatsServer({ jetstream: true });
+  const nc = await connect({ servers: nats.url });
+  const procs: Proc[] = [];
+
+  const baseArgs = (app: AppName): string[] => {
+    const common = ['--nats-url', nats.url, '--node', node, '--data-root', dataRoot, '--log-level', 'debug'];
+    const own: Record<AppName, string[]> = {
+      'subid-allocator': ['--subuid-file', etc.subuid, '--subgid-file', etc.subgid, '--login-defs', etc.loginDefs],
+      'vol-mgr': [],
+      'shiftfs-mgr': [],
+      'rootfs-cloner': [],
+      gateway: ['--socket', socket],
+    };
+    return [...common, ...own[app], ...(opts.args?.[app] ?? [])];
+  };
+
+  const start = async (app: AppName, extraArgs: string[] = []): Promise<Proc> => {
+    const replica = procs.filter((p) => p.app === app).length;
+    const logFile = join(dir, 'logs', `${app}.${replica}.log`);
+    const bin = join(repoRoot, 'apps', app, 'bin', `${BINS[app]}.js`);
+    const proc = startProcess(process.execPath, [bin, ...baseArgs(app), ...extraArgs], { output: { file: logFile } });
+    const p: Proc = { app, replica, proc, logFile };
+    procs.push(p);
+    await waitReady(p);
+    return p;
+  };
+
+  const waitReady = async (p: Proc): Promise<void> => {
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline) {
+      if (p.proc.exitCode !== null) throw new Error(`${p.app} exited early:\n${safeRead(p.logFile)}`);
+      if (/"msg":"started"/.test(safeRead(p.logFile))) return;
+      await sleep(50);
+    }
+    throw new Error(`${p.app} not ready in 20 s:\n${safeRead(p.logFile)}`);
+  };
+
+  const system: System = {
+    dir,
+    dataRoot,
+    socket,
+    node,
+    nats,
+    nc,
+    etc,
+    procs,
+    start,
+    async kill(app, signal = 'SIGKILL') {
+      for (const p of procs.filter((x) => x.app === app && x.proc.exitCode === null)) {
+        p.proc.kill(signal);
+        await p.proc;
+      }
+    },
+    logs() {
+      return procs.map((p) => `==== ${p.app}#${p.replica} ====\n${safeRead(p.logFile)}`).join('\n');
+    },
+    async stop() {
+      for (const p of [...procs].reverse()) {
+        if (p.proc.exitCode !== null) continue;
+        p.proc.kill('SIGTERM');
+        const done = await Promise.race([p.proc.then(() => true), sleep(10_000).then(() => false)]);
+        if (!done) {
+          appendFileSync(p.logFile, '\n[harness] did not stop on SIGTERM within 10 s\n');
+          p.proc.kill('SIGKILL');
+          await p.proc;
+        }
+      }
+      await nc.close();
+      await nats.stop();
+      // Whatever a test left mounted under the temp root is lifted before the dir goes.
+      const left = mountsUnder(await readMountInfo(), dir);
+      for (const m of left) await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+      if (left.length > 0) throw new Error(`mounts left under ${dir}: ${left.map((m) => m.mountPoint).join(', ')}`);
+    },
+  };
+
+  for (const app of opts.apps ?? [...SERVICE_APPS, 'gateway']) await start(app);
+  return system;
+}
+
+function safeRead(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

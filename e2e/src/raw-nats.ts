@@ -1,0 +1,76 @@
+/**
+ * What a `nats req` user sees: a plain NATS protocol client over TCP (CONNECT, SUB, PUB with a
+ * reply inbox), no client library in between, so the test shows the wire as operators meet it.
+ */
+import { connect, type Socket } from 'node:net';
+
+export interface RawReply {
+  headers: Record<string, string>;
+  /** The status line of a headers block, e.g. "503" for no responders. */
+  status: string | undefined;
+  body: string;
+}
+
+export async function rawRequest(port: number, subject: string, payload: string, timeoutMs = 5000): Promise<RawReply> {
+  const sock = connect(port, '127.0.0.1');
+  try {
+    await new Promise<void>((resolve, reject) => {
+      sock.once('connect', resolve);
+      sock.once('error', reject);
+    });
+    const inbox = `_INBOX.raw${Math.random().toString(36).slice(2)}`;
+    const body = Buffer.from(payload);
+    sock.write(
+      `CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"protocol":1}\r\n` +
+        `SUB ${inbox} 1\r\nPUB ${subject} ${inbox} ${body.length}\r\n`,
+    );
+    sock.write(Buffer.concat([body, Buffer.from('\r\n')]));
+    return await readReply(sock, timeoutMs);
+  } finally {
+    sock.destroy();
+  }
+}
+
+function readReply(sock: Socket, timeoutMs: number): Promise<RawReply> {
+  return new Promise((resolve, reject) => {
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => reject(new Error('raw request timed out')), timeoutMs);
+    sock.on('data', (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        const eol = buf.indexOf('\r\n');
+        if (eol < 0) return;
+        const line = buf.subarray(0, eol).toString();
+        if (line.startsWith('PING')) {
+          sock.write('PONG\r\n');
+          buf = buf.subarray(eol + 2);
+          continue;
+        }
+        const m = /^(H?MSG) \S+ \S+(?: \S+)? (?:(\d+) )?(\d+)$/.exec(line);
+        if (!m) {
+          if (line.startsWith('-ERR')) {
+            clearTimeout(timer);
+            reject(new Error(line));
+            return;
+          }
+          buf = buf.subarray(eol + 2);
+          continue;
+        }
+        const total = Number(m[3]);
+        const hdrLen = m[1] === 'HMSG' ? Number(m[2]) : 0;
+        if (buf.length < eol + 2 + total + 2) return;
+        const payload = buf.subarray(eol + 2, eol + 2 + total);
+        const hdrText = payload.subarray(0, hdrLen).toString();
+        const headers: Record<string, string> = {};
+        let status: string | undefined;
+        for (const [i, h] of hdrText.split('\r\n').entries()) {
+          if (i === 0) status = /^NATS\/1\.0 ?(\d+)?/.exec(h)?.[1];
+          else if (h.includes(':')) headers[h.slice(0, h.indexOf(':')).trim()] = h.slice(h.indexOf(':') + 1).trim();
+        }
+        clearTimeout(timer);
+        resolve({ headers, status, body: payload.subarray(hdrLen).toString() });
+        return;
+      }
+    });
+  });
+}

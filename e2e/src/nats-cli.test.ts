@@ -12,7 +12,10 @@ describe('services answer plain NATS requests', () => {
   afterAll(async () => {
     await sys?.stop();
   });
-  const showLogs = () => onTestFailed(() => process.stderr.write(sys.logs()));
+  const showLogs = () =>
+    onTestFailed(() => {
+      process.stderr.write(sys.logs());
+    });
 
   it('each service answers `nats req <subject> <json>` with plain JSON', async () => {
     showLogs();

@@ -71,6 +71,7 @@ export {
 } from './vol.js';
 export {
   MarkInfo,
+  MarkState,
   ShiftfsMount,
   shiftfsList,
   shiftfsMark,

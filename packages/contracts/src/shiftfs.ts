@@ -35,13 +35,19 @@ export const shiftfsUnmarkAll = defineContract({
   errors: [],
 });
 
+/** mounting: claimed, mount in progress; mounted: in use; unmounting: last holder left, teardown in progress. */
+export const MarkState = z.enum(['mounting', 'mounted', 'unmounting']);
+export type MarkState = z.infer<typeof MarkState>;
+
 export const MarkInfo = z.object({
   source: HostPath,
   markpoint: HostPath,
   createdMarkpoint: z.boolean(),
   holders: z.array(ContainerId),
+  state: MarkState,
   markedAt: Timestamp,
 });
+export type MarkInfo = z.infer<typeof MarkInfo>;
 
 export const shiftfsList = defineContract({
   service: 'shiftfs',

@@ -1,0 +1,43 @@
+import { join } from 'node:path';
+import { shiftfsService } from '@sysbox-mgr-ts/contracts';
+import { openBucket } from '@sysbox-mgr-ts/kv-state';
+import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+import { boolOption, packageVersion, runDaemon, serve } from '@sysbox-mgr-ts/service-kit';
+import { createShiftfsMarks, openMarkStore } from './marks.js';
+import { createShiftfsMounter } from './mounter.js';
+import { probeShiftfs } from './probe.js';
+import { createShiftfsBindings, shiftfsMetadata } from './service.js';
+
+await runDaemon({
+  name: 'sysbox-shiftfs-mgr',
+  version: packageVersion(import.meta.url),
+  about: 'reference-counted shiftfs marks on host paths, served over NATS',
+  options: {
+    modprobe: boolOption('modprobe', 'SYSBOX_SHIFTFS_MODPROBE', 'run `modprobe shiftfs` before probing /proc/filesystems', true),
+  },
+  async start({ config, nc, log, version }) {
+    const probe = await probeShiftfs({ modprobe: config.modprobe, log });
+    log.info({ shiftfs: probe.supported }, probe.reason);
+    const kv = await openBucket(nc, 'sysbox-shiftfs', { replicas: config.kvReplicas, description: 'shiftfs marks and holders' });
+    const marks = await createShiftfsMarks({
+      store: openMarkStore(kv, config.node),
+      mounter: createShiftfsMounter(log),
+      readMounts: () => readMountInfo(),
+      workDir: join(config.dataRoot, 'shiftfs'),
+      probe,
+      log,
+    });
+    const report = await marks.reconcile();
+    log.info({ kept: report.kept, dropped: report.dropped.length }, 'shiftfs marks reconciled');
+    const svc = serve({
+      nc,
+      service: shiftfsService,
+      node: config.node,
+      version,
+      log,
+      bindings: createShiftfsBindings(marks, probe),
+      metadata: shiftfsMetadata(probe),
+    });
+    return { stop: () => svc.stop() };
+  },
+});

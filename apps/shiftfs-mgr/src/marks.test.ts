@@ -1,0 +1,291 @@
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { connect } from '@nats-io/transport-node';
+import { openBucket } from '@sysbox-mgr-ts/kv-state';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createShiftfsMarks, markKey, openMarkStore, type ShiftfsMarks, type ShiftfsMarksDeps } from './marks.js';
+import { probeShiftfs, type ShiftfsProbe } from './probe.js';
+import { FakeKernel, captureLogger } from './testing/fake-kernel.js';
+
+const SUPPORTED: ShiftfsProbe = { supported: true, reason: 'fake kernel' };
+const rw = (source: string) => ({ source, readonly: false });
+
+describe('shiftfs marks on a real nats-server with a fake kernel', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  let nodeCounter = 0;
+  let node: string;
+  let dir: string;
+  let workDir: string;
+  let srcA: string;
+  let srcB: string;
+  let kernel: FakeKernel;
+
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: ns.url, reconnectTimeWait: 50 });
+  });
+  afterAll(async () => {
+    await nc?.close();
+    await ns?.stop();
+  });
+  beforeEach(async () => {
+    node = `n${++nodeCounter}`;
+    dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-marks-'));
+    workDir = join(dir, 'data', 'shiftfs');
+    srcA = join(dir, 'a');
+    srcB = join(dir, 'b');
+    await mkdir(srcA);
+    await mkdir(srcB);
+    kernel = new FakeKernel();
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  async function open(overrides: Partial<ShiftfsMarksDeps> = {}, conn = nc): Promise<ShiftfsMarks> {
+    const kv = await openBucket(conn, 'sysbox-shiftfs-test');
+    return createShiftfsMarks({
+      store: openMarkStore(kv, node),
+      mounter: kernel.mounter,
+      readMounts: kernel.readMounts,
+      workDir,
+      probe: SUPPORTED,
+      log: captureLogger().log,
+      ...overrides,
+    });
+  }
+
+  it('counts references across three containers and two sources; the last holder unmounts', async () => {
+    const marks = await open();
+    const [a1, b1] = await marks.mark('c1', [rw(srcA), { source: srcB, readonly: true }], true);
+    const [a2] = await marks.mark('c2', [rw(srcA)], true);
+    const [b3, a3] = await marks.mark('c3', [rw(srcB), rw(srcA)], true);
+
+    expect(kernel.markCalls).toEqual([
+      { source: srcA, markpoint: a1!.source },
+      { source: srcB, markpoint: b1!.source },
+    ]);
+    expect(a2!.source).toBe(a1!.source);
+    expect(a3!.source).toBe(a1!.source);
+    expect(b3!.source).toBe(b1!.source);
+    expect(b1!.readonly).toBe(true);
+    const holders = Object.fromEntries((await marks.list()).map((m) => [m.source, m.holders]));
+    expect(holders).toEqual({ [srcA]: ['c1', 'c2', 'c3'], [srcB]: ['c1', 'c3'] });
+
+    await marks.unmark('c1', [a1!, b1!]);
+    await marks.unmark('c2', [a2!]);
+    expect(kernel.unmountCalls).toEqual([]);
+    expect((await marks.list()).map((m) => m.holders)).toEqual(expect.arrayContaining([['c3'], ['c3']]));
+
+    await marks.unmark('c3', [b3!, a3!]);
+    expect(kernel.unmountCalls.sort()).toEqual([a1!.source, b1!.source].sort());
+    expect(kernel.marks.size).toBe(0);
+    expect(await marks.list()).toEqual([]);
+  });
+
+  it('creates uuid markpoint dirs with mode 0700 under <data-root>/shiftfs and removes them with the mark', async () => {
+    const marks = await open();
+    const [m] = await marks.mark('c1', [rw(srcA)], true);
+    expect(m!.source).toMatch(new RegExp(`^${workDir}/[0-9a-f-]{36}$`));
+    expect((await stat(m!.source)).mode & 0o7777).toBe(0o700);
+    await marks.mark('c2', [rw(srcA)], true);
+    await marks.unmark('c1', [m!]);
+    expect((await stat(m!.source)).isDirectory()).toBe(true);
+    await marks.unmark('c2', [m!]);
+    await expect(stat(m!.source)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await readdir(workDir)).toEqual([]);
+  });
+
+  it('marks the source itself when no markpoint is asked for, and never removes it', async () => {
+    const marks = await open();
+    const [m] = await marks.mark('c1', [rw(srcA)], false);
+    expect(m!.source).toBe(srcA);
+    expect(kernel.markCalls).toEqual([{ source: srcA, markpoint: srcA }]);
+    expect(await readdir(workDir)).toEqual([]);
+    await marks.unmark('c1', [m!]);
+    expect(kernel.unmountCalls).toEqual([srcA]);
+    expect((await stat(srcA)).isDirectory()).toBe(true);
+  });
+
+  it('answers a source already marked by someone else as it is, and does not track it', async () => {
+    kernel.foreign.add(srcA);
+    const marks = await open();
+    const reply = await marks.mark('c1', [rw(srcA), rw(srcB)], true);
+    expect(reply[0]).toEqual(rw(srcA));
+    expect(kernel.markCalls.map((c) => c.source)).toEqual([srcB]);
+    expect((await marks.list()).map((m) => m.source)).toEqual([srcB]);
+    await marks.unmark('c1', reply);
+    expect(kernel.unmountCalls).toEqual([reply[1]!.source]);
+    expect(kernel.foreign.has(srcA)).toBe(true);
+  });
+
+  it('on the unsupported kernel of this machine, mark answers unsupported and changes nothing', async (ctx) => {
+    const probe = await probeShiftfs({ modprobe: true, log: captureLogger().log });
+    if (probe.supported) ctx.skip(); // this test is about hosts without shiftfs
+    const marks = await open({ probe });
+    const err = await marks.mark('c1', [rw(srcA)], true).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'unsupported' });
+    expect((err as Error).message).toMatch(/no shiftfs/);
+    expect(kernel.markCalls).toEqual([]);
+    expect(await marks.list()).toEqual([]);
+    expect(await readdir(workDir)).toEqual([]);
+    await expect(marks.unmark('c1', [rw(join(workDir, 'unknown'))])).resolves.toBeUndefined();
+  });
+
+  it('refuses a source that is not a directory and changes nothing', async () => {
+    const marks = await open();
+    await expect(marks.mark('c1', [rw(srcA), rw(join(dir, 'missing'))], true)).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
+    expect(kernel.markCalls).toEqual([]);
+    expect(await marks.list()).toEqual([]);
+  });
+
+  it('a mark that fails half way drops the holds it took: nothing stays mounted or recorded', async () => {
+    const marks = await open();
+    const [held] = await marks.mark('c0', [rw(srcA)], true);
+    kernel.failMarkOf.add(srcB);
+    await expect(marks.mark('c1', [rw(srcA), rw(srcB)], true)).rejects.toThrow(/mark of .* fails/);
+    const list = await marks.list();
+    expect(list.map((m) => [m.source, m.holders])).toEqual([[srcA, ['c0']]]);
+    expect([...kernel.marks.keys()]).toEqual([held!.source]);
+    expect(await readdir(workDir)).toEqual([held!.source.split('/').pop()]);
+  });
+
+  it('is idempotent per container: a repeated mark holds once, a repeated unmark is a no-op', async () => {
+    const marks = await open();
+    const [m] = await marks.mark('c1', [rw(srcA)], true);
+    await marks.mark('c1', [rw(srcA)], true);
+    expect((await marks.list())[0]!.holders).toEqual(['c1']);
+    await marks.unmark('c1', [m!]);
+    await marks.unmark('c1', [m!]);
+    expect(kernel.unmountCalls).toEqual([m!.source]);
+  });
+
+  it('restart (new connection, server restarted) keeps every mark and its holders', async () => {
+    const first = await open();
+    const [a] = await first.mark('c1', [rw(srcA)], true);
+    await first.mark('c2', [rw(srcA), rw(srcB)], true);
+    await ns.restart();
+    const nc2 = await connect({ servers: ns.url });
+    try {
+      const again = await open({}, nc2);
+      expect(await again.reconcile()).toEqual({ kept: 2, dropped: [] });
+      const holders = Object.fromEntries((await again.list()).map((m) => [m.source, m.holders]));
+      expect(holders).toEqual({ [srcA]: ['c1', 'c2'], [srcB]: ['c2'] });
+      await again.unmark('c1', [a!]);
+      await again.unmark('c2', [a!]);
+      expect(kernel.unmountCalls).toEqual([a!.source]);
+    } finally {
+      await nc2.close();
+    }
+  });
+
+  it('reconcile drops and reports marks whose mount is gone', async () => {
+    const marks = await open();
+    const [a] = await marks.mark('c1', [rw(srcA)], true);
+    const [b] = await marks.mark('c1', [rw(srcB)], true);
+    kernel.marks.delete(a!.source); // an operator unmounted it behind our back
+    const { log, lines } = captureLogger();
+    const restarted = await open({ log });
+    const report = await restarted.reconcile();
+    expect(report).toEqual({
+      kept: 1,
+      dropped: [{ source: srcA, markpoint: a!.source, holders: ['c1'], reason: 'mount is gone from mountinfo' }],
+    });
+    expect(lines().some((l) => l.msg === 'dropped a shiftfs mark whose mount is gone' && l.markpoint === a!.source)).toBe(true);
+    await expect(stat(a!.source)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect((await restarted.list()).map((m) => m.markpoint)).toEqual([b!.source]);
+  });
+
+  it('reconcile tears down a claim abandoned between mount and commit, and leaves a fresh one alone', async () => {
+    let clock = Date.now();
+    const marks = await open({ now: () => clock, staleAfterMs: 1000 });
+    const store = openMarkStore(await openBucket(nc, 'sysbox-shiftfs-test'), node);
+    const markpoint = join(workDir, 'crashed');
+    await mkdir(markpoint, { mode: 0o700 });
+    await kernel.mounter.mark(srcA, markpoint); // the crash came after the mount
+    const since = new Date(clock).toISOString();
+    const base = { createdMarkpoint: true, holders: ['c1'], state: 'mounting' as const, markedAt: since, since };
+    await store.create(markKey(srcA), { ...base, source: srcA, markpoint, claimId: 'x1' });
+    await store.create(markKey(srcB), { ...base, source: srcB, markpoint: join(workDir, 'in-flight'), claimId: 'x2' });
+
+    expect(await marks.reconcile()).toEqual({ kept: 2, dropped: [] });
+    clock += 5000;
+    const report = await marks.reconcile();
+    expect(report.dropped.map((d) => [d.source, d.reason])).toEqual(
+      expect.arrayContaining([
+        [srcA, 'abandoned while mounting'],
+        [srcB, 'abandoned while mounting'],
+      ]),
+    );
+    expect(kernel.unmountCalls).toEqual([markpoint]);
+    await expect(stat(markpoint)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await marks.list()).toEqual([]);
+  });
+
+  it('a mark waiting on an abandoned claim takes it over and mounts afresh', async () => {
+    const clock = Date.now();
+    const marks = await open({ now: () => clock, staleAfterMs: 1000, pollMs: 5 });
+    const store = openMarkStore(await openBucket(nc, 'sysbox-shiftfs-test'), node);
+    const since = new Date(clock - 60_000).toISOString();
+    await store.create(markKey(srcA), {
+      source: srcA,
+      markpoint: join(workDir, 'never-made'),
+      createdMarkpoint: true,
+      holders: ['dead'],
+      state: 'mounting',
+      markedAt: since,
+      since,
+      claimId: 'old',
+    });
+    const [m] = await marks.mark('c1', [rw(srcA)], true);
+    expect(m!.source).not.toBe(join(workDir, 'never-made'));
+    expect((await marks.list()).map((x) => [x.holders, x.state])).toEqual([[['c1'], 'mounted']]);
+  });
+
+  it('concurrent marks of one source from two replicas mount once; unmounts wait for the last holder', async () => {
+    kernel.delayMs = 30;
+    const nc2 = await connect({ servers: ns.url });
+    try {
+      const replicas = [await open({ pollMs: 5 }), await open({ pollMs: 5 }, nc2)];
+      const ids = ['c1', 'c2', 'c3', 'c4', 'c5', 'c6'];
+      const replies = await Promise.all(ids.map((id, i) => replicas[i % 2]!.mark(id, [rw(srcA)], true)));
+      expect(kernel.markCalls).toHaveLength(1);
+      expect(new Set(replies.map((r) => r[0]!.source)).size).toBe(1);
+      expect((await replicas[0]!.list())[0]!.holders.sort()).toEqual(ids);
+
+      const markpoint = replies[0]![0]!;
+      // Five leave while a seventh joins, all at once: c6 holds throughout, so nothing may unmount.
+      await Promise.all([
+        ...ids.slice(0, 5).map((id, i) => replicas[i % 2]!.unmark(id, [markpoint])),
+        replicas[1]!.mark('c7', [rw(srcA)], true),
+      ]);
+      expect(kernel.unmountCalls).toEqual([]);
+      expect(kernel.markCalls).toHaveLength(1);
+      expect((await replicas[1]!.list())[0]!.holders.sort()).toEqual(['c6', 'c7']);
+
+      await Promise.all([replicas[0]!.unmark('c6', [markpoint]), replicas[1]!.unmark('c7', [markpoint])]);
+      expect(kernel.unmountCalls).toEqual([markpoint.source]);
+      expect(await replicas[0]!.list()).toEqual([]);
+    } finally {
+      await nc2.close();
+    }
+  });
+
+  it('unmark-all removes every mark best effort and reports the ones that fail', async () => {
+    const marks = await open();
+    const [a] = await marks.mark('c1', [rw(srcA)], true);
+    const [b] = await marks.mark('c2', [rw(srcB)], false);
+    kernel.failUnmountOf.add(b!.source);
+    const reply = await marks.unmarkAll();
+    expect(reply.unmarked).toEqual([a!.source]);
+    expect(reply.failures).toEqual([{ markpoint: b!.source, error: expect.stringMatching(/unmount of .* fails/) }]);
+    expect((await marks.list()).map((m) => [m.markpoint, m.state])).toEqual([[b!.source, 'unmounting']]);
+    await expect(stat(a!.source)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});

@@ -1,0 +1,24 @@
+/** The shiftfs service's handlers, one per contract, built from the marks domain module. */
+import { shiftfsList, shiftfsMark, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
+import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
+import type { ShiftfsMarks } from './marks.js';
+import type { ShiftfsProbe } from './probe.js';
+
+export function createShiftfsBindings(marks: ShiftfsMarks, probe: ShiftfsProbe): Binding[] {
+  return [
+    handle(shiftfsMark, async (req, ctx) => ({
+      mounts: await marks.mark(req.id, req.mounts, req.createMarkpoint, ctx.log),
+    })),
+    handle(shiftfsUnmark, async (req, ctx) => {
+      await marks.unmark(req.id, req.mounts, ctx.log);
+      return {};
+    }),
+    handle(shiftfsUnmarkAll, async (_req, ctx) => marks.unmarkAll(ctx.log)),
+    handle(shiftfsList, async () => ({ supported: probe.supported, marks: await marks.list() })),
+  ];
+}
+
+/** `$SRV.INFO` metadata: lets the gateway and operators see whether marks can work on this node. */
+export function shiftfsMetadata(probe: ShiftfsProbe): Record<string, string> {
+  return { shiftfs: String(probe.supported) };
+}

@@ -1,0 +1,122 @@
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { connect } from '@nats-io/transport-node';
+import { shiftfsList, shiftfsMark, shiftfsService, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
+import { openBucket } from '@sysbox-mgr-ts/kv-state';
+import { createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
+import type { MicroService } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createShiftfsMarks, openMarkStore } from './marks.js';
+import { probeShiftfs, type ShiftfsProbe } from './probe.js';
+import { createShiftfsBindings, shiftfsMetadata } from './service.js';
+import { FakeKernel, captureLogger } from './testing/fake-kernel.js';
+
+describe('sysbox-shiftfs over a real nats-server', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  let dir: string;
+  let hostProbe: ShiftfsProbe;
+  const kernel = new FakeKernel();
+  const services: MicroService[] = [];
+
+  /** Wires a replica as main.ts does, with the mount side injected. */
+  async function startReplica(node: string, probe: ShiftfsProbe): Promise<void> {
+    const { log } = captureLogger();
+    const marks = await createShiftfsMarks({
+      store: openMarkStore(await openBucket(nc, 'sysbox-shiftfs'), node),
+      mounter: kernel.mounter,
+      readMounts: kernel.readMounts,
+      workDir: join(dir, node, 'shiftfs'),
+      probe,
+      log,
+    });
+    await marks.reconcile();
+    services.push(
+      serve({ nc, service: shiftfsService, node, version: '0.1.0', log, bindings: createShiftfsBindings(marks, probe), metadata: shiftfsMetadata(probe) }),
+    );
+  }
+
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: ns.url });
+    dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-svc-'));
+    await mkdir(join(dir, 'src'));
+    hostProbe = await probeShiftfs({ modprobe: true, log: captureLogger().log });
+    await startReplica('host', hostProbe);
+    await startReplica('fake', { supported: true, reason: 'fake kernel' });
+    await startReplica('fake', { supported: true, reason: 'fake kernel' });
+  });
+  afterAll(async () => {
+    for (const s of services) await s.stop();
+    await nc?.close();
+    await ns?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('publishes the probe result in $SRV.INFO metadata', async () => {
+    const infos: { metadata: Record<string, string> }[] = [];
+    for await (const m of await nc.requestMany('$SRV.INFO.sysbox-shiftfs', undefined, { maxWait: 500 })) {
+      infos.push(decodeJson(m.data) as { metadata: Record<string, string> });
+    }
+    const byNode = infos.map((i) => [i.metadata.node, i.metadata.shiftfs]).sort();
+    expect(byNode).toEqual([
+      ['fake', 'true'],
+      ['fake', 'true'],
+      ['host', String(hostProbe.supported)],
+    ]);
+  });
+
+  it('without shiftfs, a raw request to mark gets a 501 unsupported reply that says why', async (ctx) => {
+    if (hostProbe.supported) ctx.skip(); // this host has shiftfs
+    const msg = await nc.request(
+      shiftfsMark.subject('host'),
+      encodeJson({ id: 'c1', mounts: [{ source: join(dir, 'src'), readonly: false }], createMarkpoint: true }),
+      { timeout: 5000 },
+    );
+    expect(msg.headers?.get(ERROR_CODE_HEADER)).toBe('501');
+    const body = decodeJson(msg.data) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('unsupported');
+    expect(body.error.message).toMatch(/no shiftfs/);
+    const client = createServiceClient(nc, { node: 'host' });
+    expect(await client.call(shiftfsList, {})).toEqual({ supported: false, marks: [] });
+    expect(await client.call(shiftfsUnmark, { id: 'c1', mounts: [{ source: '/var/lib/sysbox/shiftfs/x', readonly: false }] })).toEqual({});
+  });
+
+  it('marks, lists, unmarks and unmarks all through two replicas', async () => {
+    const client = createServiceClient(nc, { node: 'fake' });
+    const source = join(dir, 'src');
+    const first = await client.call(shiftfsMark, { id: 'c1', mounts: [{ source, readonly: true }], createMarkpoint: true });
+    const second = await client.call(shiftfsMark, { id: 'c2', mounts: [{ source, readonly: false }], createMarkpoint: true });
+    expect(second.mounts[0]!.source).toBe(first.mounts[0]!.source);
+    expect(first.mounts[0]!.readonly).toBe(true);
+    expect(kernel.markCalls).toHaveLength(1);
+
+    const listed = await client.call(shiftfsList, {});
+    expect(listed.supported).toBe(true);
+    expect(listed.marks).toEqual([
+      expect.objectContaining({ source, markpoint: first.mounts[0]!.source, holders: ['c1', 'c2'], state: 'mounted', createdMarkpoint: true }),
+    ]);
+
+    await client.call(shiftfsUnmark, { id: 'c1', mounts: first.mounts });
+    expect(kernel.unmountCalls).toEqual([]);
+    const other = join(dir, 'src2');
+    await mkdir(other);
+    await client.call(shiftfsMark, { id: 'c3', mounts: [{ source: other, readonly: false }], createMarkpoint: false });
+
+    const all = await client.call(shiftfsUnmarkAll, {});
+    expect(all.unmarked.sort()).toEqual([first.mounts[0]!.source, other].sort());
+    expect(all.failures).toEqual([]);
+    await expect(stat(first.mounts[0]!.source)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect((await client.call(shiftfsList, {})).marks).toEqual([]);
+  });
+
+  it('rejects a relative source before touching anything', async () => {
+    const client = createServiceClient(nc, { node: 'fake' });
+    await expect(
+      client.call(shiftfsMark, { id: 'c1', mounts: [{ source: 'relative/path', readonly: false }], createMarkpoint: true }),
+    ).rejects.toMatchObject({ code: 'invalid-request' });
+  });
+});

@@ -1,0 +1,204 @@
+/**
+ * The cloner against real overlay mounts (root in a VM) and a real nats-server for its state.
+ */
+import { Writable } from 'node:stream';
+import { access, chown, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
+import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+import { createLogger } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { run } from '@sysbox-mgr-ts/exec';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CloneRecord, UpperRecord, createCloner, type Cloner, type ShiftIds } from './cloner.js';
+import { createMounter } from './mounter.js';
+import { buildRuntimeRootfs, owners, shiftOncePerInode, unmountAllUnder, type RuntimeRootfs } from './rootfs-fixture.test-util.js';
+
+const OFFSET = 165536;
+const silent = createLogger({ service: 't', node: 't', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const exists = (p: string) => access(p).then(() => true, () => false);
+
+describe('rootfs cloner on real overlay mounts', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  let base: string;
+  let dataRoot: string;
+  let shiftIds: ShiftIds;
+
+  const makeCloner = async (node = 'n1'): Promise<Cloner> => {
+    const kv = await openBucket(nc, 'sysbox-rootfs');
+    return createCloner({
+      dataRoot,
+      clones: createStateStore(kv, { node, namespace: 'clone', schema: CloneRecord }),
+      uppers: createStateStore(kv, { node, namespace: 'upper', schema: UpperRecord }),
+      mounter: createMounter({ timeoutMs: 10_000 }),
+      shiftIds,
+      log: silent,
+      pageSize: 4096,
+      shiftTimeoutMs: 20_000,
+      readMounts: () => readMountInfo(),
+    });
+  };
+
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: ns.url });
+    shiftIds = shiftOncePerInode;
+  });
+  afterAll(async () => {
+    await nc?.close();
+    await ns?.stop();
+  });
+
+  let fixtureDir: string;
+  let fx: RuntimeRootfs;
+  const setup = async (opts: { relativeLowerDirs?: boolean } = {}) => {
+    base = await mkdtemp(join(tmpdir(), 'rfc-clone-'));
+    dataRoot = join(base, 'data');
+    fixtureDir = join(base, 'runtime');
+    fx = await buildRuntimeRootfs(fixtureDir, opts);
+  };
+  afterEach(async () => {
+    if (!base) return;
+    await unmountAllUnder(base);
+    expect(mountsUnder(await readMountInfo(), base)).toEqual([]);
+    await rm(base, { recursive: true, force: true });
+    base = '';
+  });
+
+  it('create-clone stacks the clone over the original rootfs as upstream does', async () => {
+    await setup();
+    const cloner = await makeCloner();
+    const reply = await cloner.createClone('c1', fx.rootfs);
+    const merged = join(dataRoot, 'rootfs', 'c1', 'overlay2', 'merged');
+    expect(reply).toEqual({ rootfs: merged, origWorkDir: fx.workDir });
+
+    const mounts = await readMountInfo();
+    const [clone] = mountsAt(mounts, merged);
+    expect(clone?.fsType).toBe('overlay');
+    expect(clone?.superOptions).toEqual(expect.arrayContaining(['metacopy=on', 'index=on', `upperdir=${join(dataRoot, 'rootfs/c1/overlay2/diff')}`]));
+    // The clone's overlay is mounted twice (its merged dir and the original rootfs) ...
+    expect(mounts.filter((m) => m.majorMinor === clone!.majorMinor && m.root === '/' && m.mountPoint !== fx.rootfs).length).toBe(1);
+    // ... and the original rootfs holds three stacked mounts: the runtime's, the clone, the bind-to-self.
+    const stacked = mountsAt(mounts, fx.rootfs);
+    expect(stacked.length).toBe(3);
+    expect(stacked[0]!.majorMinor).not.toBe(clone!.majorMinor);
+    expect(stacked.slice(1).map((m) => m.majorMinor)).toEqual([clone!.majorMinor, clone!.majorMinor]);
+    expect(mountsAt(mounts, fx.upperDir).length).toBe(1);
+    expect(mountsAt(mounts, fx.workDir).length).toBe(1);
+    for (const f of fx.layerFiles) expect(await exists(join(fx.rootfs, f))).toBe(true);
+    expect(await readFile(join(fx.rootfs, 'hl/b'), 'utf8')).toBe('linked\n');
+
+    await expect(cloner.createClone('c1', fx.rootfs)).rejects.toMatchObject({ code: 'already-exists' });
+    expect((await cloner.list()).clones).toEqual([expect.objectContaining({ id: 'c1', mounted: true, chowned: false, cloneRootfs: merged })]);
+    await cloner.removeClone('c1');
+  });
+
+  it('chown-clone shifts every entry and every hard-link name, lowers stay put; revert restores exactly', async () => {
+    await setup();
+    const cloner = await makeCloner();
+    const { rootfs: merged } = await cloner.createClone('c2', fx.rootfs);
+    const before = await owners(merged);
+    const lowersBefore = await Promise.all(fx.lowerDirs.map(owners));
+
+    await cloner.chownClone('c2', OFFSET, OFFSET);
+    const after = await owners(merged);
+    expect(after.size).toBe(before.size);
+    for (const [path, owner] of before) {
+      const [u, g] = owner.split(':').map(Number);
+      expect([path, after.get(path)]).toEqual([path, `${u! + OFFSET}:${g! + OFFSET}`]);
+    }
+    for (const group of fx.hardLinks) {
+      const st = await Promise.all(group.map((n) => lstat(join(merged, n))));
+      expect(st.map((s) => s.uid)).toEqual(group.map(() => OFFSET));
+      // index=on keeps the copied-up names one inode.
+      expect(new Set(st.map((s) => s.ino)).size).toBe(1);
+    }
+    expect(await Promise.all(fx.lowerDirs.map(owners))).toEqual(lowersBefore);
+    // The runtime's view goes through the clone: the container sees shifted owners.
+    expect((await stat(join(fx.rootfs, 'etc/passwd'))).uid).toBe(OFFSET);
+    expect(mountsAt(await readMountInfo(), fx.rootfs).length).toBe(3);
+    await expect(cloner.chownClone('c2', 1, 1)).rejects.toMatchObject({ code: 'failed-precondition' });
+
+    await cloner.revertChown('c2');
+    expect(await owners(merged)).toEqual(before);
+    expect((await cloner.list()).clones[0]).toMatchObject({ id: 'c2', chowned: false, uidOffset: OFFSET });
+    await cloner.removeClone('c2');
+  });
+
+  it('writes through the original rootfs land in the clone; remove-clone leaves nothing behind', async () => {
+    await setup();
+    const cloner = await makeCloner();
+    await cloner.createClone('c3', fx.rootfs);
+    await writeFile(join(fx.rootfs, 'opt', 'written'), 'by the container\n');
+    const diff = join(dataRoot, 'rootfs', 'c3', 'overlay2', 'diff');
+    expect(await readFile(join(diff, 'opt', 'written'), 'utf8')).toBe('by the container\n');
+    expect(await exists(join(fx.upperDir, 'opt', 'written'))).toBe(true); // the bind shows the clone's diff there
+    expect(await readdir(join(fixtureDir, 'snapshots', '3', 'fs', 'opt'))).toEqual(['app']);
+
+    await cloner.containerStopped('c3');
+    await cloner.removeClone('c3');
+    const mounts = await readMountInfo();
+    expect(mountsUnder(mounts, dataRoot)).toEqual([]);
+    expect(mountsAt(mounts, fx.rootfs)).toEqual([]);
+    expect(mountsAt(mounts, fx.upperDir)).toEqual([]);
+    expect(await exists(join(dataRoot, 'rootfs', 'c3'))).toBe(false);
+    expect(await exists(fx.rootfs)).toBe(false);
+    await expect(cloner.removeClone('c3')).rejects.toMatchObject({ code: 'not-found' });
+    expect((await cloner.list()).clones).toEqual([]);
+  });
+
+  it('clones an overlay whose lowerdirs are relative, mounting from the snapshot dir', async () => {
+    await setup({ relativeLowerDirs: true });
+    const cloner = await makeCloner();
+    const { rootfs: merged } = await cloner.createClone('c4', fx.rootfs);
+    const [clone] = mountsAt(await readMountInfo(), merged);
+    expect(clone?.superOptions.find((o) => o.startsWith('lowerdir='))).toBe('lowerdir=3/fs:2/fs:1/fs');
+    for (const f of fx.layerFiles) expect(await exists(join(fx.rootfs, f))).toBe(true);
+    await cloner.chownClone('c4', OFFSET, OFFSET);
+    expect((await lstat(join(merged, 'usr/lib/lib2.so'))).uid).toBe(OFFSET);
+    await cloner.removeClone('c4');
+  });
+
+  it('refuses a rootfs that is not on overlayfs, touching nothing', async () => {
+    await setup();
+    const cloner = await makeCloner();
+    const plain = join(base, 'plain');
+    await mkdir(plain);
+    await expect(cloner.createClone('c5', plain)).rejects.toMatchObject({ code: 'unsupported' });
+    await run('mount', ['-t', 'tmpfs', 'tmpfs', plain], { timeout: 10_000 });
+    await expect(cloner.createClone('c5', plain)).rejects.toMatchObject({ code: 'unsupported', message: /tmpfs/ });
+    expect(await exists(join(dataRoot, 'rootfs', 'c5'))).toBe(false);
+    expect((await cloner.list()).clones).toEqual([]);
+  });
+
+  it('after a simulated reboot (every clone mount gone) a new daemon re-establishes the clone with its changes', async () => {
+    await setup();
+    const first = await makeCloner();
+    const { rootfs: merged } = await first.createClone('c6', fx.rootfs);
+    await first.chownClone('c6', OFFSET, OFFSET);
+    await writeFile(join(fx.rootfs, 'etc', 'hostname'), 'c6\n');
+    await chown(join(fx.rootfs, 'etc', 'hostname'), OFFSET, OFFSET); // as the container's root would own it
+
+    // The clone's mounts, top first: bind-to-self, clone over rootfs, upper and work binds, the overlay.
+    for (const target of [fx.rootfs, fx.rootfs, fx.upperDir, fx.workDir, merged]) await run('umount', [target], { timeout: 10_000 });
+    expect(mountsUnder(await readMountInfo(), dataRoot)).toEqual([]);
+    expect(await exists(join(fx.rootfs, 'etc', 'hostname'))).toBe(false);
+
+    const second = await makeCloner();
+    const report = await second.reconcile();
+    expect(report).toEqual({ adopted: [], reestablished: ['c6'], dropped: [], failed: [] });
+    expect(await readFile(join(fx.rootfs, 'etc', 'hostname'), 'utf8')).toBe('c6\n');
+    expect((await stat(join(fx.rootfs, 'etc', 'passwd'))).uid).toBe(OFFSET);
+    expect(mountsAt(await readMountInfo(), fx.rootfs).length).toBe(3);
+
+    // A second start finds everything in place.
+    expect(await (await makeCloner()).reconcile()).toEqual({ adopted: ['c6'], reestablished: [], dropped: [], failed: [] });
+    await second.revertChown('c6');
+    expect((await stat(join(fx.rootfs, 'etc', 'passwd'))).uid).toBe(0);
+    await second.removeClone('c6');
+  });
+});

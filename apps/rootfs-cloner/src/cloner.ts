@@ -1,0 +1,444 @@
+/**
+ * Rootfs clones (upstream rootfsCloner): a metacopy overlay over the original rootfs' lower layers,
+ * bind-mounted over the original rootfs, upper and work dirs, so a chown of the clone copies
+ * metadata only. Every clone and upper-dir shift is recorded in KV before the host is touched,
+ * so a restarted daemon (or a rebooted host) finds and re-establishes them.
+ */
+import { access, mkdir, rm, rmdir, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { z } from 'zod';
+import {
+  SysboxError,
+  type CloneInfo,
+  type RootfsCloner,
+  UpperShiftInfo,
+  type rootfsCreateClone,
+  type rootfsRemoveAll,
+} from '@sysbox-mgr-ts/contracts';
+import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { mountsAt, mountsUnder, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
+import type { Logger } from '@sysbox-mgr-ts/service-kit';
+import type { Mounter } from './mounter.js';
+import { planClone } from './overlay-plan.js';
+
+export const CLONER_DIR = 'rootfs';
+
+export const CloneRecord = z.object({
+  id: z.string(),
+  origRootfs: z.string(),
+  cloneDir: z.string(),
+  mergedDir: z.string(),
+  diffDir: z.string(),
+  workDir: z.string(),
+  origUpperDir: z.string(),
+  origWorkDir: z.string(),
+  lowerDirs: z.array(z.string()),
+  mountOptions: z.string(),
+  cwd: z.string().optional(),
+  propagation: z.enum(['shared', 'slave', 'private', 'unbindable']),
+  uidOffset: z.number().int(),
+  gidOffset: z.number().int(),
+  chowned: z.boolean(),
+  bindToSelfActive: z.boolean(),
+  /** An operation that started and has not finished: a daemon killed mid-way left it. */
+  pending: z.enum(['create', 'chown', 'revert']).optional(),
+  createdAt: z.string(),
+});
+export type CloneRecord = z.infer<typeof CloneRecord>;
+
+export const UpperRecord = z.object({
+  id: z.string(),
+  upperDir: z.string(),
+  uidOffset: z.number().int(),
+  gidOffset: z.number().int(),
+  shifted: z.boolean(),
+  pending: z.enum(['shift', 'revert']).optional(),
+});
+export type UpperRecord = z.infer<typeof UpperRecord>;
+
+/** The shared ID-shift walk (@sysbox-mgr-ts/id-shift `shift`), injected so tests can observe it. */
+export type ShiftIds = (
+  root: string,
+  uidOffset: number,
+  gidOffset: number,
+  opts: { signal?: AbortSignal; logger?: Logger; crossMounts?: boolean },
+) => Promise<{ entries: number; ms: number }>;
+
+export interface ClonerDeps {
+  dataRoot: string;
+  clones: StateStore<CloneRecord>;
+  uppers: StateStore<UpperRecord>;
+  mounter: Mounter;
+  shiftIds: ShiftIds;
+  log: Logger;
+  /** The kernel page size: mount(2) takes at most one page of options. */
+  pageSize: number;
+  shiftTimeoutMs: number;
+  readMounts: () => Promise<MountEntry[]>;
+  now?: () => Date;
+}
+
+export interface ReconcileReport {
+  adopted: string[];
+  reestablished: string[];
+  /** Records removed: the clone could not (or need not) be brought back. */
+  dropped: { id: string; reason: string }[];
+  /** Records kept: bringing the clone back failed and may succeed on a later start. */
+  failed: { id: string; reason: string }[];
+}
+
+export interface Cloner extends RootfsCloner {
+  shiftUpper(id: string, upperDir: string, uidOffset: number, gidOffset: number): Promise<void>;
+  revertUpper(id: string): Promise<void>;
+  list(): Promise<{ clones: CloneInfo[]; uppers: z.infer<typeof UpperShiftInfo>[] }>;
+  /** Checks every recorded clone against the host: adopt, re-establish, or report and drop. */
+  reconcile(): Promise<ReconcileReport>;
+}
+
+type CreateReply = z.infer<typeof rootfsCreateClone.reply>;
+type RemoveAllReply = z.infer<typeof rootfsRemoveAll.reply>;
+
+export function createCloner(deps: ClonerDeps): Cloner {
+  const { mounter, log } = deps;
+  const now = deps.now ?? (() => new Date());
+  const locks = new Map<string, Promise<unknown>>();
+
+  /** One operation per container at a time; different containers run in parallel. */
+  const serialized = <R>(id: string, fn: () => Promise<R>): Promise<R> => {
+    const prev = locks.get(id) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    const tail = next.catch(() => undefined);
+    locks.set(id, tail);
+    void tail.then(() => {
+      if (locks.get(id) === tail) locks.delete(id);
+    });
+    return next;
+  };
+
+  const mustGet = async (id: string): Promise<CloneRecord> => {
+    const rec = await deps.clones.get(id);
+    if (!rec) throw new SysboxError('not-found', `no rootfs clone for container ${id}`);
+    return rec.value;
+  };
+
+  const update = (id: string, patch: Partial<CloneRecord>) =>
+    deps.clones.mutate(id, (cur) => (cur ? { ...cur, ...patch } : undefined));
+
+  const isOverlayMounted = (mounts: readonly MountEntry[], dir: string): boolean =>
+    mountsAt(mounts, dir).some((m) => m.fsType === 'overlay');
+
+  /** The clone's overlay device, to tell our mounts on the original rootfs from the runtime's. */
+  const cloneDevice = (mounts: readonly MountEntry[], rec: CloneRecord): string | undefined =>
+    topMountAt(mounts, rec.mergedDir)?.majorMinor;
+
+  /** True when `path` shows the root of `source`: our bind mount is on top there. */
+  const showsDir = async (path: string, source: string): Promise<boolean> => {
+    try {
+      const [a, b] = await Promise.all([stat(path), stat(source)]);
+      return a.dev === b.dev && a.ino === b.ino;
+    } catch {
+      return false;
+    }
+  };
+
+  /** Unmounts our binds over the original dirs, only while ours are the topmost mounts there. */
+  const liftBinds = async (rec: CloneRecord): Promise<void> => {
+    for (const [target, source] of [
+      [rec.origRootfs, rec.mergedDir],
+      [rec.origUpperDir, rec.diffDir],
+      [rec.origWorkDir, rec.workDir],
+    ] as const) {
+      // Bounded: the bind plus the bind-to-self is two; more means someone stacked copies.
+      for (let i = 0; i < 8 && (await showsDir(target, source)); i++) await mounter.unmount(target, { lazy: true });
+    }
+  };
+
+  /** Binds merged, diff and work over the original dirs (and the bind-to-self); all or nothing. */
+  const placeBinds = async (rec: CloneRecord): Promise<void> => {
+    const mounts = await deps.readMounts();
+    const dev = cloneDevice(mounts, rec);
+    const ours = mountsAt(mounts, rec.origRootfs).filter((m) => m.majorMinor === dev).length;
+    const steps: [string, string, boolean][] = [
+      [rec.mergedDir, rec.origRootfs, ours === 0],
+      [rec.diffDir, rec.origUpperDir, !(await showsDir(rec.origUpperDir, rec.diffDir))],
+      [rec.workDir, rec.origWorkDir, !(await showsDir(rec.origWorkDir, rec.workDir))],
+      [rec.origRootfs, rec.origRootfs, rec.bindToSelfActive && ours < 2],
+    ];
+    const done: string[] = [];
+    try {
+      for (const [source, target, needed] of steps) {
+        if (!needed) continue;
+        await mounter.rbind(source, target);
+        done.push(target);
+      }
+    } catch (err) {
+      for (const target of done.reverse()) await mounter.unmount(target, { lazy: true }).catch(() => undefined);
+      throw err;
+    }
+  };
+
+  const mountOverlay = async (rec: CloneRecord): Promise<void> => {
+    await mounter.overlay(rec.mergedDir, rec.mountOptions, rec.cwd);
+    try {
+      await mounter.setPropagation(rec.mergedDir, rec.propagation);
+    } catch (err) {
+      await mounter.unmount(rec.mergedDir, { lazy: true }).catch(() => undefined);
+      throw err;
+    }
+  };
+
+  /** Takes down everything the clone mounted; safe to call on a half-made clone. */
+  const teardown = async (rec: CloneRecord): Promise<void> => {
+    await liftBinds(rec);
+    for (const m of mountsUnder(await deps.readMounts(), rec.cloneDir)) await mounter.unmount(m.mountPoint, { lazy: true });
+    const left = mountsUnder(await deps.readMounts(), rec.cloneDir);
+    if (left.length > 0) {
+      // Never rm -rf through a live overlay: it would write whiteouts, or worse, delete lower files.
+      throw new SysboxError('internal', `clone ${rec.id}: ${left[0]!.mountPoint} is still mounted`);
+    }
+    await rm(rec.cloneDir, { recursive: true, force: true });
+  };
+
+  const shiftClone = async (rec: CloneRecord, uidOffset: number, gidOffset: number): Promise<void> => {
+    await liftBinds(rec);
+    try {
+      await runShift(rec.mergedDir, uidOffset, gidOffset);
+    } finally {
+      await placeBinds(rec);
+    }
+  };
+
+  const runShift = async (root: string, uidOffset: number, gidOffset: number): Promise<void> => {
+    const signal = AbortSignal.timeout(deps.shiftTimeoutMs);
+    try {
+      const r = await deps.shiftIds(root, uidOffset, gidOffset, { signal, logger: log, crossMounts: false });
+      log.debug({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'shifted ids');
+    } catch (err) {
+      if (signal.aborted) {
+        throw new SysboxError('timeout', `shifting ${root} took over ${deps.shiftTimeoutMs} ms`, { cause: err });
+      }
+      throw SysboxError.from(err);
+    }
+  };
+
+  const createClone = async (id: string, origRootfs: string): Promise<CreateReply> => {
+    const orig = topMountAt(await deps.readMounts(), origRootfs);
+    if (!orig) throw new SysboxError('unsupported', `rootfs cloning needs an overlayfs mount; ${origRootfs} is not a mount point`);
+    const cloneDir = join(deps.dataRoot, CLONER_DIR, id);
+    const dirs = {
+      mergedDir: join(cloneDir, 'overlay2', 'merged'),
+      diffDir: join(cloneDir, 'overlay2', 'diff'),
+      workDir: join(cloneDir, 'overlay2', 'work'),
+    };
+    const plan = planClone(orig, dirs, deps.pageSize);
+    const rec: CloneRecord = {
+      id,
+      origRootfs,
+      cloneDir,
+      ...dirs,
+      origUpperDir: plan.origUpperDir,
+      origWorkDir: plan.origWorkDir,
+      lowerDirs: plan.lowerDirs,
+      mountOptions: plan.mountOptions,
+      cwd: plan.cwd,
+      propagation: plan.propagation,
+      uidOffset: 0,
+      gidOffset: 0,
+      chowned: false,
+      bindToSelfActive: true,
+      pending: 'create',
+      createdAt: now().toISOString(),
+    };
+    await deps.clones.create(id, rec);
+    try {
+      const mode = (await stat(dirname(origRootfs))).mode & 0o7777;
+      await mkdir(cloneDir, { recursive: true, mode });
+      for (const d of Object.values(dirs)) await mkdir(d, { recursive: true, mode: 0o755 });
+      await mountOverlay(rec);
+      await placeBinds(rec);
+    } catch (err) {
+      await teardown(rec).catch((e: unknown) => log.error({ err: e, id }, 'unwinding a failed clone'));
+      await deps.clones.delete(id);
+      throw SysboxError.from(err);
+    }
+    await update(id, { pending: undefined });
+    log.info({ id, origRootfs, layers: plan.lowerDirs.length, cwd: plan.cwd }, 'rootfs cloned');
+    return { rootfs: dirs.mergedDir, origWorkDir: plan.origWorkDir };
+  };
+
+  const removeClone = async (id: string): Promise<void> => {
+    const rec = await mustGet(id);
+    await teardown(rec);
+    // The runtime may be unable to remove its rootfs dir while our mounts sat on it; the container
+    // is gone by now, so clear whatever is left there. Best effort, as upstream.
+    if (await exists(rec.origRootfs)) {
+      await mounter.unmount(rec.origRootfs, { lazy: true }).catch(() => undefined);
+      await rmdir(rec.origRootfs).catch(() => undefined);
+    }
+    await deps.clones.delete(id);
+  };
+
+  const chownClone = async (id: string, uidOffset: number, gidOffset: number): Promise<void> => {
+    const rec = await mustGet(id);
+    if (rec.chowned) {
+      throw new SysboxError(
+        'failed-precondition',
+        `clone of ${id} is already chowned by ${rec.uidOffset}:${rec.gidOffset}; revert it first`,
+      );
+    }
+    if (rec.pending) throw new SysboxError('failed-precondition', `clone of ${id} has an unfinished ${rec.pending}`);
+    await update(id, { pending: 'chown', uidOffset, gidOffset });
+    await shiftClone(rec, uidOffset, gidOffset);
+    await update(id, { pending: undefined, chowned: true });
+  };
+
+  const revertChown = async (id: string): Promise<void> => {
+    const rec = await mustGet(id);
+    if (!rec.chowned) return;
+    await update(id, { pending: 'revert' });
+    await shiftClone(rec, -rec.uidOffset, -rec.gidOffset);
+    await update(id, { pending: undefined, chowned: false });
+  };
+
+  const reconcileOne = async (
+    rec: CloneRecord,
+  ): Promise<{ outcome: 'adopted' | 'reestablished' } | { outcome: 'dropped'; reason: string }> => {
+    if (rec.pending === 'create') {
+      await teardown(rec);
+      await deps.clones.delete(rec.id);
+      return { outcome: 'dropped', reason: 'the daemon stopped while creating it; unwound' };
+    }
+    if (rec.pending) {
+      // A shift walk cut short leaves some entries shifted and some not: no safe automatic fix.
+      log.error({ id: rec.id, pending: rec.pending }, 'a chown of this clone was interrupted; its ownership may be partly shifted');
+    }
+    if (!(await exists(rec.origRootfs)) || !(await exists(rec.origWorkDir))) {
+      await teardown(rec);
+      await deps.clones.delete(rec.id);
+      return { outcome: 'dropped', reason: 'the container was removed while the daemon was down; clone removed' };
+    }
+    let mounts = await deps.readMounts();
+    let remounted = false;
+    if (!isOverlayMounted(mounts, rec.mergedDir)) {
+      const missing = [];
+      for (const d of [...rec.lowerDirs, rec.diffDir, rec.workDir, rec.mergedDir]) if (!(await exists(d))) missing.push(d);
+      if (missing.length > 0) {
+        await liftBinds(rec);
+        await deps.clones.delete(rec.id);
+        return { outcome: 'dropped', reason: `cannot mount it again: missing ${missing.join(', ')}; its dir ${rec.cloneDir} is left as it is` };
+      }
+      await mountOverlay(rec);
+      remounted = true;
+      mounts = await deps.readMounts();
+    }
+    const dev = cloneDevice(mounts, rec);
+    const binds = mountsAt(mounts, rec.origRootfs).filter((m) => m.majorMinor === dev).length;
+    const complete =
+      binds >= (rec.bindToSelfActive ? 2 : 1) &&
+      (await showsDir(rec.origUpperDir, rec.diffDir)) &&
+      (await showsDir(rec.origWorkDir, rec.workDir));
+    if (!complete) {
+      await placeBinds(rec);
+      remounted = true;
+    }
+    return { outcome: remounted ? 'reestablished' : 'adopted' };
+  };
+
+  return {
+    createClone: (id, origRootfs) => serialized(id, () => createClone(id, origRootfs)),
+    removeClone: (id) => serialized(id, () => removeClone(id)),
+    chownClone: (id, uidOffset, gidOffset) => serialized(id, () => chownClone(id, uidOffset, gidOffset)),
+    revertChown: (id) => serialized(id, () => revertChown(id)),
+    containerStopped: (id) =>
+      serialized(id, async () => {
+        await mustGet(id);
+        // The runtime unmounted the rootfs on stop, which took our bind-to-self (on purpose).
+        await update(id, { bindToSelfActive: false });
+      }),
+
+    async removeAll(): Promise<RemoveAllReply> {
+      const out: RemoveAllReply = { removed: [], failures: [] };
+      for (const { value } of await deps.clones.list()) {
+        try {
+          await serialized(value.id, () => removeClone(value.id));
+          out.removed.push(value.id);
+        } catch (err) {
+          log.warn({ err, id: value.id }, 'remove-all: clone not removed');
+          out.failures.push({ id: value.id, error: (err as Error).message });
+        }
+      }
+      return out;
+    },
+
+    shiftUpper: (id, upperDir, uidOffset, gidOffset) =>
+      serialized(`upper:${id}`, async () => {
+        const cur = await deps.uppers.get(id);
+        if (cur?.value.shifted || cur?.value.pending) {
+          throw new SysboxError('already-exists', `upper dir of ${id} is already shifted (${cur.value.upperDir})`);
+        }
+        if (!(await exists(upperDir))) throw new SysboxError('invalid-request', `upper dir ${upperDir} does not exist`);
+        await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: false, pending: 'shift' }));
+        await runShift(upperDir, uidOffset, gidOffset);
+        await deps.uppers.mutate(id, (c) => (c ? { ...c, shifted: true, pending: undefined } : undefined));
+      }),
+
+    revertUpper: (id) =>
+      serialized(`upper:${id}`, async () => {
+        const cur = await deps.uppers.get(id);
+        if (!cur) return;
+        if (cur.value.shifted) {
+          await deps.uppers.mutate(id, (c) => (c ? { ...c, pending: 'revert' } : undefined));
+          if (await exists(cur.value.upperDir)) await runShift(cur.value.upperDir, -cur.value.uidOffset, -cur.value.gidOffset);
+        }
+        await deps.uppers.mutate(id, () => REMOVE);
+      }),
+
+    async list() {
+      const mounts = await deps.readMounts();
+      const clones = (await deps.clones.list()).map(({ value: r }) => ({
+        id: r.id,
+        origRootfs: r.origRootfs,
+        cloneRootfs: r.mergedDir,
+        origWorkDir: r.origWorkDir,
+        uidOffset: r.uidOffset,
+        gidOffset: r.gidOffset,
+        chowned: r.chowned,
+        containerStopped: !r.bindToSelfActive,
+        mounted: isOverlayMounted(mounts, r.mergedDir),
+        createdAt: r.createdAt,
+      }));
+      const uppers = (await deps.uppers.list()).map(({ value: u }) => ({
+        id: u.id,
+        upperDir: u.upperDir,
+        uidOffset: u.uidOffset,
+        gidOffset: u.gidOffset,
+        shifted: u.shifted,
+      }));
+      return { clones, uppers };
+    },
+
+    async reconcile() {
+      const report: ReconcileReport = { adopted: [], reestablished: [], dropped: [], failed: [] };
+      for (const { value: rec } of await deps.clones.list()) {
+        try {
+          const r = await serialized(rec.id, () => reconcileOne(rec));
+          if (r.outcome === 'dropped') {
+            report.dropped.push({ id: rec.id, reason: r.reason });
+            log.warn({ id: rec.id, reason: r.reason }, 'clone dropped at start');
+          } else report[r.outcome].push(rec.id);
+        } catch (err) {
+          report.failed.push({ id: rec.id, reason: (err as Error).message });
+          log.error({ err, id: rec.id }, 'clone could not be re-established; its record is kept');
+        }
+      }
+      return report;
+    },
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}

@@ -1,0 +1,46 @@
+/** The rootfs service's handlers as data: one binding per contract, over an injected cloner. */
+import {
+  rootfsChownClone,
+  rootfsContainerStopped,
+  rootfsCreateClone,
+  rootfsList,
+  rootfsRemoveAll,
+  rootfsRemoveClone,
+  rootfsRevertChown,
+  rootfsRevertUpper,
+  rootfsShiftUpper,
+} from '@sysbox-mgr-ts/contracts';
+import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
+import type { Cloner } from './cloner.js';
+
+export function createBindings(cloner: Cloner): Binding[] {
+  return [
+    handle(rootfsCreateClone, (req) => cloner.createClone(req.id, req.origRootfs)),
+    handle(rootfsRemoveClone, async (req) => {
+      await cloner.removeClone(req.id);
+      return {};
+    }),
+    handle(rootfsChownClone, async (req) => {
+      await cloner.chownClone(req.id, req.uidOffset, req.gidOffset);
+      return {};
+    }),
+    handle(rootfsRevertChown, async (req) => {
+      await cloner.revertChown(req.id);
+      return {};
+    }),
+    handle(rootfsContainerStopped, async (req) => {
+      await cloner.containerStopped(req.id);
+      return {};
+    }),
+    handle(rootfsRemoveAll, () => cloner.removeAll()),
+    handle(rootfsShiftUpper, async (req) => {
+      await cloner.shiftUpper(req.id, req.upperDir, req.uidOffset, req.gidOffset);
+      return {};
+    }),
+    handle(rootfsRevertUpper, async (req) => {
+      await cloner.revertUpper(req.id);
+      return {};
+    }),
+    handle(rootfsList, () => cloner.list()),
+  ];
+}

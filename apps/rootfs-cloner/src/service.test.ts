@@ -1,0 +1,123 @@
+/**
+ * The service over a real nats-server: handlers through serve(), and the daemon itself as a child
+ * process that is killed with SIGKILL between create-clone and chown-clone.
+ */
+import { Writable } from 'node:stream';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { rootfsChownClone, rootfsCreateClone, rootfsList, rootfsRemoveClone, rootfsRevertChown, rootfsService } from '@sysbox-mgr-ts/contracts';
+import { startProcess } from '@sysbox-mgr-ts/exec';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
+import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+import { createLogger, createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
+import { createMounter } from './mounter.js';
+import { buildRuntimeRootfs, shiftOncePerInode, unmountAllUnder } from './rootfs-fixture.test-util.js';
+import { createBindings } from './service.js';
+
+const OFFSET = 165536;
+const silent = createLogger({ service: 't', node: 't', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+
+describe('rootfs service over NATS', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  let base = '';
+  let daemon: ReturnType<typeof startProcess> | undefined;
+
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: ns.url });
+  });
+  afterEach(async () => {
+    daemon?.kill('SIGKILL');
+    await daemon?.catch(() => undefined);
+    daemon = undefined;
+    if (base) {
+      await unmountAllUnder(base);
+      expect(mountsUnder(await readMountInfo(), base)).toEqual([]);
+      await rm(base, { recursive: true, force: true });
+    }
+  });
+  afterAll(async () => {
+    await nc?.close();
+    await ns?.stop();
+  });
+
+  it('serves every subject; errors come back typed with NATS status headers', async () => {
+    base = await mkdtemp(join(tmpdir(), 'rfc-svc-'));
+    const fx = await buildRuntimeRootfs(join(base, 'runtime'));
+    const kv = await openBucket(nc, 'sysbox-rootfs');
+    const cloner = createCloner({
+      dataRoot: join(base, 'data'),
+      clones: createStateStore(kv, { node: 'svc', namespace: 'clone', schema: CloneRecord }),
+      uppers: createStateStore(kv, { node: 'svc', namespace: 'upper', schema: UpperRecord }),
+      mounter: createMounter({ timeoutMs: 10_000 }),
+      shiftIds: shiftOncePerInode,
+      log: silent,
+      pageSize: 4096,
+      shiftTimeoutMs: 20_000,
+      readMounts: () => readMountInfo(),
+    });
+    const svc = serve({ nc, service: rootfsService, node: 'svc', version: '0', log: silent, bindings: createBindings(cloner) });
+    try {
+      const client = createServiceClient(nc, { node: 'svc', timeoutMs: 20_000 });
+      const { rootfs } = await client.call(rootfsCreateClone, { id: 'web', origRootfs: fx.rootfs });
+      await client.call(rootfsChownClone, { id: 'web', uidOffset: OFFSET, gidOffset: OFFSET });
+      expect((await stat(join(rootfs, 'opt/app/file3'))).uid).toBe(OFFSET);
+      expect((await client.call(rootfsList, {})).clones).toMatchObject([{ id: 'web', chowned: true }]);
+
+      // What `nats req sysbox.svc.rootfs.create-clone '{...}'` shows for a plain directory.
+      const raw = await nc.request('sysbox.svc.rootfs.create-clone', encodeJson({ id: 'x', origRootfs: base }), { timeout: 5000 });
+      expect(raw.headers?.get(ERROR_CODE_HEADER)).toBe('501');
+      expect((decodeJson(raw.data) as { error: { code: string } }).error.code).toBe('unsupported');
+      await expect(client.call(rootfsRevertChown, { id: 'nope' })).rejects.toMatchObject({ code: 'not-found' });
+      await expect(client.call(rootfsCreateClone, { id: '../x', origRootfs: fx.rootfs })).rejects.toMatchObject({ code: 'invalid-request' });
+
+      await client.call(rootfsRemoveClone, { id: 'web' });
+      expect(mountsUnder(await readMountInfo(), join(base, 'data'))).toEqual([]);
+    } finally {
+      await svc.stop();
+    }
+  });
+
+  it('a daemon killed with SIGKILL between create-clone and chown-clone loses nothing', async () => {
+    base = await mkdtemp(join(tmpdir(), 'rfc-kill-'));
+    const fx = await buildRuntimeRootfs(join(base, 'runtime'));
+    const appDir = resolve(import.meta.dirname, '..');
+    const start = () =>
+      startProcess(resolve(appDir, '../../node_modules/.bin/tsx'), ['--conditions=@sysbox-mgr-ts/source', 'src/main.ts'], {
+        cwd: appDir,
+        env: { NATS_URL: ns.url, SYSBOX_NODE: 'kill', SYSBOX_DATA_ROOT: join(base, 'data'), LOG_LEVEL: 'warn' },
+        output: { file: join(base, 'daemon.log') },
+      });
+    const client = createServiceClient(nc, { node: 'kill', timeoutMs: 20_000 });
+    const ready = async () => {
+      for (let i = 0; i < 100; i++) {
+        if (await client.call(rootfsList, {}, { timeoutMs: 500 }).then(() => true, () => false)) return;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error('daemon did not answer');
+    };
+
+    daemon = start();
+    await ready();
+    const { rootfs } = await client.call(rootfsCreateClone, { id: 'k', origRootfs: fx.rootfs });
+    daemon.kill('SIGKILL');
+    await daemon.catch(() => undefined);
+    // Killed, not stopped: the clone is still mounted.
+    expect(mountsAt(await readMountInfo(), fx.rootfs).length).toBe(3);
+
+    daemon = start();
+    await ready();
+    await client.call(rootfsChownClone, { id: 'k', uidOffset: OFFSET, gidOffset: OFFSET });
+    expect((await stat(join(fx.rootfs, 'etc/passwd'))).uid).toBe(OFFSET);
+    expect((await stat(join(rootfs, 'usr/lib/lib2.so'))).uid).toBe(OFFSET);
+    expect((await client.call(rootfsList, {})).clones).toMatchObject([{ id: 'k', chowned: true, mounted: true }]);
+    await client.call(rootfsRemoveClone, { id: 'k' });
+  });
+});

@@ -12,7 +12,7 @@ export const shiftfsMark = defineContract({
   description: 'mark host paths with shiftfs for a container; answers the markpoints in request order',
   request: z.object({ id: ContainerId, mounts: z.array(ShiftfsMount).max(1024), createMarkpoint: z.boolean() }),
   reply: z.object({ mounts: z.array(ShiftfsMount) }),
-  errors: ['invalid-request', 'unsupported', 'internal'],
+  errors: ['invalid-request', 'unsupported', 'unavailable', 'internal'],
 });
 
 export const shiftfsUnmark = defineContract({
@@ -22,7 +22,7 @@ export const shiftfsUnmark = defineContract({
   description: "drop a container's hold on markpoints; the last holder unmounts",
   request: z.object({ id: ContainerId, mounts: z.array(ShiftfsMount).max(1024) }),
   reply: Empty,
-  errors: ['invalid-request', 'internal'],
+  errors: ['invalid-request', 'unavailable', 'internal'],
 });
 
 export const shiftfsUnmarkAll = defineContract({

@@ -1,0 +1,117 @@
+/**
+ * Every upstream sysbox-mgr flag with upstream's default (data-root and log-level come from the
+ * common options), plus the gateway's own: socket, time bounds, removal-watch interval.
+ */
+import { HostPath } from '@sysbox-mgr-ts/contracts';
+import { boolOption, option, type ConfigOf } from '@sysbox-mgr-ts/service-kit';
+import { z } from 'zod';
+
+const ms = (def: number, min: number) => z.coerce.number().int().min(min).max(24 * 3600 * 1000).default(def);
+
+export const gatewayOptions = {
+  socket: option({
+    flag: 'socket',
+    env: 'SYSBOX_MGR_SOCKET',
+    description: 'unix socket sysbox-runc dials (its dir is made 0700, the socket 0600)',
+    schema: HostPath.default('/run/sysbox/sysmgr.sock'),
+  }),
+  opTimeoutMs: option({
+    flag: 'op-timeout-ms',
+    env: 'SYSBOX_MGR_OP_TIMEOUT_MS',
+    description: 'time bound of a short service call (register-time lookups, marks, subids)',
+    schema: ms(10_000, 100),
+  }),
+  longOpTimeoutMs: option({
+    flag: 'long-op-timeout-ms',
+    env: 'SYSBOX_MGR_LONG_OP_TIMEOUT_MS',
+    description: "time bound of a long service call (chown, rsync, clone); below sysbox-runc's 10 min deadline",
+    schema: ms(540_000, 100),
+  }),
+  watchIntervalMs: option({
+    flag: 'watch-interval-ms',
+    env: 'SYSBOX_MGR_WATCH_INTERVAL_MS',
+    description: "how often stopped containers' rootfs paths are checked for removal",
+    schema: ms(250, 10),
+  }),
+  log: option({
+    flag: 'log',
+    env: 'SYSBOX_MGR_LOG',
+    description: 'log file path, or empty for stdout',
+    schema: z.union([z.literal(''), HostPath]).default(''),
+  }),
+  logFormat: option({
+    flag: 'log-format',
+    env: 'SYSBOX_MGR_LOG_FORMAT',
+    description: 'json or text',
+    schema: z.enum(['json', 'text']).default('json'),
+  }),
+  aliasDns: boolOption(
+    'alias-dns',
+    'SYSBOX_MGR_ALIAS_DNS',
+    "alias the DNS IP inside the container so it never has a localhost address (needed on user-defined Docker bridges)",
+    true,
+  ),
+  disableShiftfs: boolOption('disable-shiftfs', 'SYSBOX_MGR_DISABLE_SHIFTFS', 'do not use shiftfs'),
+  disableShiftfsOnFuse: boolOption(
+    'disable-shiftfs-on-fuse',
+    'SYSBOX_MGR_DISABLE_SHIFTFS_ON_FUSE',
+    'do not put shiftfs on FUSE-backed mounts',
+  ),
+  disableShiftfsPrecheck: boolOption(
+    'disable-shiftfs-precheck',
+    'SYSBOX_MGR_DISABLE_SHIFTFS_PRECHECK',
+    "skip the functional shiftfs check (shiftfs-mgr's answer is taken as is)",
+  ),
+  disableIdmappedMount: boolOption(
+    'disable-idmapped-mount',
+    'SYSBOX_MGR_DISABLE_IDMAPPED_MOUNT',
+    'do not use ID-mapped mounts',
+  ),
+  disableRootfsCloning: boolOption(
+    'disable-rootfs-cloning',
+    'SYSBOX_MGR_DISABLE_ROOTFS_CLONING',
+    'do not clone the rootfs for a fast chown (slow starts on hosts without shiftfs)',
+  ),
+  disableOvfsOnIdmappedMount: boolOption(
+    'disable-ovfs-on-idmapped-mount',
+    'SYSBOX_MGR_DISABLE_OVFS_ON_IDMAPPED_MOUNT',
+    'do not ID-map overlayfs (kernel 5.19+); chown or shiftfs instead',
+  ),
+  disableInnerImagePreload: boolOption(
+    'disable-inner-image-preload',
+    'SYSBOX_MGR_DISABLE_INNER_IMAGE_PRELOAD',
+    'do not sync inner-store volumes back into the rootfs on stop and pause (faster stops)',
+  ),
+  ignoreSysfsChown: boolOption('ignore-sysfs-chown', 'SYSBOX_MGR_IGNORE_SYSFS_CHOWN', 'ignore chown of /sys inside containers'),
+  allowTrustedXattr: boolOption(
+    'allow-trusted-xattr',
+    'SYSBOX_MGR_ALLOW_TRUSTED_XATTR',
+    'allow trusted.overlay.opaque inside containers (kernel < 5.11)',
+  ),
+  honorCaps: boolOption('honor-caps', 'SYSBOX_MGR_HONOR_CAPS', "honor the OCI spec's process capabilities"),
+  syscontMode: boolOption(
+    'syscont-mode',
+    'SYSBOX_MGR_SYSCONT_MODE',
+    'system container mode (systemd, Docker, Kubernetes inside); false = regular container mode',
+    true,
+  ),
+  relaxedReadOnly: boolOption(
+    'relaxed-read-only',
+    'SYSBOX_MGR_RELAXED_READ_ONLY',
+    'read-only containers keep some mountpoints writable',
+  ),
+  fsuidMapFailOnError: boolOption(
+    'fsuid-map-fail-on-error',
+    'SYSBOX_MGR_FSUID_MAP_FAIL_ON_ERROR',
+    'fail a container launch when filesystem uid-mapping fails',
+  ),
+};
+
+export type GatewayFlags = ConfigOf<typeof gatewayOptions>;
+
+/** Upstream accepts `--log-level warning`; the common option spells it `warn`. */
+export function normalizeArgv(argv: readonly string[]): string[] {
+  return argv.map((a, i) =>
+    a === '--log-level=warning' ? '--log-level=warn' : a === 'warning' && argv[i - 1] === '--log-level' ? 'warn' : a,
+  );
+}

@@ -1,0 +1,130 @@
+/**
+ * Builds the gateway from its parts: host probes, the container table in KV, the services
+ * client, the manager, the removal watch and the gRPC server. main.ts and the tests both use it.
+ */
+import type { NatsConnection } from '@nats-io/nats-core';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
+import { createServiceClient, type Logger } from '@sysbox-mgr-ts/service-kit';
+import { z } from 'zod';
+import type { GatewayFlags } from './flags.js';
+import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
+import { createManager, type Manager, type MgrConfig, type NetnsMembers } from './manager.js';
+import { hostChecks, probeHost, probeShiftfs, type HostChecks, type HostFacts } from './probes.js';
+import { ContainerRecord } from './record.js';
+import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
+
+export const GATEWAY_BUCKET = 'sysbox-gateway';
+
+export interface GatewaySettings extends GatewayFlags {
+  node: string;
+  kvReplicas: number;
+}
+
+export interface Gateway {
+  manager: Manager;
+  watcher: RemovalWatcher;
+  grpc: GrpcServerHandle;
+  config: MgrConfig;
+  facts: HostFacts;
+  stop(): Promise<void>;
+}
+
+export function mgrConfigFrom(flags: GatewayFlags, facts: HostFacts, shiftfsSupported: boolean): MgrConfig {
+  const shiftfsOk = !flags.disableShiftfs && shiftfsSupported;
+  return {
+    aliasDns: flags.aliasDns,
+    shiftfsOk,
+    shiftfsOnOverlayfsOk: shiftfsOk,
+    idMapMountOk: facts.idMapMountOk,
+    overlayfsOnIDMapMountOk: facts.overlayfsOnIDMapMountOk,
+    noRootfsCloning: flags.disableRootfsCloning,
+    ignoreSysfsChown: flags.ignoreSysfsChown,
+    allowTrustedXattr: flags.allowTrustedXattr,
+    honorCaps: flags.honorCaps,
+    syscontMode: flags.syscontMode,
+    fsuidMapFailOnErr: flags.fsuidMapFailOnError,
+    noInnerImgPreload: flags.disableInnerImagePreload,
+    noShiftfsOnFuse: flags.disableShiftfsOnFuse,
+    relaxedReadOnly: flags.relaxedReadOnly,
+    mountBinfmtMisc: flags.syscontMode && facts.binfmtMiscNamespaced,
+  };
+}
+
+export async function startGateway(opts: {
+  nc: NatsConnection;
+  settings: GatewaySettings;
+  log: Logger;
+  /** Tests replace host facts and checks; production probes the host. */
+  facts?: HostFacts;
+  checks?: HostChecks;
+  clock?: () => Date;
+}): Promise<Gateway> {
+  const { nc, settings: s, log } = opts;
+  const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs });
+  const facts =
+    opts.facts ??
+    (await probeHost({ disableIdmappedMount: s.disableIdmappedMount, disableOvfsOnIdmappedMount: s.disableOvfsOnIdmappedMount }));
+  const shiftfsSupported = s.disableShiftfs ? false : await probeShiftfs(services, Math.min(2000, s.opTimeoutMs));
+  const config = mgrConfigFrom(s, facts, shiftfsSupported);
+  log.info(
+    {
+      kernel: facts.kernelRelease,
+      hostDistro: facts.hostDistro,
+      kernelHeaders: facts.linuxHeaderMounts.length > 0 ? facts.hostKernelHdrPath : null,
+      ...config,
+    },
+    `shiftfs ok: ${config.shiftfsOk ? 'yes' : 'no'}; ID-mapped mounts: ${config.idMapMountOk ? 'yes' : 'no'}; ` +
+      `overlayfs on ID-mapped mounts: ${config.overlayfsOnIDMapMountOk ? 'yes' : 'no'}; ` +
+      `${config.syscontMode ? 'system' : 'regular'} container mode`,
+  );
+
+  const kv = await openBucket(nc, GATEWAY_BUCKET, { replicas: s.kvReplicas, description: 'sysbox gateway container table' });
+  const containers = createStateStore(kv, { node: s.node, namespace: 'containers', schema: ContainerRecord });
+  const netns = createStateStore(kv, {
+    node: s.node,
+    namespace: 'netns',
+    schema: z.object({ ids: z.array(z.string()) }) satisfies z.ZodType<NetnsMembers>,
+  });
+  const checks = opts.checks ?? hostChecks(facts.kernelRelease);
+
+  let manager: Manager | undefined;
+  const watcher = createRemovalWatcher({
+    intervalMs: s.watchIntervalMs,
+    exists: (p) => checks.exists(p),
+    list: () => manager!.watchedPaths(),
+    onRemoved: (id) => manager!.removeContainer(id),
+    log,
+  });
+  manager = createManager({
+    services,
+    containers,
+    netns,
+    host: checks,
+    facts,
+    config,
+    timeouts: { opMs: s.opTimeoutMs, longOpMs: s.longOpTimeoutMs },
+    clock: opts.clock ?? (() => new Date()),
+    log,
+    onWatch: (id, path) => (path === undefined ? watcher.unwatch(id) : watcher.watch(id, path)),
+  });
+  await watcher.start();
+  log.info({ watching: watcher.watching().length }, 'removal watch resumed from the container table');
+
+  const grpc = await startGrpcServer({
+    socketPath: s.socket,
+    manager,
+    handlerTimeoutMs: s.longOpTimeoutMs + s.opTimeoutMs,
+    log,
+  });
+  return {
+    manager,
+    watcher,
+    grpc,
+    config,
+    facts,
+    async stop() {
+      await grpc.stop();
+      await watcher.stop();
+    },
+  };
+}

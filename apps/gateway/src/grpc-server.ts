@@ -1,0 +1,199 @@
+/**
+ * sysbox-mgr's gRPC face: protobuf.sysboxMgrStateChannel on a unix socket, with server reflection
+ * and grpc.health.v1. Each handler converts the wire messages to the manager's types, runs under a
+ * time bound, and answers a failure as a gRPC status whose message names the container.
+ */
+import { connect } from 'node:net';
+import { chmod, lstat, mkdir, unlink, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import {
+  Server,
+  ServerCredentials,
+  type ServerUnaryCall,
+  type sendUnaryData,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import { ReflectionService } from '@grpc/reflection';
+import { GRPC_STATUS, SysboxError, type IdMapping, type OciMount } from '@sysbox-mgr-ts/contracts';
+import type { Logger } from '@sysbox-mgr-ts/service-kit';
+import { HealthImplementation } from 'grpc-health-check';
+import type { Manager } from './manager.js';
+import { SERVICE_NAME, loadPackage, sysboxMgrService } from './proto.js';
+
+/** IDMapping as the .proto spells it. */
+interface WireIdMapping {
+  containerID: number;
+  hostID: number;
+  size: number;
+}
+
+const fromWire = (list: WireIdMapping[] | undefined): IdMapping[] =>
+  (list ?? []).map((m) => ({ containerId: m.containerID, hostId: m.hostID, size: m.size }));
+const toWire = (list: IdMapping[]): WireIdMapping[] =>
+  list.map((m) => ({ containerID: m.containerId, hostID: m.hostId, size: m.size }));
+const mountToWire = (m: OciMount) => ({ source: m.source, dest: m.destination, type: m.type, opt: m.options });
+
+/* eslint-disable @typescript-eslint/no-explicit-any -- wire messages are proto-loader plain objects */
+type Rpc = (req: any) => Promise<object>;
+
+/** The 13 rpcs, each a conversion around one manager call. */
+export function rpcHandlers(manager: Manager): Record<string, Rpc> {
+  return {
+    Register: async (r) => {
+      const cfg = await manager.register({
+        id: r.id,
+        rootfs: r.rootfs,
+        userns: r.userns,
+        netns: r.netns,
+        uidMappings: fromWire(r.uidMappings),
+        gidMappings: fromWire(r.gidMappings),
+      });
+      return { containerConfig: { ...cfg, uidMappings: toWire(cfg.uidMappings), gidMappings: toWire(cfg.gidMappings) } };
+    },
+    Update: async (r) => {
+      await manager.update({
+        id: r.id,
+        userns: r.userns,
+        netns: r.netns,
+        uidMappings: fromWire(r.uidMappings),
+        gidMappings: fromWire(r.gidMappings),
+        rootfsUidShiftType: r.rootfsUidShiftType,
+      });
+      return {};
+    },
+    Unregister: async (r) => (await manager.unregister(r.id), {}),
+    SubidAlloc: async (r) => manager.subidAlloc(r.id, Number(r.size)),
+    PrepMounts: async (r) => (await manager.prepMounts(r.id, r.uid, r.gid, r.prepList ?? []), {}),
+    ReqMounts: async (r) => ({
+      mounts: (await manager.reqMounts(r.id, r.rootfsUidShiftType, r.reqList ?? [])).map(mountToWire),
+    }),
+    ReqShiftfsMark: async (r) => ({ shiftfsMarks: await manager.reqShiftfsMark(r.id, r.shiftfsMarks ?? []) }),
+    ReqFsState: async (r) => ({ fsEntries: await manager.reqFsState(r.id, r.rootfs) }),
+    Pause: async (r) => (await manager.pause(r.id), {}),
+    Resume: async (r) => (await manager.resume(r.id), {}),
+    ReqCloneRootfs: async (r) => ({ rootfs: await manager.cloneRootfs(r.id) }),
+    ChownClonedRootfs: async (r) => (await manager.chownClonedRootfs(r.id, r.uidOffset, r.gidOffset), {}),
+    RevertClonedRootfsChown: async (r) => (await manager.revertClonedRootfsChown(r.id), {}),
+  };
+}
+
+function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  const limit = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SysboxError('timeout', `${what}: no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, limit]).finally(() => clearTimeout(timer));
+}
+
+export function grpcServiceImplementation(
+  manager: Manager,
+  opts: { handlerTimeoutMs: number; log: Logger },
+): UntypedServiceImplementation {
+  const impl: UntypedServiceImplementation = {};
+  for (const [name, rpc] of Object.entries(rpcHandlers(manager))) {
+    impl[name] = (call: ServerUnaryCall<any, object>, callback: sendUnaryData<object>) => {
+      const started = performance.now();
+      const id = typeof call.request?.id === 'string' ? call.request.id.slice(0, 128) : undefined;
+      bounded(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`).then(
+        (reply) => {
+          opts.log.debug({ rpc: name, id, ms: performance.now() - started }, 'ok');
+          callback(null, reply);
+        },
+        (err: unknown) => {
+          const e = SysboxError.from(err);
+          const log = e.code === 'internal' ? opts.log.error.bind(opts.log) : opts.log.warn.bind(opts.log);
+          log({ rpc: name, id, code: e.code, err: e }, e.message);
+          callback({ code: GRPC_STATUS[e.code], details: e.message, name: e.code, message: e.message });
+        },
+      );
+    };
+  }
+  return impl;
+}
+
+/** True when something accepts connections on the unix socket. */
+function socketAnswers(path: string, timeoutMs = 500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    const done = (v: boolean): void => {
+      s.destroy();
+      resolve(v);
+    };
+    s.setTimeout(timeoutMs, () => done(true));
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
+/** Removes a socket a crashed run left behind; refuses when a live server owns it or it is no socket. */
+export async function clearStaleSocket(path: string): Promise<void> {
+  const st = await lstat(path).catch(() => undefined);
+  if (!st) return;
+  if (!st.isSocket()) throw new SysboxError('failed-precondition', `${path} exists and is not a socket; not removing it`);
+  if (await socketAnswers(path)) {
+    throw new SysboxError('already-exists', `another server is answering on ${path}`);
+  }
+  await unlink(path);
+}
+
+export interface GrpcServerHandle {
+  socketPath: string;
+  pidFile: string;
+  health: HealthImplementation;
+  stop(graceMs?: number): Promise<void>;
+}
+
+export async function startGrpcServer(opts: {
+  socketPath: string;
+  manager: Manager;
+  handlerTimeoutMs: number;
+  log: Logger;
+}): Promise<GrpcServerHandle> {
+  const dir = dirname(opts.socketPath);
+  // Only a dir we create is forced to 0700: --socket may point into a shared dir.
+  if (!(await lstat(dir).catch(() => undefined))) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700);
+  }
+  await clearStaleSocket(opts.socketPath);
+
+  const pkg = loadPackage();
+  const server = new Server();
+  server.addService(sysboxMgrService(pkg), grpcServiceImplementation(opts.manager, opts));
+  new ReflectionService(pkg).addToServer(server);
+  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
+  health.addToServer(server);
+
+  await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`unix:${opts.socketPath}`, ServerCredentials.createInsecure(), (err, port) =>
+      err ? reject(err) : resolve(port),
+    ),
+  );
+  await chmod(opts.socketPath, 0o600);
+  // A stale pid file from a crashed run is simply replaced: the socket check above is the liveness test.
+  const pidFile = join(dir, `${basename(opts.socketPath).replace(/\.sock$/, '')}.pid`);
+  await writeFile(pidFile, `${process.pid}\n`, { mode: 0o600 });
+  opts.log.info({ socket: opts.socketPath }, `listening on ${opts.socketPath}`);
+
+  return {
+    socketPath: opts.socketPath,
+    pidFile,
+    health,
+    async stop(graceMs = 5000) {
+      health.setStatus('', 'NOT_SERVING');
+      health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      await new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
+      await unlink(opts.socketPath).catch(() => undefined);
+      await unlink(pidFile).catch(() => undefined);
+    },
+  };
+}

@@ -1,0 +1,220 @@
+/**
+ * Host facts the gateway reads (it changes nothing on the host): kernel version gates, distro and
+ * kernel-header paths, the read-only kernel-header and /lib/modules mounts every container gets,
+ * and per-path checks (overlayfs, netns inode, upper dir) used while serving calls.
+ */
+import { lstat, readFile, readdir, readlink, stat, statfs } from 'node:fs/promises';
+import { release } from 'node:os';
+import { dirname, join, posix } from 'node:path';
+import { SysboxError, shiftfsList, type OciMount } from '@sysbox-mgr-ts/contracts';
+import { overlayOptions, readMountInfo, topMountAt } from '@sysbox-mgr-ts/mountinfo';
+import type { ServiceClient } from '@sysbox-mgr-ts/service-kit';
+
+const OVERLAYFS_SUPER_MAGIC = 0x794c7630;
+const TMPFS_MAGIC = 0x01021994;
+
+/** `6.18.44-fc` → [6, 18]. */
+export function kernelVersion(rel: string): [number, number] {
+  const m = /^(\d+)\.(\d+)/.exec(rel);
+  if (!m) throw new SysboxError('internal', `cannot read a kernel version from ${JSON.stringify(rel)}`);
+  return [Number(m[1]), Number(m[2])];
+}
+
+export function kernelAtLeast(rel: string, major: number, minor: number): boolean {
+  const [a, b] = kernelVersion(rel);
+  return a > major || (a === major && b >= minor);
+}
+
+/** The `ID=` of an os-release(5) file, unquoted; undefined when there is none. */
+export function distroFromOsRelease(text: string): string | undefined {
+  for (const line of text.split('\n')) {
+    const m = /^\s*ID\s*=\s*(.*)$/.exec(line);
+    if (m) return m[1]!.trim().replace(/^["']|["']$/g, '') || undefined;
+  }
+  return undefined;
+}
+
+/** The distro of a root filesystem, from its etc/os-release or usr/lib/os-release. */
+export async function distroOf(root: string): Promise<string | undefined> {
+  for (const file of ['etc/os-release', 'usr/lib/os-release']) {
+    try {
+      const id = distroFromOsRelease(await readFile(join(root, file), 'utf8'));
+      if (id) return id;
+    } catch {
+      // a rootfs without os-release is fine: no distro, no softlinks
+    }
+  }
+  return undefined;
+}
+
+/** Where a distro expects the kernel headers (sysbox-libs linuxUtils.GetLinuxHeaderPath). */
+export function linuxHeaderPath(distro: string | undefined, kernelRelease: string): string {
+  if (distro && ['redhat', 'centos', 'rocky', 'almalinux', 'fedora', 'amzn'].includes(distro)) {
+    return posix.join('/usr/src/kernels', kernelRelease);
+  }
+  if (distro === 'arch' || distro === 'flatcar') return posix.join('/lib/modules', kernelRelease, 'build');
+  return posix.join('/usr/src', `linux-headers-${kernelRelease}`);
+}
+
+const RO_BIND = ['ro', 'rbind', 'rprivate'];
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Every symlink under dir, resolved one level, dangling ones left out. */
+async function symlinkTargetsUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const entry of await readdir(d, { withFileTypes: true })) {
+      const p = join(d, entry.name);
+      if (entry.isSymbolicLink()) {
+        const dest = await readlink(p);
+        const real = dest.startsWith('/') ? dest : join(dirname(p), dest);
+        if (await exists(real)) out.push(real);
+      } else if (entry.isDirectory()) {
+        await walk(p);
+      }
+    }
+  };
+  await walk(dir);
+  return out;
+}
+
+/** Longest common path of absolute paths, never cutting a component in half. */
+export function longestCommonPath(paths: readonly string[]): string {
+  if (paths.length === 0) return '';
+  const split = paths.map((p) => p.split('/'));
+  const first = split[0]!;
+  let n = first.length;
+  for (const parts of split.slice(1)) {
+    let i = 0;
+    while (i < n && i < parts.length && parts[i] === first[i]) i++;
+    n = i;
+  }
+  return first.slice(0, n).join('/') || '/';
+}
+
+/**
+ * A read-only bind mount of source, plus one mount per top-level dir under `filter` that symlinks
+ * inside source point to (Ubuntu's header dirs link into a sibling linux-headers-*-common dir).
+ */
+export async function readOnlyMountsFollowingSymlinks(source: string, filter: string): Promise<OciMount[]> {
+  const mounts: OciMount[] = [{ source, destination: source, type: 'bind', options: RO_BIND }];
+  const targets = (await symlinkTargetsUnder(source)).filter((t) => t.startsWith(`${filter}/`));
+  const byTopDir = new Map<string, string[]>();
+  for (const t of targets) {
+    const top = posix.join(filter, t.slice(filter.length + 1).split('/')[0]!);
+    byTopDir.set(top, [...(byTopDir.get(top) ?? []), t]);
+  }
+  for (const paths of byTopDir.values()) {
+    const lcp = posix.normalize(longestCommonPath(paths));
+    if (lcp === source || lcp.startsWith(`${source}/`)) continue;
+    if (!mounts.some((m) => m.source === lcp)) mounts.push({ source: lcp, destination: lcp, type: 'bind', options: RO_BIND });
+  }
+  return mounts;
+}
+
+export interface HostFacts {
+  kernelRelease: string;
+  hostDistro: string | undefined;
+  hostKernelHdrPath: string;
+  linuxHeaderMounts: OciMount[];
+  libModMounts: OciMount[];
+  idMapMountOk: boolean;
+  overlayfsOnIDMapMountOk: boolean;
+  binfmtMiscNamespaced: boolean;
+}
+
+export interface ProbeOptions {
+  disableIdmappedMount: boolean;
+  disableOvfsOnIdmappedMount: boolean;
+  /** Root of the host filesystem to read (tests point it at a fixture). */
+  hostRoot?: string;
+  kernelRelease?: string;
+}
+
+/** What upstream's newSysboxMgr learns about the host at start. */
+export async function probeHost(opts: ProbeOptions): Promise<HostFacts> {
+  const root = opts.hostRoot ?? '/';
+  const kernelRelease = opts.kernelRelease ?? release();
+  const hostDistro = await distroOf(root);
+  const hostKernelHdrPath = linuxHeaderPath(hostDistro, kernelRelease);
+  const hdrOnHost = join(root, hostKernelHdrPath);
+  const linuxHeaderMounts = (await exists(hdrOnHost))
+    ? root === '/'
+      ? await readOnlyMountsFollowingSymlinks(hostKernelHdrPath, '/usr/src')
+      : [{ source: hostKernelHdrPath, destination: hostKernelHdrPath, type: 'bind', options: RO_BIND }]
+    : [];
+  const libMod = posix.join('/lib/modules', kernelRelease);
+  // Not following symlinks: they point at the kernel headers, mounted above.
+  const libModMounts = (await exists(join(root, libMod)))
+    ? [{ source: libMod, destination: libMod, type: 'bind', options: RO_BIND }]
+    : [];
+  const idMapMountOk = !opts.disableIdmappedMount && kernelAtLeast(kernelRelease, 5, 12);
+  const overlayfsOnIDMapMountOk =
+    idMapMountOk && !opts.disableOvfsOnIdmappedMount && kernelAtLeast(kernelRelease, 5, 19);
+  const binfmtPresent = await readFile(join(root, 'proc/filesystems'), 'utf8').then(
+    (t) => /\bbinfmt_misc\b/.test(t),
+    () => false,
+  );
+  return {
+    kernelRelease,
+    hostDistro,
+    hostKernelHdrPath,
+    linuxHeaderMounts,
+    libModMounts,
+    idMapMountOk,
+    overlayfsOnIDMapMountOk,
+    binfmtMiscNamespaced: binfmtPresent && kernelAtLeast(kernelRelease, 6, 7),
+  };
+}
+
+/** shiftfs-mgr knows whether the kernel has shiftfs; a missing or silent shiftfs-mgr means no. */
+export async function probeShiftfs(services: ServiceClient, timeoutMs: number): Promise<boolean> {
+  try {
+    return (await services.call(shiftfsList, {}, { timeoutMs })).supported;
+  } catch {
+    return false;
+  }
+}
+
+/** Per-call host checks; an interface so manager tests can stub them. */
+export interface HostChecks {
+  isOnOverlay(path: string): Promise<boolean>;
+  overlayUpperDir(mountPoint: string): Promise<string | undefined>;
+  inodeOf(path: string): Promise<number>;
+  distroOf(root: string): Promise<string | undefined>;
+  idMapMountSupportedOnPath(path: string): Promise<boolean>;
+  exists(path: string): Promise<boolean>;
+}
+
+export function hostChecks(kernelRelease: string = release()): HostChecks {
+  return {
+    async isOnOverlay(path) {
+      return (await statfs(path)).type === OVERLAYFS_SUPER_MAGIC;
+    },
+    async overlayUpperDir(mountPoint) {
+      const top = topMountAt(await readMountInfo(), mountPoint);
+      return top?.fsType === 'overlay' ? overlayOptions(top.superOptions).upperDir : undefined;
+    },
+    async inodeOf(path) {
+      return Number((await stat(path, { bigint: true })).ino);
+    },
+    distroOf,
+    async idMapMountSupportedOnPath(path) {
+      const fs = await statfs(path);
+      // ID-mapped mounts on tmpfs arrived in 6.3.
+      return fs.type !== TMPFS_MAGIC || kernelAtLeast(kernelRelease, 6, 3);
+    },
+    async exists(path) {
+      return lstat(path).then(
+        () => true,
+        () => false,
+      );
+    },
+  };
+}

@@ -1,0 +1,50 @@
+/**
+ * One container as the gateway remembers it, durably (JetStream KV): what upstream's mgr.go kept
+ * in its in-memory containerInfo, plus what a restarted gateway needs to resume the removal watch.
+ */
+import { z } from 'zod';
+import { ContainerId, HostPath, IdMapping, OciMount, ShiftfsMount, VolumeKindSchema } from '@sysbox-mgr-ts/contracts';
+
+/** sysbox-libs idShiftUtils.IDShiftType, as sysbox-runc sends it. */
+export const ShiftType = {
+  NoShift: 0,
+  Shiftfs: 1,
+  IDMappedMount: 2,
+  IDMappedMountOrShiftfs: 3,
+  Chown: 4,
+} as const;
+
+export const ContainerState = z.enum(['started', 'stopped', 'restarted']);
+export type ContainerState = z.infer<typeof ContainerState>;
+
+export const ContainerRecord = z.object({
+  id: ContainerId,
+  state: ContainerState,
+  /** The rootfs sysbox-runc registered, or the clone's merged dir once cloned. */
+  rootfs: HostPath,
+  rootfsOnOvfs: z.boolean(),
+  /** What the removal watch looks at once the container is stopped. */
+  rmWatchPath: HostPath,
+  userns: z.string(),
+  netns: z.string(),
+  /** 0 when the container has no netns of its own on record. */
+  netnsInode: z.number().int().min(0),
+  uidMappings: z.array(IdMapping),
+  gidMappings: z.array(IdMapping),
+  subidAllocated: z.boolean(),
+  rootfsCloned: z.boolean(),
+  rootfsUidShiftType: z.number().int().min(0),
+  rootfsOvfsUpper: z.string(),
+  rootfsOvfsUpperChowned: z.boolean(),
+  /** vol-mgr holds prep records for this container: revert-prep on stop. */
+  mountsPrepped: z.boolean(),
+  /** Volume kinds vol-mgr created for this container, in request order. */
+  volumeKinds: z.array(VolumeKindSchema),
+  /** What ReqMounts answered; a restarted container gets exactly these back. */
+  containerMounts: z.array(OciMount),
+  shiftfsMarks: z.array(ShiftfsMount),
+  autoRemove: z.boolean(),
+  registeredAt: z.string(),
+  updatedAt: z.string(),
+});
+export type ContainerRecord = z.infer<typeof ContainerRecord>;

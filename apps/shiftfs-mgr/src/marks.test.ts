@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
@@ -109,6 +109,15 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     await marks.unmark('c1', [m!]);
     expect(kernel.unmountCalls).toEqual([srcA]);
     expect((await stat(srcA)).isDirectory()).toBe(true);
+  });
+
+  it('two spellings of one directory (through a symlink) share one mark', async () => {
+    const marks = await open();
+    await symlink(srcA, join(dir, 'link'));
+    const [viaPath] = await marks.mark('c1', [rw(srcA)], true);
+    const [viaLink] = await marks.mark('c2', [rw(join(dir, 'link'))], true);
+    expect(viaLink!.source).toBe(viaPath!.source);
+    expect(kernel.markCalls).toHaveLength(1);
   });
 
   it('answers a source already marked by someone else as it is, and does not track it', async () => {

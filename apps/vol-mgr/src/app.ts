@@ -1,0 +1,90 @@
+/**
+ * Builds the whole daemon from a NATS connection and config: state stores, one volume manager
+ * per kind, mount prep, reconcile, the served endpoints. main.ts and the tests both start it here.
+ */
+import type { NatsConnection } from '@nats-io/nats-core';
+import { VOLUME_KINDS, volService, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
+import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+import { serve } from '@sysbox-mgr-ts/service-kit';
+import type { Logger } from 'pino';
+import { createMountPrep, PrepRecordSchema, type IdShifter } from './prep.js';
+import type { ScanIds } from './rsync.js';
+import { createVolBindings } from './service.js';
+import { createVolumeManager, VolumeRecord, type ReconcileReport, type VolumeManager } from './volumes.js';
+
+export interface VolAppConfig {
+  node: string;
+  dataRoot: string;
+  kvReplicas: number;
+  sync: boolean;
+  syncTimeoutMs: number;
+  removeOrphans: boolean;
+  cleanupOnStop: boolean;
+  stopGraceMs: number;
+}
+
+export interface VolAppDeps {
+  nc: NatsConnection;
+  log: Logger;
+  version: string;
+  idShift: IdShifter & { scanIds: ScanIds };
+  rsyncExtraArgs?: readonly string[];
+}
+
+export interface VolApp {
+  volumes: Record<VolumeKind, VolumeManager>;
+  reconciled: ReconcileReport[];
+  stop(): Promise<void>;
+}
+
+export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promise<VolApp> {
+  const { nc, log } = deps;
+  const kv = await openBucket(nc, 'sysbox-vol', { replicas: config.kvReplicas, description: 'volumes and mount preps' });
+  const volumes = Object.fromEntries(
+    VOLUME_KINDS.map((kind) => [
+      kind,
+      createVolumeManager({
+        kind,
+        dataRoot: config.dataRoot,
+        store: createStateStore(kv, { node: config.node, namespace: kind, schema: VolumeRecord }),
+        scanIds: (root) => deps.idShift.scanIds(root),
+        readMounts: () => readMountInfo(),
+        log,
+        sync: config.sync,
+        syncTimeoutMs: config.syncTimeoutMs,
+        rsyncExtraArgs: deps.rsyncExtraArgs,
+      }),
+    ]),
+  ) as Record<VolumeKind, VolumeManager>;
+  const prep = createMountPrep({
+    store: createStateStore(kv, { node: config.node, namespace: 'prep', schema: PrepRecordSchema }),
+    shifter: deps.idShift,
+    dataRoot: config.dataRoot,
+    log,
+  });
+  const reconciled: ReconcileReport[] = [];
+  for (const kind of VOLUME_KINDS) reconciled.push(await volumes[kind].reconcile({ removeOrphans: config.removeOrphans }));
+  log.info({ volumes: reconciled.reduce((n, r) => n + r.kept.length, 0) }, 'volumes reconciled');
+
+  const svc = serve({
+    nc,
+    service: volService,
+    node: config.node,
+    version: deps.version,
+    log,
+    bindings: createVolBindings(volumes, prep),
+    metadata: { sync: String(config.sync) },
+  });
+  return {
+    volumes,
+    reconciled,
+    async stop() {
+      await svc.stop();
+      await Promise.all(VOLUME_KINDS.map((k) => volumes[k].drain(config.stopGraceMs)));
+      if (config.cleanupOnStop) {
+        for (const kind of VOLUME_KINDS) await volumes[kind].syncOutAndDestroyAll();
+      }
+    },
+  };
+}

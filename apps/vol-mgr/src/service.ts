@@ -1,0 +1,34 @@
+/** The vol service's handlers: four per volume kind, plus prep, revert-prep and list. */
+import { VOLUME_KINDS, volByKind, volList, volPrep, volRevertPrep, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
+import type { MountPrep } from './prep.js';
+import type { VolumeManager } from './volumes.js';
+
+export function createVolBindings(volumes: Record<VolumeKind, VolumeManager>, prep: MountPrep): Binding[] {
+  const perKind = VOLUME_KINDS.flatMap((kind) => {
+    const c = volByKind[kind];
+    const mgr = volumes[kind];
+    return [
+      handle(c.create, (req, ctx) => mgr.createVol(req, ctx.log)),
+      handle(c.destroy, async (req, ctx) => {
+        await mgr.destroyVol(req.id, ctx.log);
+        return {};
+      }),
+      handle(c.syncOut, async (req, ctx) => {
+        await mgr.syncOut(req.id, ctx.log);
+        return {};
+      }),
+      handle(c.syncOutAndDestroyAll, () => mgr.syncOutAndDestroyAll()),
+    ];
+  });
+  return [
+    ...perKind,
+    handle(volPrep, (req, ctx) => prep.prep(req, ctx.log)),
+    handle(volRevertPrep, (req, ctx) => prep.revertPrep(req.id, ctx.log)),
+    handle(volList, async (req) => {
+      const kinds = req.kind ? [req.kind] : VOLUME_KINDS;
+      const lists = await Promise.all(kinds.map((k) => volumes[k].list()));
+      return { volumes: lists.flat(), preps: await prep.list() };
+    }),
+  ];
+}

@@ -1,0 +1,328 @@
+/**
+ * The vol service end to end as root: real overlay rootfs, real rsync, a real nats-server with
+ * JetStream for state, requests through the NATS client.
+ */
+import { Writable } from 'node:stream';
+import { link, lstat, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile, chown, chmod } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { VOLUME_KINDS, VOLUME_LAYOUT, SysboxError, volByKind, volList, volPrep, volRevertPrep } from '@sysbox-mgr-ts/contracts';
+import { needsShift, scanIds, shift } from './testing/id-shift-shim.js';
+import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { startVolApp, type VolApp, type VolAppConfig } from './app.js';
+import { makeOverlayRootfs, snapshotTree, type OverlayRootfs } from './testing/tree.js';
+
+const OFFSET = 165536;
+const idShift = { shift, scanIds, needsShift };
+
+function capturingLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const log = createLogger({
+    service: 'vol-test',
+    node: 't',
+    version: '0',
+    level: 'info',
+    destination: new Writable({
+      write: (chunk, _e, cb) => {
+        for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+        cb();
+      },
+    }),
+  });
+  return { log, lines };
+}
+
+async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, `expected ${code}`).toBeInstanceOf(SysboxError);
+  expect((err as SysboxError).code).toBe(code);
+}
+
+/** /var/lib/docker as an image would ship it: root-owned, plus a few other owners, links and modes. */
+async function fillDockerStore(lower: string): Promise<void> {
+  const d = join(lower, 'var/lib/docker');
+  await mkdir(join(d, 'image/overlay2'), { recursive: true });
+  await mkdir(join(d, 'volumes'), { recursive: true });
+  await chmod(join(lower, 'var'), 0o755);
+  await chmod(join(lower, 'var/lib'), 0o755);
+  await chmod(d, 0o710);
+  await writeFile(join(d, 'image/overlay2/repositories.json'), '{"Repositories":{}}');
+  await writeFile(join(d, 'engine-id'), 'abc123');
+  await chmod(join(d, 'engine-id'), 0o600);
+  await link(join(d, 'engine-id'), join(d, 'engine-id.hard'));
+  await symlink('image/overlay2/repositories.json', join(d, 'repos-link'));
+  await writeFile(join(d, 'volumes/owned-by-user'), 'user data');
+  await chown(join(d, 'volumes/owned-by-user'), 1000, 1001);
+  await chown(join(d, 'volumes'), 1000, 1001);
+  await writeFile(join(d, 'setgid-tool'), '#!/bin/sh\n');
+  await chmod(join(d, 'setgid-tool'), 0o2755);
+}
+
+async function listAll(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (p: string): Promise<void> => {
+    out.push(p);
+    const st = await lstat(p);
+    if (st.isDirectory()) for (const n of await readdir(p)) await walk(join(p, n));
+  };
+  await walk(dir);
+  return out.sort();
+}
+
+describe('vol-mgr on a real nats-server with real mounts (root)', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  let base: string;
+  let client: ServiceClient;
+  // Each test has its own node (so its own KV keys and subjects) and data root.
+  let testNo = 0;
+  let data = '';
+  const apps: VolApp[] = [];
+  const rootfses: OverlayRootfs[] = [];
+  const capture = capturingLogger();
+
+  const config = (over: Partial<VolAppConfig> = {}): VolAppConfig => ({
+    node: `t${testNo}`,
+    dataRoot: data,
+    kvReplicas: 1,
+    sync: true,
+    syncTimeoutMs: 60_000,
+    removeOrphans: false,
+    cleanupOnStop: false,
+    stopGraceMs: 1000,
+    ...over,
+  });
+  const start = async (over: Partial<VolAppConfig> = {}, rsyncExtraArgs?: string[]): Promise<VolApp> => {
+    const app = await startVolApp(config(over), { nc, log: capture.log, version: '0.0.0', idShift, rsyncExtraArgs });
+    apps.push(app);
+    return app;
+  };
+  const stopApp = async (app: VolApp): Promise<void> => {
+    apps.splice(apps.indexOf(app), 1);
+    await app.stop();
+  };
+
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: ns.url });
+    base = await mkdtemp(join(tmpdir(), 'volmgr-it-'));
+  });
+  beforeEach(async () => {
+    testNo++;
+    data = join(base, `data${testNo}`);
+    client = createServiceClient(nc, { node: `t${testNo}`, timeoutMs: 30_000 });
+  });
+  afterEach(async () => {
+    for (const app of apps.splice(0)) await app.stop();
+    for (const r of rootfses.splice(0)) await r.cleanup();
+  });
+  afterAll(async () => {
+    await nc?.close();
+    await ns?.stop();
+    if (base) await rm(base, { recursive: true, force: true });
+  });
+
+  it('creates with chownOnSync, survives a restart, syncs out into the overlay upper dir shifted back, destroys', async () => {
+    const rootfs = await makeOverlayRootfs('volmgr-ovl-', fillDockerStore);
+    rootfses.push(rootfs);
+    const first = await start();
+    const docker = volByKind.docker;
+
+    const created = await client.call(docker.create, {
+      id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true,
+    });
+    const volPath = join(data, 'docker/c1');
+    expect(created.mounts).toEqual([{ source: volPath, destination: '/var/lib/docker', type: 'bind', options: ['rbind', 'rprivate'] }]);
+    const imageTree = await snapshotTree(join(rootfs.lower, 'var/lib/docker'));
+    // The copy holds exactly the image's tree, every owner shifted up by the offset.
+    expect(await snapshotTree(volPath, OFFSET)).toEqual(imageTree);
+    expect((await stat(join(volPath, 'engine-id'))).uid).toBe(OFFSET);
+    expect((await stat(join(volPath, 'volumes/owned-by-user'))).gid).toBe(OFFSET + 1001);
+    await expectCode(
+      client.call(docker.create, { id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true }),
+      'already-exists',
+    );
+
+    // The container writes more, as its own users.
+    await mkdir(join(volPath, 'containers/abc'), { recursive: true });
+    await writeFile(join(volPath, 'containers/abc/config.json'), '{"x":1}');
+    await chown(join(volPath, 'containers/abc/config.json'), OFFSET + 33, OFFSET + 44);
+    await chown(join(volPath, 'containers/abc'), OFFSET, OFFSET);
+    await chown(join(volPath, 'containers'), OFFSET, OFFSET);
+    await link(join(volPath, 'containers/abc/config.json'), join(volPath, 'containers/abc/config.hard'));
+    await symlink('../../engine-id', join(volPath, 'containers/abc/engine'));
+    await rm(join(volPath, 'repos-link'));
+    const volTree = await snapshotTree(volPath, OFFSET);
+
+    // A restart of the daemon between create and sync-out forgets nothing.
+    await stopApp(first);
+    const second = await start();
+    expect(second.reconciled.find((r) => r.kind === 'docker')?.kept).toEqual(['c1']);
+    const listed = await client.call(volList, { kind: 'docker' });
+    expect(listed.volumes).toHaveLength(1);
+    expect(listed.volumes[0]).toMatchObject({ id: 'c1', path: volPath, syncOutTarget: join(rootfs.upper, 'var/lib/docker'), uid: OFFSET });
+    expect(listed.volumes[0]!.sizeBytes).toBeGreaterThan(0);
+
+    await client.call(docker.syncOut, { id: 'c1' });
+    const target = join(rootfs.upper, 'var/lib/docker');
+    // Content, modes, owners (back to root and 1000:1001), symlinks and hard links match exactly.
+    expect(await snapshotTree(target)).toEqual(volTree);
+    expect((await stat(join(target, 'containers/abc/config.json'))).uid).toBe(33);
+    expect((await stat(join(target, 'engine-id'))).uid).toBe(0);
+    // Parents made in the upper layer keep the lower layer's modes, so they mask nothing.
+    expect((await stat(join(rootfs.upper, 'var'))).mode & 0o7777).toBe(0o755);
+
+    await client.call(docker.destroy, { id: 'c1' });
+    await expect(stat(volPath)).rejects.toThrow(/ENOENT/);
+    expect((await client.call(volList, {})).volumes).toEqual([]);
+    await expectCode(client.call(docker.destroy, { id: 'c1' }), 'not-found');
+    await expectCode(client.call(docker.syncOut, { id: 'c1' }), 'not-found');
+  });
+
+  it('lays out every kind with its host dir and perm; sync-out-and-destroy-all empties it', async () => {
+    await start();
+    const plainRootfs = await mkdtemp(join(base, 'plain-'));
+    for (const kind of VOLUME_KINDS) {
+      const { hostDir, perm, mountpoint } = VOLUME_LAYOUT[kind];
+      expect((await stat(join(data, hostDir))).mode & 0o7777, kind).toBe(perm);
+      const r = await client.call(volByKind[kind].create, { id: `k-${kind}`, rootfs: plainRootfs, mountpoint, uid: 1234, gid: 5678, chownOnSync: false });
+      const st = await stat(r.mounts[0]!.source);
+      expect([r.mounts[0]!.source, st.mode & 0o7777, st.uid, st.gid]).toEqual([join(data, hostDir, `k-${kind}`), perm, 1234, 5678]);
+    }
+    for (const kind of VOLUME_KINDS) {
+      const r = await client.call(volByKind[kind].syncOutAndDestroyAll, {});
+      expect(r).toEqual({ destroyed: [`k-${kind}`], failures: [] });
+      expect(await readdir(join(data, VOLUME_LAYOUT[kind].hostDir))).toEqual([]);
+    }
+  });
+
+  it('on start drops volumes whose dir vanished and reports orphan dirs, removing them only when asked', async () => {
+    const app = await start();
+    const plainRootfs = await mkdtemp(join(base, 'plain-'));
+    const mk = (id: string) => client.call(volByKind.kubelet.create, { id, rootfs: plainRootfs, mountpoint: '/var/lib/kubelet', uid: 1, gid: 1, chownOnSync: false });
+    await mk('keep');
+    await mk('gone');
+    await rm(join(data, 'kubelet/gone'), { recursive: true });
+    await mkdir(join(data, 'kubelet/stray'));
+    await stopApp(app);
+
+    const again = await start();
+    expect(again.reconciled.find((r) => r.kind === 'kubelet')).toMatchObject({ kept: ['keep'], vanished: ['gone'], orphans: ['stray'], removedOrphans: [] });
+    expect((await client.call(volList, { kind: 'kubelet' })).volumes.map((v) => v.id)).toEqual(['keep']);
+    expect(capture.lines.some((l) => String(l.msg).includes('orphan volume dirs'))).toBe(true);
+    await stopApp(again);
+
+    const cleaning = await start({ removeOrphans: true });
+    expect(cleaning.reconciled.find((r) => r.kind === 'kubelet')).toMatchObject({ orphans: ['stray'], removedOrphans: ['stray'] });
+    expect(await readdir(join(data, 'kubelet'))).toEqual(['keep']);
+    // Stopping does not destroy volumes; --cleanup-on-stop does.
+    await stopApp(cleaning);
+    expect(await readdir(join(data, 'kubelet'))).toEqual(['keep']);
+    await stopApp(await start({ cleanupOnStop: true }));
+    expect(await readdir(join(data, 'kubelet'))).toEqual([]);
+  });
+
+  it('ends a sync-out promptly and without error when the target is removed mid-copy; bounds every copy in time', async () => {
+    const rootfs = await makeOverlayRootfs('volmgr-ovl-', async (lower) => mkdir(join(lower, 'var/lib'), { recursive: true }));
+    rootfses.push(rootfs);
+    // 1 MB/s: the 8 MB file below would take 8 s to copy.
+    await start({ syncTimeoutMs: 2500 }, ['--bwlimit=1000']);
+    const docker = volByKind.docker;
+    const { mounts } = await client.call(docker.create, { id: 'slow', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true });
+    await writeFile(join(mounts[0]!.source, 'big.layer'), Buffer.alloc(8 * 1024 * 1024, 7));
+
+    const target = join(rootfs.upper, 'var/lib/docker');
+    const started = Date.now();
+    const syncing = client.call(docker.syncOut, { id: 'slow' });
+    while (!(await lstat(target).catch(() => undefined))) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 200));
+    await rm(join(rootfs.upper, 'var'), { recursive: true, force: true });
+    await expect(syncing).resolves.toEqual({});
+    expect(Date.now() - started).toBeLessThan(2000);
+
+    // Left alone, the same copy runs into its time bound: a typed timeout, and rsync is gone.
+    await expectCode(client.call(docker.syncOut, { id: 'slow' }), 'timeout');
+    const ps = await import('@sysbox-mgr-ts/exec').then(({ run }) => run('ps', ['-eo', 'args'], { timeout: 5000 }));
+    expect(ps.stdout.split('\n').filter((l) => l.startsWith('rsync') && l.includes(mounts[0]!.source))).toEqual([]);
+  });
+
+  it('answers hostile ids and paths with typed errors and creates nothing outside the data root', async () => {
+    await start();
+    const docker = volByKind.docker;
+    const rootfs = await mkdtemp(join(base, 'hostile-'));
+    const outside = await mkdtemp(join(tmpdir(), 'volmgr-outside-'));
+    try {
+      await writeFile(join(outside, 'secret'), 'host secret');
+      await mkdir(join(rootfs, 'var/lib'), { recursive: true });
+      // The image plants /var/lib/docker as a symlink to a host dir.
+      await symlink(outside, join(rootfs, 'var/lib/docker'));
+      const before = await listAll(base);
+      const good = { rootfs, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true };
+      for (const id of ['..', '.', '../escape', 'a/b', '', 'x'.repeat(129), 'nul\u0000']) {
+        await expectCode(client.call(docker.create, { ...good, id }), 'invalid-request');
+      }
+      for (const bad of [{ rootfs: '/tmp/../etc' }, { rootfs: 'relative/dir' }, { mountpoint: 'var/lib/docker' }, { mountpoint: '/var/lib/../../etc' }, { uid: -1 }, { uid: 2 ** 32 }]) {
+        await expectCode(client.call(docker.create, { ...good, id: 'h1', ...bad } as never), 'invalid-request');
+      }
+      await expectCode(client.call(docker.create, { ...good, id: 'h1' }), 'invalid-request');
+      await expectCode(client.call(docker.create, { ...good, id: 'h2', rootfs: join(base, 'no-such-rootfs') }), 'invalid-request');
+      await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source: '/', exclusive: false }] }), 'invalid-request');
+      await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source: base, exclusive: false }] }), 'invalid-request');
+      await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source: join(base, 'nope'), exclusive: false }] }), 'not-found');
+      expect(await listAll(base)).toEqual(before);
+      expect((await client.call(volList, {})).volumes).toEqual([]);
+
+      // A container that swaps its sync-out target for a symlink cannot make us write through it.
+      await rm(join(rootfs, 'var/lib/docker'));
+      await client.call(docker.create, { ...good, id: 'h3' });
+      await writeFile(join(data, 'docker/h3/file'), 'x');
+      await symlink(outside, join(rootfs, 'var/lib/docker'));
+      await expectCode(client.call(docker.syncOut, { id: 'h3' }), 'invalid-request');
+      expect(await readdir(outside)).toEqual(['secret']);
+      expect((await stat(join(outside, 'secret'))).uid).toBe(0);
+      await client.call(docker.destroy, { id: 'h3' });
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
+  });
+
+  it('prep shifts mismatched sources once, shares an exclusive source with a warning, revert-prep restores the exact owners', async () => {
+    await start();
+    const src = await mkdtemp(join(base, 'src-'));
+    await mkdir(join(src, 'sub'));
+    await writeFile(join(src, 'sub/a'), 'a');
+    await chown(join(src, 'sub/a'), 1000, 1001);
+    await writeFile(join(src, 'b'), 'b');
+    await chmod(join(src, 'b'), 0o4755);
+    const owned = await mkdtemp(join(base, 'owned-'));
+    await chown(owned, OFFSET, OFFSET);
+    const original = await snapshotTree(src);
+    const req = (id: string) => ({ id, uid: OFFSET, gid: OFFSET, sources: [{ source: src, exclusive: true }, { source: owned, exclusive: false }] });
+
+    expect(await client.call(volPrep, req('ca'))).toEqual({ prepared: [src], skipped: [owned] });
+    expect(await snapshotTree(src, OFFSET)).toEqual(original);
+    expect((await stat(join(src, 'b'))).mode & 0o7777).toBe(0o4755);
+
+    capture.lines.length = 0;
+    expect(await client.call(volPrep, req('cb'))).toEqual({ prepared: [], skipped: [src, owned] });
+    expect(capture.lines.some((l) => l.level === 40 && String(l.msg).includes('ca') && String(l.msg).includes('cb') && String(l.msg).includes(src))).toBe(true);
+    expect(await snapshotTree(src, OFFSET)).toEqual(original);
+    const preps = (await client.call(volList, {})).preps;
+    expect(preps.find((p) => p.source === src)).toMatchObject({ id: 'ca', holders: ['ca', 'cb'], uidOffset: OFFSET, gidOffset: OFFSET, exclusive: true });
+
+    // The first container leaves while the second still uses the source: nothing moves.
+    expect(await client.call(volRevertPrep, { id: 'ca' })).toEqual({ reverted: [] });
+    expect(await snapshotTree(src, OFFSET)).toEqual(original);
+    expect(await client.call(volRevertPrep, { id: 'cb' })).toEqual({ reverted: [src] });
+    expect(await snapshotTree(src)).toEqual(original);
+    expect((await stat(owned)).uid).toBe(OFFSET);
+    expect((await client.call(volList, {})).preps).toEqual([]);
+  });
+});

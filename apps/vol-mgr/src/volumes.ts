@@ -1,0 +1,314 @@
+/**
+ * One inner-store volume kind (upstream volMgr): host dirs `<dataRoot>/<hostDir>/<id>` that a
+ * container's root owns, filled from the rootfs on create (sync-in) and copied back on sync-out.
+ * State lives in KV so a restart or kill -9 of the daemon forgets nothing.
+ */
+import { chmod, chown, mkdir, readdir, realpath, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+import {
+  ContainerId,
+  ContainerPath,
+  FileMode,
+  HostPath,
+  Id,
+  SysboxError,
+  Timestamp,
+  VOLUME_LAYOUT,
+  VolumeKindSchema,
+  type VolCreateReply,
+  type VolCreateRequest,
+  type VolMgr,
+  type VolumeInfo,
+  type VolumeKind,
+} from '@sysbox-mgr-ts/contracts';
+import { run } from '@sysbox-mgr-ts/exec';
+import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
+import type { Logger } from 'pino';
+import { createInFlight, createKeyedLock } from './keyed-lock.js';
+import { assertStrictlyUnder, exists, mkdirChainInside, resolveInside } from './paths.js';
+import { rsyncTree, type ScanIds } from './rsync.js';
+
+export const VolumeRecord = z.object({
+  kind: VolumeKindSchema,
+  id: ContainerId,
+  path: HostPath,
+  rootfs: HostPath,
+  mountpoint: ContainerPath,
+  /** Where sync-out copies to: the overlay upper dir when the rootfs is overlayfs, else the rootfs. */
+  syncOutBase: HostPath,
+  uid: Id,
+  gid: Id,
+  chownOnSync: z.boolean(),
+  perm: FileMode,
+  createdAt: Timestamp,
+  /** `creating` until sync-in finished; a record left `creating` by a crash is dropped on start. */
+  state: z.enum(['creating', 'ready']),
+});
+export type VolumeRecord = z.infer<typeof VolumeRecord>;
+
+export interface VolumeDeps {
+  kind: VolumeKind;
+  dataRoot: string;
+  store: StateStore<VolumeRecord>;
+  scanIds: ScanIds;
+  readMounts: () => Promise<MountEntry[]>;
+  log: Logger;
+  /** Upstream's sync flag (off with --no-sync, its disable-inner-image-preload). */
+  sync: boolean;
+  syncTimeoutMs: number;
+  /** Extra rsync flags; tests throttle copies with --bwlimit to catch them mid-way. */
+  rsyncExtraArgs?: readonly string[];
+  now?: () => Date;
+}
+
+export interface ReconcileReport {
+  kind: VolumeKind;
+  kept: string[];
+  /** Records whose dir is gone: dropped. */
+  vanished: string[];
+  /** Records a crash left half-created: dir removed, record dropped. */
+  unfinished: string[];
+  /** Dirs under the host dir that no record owns. */
+  orphans: string[];
+  removedOrphans: string[];
+}
+
+export interface VolumeManager extends VolMgr {
+  readonly kind: VolumeKind;
+  readonly hostDir: string;
+  createVol(req: VolCreateRequest, log?: Logger): Promise<VolCreateReply>;
+  destroyVol(id: string, log?: Logger): Promise<void>;
+  syncOut(id: string, log?: Logger): Promise<void>;
+  list(): Promise<VolumeInfo[]>;
+  reconcile(opts: { removeOrphans: boolean }): Promise<ReconcileReport>;
+  /** Waits for operations in flight (up to graceMs), then cancels the rest. */
+  drain(graceMs: number): Promise<void>;
+}
+
+export function createVolumeManager(deps: VolumeDeps): VolumeManager {
+  const layout = VOLUME_LAYOUT[deps.kind];
+  const hostDir = join(deps.dataRoot, layout.hostDir);
+  assertStrictlyUnder(deps.dataRoot, hostDir, 'volume host dir');
+  const locked = createKeyedLock();
+  const inFlight = createInFlight();
+  const now = deps.now ?? (() => new Date());
+
+  const volPathOf = (id: string): string => {
+    const path = join(hostDir, id);
+    // Ids are validated tokens; this catches any that slipped through (`..`, `a/b`).
+    if (join(path, '..') !== hostDir) throw new SysboxError('invalid-request', `volume id ${id} is not a single path token`);
+    assertStrictlyUnder(deps.dataRoot, path, 'volume path');
+    return path;
+  };
+
+  const ensureHostDir = async (): Promise<void> => {
+    await mkdir(deps.dataRoot, { recursive: true });
+    await resolveInside(deps.dataRoot, `/${layout.hostDir}`, 'volume host dir');
+    await mkdirChainInside(deps.dataRoot, layout.hostDir, layout.perm);
+  };
+
+  const removeVolDir = async (path: string): Promise<void> => {
+    assertStrictlyUnder(hostDir, path, 'volume path');
+    await rm(path, { recursive: true, force: true });
+  };
+
+  const getRecord = async (id: string): Promise<VolumeRecord> => {
+    const rec = await deps.store.get(id);
+    if (!rec) throw new SysboxError('not-found', `no ${deps.kind} volume for container ${id}`);
+    return rec.value;
+  };
+
+  /** Where a rootfs on overlayfs keeps its writable layer; undefined when it is not an overlay mount. */
+  const overlayUpperOf = async (rootfs: string): Promise<string | undefined> => {
+    const real = await realpath(rootfs);
+    const top = topMountAt(await deps.readMounts(), real);
+    if (top?.fsType !== 'overlay') return undefined;
+    return overlayOptions(top.superOptions).upperDir;
+  };
+
+  const createVol = async (req: VolCreateRequest, log = deps.log): Promise<VolCreateReply> => {
+    const path = volPathOf(req.id);
+    const perm = req.perm ?? layout.perm;
+    const rootfsStat = await stat(req.rootfs).catch(() => undefined);
+    if (!rootfsStat?.isDirectory()) throw new SysboxError('invalid-request', `rootfs ${req.rootfs} is not a directory`);
+    const syncOutBase = (await overlayUpperOf(req.rootfs)) ?? req.rootfs;
+    const record: VolumeRecord = {
+      kind: deps.kind,
+      id: req.id,
+      path,
+      rootfs: req.rootfs,
+      mountpoint: req.mountpoint,
+      syncOutBase,
+      uid: req.uid,
+      gid: req.gid,
+      chownOnSync: req.chownOnSync,
+      perm,
+      createdAt: now().toISOString(),
+      state: 'creating',
+    };
+    await ensureHostDir();
+    await deps.store.create(req.id, record);
+    let madeDir = false;
+    try {
+      if (await exists(path)) {
+        throw new SysboxError('already-exists', `${path} already exists and no record owns it (an orphan: see --remove-orphans)`);
+      }
+      await mkdir(path);
+      madeDir = true;
+      await chmod(path, perm);
+      await chown(path, req.uid, req.gid);
+      if (deps.sync) {
+        const source = await resolveInside(req.rootfs, req.mountpoint, 'volume source');
+        if (await exists(source)) {
+          await rsyncTree({
+            src: source,
+            dest: path,
+            shift: req.chownOnSync ? { uid: req.uid, gid: req.gid, direction: 'up', scanIds: deps.scanIds } : undefined,
+            timeoutMs: deps.syncTimeoutMs,
+            signal: inFlight.signal,
+            extraArgs: deps.rsyncExtraArgs,
+            log,
+            what: `${deps.kind} sync-in ${req.id}`,
+          });
+        }
+      }
+      await deps.store.mutate(req.id, (cur) => (cur ? { ...cur, state: 'ready' } : undefined));
+    } catch (err) {
+      if (madeDir) await removeVolDir(path).catch((e: unknown) => log.warn({ err: e, path }, 'cleanup after failed create'));
+      await deps.store.delete(req.id).catch((e: unknown) => log.warn({ err: e }, 'dropping record after failed create'));
+      throw err;
+    }
+    log.info({ kind: deps.kind, id: req.id, path, syncOutBase }, 'volume created');
+    return { mounts: [{ source: path, destination: req.mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }] };
+  };
+
+  const syncOut = async (id: string, log = deps.log): Promise<void> => {
+    const rec = await getRecord(id);
+    if (!deps.sync) return;
+    if (!(await exists(rec.rootfs)) || !(await exists(rec.syncOutBase))) {
+      log.info({ kind: deps.kind, id, rootfs: rec.rootfs }, 'sync-out skipped: the rootfs is gone');
+      return;
+    }
+    const target = await resolveInside(rec.syncOutBase, rec.mountpoint, 'sync-out target');
+    if (!(await exists(target))) {
+      if ((await readdir(rec.path)).length === 0) return;
+      await mkdirChainInside(rec.syncOutBase, rec.mountpoint, rec.perm, rec.rootfs);
+    }
+    await rsyncTree({
+      src: rec.path,
+      dest: target,
+      shift: rec.chownOnSync ? { uid: rec.uid, gid: rec.gid, direction: 'down', scanIds: deps.scanIds } : undefined,
+      timeoutMs: deps.syncTimeoutMs,
+      signal: inFlight.signal,
+      watch: target,
+      extraArgs: deps.rsyncExtraArgs,
+      log,
+      what: `${deps.kind} sync-out ${id}`,
+    });
+  };
+
+  const destroyVol = async (id: string, log = deps.log): Promise<void> => {
+    const rec = await getRecord(id);
+    if (rec.path !== volPathOf(id)) throw new SysboxError('internal', `record of ${id} names ${rec.path}, not ${volPathOf(id)}`);
+    await removeVolDir(rec.path);
+    await deps.store.mutate(id, () => REMOVE);
+    log.info({ kind: deps.kind, id }, 'volume destroyed');
+  };
+
+  const guarded = <A extends unknown[], R>(fn: (id: string, ...rest: A) => Promise<R>) =>
+    (id: string, ...rest: A): Promise<R> => inFlight.track(locked(id, () => fn(id, ...rest)));
+
+  const mgr: VolumeManager = {
+    kind: deps.kind,
+    hostDir,
+    createVol: (req, log) => inFlight.track(locked(req.id, () => createVol(req, log))),
+    syncOut: guarded(syncOut),
+    destroyVol: guarded(destroyVol),
+    async syncOutAndDestroyAll() {
+      const destroyed: string[] = [];
+      const failures: { kind: VolumeKind; id: string; error: string }[] = [];
+      for (const { value } of await deps.store.list()) {
+        try {
+          await mgr.syncOut(value.id);
+        } catch (err) {
+          failures.push({ kind: deps.kind, id: value.id, error: `sync-out: ${(err as Error).message}` });
+        }
+        try {
+          await mgr.destroyVol(value.id);
+          destroyed.push(value.id);
+        } catch (err) {
+          failures.push({ kind: deps.kind, id: value.id, error: `destroy: ${(err as Error).message}` });
+        }
+      }
+      for (const f of failures) deps.log.warn(f, 'sync-out-and-destroy-all failure');
+      return { destroyed, failures };
+    },
+    async list() {
+      const out: VolumeInfo[] = [];
+      for (const { value } of await deps.store.list()) {
+        out.push({
+          kind: value.kind,
+          id: value.id,
+          path: value.path,
+          mountpoint: value.mountpoint,
+          syncOutTarget: join(value.syncOutBase, value.mountpoint),
+          uid: value.uid,
+          gid: value.gid,
+          chownOnSync: value.chownOnSync,
+          sizeBytes: await sizeOnDisk(value.path, deps.log),
+          createdAt: value.createdAt,
+        });
+      }
+      return out;
+    },
+    async reconcile({ removeOrphans }) {
+      await ensureHostDir();
+      const report: ReconcileReport = { kind: deps.kind, kept: [], vanished: [], unfinished: [], orphans: [], removedOrphans: [] };
+      const owned = new Set<string>();
+      for (const { value } of await deps.store.list()) {
+        if (value.state === 'creating') {
+          await removeVolDir(volPathOf(value.id));
+          await deps.store.delete(value.id);
+          report.unfinished.push(value.id);
+        } else if (!(await exists(value.path))) {
+          await deps.store.delete(value.id);
+          report.vanished.push(value.id);
+        } else {
+          owned.add(value.id);
+          report.kept.push(value.id);
+        }
+      }
+      for (const name of await readdir(hostDir)) {
+        if (owned.has(name)) continue;
+        report.orphans.push(name);
+        if (removeOrphans) {
+          await removeVolDir(join(hostDir, name));
+          report.removedOrphans.push(name);
+        }
+      }
+      if (report.vanished.length) deps.log.warn({ kind: deps.kind, ids: report.vanished }, 'volumes whose dir vanished: records dropped');
+      if (report.unfinished.length) deps.log.warn({ kind: deps.kind, ids: report.unfinished }, 'half-created volumes removed');
+      if (report.orphans.length) {
+        deps.log.warn(
+          { kind: deps.kind, dirs: report.orphans.map((n) => join(hostDir, n)), removed: removeOrphans },
+          removeOrphans ? 'orphan volume dirs removed' : 'orphan volume dirs no record owns (--remove-orphans removes them)',
+        );
+      }
+      return report;
+    },
+    drain: (graceMs) => inFlight.drain(graceMs),
+  };
+  return mgr;
+}
+
+async function sizeOnDisk(path: string, log: Logger): Promise<number> {
+  try {
+    const { stdout } = await run('du', ['-s', '--block-size=1', path], { timeout: 60_000, logger: log });
+    return Number.parseInt(stdout.split('\t')[0] ?? '0', 10) || 0;
+  } catch (err) {
+    log.warn({ err, path }, 'size of volume unknown');
+    return 0;
+  }
+}

@@ -1,0 +1,397 @@
+/**
+ * The gateway over its real unix socket, driven by a gRPC client built from the .proto, against a
+ * real nats-server and in-memory fakes of the four services (the real services are e2e/'s).
+ */
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { status } from '@grpc/grpc-js';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { connect } from '@nats-io/transport-node';
+import { run } from '@sysbox-mgr-ts/exec';
+import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startFakeServices, type FakeOptions, type FakeServices } from './fake-services.js';
+import { gatewayOptions } from './flags.js';
+import { startGateway, type Gateway, type GatewaySettings } from './gateway.js';
+import type { HostFacts } from './probes.js';
+import { grpcClient, rpc, statusOf, type GrpcClient } from './test-support.js';
+
+const log = createLogger({
+  service: 'gw-test',
+  node: 't',
+  version: '0',
+  level: process.env.GW_TEST_LOG ? 'debug' : 'silent',
+  destination: process.env.GW_TEST_LOG ? process.stderr : new Writable({ write: (_c, _e, cb) => cb() }),
+});
+
+const HEADERS = '/usr/src/linux-headers-6.1.0-test';
+const LIBMOD = '/lib/modules/6.1.0-test';
+const chownHostFacts: HostFacts = {
+  kernelRelease: '6.1.0-test',
+  hostDistro: 'debian',
+  hostKernelHdrPath: HEADERS,
+  linuxHeaderMounts: [{ source: HEADERS, destination: HEADERS, type: 'bind', options: ['ro', 'rbind', 'rprivate'] }],
+  libModMounts: [{ source: LIBMOD, destination: LIBMOD, type: 'bind', options: ['ro', 'rbind', 'rprivate'] }],
+  idMapMountOk: true,
+  // A host where overlayfs cannot sit on ID-mapped mounts: the chown and clone path.
+  overlayfsOnIDMapMountOk: false,
+  binfmtMiscNamespaced: true,
+};
+
+let ns: NatsServer;
+let nc: NatsConnection;
+let work: string;
+const cleanups: (() => Promise<unknown>)[] = [];
+
+beforeAll(async () => {
+  ns = await startNatsServer({ jetstream: true });
+  nc = await connect({ servers: ns.url });
+  work = await mkdtemp(join(tmpdir(), 'gw-test-'));
+});
+
+afterEach(async () => {
+  while (cleanups.length) await cleanups.pop()!().catch(() => undefined);
+});
+
+afterAll(async () => {
+  await nc?.drain();
+  await ns?.stop();
+  await rm(work, { recursive: true, force: true });
+});
+
+function settings(node: string, socket: string, extra: string[] = []): GatewaySettings {
+  const parsed = parseConfig(
+    { ...commonOptions, ...gatewayOptions },
+    ['--node', node, '--socket', socket, '--watch-interval-ms', '20', '--op-timeout-ms', '1500', ...extra],
+    {},
+  );
+  if ('help' in parsed) throw new Error('help');
+  return parsed.config;
+}
+
+interface Rig {
+  gw: Gateway;
+  fakes: FakeServices;
+  client: GrpcClient;
+  socket: string;
+  node: string;
+}
+
+let nodeCounter = 0;
+async function rig(opts: { fakes?: FakeOptions; facts?: Partial<HostFacts>; flags?: string[] } = {}): Promise<Rig> {
+  const node = `gwt${process.pid}x${++nodeCounter}`;
+  const socket = join(work, `run-${node}`, 'sysmgr.sock');
+  const fakes = startFakeServices(nc, node, log, opts.fakes);
+  const gw = await startGateway({ nc, settings: settings(node, socket, opts.flags), log, facts: { ...chownHostFacts, ...opts.facts } });
+  const client = grpcClient(socket);
+  cleanups.push(async () => {
+    client.close();
+    await gw.stop();
+    await fakes.stopAll();
+  });
+  return { gw, fakes, client, socket, node };
+}
+
+async function until<T>(fn: () => Promise<T | undefined | false>, ms = 5000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const emptyReg = (id: string, rootfs: string) => ({ id, rootfs, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+
+describe('socket', () => {
+  it('is 0600 in a 0700 dir it created, and a stale socket from a crashed run is replaced', async () => {
+    const node = `gwt${process.pid}stale`;
+    const dir = join(work, 'stale-run');
+    await mkdir(dir, { mode: 0o755 });
+    const socket = join(dir, 'sysmgr.sock');
+    // A process that bound the socket and died without unlinking it, as kill -9 leaves it.
+    await run('/usr/bin/python3', ['-c', `import socket; s=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(socket)})`], {
+      timeout: 10_000,
+    });
+    expect((await stat(socket)).isSocket()).toBe(true);
+    const gw = await startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts });
+    cleanups.push(() => gw.stop());
+    expect((await stat(socket)).mode & 0o777).toBe(0o600);
+    const client = grpcClient(socket);
+    cleanups.push(async () => client.close());
+    const cfg = await rpc(client, 'Register', emptyReg('s1', work));
+    expect(cfg.containerConfig.syscontMode).toBe(true);
+
+    // A live server on the socket is never unlinked under it.
+    await expect(startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts })).rejects.toThrow(
+      /another server is answering/,
+    );
+
+    const fresh = join(work, 'fresh-run', 'sub');
+    const gw2 = await startGateway({ nc, settings: settings(`${node}b`, join(fresh, 'm.sock')), log, facts: chownHostFacts });
+    cleanups.push(() => gw2.stop());
+    expect((await stat(fresh)).mode & 0o777).toBe(0o700);
+  });
+});
+
+describe('sysbox-runc call order', () => {
+  it('chown-mode container with a clone and a docker volume: create, pause, resume, stop, restart, stop, removal', async () => {
+    const base = join(work, 'overlay2', 'c1');
+    const rootfs = join(base, 'merged');
+    const origWorkDir = join(base, 'workdir');
+    await mkdir(rootfs, { recursive: true });
+    await mkdir(join(origWorkDir, 'work'), { recursive: true });
+    const prepSrc = join(work, 'c1-data');
+    await mkdir(prepSrc);
+    const { gw, fakes, client } = await rig({ fakes: { origWorkDirOf: () => origWorkDir } });
+    const id = 'c1';
+
+    // create
+    const reg = await rpc(client, 'Register', emptyReg(id, rootfs));
+    expect(reg.containerConfig).toMatchObject({
+      aliasDns: true,
+      ShiftfsOk: false,
+      IDMapMountOk: true,
+      OverlayfsOnIDMapMountOk: false,
+      syscontMode: true,
+      noRootfsCloning: false,
+      uidMappings: [],
+      rootfsUidShiftType: 0,
+    });
+    const ids = await rpc(client, 'SubidAlloc', { id, size: 65536 });
+    expect(ids.uid).toBeGreaterThanOrEqual(165536);
+    const clone = await rpc(client, 'ReqCloneRootfs', { id });
+    expect(clone.rootfs).toBe('/var/lib/sysbox/rootfs/c1/overlay2/merged');
+    await rpc(client, 'Update', {
+      id,
+      userns: '/proc/self/ns/user',
+      netns: '/proc/self/ns/net',
+      uidMappings: [],
+      gidMappings: [],
+      rootfsUidShiftType: 4,
+    });
+    await rpc(client, 'PrepMounts', { id, uid: ids.uid, gid: ids.gid, prepList: [{ source: prepSrc, exclusive: true }] });
+    const mounts = (await rpc(client, 'ReqMounts', { id, rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] }))
+      .mounts;
+    expect(mounts).toEqual([
+      { source: '/var/lib/sysbox/docker/c1', dest: '/var/lib/docker', type: 'bind', opt: ['rbind', 'rprivate'] },
+      { source: HEADERS, dest: HEADERS, type: 'bind', opt: ['ro', 'rbind', 'rprivate'] },
+      { source: LIBMOD, dest: LIBMOD, type: 'bind', opt: ['ro', 'rbind', 'rprivate'] },
+      { source: 'binfmt_misc', dest: '/proc/sys/fs/binfmt_misc', type: 'binfmt_misc', opt: ['noexec', 'nosuid', 'nodev'] },
+    ]);
+    const create = fakes.calls.find((c) => c.op === 'vol.docker-create')!.req;
+    expect(create).toEqual({
+      id,
+      rootfs: clone.rootfs,
+      mountpoint: '/var/lib/docker',
+      uid: ids.uid,
+      gid: ids.gid,
+      chownOnSync: true,
+      perm: 0o700,
+    });
+    expect((await rpc(client, 'ReqFsState', { id, rootfs: clone.rootfs })).fsEntries).toEqual([]);
+    await rpc(client, 'ChownClonedRootfs', { id, uidOffset: ids.uid, gidOffset: ids.gid });
+    expect(fakes.ops()).toEqual([
+      'shiftfs.list',
+      'subid.alloc',
+      'rootfs.create-clone',
+      'vol.prep',
+      'vol.docker-create',
+      'rootfs.chown-clone',
+    ]);
+
+    // pause and resume: the clone's chown is reverted and redone, volumes synced out
+    fakes.calls.length = 0;
+    await rpc(client, 'Pause', { id });
+    await rpc(client, 'Resume', { id });
+    expect(fakes.ops()).toEqual(['rootfs.revert-chown', 'vol.docker-sync-out', 'rootfs.chown-clone']);
+    expect(fakes.calls[2]!.req).toEqual({ id, uidOffset: ids.uid, gidOffset: ids.gid });
+
+    // stop
+    fakes.calls.length = 0;
+    await rpc(client, 'Unregister', { id });
+    expect(fakes.ops()).toEqual(['vol.revert-prep', 'vol.docker-sync-out', 'rootfs.container-stopped']);
+    expect(gw.watcher.watching()).toEqual([{ id, path: join(origWorkDir, 'work') }]);
+    expect((await statusOf(rpc(client, 'Unregister', { id })))?.code).toBe(status.FAILED_PRECONDITION);
+
+    // restart: same mounts, same ids, no new volume and no new sync-in
+    fakes.calls.length = 0;
+    const again = await rpc(client, 'Register', emptyReg(id, rootfs));
+    expect(again.containerConfig.uidMappings).toEqual([{ containerID: 0, hostID: ids.uid, size: 65536 }]);
+    expect(gw.watcher.watching()).toEqual([]);
+    expect(await rpc(client, 'SubidAlloc', { id, size: 65536 })).toEqual(ids);
+    expect((await rpc(client, 'ReqCloneRootfs', { id })).rootfs).toBe(clone.rootfs);
+    const mountsAgain = (
+      await rpc(client, 'ReqMounts', { id, rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] })
+    ).mounts;
+    expect(mountsAgain).toEqual(mounts);
+    expect(fakes.ops()).toEqual([]);
+    expect((await statusOf(rpc(client, 'Register', emptyReg(id, rootfs))))?.code).toBe(status.FAILED_PRECONDITION);
+
+    // stop, then the runtime removes the container: everything is released
+    await rpc(client, 'Unregister', { id });
+    fakes.calls.length = 0;
+    await rm(join(origWorkDir, 'work'), { recursive: true });
+    await until(async () => (await gw.manager.get(id)) === undefined);
+    expect(fakes.ops()).toEqual(['vol.docker-destroy', 'subid.free', 'rootfs.remove-clone']);
+    expect(gw.watcher.watching()).toEqual([]);
+    expect((await statusOf(rpc(client, 'Pause', { id })))?.code).toBe(status.NOT_FOUND);
+  });
+
+  it('ID-mapped container on a real overlay: upper dir shifted on update, reverted on pause and stop', async () => {
+    const dir = join(work, 'idmap');
+    const [lower, upper, wd, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => join(dir, d));
+    for (const d of [lower, upper, wd, merged]) await mkdir(d!, { recursive: true });
+    await writeFile(join(lower!, 'hello'), 'hi');
+    await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${wd}`, merged!], {
+      timeout: 10_000,
+    });
+    cleanups.push(() => run('umount', ['-l', merged!], { timeout: 10_000 }));
+    const { fakes, client } = await rig({ facts: { overlayfsOnIDMapMountOk: true } });
+    const id = 'idm-1';
+    const map = [{ containerID: 0, hostID: 231072, size: 65536 }];
+    const reg = await rpc(client, 'Register', { ...emptyReg(id, merged!), uidMappings: map, gidMappings: map });
+    expect(reg.containerConfig.OverlayfsOnIDMapMountOk).toBe(true);
+    await rpc(client, 'Update', { id, userns: '', netns: '', uidMappings: [], gidMappings: [], rootfsUidShiftType: 2 });
+    await rpc(client, 'ReqMounts', { id, rootfsUidShiftType: 2, reqList: [{ kind: 1, dest: '/var/lib/kubelet' }] });
+    await rpc(client, 'Pause', { id });
+    await rpc(client, 'Resume', { id });
+    await rpc(client, 'Unregister', { id });
+    const ops = fakes.calls.filter((c) => c.op !== 'shiftfs.list');
+    expect(ops.map((c) => c.op)).toEqual([
+      'rootfs.shift-upper',
+      'vol.kubelet-create',
+      'rootfs.revert-upper',
+      'vol.kubelet-sync-out',
+      'rootfs.shift-upper',
+      'rootfs.revert-upper',
+      'vol.kubelet-sync-out',
+    ]);
+    expect(ops[0]!.req).toEqual({ id, upperDir: upper, uidOffset: 231072, gidOffset: 231072 });
+    expect(ops[1]!.req).toMatchObject({ uid: 0, gid: 0, chownOnSync: false, perm: 0o755 });
+  });
+
+  it('two containers sharing a netns share the first one’s userns and maps', async () => {
+    const { client } = await rig();
+    const map = [{ containerID: 0, hostID: 300000, size: 65536 }];
+    await rpc(client, 'Register', {
+      id: 'pod-a',
+      rootfs: work,
+      userns: '/proc/self/ns/user',
+      netns: '/proc/self/ns/net',
+      uidMappings: map,
+      gidMappings: map,
+    });
+    const b = await rpc(client, 'Register', { ...emptyReg('pod-b', work), netns: '/proc/self/ns/net' });
+    expect(b.containerConfig.userns).toBe('/proc/self/ns/user');
+    expect(b.containerConfig.uidMappings).toEqual(map);
+    expect(b.containerConfig.gidMappings).toEqual(map);
+    // Once the first leaves the netns, a newcomer with its own userns keeps its own.
+    await rpc(client, 'Unregister', { id: 'pod-a' });
+    const c = await rpc(client, 'Register', { ...emptyReg('pod-c', work), netns: '/proc/self/ns/net', userns: '/proc/1/ns/user' });
+    expect(c.containerConfig.userns).toBe('/proc/1/ns/user');
+  });
+});
+
+const UNKNOWN_CALLS: [string, object][] = [
+  ['Update', { id: 'nope', rootfsUidShiftType: 0 }],
+  ['Unregister', { id: 'nope' }],
+  ['SubidAlloc', { id: 'nope', size: 65536 }],
+  ['PrepMounts', { id: 'nope', uid: 1, gid: 1, prepList: [] }],
+  ['ReqMounts', { id: 'nope', rootfsUidShiftType: 4, reqList: [] }],
+  ['ReqShiftfsMark', { id: 'nope', shiftfsMarks: [] }],
+  ['ReqFsState', { id: 'nope', rootfs: '/' }],
+  ['Pause', { id: 'nope' }],
+  ['Resume', { id: 'nope' }],
+  ['ReqCloneRootfs', { id: 'nope' }],
+  ['ChownClonedRootfs', { id: 'nope', uidOffset: 1, gidOffset: 1 }],
+  ['RevertClonedRootfsChown', { id: 'nope' }],
+];
+
+describe('errors', () => {
+  it('every rpc on an unknown container answers NOT_FOUND naming it; Register of a missing rootfs INVALID_ARGUMENT', async () => {
+    const { client, fakes } = await rig();
+    for (const [method, req] of UNKNOWN_CALLS) {
+      const s = await statusOf(rpc(client, method, req));
+      expect({ method, code: s?.code }).toEqual({ method, code: status.NOT_FOUND });
+      expect(s!.details).toContain('nope');
+    }
+    const s = await statusOf(rpc(client, 'Register', emptyReg('nope', join(work, 'missing-rootfs'))));
+    expect(s?.code).toBe(status.INVALID_ARGUMENT);
+    expect(fakes.ops().filter((o) => o !== 'shiftfs.list')).toEqual([]);
+  });
+
+  it('hostile ids and paths answer INVALID_ARGUMENT and change nothing', async () => {
+    const { client, gw } = await rig();
+    const hostile = ['../etc', 'a/b', '', 'x'.repeat(200), 'a\nb', '..'];
+    for (const id of hostile) {
+      for (const [method, req] of [['Register', emptyReg(id, work)] as const, ...UNKNOWN_CALLS]) {
+        const s = await statusOf(rpc(client, method, { ...req, id }));
+        expect({ method, id, code: s?.code }).toEqual({ method, id, code: status.INVALID_ARGUMENT });
+      }
+    }
+    await rpc(client, 'Register', emptyReg('ok', work));
+    for (const [method, req] of [
+      ['Register', emptyReg('ok2', 'relative/rootfs')],
+      ['Register', { ...emptyReg('ok3', work), netns: '/proc/../etc' }],
+      ['ReqMounts', { id: 'ok', rootfsUidShiftType: 4, reqList: [{ kind: 7, dest: '/x' }] }],
+      ['ReqMounts', { id: 'ok', rootfsUidShiftType: 9, reqList: [] }],
+      ['PrepMounts', { id: 'ok', uid: 1, gid: 1, prepList: [{ source: '/a/../b', exclusive: false }] }],
+    ] as const) {
+      expect((await statusOf(rpc(client, method, req)))?.code).toBe(status.INVALID_ARGUMENT);
+    }
+    expect(await gw.manager.get('ok2')).toBeUndefined();
+    expect((await gw.manager.get('ok'))?.volumeKinds).toEqual([]);
+  });
+
+  it('a stopped service answers UNAVAILABLE within 2 s', async () => {
+    const { client, fakes } = await rig();
+    await rpc(client, 'Register', emptyReg('u1', work));
+    await fakes.stop('subid');
+    const t0 = Date.now();
+    const s = await statusOf(rpc(client, 'SubidAlloc', { id: 'u1', size: 65536 }));
+    expect(s?.code).toBe(status.UNAVAILABLE);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(s!.details).toMatch(/container u1/);
+  });
+});
+
+describe('durability', () => {
+  it('a second gateway on the same KV, after the first is gone, resumes the table and the removal watch', async () => {
+    const node = `gwt${process.pid}dur`;
+    const socket = join(work, 'dur-run', 'sysmgr.sock');
+    const fakes = startFakeServices(nc, node, log);
+    cleanups.push(() => fakes.stopAll());
+    const rootfsA = join(work, 'dur-a');
+    await mkdir(rootfsA);
+    const first = await startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts });
+    let client = grpcClient(socket);
+    await rpc(client, 'Register', emptyReg('dur-a', rootfsA));
+    const ids = await rpc(client, 'SubidAlloc', { id: 'dur-a', size: 65536 });
+    await rpc(client, 'ReqMounts', { id: 'dur-a', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    await rpc(client, 'Unregister', { id: 'dur-a' });
+    await rpc(client, 'Register', emptyReg('dur-b', work));
+    client.close();
+    await first.stop();
+
+    const second = await startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts });
+    cleanups.push(() => second.stop());
+    client = grpcClient(socket);
+    cleanups.push(async () => client.close());
+    expect(second.watcher.watching()).toEqual([{ id: 'dur-a', path: rootfsA }]);
+    // The running container carries on: a second Register is still redundant, Unregister works.
+    expect((await statusOf(rpc(client, 'Register', emptyReg('dur-b', work))))?.code).toBe(status.FAILED_PRECONDITION);
+    await rpc(client, 'Unregister', { id: 'dur-b' });
+    // The watch resumed by the second gateway releases the stopped one.
+    fakes.calls.length = 0;
+    await rm(rootfsA, { recursive: true });
+    await until(async () => (await second.manager.get('dur-a')) === undefined);
+    expect(fakes.ops()).toEqual(['vol.docker-destroy', 'subid.free']);
+    expect(fakes.calls[1]!.req).toEqual({ id: 'dur-a' });
+    expect(ids.uid).toBeGreaterThan(0);
+  });
+});

@@ -90,14 +90,15 @@ describe('rootfs service over NATS', () => {
     const fx = await buildRuntimeRootfs(join(base, 'runtime'));
     const appDir = resolve(import.meta.dirname, '..');
     const start = () =>
-      startProcess(resolve(appDir, '../../node_modules/.bin/tsx'), ['--conditions=@sysbox-mgr-ts/source', 'src/main.ts'], {
+      // node with tsx's loader, not the tsx CLI: SIGKILL must hit the daemon itself, not a wrapper.
+      startProcess(process.execPath, ['--conditions=@sysbox-mgr-ts/source', '--import', 'tsx', 'src/main.ts'], {
         cwd: appDir,
         env: { NATS_URL: ns.url, SYSBOX_NODE: 'kill', SYSBOX_DATA_ROOT: join(base, 'data'), LOG_LEVEL: 'warn' },
         output: { file: join(base, 'daemon.log') },
       });
     const client = createServiceClient(nc, { node: 'kill', timeoutMs: 20_000 });
     const ready = async () => {
-      for (let i = 0; i < 100; i++) {
+      for (let i = 0; i < 40; i++) {
         if (await client.call(rootfsList, {}, { timeoutMs: 500 }).then(() => true, () => false)) return;
         await new Promise((r) => setTimeout(r, 100));
       }

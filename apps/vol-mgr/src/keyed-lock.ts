@@ -13,8 +13,16 @@ export function createKeyedLock(): <T>(key: string, fn: () => Promise<T>) => Pro
   };
 }
 
+export interface InFlight {
+  /** Aborted when a stop gives up waiting: passed to every child process. */
+  signal: AbortSignal;
+  track<T>(p: Promise<T>): Promise<T>;
+  readonly size: number;
+  drain(graceMs: number): Promise<void>;
+}
+
 /** Counts operations in flight so a stop can wait for them, then cancel what is left. */
-export function createInFlight() {
+export function createInFlight(): InFlight {
   const running = new Set<Promise<unknown>>();
   const abort = new AbortController();
   return {

@@ -37,9 +37,9 @@ describe('path guards', () => {
   ])('isUnder(%s, %s) is %s', (b, p, want) => expect(isUnder(b, p)).toBe(want));
 
   it('refuses a path equal to or outside its base', () => {
-    expect(() => assertStrictlyUnder('/d', '/d')).toThrow(/not below/);
-    expect(() => assertStrictlyUnder('/d', '/d/../e')).toThrow(/not below/);
-    expect(() => assertStrictlyUnder('/d', '/d/x')).not.toThrow();
+    expect(() => assertStrictlyUnder('/d', '/d', 'p')).toThrow(/not below/);
+    expect(() => assertStrictlyUnder('/d', '/d/../e', 'p')).toThrow(/not below/);
+    expect(() => assertStrictlyUnder('/d', '/d/x', 'p')).not.toThrow();
   });
 
   it('resolves container paths inside the rootfs and refuses symlinks that lead out', async () => {

@@ -230,7 +230,9 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   });
 
   it('ends a sync-out promptly and without error when the target is removed mid-copy; bounds every copy in time', async () => {
-    const rootfs = await makeOverlayRootfs('volmgr-ovl-', async (lower) => mkdir(join(lower, 'var/lib'), { recursive: true }));
+    const rootfs = await makeOverlayRootfs('volmgr-ovl-', async (lower) => {
+      await mkdir(join(lower, 'var/lib'), { recursive: true });
+    });
     rootfses.push(rootfs);
     // 1 MB/s: the 8 MB file below would take 8 s to copy.
     await start({ syncTimeoutMs: 2500 }, ['--bwlimit=1000']);

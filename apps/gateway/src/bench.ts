@@ -1,0 +1,148 @@
+/**
+ * Gateway round trip for Register and SubidAlloc (sequential and 32 in flight), against a bare
+ * grpc-js server on a unix socket plus a bare NATS request/reply echo, measured alternately in the
+ * same run. The gateway's price over the bare transports is its KV reads and CAS writes.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { connect } from '@nats-io/transport-node';
+import { percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
+import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startFakeServices } from './fake-services.js';
+import { gatewayOptions } from './flags.js';
+import { startGateway, type GatewaySettings } from './gateway.js';
+import { loadPackage, sysboxMgrService } from './proto.js';
+import { grpcClient, rpc } from './test-support.js';
+
+const quick = process.env.BENCH_QUICK === '1';
+const SEQUENTIAL = quick ? 150 : 1500;
+const CONCURRENCY = 32;
+const BATCHES = quick ? 4 : 40;
+const ROUNDS = 5;
+
+const log = createLogger({ service: 'bench', node: 'b', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'gw-bench-'));
+  const ns = await startNatsServer({ jetstream: true });
+  const nc = await connect({ servers: ns.url });
+  const node = 'bench';
+  const fakes = startFakeServices(nc, node, log, { only: ['subid'] });
+  const parsed = parseConfig({ ...commonOptions, ...gatewayOptions }, ['--node', node, '--socket', join(dir, 'gw.sock')], {});
+  if ('help' in parsed) throw new Error('help');
+  const gw = await startGateway({ nc, settings: parsed.config as GatewaySettings, log });
+  const gwClient = grpcClient(join(dir, 'gw.sock'));
+
+  // Bare gRPC: the same service and messages, every rpc answering at once.
+  const bare = new Server();
+  const impl: UntypedServiceImplementation = {};
+  for (const name of Object.keys(sysboxMgrService())) {
+    impl[name] = (_call: unknown, cb: (e: null, r: object) => void) => cb(null, name === 'SubidAlloc' ? { uid: 165536, gid: 165536 } : {});
+  }
+  bare.addService(sysboxMgrService(loadPackage()), impl);
+  await new Promise<number>((res, rej) =>
+    bare.bindAsync(`unix:${join(dir, 'bare.sock')}`, ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
+  );
+  const bareClient = grpcClient(join(dir, 'bare.sock'));
+
+  // Bare NATS: a request/reply echo of a subid-sized JSON body.
+  const echo = nc.subscribe('bench.echo', {
+    callback: (_e, m) => {
+      m.respond(m.data);
+    },
+  });
+  const natsBody = new TextEncoder().encode(JSON.stringify({ id: 'bench-container-0000', size: 65536 }));
+
+  let n = 0;
+  const reg = () => ({ id: `b${++n}`, rootfs: dir, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+  const registered: string[] = [];
+  const ops = {
+    register: async () => {
+      const r = reg();
+      await rpc(gwClient, 'Register', r);
+      registered.push(r.id);
+    },
+    subid: async () => {
+      const id = registered.pop();
+      if (!id) throw new Error('ran out of registered containers');
+      await rpc(gwClient, 'SubidAlloc', { id, size: 65536 });
+    },
+    bareGrpc: () => rpc(bareClient, 'SubidAlloc', { id: 'bench-container-0000', size: 65536 }),
+    bareNats: () => nc.request('bench.echo', natsBody, { timeout: 5000 }),
+  };
+
+  const timeOne = async (fn: () => Promise<unknown>): Promise<number> => {
+    const t0 = performance.now();
+    await fn();
+    return performance.now() - t0;
+  };
+  const sequential = async (fn: () => Promise<unknown>, count: number, out: number[]): Promise<void> => {
+    for (let i = 0; i < count; i++) out.push(await timeOne(fn));
+  };
+  const concurrent = async (fn: () => Promise<unknown>, batches: number, out: number[]): Promise<void> => {
+    for (let b = 0; b < batches; b++) out.push(...(await Promise.all(Array.from({ length: CONCURRENCY }, () => timeOne(fn)))));
+  };
+
+  // Warm up every path.
+  for (let i = 0; i < 50; i++) {
+    await ops.register();
+    await ops.subid();
+    await ops.bareGrpc();
+    await ops.bareNats();
+  }
+
+  const samples = { seq: { register: [], subid: [], grpc: [], nats: [] }, conc: { register: [], subid: [], grpc: [], nats: [] } } as Record<
+    'seq' | 'conc',
+    Record<'register' | 'subid' | 'grpc' | 'nats', number[]>
+  >;
+  for (let round = 0; round < ROUNDS; round++) {
+    const per = Math.ceil(SEQUENTIAL / ROUNDS);
+    const batches = Math.ceil(BATCHES / ROUNDS);
+    await sequential(ops.register, per, samples.seq.register);
+    await sequential(ops.bareGrpc, per, samples.seq.grpc);
+    await sequential(ops.subid, per, samples.seq.subid);
+    await sequential(ops.bareNats, per, samples.seq.nats);
+    await concurrent(ops.register, batches, samples.conc.register);
+    await concurrent(ops.bareGrpc, batches, samples.conc.grpc);
+    await concurrent(ops.subid, batches, samples.conc.subid);
+    await concurrent(ops.bareNats, batches, samples.conc.nats);
+  }
+
+  const figures: Figure[] = [];
+  for (const mode of ['seq', 'conc'] as const) {
+    const label = mode === 'seq' ? 'sequential' : `${CONCURRENCY} in flight`;
+    for (const p of [50, 99]) {
+      const base = percentile(samples[mode].grpc, p) + percentile(samples[mode].nats, p);
+      for (const op of ['register', 'subid'] as const) {
+        const value = percentile(samples[mode][op], p);
+        figures.push({
+          name: `${op === 'register' ? 'Register' : 'SubidAlloc'} p${p}, ${label}`,
+          value,
+          unit: 'ms',
+          baseline: { name: `bare gRPC p${p} + bare NATS p${p}`, value: base },
+          ratio: value / base,
+          better: 'lower',
+          runs: samples[mode][op].length,
+          goal: '<= 2x',
+        });
+      }
+    }
+  }
+  await writeFigures('gateway', figures, (l) => process.stdout.write(`${l}\n`));
+
+  gwClient.close();
+  bareClient.close();
+  bare.forceShutdown();
+  echo.unsubscribe();
+  await gw.stop();
+  await fakes.stopAll();
+  await nc.drain();
+  await ns.stop();
+  await rm(dir, { recursive: true, force: true });
+}
+
+await main();

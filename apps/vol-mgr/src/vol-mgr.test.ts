@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { VOLUME_KINDS, VOLUME_LAYOUT, SysboxError, volByKind, volList, volPrep, volRevertPrep } from '@sysbox-mgr-ts/contracts';
-import { needsShift, scanIds, shift } from './testing/id-shift-shim.js';
+import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';

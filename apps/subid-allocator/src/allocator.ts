@@ -47,7 +47,7 @@ export interface SubidAllocOptions {
   now?: () => Date;
   /**
    * Largest encoded table, in bytes: a KV value must fit in one NATS message (max_payload,
-   * 1 MiB by default). 4096 allocations with 128-character ids stay under 800 KB.
+   * 1 MiB by default). An allocation with a 64-character id takes about 146 bytes.
    */
   maxTableBytes?: number;
 }

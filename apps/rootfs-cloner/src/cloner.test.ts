@@ -15,7 +15,8 @@ import { run } from '@sysbox-mgr-ts/exec';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner, type Cloner, type ShiftIds } from './cloner.js';
 import { createMounter } from './mounter.js';
-import { buildRuntimeRootfs, owners, shiftOncePerInode, unmountAllUnder, type RuntimeRootfs } from './rootfs-fixture.test-util.js';
+import { shift } from '@sysbox-mgr-ts/id-shift';
+import { buildRuntimeRootfs, owners, unmountAllUnder, type RuntimeRootfs } from './rootfs-fixture.test-util.js';
 
 const OFFSET = 165536;
 const silent = createLogger({ service: 't', node: 't', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
@@ -46,7 +47,7 @@ describe('rootfs cloner on real overlay mounts', () => {
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
     nc = await connect({ servers: ns.url });
-    shiftIds = shiftOncePerInode;
+    shiftIds = shift;
   });
   afterAll(async () => {
     await nc?.close();

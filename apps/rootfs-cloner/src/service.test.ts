@@ -17,7 +17,8 @@ import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
 import { createMounter } from './mounter.js';
-import { buildRuntimeRootfs, shiftOncePerInode, unmountAllUnder } from './rootfs-fixture.test-util.js';
+import { shift } from '@sysbox-mgr-ts/id-shift';
+import { buildRuntimeRootfs, unmountAllUnder } from './rootfs-fixture.test-util.js';
 import { createBindings } from './service.js';
 
 const OFFSET = 165536;
@@ -57,7 +58,7 @@ describe('rootfs service over NATS', () => {
       clones: createStateStore(kv, { node: 'svc', namespace: 'clone', schema: CloneRecord }),
       uppers: createStateStore(kv, { node: 'svc', namespace: 'upper', schema: UpperRecord }),
       mounter: createMounter({ timeoutMs: 10_000 }),
-      shiftIds: shiftOncePerInode,
+      shiftIds: shift,
       log: silent,
       pageSize: 4096,
       shiftTimeoutMs: 20_000,

@@ -1,0 +1,250 @@
+/**
+ * Shifting the ownership of a tree by a uid/gid offset (sysbox-libs' ShiftIdsWithChown, rebuilt).
+ *
+ * Two phases over a pool of walker threads: a scan that lstats every entry once and keeps what it
+ * saw, then, only if every shifted owner (and ACL qualifier) is in range, an apply phase that
+ * lchowns from what was kept. A bad offset therefore changes nothing, at no extra lstat.
+ */
+import { lstat, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { resolve } from 'node:path';
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { findAclOverflow, readAcls, shiftAclRecord, writeAcls, type AclRecord } from './acl.js';
+import { createWalkPool, WalkerError } from './walk-pool.js';
+import type { ListItem } from './walk-worker.js';
+
+export interface ShiftLogger {
+  info(obj: object, msg?: string): void;
+  debug?(obj: object, msg?: string): void;
+}
+
+export interface ShiftOptions {
+  /** Default false: do not descend into other mounts (st_dev differs from the root's). */
+  crossMounts?: boolean;
+  onProgress?: (entriesDone: number) => void;
+  /** Gets a progress line every few seconds on long runs. */
+  logger?: ShiftLogger;
+  /** Cancels between batches; the shift then fails with 'timeout'. */
+  signal?: AbortSignal;
+  /** Walker threads; default: os.availableParallelism(). */
+  workers?: number;
+  /**
+   * Default true: shift the ids named in POSIX ACLs too (one getfacl pass over the tree, see
+   * README). Pass false only for trees known to carry no ACLs: it saves that pass.
+   */
+  acls?: boolean;
+  /** Milliseconds between progress log lines; default 5000. */
+  logEveryMs?: number;
+}
+
+export interface ShiftResult {
+  entries: number;
+  ms: number;
+}
+
+/** Sorted, distinct. */
+export interface IdScan {
+  uids: number[];
+  gids: number[];
+  entries: number;
+}
+
+const MAX_ID = 2 ** 32 - 2;
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const SETID_BITS = 0o6000;
+
+export async function shift(root: string, uidOffset: number, gidOffset: number, opts: ShiftOptions = {}): Promise<ShiftResult> {
+  const started = performance.now();
+  for (const [name, offset] of [['uidOffset', uidOffset], ['gidOffset', gidOffset]] as const) {
+    if (!Number.isInteger(offset) || Math.abs(offset) > MAX_ID) {
+      throw new SysboxError('invalid-request', `${name} must be an integer within ±${MAX_ID}, got ${offset}`);
+    }
+  }
+  const absRoot = resolve(root);
+  const rootStat = await lstatOrNotFound(absRoot);
+  throwIfAborted(opts.signal, 'before it started');
+  if (uidOffset === 0 && gidOffset === 0) return { entries: 0, ms: performance.now() - started };
+  checkRange(absRoot, rootStat.uid, rootStat.gid, uidOffset, gidOffset);
+
+  let scanned = 0;
+  let done = 0;
+  let phase = 'scan';
+  const progress = startProgressLog(opts, absRoot, () => ({ phase, entriesScanned: scanned, entriesDone: done }));
+  const pool = createWalkPool({
+    task: 'shift',
+    rootDev: rootStat.dev,
+    crossMounts: opts.crossMounts ?? false,
+    uidOffset,
+    gidOffset,
+    workers: opts.workers ?? availableParallelism(),
+    onProgress: (delta) => {
+      if (phase === 'scan') {
+        scanned += delta;
+        return;
+      }
+      done += delta;
+      opts.onProgress?.(done);
+    },
+  });
+  const cancel = (): void => pool.cancel();
+  opts.signal?.addEventListener('abort', cancel);
+  try {
+    const withAcls = (opts.acls ?? true) && !rootStat.isSymbolicLink();
+    // getfacl runs beside the scan: on a machine with spare cores its pass costs no wall time.
+    const aclsRead = withAcls ? readAcls(absRoot, opts.signal, debugLogger(opts.logger)) : Promise.resolve([]);
+    aclsRead.catch(() => undefined);
+    const scan = rootStat.isDirectory() ? await pool.scan(absRoot) : undefined;
+    const acls = keepWalked(await aclsRead, scan?.skippedMounts ?? []);
+    throwIfAborted(opts.signal, 'during the scan; nothing was changed');
+
+    const overflow = scan?.overflow ?? findAclOverflow(acls, uidOffset, gidOffset);
+    if (overflow) {
+      throw new SysboxError(
+        'invalid-request',
+        `shifting ${absRoot} by ${uidOffset}:${gidOffset} would take an id out of 0..${MAX_ID}: ${overflow}; nothing was changed`,
+      );
+    }
+
+    phase = 'apply';
+    const list: ListItem[] = [...hardLinkTargets(scan?.hardLinks ?? [], uidOffset, gidOffset)];
+    list.push({
+      path: absRoot,
+      uid: rootStat.uid + uidOffset,
+      gid: rootStat.gid + gidOffset,
+      restoreMode: restoreModeOf(rootStat.mode),
+    });
+    await pool.apply();
+    await pool.applyList(list);
+    throwIfAborted(opts.signal, 'part way through; the tree is partly shifted');
+    phase = 'acls';
+    await writeAcls(
+      acls.map((r) => shiftAclRecord(r, uidOffset, gidOffset)),
+      debugLogger(opts.logger),
+    );
+    const result = { entries: done, ms: performance.now() - started };
+    opts.logger?.debug?.({ root: absRoot, uidOffset, gidOffset, ...result, acls: acls.length }, 'id shift done');
+    return result;
+  } catch (err) {
+    throw asSysboxError(err);
+  } finally {
+    opts.signal?.removeEventListener('abort', cancel);
+    clearInterval(progress);
+    await pool.close();
+  }
+}
+
+export async function scanIds(root: string, opts: { crossMounts?: boolean; signal?: AbortSignal; workers?: number } = {}): Promise<IdScan> {
+  const absRoot = resolve(root);
+  const rootStat = await lstatOrNotFound(absRoot);
+  throwIfAborted(opts.signal, 'before it started');
+  if (!rootStat.isDirectory()) return { uids: [rootStat.uid], gids: [rootStat.gid], entries: 1 };
+  const pool = createWalkPool({
+    task: 'scan-ids',
+    rootDev: rootStat.dev,
+    crossMounts: opts.crossMounts ?? false,
+    uidOffset: 0,
+    gidOffset: 0,
+    workers: opts.workers ?? availableParallelism(),
+    onProgress: () => undefined,
+  });
+  const cancel = (): void => pool.cancel();
+  opts.signal?.addEventListener('abort', cancel);
+  try {
+    const scan = await pool.scan(absRoot);
+    throwIfAborted(opts.signal, 'during the scan');
+    const ids = await pool.collect();
+    return {
+      uids: distinctSorted([...ids.uids, rootStat.uid]),
+      gids: distinctSorted([...ids.gids, rootStat.gid]),
+      entries: scan.scanned + 1,
+    };
+  } catch (err) {
+    throw asSysboxError(err);
+  } finally {
+    opts.signal?.removeEventListener('abort', cancel);
+    await pool.close();
+  }
+}
+
+/** True when the path's own owner differs from uid:gid (the owner a container's root needs). */
+export async function needsShift(source: string, uid: number, gid: number): Promise<boolean> {
+  // stat, not lstat: a bind mount of a symlink mounts its target, whose owner is what counts.
+  const st = await stat(source).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new SysboxError('not-found', `${source} does not exist`, { cause: err });
+    throw SysboxError.from(err);
+  });
+  return st.uid !== uid || st.gid !== gid;
+}
+
+async function lstatOrNotFound(path: string) {
+  return lstat(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new SysboxError('not-found', `${path} does not exist`, { cause: err });
+    throw SysboxError.from(err);
+  });
+}
+
+function checkRange(path: string, uid: number, gid: number, uidOffset: number, gidOffset: number): void {
+  const u = uid + uidOffset;
+  const g = gid + gidOffset;
+  if (u < 0 || u > MAX_ID || g < 0 || g > MAX_ID) {
+    throw new SysboxError(
+      'invalid-request',
+      `shifting ${path} by ${uidOffset}:${gidOffset} would take an id out of 0..${MAX_ID}: ${path} (owner ${uid}:${gid}); nothing was changed`,
+    );
+  }
+}
+
+function throwIfAborted(signal: AbortSignal | undefined, when: string): void {
+  if (signal?.aborted) throw new SysboxError('timeout', `id shift cancelled ${when}`);
+}
+
+/** Every name of an inode gets the target computed from the first name seen, whatever it shows now. */
+function hardLinkTargets(seen: readonly { path: string; key: string; uid: number; gid: number; mode: number }[], uidOffset: number, gidOffset: number): ListItem[] {
+  const first = new Map<string, { uid: number; gid: number }>();
+  return seen.map((h) => {
+    let owner = first.get(h.key);
+    if (!owner) {
+      owner = { uid: h.uid, gid: h.gid };
+      first.set(h.key, owner);
+    }
+    return { path: h.path, uid: owner.uid + uidOffset, gid: owner.gid + gidOffset, restoreMode: restoreModeOf(h.mode) };
+  });
+}
+
+function restoreModeOf(mode: number): number {
+  return (mode & S_IFMT) === S_IFREG && (mode & SETID_BITS) !== 0 ? mode & 0o7777 : -1;
+}
+
+/** getfacl does not stop at mount points; drop what lies in mounts the walk did not enter. */
+function keepWalked(records: AclRecord[], skippedMounts: readonly string[]): AclRecord[] {
+  if (skippedMounts.length === 0) return records;
+  return records.filter((r) => !skippedMounts.some((m) => r.path === m || r.path.startsWith(`${m}/`)));
+}
+
+function distinctSorted(ids: number[]): number[] {
+  return [...new Set(ids)].sort((a, b) => a - b);
+}
+
+function debugLogger(logger: ShiftLogger | undefined) {
+  const debug = logger?.debug?.bind(logger);
+  return debug ? { debug } : undefined;
+}
+
+function startProgressLog(opts: ShiftOptions, root: string, state: () => object): NodeJS.Timeout {
+  const started = performance.now();
+  const timer = setInterval(() => {
+    opts.logger?.info({ root, ...state(), ms: Math.round(performance.now() - started) }, 'id shift in progress');
+  }, opts.logEveryMs ?? 5000);
+  timer.unref();
+  return timer;
+}
+
+function asSysboxError(err: unknown): SysboxError {
+  if (err instanceof SysboxError) return err;
+  if (err instanceof WalkerError) {
+    const code = err.code === 'ENOENT' ? 'not-found' : 'internal';
+    return new SysboxError(code, `id shift failed at ${err.path ?? '?'}: ${err.message}`, { cause: err });
+  }
+  return SysboxError.from(err);
+}

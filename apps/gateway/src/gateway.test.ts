@@ -242,7 +242,7 @@ describe('sysbox-runc call order', () => {
     expect((await statusOf(rpc(client, 'Pause', { id })))?.code).toBe(status.NOT_FOUND);
   });
 
-  it('ID-mapped container on a real overlay: upper dir shifted on update, reverted on pause and stop', async () => {
+  it('ID-mapped container on a real overlay: upper-dir chown recorded on update, reverted on pause and stop', async () => {
     const dir = join(work, 'idmap');
     const [lower, upper, wd, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => join(dir, d));
     for (const d of [lower, upper, wd, merged]) await mkdir(d!, { recursive: true });
@@ -271,7 +271,9 @@ describe('sysbox-runc call order', () => {
       'rootfs.revert-upper',
       'vol.kubelet-sync-out',
     ]);
-    expect(ops[0]!.req).toEqual({ id, upperDir: upper, uidOffset: 231072, gidOffset: 231072 });
+    // sysbox-runc chowned the upper dir on create: Update records it, Resume shifts it for real.
+    expect(ops[0]!.req).toEqual({ id, upperDir: upper, uidOffset: 231072, gidOffset: 231072, alreadyShifted: true });
+    expect(ops[4]!.req).toEqual({ id, upperDir: upper, uidOffset: 231072, gidOffset: 231072, alreadyShifted: false });
     expect(ops[1]!.req).toMatchObject({ uid: 0, gid: 0, chownOnSync: false, perm: 0o755 });
   });
 

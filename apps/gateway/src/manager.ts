@@ -418,13 +418,20 @@ export function createManager(deps: ManagerDeps): Manager {
         rec.rootfsUidShiftType = req.rootfsUidShiftType;
 
         // An ID-mapped rootfs on overlayfs keeps its upper dir chowned while it runs (overlayfs
-        // cannot ID-map it); remember it so stop and pause can give it back its at-rest owner.
+        // cannot ID-map it). sysbox-runc has chowned it already, as with upstream's manager:
+        // rootfs-cloner only records it, so stop and pause can give it back its at-rest owner.
         if (rec.rootfsOnOvfs && req.rootfsUidShiftType === ShiftType.IDMappedMount && !rec.rootfsOvfsUpperChowned) {
           const upperDir = await host.overlayUpperDir(rec.rootfs).catch(() => undefined);
           if (upperDir) {
             const { uid, gid } = firstMapping(rec, 'the upper-dir chown');
             try {
-              await call(id, 'shift of the rootfs upper dir', rootfsShiftUpper, { id, upperDir, uidOffset: uid, gidOffset: gid }, true);
+              await call(
+                id,
+                'record of the rootfs upper-dir chown',
+                rootfsShiftUpper,
+                { id, upperDir, uidOffset: uid, gidOffset: gid, alreadyShifted: true },
+                true,
+              );
             } catch (err) {
               if (!isSysboxError(err, 'already-exists')) throw err;
             }

@@ -88,7 +88,8 @@ export interface ReconcileReport {
 }
 
 export interface Cloner extends RootfsCloner {
-  shiftUpper(id: string, upperDir: string, uidOffset: number, gidOffset: number): Promise<void>;
+  /** `alreadyShifted`: the runtime chowned the dir itself; only record the shift. */
+  shiftUpper(id: string, upperDir: string, uidOffset: number, gidOffset: number, alreadyShifted?: boolean): Promise<void>;
   revertUpper(id: string): Promise<void>;
   list(): Promise<{ clones: CloneInfo[]; uppers: z.infer<typeof UpperShiftInfo>[] }>;
   /** Checks every recorded clone against the host: adopt, re-establish, or report and drop. */
@@ -370,13 +371,17 @@ export function createCloner(deps: ClonerDeps): Cloner {
       return out;
     },
 
-    shiftUpper: (id, upperDir, uidOffset, gidOffset) =>
+    shiftUpper: (id, upperDir, uidOffset, gidOffset, alreadyShifted = false) =>
       serialized(`upper:${id}`, async () => {
         const cur = await deps.uppers.get(id);
         if (cur?.value.shifted || cur?.value.pending) {
           throw new SysboxError('already-exists', `upper dir of ${id} is already shifted (${cur.value.upperDir})`);
         }
         if (!(await exists(upperDir))) throw new SysboxError('invalid-request', `upper dir ${upperDir} does not exist`);
+        if (alreadyShifted) {
+          await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: true }));
+          return;
+        }
         await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: false, pending: 'shift' }));
         await runShift(upperDir, uidOffset, gidOffset);
         await deps.uppers.mutate(id, (c) => (c ? { ...c, shifted: true, pending: undefined } : undefined));

@@ -34,7 +34,7 @@ export function createBindings(cloner: Cloner): Binding[] {
     }),
     handle(rootfsRemoveAll, () => cloner.removeAll()),
     handle(rootfsShiftUpper, async (req) => {
-      await cloner.shiftUpper(req.id, req.upperDir, req.uidOffset, req.gidOffset);
+      await cloner.shiftUpper(req.id, req.upperDir, req.uidOffset, req.gidOffset, req.alreadyShifted);
       return {};
     }),
     handle(rootfsRevertUpper, async (req) => {

@@ -74,7 +74,17 @@ export const rootfsShiftUpper = defineContract({
   endpoint: 'shift-upper',
   subject: subjectOf('rootfs', 'shift-upper'),
   description: "chown an ID-mapped overlay rootfs's upper dir by an offset while the container runs",
-  request: z.object({ id: ContainerId, upperDir: HostPath, uidOffset: Offset, gidOffset: Offset }),
+  request: z.object({
+    id: ContainerId,
+    upperDir: HostPath,
+    uidOffset: Offset,
+    gidOffset: Offset,
+    /**
+     * sysbox-runc chowns the upper dir itself when it sets up an ID-mapped rootfs: then the
+     * shift is only recorded, so revert-upper (stop, pause) knows what to undo.
+     */
+    alreadyShifted: z.boolean().default(false),
+  }),
   reply: Empty,
   errors: ['invalid-request', 'already-exists', 'internal', 'timeout'],
 });

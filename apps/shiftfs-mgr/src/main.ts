@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import { shiftfsService } from '@sysbox-mgr-ts/contracts';
-import { openBucket } from '@sysbox-mgr-ts/kv-state';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { boolOption, packageVersion, runDaemon, serve } from '@sysbox-mgr-ts/service-kit';
-import { createShiftfsMarks, openMarkStore } from './marks.js';
+import { openMarkStore } from './mark-store.js';
+import { createShiftfsMarks } from './marks.js';
 import { createShiftfsMounter } from './mounter.js';
 import { probeShiftfs } from './probe.js';
 import { createShiftfsBindings, shiftfsMetadata } from './service.js';
@@ -18,9 +18,8 @@ await runDaemon({
   async start({ config, nc, log, version }) {
     const probe = await probeShiftfs({ modprobe: config.modprobe, log });
     log.info({ shiftfs: probe.supported }, probe.reason);
-    const kv = await openBucket(nc, 'sysbox-shiftfs', { replicas: config.kvReplicas, description: 'shiftfs marks and holders' });
     const marks = await createShiftfsMarks({
-      store: openMarkStore(kv, config.node),
+      store: await openMarkStore(nc, { node: config.node, replicas: config.kvReplicas }),
       mounter: createShiftfsMounter(log),
       readMounts: () => readMountInfo(),
       workDir: join(config.dataRoot, 'shiftfs'),

@@ -3,10 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
-import { openBucket } from '@sysbox-mgr-ts/kv-state';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createShiftfsMarks, markKey, openMarkStore, type ShiftfsMarks, type ShiftfsMarksDeps } from './marks.js';
+import { openMarkStore } from './mark-store.js';
+import { createShiftfsMarks, markKey, type ShiftfsMarks, type ShiftfsMarksDeps } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
 import { FakeKernel, captureLogger } from './testing/fake-kernel.js';
 
@@ -47,9 +47,8 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   });
 
   async function open(overrides: Partial<ShiftfsMarksDeps> = {}, conn = nc): Promise<ShiftfsMarks> {
-    const kv = await openBucket(conn, 'sysbox-shiftfs-test');
     return createShiftfsMarks({
-      store: openMarkStore(kv, node),
+      store: await openMarkStore(conn, { node, bucket: 'sysbox-shiftfs-test' }),
       mounter: kernel.mounter,
       readMounts: kernel.readMounts,
       workDir,
@@ -214,7 +213,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   it('reconcile tears down a claim abandoned between mount and commit, and leaves a fresh one alone', async () => {
     let clock = Date.now();
     const marks = await open({ now: () => clock, staleAfterMs: 1000 });
-    const store = openMarkStore(await openBucket(nc, 'sysbox-shiftfs-test'), node);
+    const store = await openMarkStore(nc, { node, bucket: 'sysbox-shiftfs-test' });
     const markpoint = join(workDir, 'crashed');
     await mkdir(markpoint, { mode: 0o700 });
     await kernel.mounter.mark(srcA, markpoint); // the crash came after the mount
@@ -240,7 +239,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   it('a mark waiting on an abandoned claim takes it over and mounts afresh', async () => {
     const clock = Date.now();
     const marks = await open({ now: () => clock, staleAfterMs: 1000, pollMs: 5 });
-    const store = openMarkStore(await openBucket(nc, 'sysbox-shiftfs-test'), node);
+    const store = await openMarkStore(nc, { node, bucket: 'sysbox-shiftfs-test' });
     const since = new Date(clock - 60_000).toISOString();
     await store.create(markKey(srcA), {
       source: srcA,

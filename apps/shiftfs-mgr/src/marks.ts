@@ -15,33 +15,21 @@ import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, chmod, realpath, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
-  MarkInfo,
   SysboxError,
-  Timestamp,
+  type MarkInfo,
   type ShiftfsMgr,
   type ShiftfsMount,
   type shiftfsUnmarkAll,
 } from '@sysbox-mgr-ts/contracts';
-import { REMOVE, createStateStore, type openBucket, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
-import { z } from 'zod';
+import type { z } from 'zod';
+import type { MarkRecord } from './mark-store.js';
 import { MOUNTER_TIMEOUT_MS, type Mounter } from './mounter.js';
 import type { ShiftfsProbe } from './probe.js';
 
-export const MarkRecord = MarkInfo.extend({
-  /** Random per claim: tells a re-created record for the same source apart from the one we saw. */
-  claimId: z.string().min(1),
-  /** When the record entered its current state; ages `mounting`/`unmounting` claims. */
-  since: Timestamp,
-});
-export type MarkRecord = z.infer<typeof MarkRecord>;
-
 export type UnmarkAllReply = z.infer<typeof shiftfsUnmarkAll.reply>;
-
-export function openMarkStore(kv: Awaited<ReturnType<typeof openBucket>>, node: string): StateStore<MarkRecord> {
-  return createStateStore(kv, { node, namespace: 'mark', schema: MarkRecord });
-}
 
 export interface ShiftfsMarksDeps {
   store: StateStore<MarkRecord>;

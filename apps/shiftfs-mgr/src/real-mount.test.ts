@@ -7,11 +7,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
-import { openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createShiftfsMarks, openMarkStore } from './marks.js';
+import { openMarkStore } from './mark-store.js';
+import { createShiftfsMarks } from './marks.js';
 import { createShiftfsMounter } from './mounter.js';
 import { listsShiftfs, probeShiftfs } from './probe.js';
 import { captureLogger } from './testing/fake-kernel.js';
@@ -62,7 +62,7 @@ describe('shiftfs on the real kernel', () => {
 
     it('two holders share one real mark; the last unmark removes mount and markpoint', async () => {
       const marks = await createShiftfsMarks({
-        store: openMarkStore(await openBucket(nc, 'sysbox-shiftfs-real'), 'real'),
+        store: await openMarkStore(nc, { node: 'real', bucket: 'sysbox-shiftfs-real' }),
         mounter: createShiftfsMounter(log),
         readMounts: () => readMountInfo(),
         workDir: join(dir, 'data', 'shiftfs'),

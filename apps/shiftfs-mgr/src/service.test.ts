@@ -4,12 +4,12 @@ import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import { shiftfsList, shiftfsMark, shiftfsService, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
-import { openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
 import type { MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createShiftfsMarks, openMarkStore } from './marks.js';
+import { openMarkStore } from './mark-store.js';
+import { createShiftfsMarks } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
 import { createShiftfsBindings, shiftfsMetadata } from './service.js';
 import { FakeKernel, captureLogger } from './testing/fake-kernel.js';
@@ -26,7 +26,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
   async function startReplica(node: string, probe: ShiftfsProbe): Promise<void> {
     const { log } = captureLogger();
     const marks = await createShiftfsMarks({
-      store: openMarkStore(await openBucket(nc, 'sysbox-shiftfs'), node),
+      store: await openMarkStore(nc, { node }),
       mounter: kernel.mounter,
       readMounts: kernel.readMounts,
       workDir: join(dir, node, 'shiftfs'),

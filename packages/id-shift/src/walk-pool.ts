@@ -67,9 +67,47 @@ interface Phase {
   reject(err: Error): void;
 }
 
+/**
+ * Idle walker threads kept between operations: starting one costs tens of milliseconds (hundreds
+ * on a loaded machine), more than shifting a small tree. They are unref'd while idle, so they never
+ * keep a process alive, and end after IDLE_TTL_MS without work.
+ */
+const IDLE_TTL_MS = 30_000;
+const idleWalkers: Worker[] = [];
+let idleTimer: NodeJS.Timeout | undefined;
+
+function acquireWalkers(count: number): Worker[] {
+  const taken = idleWalkers.splice(0, count);
+  while (taken.length < count) {
+    const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
+    // A thread that dies while idle just leaves the idle list; busy ones are watched per operation.
+    w.on('error', () => undefined);
+    w.on('exit', () => {
+      const i = idleWalkers.indexOf(w);
+      if (i >= 0) idleWalkers.splice(i, 1);
+    });
+    taken.push(w);
+  }
+  for (const w of taken) w.ref();
+  return taken;
+}
+
+function releaseWalkers(walkers: Worker[]): void {
+  for (const w of walkers) {
+    w.postMessage({ t: 'end' } satisfies ToWalker);
+    w.unref();
+    idleWalkers.push(w);
+  }
+  clearTimeout(idleTimer);
+  idleTimer = setTimeout(() => {
+    for (const w of idleWalkers.splice(0)) void w.terminate();
+  }, IDLE_TTL_MS);
+  idleTimer.unref();
+}
+
 export function createWalkPool(opts: PoolOptions): WalkPool {
   const control = new Int32Array(new SharedArrayBuffer(8));
-  const workerData: WalkerData = {
+  const walkerData: WalkerData = {
     task: opts.task,
     rootDev: opts.rootDev,
     crossMounts: opts.crossMounts,
@@ -78,23 +116,29 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
     control: control.buffer as SharedArrayBuffer,
     batch: BATCH,
   };
-  const workers = Array.from({ length: Math.max(1, opts.workers) }, () => new Worker(WORKER_SOURCE, { eval: true, workerData }));
+  const workers = acquireWalkers(Math.max(1, opts.workers));
   let phase: Phase | undefined;
   let broken: Error | undefined;
+  let closed = false;
 
   const breakPool = (err: Error): void => {
     broken ??= err;
     phase?.reject(err);
     phase = undefined;
   };
-  workers.forEach((w, index) => {
-    w.on('message', (msg: FromWalker) => {
+  const listeners = workers.map((w, index) => {
+    const onMessage = (msg: FromWalker): void => {
       if (msg.t === 'progress') opts.onProgress(msg.done);
       else if (msg.t === 'error') breakPool(new WalkerError(msg.message, msg.code, msg.path));
       else phase?.onMessage(index, msg);
-    });
-    w.on('error', (err) => breakPool(err));
-    w.on('exit', (code) => breakPool(new Error(`walker thread exited (code ${code})`)));
+    };
+    const onError = (err: Error): void => breakPool(err);
+    const onExit = (code: number): void => breakPool(new Error(`walker thread exited (code ${code})`));
+    w.on('message', onMessage);
+    w.on('error', onError);
+    w.on('exit', onExit);
+    w.postMessage({ t: 'begin', data: walkerData } satisfies ToWalker);
+    return { onMessage, onError, onExit };
   });
 
   const send = (index: number, msg: ToWalker): void => workers[index]!.postMessage(msg);
@@ -199,9 +243,21 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
     },
 
     async close() {
+      if (closed) return;
+      closed = true;
+      workers.forEach((w, i) => {
+        w.off('message', listeners[i]!.onMessage);
+        w.off('error', listeners[i]!.onError);
+        w.off('exit', listeners[i]!.onExit);
+      });
+      // A walker that failed, was cancelled or is still in a phase may be mid-batch: do not hand
+      // it to the next caller.
+      if (broken || phase || Atomics.load(control, CONTROL_CANCELLED)) {
+        Atomics.store(control, CONTROL_CANCELLED, 1);
+        await Promise.all(workers.map((w) => w.terminate()));
+      }
+      else releaseWalkers(workers);
       broken ??= new Error('pool closed');
-      for (const w of workers) w.removeAllListeners('exit');
-      await Promise.all(workers.map((w) => w.terminate()));
     },
   };
 }

@@ -9,6 +9,8 @@
 
 /** Messages from the coordinator to a walker. */
 export type ToWalker =
+  | { t: 'begin'; data: WalkerData }
+  | { t: 'end' }
   | { t: 'scan'; dirs: string[] }
   | { t: 'apply' }
   | { t: 'apply-list'; items: ListItem[] }
@@ -57,40 +59,64 @@ export const CONTROL_CANCELLED = 1;
 
 export function walkWorkerMain(): void {
   const fs = require('node:fs') as typeof import('node:fs');
-  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const data = workerData as WalkerData;
+  const { parentPort } = require('node:worker_threads') as typeof import('node:worker_threads');
   const port = parentPort!;
-  const control = new Int32Array(data.control);
   const MAX_ID = 2 ** 32 - 2;
   const S_IFMT = 0o170000;
   const S_IFDIR = 0o040000;
   const S_IFREG = 0o100000;
   const SETID_BITS = 0o6000;
-  const shifting = data.task === 'shift';
   // Copies of CONTROL_HUNGRY / CONTROL_CANCELLED: module scope does not exist in the eval'd copy.
   const HUNGRY = 0;
   const CANCELLED = 1;
 
+  // One operation's state; a 'begin' message resets it, so a thread serves many operations.
+  let data: WalkerData;
+  let control: Int32Array;
+  let shifting = false;
   // Scanned entries, kept until the apply phase: the dry scan must see every owner before any
   // change, and keeping what it saw avoids a second lstat per entry. Paths are rebuilt from the
   // parent directory's path and the name, which is much smaller than a full path per entry.
-  const dirPaths: string[] = [];
-  const names: string[] = [];
-  let parents = new Uint32Array(4096);
-  let uids = new Uint32Array(4096);
-  let gids = new Uint32Array(4096);
-  let modes = new Uint32Array(4096);
+  let dirPaths: string[] = [];
+  let names: string[] = [];
+  let parents = new Uint32Array(0);
+  let uids = new Uint32Array(0);
+  let gids = new Uint32Array(0);
+  let modes = new Uint32Array(0);
   let stored = 0;
-
-  const uidSet = new Set<number>();
-  const gidSet = new Set<number>();
+  let uidSet = new Set<number>();
+  let gidSet = new Set<number>();
   let hardLinks: HardLinkSeen[] = [];
   let skippedMounts: string[] = [];
   let overflow: string | undefined;
   let scannedSinceIdle = 0;
 
+  function begin(next: WalkerData): void {
+    data = next;
+    control = new Int32Array(next.control);
+    shifting = next.task === 'shift';
+    reset();
+  }
+
+  /** Drops what the last operation kept, so an idle thread holds no memory for it. */
+  function reset(): void {
+    dirPaths = [];
+    names = [];
+    parents = new Uint32Array(0);
+    uids = new Uint32Array(0);
+    gids = new Uint32Array(0);
+    modes = new Uint32Array(0);
+    stored = 0;
+    uidSet = new Set();
+    gidSet = new Set();
+    hardLinks = [];
+    skippedMounts = [];
+    overflow = undefined;
+    scannedSinceIdle = 0;
+  }
+
   function grow(a: Uint32Array<ArrayBuffer>): Uint32Array<ArrayBuffer> {
-    const b = new Uint32Array(a.length * 2);
+    const b = new Uint32Array(Math.max(4096, a.length * 2));
     b.set(a);
     return b;
   }
@@ -232,7 +258,9 @@ export function walkWorkerMain(): void {
 
   port.on('message', (msg: ToWalker) => {
     try {
-      if (msg.t === 'scan') scan(msg.dirs);
+      if (msg.t === 'begin') begin(msg.data);
+      else if (msg.t === 'end') reset();
+      else if (msg.t === 'scan') scan(msg.dirs);
       else if (msg.t === 'apply') apply();
       else if (msg.t === 'apply-list') applyList(msg.items);
       else port.postMessage({ t: 'collected', uids: [...uidSet], gids: [...gidSet] } satisfies FromWalker);

@@ -40,6 +40,11 @@ export function decodeKeyToken(token: string): string {
   return token.replace(/=([0-9a-f]{2})/g, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
 }
 
+interface Snapshot<T> {
+  value: T | undefined;
+  revision: number;
+}
+
 export interface Versioned<T> {
   key: string;
   value: T;
@@ -86,21 +91,39 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     return parsed.data as T;
   };
 
-  const read = async (key: string): Promise<{ value: T | undefined; revision: number }> => {
+  /**
+   * The last value and revision this store read or wrote per key. A mutation tries it first and
+   * skips the read: the CAS write fails if anyone wrote since, and then the key is read afresh.
+   * A decision not to write is never taken on a remembered value (it could be stale).
+   */
+  const known = new Map<string, Snapshot<T>>();
+
+  const read = async (key: string): Promise<Snapshot<T>> => {
     const entry = await kvCall(() => kv.get(fullKey(key)));
-    if (!entry || entry.operation !== 'PUT') return { value: undefined, revision: entry?.revision ?? 0 };
-    return { value: decode(entry), revision: entry.revision };
+    const snap =
+      !entry || entry.operation !== 'PUT'
+        ? { value: undefined, revision: entry?.revision ?? 0 }
+        : { value: decode(entry), revision: entry.revision };
+    known.set(key, snap);
+    return snap;
   };
 
   const write = async (key: string, value: T, revision: number): Promise<number> => {
     const data = JSON.stringify(value);
-    return revision === 0 ? kv.create(fullKey(key), data) : kv.update(fullKey(key), data, revision);
+    try {
+      const rev = await (revision === 0 ? kv.create(fullKey(key), data) : kv.update(fullKey(key), data, revision));
+      known.set(key, { value, revision: rev });
+      return rev;
+    } catch (err) {
+      known.delete(key);
+      throw err;
+    }
   };
 
   return {
     async get(key) {
       const { value, revision } = await read(key);
-      return value === undefined ? undefined : { key, value, revision };
+      return value === undefined ? undefined : { key, value: structuredClone(value), revision };
     },
     async list() {
       const keys: string[] = [];
@@ -115,10 +138,9 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
       return out;
     },
     async create(key, value) {
-      const { value: current, revision } = await read(key);
-      if (current !== undefined) throw new SysboxError('already-exists', `${key} already exists`);
+      // kv.create fails on a live key and succeeds over a tombstone: no read needed.
       try {
-        return await write(key, value, revision);
+        return await write(key, value, 0);
       } catch (err) {
         if (isConflict(err)) throw new SysboxError('already-exists', `${key} already exists`, { cause: err });
         throw asUnavailable(err);
@@ -126,23 +148,42 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     },
     async mutate(key, mutate) {
       for (let attempt = 0; ; attempt++) {
-        const { value: current, revision } = await read(key);
-        const next = await mutate(current);
-        if (next === undefined) return current;
+        const remembered = attempt === 0 ? known.get(key) : undefined;
+        const { value: stored, revision } = remembered ?? (await read(key));
+        // Callers may edit what they are given; the remembered snapshot must stay as stored.
+        const current = stored === undefined ? undefined : structuredClone(stored);
+        let next: Mutation<T>;
+        try {
+          next = await mutate(current);
+        } catch (err) {
+          if (remembered) continue;
+          throw err;
+        }
+        if (next === undefined) {
+          if (remembered) continue;
+          return current;
+        }
         try {
           if (next === REMOVE) {
-            if (current !== undefined) await kv.delete(fullKey(key), { previousSeq: revision });
+            if (current === undefined) {
+              if (remembered) continue;
+              return undefined;
+            }
+            await kv.delete(fullKey(key), { previousSeq: revision });
+            known.delete(key);
             return undefined;
           }
           await write(key, next, revision);
           return next;
         } catch (err) {
+          known.delete(key);
           if (!isConflict(err) || attempt >= maxRetries) throw asUnavailable(err);
-          await jitter(attempt);
+          if (!remembered) await jitter(attempt);
         }
       }
     },
     async delete(key) {
+      known.delete(key);
       await kvCall(() => kv.delete(fullKey(key)));
     },
   };

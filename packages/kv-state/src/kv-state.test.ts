@@ -88,3 +88,41 @@ describe('kv-state on a real nats-server', () => {
     }
   });
 });
+
+describe('kv-state remembered revisions', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: ns.url });
+  });
+  afterAll(async () => {
+    await nc?.close();
+    await ns?.stop();
+  });
+
+  it('never decides on a stale remembered value: no-change, throws and edits are re-checked against the server', async () => {
+    const kv = await openBucket(nc, 'remembered');
+    const mine = createStateStore(kv, { node: 'n1', schema: Counter });
+    const other = createStateStore(kv, { node: 'n1', schema: Counter });
+    await mine.create('k', { n: 1 });
+    await other.mutate('k', () => ({ n: 5 })); // mine still remembers n=1
+
+    // "no change" on the remembered n=1 would be wrong: the server holds 5.
+    expect(await mine.mutate('k', (c) => (c!.n === 1 ? undefined : { n: c!.n + 1 }))).toEqual({ n: 6 });
+    await other.mutate('k', () => ({ n: 10 }));
+    // A throw on the remembered value is retried on the fresh one.
+    expect(
+      await mine.mutate('k', (c) => {
+        if (c!.n !== 10) throw new Error('stale');
+        return { n: 11 };
+      }),
+    ).toEqual({ n: 11 });
+
+    // Editing a value handed out by get() does not leak into the remembered snapshot.
+    const got = await mine.get('k');
+    got!.value.n = 999;
+    expect(await mine.mutate('k', (c) => ({ n: c!.n + 1 }))).toEqual({ n: 12 });
+    expect((await other.get('k'))?.value.n).toBe(12);
+  });
+});

@@ -27,7 +27,7 @@ await runDaemon({
       log,
     });
     const report = await marks.reconcile();
-    log.info({ kept: report.kept, dropped: report.dropped.length }, 'shiftfs marks reconciled');
+    log.info({ kept: report.kept, dropped: report.dropped.length, removedDirs: report.removedDirs.length }, 'shiftfs marks reconciled');
     const svc = serve({
       nc,
       service: shiftfsService,

@@ -182,7 +182,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     const nc2 = await connect({ servers: ns.url });
     try {
       const again = await open({}, nc2);
-      expect(await again.reconcile()).toEqual({ kept: 2, dropped: [] });
+      expect(await again.reconcile()).toEqual({ kept: 2, dropped: [], removedDirs: [] });
       const holders = Object.fromEntries((await again.list()).map((m) => [m.source, m.holders]));
       expect(holders).toEqual({ [srcA]: ['c1', 'c2'], [srcB]: ['c2'] });
       await again.unmark('c1', [a!]);
@@ -204,6 +204,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     expect(report).toEqual({
       kept: 1,
       dropped: [{ source: srcA, markpoint: a!.source, holders: ['c1'], reason: 'mount is gone from mountinfo' }],
+      removedDirs: [],
     });
     expect(lines().some((l) => l.msg === 'dropped a shiftfs mark whose mount is gone' && l.markpoint === a!.source)).toBe(true);
     await expect(stat(a!.source)).rejects.toMatchObject({ code: 'ENOENT' });
@@ -222,7 +223,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     await store.create(markKey(srcA), { ...base, source: srcA, markpoint, claimId: 'x1' });
     await store.create(markKey(srcB), { ...base, source: srcB, markpoint: join(workDir, 'in-flight'), claimId: 'x2' });
 
-    expect(await marks.reconcile()).toEqual({ kept: 2, dropped: [] });
+    expect(await marks.reconcile()).toEqual({ kept: 2, dropped: [], removedDirs: [] });
     clock += 5000;
     const report = await marks.reconcile();
     expect(report.dropped.map((d) => [d.source, d.reason])).toEqual(
@@ -234,6 +235,19 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     expect(kernel.unmountCalls).toEqual([markpoint]);
     await expect(stat(markpoint)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(await marks.list()).toEqual([]);
+  });
+
+  it('reconcile removes empty stray uuid dirs, and leaves named, mounted and foreign ones', async () => {
+    const marks = await open();
+    const [live] = await marks.mark('c1', [rw(srcA)], true);
+    const stray = join(workDir, '0b7e4a52-3f0e-4c1e-9d5e-2a6f1c0d9e11');
+    const busy = join(workDir, '1c8f5b63-4a1f-4d2f-8e6f-3b7a2d1e0f22');
+    const notOurs = join(workDir, 'operator-notes');
+    for (const d of [stray, busy, notOurs]) await mkdir(d);
+    kernel.foreign.add(busy);
+    const report = await marks.reconcile();
+    expect(report.removedDirs).toEqual([stray]);
+    expect((await readdir(workDir)).sort()).toEqual([live!.source.split('/').pop(), busy.split('/').pop(), 'operator-notes'].sort());
   });
 
   it('a mark waiting on an abandoned claim takes it over and mounts afresh', async () => {

@@ -12,7 +12,7 @@
  * waiting mark, reconcile, unmark-all) takes them over with CAS and tears them down.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdir, chmod, realpath, rmdir, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, realpath, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   SysboxError,
@@ -58,6 +58,8 @@ export interface DroppedMark {
 export interface ReconcileReport {
   kept: number;
   dropped: DroppedMark[];
+  /** Empty uuid markpoint dirs that no record named. */
+  removedDirs: string[];
 }
 
 export interface ShiftfsMarks extends ShiftfsMgr {
@@ -92,6 +94,8 @@ async function removeMarkpointDir(path: string): Promise<void> {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }
+
+const UUID_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -330,9 +334,14 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
 
     async reconcile() {
       const log = deps.log;
+      // Order matters with live replicas: a markpoint dir is made only after its record, and a
+      // record turns `mounted` only after its mount. So a dir seen before the listing has its
+      // record in the listing, and a mount committed before the listing is in mountinfo read after.
+      const dirsBefore = await readdir(workDir);
+      const records = await store.list();
       const mounts = await readMounts();
-      const report: ReconcileReport = { kept: 0, dropped: [] };
-      for (const { key, value: rec } of await store.list()) {
+      const report: ReconcileReport = { kept: 0, dropped: [], removedDirs: [] };
+      for (const { key, value: rec } of records) {
         if (rec.state === 'mounted' && hasShiftfsAt(mounts, rec.markpoint)) {
           report.kept++;
           continue;
@@ -362,6 +371,19 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
           report.kept++;
         }
       }
+      // Empty uuid dirs no record names: left by a crash between dropping a record and its rmdir.
+      const referenced = new Set(records.map((r) => r.value.markpoint));
+      for (const name of dirsBefore.filter((n) => UUID_NAME.test(n))) {
+        const path = join(workDir, name);
+        if (referenced.has(path) || mountsAt(mounts, path).length > 0) continue;
+        try {
+          await rmdir(path);
+          report.removedDirs.push(path);
+        } catch (err) {
+          log.warn({ err, path }, 'stray markpoint dir not removed');
+        }
+      }
+      if (report.removedDirs.length > 0) log.warn({ dirs: report.removedDirs }, 'removed stray markpoint dirs');
       return report;
     },
   };

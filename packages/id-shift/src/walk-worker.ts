@@ -66,6 +66,7 @@ export function walkWorkerMain(): void {
   const S_IFDIR = 0o040000;
   const S_IFREG = 0o100000;
   const SETID_BITS = 0o6000;
+  const LSTAT_OPTIONS = { throwIfNoEntry: false } as const;
   // Copies of CONTROL_HUNGRY / CONTROL_CANCELLED: module scope does not exist in the eval'd copy.
   const HUNGRY = 0;
   const CANCELLED = 1;
@@ -171,7 +172,7 @@ export function walkWorkerMain(): void {
         const path = `${dir}/${name}`;
         let st: import('node:fs').Stats | undefined;
         try {
-          st = fs.lstatSync(path, { throwIfNoEntry: false });
+          st = fs.lstatSync(path, LSTAT_OPTIONS);
         } catch (err) {
           fail(err, path);
         }

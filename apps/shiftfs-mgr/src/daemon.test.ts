@@ -1,0 +1,113 @@
+/**
+ * The daemon as a process (main.ts through tsx): start-up reconcile, $SRV metadata, and a
+ * kill -9 followed by a restart. On this kernel marks cannot be made, so the surviving state is
+ * seeded into KV the way a previous run would have left it.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { connect } from '@nats-io/transport-node';
+import { shiftfsList, shiftfsMark } from '@sysbox-mgr-ts/contracts';
+import { startProcess } from '@sysbox-mgr-ts/exec';
+import { createServiceClient, decodeJson } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { markKey } from './marks.js';
+import { openMarkStore } from './mark-store.js';
+import { listsShiftfs } from './probe.js';
+
+const appDir = new URL('..', import.meta.url).pathname;
+
+describe('sysbox-shiftfs-mgr process', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  let dir: string;
+  const children: ReturnType<typeof startProcess>[] = [];
+
+  /** Starts main.ts and resolves with a reader of its log once it says "started". */
+  async function startDaemon(): Promise<{ proc: ReturnType<typeof startProcess>; logs: () => string }> {
+    // node itself (no npx/tsx wrapper process), so SIGKILL hits the daemon and nothing is orphaned.
+    const proc = startProcess(
+      process.execPath,
+      ['--import', 'tsx', '--conditions=@sysbox-mgr-ts/source', 'src/main.ts', '--nats-url', ns.url, '--node', 'd1', '--data-root', join(dir, 'root'), '--no-modprobe'],
+      { cwd: appDir, output: 'pipe' },
+    );
+    children.push(proc);
+    let out = '';
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${out}`)), 15_000);
+      const onData = (chunk: Buffer): void => {
+        out += chunk.toString();
+        if (out.includes('"msg":"started"')) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      proc.stdout?.on('data', onData);
+      proc.stderr?.on('data', onData);
+    });
+    return { proc, logs: () => out };
+  }
+
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: ns.url });
+    dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-daemon-'));
+  });
+  afterAll(async () => {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+    await Promise.allSettled(children);
+    await nc?.close();
+    await ns?.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('drops a recorded mark whose mount is gone, publishes its probe, and comes back after kill -9', async () => {
+    const store = await openMarkStore(nc, { node: 'd1' });
+    const source = join(dir, 'src');
+    const markpoint = join(dir, 'root', 'shiftfs', randomUUID());
+    await mkdir(source);
+    await mkdir(markpoint, { recursive: true });
+    const at = new Date().toISOString();
+    await store.create(markKey(source), {
+      source,
+      markpoint,
+      createdMarkpoint: true,
+      holders: ['c1'],
+      state: 'mounted',
+      markedAt: at,
+      since: at,
+      claimId: 'seeded',
+    });
+
+    const first = await startDaemon();
+    const dropped = first
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes('dropped a shiftfs mark whose mount is gone'))
+      .map((l) => JSON.parse(l) as { markpoint: string; holders: string[] });
+    expect(dropped).toEqual([expect.objectContaining({ markpoint, holders: ['c1'] })]);
+    await expect(stat(markpoint)).rejects.toMatchObject({ code: 'ENOENT' });
+
+    const info = decodeJson((await nc.request('$SRV.INFO.sysbox-shiftfs', undefined, { timeout: 2000 })).data) as {
+      metadata: Record<string, string>;
+    };
+    const hostHasShiftfs = listsShiftfs(await readFile('/proc/filesystems', 'utf8'));
+    expect(info.metadata).toMatchObject({ node: 'd1', shiftfs: String(hostHasShiftfs) });
+
+    const client = createServiceClient(nc, { node: 'd1', timeoutMs: 3000 });
+    expect(await client.call(shiftfsList, {})).toEqual({ supported: hostHasShiftfs, marks: [] });
+    if (!hostHasShiftfs) {
+      await expect(client.call(shiftfsMark, { id: 'c2', mounts: [{ source, readonly: false }], createMarkpoint: true })).rejects.toMatchObject({
+        code: 'unsupported',
+      });
+    }
+
+    first.proc.kill('SIGKILL');
+    await first.proc;
+    await startDaemon();
+    expect((await client.call(shiftfsList, {})).supported).toBe(hostHasShiftfs);
+  });
+});

@@ -46,8 +46,11 @@ function readReply(sock: Socket, timeoutMs: number): Promise<RawReply> {
           buf = buf.subarray(eol + 2);
           continue;
         }
-        const m = /^(H?MSG) \S+ \S+(?: \S+)? (?:(\d+) )?(\d+)$/.exec(line);
-        if (!m) {
+        // MSG <subject> <sid> [reply] <#bytes>; HMSG <subject> <sid> [reply] <#header bytes> <#total bytes>.
+        // Counted by tokens: a regex with an optional reply token would take the header size for it.
+        const tokens = line.split(' ');
+        const kind = tokens[0] === 'MSG' || tokens[0] === 'HMSG' ? tokens[0] : undefined;
+        if (!kind) {
           if (line.startsWith('-ERR')) {
             clearTimeout(timer);
             reject(new Error(line));
@@ -56,8 +59,8 @@ function readReply(sock: Socket, timeoutMs: number): Promise<RawReply> {
           buf = buf.subarray(eol + 2);
           continue;
         }
-        const total = Number(m[3]);
-        const hdrLen = m[1] === 'HMSG' ? Number(m[2]) : 0;
+        const total = Number(tokens[tokens.length - 1]);
+        const hdrLen = kind === 'HMSG' ? Number(tokens[tokens.length - 2]) : 0;
         if (buf.length < eol + 2 + total + 2) return;
         const payload = buf.subarray(eol + 2, eol + 2 + total);
         const hdrText = payload.subarray(0, hdrLen).toString();

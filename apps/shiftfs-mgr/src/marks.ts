@@ -188,7 +188,8 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     try {
       if (createMarkpoint) {
         await mkdir(markpoint, { mode: 0o700 });
-        await chmod(markpoint, 0o700); // the umask may have narrowed it; never widened, but be exact
+        // mkdir's mode passes through the umask; the markpoint must be exactly root-only.
+        await chmod(markpoint, 0o700);
       }
       await mounter.mark(source, markpoint);
     } catch (err) {

@@ -110,6 +110,25 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
   const workDir = await realpath(deps.workDir);
   const stamp = (): string => new Date(now()).toISOString();
   const isStale = (rec: MarkRecord): boolean => now() - Date.parse(rec.since) > staleAfterMs;
+  /**
+   * Which record holds a markpoint, as this replica last saw it: a hint that spares unmark a
+   * full listing. A markpoint names one claim only, so a hint is either right or its record is
+   * gone; every hint is checked against the record before use.
+   */
+  const keyByMarkpoint = new Map<string, string>();
+
+  /** The key of the record whose markpoint this is: the hint, the source itself, then a listing. */
+  async function findMarkKey(markpoint: string): Promise<string | undefined> {
+    const hinted = keyByMarkpoint.get(markpoint);
+    for (const key of [hinted, markKey(markpoint)]) {
+      if (key === undefined) continue;
+      if ((await store.get(key))?.value.markpoint === markpoint) return key;
+    }
+    if (hinted !== undefined) keyByMarkpoint.delete(markpoint);
+    const listed = (await store.list()).find((r) => r.value.markpoint === markpoint);
+    if (listed) keyByMarkpoint.set(markpoint, listed.key);
+    return listed?.key;
+  }
 
   /** Unmounts (if still mounted), removes a uuid markpoint, then the record; it must be `unmounting`. */
   async function teardown(key: string, rec: MarkRecord, log: Logger): Promise<void> {
@@ -118,6 +137,7 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     await store.mutate(key, (cur) =>
       cur?.claimId === rec.claimId && cur.state === 'unmounting' ? REMOVE : undefined,
     );
+    keyByMarkpoint.delete(rec.markpoint);
     log.info({ source: rec.source, markpoint: rec.markpoint }, 'shiftfs mark removed');
   }
 
@@ -230,6 +250,7 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
           return { ...cur, holders: [...cur.holders, id] };
         });
         if (after?.state === 'mounted' && after.holders.includes(id)) {
+          keyByMarkpoint.set(after.markpoint, key);
           return { markpoint: after.markpoint, joinedByThisCall: added, tracked: true };
         }
         continue;
@@ -254,7 +275,10 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
         return { markpoint: source, joinedByThisCall: false, tracked: false };
       }
       const markpoint = await claimAndMount(id, key, source, createMarkpoint, log);
-      if (markpoint !== undefined) return { markpoint, joinedByThisCall: true, tracked: true };
+      if (markpoint !== undefined) {
+        keyByMarkpoint.set(markpoint, key);
+        return { markpoint, joinedByThisCall: true, tracked: true };
+      }
     }
   }
 
@@ -300,14 +324,13 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     },
 
     async unmark(id, mounts, log = deps.log) {
-      const records = await store.list();
       for (const { source: markpoint } of mounts) {
-        const rec = records.find((r) => r.value.markpoint === markpoint);
-        if (!rec) {
+        const key = await findMarkKey(markpoint);
+        if (key === undefined) {
           log.debug({ markpoint }, 'unmark: not a tracked markpoint; nothing to do');
           continue;
         }
-        await releaseHold(id, rec.key, markpoint, log);
+        await releaseHold(id, key, markpoint, log);
       }
     },
 

@@ -299,6 +299,24 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     }
   });
 
+  it('a replica whose markpoint hint went stale leaves a newer mark of the same source alone', async () => {
+    const nc2 = await connect({ servers: ns.url });
+    try {
+      const a = await open();
+      const b = await open({}, nc2);
+      const [old] = await a.mark('c1', [rw(srcA)], true);
+      await b.unmark('c1', [old!]);
+      const [fresh] = await b.mark('c2', [rw(srcA)], true);
+      expect(fresh!.source).not.toBe(old!.source);
+      await a.unmark('c1', [old!]);
+      await a.unmark('c2', [old!]);
+      expect(kernel.unmountCalls).toEqual([old!.source]);
+      expect((await a.list()).map((m) => [m.markpoint, m.holders])).toEqual([[fresh!.source, ['c2']]]);
+    } finally {
+      await nc2.close();
+    }
+  });
+
   it('unmark-all removes every mark best effort and reports the ones that fail', async () => {
     const marks = await open();
     const [a] = await marks.mark('c1', [rw(srcA)], true);

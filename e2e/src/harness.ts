@@ -4,7 +4,7 @@
  * /etc/login.defs, and the gateway on a temp socket. Logs go to one file per process, printed
  * when a test fails. `stop()` checks that the host is clean.
  */
-import { appendFileSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -81,11 +81,16 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const baseArgs = (app: AppName): string[] => {
     const common = ['--nats-url', nats.url, '--node', node, '--data-root', dataRoot, '--log-level', 'debug'];
     const own: Record<AppName, string[]> = {
-      'subid-allocator': ['--subuid-file', etc.subuid, '--subgid-file', etc.subgid, '--login-defs', etc.loginDefs],
+      // Exclusive mode, so that "same ids after restart" and "ids released" can fail.
+      'subid-allocator': [
+        '--subuid-file', etc.subuid, '--subgid-file', etc.subgid, '--login-defs', etc.loginDefs,
+        '--mode', 'exclusive', '--pool-size', String(64 * 65536),
+      ],
       'vol-mgr': [],
-      'shiftfs-mgr': [],
+      // No modprobe: the host has no shiftfs module and the answer is 'unsupported' either way.
+      'shiftfs-mgr': ['--no-modprobe'],
       'rootfs-cloner': [],
-      gateway: ['--socket', socket],
+      gateway: ['--socket', socket, '--watch-interval-ms', '50'],
     };
     return [...common, ...own[app], ...(opts.args?.[app] ?? [])];
   };
@@ -143,16 +148,39 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       }
       await nc.close();
       await nats.stop();
+      const strays = straysUnder(dir);
       // Whatever a test left mounted under the temp root is lifted before the dir goes.
       const left = mountsUnder(await readMountInfo(), dir);
       for (const m of left) await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
       await rm(dir, { recursive: true, force: true });
       if (left.length > 0) throw new Error(`mounts left under ${dir}: ${left.map((m) => m.mountPoint).join(', ')}`);
+      if (strays.length > 0) throw new Error(`processes left running: ${strays.join('; ')}`);
     },
   };
 
   for (const app of opts.apps ?? [...SERVICE_APPS, 'gateway']) await start(app);
   return system;
+}
+
+/** Processes whose command line names the temp root (daemons, rsync, mount helpers), killed and reported. */
+function straysUnder(dir: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d) && Number(d) !== process.pid)) {
+    let cmd: string;
+    try {
+      cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
+    } catch {
+      continue;
+    }
+    if (!cmd.includes(dir)) continue;
+    found.push(`${pid}: ${cmd.slice(0, 200)}`);
+    try {
+      process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
 }
 
 function safeRead(file: string): string {

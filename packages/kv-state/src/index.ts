@@ -2,7 +2,7 @@
  * Durable service state in JetStream KV: one bucket per service, keys `<node>.<container id>`,
  * every write a compare-and-set on the entry's revision so replicas never overwrite each other.
  */
-import { Kvm, type KV, type KvEntry } from '@nats-io/kv';
+import { Kvm, type Bucket, type KV, type KvEntry } from '@nats-io/kv';
 import { JetStreamApiError } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
@@ -126,12 +126,9 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
       return value === undefined ? undefined : { key, value: structuredClone(value), revision };
     },
     async list() {
-      const keys: string[] = [];
-      const it = await kvCall(() => kv.keys(`${prefix}>`));
-      for await (const k of it) if (k.startsWith(prefix) && !k.slice(prefix.length).includes('.')) keys.push(k);
       const out: Versioned<T>[] = [];
-      for (const k of keys.sort()) {
-        const key = decodeKeyToken(k.slice(prefix.length));
+      // A key whose last message is a delete marker has no value: get() answers undefined.
+      for (const key of await listKeys(kv as Bucket, prefix)) {
         const v = await this.get(key);
         if (v) out.push(v);
       }
@@ -187,6 +184,20 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
       await kvCall(() => kv.delete(fullKey(key)));
     },
   };
+}
+
+/**
+ * The keys under `prefix`, from the stream's subject index (STREAM.INFO with subjects_filter):
+ * one request, no consumer. Not kv.keys(): with @nats-io/kv 3.4 on nats-server 2.9, a keys()
+ * that runs while another writer updates a key can wait forever (its ordered consumer never
+ * sees pending 0), and replicas of a service list while others write.
+ */
+async function listKeys(kv: Bucket, prefix: string): Promise<string[]> {
+  const subjectPrefix = `${kv.prefix}.${prefix}`;
+  const info = await kvCall(() => kv.jsm.streams.info(kv.stream, { subjects_filter: `${subjectPrefix}*` }));
+  return Object.keys(info.state.subjects ?? {})
+    .map((subject) => decodeKeyToken(subject.slice(subjectPrefix.length)))
+    .sort();
 }
 
 function isConflict(err: unknown): boolean {

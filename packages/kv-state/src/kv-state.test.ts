@@ -64,6 +64,23 @@ describe('kv-state on a real nats-server', () => {
     expect((await other.list()).map((v) => v.value.n)).toEqual([9]);
   });
 
+  it('lists promptly while another writer updates a key (kv.keys() can hang on nats-server 2.9 here)', async () => {
+    const kv = await openBucket(nc1, 'busy');
+    const writer = createStateStore(kv, { node: 'n1', schema: Counter });
+    const reader = createStateStore(await openBucket(nc2, 'busy'), { node: 'n1', schema: Counter });
+    await writer.create('k', { n: 0 });
+    await writer.create('other', { n: 0 });
+    const writes = (async () => {
+      for (let i = 0; i < 30; i++) {
+        await new Promise((r) => setTimeout(r, Math.random() * 4));
+        await writer.mutate('k', (c) => ({ n: c!.n + 1 }));
+      }
+    })();
+    const listings = await Promise.all(Array.from({ length: 10 }, () => reader.list()));
+    await writes;
+    for (const l of listings) expect(l.map((v) => v.key)).toEqual(['k', 'other']);
+  });
+
   it('a value that breaks the schema is an internal error, not a crash', async () => {
     const kv = await openBucket(nc1, 'bad');
     await kv.put('n1.k', JSON.stringify({ n: 'not a number' }));

@@ -1,17 +1,17 @@
 /**
  * Shifting the ownership of a tree by a uid/gid offset (sysbox-libs' ShiftIdsWithChown, rebuilt).
  *
- * Two phases over a pool of walker threads: a scan that lstats every entry once and keeps what it
- * saw, then, only if every shifted owner (and ACL qualifier) is in range, an apply phase that
- * lchowns from what was kept. A bad offset therefore changes nothing, at no extra lstat.
+ * Two phases over a pool of walker threads: a scan that stats every entry once (and reads its ACL
+ * xattrs) and keeps what it saw, then, only if every shifted owner and ACL qualifier is in range,
+ * an apply phase that chowns from what was kept. A bad offset therefore changes nothing, at no
+ * extra stat.
  */
 import { lstat, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { findAclOverflow, readAcls, shiftAclRecord, writeAcls, type AclRecord } from './acl.js';
 import { createWalkPool, WalkerError } from './walk-pool.js';
-import type { ListItem } from './walk-worker.js';
+import type { ListItem, RootEntry } from './walk-worker.js';
 
 export interface ShiftLogger {
   info(obj: object, msg?: string): void;
@@ -29,8 +29,8 @@ export interface ShiftOptions {
   /** Walker threads; default: os.availableParallelism(). */
   workers?: number;
   /**
-   * Default true: shift the ids named in POSIX ACLs too (one getfacl pass over the tree, see
-   * README). Pass false only for trees known to carry no ACLs: it saves that pass.
+   * Default true: shift the ids named in POSIX ACLs too (one xattr listing per entry, see README).
+   * Pass false only for trees known to carry no ACLs: it saves that call.
    */
   acls?: boolean;
   /** Milliseconds between progress log lines; default 5000. */
@@ -65,7 +65,6 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   const rootStat = await lstatOrNotFound(absRoot);
   throwIfAborted(opts.signal, 'before it started');
   if (uidOffset === 0 && gidOffset === 0) return { entries: 0, ms: performance.now() - started };
-  checkRange(absRoot, rootStat.uid, rootStat.gid, uidOffset, gidOffset);
 
   let scanned = 0;
   let done = 0;
@@ -73,10 +72,11 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   const progress = startProgressLog(opts, absRoot, () => ({ phase, entriesScanned: scanned, entriesDone: done }));
   const pool = createWalkPool({
     task: 'shift',
-    rootDev: rootStat.dev,
+    ...devNumbers(rootStat.dev),
     crossMounts: opts.crossMounts ?? false,
     uidOffset,
     gidOffset,
+    acls: opts.acls ?? true,
     workers: opts.workers ?? availableParallelism(),
     onProgress: (delta) => {
       if (phase === 'scan') {
@@ -90,15 +90,10 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);
   try {
-    const withAcls = (opts.acls ?? true) && !rootStat.isSymbolicLink();
-    // getfacl runs beside the scan: on a machine with spare cores its pass costs no wall time.
-    const aclsRead = withAcls ? readAcls(absRoot, opts.signal, debugLogger(opts.logger)) : Promise.resolve([]);
-    aclsRead.catch(() => undefined);
-    const scan = rootStat.isDirectory() ? await pool.scan(absRoot) : undefined;
-    const acls = keepWalked(await aclsRead, scan?.skippedMounts ?? []);
+    const scan = await pool.scan(rootEntry(absRoot));
     throwIfAborted(opts.signal, 'during the scan; nothing was changed');
 
-    const overflow = scan?.overflow ?? findAclOverflow(acls, uidOffset, gidOffset);
+    const overflow = scan.overflow;
     if (overflow) {
       throw new SysboxError(
         'invalid-request',
@@ -107,23 +102,11 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
     }
 
     phase = 'apply';
-    const list: ListItem[] = [...hardLinkTargets(scan?.hardLinks ?? [], uidOffset, gidOffset)];
-    list.push({
-      path: absRoot,
-      uid: rootStat.uid + uidOffset,
-      gid: rootStat.gid + gidOffset,
-      restoreMode: restoreModeOf(rootStat.mode),
-    });
     await pool.apply();
-    await pool.applyList(list);
+    await pool.applyList(hardLinkTargets(scan.hardLinks, uidOffset, gidOffset));
     throwIfAborted(opts.signal, 'part way through; the tree is partly shifted');
-    phase = 'acls';
-    await writeAcls(
-      acls.map((r) => shiftAclRecord(r, uidOffset, gidOffset)),
-      debugLogger(opts.logger),
-    );
     const result = { entries: done, ms: performance.now() - started };
-    opts.logger?.debug?.({ root: absRoot, uidOffset, gidOffset, ...result, acls: acls.length }, 'id shift done');
+    opts.logger?.debug?.({ root: absRoot, uidOffset, gidOffset, ...result }, 'id shift done');
     return result;
   } catch (err) {
     throw asSysboxError(err);
@@ -141,24 +124,21 @@ export async function scanIds(root: string, opts: { crossMounts?: boolean; signa
   if (!rootStat.isDirectory()) return { uids: [rootStat.uid], gids: [rootStat.gid], entries: 1 };
   const pool = createWalkPool({
     task: 'scan-ids',
-    rootDev: rootStat.dev,
+    ...devNumbers(rootStat.dev),
     crossMounts: opts.crossMounts ?? false,
     uidOffset: 0,
     gidOffset: 0,
+    acls: false,
     workers: opts.workers ?? availableParallelism(),
     onProgress: () => undefined,
   });
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);
   try {
-    const scan = await pool.scan(absRoot);
+    const scan = await pool.scan(rootEntry(absRoot));
     throwIfAborted(opts.signal, 'during the scan');
     const ids = await pool.collect();
-    return {
-      uids: distinctSorted([...ids.uids, rootStat.uid]),
-      gids: distinctSorted([...ids.gids, rootStat.gid]),
-      entries: scan.scanned + 1,
-    };
+    return { uids: ids.uids, gids: ids.gids, entries: scan.scanned };
   } catch (err) {
     throw asSysboxError(err);
   } finally {
@@ -184,15 +164,19 @@ async function lstatOrNotFound(path: string) {
   });
 }
 
-function checkRange(path: string, uid: number, gid: number, uidOffset: number, gidOffset: number): void {
-  const u = uid + uidOffset;
-  const g = gid + gidOffset;
-  if (u < 0 || u > MAX_ID || g < 0 || g > MAX_ID) {
-    throw new SysboxError(
-      'invalid-request',
-      `shifting ${path} by ${uidOffset}:${gidOffset} would take an id out of 0..${MAX_ID}: ${path} (owner ${uid}:${gid}); nothing was changed`,
-    );
-  }
+/** The root as an entry of its parent, in the walkers' byte strings ("/" is "." in itself). */
+function rootEntry(absRoot: string): RootEntry {
+  const latin1 = (s: string): string => Buffer.from(s, 'utf8').toString('latin1');
+  return absRoot === '/' ? { dir: '/', name: '.' } : { dir: latin1(dirname(absRoot)), name: latin1(basename(absRoot)) };
+}
+
+/** glibc's major()/minor() of the st_dev Node reports, to compare with statx's dev fields. */
+function devNumbers(dev: number): { rootDevMajor: number; rootDevMinor: number } {
+  const d = BigInt(dev);
+  return {
+    rootDevMajor: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)),
+    rootDevMinor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)),
+  };
 }
 
 function throwIfAborted(signal: AbortSignal | undefined, when: string): void {
@@ -216,20 +200,6 @@ function restoreModeOf(mode: number): number {
   return (mode & S_IFMT) === S_IFREG && (mode & SETID_BITS) !== 0 ? mode & 0o7777 : -1;
 }
 
-/** getfacl does not stop at mount points; drop what lies in mounts the walk did not enter. */
-function keepWalked(records: AclRecord[], skippedMounts: readonly string[]): AclRecord[] {
-  if (skippedMounts.length === 0) return records;
-  return records.filter((r) => !skippedMounts.some((m) => r.path === m || r.path.startsWith(`${m}/`)));
-}
-
-function distinctSorted(ids: number[]): number[] {
-  return [...new Set(ids)].sort((a, b) => a - b);
-}
-
-function debugLogger(logger: ShiftLogger | undefined) {
-  const debug = logger?.debug?.bind(logger);
-  return debug ? { debug } : undefined;
-}
 
 function startProgressLog(opts: ShiftOptions, root: string, state: () => object): NodeJS.Timeout {
   const started = performance.now();

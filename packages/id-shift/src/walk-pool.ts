@@ -3,7 +3,9 @@
  * each phase (scan, apply) to completion on every walker. It only routes messages, so the event
  * loop of the process that asked for a shift stays free.
  */
+import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
+import { linuxSyscalls, shiftAclXattr } from './syscalls.js';
 import {
   CONTROL_CANCELLED,
   CONTROL_HUNGRY,
@@ -11,25 +13,30 @@ import {
   type FromWalker,
   type HardLinkSeen,
   type ListItem,
+  type RootEntry,
   type ToWalker,
   type WalkerData,
+  type WalkerStart,
 } from './walk-worker.js';
 
 /**
  * Transpilers (tsx, vitest) may wrap named functions in a `__name(fn, "name")` helper that lives
  * outside the function's text; the shim makes the eval'd copy independent of it.
  */
-const WORKER_SOURCE = `var __name = (target) => target;\n(${walkWorkerMain.toString()})();`;
+const WORKER_SOURCE = `var __name = (target) => target;\n(${walkWorkerMain.toString()})(${linuxSyscalls.toString()}, ${shiftAclXattr.toString()});`;
+const WALKER_START: WalkerStart = { koffiPath: createRequire(import.meta.url).resolve('koffi') };
 
 /** Entries a walker handles between two looks at its messages, progress and cancel flag. */
 const BATCH = 512;
 
 export interface PoolOptions {
   task: WalkerData['task'];
-  rootDev: number;
+  rootDevMajor: number;
+  rootDevMinor: number;
   crossMounts: boolean;
   uidOffset: number;
   gidOffset: number;
+  acls: boolean;
   workers: number;
   onProgress: (delta: number) => void;
 }
@@ -37,7 +44,6 @@ export interface PoolOptions {
 export interface ScanOutcome {
   scanned: number;
   hardLinks: HardLinkSeen[];
-  skippedMounts: string[];
   /** The first entry found whose shifted owner leaves the valid range. */
   overflow?: string;
 }
@@ -53,7 +59,8 @@ export class WalkerError extends Error {
 }
 
 export interface WalkPool {
-  scan(dir: string): Promise<ScanOutcome>;
+  /** Scans the root entry and, when it is a directory, everything below it. */
+  scan(root: RootEntry): Promise<ScanOutcome>;
   apply(): Promise<number>;
   applyList(items: ListItem[]): Promise<number>;
   collect(): Promise<{ uids: number[]; gids: number[] }>;
@@ -79,7 +86,7 @@ let idleTimer: NodeJS.Timeout | undefined;
 function acquireWalkers(count: number): Worker[] {
   const taken = idleWalkers.splice(0, count);
   while (taken.length < count) {
-    const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
+    const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: WALKER_START });
     // A thread that dies while idle just leaves the idle list; busy ones are watched per operation.
     w.on('error', () => undefined);
     w.on('exit', () => {
@@ -109,10 +116,12 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
   const control = new Int32Array(new SharedArrayBuffer(8));
   const walkerData: WalkerData = {
     task: opts.task,
-    rootDev: opts.rootDev,
+    rootDevMajor: opts.rootDevMajor,
+    rootDevMinor: opts.rootDevMinor,
     crossMounts: opts.crossMounts,
     uidOffset: opts.uidOffset,
     gidOffset: opts.gidOffset,
+    acls: opts.acls,
     control: control.buffer as SharedArrayBuffer,
     batch: BATCH,
   };
@@ -156,11 +165,13 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
   }
 
   return {
-    scan(dir) {
+    scan(root) {
       return run<ScanOutcome>((resolve) => {
-        const outcome: ScanOutcome = { scanned: 0, hardLinks: [], skippedMounts: [] };
-        const queue: string[] = [dir];
+        const outcome: ScanOutcome = { scanned: 0, hardLinks: [] };
+        const queue: string[] = [];
         const idle = new Set(workers.map((_, i) => i));
+        idle.delete(0);
+        send(0, { t: 'scan', dirs: [], root });
         const dispatch = (): void => {
           while (idle.size > 0 && queue.length > 0) {
             const share = Math.ceil(queue.length / idle.size);
@@ -179,7 +190,6 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
           } else if (msg.t === 'idle') {
             outcome.scanned += msg.scanned;
             for (const h of msg.hardLinks) outcome.hardLinks.push(h);
-            for (const m of msg.skippedMounts) outcome.skippedMounts.push(m);
             outcome.overflow ??= msg.overflow;
             idle.add(index);
             if (Atomics.load(control, CONTROL_CANCELLED)) queue.length = 0;

@@ -59,6 +59,8 @@ export interface SystemOptions {
   apps?: AppName[];
   /** Extra flags per app. */
   args?: Partial<Record<AppName, string[]>>;
+  /** Daemons' log level: debug (default) for tests' failure logs, info for the bench. */
+  logLevel?: string;
 }
 
 export async function startSystem(opts: SystemOptions = {}): Promise<System> {
@@ -79,7 +81,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const procs: Proc[] = [];
 
   const baseArgs = (app: AppName): string[] => {
-    const common = ['--nats-url', nats.url, '--node', node, '--data-root', dataRoot, '--log-level', 'debug'];
+    const common = ['--nats-url', nats.url, '--node', node, '--data-root', dataRoot, '--log-level', opts.logLevel ?? 'debug'];
     const own: Record<AppName, string[]> = {
       // Exclusive mode, so that "same ids after restart" and "ids released" can fail.
       'subid-allocator': [

@@ -1,0 +1,115 @@
+/**
+ * Whole-system bench: full container lifecycles (Register .. removal, chown mode, a rootfs clone,
+ * a docker volume, a 10,000-entry image) through the gateway socket with every daemon as its own
+ * process, sequentially and 8 at a time. The same-run baseline is the same filesystem work done
+ * directly (mount the clone overlay, rsync the volume in with chown, chown -R the clone, revert,
+ * rsync out, unmount, delete), so the ratio is what the system adds: gRPC, NATS, KV, processes.
+ * Also each daemon's resident memory idle and at its peak under that load.
+ */
+import { readFileSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { compareRuns, summarize, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
+import { run } from '@sysbox-mgr-ts/exec';
+import { connectGateway } from './grpc.js';
+import { startSystem, type System } from './harness.js';
+import { newChownContainer, runStep, type LifecycleOptions } from './lifecycle.js';
+import { buildImage, mountContainerRootfs, unmountAll, type ImageLayers } from './runtime.js';
+
+const quick = process.env.BENCH_QUICK === '1';
+const ENTRIES = quick ? 1000 : 10_000;
+const SEQ_RUNS = quick ? 2 : 4;
+const CONC_RUNS = quick ? 1 : 2;
+const CONCURRENCY = 8;
+const OFFSET = 165536;
+const out = (l: string) => void process.stdout.write(`${l}\n`);
+
+function rssMb(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** The same host work as one lifecycle, done directly with the tools. */
+async function directLifecycle(overlay2: string, image: ImageLayers, id: string): Promise<void> {
+  const r = await mountContainerRootfs(overlay2, id, image);
+  const clone = join(overlay2, '..', 'direct-clones', id);
+  const [merged, diff, work, vol] = ['merged', 'diff', 'work', 'vol'].map((d) => join(clone, d)) as [string, string, string, string];
+  for (const d of [merged, diff, work, vol]) await mkdir(d, { recursive: true });
+  await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image.lowers.join(':')},upperdir=${diff},workdir=${work},metacopy=on,index=on,redirect_dir=on`, merged], { timeout: 30_000 });
+  await run('rsync', ['-rauqlH', '--no-devices', '--delete', `--chown=${OFFSET}:${OFFSET}`, `${r.merged}/var/lib/docker/`, `${vol}/`], { timeout: 120_000 });
+  await run('chown', ['-R', '-h', `${OFFSET}:${OFFSET}`, merged], { timeout: 120_000 });
+  await run('chown', ['-R', '-h', '0:0', merged], { timeout: 120_000 });
+  await mkdir(join(diff, 'var', 'lib', 'docker'), { recursive: true });
+  await run('rsync', ['-rauqlH', '--no-devices', '--delete', '--chown=0:0', `${vol}/`, join(diff, 'var', 'lib', 'docker') + '/'], { timeout: 120_000 });
+  await run('umount', [merged], { timeout: 30_000 });
+  await unmountAll(r.merged);
+  await rm(clone, { recursive: true, force: true });
+  await rm(r.dir, { recursive: true, force: true });
+}
+
+async function main(): Promise<void> {
+  const sys: System = await startSystem({ args: { gateway: ['--disable-ovfs-on-idmapped-mount'] }, logLevel: 'info' });
+  const figures: Figure[] = [];
+  const client = connectGateway(sys.socket);
+  try {
+    const overlay2 = join(sys.dir, 'docker', 'overlay2');
+    const image = await buildImage(overlay2, 'img', ENTRIES);
+    const o: LifecycleOptions = { client: () => client, overlay2, image, workload: true };
+    const daemons = sys.procs.map((p) => ({ app: p.app, pid: p.proc.pid! }));
+    await new Promise((r) => setTimeout(r, 2000));
+    const idle = new Map(daemons.map((d) => [d.app, rssMb(d.pid)]));
+    const peak = new Map(daemons.map((d) => [d.app, idle.get(d.app)!]));
+    const sampler = setInterval(() => {
+      for (const d of daemons) peak.set(d.app, Math.max(peak.get(d.app)!, rssMb(d.pid)));
+    }, 100);
+
+    let n = 0;
+    const viaSystem = async (): Promise<void> => {
+      const c = await newChownContainer(o, `bench-${n++}`);
+      for (const step of ['create', 'stop', 'remove'] as const) await runStep(o, c, step);
+    };
+    const direct = async (): Promise<void> => directLifecycle(overlay2, image, `direct-${n++}`);
+
+    const seq = await compareRuns({ runs: SEQ_RUNS, candidate: viaSystem, baseline: direct });
+    const conc = await compareRuns({
+      runs: CONC_RUNS,
+      candidate: () => Promise.all(Array.from({ length: CONCURRENCY }, viaSystem)),
+      baseline: () => Promise.all(Array.from({ length: CONCURRENCY }, direct)),
+    });
+    clearInterval(sampler);
+
+    const perSec = (ms: number, k: number) => (1000 * k) / ms;
+    figures.push({
+      name: `lifecycle containers/s, sequential (${ENTRIES} entries, clone + docker volume)`,
+      value: perSec(seq.candidate.median, 1),
+      unit: 'ctr/s',
+      baseline: { name: 'same fs work direct', value: perSec(seq.baseline.median, 1) },
+      ratio: seq.baseline.median / seq.candidate.median,
+      better: 'higher',
+      spread: seq.candidate.spread,
+      runs: seq.candidate.runs,
+    });
+    figures.push({
+      name: `lifecycle containers/s, ${CONCURRENCY} at a time`,
+      value: perSec(conc.candidate.median, CONCURRENCY),
+      unit: 'ctr/s',
+      baseline: { name: 'same fs work direct', value: perSec(conc.baseline.median, CONCURRENCY) },
+      ratio: conc.baseline.median / conc.candidate.median,
+      better: 'higher',
+      spread: conc.candidate.spread,
+      runs: conc.candidate.runs,
+    });
+    for (const d of daemons) {
+      figures.push({ name: `${d.app} RSS idle`, value: idle.get(d.app)!, unit: 'MB', better: 'lower', goal: '< 64 MB' });
+      figures.push({ name: `${d.app} RSS peak under lifecycle load`, value: peak.get(d.app)!, unit: 'MB', better: 'lower' });
+    }
+    const lifecycleMs = summarize([seq.candidate.median]);
+    out(`one lifecycle through the system: ${lifecycleMs.median.toFixed(0)} ms; direct: ${seq.baseline.median.toFixed(0)} ms`);
+  } finally {
+    client.close();
+    await sys.stop();
+  }
+  await writeFigures('e2e-system', figures, out);
+}
+
+await main();

@@ -67,7 +67,12 @@ function discoverApps(): App[] {
 }
 
 mkdirSync(join(config.stateDir, 'jetstream'), { recursive: true });
-const nats = await startNatsServer({ jetstream: true, port: config.natsPort, storeDir: join(config.stateDir, 'jetstream') });
+const nats = await startNatsServer({
+  jetstream: true,
+  port: config.natsPort,
+  storeDir: join(config.stateDir, 'jetstream'),
+  ownProcessGroup: true,
+});
 log.info({ url: nats.url, store: nats.storeDir }, 'nats-server started');
 
 const env = {
@@ -77,7 +82,7 @@ const env = {
   LOG_LEVEL: config.logLevel,
 };
 const children = discoverApps().map((app) => {
-  const proc = startProcess(process.execPath, [app.bin], { env, output: 'pipe' });
+  const proc = startProcess(process.execPath, [app.bin], { env, output: 'pipe', ownProcessGroup: true });
   for (const stream of [proc.stdout, proc.stderr]) {
     if (!stream) continue;
     createInterface({ input: stream }).on('line', (line) => {

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tools/install-deps.sh
 NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false npx nx run-many -t build --output-style=static >/dev/null
-exec node_modules/.bin/tsx --conditions=@sysbox-mgr-ts/source tools/dev-up/dev-up.ts "$@"
+exec node --conditions=@sysbox-mgr-ts/source --import tsx tools/dev-up/dev-up.ts "$@"

@@ -80,6 +80,11 @@ export interface DaemonOptions {
   env?: Record<string, string>;
   /** Where the child's stdout and stderr go: a file path, or 'pipe' to read them. */
   output?: 'pipe' | 'inherit' | { file: string };
+  /**
+   * Its own process group: a Ctrl-C on the terminal then reaches only the parent, which can
+   * stop its children in order (daemons before the nats-server they drain to).
+   */
+  ownProcessGroup?: boolean;
 }
 
 /** A long-running child (nats-server, a daemon under test): the caller owns its lifetime. */
@@ -96,6 +101,7 @@ export function startProcess(file: string, args: readonly string[], opts: Daemon
     reject: false,
     buffer: false,
     cleanup: true,
+    detached: opts.ownProcessGroup ?? false,
   });
 }
 

@@ -9,6 +9,12 @@ import type { Logger } from 'pino';
 import { commonOptions, parseConfig, type ConfigOf, type OptionSpecs } from './config.js';
 import { createLogger } from './logger.js';
 
+const DRAIN_TIMEOUT_MS = 5000;
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
 export interface Stoppable {
   stop(): Promise<void>;
 }
@@ -105,7 +111,12 @@ export async function runDaemon<O extends OptionSpecs>(
     log.info({ signal }, 'stopping');
     try {
       await app.stop();
-      await nc.drain();
+      // With the server gone, drain would wait for a reconnect forever.
+      await Promise.race([nc.drain(), delay(DRAIN_TIMEOUT_MS)]);
+      if (!nc.isClosed()) {
+        log.warn({ ms: DRAIN_TIMEOUT_MS }, 'NATS drain did not finish; closing');
+        await nc.close();
+      }
     } catch (err) {
       log.error({ err }, 'stop failed');
       process.exitCode = 1;

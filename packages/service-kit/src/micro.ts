@@ -45,6 +45,11 @@ export interface MicroService {
 }
 
 const NAME = /^[-\w]+$/;
+const STOP_DRAIN_MS = 3000;
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
 
 export function startMicroService(nc: NatsConnection, cfg: MicroServiceConfig): MicroService {
   if (!NAME.test(cfg.name)) throw new Error(`invalid service name ${cfg.name}`);
@@ -140,7 +145,10 @@ export function startMicroService(nc: NatsConnection, cfg: MicroServiceConfig): 
     info,
     stats: statsReply,
     async stop() {
-      await Promise.all(subs.map((s) => s.drain().catch(() => undefined)));
+      // Drain needs the server; when it is gone, unsubscribing locally is all that is left.
+      const drained = Promise.all(subs.map((s) => s.drain().catch(() => undefined)));
+      const bounded = await Promise.race([drained.then(() => true), delay(STOP_DRAIN_MS).then(() => false)]);
+      if (!bounded) for (const s of subs) s.unsubscribe();
       await Promise.all([...inFlight]);
     },
   };

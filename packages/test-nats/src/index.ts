@@ -18,6 +18,8 @@ export interface NatsServerOptions {
   binary?: string;
   /** Extra server arguments. */
   args?: string[];
+  /** Keep the server out of the caller's process group (see DaemonOptions.ownProcessGroup). */
+  ownProcessGroup?: boolean;
   startTimeoutMs?: number;
 }
 
@@ -50,7 +52,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     const args = ['-a', host, '-p', port === 0 ? '-1' : String(port)];
     if (jetstream) args.push('-js', '-sd', storeDir!);
     args.push(...(opts.args ?? []));
-    const proc = startProcess(opts.binary ?? 'nats-server', args, { output: 'pipe' });
+    const proc = startProcess(opts.binary ?? 'nats-server', args, { output: 'pipe', ownProcessGroup: opts.ownProcessGroup });
     child = proc;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(

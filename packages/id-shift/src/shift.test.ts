@@ -118,6 +118,24 @@ describe.skipIf(!isRoot)('shift (as root, real trees)', () => {
     expect(await getfacl(join(root, 'shared', 'f'))).toContain('user:1234:rw-');
   });
 
+  it.skipIf(!canAcl)('shifts ACLs on tmpfs and on a hard-linked file, and entries whose names are not UTF-8', async () => {
+    const root = freshDir();
+    await run('mount', ['-t', 'tmpfs', 'id-shift-test', root], { timeout: 10_000 });
+    mounts.push(root);
+    writeFileSync(join(root, 'f'), '');
+    linkSync(join(root, 'f'), join(root, 'f-link'));
+    const latin1Name = Buffer.from(join(root, 'caf\xe9'), 'latin1');
+    writeFileSync(latin1Name, '');
+    await run('setfacl', ['-m', 'u:1234:rw,g:55:r', join(root, 'f')], { timeout: 10_000 });
+
+    await shift(root, 100_000, 100_000);
+
+    for (const name of ['f', 'f-link']) expect(await getfacl(join(root, name))).toContain('user:101234:rw-');
+    expect(await getfacl(join(root, 'f'))).toContain('group:100055:r--');
+    expect(lstatSync(latin1Name)).toMatchObject({ uid: 100_000, gid: 100_000 });
+    expect(owner(join(root, 'f-link'))).toBe('100000:100000');
+  });
+
   it('shift then shift back returns exactly the original owners and modes (random trees)', async () => {
     const rand = prng(42);
     for (let round = 0; round < 4; round++) {

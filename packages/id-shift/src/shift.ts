@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { createWalkPool, WalkerError } from './walk-pool.js';
-import type { ListItem, RootEntry } from './walk-worker.js';
+import type { HardLinkSeen, ListItem, RootEntry } from './walk-worker.js';
 
 export interface ShiftLogger {
   info(obj: object, msg?: string): void;
@@ -184,7 +184,7 @@ function throwIfAborted(signal: AbortSignal | undefined, when: string): void {
 }
 
 /** Every name of an inode gets the target computed from the first name seen, whatever it shows now. */
-function hardLinkTargets(seen: readonly { path: string; key: string; uid: number; gid: number; mode: number }[], uidOffset: number, gidOffset: number): ListItem[] {
+function hardLinkTargets(seen: readonly HardLinkSeen[], uidOffset: number, gidOffset: number): ListItem[] {
   const first = new Map<string, { uid: number; gid: number }>();
   return seen.map((h) => {
     let owner = first.get(h.key);
@@ -192,7 +192,7 @@ function hardLinkTargets(seen: readonly { path: string; key: string; uid: number
       owner = { uid: h.uid, gid: h.gid };
       first.set(h.key, owner);
     }
-    return { path: h.path, uid: owner.uid + uidOffset, gid: owner.gid + gidOffset, restoreMode: restoreModeOf(h.mode) };
+    return { path: h.path, uid: owner.uid + uidOffset, gid: owner.gid + gidOffset, restoreMode: restoreModeOf(h.mode), ...(h.acl ? { acl: h.acl } : {}) };
   });
 }
 

@@ -22,6 +22,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "install-deps: npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
+  # Not `npm ci`: vite names an optional dependency the registry does not have
+  # (napi-windows-process-start-time), so the lock can never list it and `npm ci` refuses the lock.
+  # `npm install` with the committed lock installs the same versions and leaves the lock unchanged.
+  echo "install-deps: npm install (from package-lock.json)"
+  npm install --no-audit --no-fund --loglevel=error
 fi

@@ -101,7 +101,8 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     const replica = procs.filter((p) => p.app === app).length;
     const logFile = join(dir, 'logs', `${app}.${replica}.log`);
     const bin = join(repoRoot, 'apps', app, 'bin', `${BINS[app]}.js`);
-    const proc = startProcess(process.execPath, [bin, ...baseArgs(app), ...extraArgs], { output: { file: logFile } });
+    // The bin itself, as an operator runs it (its shebang carries the node flags).
+    const proc = startProcess(bin, [...baseArgs(app), ...extraArgs], { output: { file: logFile } });
     const p: Proc = { app, replica, proc, logFile };
     procs.push(p);
     await waitReady(p);

@@ -82,7 +82,7 @@ const env = {
   LOG_LEVEL: config.logLevel,
 };
 const children = discoverApps().map((app) => {
-  const proc = startProcess(process.execPath, [app.bin], { env, output: 'pipe', ownProcessGroup: true });
+  const proc = startProcess(app.bin, [], { env, output: 'pipe', ownProcessGroup: true });
   for (const stream of [proc.stdout, proc.stderr]) {
     if (!stream) continue;
     createInterface({ input: stream }).on('line', (line) => {

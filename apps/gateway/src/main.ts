@@ -1,5 +1,5 @@
 import { createWriteStream } from 'node:fs';
-import { createLogger, packageVersion, runDaemon } from '@sysbox-mgr-ts/service-kit';
+import { packageVersion, runDaemon } from '@sysbox-mgr-ts/service-kit';
 import { gatewayOptions, normalizeArgv } from './flags.js';
 import { startGateway } from './gateway.js';
 
@@ -9,18 +9,11 @@ await runDaemon(
     version: packageVersion(import.meta.url),
     about: "sysbox-mgr's gRPC protocol for sysbox-runc, coordinating the sysbox services over NATS",
     options: gatewayOptions,
-    start: async ({ config, nc, log, version }) => {
-      const appLog = config.log
-        ? createLogger({
-            service: 'sysbox-gateway',
-            node: config.node,
-            version,
-            level: config.logLevel,
-            destination: createWriteStream(config.log, { flags: 'a', mode: 0o600 }),
-          })
-        : log;
-      return startGateway({ nc, settings: config, log: appLog });
-    },
+    logTo: (config) => ({
+      format: config.logFormat,
+      destination: config.log ? createWriteStream(config.log, { flags: 'a', mode: 0o600 }) : undefined,
+    }),
+    start: ({ config, nc, log }) => startGateway({ nc, settings: config, log }),
   },
   normalizeArgv(process.argv.slice(2)),
 );

@@ -7,7 +7,7 @@ import { credsAuthenticator, type NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import { commonOptions, parseConfig, type ConfigOf, type OptionSpecs } from './config.js';
-import { createLogger } from './logger.js';
+import { createLogger, type LoggerSettings } from './logger.js';
 
 const DRAIN_TIMEOUT_MS = 5000;
 
@@ -34,6 +34,8 @@ export interface DaemonSpec<O extends OptionSpecs> {
   version: string;
   about: string;
   options: O;
+  /** Where and how to log, from the parsed config (default: JSON on stdout). */
+  logTo?: (config: DaemonConfig<O>) => Pick<LoggerSettings, 'destination' | 'format'>;
   start(ctx: DaemonContext<O>): Promise<Stoppable>;
 }
 
@@ -87,6 +89,7 @@ export async function runDaemon<O extends OptionSpecs>(
     version: spec.version,
     level: config.logLevel,
     pretty: config.logPretty,
+    ...spec.logTo?.(config),
   });
   process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
 

@@ -1,4 +1,5 @@
 import { pino, type Logger, type LoggerOptions } from 'pino';
+import pretty from 'pino-pretty';
 
 export type { Logger } from 'pino';
 
@@ -9,8 +10,10 @@ export interface LoggerSettings {
   level: string;
   /** Pretty output is honoured only when stdout is a terminal: production logs stay JSON. */
   pretty?: boolean;
-  /** A destination stream (tests capture logs with it). */
+  /** A destination stream (a log file; tests capture logs with it). */
   destination?: NodeJS.WritableStream;
+  /** `text`: one human-readable line per record, uncoloured (upstream sysbox-mgr's --log-format text). */
+  format?: 'json' | 'text';
 }
 
 /** One root logger per process, its base fields naming the daemon. */
@@ -21,6 +24,9 @@ export function createLogger(s: LoggerSettings): Logger {
     timestamp: pino.stdTimeFunctions.isoTime,
     serializers: { err: pino.stdSerializers.errWithCause },
   };
+  if (s.format === 'text') {
+    return pino(options, pretty({ colorize: false, sync: true, destination: s.destination ?? 1 }));
+  }
   if (s.destination) return pino(options, s.destination as pino.DestinationStream);
   if (s.pretty && process.stdout.isTTY) {
     return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });

@@ -211,3 +211,31 @@ describe('config', () => {
     expect(help).toContain('NATS_URL');
   });
 });
+
+describe('logger', () => {
+  const capture = () => {
+    const chunks: string[] = [];
+    const stream = new Writable({
+      write: (c, _e, cb) => {
+        chunks.push(String(c));
+        cb();
+      },
+    });
+    return { stream, text: () => chunks.join('') };
+  };
+  it('writes JSON with the daemon base fields by default', () => {
+    const out = capture();
+    createLogger({ service: 'svc', node: 'n1', version: '1.0.0', level: 'info', destination: out.stream }).info({ id: 'c1' }, 'hello');
+    const rec = JSON.parse(out.text());
+    expect(rec).toMatchObject({ service: 'svc', node: 'n1', version: '1.0.0', id: 'c1', msg: 'hello', level: 30 });
+  });
+  it('writes one uncoloured text line per record with --log-format text', () => {
+    const out = capture();
+    const log = createLogger({ service: 'svc', node: 'n1', version: '1.0.0', level: 'info', destination: out.stream, format: 'text' });
+    log.warn({ id: 'c1' }, 'hello');
+    expect(out.text()).toMatch(/WARN.*hello/);
+    expect(out.text()).not.toMatch(/^\{/);
+    expect(out.text()).not.toMatch(/\u001b\[/);
+  });
+});
+

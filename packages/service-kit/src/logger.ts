@@ -1,5 +1,6 @@
 import { pino, type Logger, type LoggerOptions } from 'pino';
-import pretty from 'pino-pretty';
+import { createRequire } from 'node:module';
+import type PinoPretty from 'pino-pretty';
 
 export type { Logger } from 'pino';
 
@@ -25,6 +26,8 @@ export function createLogger(s: LoggerSettings): Logger {
     serializers: { err: pino.stdSerializers.errWithCause },
   };
   if (s.format === 'text') {
+    // Loaded only here: it costs every JSON-logging daemon about 2 MB of RSS.
+    const pretty = createRequire(import.meta.url)('pino-pretty') as typeof PinoPretty;
     return pino(options, pretty({ colorize: false, sync: true, destination: s.destination ?? 1 }));
   }
   if (s.destination) return pino(options, s.destination as pino.DestinationStream);

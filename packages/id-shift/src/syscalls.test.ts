@@ -1,15 +1,12 @@
 import { chmodSync, linkSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import koffi from 'koffi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
-import { linuxSyscalls, shiftAclXattr } from './syscalls.js';
+import { loadNativeWalker, META_FIELDS, shiftAclXattr } from './syscalls.js';
 
 const isRoot = process.getuid?.() === 0;
 const canAcl = isRoot && statSync('/usr/bin/setfacl', { throwIfNoEntry: false }) !== undefined;
-const ENOENT = 2;
-const ENODATA = 61;
 
 const cstr = (s: string): Buffer => Buffer.from(`${s}\0`);
 
@@ -56,10 +53,22 @@ describe('shiftAclXattr', () => {
   });
 });
 
-describe.skipIf(!isRoot)('linuxSyscalls (real files, as root)', () => {
-  const sys = linuxSyscalls(koffi);
+describe.skipIf(!isRoot)('native walker addon (real files, as root)', () => {
+  const native = loadNativeWalker();
   let dir: string;
-  let dirFd: number;
+  let dev: { major: number; minor: number };
+
+  /** Entries scanned in dir by name: [uid, gid, mode, nlink, ino]. */
+  function scanned(acls = false): Map<string, { uid: number; gid: number; mode: number; nlink: number; ino: bigint }> {
+    const [count, meta, names, , failure] = native.scanDir(cstr(dir), null, dev.major, dev.minor, false, acls);
+    expect(failure).toBeNull();
+    const out = new Map();
+    for (let i = 0, m = 0; i < count; i++, m += META_FIELDS) {
+      const name = names.toString('latin1', meta[m]!, meta[m]! + meta[m + 1]!);
+      out.set(name, { uid: meta[m + 2], gid: meta[m + 3], mode: meta[m + 4], nlink: meta[m + 5], ino: (BigInt(meta[m + 7]!) << 32n) | BigInt(meta[m + 6]!) });
+    }
+    return out;
+  }
 
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'id-shift-sys-'));
@@ -72,78 +81,69 @@ describe.skipIf(!isRoot)('linuxSyscalls (real files, as root)', () => {
     mkdirSync(join(dir, 'sub'));
     // A name that is not UTF-8 (latin1 é): it must survive as bytes.
     writeFileSync(Buffer.from(join(dir, 'caf\xe9'), 'latin1'), '');
-    dirFd = sys.openDir(cstr(dir));
+    const d = BigInt(statSync(dir, { bigint: true }).dev);
+    // glibc's major()/minor(), as Node packs st_dev.
+    dev = { major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)), minor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)) };
   });
-  afterAll(() => {
-    sys.close(dirFd);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('decodes struct statx like lstat, without following symlinks', () => {
-    expect(dirFd).toBeGreaterThan(0);
-    for (const name of ['file', 'sym', 'sub', '.']) {
+  it('scans a directory like lstat, names as bytes, without following symlinks', () => {
+    const entries = scanned();
+    expect([...entries.keys()].sort()).toEqual(['caf\xe9', 'file', 'link', 'sub', 'sym']);
+    for (const name of ['file', 'sym', 'sub']) {
       const want = lstatSync(join(dir, name), { bigint: true });
-      expect(sys.statx(dirFd, cstr(name))).toBe(0);
-      const { uid, gid, mode, nlink, devMajor, devMinor } = sys.stat;
-      expect({ uid, gid, mode, nlink }, name).toEqual({
-        uid: Number(want.uid),
-        gid: Number(want.gid),
-        mode: Number(want.mode),
-        nlink: Number(want.nlink),
-      });
-      expect(sys.stat.ino()).toBe(want.ino.toString());
-      // glibc's makedev, as Node reports st_dev.
-      const dev = (BigInt(devMajor & 0xfff) << 8n) | (BigInt(devMajor & ~0xfff) << 32n) | BigInt(devMinor & 0xff) | (BigInt(devMinor & ~0xff) << 12n);
-      expect(dev).toBe(want.dev);
+      expect(entries.get(name), name).toEqual({ uid: Number(want.uid), gid: Number(want.gid), mode: Number(want.mode), nlink: Number(want.nlink), ino: want.ino });
     }
-    expect(sys.stat.mode & 0o170000).toBe(0o040000);
-    expect(sys.statx(dirFd, cstr('missing'))).toBe(-ENOENT);
+    const [count, , names] = native.scanDir(cstr(dir), cstr('sub'), dev.major, dev.minor, false, false);
+    expect([count, names.toString()]).toEqual([1, 'sub\0']);
+    // Vanished or symlinked directories are empty, not failures; other devices are skipped.
+    expect(native.scanDir(cstr(join(dir, 'missing')), null, dev.major, dev.minor, false, false)[0]).toBe(0);
+    expect(native.scanDir(cstr(join(dir, 'sym')), null, dev.major, dev.minor, false, false)[0]).toBe(0);
+    expect(native.scanDir(cstr(dir), null, dev.major + 1, dev.minor, false, false)[0]).toBe(0);
+    expect(native.scanDir(cstr(dir), null, dev.major + 1, dev.minor, true, false)[0]).toBe(5);
   });
 
-  it('lists a directory with getdents64, names as bytes', () => {
-    const buf = Buffer.alloc(4096);
-    const names: string[] = [];
-    for (let n = sys.getdents(dirFd, buf); n > 0; n = sys.getdents(dirFd, buf)) {
-      for (let at = 0; at < n; at += buf.readUInt16LE(at + 16)) {
-        names.push(buf.toString('latin1', at + 19, buf.indexOf(0, at + 19)));
-      }
-    }
-    expect(names.sort()).toEqual(['.', '..', 'caf\xe9', 'file', 'link', 'sub', 'sym']);
-    expect(sys.openDir(cstr(join(dir, 'sym')))).toBeLessThan(0);
-    expect(sys.openDir(cstr(join(dir, 'missing')))).toBe(-ENOENT);
-  });
-
-  it('chowns a symlink itself and restores setuid bits with fchmodat', () => {
-    expect(sys.fchownat(dirFd, cstr('sym'), 7, 8)).toBe(0);
-    expect(lstatSync(join(dir, 'sym'))).toMatchObject({ uid: 7, gid: 8 });
-    expect(lstatSync(join(dir, 'file'))).toMatchObject({ uid: 1234, gid: 5678 });
-    expect(sys.fchownat(dirFd, cstr('file'), 100, 200)).toBe(0);
-    expect(lstatSync(join(dir, 'link'))).toMatchObject({ uid: 100, gid: 200 });
-    expect(lstatSync(join(dir, 'file')).mode & 0o7777).toBe(0o751);
-    expect(sys.fchmodat(dirFd, cstr('file'), 0o4751)).toBe(0);
+  it('chowns a directory range by an offset, symlinks themselves, and restores setuid bits', () => {
+    const names = Buffer.from('sym\0file\0missing\0');
+    const starts = Uint32Array.of(0, 4, 9);
+    const modes = Uint32Array.of(0o120777, 0o104751, 0o100644);
+    expect(native.applyDir(cstr(dir), names, starts, Uint32Array.of(42, 1234, 1), Uint32Array.of(43, 5678, 1), modes, 0, 3, 100, -40, null)).toBeNull();
+    expect(lstatSync(join(dir, 'sym'))).toMatchObject({ uid: 142, gid: 3 });
+    expect(lstatSync(join(dir, 'link'))).toMatchObject({ uid: 1334, gid: 5638 });
     expect(lstatSync(join(dir, 'file')).mode & 0o7777).toBe(0o4751);
-    expect(sys.fchownat(dirFd, cstr('missing'), 1, 1)).toBe(-ENOENT);
+    // Absolute paths with no directory: the hard-link list.
+    const abs = Buffer.from(`${join(dir, 'file')}\0`);
+    expect(native.applyDir(null, abs, Uint32Array.of(0), Uint32Array.of(1234), Uint32Array.of(5678), Uint32Array.of(0o104751), 0, 1, 0, 0, null)).toBeNull();
+    expect(lstatSync(join(dir, 'file'))).toMatchObject({ uid: 1234, gid: 5678, mode: 0o104751 });
+    expect(native.applyDir(cstr(join(dir, 'file')), names, starts, starts, starts, modes, 0, 1, 0, 0, null)).toBeNull();
   });
 
-  it.skipIf(!canAcl)('reads, shifts and writes a POSIX ACL xattr that getfacl then shows', async () => {
+  it.skipIf(!canAcl)('reads raw ACL values in the scan and writes shifted ones that getfacl then shows', async () => {
     const path = join(dir, 'sub');
     await run('setfacl', ['-m', 'u:1234:rw,g:55:r', '-d', '-m', 'u:777:rwx', path], { timeout: 10_000 });
-    const list = Buffer.alloc(4096);
-    const listed = sys.listxattrat(dirFd, cstr('sub'), list);
-    const viaPath = sys.llistxattr(cstr(path), list);
-    expect(listed === viaPath || listed === -38).toBe(true);
-    expect(list.toString('latin1', 0, viaPath).split('\0')).toEqual(expect.arrayContaining(['system.posix_acl_access', 'system.posix_acl_default']));
-
-    const value = Buffer.alloc(4096);
-    const n = sys.lgetxattr(cstr(path), 'system.posix_acl_access', value);
-    expect(n).toBeGreaterThan(4);
-    const shifted = shiftAclXattr(value.subarray(0, n), 100_000, 200_000);
+    const [count, meta, names, acls, failure] = native.scanDir(cstr(dir), null, dev.major, dev.minor, false, true);
+    expect(failure).toBeNull();
+    expect(acls).toHaveLength(1);
+    const [index, access, dflt] = acls![0]!;
+    expect(names.toString('latin1', meta[index * META_FIELDS]!, meta[index * META_FIELDS]! + 3)).toBe('sub');
+    expect(count).toBe(5);
+    expect(dflt).not.toBeNull();
+    const shifted = shiftAclXattr(access!, 100_000, 200_000) as Buffer;
     expect(Buffer.isBuffer(shifted)).toBe(true);
-    expect(sys.lsetxattr(cstr(path), 'system.posix_acl_access', shifted as Buffer)).toBe(0);
+    const result = native.applyDir(cstr(dir), Buffer.from('sub\0'), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0o40755), 0, 1, 0, 0, [[0, shifted, null]]);
+    expect(result).toBeNull();
     const acl = (await run('getfacl', ['--numeric', '--omit-header', path], { timeout: 10_000 })).stdout;
     expect(acl).toContain('user:101234:rw-');
     expect(acl).toContain('group:200055:r--');
     expect(acl).toContain('default:user:777:rwx');
-    expect(sys.lgetxattr(cstr(join(dir, 'file')), 'system.posix_acl_access', value)).toBe(-ENODATA);
+  });
+
+  it('reports failures with the call, errno and entry', () => {
+    const long = Buffer.from(`${'x'.repeat(300)}\0`);
+    const [, , , , failure] = native.scanDir(cstr(dir), long, dev.major, dev.minor, false, false);
+    expect(failure?.[0]).toBe('statx');
+    expect(failure?.[1]).toBe(36); // ENAMETOOLONG
+    expect(failure?.[2].toString()).toBe('x'.repeat(300));
+    expect(native.applyDir(cstr(dir), long, Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0), 0, 1, 0, 0, null)).toEqual(['fchownat', 36, 0]);
   });
 });

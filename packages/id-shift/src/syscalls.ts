@@ -1,115 +1,77 @@
 /**
- * The few Linux syscalls a walker needs, called directly through koffi (libc), and the codec of
- * the kernel's binary POSIX ACL xattr. Node's lstatSync/lchownSync cost 3-5 µs each here (path
- * validation, a Stats object, a full path lookup); a koffi call relative to an open directory fd
- * costs about the syscall.
+ * The native walker addon (native/id_shift.c, built by node-gyp into build/Release/) and the codec
+ * of the kernel's binary POSIX ACL xattr. The addon does one directory per call: a call through
+ * koffi cost 0.5-2 µs on top of each 1-2.5 µs syscall here, so crossing once per directory instead
+ * of once per syscall is most of the speed.
  *
- * Both factories are eval'd into the walker threads (`(${linuxSyscalls})`), so each must stay
- * self-contained: no imports, no module-scope names. Paths and names are bytes (Buffers ending in
- * a NUL), so names that are not UTF-8 survive unchanged. Every call returns a negative errno on
- * failure instead of throwing: the walkers branch on ENOENT/ENODATA/EOPNOTSUPP all the time.
+ * shiftAclXattr is eval'd into the walker threads (`(${shiftAclXattr})`), so it must stay
+ * self-contained: no imports, no module-scope names. Paths and names are bytes (Buffers ending in a
+ * NUL), so names that are not UTF-8 survive unchanged.
  */
-import type koffiModule from 'koffi';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
 
-type Koffi = typeof koffiModule;
+/** A failure reported by the addon: the call, its errno, and the entry's name (empty: the directory). */
+export type ScanFailure = [call: string, errno: number, name: Buffer];
+/** A failure reported by applyDir: the call, its errno, and the entry index (-1: the directory). */
+export type ApplyFailure = [call: string, errno: number, index: number];
+/** Raw (scan) or shifted (apply) ACL xattr values of one entry, by entry index. */
+export type AclRow = [index: number, access: Uint8Array | null, dflt: Uint8Array | null];
 
-export interface Syscalls {
-  /** open(path, O_RDONLY|O_DIRECTORY|O_NOFOLLOW|O_CLOEXEC): fd or -errno. */
-  openDir(path: Uint8Array): number;
-  close(fd: number): void;
-  /** getdents64: bytes read into buf (0 at the end) or -errno. */
-  getdents(fd: number, buf: Buffer): number;
+/** Uint32 fields per scanned entry in ScanResult's meta. */
+export const META_FIELDS = 10;
+
+/**
+ * meta holds META_FIELDS per entry: name start (in names), name length, uid, gid, mode, nlink,
+ * ino low, ino high, dev major, dev minor.
+ */
+export type ScanResult = [count: number, meta: Uint32Array, names: Buffer, acls: AclRow[] | null, failure: ScanFailure | null];
+
+export interface NativeWalker {
   /**
-   * statx(dirFd, name, AT_SYMLINK_NOFOLLOW|AT_STATX_DONT_SYNC, STATX_BASIC_STATS): 0 or -errno.
-   * On success `stat` holds the result until the next call.
+   * Reads the directory `dir` (or just its entry `only`: the root, never a mount point) and
+   * statx's every entry once; skips other filesystems unless crossMounts; with acls, lists the
+   * xattrs of every non-symlink and reads the POSIX ACL values listed. A vanished or replaced
+   * directory gives no entries and no failure.
    */
-  statx(dirFd: number, name: Uint8Array): number;
-  readonly stat: StatxResult;
-  fchownat(dirFd: number, name: Uint8Array, uid: number, gid: number): number;
-  fchmodat(dirFd: number, name: Uint8Array, mode: number): number;
-  /** listxattrat (Linux 6.13+; -ENOSYS before), not following a final symlink: bytes or -errno. */
-  listxattrat(dirFd: number, name: Uint8Array, buf: Buffer): number;
-  llistxattr(path: Uint8Array, buf: Buffer): number;
-  lgetxattr(path: Uint8Array, attr: string, buf: Buffer): number;
-  lsetxattr(path: Uint8Array, attr: string, value: Uint8Array): number;
+  scanDir(dir: Buffer, only: Buffer | null, rootDevMajor: number, rootDevMinor: number, crossMounts: boolean, acls: boolean): ScanResult;
+  /**
+   * For entries from..to-1 of the parallel arrays (names NUL-terminated at nameStarts): lchown to
+   * the scanned owner plus the offsets, write the ACL values given (sorted by index), then restore
+   * setuid/setgid bits of regular files from the scanned mode. `dir` null: names are absolute paths.
+   */
+  applyDir(
+    dir: Buffer | null,
+    names: Uint8Array,
+    nameStarts: Uint32Array,
+    uids: Uint32Array,
+    gids: Uint32Array,
+    modes: Uint32Array,
+    from: number,
+    to: number,
+    uidOffset: number,
+    gidOffset: number,
+    acls: AclRow[] | null,
+  ): ApplyFailure | null;
 }
 
-/** The fields of a struct statx the walkers use; one object, overwritten by every statx call. */
-export interface StatxResult {
-  uid: number;
-  gid: number;
-  mode: number;
-  nlink: number;
-  devMajor: number;
-  devMinor: number;
-  /** Decimal: inode numbers are 64 bits; read only for multiply-linked files. */
-  ino(): string;
+/**
+ * build/Release/id_shift.node relative to the package (the same from src/ under tests and from
+ * dist/); an `internal` SysboxError saying to run the build when the addon is missing.
+ */
+export function nativeWalkerPath(): string {
+  const path = fileURLToPath(new URL('../build/Release/id_shift.node', import.meta.url));
+  if (!existsSync(path)) {
+    throw new SysboxError('internal', `id-shift native addon missing at ${path}: run \`npx nx build @sysbox-mgr-ts/id-shift\` (node-gyp) first`);
+  }
+  return path;
 }
 
-export function linuxSyscalls(koffi: Koffi): Syscalls {
-  const libc = koffi.load('libc.so.6');
-  const O_DIR_NOFOLLOW_CLOEXEC = 0o200000 | 0o400000 | 0o2000000; // | O_RDONLY (0)
-  const AT_SYMLINK_NOFOLLOW = 0x100;
-  const AT_STATX_DONT_SYNC = 0x4000;
-  const STATX_BASIC_STATS = 0x7ff;
-  // listxattrat has the same number on every architecture but alpha (syscalls added since 5.1).
-  const SYS_LISTXATTRAT = 465;
-  const ENOSYS = 38;
-
-  const open = libc.func('open', 'int', ['void *', 'int', 'int']);
-  const close = libc.func('close', 'int', ['int']);
-  const getdents64 = libc.func('getdents64', 'long', ['int', 'void *', 'size_t']);
-  const statx = libc.func('statx', 'int', ['int', 'void *', 'int', 'uint32', 'void *']);
-  const fchownat = libc.func('fchownat', 'int', ['int', 'void *', 'uint32', 'uint32', 'int']);
-  const fchmodat = libc.func('fchmodat', 'int', ['int', 'void *', 'uint32', 'int']);
-  const syscall6 = libc.func('syscall', 'long', ['long', 'int', 'void *', 'uint32', 'void *', 'size_t']);
-  const llistxattr = libc.func('llistxattr', 'long', ['void *', 'void *', 'size_t']);
-  const lgetxattr = libc.func('lgetxattr', 'long', ['void *', 'str', 'void *', 'size_t']);
-  const lsetxattr = libc.func('lsetxattr', 'int', ['void *', 'str', 'void *', 'size_t', 'int']);
-
-  // struct statx (uapi/linux/stat.h): the same layout on every architecture, 256 bytes.
-  const statxBuf = Buffer.alloc(256);
-  const stat: StatxResult = {
-    uid: 0,
-    gid: 0,
-    mode: 0,
-    nlink: 0,
-    devMajor: 0,
-    devMinor: 0,
-    ino: () => statxBuf.readBigUInt64LE(32).toString(),
-  };
-
-  const result = (r: number | bigint): number => (r < 0 ? -koffi.errno() : Number(r));
-  let listxattratMissing = false;
-
-  return {
-    openDir: (path) => result(open(path, O_DIR_NOFOLLOW_CLOEXEC, 0)),
-    close: (fd) => void close(fd),
-    getdents: (fd, buf) => result(getdents64(fd, buf, buf.length)),
-    stat,
-    statx(dirFd, name) {
-      const r = statx(dirFd, name, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_BASIC_STATS, statxBuf);
-      if (r < 0) return -koffi.errno();
-      stat.nlink = statxBuf.readUInt32LE(16);
-      stat.uid = statxBuf.readUInt32LE(20);
-      stat.gid = statxBuf.readUInt32LE(24);
-      stat.mode = statxBuf.readUInt16LE(28);
-      stat.devMajor = statxBuf.readUInt32LE(136);
-      stat.devMinor = statxBuf.readUInt32LE(140);
-      return 0;
-    },
-    fchownat: (dirFd, name, uid, gid) => result(fchownat(dirFd, name, uid, gid, AT_SYMLINK_NOFOLLOW)),
-    fchmodat: (dirFd, name, mode) => result(fchmodat(dirFd, name, mode, 0)),
-    listxattrat(dirFd, name, buf) {
-      if (listxattratMissing) return -ENOSYS;
-      const r = result(syscall6(SYS_LISTXATTRAT, dirFd, name, AT_SYMLINK_NOFOLLOW, buf, buf.length));
-      if (r === -ENOSYS) listxattratMissing = true;
-      return r;
-    },
-    llistxattr: (path, buf) => result(llistxattr(path, buf, buf.length)),
-    lgetxattr: (path, attr, buf) => result(lgetxattr(path, attr, buf, buf.length)),
-    lsetxattr: (path, attr, value) => result(lsetxattr(path, attr, value, value.length, 0)),
-  };
+/** Loads the addon in this thread (walker threads load it themselves from nativeWalkerPath()). */
+export function loadNativeWalker(): NativeWalker {
+  return createRequire(import.meta.url)(nativeWalkerPath()) as NativeWalker;
 }
 
 /**

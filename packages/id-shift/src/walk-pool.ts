@@ -3,9 +3,8 @@
  * each phase (scan, apply) to completion on every walker. It only routes messages, so the event
  * loop of the process that asked for a shift stays free.
  */
-import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import { linuxSyscalls, shiftAclXattr } from './syscalls.js';
+import { nativeWalkerPath, shiftAclXattr } from './syscalls.js';
 import {
   CONTROL_CANCELLED,
   CONTROL_HUNGRY,
@@ -23,8 +22,7 @@ import {
  * Transpilers (tsx, vitest) may wrap named functions in a `__name(fn, "name")` helper that lives
  * outside the function's text; the shim makes the eval'd copy independent of it.
  */
-const WORKER_SOURCE = `var __name = (target) => target;\n(${walkWorkerMain.toString()})(${linuxSyscalls.toString()}, ${shiftAclXattr.toString()});`;
-const WALKER_START: WalkerStart = { koffiPath: createRequire(import.meta.url).resolve('koffi') };
+const WORKER_SOURCE = `var __name = (target) => target;\n(${walkWorkerMain.toString()})(${shiftAclXattr.toString()});`;
 
 /** Entries a walker handles between two looks at its messages, progress and cancel flag. */
 const BATCH = 512;
@@ -86,7 +84,7 @@ let idleTimer: NodeJS.Timeout | undefined;
 function acquireWalkers(count: number): Worker[] {
   const taken = idleWalkers.splice(0, count);
   while (taken.length < count) {
-    const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: WALKER_START });
+    const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { addonPath: nativeWalkerPath() } satisfies WalkerStart });
     // A thread that dies while idle just leaves the idle list; busy ones are watched per operation.
     w.on('error', () => undefined);
     w.on('exit', () => {

@@ -1,17 +1,17 @@
 /**
  * The body of one walker thread. It runs as an eval'd worker (`(${walkWorkerMain})(...)`), so it
  * must stay self-contained: no imports, modules only through `require` inside the function, and
- * the syscall layer handed in as an argument. That keeps it working unchanged under vitest/tsx
+ * the ACL codec handed in as an argument. That keeps it working unchanged under vitest/tsx
  * (TypeScript sources) and from dist.
  *
- * Every entry costs a few direct syscalls through koffi (see syscalls.ts), relative to an open
- * directory fd: getdents64 (amortised), statx, listxattrat (when ACLs are on) in the scan, then
- * fchownat in the apply phase. The main thread only routes messages.
+ * The syscalls run in the native addon (native/id_shift.c), one call per directory: scanDir reads
+ * a directory and statx's (and, with ACLs on, lists the xattrs of) every entry; applyDir lchowns
+ * what the scan kept. The main thread only routes messages.
  *
  * Paths inside the walkers are byte strings (latin1: one char per byte), so names that are not
  * UTF-8 survive unchanged; they are decoded as UTF-8 only for messages.
  */
-import type { linuxSyscalls, shiftAclXattr } from './syscalls.js';
+import type { AclRow, NativeWalker, shiftAclXattr } from './syscalls.js';
 
 /** Messages from the coordinator to a walker. */
 export type ToWalker =
@@ -76,43 +76,30 @@ export interface WalkerData {
 
 /** What a walker thread is started with (workerData). */
 export interface WalkerStart {
-  /** Resolved by the coordinator: an eval'd worker cannot resolve packages from its own location. */
-  koffiPath: string;
+  /** Resolved by the coordinator: an eval'd worker cannot resolve files from its own location. */
+  addonPath: string;
 }
 
 export const CONTROL_HUNGRY = 0;
 export const CONTROL_CANCELLED = 1;
 
-export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typeof shiftAclXattr): void {
+export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
   const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
   const { constants } = require('node:os') as typeof import('node:os');
   const port = parentPort!;
-  const sys = makeSyscalls(require((workerData as WalkerStart).koffiPath));
-  const stat = sys.stat;
+  const native = require((workerData as WalkerStart).addonPath) as NativeWalker;
   const MAX_ID = 2 ** 32 - 2;
   const S_IFMT = 0o170000;
   const S_IFDIR = 0o040000;
   const S_IFREG = 0o100000;
-  const S_IFLNK = 0o120000;
-  const SETID_BITS = 0o6000;
-  const ENOENT = constants.errno.ENOENT;
-  const ENOTDIR = constants.errno.ENOTDIR;
-  const ELOOP = constants.errno.ELOOP;
-  const ENOSYS = constants.errno.ENOSYS;
-  const ENODATA = constants.errno.ENODATA;
-  const EOPNOTSUPP = constants.errno.EOPNOTSUPP;
+  // Copy of META_FIELDS: module scope does not exist in the eval'd copy.
+  const FIELDS = 10;
   const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
-  const ACL_ACCESS = 'system.posix_acl_access';
-  const ACL_DEFAULT = 'system.posix_acl_default';
-  // Copies of CONTROL_HUNGRY / CONTROL_CANCELLED: module scope does not exist in the eval'd copy.
+  // Copies of CONTROL_HUNGRY / CONTROL_CANCELLED, for the same reason.
   const HUNGRY = 0;
   const CANCELLED = 1;
 
-  // Reused for every call: getdents64 output, the NUL-terminated current name, xattr lists/values.
-  const dents = Buffer.alloc(64 * 1024);
-  const nameBuf = Buffer.alloc(4096);
-  const xattrList = Buffer.alloc(64 * 1024);
-  const xattrValue = Buffer.alloc(64 * 1024);
+  type EntryAcls = { access?: Uint8Array; default?: Uint8Array };
 
   // One operation's state; a 'begin' message resets it, so a thread serves many operations.
   let data: WalkerData;
@@ -120,7 +107,8 @@ export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typ
   let shifting = false;
   // Scanned entries, kept until the apply phase: the dry scan must see every owner before any
   // change, and keeping what it saw avoids a second stat per entry. Names live NUL-terminated in
-  // one byte arena, entries are grouped by parent directory (a directory is read whole).
+  // one byte arena (a directory's names are appended in one copy), entries are grouped by parent
+  // directory (a directory is read whole), so the apply phase hands applyDir one range per directory.
   let dirPaths: string[] = [];
   let arena = Buffer.alloc(0);
   let arenaUsed = 0;
@@ -131,9 +119,7 @@ export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typ
   let modes = new Uint32Array(0);
   let stored = 0;
   /** Shifted ACL xattr values by stored entry index: few entries have one. */
-  let acls = new Map<number, { access?: Uint8Array; default?: Uint8Array }>();
-  /** Filesystems (dev major:minor) that answered EOPNOTSUPP to an xattr list. */
-  let noXattrDevs = new Set<string>();
+  let acls = new Map<number, EntryAcls>();
   let uidSet = new Set<number>();
   let gidSet = new Set<number>();
   let hardLinks: HardLinkSeen[] = [];
@@ -159,7 +145,6 @@ export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typ
     modes = new Uint32Array(0);
     stored = 0;
     acls = new Map();
-    noXattrDevs = new Set();
     uidSet = new Set();
     gidSet = new Set();
     hardLinks = [];
@@ -173,8 +158,20 @@ export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typ
     return b;
   }
 
-  /** Keeps the entry whose NUL-terminated name is in nameBuf[0..nameLen]. */
-  function store(parent: number, nameLen: number): number {
+  /** Appends a directory's NUL-terminated names to the arena; returns where they start. */
+  function keepNames(names: Buffer): number {
+    if (arenaUsed + names.length > arena.length) {
+      const bigger = Buffer.alloc(Math.max(64 * 1024, (arenaUsed + names.length) * 2));
+      arena.copy(bigger, 0, 0, arenaUsed);
+      arena = bigger;
+    }
+    names.copy(arena, arenaUsed);
+    const base = arenaUsed;
+    arenaUsed += names.length;
+    return base;
+  }
+
+  function store(parent: number, nameStart: number, uid: number, gid: number, mode: number): number {
     if (stored === uids.length) {
       parents = grow(parents);
       nameStarts = grow(nameStarts);
@@ -182,18 +179,11 @@ export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typ
       gids = grow(gids);
       modes = grow(modes);
     }
-    if (arenaUsed + nameLen + 1 > arena.length) {
-      const bigger = Buffer.alloc(Math.max(64 * 1024, (arenaUsed + nameLen + 1) * 2));
-      arena.copy(bigger, 0, 0, arenaUsed);
-      arena = bigger;
-    }
-    for (let b = 0; b <= nameLen; b++) arena[arenaUsed + b] = nameBuf[b]!;
     parents[stored] = parent;
-    nameStarts[stored] = arenaUsed;
-    uids[stored] = stat.uid;
-    gids[stored] = stat.gid;
-    modes[stored] = stat.mode;
-    arenaUsed += nameLen + 1;
+    nameStarts[stored] = nameStart;
+    uids[stored] = uid;
+    gids[stored] = gid;
+    modes[stored] = mode;
     return stored++;
   }
 
@@ -216,117 +206,66 @@ export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typ
     throw new Reported();
   }
 
-  /** Whether `attr` is one of the NUL-separated names in xattrList[0..length]. */
-  function listed(attr: string, length: number): boolean {
-    for (let at = xattrList.indexOf(attr, 0, 'latin1'); at >= 0 && at < length; at = xattrList.indexOf(attr, at + 1, 'latin1')) {
-      if ((at === 0 || xattrList[at - 1] === 0) && xattrList[at + attr.length] === 0) return true;
-    }
-    return false;
-  }
-
-  /** Reads one ACL xattr and returns it shifted; records an overflow. ENODATA (raced away) = none. */
-  function shiftedAcl(path: string, attr: string): Uint8Array | undefined {
-    const n = sys.lgetxattr(bytes(path), attr, xattrValue);
-    if (n === -ENODATA || n === -ENOENT) return undefined;
-    if (n < 0) fail(-n, 'lgetxattr', path);
-    const shifted = shiftAcl(xattrValue.subarray(0, n), data.uidOffset, data.gidOffset);
+  /** An ACL value shifted, or undefined (and the overflow noted) when an id would leave the range. */
+  function shiftedAcl(path: () => string, value: Uint8Array | null): Uint8Array | undefined {
+    if (value === null) return undefined;
+    const shifted = shiftAcl(value, data.uidOffset, data.gidOffset);
     if (typeof shifted !== 'string') return shifted;
-    overflow ??= `${display(path)} (${shifted})`;
+    overflow ??= `${display(path())} (${shifted})`;
     return undefined;
-  }
-
-  /**
-   * The shifted ACLs of the entry named in nameBuf, or undefined when it has none. One listxattrat
-   * per entry (cheaper than two getxattrs, and relative to the directory fd); the values are read
-   * only when listed.
-   */
-  function readAcls(dirFd: number, pathOf: () => string, isDir: boolean): { access?: Uint8Array; default?: Uint8Array } | undefined {
-    if (noXattrDevs.size > 0 && noXattrDevs.has(`${stat.devMajor}:${stat.devMinor}`)) return undefined;
-    let n = sys.listxattrat(dirFd, nameBuf, xattrList);
-    if (n === -ENOSYS) n = sys.llistxattr(bytes(pathOf()), xattrList);
-    if (n === -EOPNOTSUPP) {
-      noXattrDevs.add(`${stat.devMajor}:${stat.devMinor}`);
-      return undefined;
-    }
-    if (n === -ENOENT) return undefined;
-    if (n < 0) fail(-n, 'listxattr', pathOf());
-    if (n === 0) return undefined;
-    const path = pathOf();
-    const access = listed(ACL_ACCESS, n) ? shiftedAcl(path, ACL_ACCESS) : undefined;
-    const dflt = isDir && listed(ACL_DEFAULT, n) ? shiftedAcl(path, ACL_DEFAULT) : undefined;
-    if (!access && !dflt) return undefined;
-    return { ...(access ? { access } : {}), ...(dflt ? { default: dflt } : {}) };
-  }
-
-  /**
-   * Stats the entry named in nameBuf (nameLen bytes) in the open directory and keeps it. Returns
-   * its path when it is a directory to descend into.
-   */
-  function visit(dirFd: number, dir: string, dirIndex: number, nameLen: number, isRoot: boolean): string | undefined {
-    const r = sys.statx(dirFd, nameBuf);
-    // Built only when needed: most entries are neither directories, hard links nor failures.
-    const pathOf = (): string => joinPath(dir, nameBuf.toString('latin1', 0, nameLen));
-    if (r === -ENOENT) return undefined;
-    if (r < 0) fail(-r, 'statx', pathOf());
-    const type = stat.mode & S_IFMT;
-    // A mount point (directory or file) belongs to the other filesystem.
-    if (!isRoot && !data.crossMounts && (stat.devMajor !== data.rootDevMajor || stat.devMinor !== data.rootDevMinor)) return undefined;
-    scannedSinceIdle++;
-    if (!shifting) {
-      uidSet.add(stat.uid);
-      gidSet.add(stat.gid);
-      return type === S_IFDIR ? pathOf() : undefined;
-    }
-    if (overflow === undefined && outOfRange(stat.uid, stat.gid)) overflow = `${display(pathOf())} (owner ${stat.uid}:${stat.gid})`;
-    const entryAcls = data.acls && type !== S_IFLNK ? readAcls(dirFd, pathOf, type === S_IFDIR) : undefined;
-    if (stat.nlink > 1 && type !== S_IFDIR) {
-      const key = `${stat.devMajor}:${stat.devMinor}:${stat.ino()}`;
-      const { uid, gid, mode } = stat;
-      hardLinks.push({ path: pathOf(), key, uid, gid, mode, ...(entryAcls?.access ? { acl: entryAcls.access } : {}) });
-    } else {
-      const index = store(dirIndex, nameLen);
-      if (entryAcls) acls.set(index, entryAcls);
-    }
-    return type === S_IFDIR ? pathOf() : undefined;
   }
 
   function scan(start: string[], root: RootEntry | undefined): void {
     const stack = start.slice();
     let sinceBatch = 0;
     const readDir = (dir: string, only?: string): void => {
-      const fd = sys.openDir(bytes(dir));
-      // Vanished or replaced by a non-directory (or a symlink) since its parent was read.
-      if (fd === -ENOENT || fd === -ENOTDIR || fd === -ELOOP) return;
-      if (fd < 0) fail(-fd, 'open', dir);
+      const [count, meta, names, rawAcls, failure] = native.scanDir(
+        bytes(dir),
+        only === undefined ? null : bytes(only),
+        data.rootDevMajor,
+        data.rootDevMinor,
+        data.crossMounts,
+        shifting && data.acls,
+      );
+      if (failure) {
+        const [call, errno, name] = failure;
+        fail(errno, call, name.length === 0 ? dir : joinPath(dir, name.toString('latin1')));
+      }
+      if (count === 0) return;
       const dirIndex = dirPaths.length;
+      const base = shifting ? keepNames(names) : 0;
       if (shifting) dirPaths.push(dir);
-      try {
-        if (only !== undefined) {
-          if (only.length >= nameBuf.length) fail(constants.errno.ENAMETOOLONG, 'statx', only);
-          const len = nameBuf.write(only, 0, 'latin1');
-          nameBuf[len] = 0;
-          const sub = visit(fd, dir, dirIndex, len, true);
-          if (sub !== undefined) stack.push(sub);
-          sinceBatch++;
-          return;
-        }
-        for (let n = sys.getdents(fd, dents); n !== 0; n = sys.getdents(fd, dents)) {
-          if (n < 0) fail(-n, 'getdents64', dir);
-          for (let at = 0; at < n; at += dents.readUInt16LE(at + 16)) {
-            // Names are short: a JS byte loop beats a native indexOf + copy per entry.
-            const nameAt = at + 19;
-            let len = 0;
-            for (let b = dents[nameAt]!; b !== 0; b = dents[nameAt + ++len]!) nameBuf[len] = b;
-            nameBuf[len] = 0;
-            // Skip "." and "..".
-            if (nameBuf[0] === 0x2e && (len === 1 || (len === 2 && nameBuf[1] === 0x2e))) continue;
-            const sub = visit(fd, dir, dirIndex, len, false);
-            if (sub !== undefined) stack.push(sub);
-            sinceBatch++;
+      let aclAt = 0;
+      for (let i = 0, m = 0; i < count; i++, m += FIELDS) {
+        const uid = meta[m + 2]!;
+        const gid = meta[m + 3]!;
+        const mode = meta[m + 4]!;
+        const isDir = (mode & S_IFMT) === S_IFDIR;
+        // Built only when needed: most entries are neither directories, hard links nor failures.
+        const pathOf = (): string => joinPath(dir, names.toString('latin1', meta[m]!, meta[m]! + meta[m + 1]!));
+        scannedSinceIdle++;
+        sinceBatch++;
+        if (!shifting) {
+          uidSet.add(uid);
+          gidSet.add(gid);
+        } else {
+          if (overflow === undefined && outOfRange(uid, gid)) overflow = `${display(pathOf())} (owner ${uid}:${gid})`;
+          let entryAcls: EntryAcls | undefined;
+          if (rawAcls !== null && aclAt < rawAcls.length && rawAcls[aclAt]![0] === i) {
+            const [, access, dflt] = rawAcls[aclAt++]!;
+            const a = shiftedAcl(pathOf, access);
+            const d = shiftedAcl(pathOf, dflt);
+            if (a || d) entryAcls = { ...(a ? { access: a } : {}), ...(d ? { default: d } : {}) };
+          }
+          if (meta[m + 5]! > 1 && !isDir) {
+            const key = `${meta[m + 8]}:${meta[m + 9]}:${meta[m + 7]}:${meta[m + 6]}`;
+            hardLinks.push({ path: pathOf(), key, uid, gid, mode, ...(entryAcls?.access ? { acl: entryAcls.access } : {}) });
+          } else {
+            const index = store(dirIndex, base + meta[m]!, uid, gid, mode);
+            if (entryAcls) acls.set(index, entryAcls);
           }
         }
-      } finally {
-        sys.close(fd);
+        if (isDir) stack.push(pathOf());
       }
     };
     if (root) readDir(root.dir, root.name);
@@ -348,81 +287,68 @@ export function walkWorkerMain(makeSyscalls: typeof linuxSyscalls, shiftAcl: typ
     hardLinks = [];
   }
 
-  function restoreModeOf(mode: number): number {
-    return (mode & S_IFMT) === S_IFREG && (mode & SETID_BITS) !== 0 ? mode & 0o7777 : -1;
-  }
-
-  /**
-   * chown (relative to dirFd, name in nameBuf), then the ACLs, then the setuid/setgid bits chown
-   * cleared: exactly the mode the scan saw. False when the entry has vanished.
-   */
-  function chownOne(dirFd: number, dir: string, nameLen: number, uid: number, gid: number, restoreMode: number, entryAcls?: { access?: Uint8Array; default?: Uint8Array }): void {
-    const pathOf = (): string => {
-      const name = nameBuf.toString('latin1', 0, nameLen);
-      return dir === '' ? name : joinPath(dir, name);
-    };
-    const r = sys.fchownat(dirFd, nameBuf, uid, gid);
-    if (r === -ENOENT) return;
-    if (r < 0) fail(-r, 'fchownat', pathOf());
-    if (entryAcls?.access) setAcl(pathOf(), ACL_ACCESS, entryAcls.access);
-    if (entryAcls?.default) setAcl(pathOf(), ACL_DEFAULT, entryAcls.default);
-    if (restoreMode >= 0) {
-      const m = sys.fchmodat(dirFd, nameBuf, restoreMode);
-      if (m < 0 && m !== -ENOENT) fail(-m, 'fchmodat', pathOf());
+  /** The ACL rows of stored entries from..to-1, in index order, or null when there are none. */
+  function aclRows(from: number, to: number): AclRow[] | null {
+    if (acls.size === 0) return null;
+    const rows: AclRow[] = [];
+    for (let i = from; i < to; i++) {
+      const entry = acls.get(i);
+      if (entry) rows.push([i, entry.access ?? null, entry.default ?? null]);
     }
+    return rows.length === 0 ? null : rows;
   }
 
-  function setAcl(path: string, attr: string, value: Uint8Array): void {
-    const r = sys.lsetxattr(bytes(path), attr, value);
-    if (r < 0 && r !== -ENOENT) fail(-r, 'lsetxattr', path);
+  function nameAt(start: number): string {
+    return arena.toString('latin1', start, arena.indexOf(0, start));
   }
 
   function apply(): void {
     let sinceBatch = 0;
     let done = 0;
-    let openIndex = -1;
-    let dirFd = -1;
-    try {
-      for (let i = 0; i < stored; i++) {
-        const parent = parents[i]!;
-        if (parent !== openIndex) {
-          if (dirFd >= 0) sys.close(dirFd);
-          openIndex = parent;
-          dirFd = sys.openDir(bytes(dirPaths[parent]!));
-          if (dirFd < 0 && dirFd !== -ENOENT && dirFd !== -ENOTDIR && dirFd !== -ELOOP) fail(-dirFd, 'open', dirPaths[parent]!);
-        }
-        // Entries of a directory that vanished since the scan have nothing left to shift.
-        if (dirFd < 0) continue;
-        const start = nameStarts[i]!;
-        let len = 0;
-        for (let b = arena[start]!; b !== 0; b = arena[start + ++len]!) nameBuf[len] = b;
-        nameBuf[len] = 0;
-        chownOne(dirFd, dirPaths[parent]!, len, uids[i]! + data.uidOffset, gids[i]! + data.gidOffset, restoreModeOf(modes[i]!), acls.size === 0 ? undefined : acls.get(i));
-        if (++sinceBatch >= data.batch) {
-          done += sinceBatch;
-          port.postMessage({ t: 'progress', done: sinceBatch } satisfies FromWalker);
-          sinceBatch = 0;
-          if (Atomics.load(control, CANCELLED)) break;
-        }
+    for (let from = 0; from < stored; ) {
+      const parent = parents[from]!;
+      let to = from + 1;
+      while (to < stored && parents[to] === parent) to++;
+      const dir = dirPaths[parent]!;
+      const failure = native.applyDir(bytes(dir), arena, nameStarts, uids, gids, modes, from, to, data.uidOffset, data.gidOffset, aclRows(from, to));
+      if (failure) {
+        const [call, errno, index] = failure;
+        fail(errno, call, index < 0 ? dir : joinPath(dir, nameAt(nameStarts[index]!)));
       }
-    } finally {
-      if (dirFd >= 0) sys.close(dirFd);
+      sinceBatch += to - from;
+      from = to;
+      if (sinceBatch >= data.batch) {
+        done += sinceBatch;
+        port.postMessage({ t: 'progress', done: sinceBatch } satisfies FromWalker);
+        sinceBatch = 0;
+        if (Atomics.load(control, CANCELLED)) break;
+      }
     }
     done += sinceBatch;
     if (sinceBatch > 0) port.postMessage({ t: 'progress', done: sinceBatch } satisfies FromWalker);
     port.postMessage({ t: 'applied', done } satisfies FromWalker);
   }
 
+  /** Hard links: absolute paths and absolute targets, so applyDir runs with no directory and no offset. */
   function applyList(items: ListItem[]): void {
-    const AT_FDCWD = -100;
-    for (const item of items) {
-      // Longer than PATH_MAX: the kernel would refuse it anyway; never chown a truncated path.
-      if (item.path.length >= nameBuf.length) fail(constants.errno.ENAMETOOLONG, 'fchownat', item.path);
-      const len = nameBuf.write(item.path, 0, 'latin1');
-      nameBuf[len] = 0;
-      // Absolute paths: '' as the directory makes the name the whole path.
-      chownOne(AT_FDCWD, '', len, item.uid, item.gid, item.restoreMode, item.acl ? { access: item.acl } : undefined);
-    }
+    const paths = Buffer.from(items.map((item) => `${item.path}\0`).join(''), 'latin1');
+    const starts = new Uint32Array(items.length);
+    const listUids = new Uint32Array(items.length);
+    const listGids = new Uint32Array(items.length);
+    const listModes = new Uint32Array(items.length);
+    const rows: AclRow[] = [];
+    let at = 0;
+    items.forEach((item, i) => {
+      starts[i] = at;
+      at += Buffer.byteLength(item.path, 'latin1') + 1;
+      listUids[i] = item.uid;
+      listGids[i] = item.gid;
+      // applyDir restores setuid/setgid bits of regular files from the mode it is given.
+      listModes[i] = item.restoreMode >= 0 ? S_IFREG | item.restoreMode : 0;
+      if (item.acl) rows.push([i, item.acl, null]);
+    });
+    const failure = native.applyDir(null, paths, starts, listUids, listGids, listModes, 0, items.length, 0, 0, rows.length === 0 ? null : rows);
+    if (failure) fail(failure[1], failure[0], items[Math.max(0, failure[2])]!.path);
     port.postMessage({ t: 'progress', done: items.length } satisfies FromWalker);
     port.postMessage({ t: 'applied', done: items.length } satisfies FromWalker);
   }

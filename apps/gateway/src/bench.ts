@@ -6,11 +6,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
 import { percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
-import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
+import { commonOptions, silentLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { startFakeServices } from './fake-services.js';
 import { gatewayOptions } from './flags.js';
@@ -24,7 +23,7 @@ const CONCURRENCY = 32;
 const BATCHES = quick ? 4 : 40;
 const ROUNDS = 5;
 
-const log = createLogger({ service: 'bench', node: 'b', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const log = silentLogger();
 
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'gw-bench-'));

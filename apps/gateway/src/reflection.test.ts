@@ -3,16 +3,15 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { Writable } from 'node:stream';
 import { credentials, loadPackageDefinition, type GrpcObject, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
-import { createLogger } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manager } from './manager.js';
 import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
 
-const log = createLogger({ service: 't', node: 't', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const log = silentLogger();
 const require = createRequire(import.meta.url);
 const reflectionProto = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto/grpc/reflection/v1/reflection.proto');
 

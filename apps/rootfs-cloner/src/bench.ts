@@ -3,7 +3,6 @@
  * chown of a clone (metacopy: metadata-only copy-up) versus the same id-shift over a full copy of
  * the same tree, alternated in one run. BENCH_QUICK=1 shrinks the tree for a smoke run.
  */
-import { Writable } from 'node:stream';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +12,7 @@ import { run } from '@sysbox-mgr-ts/exec';
 import { shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { createLogger } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
 import { createMounter } from './mounter.js';
@@ -28,7 +27,7 @@ const TIMEOUT = 120_000;
 const base = await mkdtemp(join(tmpdir(), 'rfc-bench-'));
 const ns = await startNatsServer({ jetstream: true });
 const nc = await connect({ servers: ns.url });
-const log = createLogger({ service: 'bench', node: 'b', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const log = silentLogger();
 const sh = (file: string, args: string[], cwd?: string) => run(file, args, { timeout: TIMEOUT, cwd });
 
 /** ENTRIES files and dirs spread over LAYERS lower layers, 100 files per dir. */

@@ -1,7 +1,6 @@
 /**
  * The cloner against real overlay mounts (root in a VM) and a real nats-server for its state.
  */
-import { Writable } from 'node:stream';
 import { access, chown, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +8,7 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { createLogger } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { run } from '@sysbox-mgr-ts/exec';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -19,7 +18,7 @@ import { shift } from '@sysbox-mgr-ts/id-shift';
 import { buildRuntimeRootfs, owners, unmountAllUnder, type RuntimeRootfs } from './rootfs-fixture.test-util.js';
 
 const OFFSET = 165536;
-const silent = createLogger({ service: 't', node: 't', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const silent = silentLogger();
 const exists = (p: string) => access(p).then(() => true, () => false);
 
 describe('rootfs cloner on real overlay mounts', () => {

@@ -2,7 +2,6 @@
  * The service over a real nats-server: handlers through serve(), and the daemon itself as a child
  * process that is killed with SIGKILL between create-clone and chown-clone.
  */
-import { Writable } from 'node:stream';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -12,7 +11,7 @@ import { rootfsChownClone, rootfsCreateClone, rootfsList, rootfsRemoveClone, roo
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { createLogger, createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger, createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
@@ -22,7 +21,7 @@ import { buildRuntimeRootfs, unmountAllUnder } from './rootfs-fixture.test-util.
 import { createBindings } from './service.js';
 
 const OFFSET = 165536;
-const silent = createLogger({ service: 't', node: 't', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const silent = silentLogger();
 
 describe('rootfs service over NATS', () => {
   let ns: NatsServer;

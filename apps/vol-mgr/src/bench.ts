@@ -4,7 +4,6 @@
  * against raw rsync of the same tree with the same maps, alternated in one run.
  * BENCH_QUICK=1 shrinks the tree for a smoke run.
  */
-import { Writable } from 'node:stream';
 import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +12,7 @@ import { volByKind } from '@sysbox-mgr-ts/contracts';
 import { compareRuns, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
-import { createLogger, createServiceClient } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger, createServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { startVolApp } from './app.js';
 import { idMapOption } from './rsync.js';
@@ -27,7 +26,7 @@ const TIMEOUT = 300_000;
 const base = await mkdtemp(join(tmpdir(), 'volmgr-bench-'));
 const ns = await startNatsServer({ jetstream: true });
 const nc = await connect({ servers: ns.url });
-const log = createLogger({ service: 'bench', node: 'b', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const log = silentLogger();
 
 /** ENTRIES entries under rootfs/var/lib/docker: dirs of 100 files, every tenth dir owned by 1000:1000. */
 async function buildTree(rootfs: string): Promise<number> {

@@ -1,14 +1,13 @@
-import { Writable } from 'node:stream';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { createLogger } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMountPrep, type IdShifter, type PrepRecord } from './prep.js';
 import { memoryStore } from './testing/memory-store.js';
 
-const log = createLogger({ service: 't', node: 'n', version: '0', level: 'silent', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+const log = silentLogger();
 
 describe('mount prep bookkeeping (fake shifter)', () => {
   let base: string;

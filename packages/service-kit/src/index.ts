@@ -9,7 +9,7 @@ export {
   type OptionSpec,
   type OptionSpecs,
 } from './config.js';
-export { createLogger, type Logger, type LoggerSettings } from './logger.js';
+export { createLogger, silentLogger, type Logger, type LoggerSettings } from './logger.js';
 export { startMicroService, type MicroEndpoint, type MicroService, type MicroServiceConfig } from './micro.js';
 export {
   handle,

@@ -36,3 +36,8 @@ export function createLogger(s: LoggerSettings): Logger {
   }
   return pino(options, pino.destination({ sync: false }));
 }
+
+/** A logger that writes nothing: for tests and benchmarks that assert on behaviour, not logs. */
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}

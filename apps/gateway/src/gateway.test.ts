@@ -363,6 +363,28 @@ describe('errors', () => {
 });
 
 describe('durability', () => {
+  it('a removal that a service could not finish keeps the record and completes on retry', async () => {
+    const { gw, fakes, client, node } = await rig();
+    const rootfs = join(work, 'rel-1');
+    await mkdir(rootfs);
+    await rpc(client, 'Register', emptyReg('rel-1', rootfs));
+    await rpc(client, 'SubidAlloc', { id: 'rel-1', size: 65536 });
+    await rpc(client, 'ReqMounts', { id: 'rel-1', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    await rpc(client, 'Unregister', { id: 'rel-1' });
+    await fakes.stop('vol');
+
+    await expect(gw.manager.removeContainer('rel-1')).rejects.toMatchObject({ code: 'unavailable' });
+    expect((await gw.manager.get('rel-1'))?.state).toBe('stopped');
+    expect(fakes.ops()).toContain('subid.free');
+
+    const vol = startFakeServices(nc, node, log, { only: ['vol'] });
+    cleanups.push(() => vol.stopAll());
+    await nc.flush();
+    expect(await gw.manager.removeContainer('rel-1')).toBe(true);
+    expect(vol.ops()).toEqual(['vol.docker-destroy']);
+    expect(await gw.manager.get('rel-1')).toBeUndefined();
+  });
+
   it('a second gateway on the same KV, after the first is gone, resumes the table and the removal watch', async () => {
     const node = `gwt${process.pid}dur`;
     const socket = join(work, 'dur-run', 'sysmgr.sock');

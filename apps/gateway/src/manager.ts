@@ -705,12 +705,17 @@ export function createManager(deps: ManagerDeps): Manager {
       return serialized(id, async () => {
         const rec = (await containers.get(id))?.value;
         if (!rec || rec.state !== 'stopped') return false;
-        // Every release is best effort and idempotent: a crash half-way is finished by the next watch.
+        // Every step is idempotent (a step done before answers not-found) and every step is tried;
+        // if one failed for another reason, the record stays so the watch's next reload retries,
+        // rather than forgetting a volume, a range or a clone that still exists.
+        const failed: string[] = [];
         const releaseStep = async (what: string, fn: () => Promise<unknown>): Promise<void> => {
           try {
             await fn();
           } catch (err) {
-            if (!isSysboxError(err, 'not-found')) log.error({ id, err }, `removal: ${what} failed`);
+            if (isSysboxError(err, 'not-found')) return;
+            log.error({ id, err }, `removal: ${what} failed`);
+            failed.push(what);
           }
         };
         for (const kind of rec.volumeKinds) {
@@ -721,6 +726,9 @@ export function createManager(deps: ManagerDeps): Manager {
         if (rec.subidAllocated) await releaseStep('subid free', () => call(id, 'subid free', subidFree, { id }));
         if (rec.rootfsCloned) {
           await releaseStep('clone removal', () => call(id, 'clone removal', rootfsRemoveClone, { id }, true));
+        }
+        if (failed.length > 0) {
+          throw new SysboxError('unavailable', `container ${id}: removal incomplete (${failed.join(', ')}); will retry`);
         }
         await untrackNetns(id, rec.netnsInode).catch(() => undefined);
         await containers.mutate(id, (cur) => (cur?.state === 'stopped' ? REMOVE : undefined));

@@ -197,11 +197,11 @@ describe('kill -9 of a daemon while it serves a call', () => {
     expect(await leftovers(c)).toEqual(clean);
   });
 
-  // Bug 3 (gateway manager.ts reqMounts + vol-mgr create): vol-mgr finishes a create whose caller (the gateway) died; the gateway's
-  // record never learnt of that volume (volumeKinds is saved only after the create answers),
-  // and the retried create is refused with already-exists. The retried ReqMounts fails, and the
-  // removal destroys only the recorded volumes: the docker volume's dir and vol-mgr's record leak.
-  it.fails('gateway killed while a ReqMounts sync-in is in flight: the retry gives the same mounts, removal releases all', async () => {
+  // Regression (found by this test): vol-mgr finished a create whose caller (the gateway) had died;
+  // the gateway's record never learnt of that volume, the retried create was refused with
+  // already-exists, and the volume leaked. The gateway now records the kinds before creating and
+  // adopts a volume an unanswered ReqMounts made.
+  it('gateway killed while a ReqMounts sync-in is in flight: the retry gives the same mounts, removal releases all', async () => {
     const c = await newChownContainer(o, 'reqmounts');
     const first = client;
     await rpc(first, 'Register', { id: c.id, rootfs: c.rootfs.merged, userns: '', netns: '', uidMappings: [], gidMappings: [] });

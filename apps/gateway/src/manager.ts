@@ -28,6 +28,7 @@ import {
   subidAlloc,
   subidFree,
   volByKind,
+  volList,
   volPrep,
   volRevertPrep,
   type Contract,
@@ -232,6 +233,25 @@ export function createManager(deps: ManagerDeps): Manager {
       }
       return { ...rec, updatedAt: now() };
     });
+  }
+
+  /** Whether the record holds the mount of its `kind` volume (vol-mgr's `<data root>/<hostDir>/<id>`). */
+  function hasVolumeMount(rec: ContainerRecord, kind: VolumeKind): boolean {
+    return rec.containerMounts.some(
+      (m) => posix.basename(m.source) === rec.id && posix.basename(posix.dirname(m.source)) === VOLUME_LAYOUT[kind].hostDir,
+    );
+  }
+
+  /**
+   * The mount of a volume an earlier, unanswered ReqMounts made: vol-mgr lists it ready with the
+   * same mountpoint. Undefined when it is not there as asked (then already-exists stands).
+   */
+  async function adoptVolume(rec: ContainerRecord, kind: VolumeKind, dest: string): Promise<OciMount | undefined> {
+    const { volumes } = await call(rec.id, `listing the ${kind} volume`, volList, { kind });
+    const vol = volumes.find((v) => v.id === rec.id && v.mountpoint === dest);
+    if (!vol) return undefined;
+    log.info({ id: rec.id, kind, path: vol.path }, 'adopted a volume created by an earlier, unanswered ReqMounts');
+    return { source: vol.path, destination: dest, type: 'bind', options: ['rbind', 'rprivate'] };
   }
 
   function firstMapping(rec: ContainerRecord, what: string): { uid: number; gid: number } {
@@ -572,23 +592,26 @@ export function createManager(deps: ManagerDeps): Manager {
           default:
             throw new SysboxError('invalid-request', `container ${id}: unexpected rootfs ID shift type ${rootfsUidShiftType}`);
         }
+        // Kinds recorded by an earlier ReqMounts that never answered (the gateway died while
+        // vol-mgr was creating): their volume may exist although this record has no mount for it.
+        const unanswered = new Set(rec.volumeKinds.filter((k) => !hasVolumeMount(rec, k)));
+        // Recorded before creating, so a crash in between still leaves removal a volume to destroy
+        // (destroy of one that was never made answers not-found, which removal takes as done).
+        rec.volumeKinds = [...new Set([...rec.volumeKinds, ...requests.map((r) => r.kind)])];
+        await save(rec);
         const mounts: OciMount[] = [];
-        const kinds: VolumeKind[] = [];
         try {
           for (const { kind, dest } of requests) {
-            const r = await call(
-              id,
-              `failed to setup mounts backing ${dest}`,
-              volByKind[kind].create,
-              { id, rootfs: rec.rootfs, mountpoint: dest, uid: owner.uid, gid: owner.gid, chownOnSync, perm: VOLUME_LAYOUT[kind].perm },
-              true,
-            );
-            kinds.push(kind);
-            mounts.push(...r.mounts);
+            const create = { id, rootfs: rec.rootfs, mountpoint: dest, uid: owner.uid, gid: owner.gid, chownOnSync, perm: VOLUME_LAYOUT[kind].perm };
+            try {
+              mounts.push(...(await call(id, `failed to setup mounts backing ${dest}`, volByKind[kind].create, create, true)).mounts);
+            } catch (err) {
+              const adopted = isSysboxError(err, 'already-exists') && unanswered.has(kind) ? await adoptVolume(rec, kind, dest) : undefined;
+              if (!adopted) throw err;
+              mounts.push(adopted);
+            }
           }
         } finally {
-          // Record what was created even on failure, so removal destroys it.
-          rec.volumeKinds = [...rec.volumeKinds, ...kinds.filter((k) => !rec.volumeKinds.includes(k))];
           rec.containerMounts = [...mounts, ...facts.linuxHeaderMounts, ...facts.libModMounts];
           await save(rec);
         }

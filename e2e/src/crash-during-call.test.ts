@@ -157,16 +157,12 @@ describe('kill -9 of a daemon while it serves a call', () => {
     expect(await leftovers(c)).toEqual(clean);
   });
 
-  // Bug 1 (vol-mgr, rsync.ts/exec run()): a kill -9 of vol-mgr leaves its rsync processes
-  // running, unsupervised: nothing ties their life to the daemon's (no parent-death signal, and
-  // a restarted daemon does not look for its predecessor's children).
-  // Bug 2 (gateway, manager.ts unregister/volSyncOut): the sync-out the gateway was waiting for
-  // is lost: Unregister saves the container as stopped before its sync-out, logs the sync-out's
-  // timeout (the long-op bound) as a warning and answers OK, so nothing redoes it, and a retried
-  // Unregister would be refused as redundant. The files only the volume holds (the inner
-  // Docker's pulled layer) never reach the rootfs. Today the orphan rsync, finishing on its
-  // own, hides bug 2.
-  it.fails('vol-mgr killed during the sync-out of Unregister: its rsync dies with it, the retry completes the sync-out', async () => {
+  // Regression (found by this test): a kill -9 of vol-mgr left its rsync running unsupervised,
+  // and the gateway logged the sync-out's time-out and moved on, so files only the volume held
+  // never reached the rootfs (the orphan rsync, finishing by itself, hid that). Now rsync dies
+  // with vol-mgr (parent-death signal) and the gateway tries the sync-out once more, which
+  // reaches the restarted vol-mgr.
+  it('vol-mgr killed during the sync-out of Unregister: its rsync dies with it, the retry completes the sync-out', async () => {
     const c = await newChownContainer(o, 'syncout');
     await runStep(o, c, 'create');
     const volMgr = pidOf('vol-mgr');

@@ -308,15 +308,25 @@ export function createManager(deps: ManagerDeps): Manager {
     };
   }
 
+  const SYNC_OUT_ATTEMPTS = 2;
+
   async function volSyncOut(rec: ContainerRecord): Promise<string[]> {
     if (config.noInnerImgPreload) return [];
     const failed: string[] = [];
     for (const kind of rec.volumeKinds) {
-      try {
-        await call(rec.id, `sync-out of the ${kind} volume`, volByKind[kind].syncOut, { id: rec.id }, true);
-      } catch (err) {
-        failed.push(kind);
-        log.warn({ id: rec.id, kind, err }, 'volume sync-out failed');
+      // A vol-mgr killed in the middle of the copy never answers: the call times out. One more
+      // try reaches its restarted instance (or a replica), which copies the whole volume again.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await call(rec.id, `sync-out of the ${kind} volume`, volByKind[kind].syncOut, { id: rec.id }, true);
+          break;
+        } catch (err) {
+          const retry = attempt < SYNC_OUT_ATTEMPTS && (isSysboxError(err, 'timeout') || isSysboxError(err, 'unavailable'));
+          log.warn({ id: rec.id, kind, err, attempt }, retry ? 'volume sync-out failed; retrying' : 'volume sync-out failed');
+          if (retry) continue;
+          failed.push(kind);
+          break;
+        }
       }
     }
     return failed;

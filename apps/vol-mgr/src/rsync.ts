@@ -90,7 +90,7 @@ export async function rsyncTree(plan: RsyncPlan): Promise<RsyncOutcome> {
   );
   plan.log.info({ what: plan.what, src: plan.src, dest: plan.dest, entries, shift: plan.shift?.direction }, 'rsync started');
   try {
-    await run('rsync', args, { timeout: plan.timeoutMs, signal: abort.signal, okExitCodes: [24], logger: plan.log });
+    await run('rsync', args, { timeout: plan.timeoutMs, signal: abort.signal, okExitCodes: [24], logger: plan.log, dieWithParent: true });
   } catch (err) {
     if (targetGone || (plan.watch && !(await exists(plan.watch)))) {
       plan.log.info({ what: plan.what, watch: plan.watch }, 'rsync stopped: its target vanished (container being removed)');

@@ -33,6 +33,12 @@ describe('run', () => {
     expect(await isInstalled('no-such-program-xyz')).toBe(false);
     expect(await isInstalled('ls')).toBe(true);
   });
+  it('ties a child to this process on request, arguments untouched', async () => {
+    const r = await run('printf', ['%s|', 'a b', '--'], { timeout: 5000, dieWithParent: true });
+    expect(r.stdout).toBe('a b|--|');
+    const status = await run('grep', ['^PPid', '/proc/self/status'], { timeout: 5000, dieWithParent: true });
+    expect(status.stdout).toBe(`PPid:\t${process.pid}`);
+  });
   it('accepts extra success exit codes', async () => {
     const r = await run('sh', ['-c', 'exit 24'], { timeout: 5000, okExitCodes: [24] });
     expect(r.exitCode).toBe(24);

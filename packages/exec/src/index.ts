@@ -19,6 +19,11 @@ export interface RunOptions {
   logger?: DebugLogger;
   /** Exit codes that count as success besides 0 (rsync's 24: files vanished). */
   okExitCodes?: readonly number[];
+  /**
+   * The child gets SIGKILL when this process dies, even by SIGKILL (PR_SET_PDEATHSIG through
+   * util-linux setpriv): a long copy must not outlive a killed daemon and race its restart.
+   */
+  dieWithParent?: boolean;
 }
 
 export interface RunResult {
@@ -28,6 +33,9 @@ export interface RunResult {
 }
 
 export async function run(file: string, args: readonly string[], opts: RunOptions): Promise<RunResult> {
+  if (opts.dieWithParent) {
+    return run('setpriv', ['--pdeathsig', 'KILL', '--', file, ...args], { ...opts, dieWithParent: false });
+  }
   const started = performance.now();
   opts.logger?.debug({ argv: [file, ...args], cwd: opts.cwd }, 'exec');
   try {

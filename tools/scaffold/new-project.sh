@@ -5,7 +5,24 @@ set -euo pipefail
 kind=$1 name=$2 desc=${3:-}
 dir="$kind/$name"
 mkdir -p "$dir/src"
-if [ "$kind" = packages ]; then pkg="@sysbox-mgr-ts/$name"; else pkg="@sysbox-mgr-ts/$name"; fi
+pkg="@sysbox-mgr-ts/$name"
+# A library exports its source (for tests) and dist; an app is a daemon with a bin and no exports.
+if [ "$kind" = packages ]; then
+  surface='"exports": {
+    ".": {
+      "@sysbox-mgr-ts/source": "./src/index.ts",
+      "types": "./dist/index.d.ts",
+      "default": "./dist/index.js"
+    }
+  },
+  "files": ["dist"],'
+else
+  surface="\"bin\": { \"sysbox-$name\": \"./bin/sysbox-$name.js\" },
+  \"files\": [\"dist\", \"bin\", \"README.md\"],"
+  mkdir -p "$dir/bin"
+  printf '#!/usr/bin/env -S node --max-semi-space-size=1\nimport "../dist/main.js";\n' > "$dir/bin/sysbox-$name.js"
+  chmod +x "$dir/bin/sysbox-$name.js"
+fi
 cat > "$dir/package.json" <<JSON
 {
   "name": "$pkg",
@@ -14,14 +31,7 @@ cat > "$dir/package.json" <<JSON
   "license": "Apache-2.0",
   "type": "module",
   "engines": { "node": ">=20" },
-  "exports": {
-    ".": {
-      "@sysbox-mgr-ts/source": "./src/index.ts",
-      "types": "./dist/index.d.ts",
-      "default": "./dist/index.js"
-    }
-  },
-  "files": ["dist", "bin"],
+  $surface
   "nx": { "targets": { "build": {}, "typecheck": {}, "test": {} } }
 }
 JSON

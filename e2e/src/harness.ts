@@ -8,23 +8,21 @@ import { appendFileSync, mkdtempSync, readFileSync, readdirSync, writeFileSync, 
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { SERVICE_IDENTITIES, inboxPrefixOf, type IdentityName } from '@sysbox-mgr-ts/contracts';
 import { run, startProcess } from '@sysbox-mgr-ts/exec';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import type { RawCredentials } from './raw-nats.js';
 
 export const repoRoot = resolve(import.meta.dirname, '../..');
 
 export type AppName = 'subid-allocator' | 'vol-mgr' | 'shiftfs-mgr' | 'rootfs-cloner' | 'gateway';
 export const SERVICE_APPS: AppName[] = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner'];
 /** `$SRV` names of the apps. */
-export const SERVICE_NAMES: Record<Exclude<AppName, 'gateway'>, string> = {
-  'subid-allocator': 'sysbox-subid',
-  'vol-mgr': 'sysbox-vol',
-  'shiftfs-mgr': 'sysbox-shiftfs',
-  'rootfs-cloner': 'sysbox-rootfs',
-};
+export const SERVICE_NAMES = Object.fromEntries(
+  Object.entries(SERVICE_IDENTITIES).map(([app, svc]) => [app, svc.name]),
+) as Record<Exclude<AppName, 'gateway'>, string>;
 const BINS: Record<AppName, string> = {
   'subid-allocator': 'sysbox-subid-allocator',
   'vol-mgr': 'sysbox-vol-mgr',
@@ -49,6 +47,8 @@ export interface System {
   nc: NatsConnection;
   etc: { subuid: string; subgid: string; loginDefs: string };
   procs: Proc[];
+  /** What `nats --nkey <file> --inbox-prefix <prefix>` would use for an identity. */
+  credentials(identity: IdentityName): Required<RawCredentials>;
   start(app: AppName, extraArgs?: string[]): Promise<Proc>;
   kill(app: AppName, signal?: NodeJS.Signals): Promise<void>;
   logs(): string;
@@ -76,12 +76,13 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   writeFileSync(etc.loginDefs, 'SUB_UID_MIN 100000\nSUB_UID_MAX 600100000\nSUB_GID_MIN 100000\nSUB_GID_MAX 600100000\n');
   const socket = join(dir, 'run', 'sysmgr.sock');
   const node = `e2e-${Math.random().toString(36).slice(2, 8)}`;
-  const nats = await startNatsServer({ jetstream: true });
-  const nc = await connect({ servers: nats.url });
+  // Authentication on, every identity scoped to this node, as `sysbox-nats-auth init --node` makes it.
+  const nats = await startNatsServer({ jetstream: true, auth: { nodes: [node] } });
+  const nc = await nats.connect('operator');
   const procs: Proc[] = [];
 
   const baseArgs = (app: AppName): string[] => {
-    const common = ['--nats-url', nats.url, '--node', node, '--data-root', dataRoot, '--log-level', opts.logLevel ?? 'debug'];
+    const common = ['--nats-url', nats.url, '--nats-creds', nats.credentials(app), '--node', node, '--data-root', dataRoot, '--log-level', opts.logLevel ?? 'debug'];
     const own: Record<AppName, string[]> = {
       // Exclusive mode, so that "same ids after restart" and "ids released" can fail.
       'subid-allocator': [
@@ -128,6 +129,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     nc,
     etc,
     procs,
+    credentials: (identity) => ({ seedFile: nats.credentials(identity), inboxPrefix: inboxPrefixOf(identity) }),
     start,
     async kill(app, signal = 'SIGKILL') {
       for (const p of procs.filter((x) => x.app === app && x.proc.exitCode === null)) {

@@ -1,8 +1,18 @@
 /**
- * What a `nats req` user sees: a plain NATS protocol client over TCP (CONNECT, SUB, PUB with a
- * reply inbox), no client library in between, so the test shows the wire as operators meet it.
+ * What a `nats req` user sees: a plain NATS protocol client over TCP (INFO, CONNECT signed with
+ * an nkey as `nats --nkey` does, SUB, PUB with a reply inbox), no client library in between, so
+ * the test shows the wire as operators meet it.
  */
+import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { nkeys } from '@nats-io/nats-core';
+
+export interface RawCredentials {
+  /** An nkey seed file (sysbox-nats-auth); left out, the client connects anonymously. */
+  seedFile?: string;
+  /** Inbox prefix the identity may subscribe to (`nats --inbox-prefix`). */
+  inboxPrefix?: string;
+}
 
 export interface RawReply {
   headers: Record<string, string>;
@@ -11,24 +21,47 @@ export interface RawReply {
   body: string;
 }
 
-export async function rawRequest(port: number, subject: string, payload: string, timeoutMs = 5000): Promise<RawReply> {
+export async function rawRequest(
+  port: number,
+  subject: string,
+  payload: string,
+  creds: RawCredentials = {},
+  timeoutMs = 5000,
+): Promise<RawReply> {
   const sock = connect(port, '127.0.0.1');
   try {
-    await new Promise<void>((resolve, reject) => {
-      sock.once('connect', resolve);
-      sock.once('error', reject);
-    });
-    const inbox = `_INBOX.raw${Math.random().toString(36).slice(2)}`;
+    const info = await readInfo(sock);
+    const auth: Record<string, string> = {};
+    if (creds.seedFile) {
+      const kp = nkeys.fromSeed(new TextEncoder().encode(readFileSync(creds.seedFile, 'utf8').trim()));
+      auth.nkey = kp.getPublicKey();
+      auth.sig = Buffer.from(kp.sign(new TextEncoder().encode(String(info.nonce)))).toString('base64url');
+    }
+    const inbox = `${creds.inboxPrefix ?? '_INBOX'}.raw${Math.random().toString(36).slice(2)}`;
     const body = Buffer.from(payload);
-    sock.write(
-      `CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"protocol":1}\r\n` +
-        `SUB ${inbox} 1\r\nPUB ${subject} ${inbox} ${body.length}\r\n`,
-    );
+    const options = { verbose: false, pedantic: false, headers: true, no_responders: true, protocol: 1, ...auth };
+    sock.write(`CONNECT ${JSON.stringify(options)}\r\nSUB ${inbox} 1\r\nPUB ${subject} ${inbox} ${body.length}\r\n`);
     sock.write(Buffer.concat([body, Buffer.from('\r\n')]));
     return await readReply(sock, timeoutMs);
   } finally {
     sock.destroy();
   }
+}
+
+/** The server's first line: INFO with the nonce to sign. */
+function readInfo(sock: Socket): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const onData = (chunk: Buffer): void => {
+      buf += chunk.toString();
+      const eol = buf.indexOf('\r\n');
+      if (eol < 0) return;
+      sock.off('data', onData);
+      resolve(JSON.parse(buf.slice(0, eol).replace(/^INFO /, '')) as Record<string, unknown>);
+    };
+    sock.on('data', onData);
+    sock.once('error', reject);
+  });
 }
 
 function readReply(sock: Socket, timeoutMs: number): Promise<RawReply> {

@@ -1,7 +1,8 @@
 /**
- * Starts the whole system on one host: a nats-server with JetStream in a state dir, then every
- * app under apps/ that has a bin, each as its own process with the same NATS URL, node and data
- * root. Logs of all processes go to stdout (pretty on a terminal). SIGINT/SIGTERM stop the apps
+ * Starts the whole system on one host: a nats-server with JetStream in a state dir and
+ * authentication on (credentials made on first start in --creds-dir, kept after), then every app
+ * under apps/ that has a bin, each as its own process with its own credentials and the same NATS
+ * URL, node and data root. Logs of all processes go to stdout (pretty on a terminal). SIGINT/SIGTERM stop the apps
  * first (they drain), then the server.
  */
 import { readdirSync, readFileSync, existsSync, mkdirSync } from 'node:fs';
@@ -9,6 +10,8 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { prettyFactory } from 'pino-pretty';
 import { z } from 'zod';
+import type { IdentityName } from '@sysbox-mgr-ts/contracts';
+import { DEFAULT_CREDENTIALS_DIR } from '@sysbox-mgr-ts/nats-auth';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import { commonOptions, createLogger, option, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
@@ -23,6 +26,12 @@ const options = {
     env: 'SYSBOX_STATE_DIR',
     description: 'where the embedded nats-server keeps JetStream (the services state)',
     schema: z.string().startsWith('/').default('/var/lib/sysbox-mgr-ts'),
+  }),
+  credsDir: option({
+    flag: 'creds-dir',
+    env: 'SYSBOX_CREDS_DIR',
+    description: 'NATS credentials (one owner-only nkey file per identity) and the server configuration; made on first start',
+    schema: z.string().startsWith('/').default(DEFAULT_CREDENTIALS_DIR),
   }),
   natsPort: option({
     flag: 'nats-port',
@@ -71,9 +80,10 @@ const nats = await startNatsServer({
   jetstream: true,
   port: config.natsPort,
   storeDir: join(config.stateDir, 'jetstream'),
+  auth: { dir: config.credsDir, nodes: [config.node] },
   ownProcessGroup: true,
 });
-log.info({ url: nats.url, store: nats.storeDir }, 'nats-server started');
+log.info({ url: nats.url, store: nats.storeDir, credentials: nats.credentialsDir }, 'nats-server started (authentication on)');
 
 const env = {
   NATS_URL: nats.url,
@@ -82,7 +92,9 @@ const env = {
   LOG_LEVEL: config.logLevel,
 };
 const children = discoverApps().map((app) => {
-  const proc = startProcess(app.bin, [], { env, output: 'pipe', ownProcessGroup: true });
+  // The app's directory name is its identity; the path (never the seed) goes in its environment.
+  const creds = nats.credentials(app.name as IdentityName);
+  const proc = startProcess(app.bin, [], { env: { ...env, NATS_CREDS: creds }, output: 'pipe', ownProcessGroup: true });
   for (const stream of [proc.stdout, proc.stderr]) {
     if (!stream) continue;
     createInterface({ input: stream }).on('line', (line) => {

@@ -7,7 +7,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
-import { connect } from '@nats-io/transport-node';
 import { percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { commonOptions, silentLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
@@ -28,7 +27,7 @@ const log = silentLogger();
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'gw-bench-'));
   const ns = await startNatsServer({ jetstream: true });
-  const nc = await connect({ servers: ns.url });
+  const nc = await ns.connect();
   const node = 'bench';
   const fakes = startFakeServices(nc, node, log, { only: ['subid'] });
   const parsed = parseConfig({ ...commonOptions, ...gatewayOptions }, ['--node', node, '--socket', join(dir, 'gw.sock')], {});

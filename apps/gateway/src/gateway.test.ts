@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { status } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connect } from '@nats-io/transport-node';
 import { run } from '@sysbox-mgr-ts/exec';
 import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
@@ -48,7 +47,7 @@ const cleanups: (() => Promise<unknown>)[] = [];
 
 beforeAll(async () => {
   ns = await startNatsServer({ jetstream: true });
-  nc = await connect({ servers: ns.url });
+  nc = await ns.connect();
   work = await mkdtemp(join(tmpdir(), 'gw-test-'));
 });
 

@@ -3,6 +3,7 @@
  * client, the manager, the removal watch and the gRPC server. main.ts and the tests both use it.
  */
 import type { NatsConnection } from '@nats-io/nats-core';
+import { GATEWAY_BUCKET } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createServiceClient, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
@@ -13,7 +14,6 @@ import { hostChecks, probeHost, probeShiftfs, type HostChecks, type HostFacts } 
 import { ContainerRecord } from './record.js';
 import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
 
-export const GATEWAY_BUCKET = 'sysbox-gateway';
 
 export interface GatewaySettings extends GatewayFlags {
   node: string;

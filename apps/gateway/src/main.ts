@@ -6,6 +6,7 @@ import { startGateway } from './gateway.js';
 await runDaemon(
   {
     name: 'sysbox-gateway',
+    identity: 'gateway',
     version: packageVersion(import.meta.url),
     about: "sysbox-mgr's gRPC protocol for sysbox-runc, coordinating the sysbox services over NATS",
     options: gatewayOptions,

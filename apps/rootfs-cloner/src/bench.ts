@@ -6,10 +6,10 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from '@nats-io/transport-node';
 import { summarize, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
 import { shift } from '@sysbox-mgr-ts/id-shift';
+import { rootfsService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
@@ -26,7 +26,7 @@ const TIMEOUT = 120_000;
 
 const base = await mkdtemp(join(tmpdir(), 'rfc-bench-'));
 const ns = await startNatsServer({ jetstream: true });
-const nc = await connect({ servers: ns.url });
+const nc = await ns.connect();
 const log = silentLogger();
 const sh = (file: string, args: string[], cwd?: string) => run(file, args, { timeout: TIMEOUT, cwd });
 
@@ -64,7 +64,7 @@ async function main(): Promise<void> {
   };
   await remountRootfs();
 
-  const kv = await openBucket(nc, 'sysbox-rootfs');
+  const kv = await openBucket(nc, rootfsService.bucket);
   const cloner = createCloner({
     dataRoot: join(base, 'data'),
     clones: createStateStore(kv, { node: 'bench', namespace: 'clone', schema: CloneRecord }),

@@ -4,8 +4,8 @@
 import { access, chown, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { rootfsService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
@@ -29,7 +29,7 @@ describe('rootfs cloner on real overlay mounts', () => {
   let shiftIds: ShiftIds;
 
   const makeCloner = async (node = 'n1'): Promise<Cloner> => {
-    const kv = await openBucket(nc, 'sysbox-rootfs');
+    const kv = await openBucket(nc, rootfsService.bucket);
     return createCloner({
       dataRoot,
       clones: createStateStore(kv, { node, namespace: 'clone', schema: CloneRecord }),
@@ -45,7 +45,7 @@ describe('rootfs cloner on real overlay mounts', () => {
 
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url });
+    nc = await ns.connect();
     shiftIds = shift;
   });
   afterAll(async () => {

@@ -13,6 +13,7 @@ import { createBindings } from './service.js';
 
 await runDaemon({
   name: 'sysbox-rootfs-cloner',
+  identity: 'rootfs-cloner',
   version: packageVersion(import.meta.url),
   about: 'overlayfs metacopy clones of container rootfs: create, chown, revert, remove',
   options: {
@@ -31,7 +32,7 @@ await runDaemon({
     }),
   },
   async start({ config, nc, log, version }) {
-    const kv = await openBucket(nc, 'sysbox-rootfs', { replicas: config.kvReplicas });
+    const kv = await openBucket(nc, rootfsService.bucket, { replicas: config.kvReplicas });
     const pageSize = Number((await run('getconf', ['PAGESIZE'], { timeout: 5000 })).stdout.trim());
     const cloner = createCloner({
       dataRoot: config.dataRoot,

@@ -5,7 +5,6 @@
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { rootfsChownClone, rootfsCreateClone, rootfsList, rootfsRemoveClone, rootfsRevertChown, rootfsService } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
@@ -31,7 +30,7 @@ describe('rootfs service over NATS', () => {
 
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url });
+    nc = await ns.connect();
   });
   afterEach(async () => {
     daemon?.kill('SIGKILL');
@@ -51,7 +50,7 @@ describe('rootfs service over NATS', () => {
   it('serves every subject; errors come back typed with NATS status headers', async () => {
     base = await mkdtemp(join(tmpdir(), 'rfc-svc-'));
     const fx = await buildRuntimeRootfs(join(base, 'runtime'));
-    const kv = await openBucket(nc, 'sysbox-rootfs');
+    const kv = await openBucket(nc, rootfsService.bucket);
     const cloner = createCloner({
       dataRoot: join(base, 'data'),
       clones: createStateStore(kv, { node: 'svc', namespace: 'clone', schema: CloneRecord }),
@@ -93,7 +92,7 @@ describe('rootfs service over NATS', () => {
       // node with tsx's loader, not the tsx CLI: SIGKILL must hit the daemon itself, not a wrapper.
       startProcess(process.execPath, ['--conditions=@sysbox-mgr-ts/source', '--import', 'tsx', 'src/main.ts'], {
         cwd: appDir,
-        env: { NATS_URL: ns.url, SYSBOX_NODE: 'kill', SYSBOX_DATA_ROOT: join(base, 'data'), LOG_LEVEL: 'warn' },
+        env: { NATS_URL: ns.url, NATS_CREDS: ns.credentials('rootfs-cloner'), SYSBOX_NODE: 'kill', SYSBOX_DATA_ROOT: join(base, 'data'), LOG_LEVEL: 'warn' },
         output: { file: join(base, 'daemon.log') },
       });
     const client = createServiceClient(nc, { node: 'kill', timeoutMs: 20_000 });

@@ -8,7 +8,6 @@ import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connect } from '@nats-io/transport-node';
 import { shiftfsList, shiftfsMark } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import { createServiceClient, decodeJson } from '@sysbox-mgr-ts/service-kit';
@@ -31,7 +30,7 @@ describe('sysbox-shiftfs-mgr process', () => {
     // node itself (no npx/tsx wrapper process), so SIGKILL hits the daemon and nothing is orphaned.
     const proc = startProcess(
       process.execPath,
-      ['--import', 'tsx', '--conditions=@sysbox-mgr-ts/source', 'src/main.ts', '--nats-url', ns.url, '--node', 'd1', '--data-root', join(dir, 'root'), '--no-modprobe'],
+      ['--import', 'tsx', '--conditions=@sysbox-mgr-ts/source', 'src/main.ts', '--nats-url', ns.url, '--nats-creds', ns.credentials('shiftfs-mgr'), '--node', 'd1', '--data-root', join(dir, 'root'), '--no-modprobe'],
       { cwd: appDir, output: 'pipe' },
     );
     children.push(proc);
@@ -53,7 +52,7 @@ describe('sysbox-shiftfs-mgr process', () => {
 
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url });
+    nc = await ns.connect();
     dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-daemon-'));
   });
   afterAll(async () => {

@@ -10,6 +10,7 @@ import { createShiftfsBindings, shiftfsMetadata } from './service.js';
 
 await runDaemon({
   name: 'sysbox-shiftfs-mgr',
+  identity: 'shiftfs-mgr',
   version: packageVersion(import.meta.url),
   about: 'reference-counted shiftfs marks on host paths, served over NATS',
   options: {

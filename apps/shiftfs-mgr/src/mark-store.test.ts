@@ -1,5 +1,4 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connect } from '@nats-io/transport-node';
 import { REMOVE } from '@sysbox-mgr-ts/kv-state';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,7 +20,7 @@ describe('mark store on a real nats-server', () => {
   let nc: NatsConnection;
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url });
+    nc = await ns.connect();
   });
   afterAll(async () => {
     await nc?.close();

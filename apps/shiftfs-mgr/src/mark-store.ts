@@ -3,7 +3,7 @@
  * `<node>.mark.<key>`.
  */
 import type { NatsConnection } from '@nats-io/nats-core';
-import { MarkInfo, Timestamp } from '@sysbox-mgr-ts/contracts';
+import { MarkInfo, Timestamp, shiftfsService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { z } from 'zod';
 
@@ -15,7 +15,6 @@ export const MarkRecord = MarkInfo.extend({
 });
 export type MarkRecord = z.infer<typeof MarkRecord>;
 
-export const MARK_BUCKET = 'sysbox-shiftfs';
 const NAMESPACE = 'mark';
 
 export interface MarkStoreOptions {
@@ -25,6 +24,6 @@ export interface MarkStoreOptions {
 }
 
 export async function openMarkStore(nc: NatsConnection, opts: MarkStoreOptions): Promise<StateStore<MarkRecord>> {
-  const kv = await openBucket(nc, opts.bucket ?? MARK_BUCKET, { replicas: opts.replicas, description: 'shiftfs marks and holders' });
+  const kv = await openBucket(nc, opts.bucket ?? shiftfsService.bucket, { replicas: opts.replicas, description: 'shiftfs marks and holders' });
   return createStateStore(kv, { node: opts.node, namespace: NAMESPACE, schema: MarkRecord });
 }

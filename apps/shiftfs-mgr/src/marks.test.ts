@@ -2,7 +2,6 @@ import { mkdir, mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connect } from '@nats-io/transport-node';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { openMarkStore } from './mark-store.js';
@@ -26,7 +25,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
 
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url, reconnectTimeWait: 50 });
+    nc = await ns.connect('operator', { reconnectTimeWait: 50 });
   });
   afterAll(async () => {
     await nc?.close();
@@ -179,7 +178,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     const [a] = await first.mark('c1', [rw(srcA)], true);
     await first.mark('c2', [rw(srcA), rw(srcB)], true);
     await ns.restart();
-    const nc2 = await connect({ servers: ns.url });
+    const nc2 = await ns.connect();
     try {
       const again = await open({}, nc2);
       expect(await again.reconcile()).toEqual({ kept: 2, dropped: [], removedDirs: [] });
@@ -272,7 +271,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
 
   it('concurrent marks of one source from two replicas mount once; unmounts wait for the last holder', async () => {
     kernel.delayMs = 30;
-    const nc2 = await connect({ servers: ns.url });
+    const nc2 = await ns.connect();
     try {
       const replicas = [await open({ pollMs: 5 }), await open({ pollMs: 5 }, nc2)];
       const ids = ['c1', 'c2', 'c3', 'c4', 'c5', 'c6'];
@@ -300,7 +299,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   });
 
   it('a replica whose markpoint hint went stale leaves a newer mark of the same source alone', async () => {
-    const nc2 = await connect({ servers: ns.url });
+    const nc2 = await ns.connect();
     try {
       const a = await open();
       const b = await open({}, nc2);

@@ -6,7 +6,6 @@ import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connect } from '@nats-io/transport-node';
 import { mountsAt, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -53,7 +52,7 @@ describe('shiftfs on the real kernel', () => {
     let nc: NatsConnection;
     beforeAll(async () => {
       ns = await startNatsServer({ jetstream: true });
-      nc = await connect({ servers: ns.url });
+      nc = await ns.connect();
     });
     afterAll(async () => {
       await nc?.close();

@@ -2,7 +2,6 @@ import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { connect } from '@nats-io/transport-node';
 import { shiftfsList, shiftfsMark, shiftfsService, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
 import { createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
 import type { MicroService } from '@sysbox-mgr-ts/service-kit';
@@ -41,7 +40,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
 
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url });
+    nc = await ns.connect();
     dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-svc-'));
     await mkdir(join(dir, 'src'));
     hostProbe = await probeShiftfs({ modprobe: true, log: captureLogger().log });

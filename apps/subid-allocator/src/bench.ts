@@ -5,7 +5,6 @@
  * and, with two replicas, of CAS conflicts between them. Everything runs in this one process.
  */
 import { Writable } from 'node:stream';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { compareRuns, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { SUBID_BLOCK, subidAlloc, subidService, type SubidAlloc } from '@sysbox-mgr-ts/contracts';
@@ -43,12 +42,12 @@ const connections: NatsConnection[] = [];
 const services: MicroService[] = [];
 try {
   const connection = async () => {
-    const nc = await connect({ servers: ns.url });
+    const nc = await ns.connect();
     connections.push(nc);
     return nc;
   };
   const storeFor = async (node: string) =>
-    createStateStore(await openBucket(await connection(), 'sysbox-subid'), { node, schema: AllocationTable });
+    createStateStore(await openBucket(await connection(), subidService.bucket), { node, schema: AllocationTable });
   const allocatorFor = async (node: string): Promise<SubidAlloc> =>
     createSubidAlloc({ mode: 'exclusive', pool, store: await storeFor(node) });
 

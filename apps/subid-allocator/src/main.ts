@@ -45,6 +45,7 @@ const options = {
 
 await runDaemon({
   name: 'sysbox-subid-allocator',
+  identity: 'subid-allocator',
   version: packageVersion(import.meta.url),
   about: 'subordinate uid/gid ranges for system containers, shared or exclusive, kept in JetStream KV',
   options,
@@ -52,7 +53,7 @@ await runDaemon({
     const size = config.poolSize ?? DEFAULT_POOL[config.mode];
     const pool = await setupSubidPool({ ...config, size });
     log.info({ pool, mode: config.mode, user: config.user }, 'subid pool ready');
-    const kv = await openBucket(nc, 'sysbox-subid', { replicas: config.kvReplicas });
+    const kv = await openBucket(nc, subidService.bucket, { replicas: config.kvReplicas });
     const store = createStateStore(kv, { node: config.node, schema: AllocationTable });
     const allocator = createSubidAlloc({ mode: config.mode, pool, store, maxTableBytes: nc.info ? nc.info.max_payload - 4096 : undefined });
     const svc = serve({

@@ -7,7 +7,6 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SUBID_BLOCK, subidAlloc, subidFree, subidList, subidService, type SubidAllocReply } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
@@ -50,7 +49,7 @@ describe('subid service on a real nats-server', () => {
   });
 
   const connection = async () => {
-    const nc = await connect({ servers: ns.url });
+    const nc = await ns.connect();
     connections.push(nc);
     return nc;
   };
@@ -58,7 +57,7 @@ describe('subid service on a real nats-server', () => {
   /** One replica: its own connection, allocator and micro service; counts what it handled. */
   const replica = async (node: string, mode: SubidMode, pool: { start: number; size: number }) => {
     const nc = await connection();
-    const store = createStateStore(await openBucket(nc, 'sysbox-subid'), { node, schema: AllocationTable });
+    const store = createStateStore(await openBucket(nc, subidService.bucket), { node, schema: AllocationTable });
     const counted = { n: 0 };
     const bindings: Binding[] = createSubidBindings({ allocator: createSubidAlloc({ mode, pool, store }) }).map((b) => ({
       contract: b.contract,
@@ -171,6 +170,7 @@ describe('subid service on a real nats-server', () => {
     const appDir = resolve(import.meta.dirname, '..');
     const env = {
       NATS_URL: ns.url,
+      NATS_CREDS: ns.credentials('subid-allocator'),
       SYSBOX_NODE: 'kill',
       LOG_LEVEL: 'warn',
     };

@@ -40,7 +40,7 @@ export interface VolApp {
 
 export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promise<VolApp> {
   const { nc, log } = deps;
-  const kv = await openBucket(nc, 'sysbox-vol', { replicas: config.kvReplicas, description: 'volumes and mount preps' });
+  const kv = await openBucket(nc, volService.bucket, { replicas: config.kvReplicas, description: 'volumes and mount preps' });
   const volumes = Object.fromEntries(
     VOLUME_KINDS.map((kind) => [
       kind,

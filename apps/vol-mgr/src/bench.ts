@@ -7,7 +7,6 @@
 import { chown, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from '@nats-io/transport-node';
 import { volByKind } from '@sysbox-mgr-ts/contracts';
 import { compareRuns, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
@@ -25,7 +24,7 @@ const TIMEOUT = 300_000;
 
 const base = await mkdtemp(join(tmpdir(), 'volmgr-bench-'));
 const ns = await startNatsServer({ jetstream: true });
-const nc = await connect({ servers: ns.url });
+const nc = await ns.connect();
 const log = silentLogger();
 
 /** ENTRIES entries under rootfs/var/lib/docker: dirs of 100 files, every tenth dir owned by 1000:1000. */

@@ -5,6 +5,7 @@ import { startVolApp } from './app.js';
 
 await runDaemon({
   name: 'sysbox-vol-mgr',
+  identity: 'vol-mgr',
   version: packageVersion(import.meta.url),
   about: 'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation, served over NATS',
   options: {

@@ -6,7 +6,6 @@ import { Writable } from 'node:stream';
 import { link, lstat, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile, chown, chmod } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { VOLUME_KINDS, VOLUME_LAYOUT, SysboxError, volByKind, volList, volPrep, volRevertPrep } from '@sysbox-mgr-ts/contracts';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
@@ -111,7 +110,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
 
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url });
+    nc = await ns.connect();
     base = await mkdtemp(join(tmpdir(), 'volmgr-it-'));
   });
   beforeEach(async () => {

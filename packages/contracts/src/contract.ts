@@ -13,6 +13,8 @@ export interface Contract<Req extends z.ZodType = z.ZodType, Rep extends z.ZodTy
   readonly reply: Rep;
   readonly errors: readonly ErrorCode[];
   readonly description: string;
+  /** Changes nothing: the read-only monitor identity may call it. */
+  readonly readOnly?: boolean;
 }
 
 export type RequestOf<C extends Contract> = z.infer<C['request']>;
@@ -37,6 +39,8 @@ export interface ServiceContract {
   readonly service: ServiceName;
   /** Name in `$SRV.PING` / `nats micro ls`. */
   readonly name: string;
+  /** The JetStream KV bucket that holds this service's state; only the service's identity may use it. */
+  readonly bucket: string;
   readonly description: string;
   readonly contracts: readonly Contract[];
 }

@@ -72,7 +72,7 @@ export const ERROR_DESCRIPTIONS: Record<ErrorCode, string> = {
   'not-found': 'the container, volume, mark or clone named by the request is unknown',
   'already-exists': 'the request would create something that already exists',
   'failed-precondition': 'the target is not in a state that allows the operation',
-  exhausted: 'a finite pool (subordinate ids) has no room left',
+  exhausted: 'a finite pool (subordinate ids, a state bucket) has no room left',
   unsupported: 'the host cannot do this (kernel feature missing, rootfs not on overlayfs)',
   unavailable: 'a service or the NATS server did not answer; retry later',
   timeout: 'the operation ran past its time bound and was cancelled',

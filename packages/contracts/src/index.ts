@@ -97,3 +97,11 @@ export {
   type RootfsCloner,
 } from './rootfs.js';
 export { ALL_SERVICES, jsonSchemas } from './catalog.js';
+export {
+  GATEWAY_BUCKET,
+  IDENTITY_NAMES,
+  SERVICE_IDENTITIES,
+  inboxPrefixOf,
+  type IdentityName,
+  type ServiceIdentity,
+} from './identities.js';

@@ -123,6 +123,7 @@ export const UpperShiftInfo = z.object({
 export const rootfsList = defineContract({
   service: 'rootfs',
   endpoint: 'list',
+  readOnly: true,
   subject: subjectOf('rootfs', 'list'),
   description: 'every clone and upper-dir shift of this node',
   request: Empty,
@@ -133,6 +134,7 @@ export const rootfsList = defineContract({
 export const rootfsService = {
   service: 'rootfs',
   name: 'sysbox-rootfs',
+  bucket: 'sysbox-rootfs',
   description: 'overlayfs metacopy clones of container rootfs, chown and revert',
   contracts: [
     rootfsCreateClone,

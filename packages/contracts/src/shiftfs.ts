@@ -52,6 +52,7 @@ export type MarkInfo = z.infer<typeof MarkInfo>;
 export const shiftfsList = defineContract({
   service: 'shiftfs',
   endpoint: 'list',
+  readOnly: true,
   subject: subjectOf('shiftfs', 'list'),
   description: 'every mark of this node with its holders, and whether the kernel has shiftfs',
   request: Empty,
@@ -62,6 +63,7 @@ export const shiftfsList = defineContract({
 export const shiftfsService = {
   service: 'shiftfs',
   name: 'sysbox-shiftfs',
+  bucket: 'sysbox-shiftfs',
   description: 'reference-counted shiftfs marks on host paths',
   contracts: [shiftfsMark, shiftfsUnmark, shiftfsUnmarkAll, shiftfsList],
 } as const satisfies ServiceContract;

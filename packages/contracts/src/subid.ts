@@ -33,6 +33,7 @@ export type SubidAllocation = z.infer<typeof SubidAllocation>;
 export const subidList = defineContract({
   service: 'subid',
   endpoint: 'list',
+  readOnly: true,
   subject: subjectOf('subid', 'list'),
   description: 'every allocation of this node, with the mode and pool',
   request: Empty,
@@ -47,6 +48,7 @@ export const subidList = defineContract({
 export const subidService = {
   service: 'subid',
   name: 'sysbox-subid',
+  bucket: 'sysbox-subid',
   description: 'subordinate uid/gid ranges for system containers',
   contracts: [subidAlloc, subidFree, subidList],
 } as const satisfies ServiceContract;

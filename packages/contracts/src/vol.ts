@@ -131,6 +131,7 @@ export const PrepInfo = z.object({
 export const volList = defineContract({
   service: 'vol',
   endpoint: 'list',
+  readOnly: true,
   subject: subjectOf('vol', 'list'),
   description: 'every volume and prepared mount source of this node',
   request: z.object({ kind: VolumeKindSchema.optional() }).strict(),
@@ -141,6 +142,7 @@ export const volList = defineContract({
 export const volService = {
   service: 'vol',
   name: 'sysbox-vol',
+  bucket: 'sysbox-vol',
   description: 'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation',
   contracts: [
     ...VOLUME_KINDS.flatMap((kind) => Object.values(volByKind[kind])),

@@ -12,16 +12,34 @@ export interface BucketOptions {
   /** 1 on the embedded default, 3 on a cluster. */
   replicas?: number;
   description?: string;
+  /** The bucket's size limit: past it, writes fail with `exhausted` instead of filling the disk. */
+  maxBytes?: number;
+  /** Largest value one key may hold. */
+  maxValueSize?: number;
 }
+
+/** Default bucket limits: far above what a node's records need, far below a disk. */
+export const DEFAULT_BUCKET_MAX_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_MAX_VALUE_SIZE = 1024 * 1024;
 
 /**
  * Binds the bucket, creating it on first use. Creating is idempotent for an identical config;
  * a bucket an operator made with other settings (say, more replicas) is bound as it is.
+ *
+ * Reads go to the stream leader (no direct get): with direct get, an R3 bucket answers from any
+ * replica, and a follower that lags misses the caller's own last write.
  */
 export async function openBucket(nc: NatsConnection, name: string, opts: BucketOptions = {}): Promise<KV> {
   const kvm = new Kvm(nc);
   try {
-    return await kvm.create(name, { replicas: opts.replicas ?? 1, history: 1, description: opts.description });
+    return await kvm.create(name, {
+      replicas: opts.replicas ?? 1,
+      history: 1,
+      description: opts.description,
+      max_bytes: opts.maxBytes ?? DEFAULT_BUCKET_MAX_BYTES,
+      maxValueSize: opts.maxValueSize ?? DEFAULT_MAX_VALUE_SIZE,
+      allow_direct: false,
+    });
   } catch (err) {
     const kv = await kvm.open(name);
     await kv.status().catch(() => {
@@ -207,8 +225,14 @@ function isConflict(err: unknown): boolean {
   );
 }
 
+/** JetStream's refusals of a write that does not fit: the bucket's or the account's limits. */
+const FULL = /maximum (bytes|messages|message size)|message size exceeds|insufficient resources|storage limit|resource limits exceeded/i;
+
 function asUnavailable(err: unknown): SysboxError {
   if (err instanceof SysboxError) return err;
+  if (FULL.test((err as Error).message)) {
+    return new SysboxError('exhausted', `state store full: ${(err as Error).message}`, { cause: err });
+  }
   return new SysboxError('unavailable', `state store: ${(err as Error).message}`, { cause: err });
 }
 

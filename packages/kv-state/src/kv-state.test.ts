@@ -1,4 +1,3 @@
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,8 +12,8 @@ describe('kv-state on a real nats-server', () => {
   let nc2: NatsConnection;
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc1 = await connect({ servers: ns.url });
-    nc2 = await connect({ servers: ns.url });
+    nc1 = await ns.connect();
+    nc2 = await ns.connect();
   });
   afterAll(async () => {
     await nc1?.close();
@@ -36,6 +35,28 @@ describe('kv-state on a real nats-server', () => {
       })(),
     ]);
     expect((await a.get('c'))?.value.n).toBe(2 * N);
+  });
+
+  it('a full bucket refuses writes with `exhausted` and keeps what it holds', async () => {
+    const kv = await openBucket(nc1, 'tiny', { maxBytes: 4096, maxValueSize: 512 });
+    const store = createStateStore(kv, { node: 'n1', schema: z.object({ pad: z.string() }) });
+    await expect(store.create('big', { pad: 'x'.repeat(1000) })).rejects.toMatchObject({ code: 'exhausted' });
+    let written = 0;
+    let refusal: unknown;
+    for (let i = 0; i < 100 && !refusal; i++) {
+      await store.create(`k${i}`, { pad: 'x'.repeat(200) }).then(
+        () => written++,
+        (err: unknown) => (refusal = err),
+      );
+    }
+    expect(refusal).toMatchObject({ code: 'exhausted' });
+    expect(written).toBeGreaterThan(5);
+    expect((await store.list()).length).toBe(written);
+  });
+
+  it('reads go to the stream leader (no direct get), so a reader sees the last committed write', async () => {
+    const kv = await openBucket(nc1, 'leader-reads');
+    expect((await kv.status()).streamInfo.config.allow_direct).toBe(false);
   });
 
   it('create refuses an existing key, also after a concurrent create', async () => {
@@ -92,7 +113,7 @@ describe('kv-state on a real nats-server', () => {
     const s = createStateStore(await openBucket(nc1, 'durable'), { node: 'n1', schema: Counter });
     await s.create('k', { n: 42 });
     await ns.restart();
-    const nc = await connect({ servers: ns.url });
+    const nc = await ns.connect();
     const again = createStateStore(await openBucket(nc, 'durable'), { node: 'n1', schema: Counter });
     expect((await again.get('k'))?.value.n).toBe(42);
     await nc.close();
@@ -111,7 +132,7 @@ describe('kv-state remembered revisions', () => {
   let nc: NatsConnection;
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: true });
-    nc = await connect({ servers: ns.url });
+    nc = await ns.connect();
   });
   afterAll(async () => {
     await nc?.close();

@@ -43,7 +43,26 @@ export const commonOptions = {
   natsCreds: option({
     flag: 'nats-creds',
     env: 'NATS_CREDS',
-    description: 'NATS credentials file',
+    description:
+      "credentials file, owner-only (0600): an nkey seed from sysbox-nats-auth or a JWT .creds file; 'none' connects without (default: /etc/sysbox-mgr-ts/nats/<identity>.nk)",
+    schema: z.union([z.literal('none'), HostPath]).optional(),
+  }),
+  natsTlsCa: option({
+    flag: 'nats-tls-ca',
+    env: 'NATS_TLS_CA',
+    description: 'CA file that signed the NATS servers\' certificates: connect with TLS and verify them',
+    schema: HostPath.optional(),
+  }),
+  natsTlsCert: option({
+    flag: 'nats-tls-cert',
+    env: 'NATS_TLS_CERT',
+    description: 'client certificate for NATS servers that require one (with --nats-tls-key)',
+    schema: HostPath.optional(),
+  }),
+  natsTlsKey: option({
+    flag: 'nats-tls-key',
+    env: 'NATS_TLS_KEY',
+    description: 'key of the client certificate (owner-only file)',
     schema: HostPath.optional(),
   }),
   node: option({

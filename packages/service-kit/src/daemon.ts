@@ -3,9 +3,11 @@
  * graceful stop on SIGTERM/SIGINT (stop taking requests, finish those in flight, drain, flush).
  */
 import { readFileSync } from 'node:fs';
-import { credsAuthenticator, type NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
+import type { IdentityName } from '@sysbox-mgr-ts/contracts';
+import { DEFAULT_CREDENTIALS_DIR, clientAuthOptions, credentialsFile, readPrivateFile } from '@sysbox-mgr-ts/nats-auth';
 import { commonOptions, parseConfig, type ConfigOf, type OptionSpecs } from './config.js';
 import { createLogger, type LoggerSettings } from './logger.js';
 
@@ -31,6 +33,8 @@ export interface DaemonContext<O extends OptionSpecs> {
 export interface DaemonSpec<O extends OptionSpecs> {
   /** Process name, e.g. sysbox-subid-allocator. */
   name: string;
+  /** Who the daemon is on NATS: its credentials, permissions and inbox prefix. */
+  identity: IdentityName;
   version: string;
   about: string;
   options: O;
@@ -45,15 +49,32 @@ export function packageVersion(moduleUrl: string): string {
   return pkg.version;
 }
 
-export async function connectNats(
-  config: { natsUrl: string; natsCreds?: string | undefined },
-  name: string,
-  log: Logger,
-): Promise<NatsConnection> {
+export interface NatsClientConfig {
+  natsUrl: string;
+  /** A path, 'none', or undefined for the identity's file in the default credentials directory. */
+  natsCreds?: string | undefined;
+  natsTlsCa?: string | undefined;
+  natsTlsCert?: string | undefined;
+  natsTlsKey?: string | undefined;
+}
+
+/**
+ * Connects as `identity`. Refuses (throws) a credentials file that others can read or that is
+ * missing; 'none' is the only way to connect without credentials, and it is logged.
+ */
+export async function connectNats(config: NatsClientConfig, identity: IdentityName, name: string, log: Logger): Promise<NatsConnection> {
+  const creds = config.natsCreds === 'none' ? undefined : (config.natsCreds ?? credentialsFile(DEFAULT_CREDENTIALS_DIR, identity));
+  if (creds === undefined) log.warn('connecting to NATS without credentials (--nats-creds none)');
+  // The key file is a secret like the seed: same owner-only rule.
+  if (config.natsTlsKey) readPrivateFile(config.natsTlsKey);
   const nc = await connect({
     servers: config.natsUrl.split(',').map((s) => s.trim()),
     name,
-    authenticator: config.natsCreds ? credsAuthenticator(readFileSync(config.natsCreds)) : undefined,
+    ...clientAuthOptions({
+      identity,
+      credentialsFile: creds,
+      tls: { caFile: config.natsTlsCa, certFile: config.natsTlsCert, keyFile: config.natsTlsKey },
+    }),
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     waitOnFirstConnect: true,
@@ -96,7 +117,7 @@ export async function runDaemon<O extends OptionSpecs>(
   let nc: NatsConnection;
   let app: Stoppable;
   try {
-    nc = await connectNats(config, `${spec.name}@${config.node}`, log);
+    nc = await connectNats(config, spec.identity, `${spec.name}@${config.node}`, log);
     app = await spec.start({ config, nc, log, version: spec.version });
   } catch (err) {
     log.fatal({ err }, 'start failed');

@@ -1,5 +1,4 @@
 import { Writable } from 'node:stream';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { SysboxError, defineContract, subjectOf, type ServiceContract } from '@sysbox-mgr-ts/contracts';
@@ -39,6 +38,7 @@ const fail = defineContract({
 const testService = {
   service: 'subid',
   name: 'sysbox-test',
+  bucket: 'sysbox-test',
   description: 'kit test service',
   contracts: [echo, fail],
 } as const satisfies ServiceContract;
@@ -75,8 +75,8 @@ describe('service kit on a real nats-server', () => {
 
   beforeAll(async () => {
     ns = await startNatsServer({ jetstream: false });
-    nc = await connect({ servers: ns.url });
-    ncB = await connect({ servers: ns.url });
+    nc = await ns.connect();
+    ncB = await ns.connect();
     a = serve({ nc, service: testService, node: 'n1', version: '1.2.3', log: silent(), bindings: bindings('a') });
     b = serve({ nc: ncB, service: testService, node: 'n1', version: '1.2.3', log: silent(), bindings: bindings('b') });
     await nc.flush();

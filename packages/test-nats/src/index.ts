@@ -1,11 +1,17 @@
 /**
  * Starts a real nats-server (Debian package `nats-server`) for tests, benchmarks and the embedded
- * default: JetStream on, a free port on 127.0.0.1, a temp store unless one is given.
+ * default: JetStream on, a free port on 127.0.0.1, a temp store unless one is given, and
+ * authentication on: the server runs from a configuration written by @sysbox-mgr-ts/nats-auth,
+ * with a credentials file per identity, so tests run under the permissions production has.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ConnectionOptions, NatsConnection } from '@nats-io/nats-core';
+import { connect } from '@nats-io/transport-node';
+import type { IdentityName } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
+import { clientAuthOptions, credentialsFile, writeServerSetup, type NodeScope, type TlsFiles } from '@sysbox-mgr-ts/nats-auth';
 
 export interface NatsServerOptions {
   jetstream?: boolean;
@@ -21,6 +27,13 @@ export interface NatsServerOptions {
   /** Keep the server out of the caller's process group (see DaemonOptions.ownProcessGroup). */
   ownProcessGroup?: boolean;
   startTimeoutMs?: number;
+  /**
+   * Credentials and permissions (default: on, temp credentials for every node). `false` starts an
+   * open server: only for tests that prove what an open server would allow is refused by ours.
+   */
+  auth?: false | { dir?: string; nodes?: NodeScope };
+  /** Serve TLS with this certificate (and verify client certificates against `caFile`). */
+  tls?: TlsFiles;
 }
 
 export interface NatsServer {
@@ -28,6 +41,12 @@ export interface NatsServer {
   port: number;
   storeDir: string | undefined;
   pid: number;
+  /** The credentials directory (undefined for an open server). */
+  credentialsDir: string | undefined;
+  /** The credentials file of an identity. */
+  credentials(identity: IdentityName): string;
+  /** Connects as an identity (default `operator`, which may do everything). */
+  connect(identity?: IdentityName, options?: Omit<ConnectionOptions, 'servers'>): Promise<NatsConnection>;
   /** Everything the server logged so far. */
   logs(): string;
   /** Stops the server; removes a temp store. */
@@ -44,13 +63,26 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const jetstream = opts.jetstream ?? true;
   const tempStore = jetstream && !opts.storeDir ? await mkdtemp(join(tmpdir(), 'nats-js-')) : undefined;
   const storeDir = opts.storeDir ?? tempStore;
+  const tempCredentials = opts.auth !== false && !opts.auth?.dir ? await mkdtemp(join(tmpdir(), 'nats-creds-')) : undefined;
+  const credentialsDir = opts.auth === false ? undefined : (opts.auth?.dir ?? tempCredentials);
+  const configFile = credentialsDir
+    ? writeServerSetup({
+        dir: credentialsDir,
+        nodes: (opts.auth || undefined)?.nodes ?? ['*'],
+        host,
+        storeDir: jetstream ? storeDir : undefined,
+        tls: opts.tls,
+      }).configFile
+    : undefined;
   let port = opts.port ?? 0;
   let log = '';
   let child: ReturnType<typeof startProcess> | undefined;
 
   const launch = async (): Promise<void> => {
-    const args = ['-a', host, '-p', port === 0 ? '-1' : String(port)];
-    if (jetstream) args.push('-js', '-sd', storeDir!);
+    // Flags win over the configuration file: the port is chosen here (and kept across restarts).
+    const args = [...(configFile ? ['-c', configFile] : []), '-a', host, '-p', port === 0 ? '-1' : String(port)];
+    // With a configuration file, JetStream and its store are in it.
+    if (jetstream && !configFile) args.push('-js', '-sd', storeDir!);
     args.push(...(opts.args ?? []));
     const proc = startProcess(opts.binary ?? 'nats-server', args, { output: 'pipe', ownProcessGroup: opts.ownProcessGroup });
     child = proc;
@@ -97,6 +129,15 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       return port;
     },
     storeDir,
+    credentialsDir,
+    credentials(identity) {
+      if (!credentialsDir) throw new Error('this nats-server runs without authentication');
+      return credentialsFile(credentialsDir, identity);
+    },
+    connect(identity = 'operator', options = {}) {
+      const auth = credentialsDir ? clientAuthOptions({ identity, credentialsFile: credentialsFile(credentialsDir, identity) }) : {};
+      return connect({ ...options, ...auth, servers: `nats://${host}:${port}` });
+    },
     get pid() {
       return child?.pid ?? -1;
     },
@@ -104,6 +145,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     stop: async () => {
       await kill();
       if (tempStore) await rm(tempStore, { recursive: true, force: true });
+      if (tempCredentials) await rm(tempCredentials, { recursive: true, force: true });
     },
     restart: async () => {
       await kill();

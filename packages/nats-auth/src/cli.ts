@@ -1,0 +1,66 @@
+/**
+ * sysbox-nats-auth init: makes (or keeps) one credentials file per identity and writes the
+ * nats-server configuration that admits them. Prints paths and public keys, never a seed.
+ */
+import { parseArgs } from 'node:util';
+import { DEFAULT_CREDENTIALS_DIR } from './credentials.js';
+import { writeServerSetup } from './setup.js';
+
+const USAGE = `Usage: sysbox-nats-auth init [options]
+
+Makes one nkey credentials file per identity (subid-allocator, vol-mgr, shiftfs-mgr, rootfs-cloner,
+gateway, operator, monitor) in --dir, 0600, keeping any that exist, and writes --dir/nats-server.conf
+with each identity's permissions. Run as the user the daemons run as (root).
+
+Options:
+  --dir <path>         credentials directory (default ${DEFAULT_CREDENTIALS_DIR})
+  --node <name>        node the identities act for; repeat for several; '*' for any (default: '*')
+  --host <addr>        client listen address (default 127.0.0.1)
+  --port <n>           client port (default 4222)
+  --store-dir <path>   JetStream store (default /var/lib/sysbox-mgr-ts/jetstream)
+  --server-name <name> server name (needed on a cluster)
+  --tls-cert <file>    server certificate (with --tls-key); clients then connect with TLS
+  --tls-key <file>     server key
+  --tls-ca <file>      CA of client certificates: the server then requires and verifies them
+`;
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    dir: { type: 'string', default: DEFAULT_CREDENTIALS_DIR },
+    node: { type: 'string', multiple: true },
+    host: { type: 'string', default: '127.0.0.1' },
+    port: { type: 'string', default: '4222' },
+    'store-dir': { type: 'string', default: '/var/lib/sysbox-mgr-ts/jetstream' },
+    'server-name': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'tls-ca': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  },
+});
+
+if (values.help || positionals[0] !== 'init') {
+  process.stdout.write(USAGE);
+  process.exit(values.help ? 0 : 2);
+}
+if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) {
+  process.stderr.write('sysbox-nats-auth: --tls-cert and --tls-key go together\n');
+  process.exit(2);
+}
+try {
+  const setup = writeServerSetup({
+    dir: values.dir,
+    nodes: values.node ?? ['*'],
+    host: values.host,
+    port: Number(values.port),
+    storeDir: values['store-dir'],
+    serverName: values['server-name'],
+    tls: values['tls-cert'] ? { certFile: values['tls-cert'], keyFile: values['tls-key']!, caFile: values['tls-ca'] } : undefined,
+  });
+  process.stdout.write(`server configuration: ${setup.configFile}\n`);
+  for (const id of setup.identities) process.stdout.write(`${id.name.padEnd(16)} ${id.file}  ${id.publicKey}\n`);
+} catch (err) {
+  process.stderr.write(`sysbox-nats-auth: ${(err as Error).message}\n`);
+  process.exit(1);
+}

@@ -1,0 +1,22 @@
+export { permissionsFor, bucketPermissions, type NodeScope, type UserPermissions } from './permissions.js';
+export {
+  CredentialsError,
+  DEFAULT_CREDENTIALS_DIR,
+  authenticatorFromFile,
+  credentialsFile,
+  ensureCredentials,
+  readPrivateFile,
+  type Identity,
+} from './credentials.js';
+export {
+  ACCOUNT,
+  ACCOUNT_JETSTREAM_LIMITS,
+  SERVER_LIMITS,
+  renderServerConfig,
+  usersFor,
+  type ServerConfigOptions,
+  type TlsFiles,
+  type User,
+} from './server-config.js';
+export { clientAuthOptions, type ClientAuth, type ClientTls } from './client.js';
+export { writeServerSetup, type ServerSetup, type ServerSetupOptions } from './setup.js';

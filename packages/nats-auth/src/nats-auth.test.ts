@@ -1,0 +1,131 @@
+import { chmodSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { IDENTITY_NAMES } from '@sysbox-mgr-ts/contracts';
+import {
+  CredentialsError,
+  authenticatorFromFile,
+  credentialsFile,
+  ensureCredentials,
+  permissionsFor,
+  readPrivateFile,
+  renderServerConfig,
+  usersFor,
+  writeServerSetup,
+} from './index.js';
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'nats-auth-'));
+  dirs.push(d);
+  return d;
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+describe('ensureCredentials', () => {
+  it('makes one 0600 seed per identity in a 0700 directory and keeps them on the next run', () => {
+    const dir = join(tempDir(), 'creds');
+    const first = ensureCredentials(dir);
+    expect(first.map((i) => i.name)).toEqual(IDENTITY_NAMES);
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    for (const id of first) {
+      expect(lstatSync(id.file).mode & 0o777).toBe(0o600);
+      expect(readFileSync(id.file, 'utf8')).toMatch(/^SU[A-Z2-7]+\n$/);
+      expect(id.publicKey).toMatch(/^U[A-Z2-7]{55}$/);
+    }
+    expect(new Set(first.map((i) => i.publicKey)).size).toBe(first.length);
+    const again = ensureCredentials(dir);
+    expect(again.map((i) => i.publicKey)).toEqual(first.map((i) => i.publicKey));
+  });
+
+  it('refuses a credentials directory others can enter', () => {
+    const dir = tempDir();
+    chmodSync(dir, 0o755);
+    expect(() => ensureCredentials(dir)).toThrow(/open to group or others \(mode 0755\)/);
+  });
+});
+
+describe('readPrivateFile', () => {
+  it('refuses a file group or others can read, naming the mode but not the content', () => {
+    const dir = tempDir();
+    const [gw] = ensureCredentials(dir, ['gateway']);
+    chmodSync(gw!.file, 0o640);
+    let message = '';
+    try {
+      readPrivateFile(gw!.file);
+    } catch (err) {
+      expect(err).toBeInstanceOf(CredentialsError);
+      message = (err as Error).message;
+    }
+    expect(message).toContain('mode 0640');
+    expect(message).not.toContain(readFileSync(gw!.file, 'utf8').trim());
+  });
+
+  it('refuses a symlink (a planted link could point at anything)', () => {
+    const dir = tempDir();
+    const [gw] = ensureCredentials(dir, ['gateway']);
+    const link = join(dir, 'link.nk');
+    symlinkSync(gw!.file, link);
+    expect(() => readPrivateFile(link)).toThrow(/ELOOP/);
+  });
+
+  it('refuses a file that holds no nkey seed', () => {
+    const file = join(tempDir(), 'bad.nk');
+    writeFileSync(file, 'not a seed\n', { mode: 0o600 });
+    expect(() => authenticatorFromFile(file)).toThrow(/does not hold an nkey user seed/);
+  });
+});
+
+describe('permissionsFor', () => {
+  it('lets a service subscribe to its own subjects only, and use only its own bucket', () => {
+    const p = permissionsFor('vol-mgr', ['host1']);
+    expect(p.subscribe.allow).toContain('sysbox.host1.vol.>');
+    expect(p.subscribe.allow.some((s) => s.includes('subid') || s === '>' || s.startsWith('_INBOX.'))).toBe(false);
+    expect(p.publish.allow).toContain('$KV.sysbox-vol.host1.>');
+    expect(p.publish.allow.filter((s) => s.includes('DELETE') || s.includes('PURGE') || s.includes('CONSUMER'))).toEqual([]);
+    expect(p.publish.allow.every((s) => s === '$JS.API.INFO' || s.includes('sysbox-vol'))).toBe(true);
+    expect(p.allow_responses).toBe(true);
+  });
+
+  it('gives the monitor discovery and list subjects, and no mutating subject', () => {
+    const p = permissionsFor('monitor', ['host1']);
+    expect(p.publish.allow).toEqual(
+      expect.arrayContaining(['$SRV.>', 'sysbox.host1.subid.list', 'sysbox.host1.vol.list', 'sysbox.host1.rootfs.list', 'sysbox.host1.shiftfs.list']),
+    );
+    expect(p.publish.allow.filter((s) => s.startsWith('sysbox.') && !s.endsWith('.list'))).toEqual([]);
+  });
+
+  it('lets the gateway call services but never serve them', () => {
+    const p = permissionsFor('gateway', ['host1']);
+    expect(p.publish.allow).toContain('sysbox.host1.subid.>');
+    expect(p.subscribe.allow).toEqual(['_INBOX_gateway.>']);
+  });
+});
+
+describe('server configuration', () => {
+  it('holds public keys and permissions only, in a 0600 file', () => {
+    const dir = tempDir();
+    const setup = writeServerSetup({ dir, nodes: ['n1'], storeDir: '/tmp/js' });
+    expect(lstatSync(setup.configFile).mode & 0o777).toBe(0o600);
+    const text = readFileSync(setup.configFile, 'utf8');
+    for (const id of setup.identities) {
+      expect(text).toContain(id.publicKey);
+      expect(text).not.toContain(readFileSync(credentialsFile(dir, id.name), 'utf8').trim());
+    }
+    const json = JSON.parse(text.slice(text.indexOf('{')));
+    expect(json.accounts.SYSBOX.users).toHaveLength(IDENTITY_NAMES.length);
+    expect(json.accounts.SYSBOX.jetstream.max_file).toBeGreaterThan(0);
+    expect(json.max_payload).toBe(1024 * 1024);
+  });
+
+  it('renders TLS with client verification only when a client CA is given', () => {
+    const users = usersFor([], ['n1']);
+    const noCa = JSON.parse(renderServerConfig({ users, tls: { certFile: '/c', keyFile: '/k' } }).replace(/^#.*\n/, ''));
+    expect(noCa.tls).toEqual({ cert_file: '/c', key_file: '/k' });
+    const withCa = JSON.parse(renderServerConfig({ users, tls: { certFile: '/c', keyFile: '/k', caFile: '/ca' } }).replace(/^#.*\n/, ''));
+    expect(withCa.tls.verify).toBe(true);
+  });
+});

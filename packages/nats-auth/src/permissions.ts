@@ -1,0 +1,104 @@
+/**
+ * What each identity may do on the bus, as nats-server 2.9 user permissions. Everything is an
+ * allow-list: a subject not listed is refused by the server, for the raw protocol as much as for
+ * a client library. The rules:
+ * - a service subscribes only to its own subjects (so nobody else can answer in its place) and
+ *   answers through `allow_responses` (so it cannot publish anywhere else);
+ * - a daemon's state is its own bucket: the JetStream API subjects that name that bucket's stream
+ *   (info, create, get) and writes under its node's keys; never delete, purge, another stream, or
+ *   a consumer;
+ * - replies come back under the identity's own inbox prefix, which no other identity may
+ *   subscribe to.
+ */
+import {
+  GATEWAY_BUCKET,
+  SERVICE_IDENTITIES,
+  inboxPrefixOf,
+  type IdentityName,
+  type ServiceContract,
+} from '@sysbox-mgr-ts/contracts';
+
+export interface SubjectPermissions {
+  allow: string[];
+}
+
+export interface UserPermissions {
+  publish: SubjectPermissions;
+  subscribe: SubjectPermissions;
+  /** Lets a responder publish one reply to the reply subject of a request it received. */
+  allow_responses?: boolean;
+}
+
+/**
+ * The nodes an identity acts for: subject and key tokens. `*` means every node, for a cluster
+ * whose hosts trust each other; otherwise a host's daemons can reach only their own node.
+ */
+export type NodeScope = readonly string[];
+
+/** The JetStream API a daemon needs for its own KV bucket (see @nats-io/kv: create/open/get/put). */
+export function bucketPermissions(bucket: string, nodes: NodeScope): string[] {
+  const stream = `KV_${bucket}`;
+  return [
+    '$JS.API.INFO',
+    `$JS.API.STREAM.INFO.${stream}`,
+    `$JS.API.STREAM.CREATE.${stream}`,
+    `$JS.API.STREAM.UPDATE.${stream}`,
+    `$JS.API.STREAM.MSG.GET.${stream}`,
+    `$JS.API.DIRECT.GET.${stream}`,
+    `$JS.API.DIRECT.GET.${stream}.>`,
+    ...nodes.map((node) => `$KV.${bucket}.${node}.>`),
+  ];
+}
+
+function servicePermissions(identity: IdentityName, svc: ServiceContract, nodes: NodeScope): UserPermissions {
+  return {
+    publish: { allow: bucketPermissions(svc.bucket, nodes) },
+    subscribe: {
+      allow: [
+        ...nodes.map((node) => `sysbox.${node}.${svc.service}.>`),
+        // $SRV discovery: the generic verbs, and this service's own name (and instance ids).
+        '$SRV.PING',
+        '$SRV.INFO',
+        '$SRV.STATS',
+        `$SRV.*.${svc.name}`,
+        `$SRV.*.${svc.name}.>`,
+        `${inboxPrefixOf(identity)}.>`,
+      ],
+    },
+    allow_responses: true,
+  };
+}
+
+/** The subjects of every read-only operation (`list`), for the monitor identity. */
+function readOnlySubjects(nodes: NodeScope): string[] {
+  return Object.values(SERVICE_IDENTITIES).flatMap((svc) =>
+    svc.contracts.filter((c) => c.readOnly).flatMap((c) => nodes.map((node) => c.subject(node))),
+  );
+}
+
+export function permissionsFor(identity: IdentityName, nodes: NodeScope): UserPermissions {
+  if (nodes.length === 0) throw new Error('permissions need at least one node (or "*")');
+  switch (identity) {
+    case 'gateway':
+      return {
+        publish: {
+          allow: [
+            ...bucketPermissions(GATEWAY_BUCKET, nodes),
+            ...Object.values(SERVICE_IDENTITIES).flatMap((svc) => nodes.map((node) => `sysbox.${node}.${svc.service}.>`)),
+            '$SRV.>',
+          ],
+        },
+        subscribe: { allow: [`${inboxPrefixOf(identity)}.>`] },
+      };
+    case 'operator':
+      // The NATS CLI as root: everything in the account, buckets included. Kept like root's keys.
+      return { publish: { allow: ['>'] }, subscribe: { allow: ['>'] } };
+    case 'monitor':
+      return {
+        publish: { allow: ['$SRV.>', ...readOnlySubjects(nodes)] },
+        subscribe: { allow: [`${inboxPrefixOf(identity)}.>`] },
+      };
+    default:
+      return servicePermissions(identity, SERVICE_IDENTITIES[identity], nodes);
+  }
+}

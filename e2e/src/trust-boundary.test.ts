@@ -74,7 +74,9 @@ describe('an unprivileged local user against the authenticated system', () => {
     chmodSync(probeDir, 0o755);
     copyFileSync(join(repoRoot, 'e2e', 'fixtures', 'nats-probe.mjs'), join(probeDir, 'nats-probe.mjs'));
     mkdirSync(join(probeDir, 'node_modules'));
-    cpSync(join(repoRoot, 'node_modules', '@nats-io'), join(probeDir, 'node_modules', '@nats-io'), { recursive: true, dereference: true });
+    for (const pkg of ['@nats-io', 'tweetnacl']) {
+      cpSync(join(repoRoot, 'node_modules', pkg), join(probeDir, 'node_modules', pkg), { recursive: true, dereference: true });
+    }
     await run('chmod', ['-R', 'a+rX', probeDir], { timeout: 10_000 });
 
     decoy = join(sys.dir, 'decoy');

@@ -49,6 +49,8 @@ export interface FakeServices {
   calls: RecordedCall[];
   ops(): string[];
   stop(name: FakeServiceName): Promise<void>;
+  /** Serves it again (a restarted daemon). */
+  start(name: FakeServiceName): void;
   stopAll(): Promise<void>;
 }
 
@@ -143,6 +145,9 @@ export function startFakeServices(nc: NatsConnection, node: string, log: Logger,
     async stop(name) {
       await running.get(name)?.stop();
       running.delete(name);
+    },
+    start(name) {
+      if (!running.has(name)) running.set(name, serve({ nc, service: descriptors[name], node, version: '0.0.0-fake', log, bindings: bindings[name] }));
     },
     async stopAll() {
       for (const name of [...running.keys()]) await this.stop(name);

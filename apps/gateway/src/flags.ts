@@ -21,6 +21,13 @@ export const gatewayOptions = {
     description: 'time bound of a short service call (register-time lookups, marks, subids)',
     schema: ms(10_000, 100),
   }),
+  serviceWaitMs: option({
+    flag: 'service-wait-ms',
+    env: 'SYSBOX_MGR_SERVICE_WAIT_MS',
+    description:
+      'how long a call waits for a service with no responder (a daemon restarting, a NATS failover) before answering UNAVAILABLE; keep it below sysbox-runc\'s deadline',
+    schema: ms(3000, 0),
+  }),
   longOpTimeoutMs: option({
     flag: 'long-op-timeout-ms',
     env: 'SYSBOX_MGR_LONG_OP_TIMEOUT_MS',

@@ -349,15 +349,27 @@ describe('errors', () => {
     expect((await gw.manager.get('ok'))?.volumeKinds).toEqual([]);
   });
 
-  it('a stopped service answers UNAVAILABLE within 2 s', async () => {
-    const { client, fakes } = await rig();
+  it('a stopped service answers UNAVAILABLE once the service wait runs out, not before', async () => {
+    const { client, fakes } = await rig({ flags: ['--service-wait-ms', '600'] });
     await rpc(client, 'Register', emptyReg('u1', work));
     await fakes.stop('subid');
     const t0 = Date.now();
     const s = await statusOf(rpc(client, 'SubidAlloc', { id: 'u1', size: 65536 }));
     expect(s?.code).toBe(status.UNAVAILABLE);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
     expect(Date.now() - t0).toBeLessThan(2000);
     expect(s!.details).toMatch(/container u1/);
+  });
+
+  it('a call waits for a service that comes back within the service wait (a daemon restarting)', async () => {
+    const { client, fakes } = await rig({ flags: ['--service-wait-ms', '3000'] });
+    await rpc(client, 'Register', emptyReg('w1', work));
+    await fakes.stop('subid');
+    const restart = setTimeout(() => fakes.start('subid'), 700);
+    const reply = await rpc(client, 'SubidAlloc', { id: 'w1', size: 65536 });
+    clearTimeout(restart);
+    expect(reply).toMatchObject({ uid: expect.any(Number) });
+    expect(fakes.ops().filter((op) => op === 'subid.alloc')).toHaveLength(1);
   });
 });
 

@@ -60,7 +60,7 @@ export async function startGateway(opts: {
   clock?: () => Date;
 }): Promise<Gateway> {
   const { nc, settings: s, log } = opts;
-  const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs });
+  const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs, waitForResponderMs: s.serviceWaitMs, log });
   const facts =
     opts.facts ??
     (await probeHost({ disableIdmappedMount: s.disableIdmappedMount, disableOvfsOnIdmappedMount: s.disableOvfsOnIdmappedMount }));

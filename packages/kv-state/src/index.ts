@@ -6,6 +6,7 @@ import { Kvm, type Bucket, type KV, type KvEntry } from '@nats-io/kv';
 import { JetStreamApiError } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { retryTransient } from '@sysbox-mgr-ts/nats-retry';
 import type { z } from 'zod';
 
 export interface BucketOptions {
@@ -16,7 +17,12 @@ export interface BucketOptions {
   maxBytes?: number;
   /** Largest value one key may hold. */
   maxValueSize?: number;
+  /** How long to wait out a failover (see nats-retry) before giving up. */
+  retryWindowMs?: number;
 }
+
+/** Long enough for a JetStream leader election after a lost server (about 5 s measured). */
+export const DEFAULT_RETRY_WINDOW_MS = 10_000;
 
 /** Default bucket limits: far above what a node's records need, far below a disk. */
 export const DEFAULT_BUCKET_MAX_BYTES = 256 * 1024 * 1024;
@@ -30,6 +36,11 @@ export const DEFAULT_MAX_VALUE_SIZE = 1024 * 1024;
  * replica, and a follower that lags misses the caller's own last write.
  */
 export async function openBucket(nc: NatsConnection, name: string, opts: BucketOptions = {}): Promise<KV> {
+  // A daemon that starts during an election waits for JetStream instead of failing its start.
+  return retryTransient(() => openBucketOnce(nc, name, opts), { idempotent: true, deadline: Date.now() + (opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS) });
+}
+
+async function openBucketOnce(nc: NatsConnection, name: string, opts: BucketOptions): Promise<KV> {
   const kvm = new Kvm(nc);
   try {
     return await kvm.create(name, {
@@ -93,12 +104,18 @@ export interface StoreOptions<S extends z.ZodType> {
   namespace?: string;
   schema: S;
   maxRetries?: number;
+  /** How long one operation waits out a failover before it fails with `unavailable`. */
+  retryWindowMs?: number;
 }
 
 export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions<S>): StateStore<z.infer<S>> {
   type T = z.infer<S>;
   const prefix = opts.namespace ? `${opts.node}.${opts.namespace}.` : `${opts.node}.`;
   const maxRetries = opts.maxRetries ?? 50;
+  const retryWindowMs = opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS;
+  /** Reads may run twice; a write is retried only when it surely did not land (see nats-retry). */
+  const kvRead = <R>(fn: () => Promise<R>): Promise<R> => kvCall(() => retryTransient(fn, { idempotent: true, deadline: Date.now() + retryWindowMs }));
+  const kvWrite = <R>(fn: () => Promise<R>): Promise<R> => retryTransient(fn, { idempotent: false, deadline: Date.now() + retryWindowMs });
   const fullKey = (key: string): string => prefix + encodeKeyToken(key);
 
   const decode = (entry: KvEntry): T => {
@@ -117,7 +134,7 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
   const known = new Map<string, Snapshot<T>>();
 
   const read = async (key: string): Promise<Snapshot<T>> => {
-    const entry = await kvCall(() => kv.get(fullKey(key)));
+    const entry = await kvRead(() => kv.get(fullKey(key)));
     const snap =
       !entry || entry.operation !== 'PUT'
         ? { value: undefined, revision: entry?.revision ?? 0 }
@@ -129,7 +146,7 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
   const write = async (key: string, value: T, revision: number): Promise<number> => {
     const data = JSON.stringify(value);
     try {
-      const rev = await (revision === 0 ? kv.create(fullKey(key), data) : kv.update(fullKey(key), data, revision));
+      const rev = await kvWrite(() => (revision === 0 ? kv.create(fullKey(key), data) : kv.update(fullKey(key), data, revision)));
       known.set(key, { value, revision: rev });
       return rev;
     } catch (err) {
@@ -146,7 +163,7 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     async list() {
       const out: Versioned<T>[] = [];
       // A key whose last message is a delete marker has no value: get() answers undefined.
-      for (const key of await listKeys(kv as Bucket, prefix)) {
+      for (const key of await kvRead(() => listKeys(kv as Bucket, prefix))) {
         const v = await this.get(key);
         if (v) out.push(v);
       }
@@ -184,7 +201,7 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
               if (remembered) continue;
               return undefined;
             }
-            await kv.delete(fullKey(key), { previousSeq: revision });
+            await kvWrite(() => kv.delete(fullKey(key), { previousSeq: revision }));
             known.delete(key);
             return undefined;
           }
@@ -199,7 +216,7 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     },
     async delete(key) {
       known.delete(key);
-      await kvCall(() => kv.delete(fullKey(key)));
+      await kvCall(() => kvWrite(() => kv.delete(fullKey(key))));
     },
   };
 }

@@ -10,12 +10,26 @@ import {
   type NatsConnection,
 } from '@nats-io/nats-core';
 import { SysboxError, type Contract, type ReplyOf, type RequestInputOf } from '@sysbox-mgr-ts/contracts';
+import { retryTransient } from '@sysbox-mgr-ts/nats-retry';
+import type { Logger } from 'pino';
 import { REQUEST_ID_HEADER, decodeJson, encodeJson, errorFromReply } from './wire.js';
 
 export interface CallOptions {
-  /** Milliseconds to wait for the reply. */
+  /** Milliseconds to wait for the reply: the bound of the whole call, waits included. */
   timeoutMs?: number;
   reqId?: string;
+}
+
+export interface ServiceClientOptions {
+  node: string;
+  timeoutMs?: number;
+  /**
+   * How long a call waits, within its bound, for a service that has no responder (restarting,
+   * or its NATS server failing over) before it fails with `unavailable`. A request nobody
+   * received was not carried out, so sending it again duplicates nothing. 0: fail at once.
+   */
+  waitForResponderMs?: number;
+  log?: Logger;
 }
 
 export interface ServiceClient {
@@ -23,10 +37,7 @@ export interface ServiceClient {
   call<C extends Contract>(contract: C, payload: RequestInputOf<C>, opts?: CallOptions): Promise<ReplyOf<C>>;
 }
 
-export function createServiceClient(
-  nc: NatsConnection,
-  opts: { node: string; timeoutMs?: number },
-): ServiceClient {
+export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptions): ServiceClient {
   const defaultTimeout = opts.timeoutMs ?? 5000;
   return {
     node: opts.node,
@@ -40,9 +51,18 @@ export function createServiceClient(
       const h = callOpts.reqId ? headers() : undefined;
       if (callOpts.reqId) h!.set(REQUEST_ID_HEADER, callOpts.reqId);
       const timeout = callOpts.timeoutMs ?? defaultTimeout;
+      const started = Date.now();
+      const deadline = started + timeout;
+      const data = encodeJson(parsed.data);
       let msg;
       try {
-        msg = await nc.request(subject, encodeJson(parsed.data), { timeout, headers: h });
+        // Only the wait for a responder is retried (idempotent: false): a request that timed out
+        // may have been carried out, and the caller decides whether to send it again.
+        msg = await retryTransient(() => nc.request(subject, data, { timeout: Math.max(1, deadline - Date.now()), headers: h }), {
+          idempotent: false,
+          deadline: Math.min(deadline, started + (opts.waitForResponderMs ?? 0)),
+          onRetry: (err, attempt, waitMs) => opts.log?.debug({ subject, attempt, waitMs, err: (err as Error).message }, 'no responder yet; waiting'),
+        });
       } catch (err) {
         throw transportError(subject, timeout, err);
       }

@@ -22,6 +22,14 @@ Options:
   --tls-cert <file>    server certificate (with --tls-key); clients then connect with TLS
   --tls-key <file>     server key
   --tls-ca <file>      CA of client certificates: the server then requires and verifies them
+  --cluster-name <n>   join a JetStream cluster of this name (needs --server-name, --cluster-port, --route)
+  --cluster-port <n>   route port of this server
+  --route <host:port>  a member's route address; repeat for every member (this one included)
+  --config-name <f>    configuration file name in --dir (default nats-server.conf)
+
+On a cluster, run init on one host, copy --dir (seeds and route.secret, 0600) to the others,
+and run init there with that host's --server-name: the identities and the route secret must be
+the same on every member.
 `;
 
 const { values, positionals } = parseArgs({
@@ -36,6 +44,10 @@ const { values, positionals } = parseArgs({
     'tls-cert': { type: 'string' },
     'tls-key': { type: 'string' },
     'tls-ca': { type: 'string' },
+    'cluster-name': { type: 'string' },
+    'cluster-port': { type: 'string' },
+    route: { type: 'string', multiple: true },
+    'config-name': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -48,6 +60,10 @@ if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) {
   process.stderr.write('sysbox-nats-auth: --tls-cert and --tls-key go together\n');
   process.exit(2);
 }
+if (values['cluster-name'] && (!values['server-name'] || !values['cluster-port'] || !values.route?.length)) {
+  process.stderr.write('sysbox-nats-auth: --cluster-name needs --server-name, --cluster-port and --route\n');
+  process.exit(2);
+}
 try {
   const setup = writeServerSetup({
     dir: values.dir,
@@ -57,6 +73,10 @@ try {
     storeDir: values['store-dir'],
     serverName: values['server-name'],
     tls: values['tls-cert'] ? { certFile: values['tls-cert'], keyFile: values['tls-key']!, caFile: values['tls-ca'] } : undefined,
+    cluster: values['cluster-name']
+      ? { name: values['cluster-name'], port: Number(values['cluster-port']), routes: values.route ?? [], host: values.host }
+      : undefined,
+    configName: values['config-name'],
   });
   process.stdout.write(`server configuration: ${setup.configFile}\n`);
   for (const id of setup.identities) process.stdout.write(`${id.name.padEnd(16)} ${id.file}  ${id.publicKey}\n`);

@@ -11,12 +11,14 @@ export {
 export {
   ACCOUNT,
   ACCOUNT_JETSTREAM_LIMITS,
+  ROUTE_USER,
   SERVER_LIMITS,
   renderServerConfig,
   usersFor,
+  type ClusterOptions,
   type ServerConfigOptions,
   type TlsFiles,
   type User,
 } from './server-config.js';
 export { clientAuthOptions, type ClientAuth, type ClientTls } from './client.js';
-export { writeServerSetup, type ServerSetup, type ServerSetupOptions } from './setup.js';
+export { ensureRouteSecret, writeServerSetup, type ServerSetup, type ServerSetupOptions } from './setup.js';

@@ -43,6 +43,19 @@ export interface TlsFiles {
   caFile?: string;
 }
 
+/** A JetStream cluster on routes authenticated with a shared secret (nats-server 2.9 route auth). */
+export interface ClusterOptions {
+  name: string;
+  host?: string;
+  port: number;
+  /** Every member's route address, `host:port` (this server's own is ignored by the server). */
+  routes: readonly string[];
+  /** The route password (see ensureRouteSecret): only members that hold it join. */
+  secret: string;
+}
+
+export const ROUTE_USER = 'sysbox-route';
+
 export interface ServerConfigOptions {
   users: readonly User[];
   host?: string;
@@ -51,6 +64,7 @@ export interface ServerConfigOptions {
   storeDir?: string;
   serverName?: string;
   tls?: TlsFiles;
+  cluster?: ClusterOptions;
 }
 
 export function renderServerConfig(opts: ServerConfigOptions): string {
@@ -77,6 +91,17 @@ export function renderServerConfig(opts: ServerConfigOptions): string {
           },
         }
       : {}),
+    ...(opts.cluster
+      ? {
+          cluster: {
+            name: opts.cluster.name,
+            host: opts.cluster.host ?? '127.0.0.1',
+            port: opts.cluster.port,
+            authorization: { user: ROUTE_USER, password: opts.cluster.secret },
+            routes: opts.cluster.routes.map((r) => `nats-route://${ROUTE_USER}:${opts.cluster!.secret}@${r}`),
+          },
+        }
+      : {}),
     accounts: {
       [ACCOUNT]: {
         ...(opts.storeDir ? { jetstream: ACCOUNT_JETSTREAM_LIMITS } : {}),
@@ -84,5 +109,6 @@ export function renderServerConfig(opts: ServerConfigOptions): string {
       },
     },
   };
-  return `# Written by sysbox-nats-auth: public keys and permissions only, no secret.\n${JSON.stringify(config, null, 2)}\n`;
+  const secret = opts.cluster ? 'the route secret (keep it 0600)' : 'no secret';
+  return `# Written by sysbox-nats-auth: public keys and permissions, ${secret}.\n${JSON.stringify(config, null, 2)}\n`;
 }

@@ -1,9 +1,27 @@
 /** Credentials plus the server configuration that admits them, written together in one directory. */
+import { randomBytes } from 'node:crypto';
 import { writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { ensureCredentials, type Identity } from './credentials.js';
+import { ensureCredentials, readPrivateFile, type Identity } from './credentials.js';
 import type { NodeScope } from './permissions.js';
-import { renderServerConfig, usersFor, type TlsFiles } from './server-config.js';
+import { renderServerConfig, usersFor, type ClusterOptions, type TlsFiles } from './server-config.js';
+
+/**
+ * The password cluster members use on their routes, made once per credentials directory and
+ * copied to every member's (it must be the same everywhere). Not an nkey: 2.9 routes take a
+ * user and password (or TLS).
+ */
+export function ensureRouteSecret(dir: string): string {
+  const file = join(dir, 'route.secret');
+  try {
+    return readPrivateFile(file).trim();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const secret = randomBytes(24).toString('hex');
+    writeFileSync(file, `${secret}\n`, { mode: 0o600, flag: 'wx' });
+    return secret;
+  }
+}
 
 export interface ServerSetupOptions {
   dir: string;
@@ -14,6 +32,10 @@ export interface ServerSetupOptions {
   storeDir?: string;
   serverName?: string;
   tls?: TlsFiles;
+  /** Cluster membership; the route secret is read from (or made in) `dir`. */
+  cluster?: Omit<ClusterOptions, 'secret'>;
+  /** File name of the configuration in `dir` (several servers of one host share the dir). */
+  configName?: string;
 }
 
 export interface ServerSetup {
@@ -23,7 +45,7 @@ export interface ServerSetup {
 
 export function writeServerSetup(opts: ServerSetupOptions): ServerSetup {
   const identities = ensureCredentials(opts.dir);
-  const configFile = join(opts.dir, 'nats-server.conf');
+  const configFile = join(opts.dir, opts.configName ?? 'nats-server.conf');
   const text = renderServerConfig({
     users: usersFor(identities, opts.nodes),
     host: opts.host,
@@ -31,6 +53,7 @@ export function writeServerSetup(opts: ServerSetupOptions): ServerSetup {
     storeDir: opts.storeDir,
     serverName: opts.serverName,
     tls: opts.tls,
+    cluster: opts.cluster ? { ...opts.cluster, secret: ensureRouteSecret(opts.dir) } : undefined,
   });
   // Written whole or not at all: a server (re)started meanwhile never reads half a file.
   const tmp = `${configFile}.${process.pid}.tmp`;

@@ -5,6 +5,7 @@
  * with a credentials file per identity, so tests run under the permissions production has.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ConnectionOptions, NatsConnection } from '@nats-io/nats-core';
@@ -34,6 +35,8 @@ export interface NatsServerOptions {
   auth?: false | { dir?: string; nodes?: NodeScope };
   /** Serve TLS with this certificate (and verify client certificates against `caFile`). */
   tls?: TlsFiles;
+  /** Member of a cluster (see startNatsCluster). */
+  cluster?: { name: string; port: number; routes: string[]; serverName: string };
 }
 
 export interface NatsServer {
@@ -53,6 +56,9 @@ export interface NatsServer {
   stop(): Promise<void>;
   /** Kills and starts the server again on the same port and store (JetStream state survives). */
   restart(): Promise<void>;
+  /** SIGKILL, as a host or process dies; `start()` brings it back on the same port and store. */
+  crash(): Promise<void>;
+  start(): Promise<void>;
 }
 
 const LISTENING = /Listening for client connections on [^\s]*:(\d+)/;
@@ -72,6 +78,9 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
         host,
         storeDir: jetstream ? storeDir : undefined,
         tls: opts.tls,
+        serverName: opts.cluster?.serverName,
+        cluster: opts.cluster && { name: opts.cluster.name, port: opts.cluster.port, routes: opts.cluster.routes, host },
+        configName: opts.cluster ? `nats-server-${opts.cluster.serverName}.conf` : undefined,
       }).configFile
     : undefined;
   let port = opts.port ?? 0;
@@ -152,9 +161,106 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       log = '';
       await launch();
     },
+    crash: async () => {
+      const proc = child;
+      if (!proc || proc.exitCode !== null) return;
+      proc.kill('SIGKILL');
+      await proc.catch(() => undefined);
+    },
+    start: async () => {
+      log = '';
+      await launch();
+    },
   };
 }
 
 function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+export interface NatsCluster {
+  servers: NatsServer[];
+  /** Every member's client URL, comma-separated (what `--nats-url` takes). */
+  url: string;
+  credentialsDir: string;
+  credentials(identity: IdentityName): string;
+  /** Connects as an identity to every member (the client fails over between them). */
+  connect(identity?: IdentityName, options?: Omit<ConnectionOptions, 'servers'>): Promise<NatsConnection>;
+  stop(): Promise<void>;
+}
+
+/**
+ * An N-member JetStream cluster on loopback: routes authenticated with a shared secret, the same
+ * identities on every member, a store per member. Resolves once JetStream answers (a meta leader
+ * is elected).
+ */
+export async function startNatsCluster(opts: { size?: number; auth?: { nodes?: NodeScope }; name?: string } = {}): Promise<NatsCluster> {
+  const size = opts.size ?? 3;
+  const credentialsDir = await mkdtemp(join(tmpdir(), 'nats-cluster-creds-'));
+  const clientPorts = await freePorts(size);
+  const routePorts = await freePorts(size);
+  const routes = routePorts.map((p) => `127.0.0.1:${p}`);
+  const name = opts.name ?? 'sysbox';
+  // Seeds and the route secret first, once: the members then only read them.
+  writeServerSetup({ dir: credentialsDir, nodes: opts.auth?.nodes ?? ['*'] });
+  const servers = await Promise.all(
+    clientPorts.map((port, i) =>
+      startNatsServer({
+        port,
+        auth: { dir: credentialsDir, nodes: opts.auth?.nodes },
+        cluster: { name, port: routePorts[i]!, routes, serverName: `${name}-${i}` },
+        startTimeoutMs: 30_000,
+      }),
+    ),
+  );
+  const url = servers.map((s) => s.url).join(',');
+  const cluster: NatsCluster = {
+    servers,
+    url,
+    credentialsDir,
+    credentials: (identity) => credentialsFile(credentialsDir, identity),
+    connect(identity = 'operator', options = {}) {
+      const auth = clientAuthOptions({ identity, credentialsFile: credentialsFile(credentialsDir, identity) });
+      return connect({ ...options, ...auth, servers: servers.map((s) => s.url) });
+    },
+    async stop() {
+      await Promise.all(servers.map((s) => s.stop()));
+      await rm(credentialsDir, { recursive: true, force: true });
+    },
+  };
+  await waitForJetStream(cluster);
+  return cluster;
+}
+
+async function waitForJetStream(cluster: NatsCluster): Promise<void> {
+  const nc = await cluster.connect();
+  try {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      try {
+        await nc.request('$JS.API.INFO', '', { timeout: 1000 }).then((m) => {
+          const reply = m.json<{ error?: { description: string } }>();
+          if (reply.error) throw new Error(reply.error.description);
+        });
+        return;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`JetStream cluster not ready in 30 s: ${(err as Error).message}`);
+        await delay(200);
+      }
+    }
+  } finally {
+    await nc.close();
+  }
+}
+
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<Server>((resolve) => {
+      const s = createServer();
+      s.listen(0, '127.0.0.1', () => resolve(s));
+    })),
+  );
+  const ports = servers.map((s) => (s.address() as AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
 }

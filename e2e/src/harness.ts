@@ -12,7 +12,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { SERVICE_IDENTITIES, inboxPrefixOf, type IdentityName } from '@sysbox-mgr-ts/contracts';
 import { run, startProcess } from '@sysbox-mgr-ts/exec';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import type { RawCredentials } from './raw-nats.js';
 
 export const repoRoot = resolve(import.meta.dirname, '../..');
@@ -38,12 +38,23 @@ export interface Proc {
   logFile: string;
 }
 
+/** What the system runs on: a nats-server of its own, or a cluster several simulated hosts share. */
+export interface Bus {
+  /** Client URL(s), comma-separated. */
+  url: string;
+  credentials(identity: IdentityName): string;
+  connect(identity?: IdentityName): Promise<NatsConnection>;
+  stop(): Promise<void>;
+}
+
 export interface System {
   dir: string;
   dataRoot: string;
   socket: string;
   node: string;
-  nats: NatsServer;
+  nats: Bus;
+  /** Client port of the (first) nats-server, for raw protocol clients. */
+  natsPort: number;
   nc: NatsConnection;
   etc: { subuid: string; subgid: string; loginDefs: string };
   procs: Proc[];
@@ -61,6 +72,11 @@ export interface SystemOptions {
   args?: Partial<Record<AppName, string[]>>;
   /** Daemons' log level: debug (default) for tests' failure logs, info for the bench. */
   logLevel?: string;
+  /** Flags for every app (e.g. `--kv-replicas 3` on a cluster). */
+  commonArgs?: string[];
+  /** Run on this bus (left running at stop) instead of starting a nats-server of its own. */
+  nats?: Bus;
+  node?: string;
 }
 
 export async function startSystem(opts: SystemOptions = {}): Promise<System> {
@@ -75,12 +91,16 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   writeFileSync(etc.subgid, 'alice:100000:65536\n');
   writeFileSync(etc.loginDefs, 'SUB_UID_MIN 100000\nSUB_UID_MAX 600100000\nSUB_GID_MIN 100000\nSUB_GID_MAX 600100000\n');
   const socket = join(dir, 'run', 'sysmgr.sock');
-  const node = `e2e-${Math.random().toString(36).slice(2, 8)}`;
+  const node = opts.node ?? `e2e-${Math.random().toString(36).slice(2, 8)}`;
   // Authentication on, every identity scoped to this node, as `sysbox-nats-auth init --node` makes it.
-  const nats = await startNatsServer({ jetstream: true, auth: { nodes: [node] } });
+  const ownNats = opts.nats ? undefined : await startNatsServer({ jetstream: true, auth: { nodes: [node] } });
+  const nats: Bus = opts.nats ?? ownNats!;
+  const natsPort = Number(new URL(nats.url.split(',')[0]!).port);
   const nc = await nats.connect('operator');
   const procs: Proc[] = [];
 
+  const subidFiles = ['--subuid-file', etc.subuid, '--subgid-file', etc.subgid];
+  const guard = ['--allowed-rootfs-roots', dir, ...subidFiles];
   const baseArgs = (app: AppName): string[] => {
     const common = ['--nats-url', nats.url, '--nats-creds', nats.credentials(app), '--node', node, '--data-root', dataRoot, '--log-level', opts.logLevel ?? 'debug'];
     const own: Record<AppName, string[]> = {
@@ -89,13 +109,14 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         '--subuid-file', etc.subuid, '--subgid-file', etc.subgid, '--login-defs', etc.loginDefs,
         '--mode', 'exclusive', '--pool-size', String(64 * 65536),
       ],
-      'vol-mgr': [],
+      // Container rootfs live under the test's temp dir, and ids come from its subuid files.
+      'vol-mgr': [...guard],
       // No modprobe: the host has no shiftfs module and the answer is 'unsupported' either way.
       'shiftfs-mgr': ['--no-modprobe'],
-      'rootfs-cloner': [],
-      gateway: ['--socket', socket, '--watch-interval-ms', '50'],
+      'rootfs-cloner': [...guard],
+      gateway: ['--socket', socket, '--watch-interval-ms', '50', ...subidFiles],
     };
-    return [...common, ...own[app], ...(opts.args?.[app] ?? [])];
+    return [...common, ...(opts.commonArgs ?? []), ...own[app], ...(opts.args?.[app] ?? [])];
   };
 
   const start = async (app: AppName, extraArgs: string[] = []): Promise<Proc> => {
@@ -126,6 +147,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     socket,
     node,
     nats,
+    natsPort,
     nc,
     etc,
     procs,
@@ -152,7 +174,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
         }
       }
       await nc.close();
-      await nats.stop();
+      await ownNats?.stop();
       const strays = straysUnder(dir);
       // Whatever a test left mounted under the temp root is lifted before the dir goes.
       const left = mountsUnder(await readMountInfo(), dir);

@@ -2,8 +2,10 @@
  * Gateway round trip for Register and SubidAlloc (sequential and 32 in flight), against a bare
  * grpc-js server on a unix socket plus a bare NATS request/reply echo, measured alternately in the
  * same run. The gateway's price over the bare transports is its KV reads and CAS writes.
+ * The same gateway on an open nats-server (no credentials, no permissions) runs alongside, so
+ * the cost of authentication and permission checks is a ratio of the same run.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
@@ -24,16 +26,60 @@ const ROUNDS = 5;
 
 const log = silentLogger();
 
-async function main(): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'gw-bench-'));
-  const ns = await startNatsServer({ jetstream: true });
-  const nc = await ns.connect();
+interface GatewayRig {
+  register(): Promise<void>;
+  subid(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** A gateway and a fake allocator on a nats-server of their own, authenticated or open. */
+async function gatewayRig(dir: string, name: string, auth: boolean): Promise<GatewayRig> {
+  const ns = await startNatsServer({ jetstream: true, ...(auth ? {} : { auth: false }) });
+  const nc = await ns.connect(auth ? 'gateway' : undefined);
+  // The fakes serve subid as the allocator would, on a connection of its own identity.
+  const svcNc = await ns.connect(auth ? 'subid-allocator' : undefined);
   const node = 'bench';
-  const fakes = startFakeServices(nc, node, log, { only: ['subid'] });
-  const parsed = parseConfig({ ...commonOptions, ...gatewayOptions }, ['--node', node, '--socket', join(dir, 'gw.sock')], {});
+  const fakes = startFakeServices(svcNc, node, log, { only: ['subid'] });
+  const parsed = parseConfig(
+    { ...commonOptions, ...gatewayOptions },
+    ['--node', node, '--socket', join(dir, `${name}.sock`), '--subuid-file', join(dir, 'subid'), '--subgid-file', join(dir, 'subid')],
+    {},
+  );
   if ('help' in parsed) throw new Error('help');
   const gw = await startGateway({ nc, settings: parsed.config as GatewaySettings, log });
-  const gwClient = grpcClient(join(dir, 'gw.sock'));
+  const client = grpcClient(join(dir, `${name}.sock`));
+  let n = 0;
+  const registered: string[] = [];
+  return {
+    async register() {
+      const id = `${name}${++n}`;
+      await rpc(client, 'Register', { id, rootfs: dir, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+      registered.push(id);
+    },
+    async subid() {
+      const id = registered.pop();
+      if (!id) throw new Error('ran out of registered containers');
+      await rpc(client, 'SubidAlloc', { id, size: 65536 });
+    },
+    async stop() {
+      client.close();
+      await gw.stop();
+      await fakes.stopAll();
+      await svcNc.drain();
+      await nc.drain();
+      await ns.stop();
+    },
+  };
+}
+
+async function main(): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'gw-bench-'));
+  // The fake allocator's blocks, delegated here so the bench runs whatever the host's /etc/subuid holds.
+  await writeFile(join(dir, 'subid'), `bench:165536:${2 ** 28}\n`);
+  const authed = await gatewayRig(dir, 'auth', true);
+  const open = await gatewayRig(dir, 'open', false);
+  const ns = await startNatsServer({ jetstream: false });
+  const nc = await ns.connect();
 
   // Bare gRPC: the same service and messages, every rpc answering at once.
   const bare = new Server();
@@ -55,20 +101,11 @@ async function main(): Promise<void> {
   });
   const natsBody = new TextEncoder().encode(JSON.stringify({ id: 'bench-container-0000', size: 65536 }));
 
-  let n = 0;
-  const reg = () => ({ id: `b${++n}`, rootfs: dir, userns: '', netns: '', uidMappings: [], gidMappings: [] });
-  const registered: string[] = [];
   const ops = {
-    register: async () => {
-      const r = reg();
-      await rpc(gwClient, 'Register', r);
-      registered.push(r.id);
-    },
-    subid: async () => {
-      const id = registered.pop();
-      if (!id) throw new Error('ran out of registered containers');
-      await rpc(gwClient, 'SubidAlloc', { id, size: 65536 });
-    },
+    register: () => authed.register(),
+    subid: () => authed.subid(),
+    openRegister: () => open.register(),
+    openSubid: () => open.subid(),
     bareGrpc: () => rpc(bareClient, 'SubidAlloc', { id: 'bench-container-0000', size: 65536 }),
     bareNats: () => nc.request('bench.echo', natsBody, { timeout: 5000 }),
   };
@@ -89,14 +126,16 @@ async function main(): Promise<void> {
   for (let i = 0; i < 50; i++) {
     await ops.register();
     await ops.subid();
+    await ops.openRegister();
+    await ops.openSubid();
     await ops.bareGrpc();
     await ops.bareNats();
   }
 
-  const samples = { seq: { register: [], subid: [], grpc: [], nats: [] }, conc: { register: [], subid: [], grpc: [], nats: [] } } as Record<
-    'seq' | 'conc',
-    Record<'register' | 'subid' | 'grpc' | 'nats', number[]>
-  >;
+  const samples = {
+    seq: { register: [], subid: [], grpc: [], nats: [], openRegister: [], openSubid: [] },
+    conc: { register: [], subid: [], grpc: [], nats: [], openRegister: [], openSubid: [] },
+  } as Record<'seq' | 'conc', Record<'register' | 'subid' | 'grpc' | 'nats' | 'openRegister' | 'openSubid', number[]>>;
   for (let round = 0; round < ROUNDS; round++) {
     const per = Math.ceil(SEQUENTIAL / ROUNDS);
     const batches = Math.ceil(BATCHES / ROUNDS);
@@ -104,6 +143,8 @@ async function main(): Promise<void> {
     await sequential(ops.bareGrpc, per, samples.seq.grpc);
     await sequential(ops.subid, per, samples.seq.subid);
     await sequential(ops.bareNats, per, samples.seq.nats);
+    await sequential(ops.openRegister, per, samples.seq.openRegister);
+    await sequential(ops.openSubid, per, samples.seq.openSubid);
     await concurrent(ops.register, batches, samples.conc.register);
     await concurrent(ops.bareGrpc, batches, samples.conc.grpc);
     await concurrent(ops.subid, batches, samples.conc.subid);
@@ -130,14 +171,30 @@ async function main(): Promise<void> {
       }
     }
   }
+  // What authentication and permission checks cost: the same calls on an open server, same run.
+  for (const p of [50, 99]) {
+    for (const [op, open] of [['register', 'openRegister'], ['subid', 'openSubid']] as const) {
+      const value = percentile(samples.seq[op], p);
+      const base = percentile(samples.seq[open], p);
+      figures.push({
+        name: `${op === 'register' ? 'Register' : 'SubidAlloc'} p${p}, sequential, authenticated`,
+        value,
+        unit: 'ms',
+        baseline: { name: `same on an open nats-server p${p}`, value: base },
+        ratio: value / base,
+        better: 'lower',
+        runs: samples.seq[op].length,
+        goal: p === 50 ? '<= 1.1x' : '',
+      });
+    }
+  }
   await writeFigures('gateway', figures, (l) => process.stdout.write(`${l}\n`));
 
-  gwClient.close();
   bareClient.close();
   bare.forceShutdown();
   echo.unsubscribe();
-  await gw.stop();
-  await fakes.stopAll();
+  await authed.stop();
+  await open.stop();
   await nc.drain();
   await ns.stop();
   await rm(dir, { recursive: true, force: true });

@@ -3,12 +3,14 @@
  * common options), plus the gateway's own: socket, time bounds, removal-watch interval.
  */
 import { HostPath } from '@sysbox-mgr-ts/contracts';
+import { subidFileOptions } from '@sysbox-mgr-ts/host-guard';
 import { boolOption, option, type ConfigOf } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 
 const ms = (def: number, min: number) => z.coerce.number().int().min(min).max(24 * 3600 * 1000).default(def);
 
 export const gatewayOptions = {
+  ...subidFileOptions,
   socket: option({
     flag: 'socket',
     env: 'SYSBOX_MGR_SOCKET',

@@ -49,6 +49,9 @@ beforeAll(async () => {
   ns = await startNatsServer({ jetstream: true });
   nc = await ns.connect();
   work = await mkdtemp(join(tmpdir(), 'gw-test-'));
+  // The fake allocator hands out blocks from 165536; the suite delegates them, not the host.
+  await writeFile(join(work, 'subid'), `sysbox:165536:${2 ** 28}\n`);
+  await writeFile(join(work, 'subid-elsewhere'), `sysbox:${2 ** 30}:65536\n`);
 });
 
 afterEach(async () => {
@@ -64,7 +67,7 @@ afterAll(async () => {
 function settings(node: string, socket: string, extra: string[] = []): GatewaySettings {
   const parsed = parseConfig(
     { ...commonOptions, ...gatewayOptions },
-    ['--node', node, '--socket', socket, '--watch-interval-ms', '20', '--op-timeout-ms', '1500', ...extra],
+    ['--node', node, '--socket', socket, '--watch-interval-ms', '20', '--op-timeout-ms', '1500', '--subuid-file', join(work, 'subid'), '--subgid-file', join(work, 'subid'), ...extra],
     {},
   );
   if ('help' in parsed) throw new Error('help');
@@ -134,6 +137,25 @@ describe('socket', () => {
     const gw2 = await startGateway({ nc, settings: settings(`${node}b`, join(fresh, 'm.sock')), log, facts: chownHostFacts });
     cleanups.push(() => gw2.stop());
     expect((await stat(fresh)).mode & 0o777).toBe(0o700);
+  });
+});
+
+describe('replies from services are checked before sysbox-runc sees them', () => {
+  it('refuses a subid range the subid files do not delegate, and a volume mount outside the data root', async () => {
+    const rootfs = join(work, 'overlay2', 'h1', 'merged');
+    await mkdir(rootfs, { recursive: true });
+    const elsewhere = join(work, 'subid-elsewhere');
+    const { gw, client } = await rig({ flags: ['--subuid-file', elsewhere, '--subgid-file', elsewhere, '--data-root', '/srv/sysbox'] });
+    await rpc(client, 'Register', emptyReg('h1', rootfs));
+    const alloc = await statusOf(rpc(client, 'SubidAlloc', { id: 'h1', size: 65536 }));
+    expect(alloc?.code).toBe(status.INTERNAL);
+    expect(alloc?.details).toMatch(/uid 165536\.\..*subid-elsewhere/);
+    expect((await gw.manager.get('h1'))?.uidMappings).toEqual([]);
+    // The fake vol-mgr answers /var/lib/sysbox/docker/h1, not below this gateway's data root.
+    const mounts = await statusOf(rpc(client, 'ReqMounts', { id: 'h1', rootfsUidShiftType: 2, reqList: [{ kind: 0, dest: '/var/lib/docker' }] }));
+    expect(mounts?.code).toBe(status.INTERNAL);
+    expect(mounts?.details).toContain('/srv/sysbox/docker/h1');
+    expect((await gw.manager.get('h1'))?.containerMounts.some((m) => m.source.includes('docker'))).toBe(false);
   });
 });
 

@@ -17,6 +17,7 @@ import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
 
 export interface GatewaySettings extends GatewayFlags {
   node: string;
+  dataRoot: string;
   kvReplicas: number;
 }
 
@@ -105,6 +106,7 @@ export async function startGateway(opts: {
     timeouts: { opMs: s.opTimeoutMs, longOpMs: s.longOpTimeoutMs },
     clock: opts.clock ?? (() => new Date()),
     log,
+    replyChecks: { dataRoot: s.dataRoot, subuidFile: s.subuidFile, subgidFile: s.subgidFile },
     onWatch: (id, path) => (path === undefined ? watcher.unwatch(id) : watcher.watch(id, path)),
   });
   await watcher.start();

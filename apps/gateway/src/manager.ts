@@ -38,6 +38,7 @@ import {
   type ShiftfsMount,
   type VolumeKind,
 } from '@sysbox-mgr-ts/contracts';
+import { assertIdsDelegated, readDelegatedRanges } from '@sysbox-mgr-ts/host-guard';
 import type { StateStore } from '@sysbox-mgr-ts/kv-state';
 import { REMOVE } from '@sysbox-mgr-ts/kv-state';
 import type { Logger, ServiceClient } from '@sysbox-mgr-ts/service-kit';
@@ -129,6 +130,11 @@ export interface ManagerDeps {
   timeouts: { opMs: number; longOpMs: number };
   clock: () => Date;
   log: Logger;
+  /**
+   * What service replies are checked against before sysbox-runc sees them: volume mounts must be
+   * vol-mgr's dirs under the data root, subid ranges must be delegated in the subid files.
+   */
+  replyChecks: { dataRoot: string; subuidFile: string; subgidFile: string };
   /** Told when a container's removal watch starts (a path) or ends (undefined). */
   onWatch?: (id: string, path: string | undefined) => void;
 }
@@ -218,6 +224,28 @@ export function createManager(deps: ManagerDeps): Manager {
     }
   }
 
+  /** A service that answers with a host path or ids of its choosing must not reach sysbox-runc. */
+  function checkVolumeMounts(id: string, kind: VolumeKind, mounts: OciMount[]): OciMount[] {
+    const expected = posix.join(deps.replyChecks.dataRoot, VOLUME_LAYOUT[kind].hostDir, id);
+    for (const m of mounts) {
+      if (m.source !== expected) {
+        log.error({ id, kind, source: m.source, expected }, 'vol-mgr answered a mount source outside its volume dir: refused');
+        throw new SysboxError('internal', `container ${id}: the ${kind} volume's mount source ${m.source} is not ${expected}: refused`);
+      }
+    }
+    return mounts;
+  }
+
+  async function checkSubids(id: string, r: { uid: number; gid: number; size: number }): Promise<void> {
+    const { subuidFile, subgidFile } = deps.replyChecks;
+    try {
+      assertIdsDelegated({ uid: r.uid, gid: r.gid, count: r.size }, await readDelegatedRanges(subuidFile, subgidFile), `container ${id}: subid allocation`);
+    } catch (err) {
+      log.error({ id, reply: r, err }, 'subid-allocator answered a range that is not delegated: refused');
+      throw new SysboxError('internal', (err as Error).message, { cause: err });
+    }
+  }
+
   async function mustGet(id: string, notFound: string): Promise<ContainerRecord> {
     const rec = (await containers.get(id))?.value;
     if (!rec) throw new SysboxError('not-found', notFound);
@@ -250,8 +278,9 @@ export function createManager(deps: ManagerDeps): Manager {
     const { volumes } = await call(rec.id, `listing the ${kind} volume`, volList, { kind });
     const vol = volumes.find((v) => v.id === rec.id && v.mountpoint === dest);
     if (!vol) return undefined;
+    const [mount] = checkVolumeMounts(rec.id, kind, [{ source: vol.path, destination: dest, type: 'bind', options: ['rbind', 'rprivate'] }]);
     log.info({ id: rec.id, kind, path: vol.path }, 'adopted a volume created by an earlier, unanswered ReqMounts');
-    return { source: vol.path, destination: dest, type: 'bind', options: ['rbind', 'rprivate'] };
+    return mount;
   }
 
   function firstMapping(rec: ContainerRecord, what: string): { uid: number; gid: number } {
@@ -533,6 +562,7 @@ export function createManager(deps: ManagerDeps): Manager {
         // Kept across restarts: a restarted container gets its earlier range back.
         if (!rec.subidAllocated) {
           const r = await call(id, 'subid allocation', subidAlloc, { id, size });
+          await checkSubids(id, r);
           rec.uidMappings = [...rec.uidMappings, { containerId: 0, hostId: r.uid, size: r.size }];
           rec.gidMappings = [...rec.gidMappings, { containerId: 0, hostId: r.gid, size: r.size }];
           rec.subidAllocated = true;
@@ -614,7 +644,8 @@ export function createManager(deps: ManagerDeps): Manager {
           for (const { kind, dest } of requests) {
             const create = { id, rootfs: rec.rootfs, mountpoint: dest, uid: owner.uid, gid: owner.gid, chownOnSync, perm: VOLUME_LAYOUT[kind].perm };
             try {
-              mounts.push(...(await call(id, `failed to setup mounts backing ${dest}`, volByKind[kind].create, create, true)).mounts);
+              const created = await call(id, `failed to setup mounts backing ${dest}`, volByKind[kind].create, create, true);
+              mounts.push(...checkVolumeMounts(id, kind, created.mounts));
             } catch (err) {
               const adopted = isSysboxError(err, 'already-exists') && unanswered.has(kind) ? await adoptVolume(rec, kind, dest) : undefined;
               if (!adopted) throw err;

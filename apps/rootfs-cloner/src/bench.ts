@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { summarize, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
+import { createHostGuard } from '@sysbox-mgr-ts/host-guard';
 import { shift } from '@sysbox-mgr-ts/id-shift';
 import { rootfsService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
@@ -65,6 +66,8 @@ async function main(): Promise<void> {
   await remountRootfs();
 
   const kv = await openBucket(nc, rootfsService.bucket);
+  // The bench's own delegation, so it runs on hosts whose /etc/subuid does not hold OFFSET.
+  await writeFile(join(base, 'subid'), `bench:${OFFSET}:65536\n`);
   const cloner = createCloner({
     dataRoot: join(base, 'data'),
     clones: createStateStore(kv, { node: 'bench', namespace: 'clone', schema: CloneRecord }),
@@ -75,6 +78,7 @@ async function main(): Promise<void> {
     pageSize: 4096,
     shiftTimeoutMs: TIMEOUT,
     readMounts: () => readMountInfo(),
+    guard: createHostGuard({ dataRoot: join(base, 'data'), allowedRootfsRoots: [base], subuidFile: join(base, 'subid'), subgidFile: join(base, 'subid') }),
   });
 
   const createMs: number[] = [];

@@ -4,7 +4,7 @@
  * metadata only. Every clone and upper-dir shift is recorded in KV before the host is touched,
  * so a restarted daemon (or a rebooted host) finds and re-establishes them.
  */
-import { access, mkdir, rm, rmdir, stat } from 'node:fs/promises';
+import { access, mkdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import {
@@ -15,8 +15,9 @@ import {
   type rootfsCreateClone,
   type rootfsRemoveAll,
 } from '@sysbox-mgr-ts/contracts';
+import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
-import { mountsAt, mountsUnder, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
+import { mountsAt, mountsUnder, overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
 import type { Mounter } from './mounter.js';
 import { planClone } from './overlay-plan.js';
@@ -75,6 +76,8 @@ export interface ClonerDeps {
   pageSize: number;
   shiftTimeoutMs: number;
   readMounts: () => Promise<MountEntry[]>;
+  /** Rootfs roots and delegated ids: checked on requests and again on records read back from KV. */
+  guard: HostGuard;
   now?: () => Date;
 }
 
@@ -116,10 +119,63 @@ export function createCloner(deps: ClonerDeps): Cloner {
     return next;
   };
 
+  /** Where a container's clone lives: derived from the id alone, never read from a record. */
+  const cloneDirsOf = (id: string) => {
+    const cloneDir = join(deps.dataRoot, CLONER_DIR, id);
+    if (dirname(cloneDir) !== join(deps.dataRoot, CLONER_DIR)) throw new SysboxError('invalid-request', `container id ${id} is not a single path token`);
+    return {
+      cloneDir,
+      mergedDir: join(cloneDir, 'overlay2', 'merged'),
+      diffDir: join(cloneDir, 'overlay2', 'diff'),
+      workDir: join(cloneDir, 'overlay2', 'work'),
+    };
+  };
+
+  /**
+   * KV can be written by others: a record is used only when its clone dirs (and the upper and
+   * work dirs its mount options name) are the derived ones, so a forged record cannot make us
+   * rm -rf, unmount or mount over a path of its choosing.
+   */
+  const checkRecord = (id: string, rec: CloneRecord): CloneRecord => {
+    const want = { id, ...cloneDirsOf(id) };
+    const opts = overlayOptions(rec.mountOptions.split(/(?<!\\),/));
+    const unescaped = (v: string | undefined) => v?.replace(/\\(.)/g, '$1');
+    const got = { id: rec.id, cloneDir: rec.cloneDir, mergedDir: rec.mergedDir, diffDir: rec.diffDir, workDir: rec.workDir };
+    const bad = Object.entries(want).filter(([k, v]) => got[k as keyof typeof got] !== v);
+    if (unescaped(opts.upperDir) !== want.diffDir) bad.push(['upperdir', want.diffDir]);
+    if (unescaped(opts.workDir) !== want.workDir) bad.push(['workdir', want.workDir]);
+    if (bad.length > 0) {
+      log.error({ id, record: rec, mismatched: bad.map(([k]) => k) }, 'clone record does not match the dirs derived from its id: refused');
+      throw new SysboxError('internal', `record of clone ${id} names foreign paths (${bad.map(([k, v]) => `${k} should be ${v}`).join(', ')}): refusing to use it`);
+    }
+    return rec;
+  };
+
+  /** The runtime's dirs a record names (we bind over them, unmount them, mount its layers): allowed roots only. */
+  const checkRecordedRuntimeDirs = async (rec: CloneRecord): Promise<void> => {
+    const named = [
+      [rec.origRootfs, 'rootfs'],
+      [rec.origUpperDir, 'upper dir'],
+      [rec.origWorkDir, 'work dir'],
+      ...rec.lowerDirs.map((d) => [d, 'lower dir'] as const),
+    ] as const;
+    for (const [path, what] of named) {
+      if (await exists(path)) await deps.guard.allowedRootfs(path, `recorded ${what} of clone ${rec.id}`);
+    }
+  };
+
+  /** Positive offsets into a delegated range; undoing one is revert-chown's job, from the record. */
+  const checkOffsets = async (uidOffset: number, gidOffset: number, what: string): Promise<void> => {
+    if (uidOffset < 0 || gidOffset < 0) {
+      throw new SysboxError('invalid-request', `${what}: negative offset ${uidOffset}:${gidOffset} is refused; only a revert undoes a recorded shift`);
+    }
+    await deps.guard.idsDelegated({ uid: uidOffset, gid: gidOffset }, what);
+  };
+
   const mustGet = async (id: string): Promise<CloneRecord> => {
     const rec = await deps.clones.get(id);
     if (!rec) throw new SysboxError('not-found', `no rootfs clone for container ${id}`);
-    return rec.value;
+    return checkRecord(id, rec.value);
   };
 
   const update = (id: string, patch: Partial<CloneRecord>) =>
@@ -222,16 +278,19 @@ export function createCloner(deps: ClonerDeps): Cloner {
     }
   };
 
-  const createClone = async (id: string, origRootfs: string): Promise<CreateReply> => {
+  const createClone = async (id: string, requestedRootfs: string): Promise<CreateReply> => {
+    const { cloneDir, ...dirs } = cloneDirsOf(id);
+    const origRootfs = await realpath(requestedRootfs).catch(() => {
+      throw new SysboxError('invalid-request', `rootfs ${requestedRootfs} does not exist`);
+    });
     const orig = topMountAt(await deps.readMounts(), origRootfs);
-    if (!orig) throw new SysboxError('unsupported', `rootfs cloning needs an overlayfs mount; ${origRootfs} is not a mount point`);
-    const cloneDir = join(deps.dataRoot, CLONER_DIR, id);
-    const dirs = {
-      mergedDir: join(cloneDir, 'overlay2', 'merged'),
-      diffDir: join(cloneDir, 'overlay2', 'diff'),
-      workDir: join(cloneDir, 'overlay2', 'work'),
-    };
+    if (!orig) throw new SysboxError('unsupported', `rootfs cloning needs an overlayfs mount; ${requestedRootfs} is not a mount point`);
     const plan = planClone(orig, dirs, deps.pageSize);
+    // We bind over the rootfs and its upper and work dirs and mount its layers: all must be a runtime's.
+    await deps.guard.allowedRootfs(origRootfs, `rootfs of ${id}`);
+    for (const [path, what] of [[plan.origUpperDir, 'upper dir'], [plan.origWorkDir, 'work dir'], ...plan.lowerDirs.map((d) => [d, 'lower dir'])] as const) {
+      await deps.guard.allowedRootfs(path, `overlay ${what} of the rootfs of ${id}`);
+    }
     const rec: CloneRecord = {
       id,
       origRootfs,
@@ -269,6 +328,7 @@ export function createCloner(deps: ClonerDeps): Cloner {
 
   const removeClone = async (id: string): Promise<void> => {
     const rec = await mustGet(id);
+    await checkRecordedRuntimeDirs(rec);
     await teardown(rec);
     // The runtime may be unable to remove its rootfs dir while our mounts sat on it; the container
     // is gone by now, so clear whatever is left there. Best effort, as upstream.
@@ -288,6 +348,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
       );
     }
     if (rec.pending) throw new SysboxError('failed-precondition', `clone of ${id} has an unfinished ${rec.pending}`);
+    await checkOffsets(uidOffset, gidOffset, `chown of clone ${id}`);
+    await checkRecordedRuntimeDirs(rec);
     await update(id, { pending: 'chown', uidOffset, gidOffset });
     await shiftClone(rec, uidOffset, gidOffset);
     await update(id, { pending: undefined, chowned: true });
@@ -296,6 +358,9 @@ export function createCloner(deps: ClonerDeps): Cloner {
   const revertChown = async (id: string): Promise<void> => {
     const rec = await mustGet(id);
     if (!rec.chowned) return;
+    // The inverse of a shift we recorded, and only of one that a request could have made.
+    await checkOffsets(rec.uidOffset, rec.gidOffset, `recorded chown of clone ${id}`);
+    await checkRecordedRuntimeDirs(rec);
     await update(id, { pending: 'revert' });
     await shiftClone(rec, -rec.uidOffset, -rec.gidOffset);
     await update(id, { pending: undefined, chowned: false });
@@ -304,6 +369,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
   const reconcileOne = async (
     rec: CloneRecord,
   ): Promise<{ outcome: 'adopted' | 'reestablished' } | { outcome: 'dropped'; reason: string }> => {
+    checkRecord(rec.id, rec);
+    await checkRecordedRuntimeDirs(rec);
     if (rec.pending === 'create') {
       await teardown(rec);
       await deps.clones.delete(rec.id);
@@ -378,6 +445,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
           throw new SysboxError('already-exists', `upper dir of ${id} is already shifted (${cur.value.upperDir})`);
         }
         if (!(await exists(upperDir))) throw new SysboxError('invalid-request', `upper dir ${upperDir} does not exist`);
+        await checkOffsets(uidOffset, gidOffset, `shift of the upper dir of ${id}`);
+        upperDir = await deps.guard.allowedRootfs(upperDir, `upper dir of ${id}`);
         if (alreadyShifted) {
           await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: true }));
           return;
@@ -392,6 +461,9 @@ export function createCloner(deps: ClonerDeps): Cloner {
         const cur = await deps.uppers.get(id);
         if (!cur) return;
         if (cur.value.shifted) {
+          // The inverse of a shift we recorded, and only of one that a request could have made.
+          await checkOffsets(cur.value.uidOffset, cur.value.gidOffset, `recorded shift of the upper dir of ${id}`);
+          if (await exists(cur.value.upperDir)) await deps.guard.allowedRootfs(cur.value.upperDir, `recorded upper dir of ${id}`);
           await deps.uppers.mutate(id, (c) => (c ? { ...c, pending: 'revert' } : undefined));
           if (await exists(cur.value.upperDir)) await runShift(cur.value.upperDir, -cur.value.uidOffset, -cur.value.gidOffset);
         }

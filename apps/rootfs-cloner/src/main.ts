@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { rootfsService } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec';
+import { createHostGuard, hostGuardOptions } from '@sysbox-mgr-ts/host-guard';
 import { shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
@@ -17,6 +18,7 @@ await runDaemon({
   version: packageVersion(import.meta.url),
   about: 'overlayfs metacopy clones of container rootfs: create, chown, revert, remove',
   options: {
+    ...hostGuardOptions,
     cleanupOnStop: boolOption('cleanup-on-stop', 'SYSBOX_ROOTFS_CLEANUP_ON_STOP', 'remove every clone when the daemon stops (upstream behaviour)'),
     mountTimeoutMs: option({
       flag: 'mount-timeout-ms',
@@ -44,6 +46,7 @@ await runDaemon({
       pageSize,
       shiftTimeoutMs: config.shiftTimeoutMs,
       readMounts: () => readMountInfo(),
+      guard: createHostGuard(config),
     });
     const report = await cloner.reconcile();
     log.info(

@@ -5,7 +5,18 @@
 import { chmod, chown, lchown, link, lstat, mkdir, readdir, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '@sysbox-mgr-ts/exec';
+import { createHostGuard, type HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+
+/**
+ * A guard with its own delegation (16 ranges of 65536 ids from `firstId`) and `base` as the only
+ * rootfs root, so the tests never depend on the host's /etc/subuid.
+ */
+export async function testGuard(base: string, dataRoot: string, firstId = 165536): Promise<HostGuard> {
+  const subid = join(base, 'subid');
+  await writeFile(subid, `sysbox:${firstId}:${16 * 65536}\n`);
+  return createHostGuard({ dataRoot, allowedRootfsRoots: [base], subuidFile: subid, subgidFile: subid });
+}
 
 export interface RuntimeRootfs {
   snapshots: string;

@@ -16,7 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
 import { createMounter } from './mounter.js';
 import { shift } from '@sysbox-mgr-ts/id-shift';
-import { buildRuntimeRootfs, unmountAllUnder } from './rootfs-fixture.test-util.js';
+import { buildRuntimeRootfs, testGuard, unmountAllUnder } from './rootfs-fixture.test-util.js';
 import { createBindings } from './service.js';
 
 const OFFSET = 165536;
@@ -61,6 +61,7 @@ describe('rootfs service over NATS', () => {
       pageSize: 4096,
       shiftTimeoutMs: 20_000,
       readMounts: () => readMountInfo(),
+      guard: await testGuard(base, join(base, 'data')),
     });
     const svc = serve({ nc, service: rootfsService, node: 'svc', version: '0', log: silent, bindings: createBindings(cloner) });
     try {
@@ -87,12 +88,15 @@ describe('rootfs service over NATS', () => {
   it('a daemon killed with SIGKILL between create-clone and chown-clone loses nothing', async () => {
     base = await mkdtemp(join(tmpdir(), 'rfc-kill-'));
     const fx = await buildRuntimeRootfs(join(base, 'runtime'));
+    await testGuard(base, join(base, 'data'));
     const appDir = resolve(import.meta.dirname, '..');
     const start = () =>
       // node with tsx's loader, not the tsx CLI: SIGKILL must hit the daemon itself, not a wrapper.
       startProcess(process.execPath, ['--conditions=@sysbox-mgr-ts/source', '--import', 'tsx', 'src/main.ts'], {
         cwd: appDir,
-        env: { NATS_URL: ns.url, NATS_CREDS: ns.credentials('rootfs-cloner'), SYSBOX_NODE: 'kill', SYSBOX_DATA_ROOT: join(base, 'data'), LOG_LEVEL: 'warn' },
+        env: { NATS_URL: ns.url, NATS_CREDS: ns.credentials('rootfs-cloner'), SYSBOX_NODE: 'kill', SYSBOX_DATA_ROOT: join(base, 'data'), LOG_LEVEL: 'warn',
+          // The test's own rootfs root and delegation (testGuard wrote the file), not the host's.
+          SYSBOX_ALLOWED_ROOTFS_ROOTS: base, SYSBOX_SUBUID_FILE: join(base, 'subid'), SYSBOX_SUBGID_FILE: join(base, 'subid') },
         output: { file: join(base, 'daemon.log') },
       });
     const client = createServiceClient(nc, { node: 'kill', timeoutMs: 20_000 });

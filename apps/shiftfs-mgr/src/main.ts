@@ -24,6 +24,7 @@ await runDaemon({
       mounter: createShiftfsMounter(log),
       readMounts: () => readMountInfo(),
       workDir: join(config.dataRoot, 'shiftfs'),
+      dataRoot: config.dataRoot,
       probe,
       log,
     });

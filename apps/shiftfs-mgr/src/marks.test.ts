@@ -51,6 +51,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
       mounter: kernel.mounter,
       readMounts: kernel.readMounts,
       workDir,
+      dataRoot: join(dir, 'data'),
       probe: SUPPORTED,
       log: captureLogger().log,
       ...overrides,
@@ -150,6 +151,29 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     });
     expect(kernel.markCalls).toEqual([]);
     expect(await marks.list()).toEqual([]);
+  });
+
+  it('refuses system dirs and the data root as sources, also through a symlink, and changes nothing', async () => {
+    const marks = await open();
+    await symlink('/etc', join(dir, 'etc-link'));
+    for (const source of ['/etc', '/usr/lib', '/', join(dir, 'etc-link'), dir, join(dir, 'data')]) {
+      await mkdir(join(dir, 'data'), { recursive: true });
+      await expect(marks.mark('c1', [rw(srcA), rw(source)], true), source).rejects.toMatchObject({ code: 'invalid-request' });
+    }
+    expect(kernel.markCalls).toEqual([]);
+    expect(await marks.list()).toEqual([]);
+  });
+
+  it('never unmounts the markpoint a forged record names', async () => {
+    const marks = await open();
+    const store = await openMarkStore(nc, { node, bucket: 'sysbox-shiftfs-test' });
+    const since = new Date().toISOString();
+    await store.create(markKey(srcA), {
+      source: srcA, markpoint: '/etc', createdMarkpoint: true, holders: ['c1'], state: 'mounted', markedAt: since, since, claimId: 'forged',
+    });
+    await expect(marks.unmark('c1', [rw('/etc')])).rejects.toMatchObject({ code: 'internal', message: expect.stringContaining('/etc') });
+    expect(kernel.unmountCalls).toEqual([]);
+    await store.delete(markKey(srcA));
   });
 
   it('a mark that fails half way drops the holds it took: nothing stays mounted or recorded', async () => {

@@ -13,7 +13,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { chmod, mkdir, readdir, realpath, rmdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   SysboxError,
   type MarkInfo,
@@ -21,6 +21,7 @@ import {
   type ShiftfsMount,
   type shiftfsUnmarkAll,
 } from '@sysbox-mgr-ts/contracts';
+import { assertNotSystemDir } from '@sysbox-mgr-ts/host-guard';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
@@ -38,6 +39,8 @@ export interface ShiftfsMarksDeps {
   readMounts: () => Promise<MountEntry[]>;
   /** `<data-root>/shiftfs`: parent of the uuid markpoints. */
   workDir: string;
+  /** Sources may not be it or hold it (nor be a system dir). */
+  dataRoot: string;
   probe: ShiftfsProbe;
   log: Logger;
   now?: () => number;
@@ -130,8 +133,22 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     return listed?.key;
   }
 
+  /**
+   * KV can be written by others: a record's markpoint is only unmounted or removed when it is
+   * one we make (a dir right under the work dir) or the source itself, as a mark without a
+   * markpoint has it.
+   */
+  function checkMarkpoint(rec: MarkRecord, log: Logger): void {
+    const ours = rec.createdMarkpoint ? dirname(rec.markpoint) === workDir : rec.markpoint === rec.source;
+    if (!ours) {
+      log.error({ record: rec, workDir }, 'mark record names a markpoint we never make: refused');
+      throw new SysboxError('internal', `mark record of ${rec.source} names markpoint ${rec.markpoint}, which is not ours: refusing to unmount it`);
+    }
+  }
+
   /** Unmounts (if still mounted), removes a uuid markpoint, then the record; it must be `unmounting`. */
   async function teardown(key: string, rec: MarkRecord, log: Logger): Promise<void> {
+    checkMarkpoint(rec, log);
     if (hasShiftfsAt(await readMounts(), rec.markpoint)) await mounter.unmount(rec.markpoint);
     if (rec.createdMarkpoint) await removeMarkpointDir(rec.markpoint);
     await store.mutate(key, (cur) =>
@@ -285,13 +302,15 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
   async function resolveSources(mounts: readonly ShiftfsMount[]): Promise<string[]> {
     return Promise.all(
       mounts.map(async ({ source }) => {
+        let real: string;
         try {
-          const real = await realpath(source);
+          real = await realpath(source);
           if (!(await stat(real)).isDirectory()) throw new Error('not a directory');
-          return real;
         } catch (err) {
           throw new SysboxError('invalid-request', `mark: source ${source} is not a directory: ${(err as Error).message}`);
         }
+        // A shiftfs mark on a host dir lets a container's root write it as host root.
+        return assertNotSystemDir(real, { dataRoot: deps.dataRoot, what: 'mark source' });
       }),
     );
   }

@@ -65,6 +65,7 @@ describe('shiftfs on the real kernel', () => {
         mounter: createShiftfsMounter(log),
         readMounts: () => readMountInfo(),
         workDir: join(dir, 'data', 'shiftfs'),
+        dataRoot: join(dir, 'data'),
         probe: await probeShiftfs({ modprobe: true, log }),
         log,
       });

@@ -29,6 +29,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
       mounter: kernel.mounter,
       readMounts: kernel.readMounts,
       workDir: join(dir, node, 'shiftfs'),
+      dataRoot: join(dir, node),
       probe,
       log,
     });

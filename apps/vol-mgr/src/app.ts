@@ -4,6 +4,7 @@
  */
 import type { NatsConnection } from '@nats-io/nats-core';
 import { VOLUME_KINDS, volService, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import { createHostGuard } from '@sysbox-mgr-ts/host-guard';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { serve } from '@sysbox-mgr-ts/service-kit';
@@ -22,6 +23,11 @@ export interface VolAppConfig {
   removeOrphans: boolean;
   cleanupOnStop: boolean;
   stopGraceMs: number;
+  /** Dirs a volume's source rootfs must lie below (the data root is added). */
+  allowedRootfsRoots: readonly string[];
+  /** Volume owners and prep ids must lie in the ranges these files delegate. */
+  subuidFile: string;
+  subgidFile: string;
 }
 
 export interface VolAppDeps {
@@ -40,6 +46,7 @@ export interface VolApp {
 
 export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promise<VolApp> {
   const { nc, log } = deps;
+  const guard = createHostGuard(config);
   const kv = await openBucket(nc, volService.bucket, { replicas: config.kvReplicas, description: 'volumes and mount preps' });
   const volumes = Object.fromEntries(
     VOLUME_KINDS.map((kind) => [
@@ -51,6 +58,7 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
         scanIds: (root) => deps.idShift.scanIds(root),
         readMounts: () => readMountInfo(),
         log,
+        guard,
         sync: config.sync,
         syncTimeoutMs: config.syncTimeoutMs,
         rsyncExtraArgs: deps.rsyncExtraArgs,
@@ -60,7 +68,7 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
   const prep = createMountPrep({
     store: createStateStore(kv, { node: config.node, namespace: 'prep', schema: PrepRecordSchema }),
     shifter: deps.idShift,
-    dataRoot: config.dataRoot,
+    guard,
     log,
   });
   const reconciled: ReconcileReport[] = [];

@@ -48,8 +48,11 @@ try {
   const rootfs = join(base, 'rootfs');
   const entries = await buildTree(rootfs);
   const dataRoot = join(base, 'data');
+  // The bench's own delegation, so it runs on hosts whose /etc/subuid does not hold OFFSET.
+  await writeFile(join(base, 'subid'), `bench:${OFFSET}:65536\n`);
+  const delegation = { allowedRootfsRoots: [base], subuidFile: join(base, 'subid'), subgidFile: join(base, 'subid') };
   const app = await startVolApp(
-    { node: 'bench', dataRoot, kvReplicas: 1, sync: true, syncTimeoutMs: TIMEOUT, removeOrphans: false, cleanupOnStop: false, stopGraceMs: 0 },
+    { node: 'bench', dataRoot, kvReplicas: 1, sync: true, syncTimeoutMs: TIMEOUT, removeOrphans: false, cleanupOnStop: false, stopGraceMs: 0, ...delegation },
     { nc, log, version: '0', idShift: { shift, scanIds, needsShift } },
   );
   const client = createServiceClient(nc, { node: 'bench', timeoutMs: TIMEOUT });

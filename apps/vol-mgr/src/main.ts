@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
+import { hostGuardOptions } from '@sysbox-mgr-ts/host-guard';
 import { boolOption, option, packageVersion, runDaemon } from '@sysbox-mgr-ts/service-kit';
 import { startVolApp } from './app.js';
 
@@ -9,6 +10,7 @@ await runDaemon({
   version: packageVersion(import.meta.url),
   about: 'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation, served over NATS',
   options: {
+    ...hostGuardOptions,
     sync: boolOption('sync', 'SYSBOX_VOL_SYNC', 'copy rootfs content into volumes on create and back on sync-out (--no-sync: upstream disable-inner-image-preload)', true),
     syncTimeoutMs: option({
       flag: 'sync-timeout-ms',

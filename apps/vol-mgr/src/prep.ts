@@ -5,13 +5,13 @@
  * and two containers never shift the same tree twice.
  */
 import { createHash } from 'node:crypto';
-import { realpath, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { PrepInfo, SysboxError, type VolPrepRequest } from '@sysbox-mgr-ts/contracts';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import type { Logger } from 'pino';
 import type { z } from 'zod';
 import { createKeyedLock } from './keyed-lock.js';
-import { isUnder } from './paths.js';
 
 export type PrepRecord = z.infer<typeof PrepInfo>;
 export const PrepRecordSchema = PrepInfo;
@@ -25,8 +25,8 @@ export interface IdShifter {
 export interface PrepDeps {
   store: StateStore<PrepRecord>;
   shifter: IdShifter;
-  /** Sources at or above this path are refused: shifting them would chown our own state. */
-  dataRoot: string;
+  /** System dirs, the data root and its parents are never sources; prep ids must be subordinate. */
+  guard: HostGuard;
   log: Logger;
 }
 
@@ -44,18 +44,7 @@ export function prepKey(source: string): string {
 export function createMountPrep(deps: PrepDeps): MountPrep {
   const locked = createKeyedLock();
 
-  const resolveSource = async (source: string): Promise<string> => {
-    let real: string;
-    try {
-      real = await realpath(source);
-    } catch {
-      throw new SysboxError('not-found', `mount source ${source} does not exist`);
-    }
-    if (real === '/' || isUnder(real, deps.dataRoot)) {
-      throw new SysboxError('invalid-request', `mount source ${source} holds the data root ${deps.dataRoot}: refusing to shift it`);
-    }
-    return real;
-  };
+  const resolveSource = (source: string): Promise<string> => deps.guard.notSystemDir(source, 'mount source');
 
   const prepOne = async (id: string, uid: number, gid: number, source: string, exclusive: boolean, log: Logger): Promise<boolean> =>
     locked(source, async () => {
@@ -110,6 +99,16 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
         return REMOVE;
       });
       if (!shiftBack || (shiftBack.uidOffset === 0 && shiftBack.gidOffset === 0)) return false;
+      // The record comes from KV, which others can write: the source it shifts back is checked like
+      // a request's, and was stored as its realpath, so it must still resolve to itself.
+      const real = await resolveSource(rec.source).catch((err: unknown) => {
+        log.error({ err, record: shiftBack }, 'prep record names a source that is refused: not shifted back');
+        throw err;
+      });
+      if (real !== rec.source || shiftBack.source !== rec.source) {
+        log.error({ record: shiftBack, resolved: real }, 'prep record does not match its source: not shifted back');
+        throw new SysboxError('invalid-request', `recorded mount source ${shiftBack.source} resolves to ${real}, not ${rec.source}: not shifted back`);
+      }
       const r = await deps.shifter.shift(rec.source, -shiftBack.uidOffset, -shiftBack.gidOffset, { logger: log });
       log.info({ source: rec.source, container: id, ...r }, 'mount source shifted back');
       return true;
@@ -119,6 +118,7 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
 
   return {
     async prep(req, log = deps.log) {
+      await deps.guard.idsDelegated({ uid: req.uid, gid: req.gid }, `prep for ${req.id}`);
       const sources: { source: string; exclusive: boolean }[] = [];
       for (const s of req.sources) sources.push({ source: await resolveSource(s.source), exclusive: s.exclusive });
       const prepared: string[] = [];

@@ -7,12 +7,14 @@ import { link, lstat, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile, cho
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { VOLUME_KINDS, VOLUME_LAYOUT, SysboxError, volByKind, volList, volPrep, volRevertPrep } from '@sysbox-mgr-ts/contracts';
+import { VOLUME_KINDS, VOLUME_LAYOUT, SysboxError, volByKind, volList, volPrep, volRevertPrep, volService } from '@sysbox-mgr-ts/contracts';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startVolApp, type VolApp, type VolAppConfig } from './app.js';
+import { VolumeRecord } from './volumes.js';
 import { makeOverlayRootfs, snapshotTree, type OverlayRootfs } from './testing/tree.js';
 
 const OFFSET = 165536;
@@ -96,6 +98,10 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     removeOrphans: false,
     cleanupOnStop: false,
     stopGraceMs: 1000,
+    // The suite's own delegation and rootfs root, never the host's /etc/subuid.
+    allowedRootfsRoots: [base],
+    subuidFile: join(base, 'subid'),
+    subgidFile: join(base, 'subid'),
     ...over,
   });
   const start = async (over: Partial<VolAppConfig> = {}, rsyncExtraArgs?: string[]): Promise<VolApp> => {
@@ -112,6 +118,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     ns = await startNatsServer({ jetstream: true });
     nc = await ns.connect();
     base = await mkdtemp(join(tmpdir(), 'volmgr-it-'));
+    await writeFile(join(base, 'subid'), `sysbox:${OFFSET}:${16 * 65536}\n`);
   });
   beforeEach(async () => {
     testNo++;
@@ -129,7 +136,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   });
 
   it('creates with chownOnSync, survives a restart, syncs out into the overlay upper dir shifted back, destroys', async () => {
-    const rootfs = await makeOverlayRootfs('volmgr-ovl-', fillDockerStore);
+    const rootfs = await makeOverlayRootfs('volmgr-ovl-', fillDockerStore, base);
     rootfses.push(rootfs);
     const first = await start();
     const docker = volByKind.docker;
@@ -191,9 +198,10 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     for (const kind of VOLUME_KINDS) {
       const { hostDir, perm, mountpoint } = VOLUME_LAYOUT[kind];
       expect((await stat(join(data, hostDir))).mode & 0o7777, kind).toBe(perm);
-      const r = await client.call(volByKind[kind].create, { id: `k-${kind}`, rootfs: plainRootfs, mountpoint, uid: 1234, gid: 5678, chownOnSync: false });
+      const [uid, gid] = [OFFSET + 65536, OFFSET + 2 * 65536];
+      const r = await client.call(volByKind[kind].create, { id: `k-${kind}`, rootfs: plainRootfs, mountpoint, uid, gid, chownOnSync: false });
       const st = await stat(r.mounts[0]!.source);
-      expect([r.mounts[0]!.source, st.mode & 0o7777, st.uid, st.gid]).toEqual([join(data, hostDir, `k-${kind}`), perm, 1234, 5678]);
+      expect([r.mounts[0]!.source, st.mode & 0o7777, st.uid, st.gid]).toEqual([join(data, hostDir, `k-${kind}`), perm, uid, gid]);
     }
     for (const kind of VOLUME_KINDS) {
       const r = await client.call(volByKind[kind].syncOutAndDestroyAll, {});
@@ -205,7 +213,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   it('on start drops volumes whose dir vanished and reports orphan dirs, removing them only when asked', async () => {
     const app = await start();
     const plainRootfs = await mkdtemp(join(base, 'plain-'));
-    const mk = (id: string) => client.call(volByKind.kubelet.create, { id, rootfs: plainRootfs, mountpoint: '/var/lib/kubelet', uid: 1, gid: 1, chownOnSync: false });
+    const mk = (id: string) => client.call(volByKind.kubelet.create, { id, rootfs: plainRootfs, mountpoint: '/var/lib/kubelet', uid: OFFSET, gid: OFFSET, chownOnSync: false });
     await mk('keep');
     await mk('gone');
     await rm(join(data, 'kubelet/gone'), { recursive: true });
@@ -231,7 +239,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   it('ends a sync-out promptly and without error when the target is removed mid-copy; bounds every copy in time', async () => {
     const rootfs = await makeOverlayRootfs('volmgr-ovl-', async (lower) => {
       await mkdir(join(lower, 'var/lib'), { recursive: true });
-    });
+    }, base);
     rootfses.push(rootfs);
     // 1 MB/s: the 8 MB file below would take 8 s to copy.
     await start({ syncTimeoutMs: 2500 }, ['--bwlimit=1000']);
@@ -325,5 +333,75 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     expect(await snapshotTree(src)).toEqual(original);
     expect((await stat(owned)).uid).toBe(OFFSET);
     expect((await client.call(volList, {})).preps).toEqual([]);
+  });
+
+  it('refuses preps and creates that would turn it against the host, and changes nothing', async () => {
+    await start();
+    const docker = volByKind.docker;
+    // A root-owned tree with setuid and private modes: what a host dir looks like.
+    const decoy = await mkdtemp(join(base, 'decoy-'));
+    await mkdir(join(decoy, 'ssh'), { mode: 0o700 });
+    await writeFile(join(decoy, 'ssh/key'), 'secret', { mode: 0o600 });
+    await writeFile(join(decoy, 'tool'), '#!/bin/sh\n');
+    await chmod(join(decoy, 'tool'), 0o4755);
+    const decoySnapshot = await snapshotTree(decoy);
+    const outside = await mkdtemp(join(tmpdir(), 'volmgr-not-a-rootfs-'));
+    try {
+      await mkdir(join(outside, 'var/lib/docker'), { recursive: true });
+      const before = await listAll(base);
+      for (const ids of [{ uid: 0, gid: 0 }, { uid: 1000, gid: 1000 }, { uid: OFFSET, gid: 0 }, { uid: OFFSET + 15 * 65536 + 1, gid: OFFSET }]) {
+        await expectCode(client.call(volPrep, { id: 'h1', ...ids, sources: [{ source: decoy, exclusive: false }] }), 'invalid-request');
+      }
+      for (const source of ['/etc', '/usr', '/lib', '/proc/self']) {
+        await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source, exclusive: false }] }), 'invalid-request');
+      }
+      const good = { mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true };
+      await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: outside }), 'invalid-request');
+      await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: '/etc' }), 'invalid-request');
+      await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: decoy, uid: 1000, gid: 1000 }), 'invalid-request');
+      await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: decoy, uid: 0, gid: 0 }), 'invalid-request');
+      expect(await snapshotTree(decoy)).toEqual(decoySnapshot);
+      expect(await listAll(base)).toEqual(before);
+      expect(await client.call(volList, {})).toEqual({ volumes: [], preps: [] });
+      // A root-owned volume without a sync shift is upstream's volume for an ID-mapped rootfs.
+      await client.call(docker.create, { ...good, id: 'idmapped', rootfs: decoy, uid: 0, gid: 0, chownOnSync: false });
+      await client.call(docker.destroy, { id: 'idmapped' });
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
+  });
+
+  it('never takes a path from a forged KV record: destroy, sync-out and list use the derived ones', async () => {
+    await start();
+    const docker = volByKind.docker;
+    const decoy = await mkdtemp(join(base, 'decoy-'));
+    await writeFile(join(decoy, 'keep'), 'host data');
+    const outside = await mkdtemp(join(tmpdir(), 'volmgr-outside-'));
+    try {
+      const rootfs = await mkdtemp(join(base, 'rootfs-'));
+      const store = createStateStore(await openBucket(nc, volService.bucket), { node: `t${testNo}`, namespace: 'docker', schema: VolumeRecord });
+      const record = (id: string, over: Partial<VolumeRecord>): VolumeRecord => ({
+        kind: 'docker', id, path: join(data, 'docker', id), rootfs, mountpoint: '/var/lib/docker', syncOutBase: rootfs,
+        uid: OFFSET, gid: OFFSET, chownOnSync: false, perm: 0o700, createdAt: new Date().toISOString(), state: 'ready', ...over,
+      });
+      await store.create('f1', record('f1', { path: decoy }));
+      await expectCode(client.call(docker.destroy, { id: 'f1' }), 'internal');
+      await expectCode(client.call(docker.syncOut, { id: 'f1' }), 'internal');
+      expect(await readdir(decoy)).toEqual(['keep']);
+      expect((await client.call(volList, { kind: 'docker' })).volumes[0]?.path).toBe(join(data, 'docker/f1'));
+
+      // The right path, but a sync-out base outside every rootfs root, or a host user as owner.
+      await client.call(docker.create, { id: 'f2', rootfs, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: false });
+      await writeFile(join(data, 'docker/f2/planted'), 'x');
+      await store.mutate('f2', (cur) => cur && { ...cur, syncOutBase: outside, rootfs: outside });
+      await expectCode(client.call(docker.syncOut, { id: 'f2' }), 'invalid-request');
+      await store.mutate('f2', (cur) => cur && { ...cur, syncOutBase: rootfs, rootfs, uid: 0, gid: 0, chownOnSync: true });
+      await expectCode(client.call(docker.syncOut, { id: 'f2' }), 'invalid-request');
+      expect(await readdir(outside)).toEqual([]);
+      expect(await readdir(rootfs)).toEqual([]);
+      await client.call(docker.destroy, { id: 'f2' });
+    } finally {
+      await rm(outside, { recursive: true, force: true });
+    }
   });
 });

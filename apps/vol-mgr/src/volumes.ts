@@ -23,6 +23,7 @@ import {
   type VolumeKind,
 } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec';
+import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import type { Logger } from 'pino';
@@ -55,6 +56,8 @@ export interface VolumeDeps {
   scanIds: ScanIds;
   readMounts: () => Promise<MountEntry[]>;
   log: Logger;
+  /** Rootfs roots and delegated ids: checked on requests and again on records read back. */
+  guard: HostGuard;
   /** Upstream's sync flag (off with --no-sync, its disable-inner-image-preload). */
   sync: boolean;
   syncTimeoutMs: number;
@@ -120,6 +123,25 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     return rec.value;
   };
 
+  /**
+   * A root-owned volume is what upstream makes for an ID-mapped rootfs (the mount maps it); any
+   * other owner, and every id a sync shifts to, must be subordinate, never a host user.
+   */
+  const checkOwner = async (v: { id: string; uid: number; gid: number; chownOnSync: boolean }): Promise<void> => {
+    if (v.uid === 0 && v.gid === 0 && !v.chownOnSync) return;
+    await deps.guard.idsDelegated({ uid: v.uid, gid: v.gid }, `owner of the ${deps.kind} volume of ${v.id}`);
+  };
+
+  /** A record's path is only trusted when it is the one derived from the id: KV can be written by others. */
+  const checkRecordPath = (rec: VolumeRecord, log: Logger): string => {
+    const path = volPathOf(rec.id);
+    if (rec.path !== path) {
+      log.error({ kind: deps.kind, id: rec.id, recorded: rec.path, expected: path }, 'volume record names a foreign path: refused');
+      throw new SysboxError('internal', `record of ${rec.id} names ${rec.path}, not ${path}: refusing to use it`);
+    }
+    return path;
+  };
+
   /** Where a rootfs on overlayfs keeps its writable layer; undefined when it is not an overlay mount. */
   const overlayUpperOf = async (rootfs: string): Promise<string | undefined> => {
     const real = await realpath(rootfs);
@@ -133,12 +155,16 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     const perm = req.perm ?? layout.perm;
     const rootfsStat = await stat(req.rootfs).catch(() => undefined);
     if (!rootfsStat?.isDirectory()) throw new SysboxError('invalid-request', `rootfs ${req.rootfs} is not a directory`);
-    const syncOutBase = (await overlayUpperOf(req.rootfs)) ?? req.rootfs;
+    await checkOwner(req);
+    // Sync-in reads from it and sync-out writes into it: it must be a runtime's rootfs, not a host tree.
+    const rootfs = await deps.guard.allowedRootfs(req.rootfs, `rootfs of the ${deps.kind} volume of ${req.id}`);
+    const upper = await overlayUpperOf(rootfs);
+    const syncOutBase = upper === undefined ? rootfs : await deps.guard.allowedRootfs(upper, `overlay upper dir of ${rootfs}`);
     const record: VolumeRecord = {
       kind: deps.kind,
       id: req.id,
       path,
-      rootfs: req.rootfs,
+      rootfs,
       mountpoint: req.mountpoint,
       syncOutBase,
       uid: req.uid,
@@ -160,7 +186,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       await chmod(path, perm);
       await chown(path, req.uid, req.gid);
       if (deps.sync) {
-        const source = await resolveInside(req.rootfs, req.mountpoint, 'volume source');
+        const source = await resolveInside(rootfs, req.mountpoint, 'volume source');
         if (await exists(source)) {
           await rsyncTree({
             src: source,
@@ -187,17 +213,22 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
   const syncOut = async (id: string, log = deps.log): Promise<void> => {
     const rec = await getRecord(id);
     if (!deps.sync) return;
+    const path = checkRecordPath(rec, log);
     if (!(await exists(rec.rootfs)) || !(await exists(rec.syncOutBase))) {
       log.info({ kind: deps.kind, id, rootfs: rec.rootfs }, 'sync-out skipped: the rootfs is gone');
       return;
     }
+    // The record says where to write and as whom; a forged one must not turn that at the host.
+    await checkOwner(rec);
+    await deps.guard.allowedRootfs(rec.rootfs, `recorded rootfs of the ${deps.kind} volume of ${id}`);
+    await deps.guard.allowedRootfs(rec.syncOutBase, `recorded sync-out base of the ${deps.kind} volume of ${id}`);
     const target = await resolveInside(rec.syncOutBase, rec.mountpoint, 'sync-out target');
     if (!(await exists(target))) {
-      if ((await readdir(rec.path)).length === 0) return;
+      if ((await readdir(path)).length === 0) return;
       await mkdirChainInside(rec.syncOutBase, rec.mountpoint, rec.perm, rec.rootfs);
     }
     await rsyncTree({
-      src: rec.path,
+      src: path,
       dest: target,
       shift: rec.chownOnSync ? { uid: rec.uid, gid: rec.gid, direction: 'down', scanIds: deps.scanIds } : undefined,
       timeoutMs: deps.syncTimeoutMs,
@@ -211,8 +242,8 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
 
   const destroyVol = async (id: string, log = deps.log): Promise<void> => {
     const rec = await getRecord(id);
-    if (rec.path !== volPathOf(id)) throw new SysboxError('internal', `record of ${id} names ${rec.path}, not ${volPathOf(id)}`);
-    await removeVolDir(rec.path);
+    if (rec.id !== id) throw new SysboxError('internal', `record under ${id} is for ${rec.id}: refusing to use it`);
+    await removeVolDir(checkRecordPath(rec, log));
     await deps.store.mutate(id, () => REMOVE);
     log.info({ kind: deps.kind, id }, 'volume destroyed');
   };
@@ -251,13 +282,13 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
         out.push({
           kind: value.kind,
           id: value.id,
-          path: value.path,
+          path: volPathOf(value.id),
           mountpoint: value.mountpoint,
           syncOutTarget: join(value.syncOutBase, value.mountpoint),
           uid: value.uid,
           gid: value.gid,
           chownOnSync: value.chownOnSync,
-          sizeBytes: await sizeOnDisk(value.path, deps.log),
+          sizeBytes: await sizeOnDisk(volPathOf(value.id), deps.log),
           createdAt: value.createdAt,
         });
       }
@@ -272,7 +303,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
           await removeVolDir(volPathOf(value.id));
           await deps.store.delete(value.id);
           report.unfinished.push(value.id);
-        } else if (!(await exists(value.path))) {
+        } else if (!(await exists(volPathOf(value.id)))) {
           await deps.store.delete(value.id);
           report.vanished.push(value.id);
         } else {

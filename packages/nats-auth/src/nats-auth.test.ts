@@ -86,7 +86,7 @@ describe('permissionsFor', () => {
     expect(p.subscribe.allow.some((s) => s.includes('subid') || s === '>' || s.startsWith('_INBOX.'))).toBe(false);
     expect(p.publish.allow).toContain('$KV.sysbox-vol.host1.>');
     expect(p.publish.allow.filter((s) => s.includes('DELETE') || s.includes('PURGE') || s.includes('CONSUMER'))).toEqual([]);
-    expect(p.publish.allow.every((s) => s === '$JS.API.INFO' || s.includes('sysbox-vol'))).toBe(true);
+    expect(p.publish.allow.every((s) => s === '$JS.API.INFO' || s.includes('sysbox-vol') || /^_INBOX_(gateway|operator|monitor)\.>$/.test(s))).toBe(true);
     expect(p.allow_responses).toBe(true);
   });
 

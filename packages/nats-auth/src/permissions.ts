@@ -3,7 +3,8 @@
  * allow-list: a subject not listed is refused by the server, for the raw protocol as much as for
  * a client library. The rules:
  * - a service subscribes only to its own subjects (so nobody else can answer in its place) and
- *   answers through `allow_responses` (so it cannot publish anywhere else);
+ *   publishes only replies: through `allow_responses`, and to its callers' inboxes (a reply after
+ *   a failover to another cluster member);
  * - a daemon's state is its own bucket: the JetStream API subjects that name that bucket's stream
  *   (info, create, get) and writes under its node's keys; never delete, purge, another stream, or
  *   a consumer;
@@ -50,9 +51,21 @@ export function bucketPermissions(bucket: string, nodes: NodeScope): string[] {
   ];
 }
 
+/** Who may call a service: their inboxes are where its replies go. */
+const CALLERS: readonly IdentityName[] = ['gateway', 'operator', 'monitor'];
+
 function servicePermissions(identity: IdentityName, svc: ServiceContract, nodes: NodeScope): UserPermissions {
   return {
-    publish: { allow: bucketPermissions(svc.bucket, nodes) },
+    publish: {
+      allow: [
+        ...bucketPermissions(svc.bucket, nodes),
+        // allow_responses alone is not enough on a cluster: it is state of the connection a request
+        // arrived on, so a reply sent after the service failed over to another member was refused
+        // (measured: a lost reply, and a gateway call waiting out its bound). Callers' inboxes
+        // are still theirs alone to subscribe to, and carry random tokens only requests reveal.
+        ...CALLERS.map((caller) => `${inboxPrefixOf(caller)}.>`),
+      ],
+    },
     subscribe: {
       allow: [
         ...nodes.map((node) => `sysbox.${node}.${svc.service}.>`),

@@ -59,8 +59,9 @@ export async function retryTransient<T>(attempt: (remainingMs: number) => Promis
     try {
       return await attempt(Math.max(1, remaining));
     } catch (err) {
-      const wait = Math.min(500, 25 * 2 ** (n - 1));
-      if (!isTransient(err, opts) || opts.signal?.aborted || Date.now() + wait >= opts.deadline) throw err;
+      // The last wait is cut to the deadline, so one last attempt runs at the deadline itself.
+      const wait = Math.min(500, 25 * 2 ** (n - 1), opts.deadline - Date.now());
+      if (!isTransient(err, opts) || opts.signal?.aborted || wait <= 0) throw err;
       opts.onRetry?.(err, n, wait);
       await new Promise((r) => setTimeout(r, wait));
     }

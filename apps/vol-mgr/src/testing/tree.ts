@@ -53,9 +53,9 @@ export interface OverlayRootfs {
   cleanup(): Promise<void>;
 }
 
-/** mkdtemp dir with lower/ (filled by `fill`), upper/, work/ and merged/ = a real overlay mount. */
-export async function makeOverlayRootfs(prefix: string, fill: (lower: string) => Promise<void>): Promise<OverlayRootfs> {
-  const base = await mkdtemp(join(tmpdir(), prefix));
+/** mkdtemp dir (in `parent`) with lower/ (filled by `fill`), upper/, work/ and merged/ = a real overlay mount. */
+export async function makeOverlayRootfs(prefix: string, fill: (lower: string) => Promise<void>, parent = tmpdir()): Promise<OverlayRootfs> {
+  const base = await mkdtemp(join(parent, prefix));
   const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => join(base, d)) as [string, string, string, string];
   for (const d of [lower, upper, work, merged]) await mkdir(d);
   await fill(lower);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { status } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { subidAlloc } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec';
 import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
@@ -416,6 +417,26 @@ describe('durability', () => {
     expect(await gw.manager.removeContainer('rel-1')).toBe(true);
     expect(vol.ops()).toEqual(['vol.docker-destroy']);
     expect(await gw.manager.get('rel-1')).toBeUndefined();
+  });
+
+  it('a SubidAlloc whose reply never came is still released at removal (intent recorded before asking)', async () => {
+    const { gw, fakes, client, node } = await rig();
+    await rpc(client, 'Register', emptyReg('lost-1', work));
+    await fakes.stop('subid');
+    // An allocator that takes the request and dies before answering: the range may exist.
+    const taken: string[] = [];
+    const silent = nc.subscribe(subidAlloc.subject(node), { callback: (_e, m) => void taken.push(m.string()) });
+    expect((await statusOf(rpc(client, 'SubidAlloc', { id: 'lost-1', size: 65536 })))?.code).toBe(status.DEADLINE_EXCEEDED);
+    silent.unsubscribe();
+    expect(taken).toHaveLength(1);
+    expect((await gw.manager.get('lost-1'))?.requested.subid).toBe(true);
+
+    fakes.start('subid');
+    await nc.flush();
+    await rpc(client, 'Unregister', { id: 'lost-1' });
+    fakes.calls.length = 0;
+    expect(await gw.manager.removeContainer('lost-1')).toBe(true);
+    expect(fakes.ops()).toEqual(['subid.free']);
   });
 
   it('a second gateway on the same KV, after the first is gone, resumes the table and the removal watch', async () => {

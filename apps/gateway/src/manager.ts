@@ -19,6 +19,7 @@ import {
   rootfsChownClone,
   rootfsContainerStopped,
   rootfsCreateClone,
+  rootfsList,
   rootfsRemoveClone,
   rootfsRevertChown,
   rootfsRevertUpper,
@@ -263,6 +264,28 @@ export function createManager(deps: ManagerDeps): Manager {
     });
   }
 
+  /** Writes what is about to be asked before asking (see ContainerRecord.requested). */
+  async function recordIntent(rec: ContainerRecord, mark: (requested: ContainerRecord['requested']) => void): Promise<void> {
+    mark(rec.requested);
+    await save(rec);
+  }
+
+  /** rootfs-cloner's record of this container's clone, as create-clone would have answered it. */
+  async function existingClone(id: string): Promise<{ rootfs: string; origWorkDir: string } | undefined> {
+    const { clones } = await call(id, 'clone lookup', rootfsList, {});
+    const c = clones.find((x) => x.id === id);
+    return c && { rootfs: c.cloneRootfs, origWorkDir: c.origWorkDir };
+  }
+
+  function adoptClone(rec: ContainerRecord, clone: { rootfs: string; origWorkDir: string }): void {
+    rec.rootfs = clone.rootfs;
+    rec.rootfsCloned = true;
+    rec.requested.clone = false;
+    // The runtime cannot remove a rootfs the clone is stacked on; the original overlay's
+    // workdir is what disappears when the container is removed.
+    rec.rmWatchPath = posix.join(clone.origWorkDir, 'work');
+  }
+
   /** Whether the record holds the mount of its `kind` volume (vol-mgr's `<data root>/<hostDir>/<id>`). */
   function hasVolumeMount(rec: ContainerRecord, kind: VolumeKind): boolean {
     return rec.containerMounts.some(
@@ -397,6 +420,7 @@ export function createManager(deps: ManagerDeps): Manager {
             gidMappings: [],
             subidAllocated: false,
             rootfsCloned: false,
+            requested: { subid: false, clone: false, shiftfs: [] },
             rootfsUidShiftType: 0,
             rootfsOvfsUpper: '',
             rootfsOvfsUpperChowned: false,
@@ -512,13 +536,21 @@ export function createManager(deps: ManagerDeps): Manager {
           throw new SysboxError('failed-precondition', `redundant container unregistration for container ${id}`);
         }
         const before = rec.state;
-        if (rec.shiftfsMarks.length > 0) {
+        const marks = [...rec.shiftfsMarks, ...rec.requested.shiftfs];
+        if (marks.length > 0) {
           try {
-            await call(id, 'shiftfs unmark', shiftfsUnmark, { id, mounts: rec.shiftfsMarks });
+            await call(id, 'shiftfs unmark', shiftfsUnmark, { id, mounts: marks });
+            rec.shiftfsMarks = [];
+            rec.requested.shiftfs = [];
           } catch (err) {
+            // Kept on the record: the removal retries it.
             log.warn({ id, err }, 'failed to remove shiftfs marks');
           }
-          rec.shiftfsMarks = [];
+        }
+        if (rec.requested.clone && !rec.rootfsCloned) {
+          // The clone's reply was lost: if it exists, its stack is what the removal must watch.
+          const clone = await existingClone(id).catch(() => undefined);
+          if (clone) adoptClone(rec, clone);
         }
         if (rec.rootfsOvfsUpperChowned && !rec.autoRemove) {
           await call(id, 'revert of the rootfs upper-dir chown', rootfsRevertUpper, { id }, true);
@@ -527,10 +559,11 @@ export function createManager(deps: ManagerDeps): Manager {
         if (rec.mountsPrepped) {
           try {
             await call(id, 'revert of mount preparation', volRevertPrep, { id }, true);
+            rec.mountsPrepped = false;
           } catch (err) {
+            // Kept on the record: the removal retries it.
             log.warn({ id, err }, 'failed to revert mount preparation');
           }
-          rec.mountsPrepped = false;
         }
         await untrackNetns(id, rec.netnsInode).catch((err: unknown) => log.warn({ id, err }, 'netns untrack failed'));
         rec.userns = '';
@@ -561,11 +594,14 @@ export function createManager(deps: ManagerDeps): Manager {
         const rec = await mustGet(id, `container ${id} is not registered`);
         // Kept across restarts: a restarted container gets its earlier range back.
         if (!rec.subidAllocated) {
+          await recordIntent(rec, (r) => (r.subid = true));
+          // The allocator answers the same range for the same id: a retry after a lost reply is safe.
           const r = await call(id, 'subid allocation', subidAlloc, { id, size });
           await checkSubids(id, r);
           rec.uidMappings = [...rec.uidMappings, { containerId: 0, hostId: r.uid, size: r.size }];
           rec.gidMappings = [...rec.gidMappings, { containerId: 0, hostId: r.gid, size: r.size }];
           rec.subidAllocated = true;
+          rec.requested.subid = false;
           await save(rec);
         }
         return firstMapping(rec, 'subid allocation');
@@ -587,11 +623,12 @@ export function createManager(deps: ManagerDeps): Manager {
           needPrep.push(s);
         }
         if (needPrep.length === 0) return;
-        await call(id, 'mount source preparation', volPrep, { id, uid, gid, sources: needPrep }, true);
+        // Recorded before asking: revert-prep of a container vol-mgr holds nothing for reverts nothing.
         if (!rec.mountsPrepped) {
           rec.mountsPrepped = true;
           await save(rec);
         }
+        await call(id, 'mount source preparation', volPrep, { id, uid, gid, sources: needPrep }, true);
       });
     },
 
@@ -669,8 +706,10 @@ export function createManager(deps: ManagerDeps): Manager {
       return serialized(id, async () => {
         const rec = await mustGet(id, `container ${id} is not registered`);
         if (rec.shiftfsMarks.length === 0) {
+          await recordIntent(rec, (r) => (r.shiftfs = mounts));
           const r = await call(id, 'shiftfs mark', shiftfsMark, { id, mounts, createMarkpoint: true });
           rec.shiftfsMarks = r.mounts;
+          rec.requested.shiftfs = [];
           await save(rec);
         }
         return rec.shiftfsMarks;
@@ -737,12 +776,18 @@ export function createManager(deps: ManagerDeps): Manager {
       return serialized(id, async () => {
         const rec = await mustGet(id, `container ${id} is not registered`);
         if (!rec.rootfsCloned) {
-          const r = await call(id, 'rootfs clone', rootfsCreateClone, { id, origRootfs: rec.rootfs }, true);
-          rec.rootfs = r.rootfs;
-          rec.rootfsCloned = true;
-          // The runtime cannot remove a rootfs the clone is stacked on; the original overlay's
-          // workdir is what disappears when the container is removed.
-          rec.rmWatchPath = posix.join(r.origWorkDir, 'work');
+          const adoptable = rec.requested.clone;
+          await recordIntent(rec, (r) => (r.clone = true));
+          let clone: { rootfs: string; origWorkDir: string } | undefined;
+          try {
+            clone = await call(id, 'rootfs clone', rootfsCreateClone, { id, origRootfs: rec.rootfs }, true);
+          } catch (err) {
+            // An earlier ReqCloneRootfs whose reply was lost (this gateway died) made it already.
+            clone = isSysboxError(err, 'already-exists') && adoptable ? await existingClone(id) : undefined;
+            if (!clone) throw err;
+            log.info({ id, rootfs: clone.rootfs }, 'adopted a clone made by an earlier, unanswered ReqCloneRootfs');
+          }
+          adoptClone(rec, clone);
           await save(rec);
         }
         return rec.rootfs;
@@ -787,10 +832,15 @@ export function createManager(deps: ManagerDeps): Manager {
             call(id, `destroy of the ${kind} volume`, volByKind[kind].destroy, { id }, true),
           );
         }
-        if (rec.subidAllocated) await releaseStep('subid free', () => call(id, 'subid free', subidFree, { id }));
-        if (rec.rootfsCloned) {
+        if (rec.subidAllocated || rec.requested.subid) await releaseStep('subid free', () => call(id, 'subid free', subidFree, { id }));
+        if (rec.rootfsCloned || rec.requested.clone) {
           await releaseStep('clone removal', () => call(id, 'clone removal', rootfsRemoveClone, { id }, true));
         }
+        if (rec.mountsPrepped) {
+          await releaseStep('revert of mount preparation', () => call(id, 'revert of mount preparation', volRevertPrep, { id }, true));
+        }
+        const marks = [...rec.shiftfsMarks, ...rec.requested.shiftfs];
+        if (marks.length > 0) await releaseStep('shiftfs unmark', () => call(id, 'shiftfs unmark', shiftfsUnmark, { id, mounts: marks }));
         if (failed.length > 0) {
           throw new SysboxError('unavailable', `container ${id}: removal incomplete (${failed.join(', ')}); will retry`);
         }

@@ -33,6 +33,19 @@ export const ContainerRecord = z.object({
   gidMappings: z.array(IdMapping),
   subidAllocated: z.boolean(),
   rootfsCloned: z.boolean(),
+  /**
+   * Asked of a service, reply not yet recorded: written before the request, so a gateway killed
+   * before the reply still releases what the service may have made (release of what was never
+   * made answers not-found, which counts as done). Records of older gateways have none.
+   */
+  requested: z
+    .object({
+      subid: z.boolean().default(false),
+      clone: z.boolean().default(false),
+      /** The marks asked for: unmark takes the mounts. */
+      shiftfs: z.array(ShiftfsMount).default([]),
+    })
+    .default({ subid: false, clone: false, shiftfs: [] }),
   rootfsUidShiftType: z.number().int().min(0),
   rootfsOvfsUpper: z.string(),
   rootfsOvfsUpperChowned: z.boolean(),

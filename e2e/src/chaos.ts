@@ -1,0 +1,163 @@
+/**
+ * Chaos: concurrent container lifecycles through the gateway while random daemons are SIGKILLed
+ * at random instants and started again, then the runtime's clean-up of every failed lifecycle
+ * and a settle period; what is left on the host and in every bucket is counted. Seeded: the
+ * seed is printed, and the same seed replays the same kill schedule (the instants a kill lands
+ * in a call still depend on timing). The suite runs it for about a minute; the bench longer.
+ */
+import { join } from 'node:path';
+import { connectGateway, rpc, type SysboxMgrClient } from './grpc.js';
+import { SERVICE_APPS, sleep, type AppName, type System } from './harness.js';
+import { newChownContainer, runStep, type ChownContainer, type LifecycleOptions, type StepName } from './lifecycle.js';
+import { buildImage, entries, mountsBelow, servicesState, unmountAll } from './runtime.js';
+import { GATEWAY_BUCKET } from '@sysbox-mgr-ts/contracts';
+import { run } from '@sysbox-mgr-ts/exec';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
+import { z } from 'zod';
+
+/** mulberry32: small, seedable, good enough to pick daemons and instants. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface ChaosOptions {
+  seed: number;
+  durationMs: number;
+  /** Lifecycles running at once. */
+  streams: number;
+  /** A kill every minKillGapMs..maxKillGapMs. */
+  minKillGapMs: number;
+  maxKillGapMs: number;
+  /** How long a killed daemon stays down (systemd brings one back in about that). */
+  downMs: number;
+  /** After the run, how long the removal watch and reconciles get to release everything. */
+  settleMs: number;
+  log?: (line: string) => void;
+}
+
+export interface ChaosReport {
+  seed: number;
+  kills: Record<AppName, number>;
+  lifecycles: number;
+  failed: number;
+  failures: string[];
+  /** What is left after the settle: one line per item. */
+  left: string[];
+}
+
+export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosReport> {
+  const random = seededRandom(opts.seed);
+  const log = opts.log ?? (() => undefined);
+  let client: SysboxMgrClient = connectGateway(sys.socket);
+  const overlay2 = join(sys.dir, 'docker', 'overlay2');
+  const o: LifecycleOptions = { client: () => client, overlay2, image: await buildImage(overlay2, 'chaos-img') };
+  const apps: AppName[] = [...SERVICE_APPS, 'gateway'];
+  const kills = Object.fromEntries(apps.map((a) => [a, 0])) as Record<AppName, number>;
+  const failures: string[] = [];
+  let lifecycles = 0;
+  let running = true;
+  let seq = 0;
+
+  /**
+   * The runtime after a failed start or stop, as Docker does it: Unregister (retried while the
+   * gateway is down), unmount and delete the rootfs; what the clone's stack keeps busy is deleted
+   * once the gateway released the container (Docker retries its removal).
+   */
+  const runtimeCleanup = async (c: ChownContainer): Promise<void> => {
+    for (let attempt = 0; attempt < 40; attempt++) {
+      const code = await rpc(client, 'Unregister', { id: c.id }, 10_000).then(
+        () => 0,
+        (err: { code?: number }) => err.code ?? -1,
+      );
+      // OK; NOT_FOUND: never registered or already gone; FAILED_PRECONDITION: already unregistered.
+      if (code === 0 || code === 5 || code === 9) break;
+      await sleep(250);
+    }
+    await unmountAll(c.rootfs.merged).catch(() => undefined);
+    await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline && (await rpc(client, 'Pause', { id: c.id }, 5000).then(() => 0, (e: { code?: number }) => e.code ?? -1)) !== 5) {
+      await sleep(250);
+    }
+    await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
+  };
+
+  const stream = async (name: string): Promise<void> => {
+    while (running) {
+      const c = await newChownContainer(o, `${name}-${++seq}`);
+      lifecycles++;
+      let step: StepName = 'create';
+      try {
+        for (step of ['create', 'stop', 'remove'] as StepName[]) await runStep(o, c, step);
+      } catch (err) {
+        failures.push(`${c.id} at ${step}: ${(err as Error).message.split('\n')[0]}`);
+        await runtimeCleanup(c);
+      }
+    }
+  };
+
+  const killer = async (): Promise<void> => {
+    for (;;) {
+      await sleep(opts.minKillGapMs + random() * (opts.maxKillGapMs - opts.minKillGapMs));
+      if (!running) return;
+      const app = apps[Math.floor(random() * apps.length)]!;
+      kills[app]++;
+      log(`kill -9 ${app}`);
+      await sys.kill(app, 'SIGKILL');
+      await sleep(opts.downMs);
+      await sys.start(app);
+      if (app === 'gateway') {
+        // A new socket: sysbox-runc dials it again for each call; so does this client.
+        client.close();
+        client = connectGateway(sys.socket);
+      }
+    }
+  };
+
+  const streams = Array.from({ length: opts.streams }, (_, i) => stream(`s${i}`));
+  const killing = killer();
+  await sleep(opts.durationMs);
+  running = false;
+  await Promise.all(streams);
+  await killing;
+
+  // Settle: everything the runtime removed must be released by the gateway and the services.
+  const deadline = Date.now() + opts.settleMs;
+  let left = await leftovers(sys);
+  while (left.length > 0 && Date.now() < deadline) {
+    await sleep(500);
+    left = await leftovers(sys);
+  }
+  client.close();
+  return { seed: opts.seed, kills, lifecycles, failed: failures.length, failures, left };
+}
+
+/** What is left of containers: gateway records, every service's records, mounts and dirs. */
+export async function leftovers(sys: System): Promise<string[]> {
+  const left: string[] = [];
+  const state = await servicesState(sys);
+  for (const a of state.subid.allocations) left.push(`subid allocation ${a.id}`);
+  for (const v of state.vol.volumes) left.push(`vol record ${v.kind}/${v.id}`);
+  for (const p of state.vol.preps) left.push(`prep record ${p.source}`);
+  for (const c of state.rootfs.clones) left.push(`clone record ${c.id}`);
+  for (const u of state.rootfs.uppers) left.push(`upper record ${u.id}`);
+  for (const m of state.shiftfs.marks) left.push(`shiftfs mark ${JSON.stringify(m)}`);
+  for (const id of await gatewayRecords(sys)) left.push(`gateway record ${id}`);
+  for (const m of await mountsBelow(sys.dir)) left.push(`mount ${m}`);
+  for (const kind of ['docker', 'kubelet']) for (const e of entries(join(sys.dataRoot, kind))) left.push(`volume dir ${kind}/${e}`);
+  for (const e of entries(join(sys.dataRoot, 'rootfs'))) left.push(`clone dir ${e}`);
+  for (const e of entries(join(sys.dir, 'docker', 'overlay2')).filter((d) => !d.startsWith('chaos-img'))) left.push(`container dir ${e}`);
+  return left;
+}
+
+async function gatewayRecords(sys: System): Promise<string[]> {
+  const table = createStateStore(await openBucket(sys.nc, GATEWAY_BUCKET), { node: sys.node, schema: z.object({ id: z.string() }).passthrough() });
+  return (await table.list()).map((r) => r.value.id);
+}

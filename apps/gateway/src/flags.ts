@@ -30,6 +30,18 @@ export const gatewayOptions = {
       'how long a call waits for a service with no responder (a daemon restarting, a NATS failover) before answering UNAVAILABLE; keep it below sysbox-runc\'s deadline',
     schema: ms(3000, 0),
   }),
+  orphanScanMs: option({
+    flag: 'orphan-scan-ms',
+    env: 'SYSBOX_MGR_ORPHAN_SCAN_MS',
+    description: "how often the services' records are compared with the container table to release orphans (0: never)",
+    schema: ms(60_000, 0),
+  }),
+  orphanGraceMs: option({
+    flag: 'orphan-grace-ms',
+    env: 'SYSBOX_MGR_ORPHAN_GRACE_MS',
+    description: 'how long a record no container holds (or a running container whose rootfs vanished) is left before it is released',
+    schema: ms(120_000, 0),
+  }),
   longOpTimeoutMs: option({
     flag: 'long-op-timeout-ms',
     env: 'SYSBOX_MGR_LONG_OP_TIMEOUT_MS',

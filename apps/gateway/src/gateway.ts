@@ -3,7 +3,7 @@
  * client, the manager, the removal watch and the gRPC server. main.ts and the tests both use it.
  */
 import type { NatsConnection } from '@nats-io/nats-core';
-import { GATEWAY_BUCKET } from '@sysbox-mgr-ts/contracts';
+import { GATEWAY_BUCKET, isSysboxError } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createServiceClient, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
@@ -12,6 +12,7 @@ import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
 import { createManager, type Manager, type MgrConfig, type NetnsMembers } from './manager.js';
 import { hostChecks, probeHost, probeShiftfs, type HostChecks, type HostFacts } from './probes.js';
 import { ContainerRecord } from './record.js';
+import { createOrphanCollector, type OrphanCollector } from './orphans.js';
 import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
 
 
@@ -24,6 +25,7 @@ export interface GatewaySettings extends GatewayFlags {
 export interface Gateway {
   manager: Manager;
   watcher: RemovalWatcher;
+  orphans: OrphanCollector;
   grpc: GrpcServerHandle;
   config: MgrConfig;
   facts: HostFacts;
@@ -111,6 +113,21 @@ export async function startGateway(opts: {
   });
   await watcher.start();
   log.info({ watching: watcher.watching().length }, 'removal watch resumed from the container table');
+  const orphans = createOrphanCollector({
+    services,
+    known: async (id) => (await manager.get(id)) !== undefined,
+    running: () => manager.runningPaths(),
+    exists: (p) => checks.exists(p),
+    forget: async (id) => {
+      await manager.unregister(id).catch((err: unknown) => {
+        if (!isSysboxError(err, 'failed-precondition')) throw err;
+      });
+      await manager.removeContainer(id);
+    },
+    graceMs: s.orphanGraceMs,
+    log,
+  });
+  if (s.orphanScanMs > 0) orphans.start(s.orphanScanMs);
 
   const grpc = await startGrpcServer({
     socketPath: s.socket,
@@ -124,8 +141,10 @@ export async function startGateway(opts: {
     grpc,
     config,
     facts,
+    orphans,
     async stop() {
       await grpc.stop();
+      await orphans.stop();
       await watcher.stop();
     },
   };

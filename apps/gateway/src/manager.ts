@@ -158,6 +158,8 @@ export interface Manager {
   removeContainer(id: string): Promise<boolean>;
   /** Every stopped container's watch path, from the table. */
   watchedPaths(): Promise<{ id: string; path: string }[]>;
+  /** Running containers and the path whose disappearance means the runtime removed them. */
+  runningPaths(): Promise<{ id: string; path: string }[]>;
   get(id: string): Promise<ContainerRecord | undefined>;
 }
 
@@ -850,6 +852,11 @@ export function createManager(deps: ManagerDeps): Manager {
         log.info({ id }, 'released resources for container');
         return true;
       });
+    },
+
+    async runningPaths() {
+      const all = await containers.list();
+      return all.filter((v) => v.value.state !== 'stopped').map((v) => ({ id: v.value.id, path: v.value.rmWatchPath }));
     },
 
     async watchedPaths() {

@@ -54,6 +54,31 @@ describe('rootfs cloner on real overlay mounts', () => {
     await ns?.stop();
   });
 
+  /** The state stores a cloner of `node` uses, to write what a daemon killed mid-shift leaves. */
+  const storesOf = async (node = 'n1') => {
+    const kv = await openBucket(nc, rootfsService.bucket);
+    return {
+      clones: createStateStore(kv, { node, namespace: 'clone', schema: CloneRecord }),
+      uppers: createStateStore(kv, { node, namespace: 'upper', schema: UpperRecord }),
+    };
+  };
+
+  /** Every entry of `now` is its entry in `before` shifted by `offset`, and nothing else is there. */
+  const expectShiftedBy = (before: Map<string, string>, now: Map<string, string>, offset: number): void => {
+    expect(now.size).toBe(before.size);
+    for (const [path, owner] of before) {
+      const [u, g] = owner.split(':').map(Number);
+      expect([path, now.get(path)]).toEqual([path, `${u! + offset}:${g! + offset}`]);
+    }
+  };
+
+  /** Some entries at their original owners and some at original + offset: what a killed walk leaves. */
+  const expectMixed = (before: Map<string, string>, now: Map<string, string>): void => {
+    const moved = [...before].filter(([path, owner]) => now.get(path) !== owner).length;
+    expect(moved).toBeGreaterThan(0);
+    expect(moved).toBeLessThan(before.size);
+  };
+
   let fixtureDir: string;
   let fx: RuntimeRootfs;
   const setup = async (opts: { relativeLowerDirs?: boolean } = {}) => {
@@ -191,13 +216,13 @@ describe('rootfs cloner on real overlay mounts', () => {
 
     const second = await makeCloner();
     const report = await second.reconcile();
-    expect(report).toEqual({ adopted: [], reestablished: ['c6'], dropped: [], failed: [] });
+    expect(report).toEqual({ adopted: [], reestablished: ['c6'], dropped: [], failed: [], finished: [] });
     expect(await readFile(join(fx.rootfs, 'etc', 'hostname'), 'utf8')).toBe('c6\n');
     expect((await stat(join(fx.rootfs, 'etc', 'passwd'))).uid).toBe(OFFSET);
     expect(mountsAt(await readMountInfo(), fx.rootfs).length).toBe(3);
 
     // A second start finds everything in place.
-    expect(await (await makeCloner()).reconcile()).toEqual({ adopted: ['c6'], reestablished: [], dropped: [], failed: [] });
+    expect(await (await makeCloner()).reconcile()).toEqual({ adopted: ['c6'], reestablished: [], dropped: [], failed: [], finished: [] });
     await second.revertChown('c6');
     expect((await stat(join(fx.rootfs, 'etc', 'passwd'))).uid).toBe(0);
     await second.removeClone('c6');
@@ -234,6 +259,109 @@ describe('rootfs cloner on real overlay mounts', () => {
 
     await expect(second.shiftUpper('u2', join(base, 'no-such-upper'), 1, 1)).rejects.toMatchObject({ code: 'invalid-request' });
     expect((await second.list()).uppers).toEqual([]);
+  });
+
+  describe('a daemon killed in the middle of a shift', () => {
+    it('a chown cut short is finished at start, then a revert cut short is finished too: exactly original + offset, then exactly the original', async () => {
+      await setup();
+      const { clones } = await storesOf();
+      const first = await makeCloner();
+      const { rootfs: merged } = await first.createClone('k1', fx.rootfs);
+      const before = await owners(merged);
+
+      // What chown-clone leaves when killed mid-walk: the intent recorded, part of the tree shifted.
+      await clones.mutate('k1', (cur) => cur && { ...cur, pending: 'chown', uidOffset: OFFSET, gidOffset: OFFSET });
+      await shift(join(merged, 'usr'), OFFSET, OFFSET);
+      await shift(join(merged, 'etc'), OFFSET, OFFSET);
+      expectMixed(before, await owners(merged));
+
+      const second = await makeCloner();
+      expect(await second.reconcile()).toEqual({ adopted: ['k1'], reestablished: [], dropped: [], failed: [], finished: [{ id: 'k1', operation: 'chown' }] });
+      expectShiftedBy(before, await owners(merged), OFFSET);
+      expect((await clones.get('k1'))?.value).toMatchObject({ chowned: true });
+      expect((await clones.get('k1'))?.value.pending).toBeUndefined();
+      expect((await stat(join(fx.rootfs, 'etc/passwd'))).uid).toBe(OFFSET);
+
+      // Now revert-chown killed mid-walk, the binds it had lifted left down.
+      await clones.mutate('k1', (cur) => cur && { ...cur, pending: 'revert' });
+      for (const target of [fx.rootfs, fx.rootfs]) await run('umount', [target], { timeout: 10_000 });
+      await shift(join(merged, 'hl'), -OFFSET, -OFFSET);
+      await shift(join(merged, 'opt'), -OFFSET, -OFFSET);
+      expectMixed(before, await owners(merged));
+
+      const third = await makeCloner();
+      expect(await third.reconcile()).toEqual({ adopted: [], reestablished: ['k1'], dropped: [], failed: [], finished: [{ id: 'k1', operation: 'revert' }] });
+      expect(await owners(merged)).toEqual(before);
+      expect((await clones.get('k1'))?.value).toMatchObject({ chowned: false });
+      expect((await clones.get('k1'))?.value.pending).toBeUndefined();
+      expect(mountsAt(await readMountInfo(), fx.rootfs).length).toBe(3);
+      expect((await (await makeCloner()).reconcile()).finished).toEqual([]);
+      await third.removeClone('k1');
+    });
+
+    it('a retried chown-clone or revert-chown finishes what is pending; another offset is refused', async () => {
+      await setup();
+      const { clones } = await storesOf();
+      const cloner = await makeCloner();
+      const { rootfs: merged } = await cloner.createClone('k2', fx.rootfs);
+      const before = await owners(merged);
+      await clones.mutate('k2', (cur) => cur && { ...cur, pending: 'chown', uidOffset: OFFSET, gidOffset: OFFSET });
+      await shift(join(merged, 'home'), OFFSET, OFFSET);
+
+      await expect(cloner.chownClone('k2', OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({ code: 'failed-precondition' });
+      await cloner.chownClone('k2', OFFSET, OFFSET);
+      expectShiftedBy(before, await owners(merged), OFFSET);
+      await expect(cloner.chownClone('k2', OFFSET, OFFSET)).rejects.toMatchObject({ code: 'failed-precondition' });
+
+      // A revert cut short, retried; and a chown cut short that the runtime then asks to undo.
+      await clones.mutate('k2', (cur) => cur && { ...cur, pending: 'revert' });
+      await shift(join(merged, 'bin'), -OFFSET, -OFFSET);
+      await cloner.revertChown('k2');
+      expect(await owners(merged)).toEqual(before);
+      await clones.mutate('k2', (cur) => cur && { ...cur, pending: 'chown' });
+      await shift(join(merged, 'usr'), OFFSET, OFFSET);
+      await cloner.revertChown('k2');
+      expect(await owners(merged)).toEqual(before);
+      expect((await clones.get('k2'))?.value).toMatchObject({ chowned: false });
+      expect((await clones.get('k2'))?.value.pending).toBeUndefined();
+      await cloner.removeClone('k2');
+    });
+
+    it('an upper-dir shift cut short is finished at start, and so is its revert; a retried shift-upper finishes too', async () => {
+      await setup();
+      const { uppers } = await storesOf();
+      const upper = join(base, 'idmapped-upper');
+      await mkdir(join(upper, 'etc'), { recursive: true });
+      await mkdir(join(upper, 'home', 'user'), { recursive: true });
+      for (const f of ['etc/motd', 'etc/hosts', 'home/user/notes']) await writeFile(join(upper, f), 'x');
+      await chown(join(upper, 'home', 'user'), 1000, 1000);
+      await chown(join(upper, 'home', 'user', 'notes'), 1000, 1000);
+      const before = await owners(upper);
+
+      await uppers.create('u9', { id: 'u9', upperDir: upper, uidOffset: OFFSET, gidOffset: OFFSET, shifted: false, pending: 'shift' });
+      await shift(join(upper, 'etc'), OFFSET, OFFSET);
+      expectMixed(before, await owners(upper));
+      expect((await (await makeCloner()).reconcile()).finished).toEqual([{ id: 'u9', operation: 'shift-upper' }]);
+      expectShiftedBy(before, await owners(upper), OFFSET);
+      expect((await uppers.get('u9'))?.value).toMatchObject({ shifted: true });
+      expect((await uppers.get('u9'))?.value.pending).toBeUndefined();
+
+      await uppers.mutate('u9', (cur) => cur && { ...cur, pending: 'revert' });
+      await shift(join(upper, 'home'), -OFFSET, -OFFSET);
+      expectMixed(before, await owners(upper));
+      expect((await (await makeCloner()).reconcile()).finished).toEqual([{ id: 'u9', operation: 'revert-upper' }]);
+      expect(await owners(upper)).toEqual(before);
+      expect(await uppers.get('u9')).toBeUndefined();
+
+      const cloner = await makeCloner();
+      await uppers.create('u9', { id: 'u9', upperDir: upper, uidOffset: OFFSET, gidOffset: OFFSET, shifted: false, pending: 'shift' });
+      await shift(join(upper, 'home'), OFFSET, OFFSET);
+      await expect(cloner.shiftUpper('u9', upper, OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({ code: 'already-exists' });
+      await cloner.shiftUpper('u9', upper, OFFSET, OFFSET);
+      expectShiftedBy(before, await owners(upper), OFFSET);
+      await cloner.revertUpper('u9');
+      expect(await owners(upper)).toEqual(before);
+    });
   });
 
   describe('hostile requests and forged records change nothing on the host', () => {

@@ -16,6 +16,7 @@ import {
   type rootfsRemoveAll,
 } from '@sysbox-mgr-ts/contracts';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
+import { unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
@@ -41,7 +42,11 @@ export const CloneRecord = z.object({
   gidOffset: z.number().int(),
   chowned: z.boolean(),
   bindToSelfActive: z.boolean(),
-  /** An operation that started and has not finished: a daemon killed mid-way left it. */
+  /**
+   * An operation that started and has not finished: a daemon killed mid-way left it. A pending
+   * chown or revert means the clone's entries lie partly at their original owners and partly at
+   * original + offset; the next chown-clone or revert-chown (or the next start) finishes it.
+   */
   pending: z.enum(['create', 'chown', 'revert']).optional(),
   createdAt: z.string(),
 });
@@ -53,6 +58,7 @@ export const UpperRecord = z.object({
   uidOffset: z.number().int(),
   gidOffset: z.number().int(),
   shifted: z.boolean(),
+  /** As a clone's pending chown/revert: the dir is partly shifted until a retry or the next start finishes it. */
   pending: z.enum(['shift', 'revert']).optional(),
 });
 export type UpperRecord = z.infer<typeof UpperRecord>;
@@ -62,7 +68,7 @@ export type ShiftIds = (
   root: string,
   uidOffset: number,
   gidOffset: number,
-  opts: { signal?: AbortSignal; logger?: Logger; crossMounts?: boolean },
+  opts: { signal?: AbortSignal; logger?: Logger; crossMounts?: boolean; only?: ShiftOnly },
 ) => Promise<{ entries: number; ms: number }>;
 
 export interface ClonerDeps {
@@ -88,6 +94,8 @@ export interface ReconcileReport {
   dropped: { id: string; reason: string }[];
   /** Records kept: bringing the clone back failed and may succeed on a later start. */
   failed: { id: string; reason: string }[];
+  /** Shifts a killed daemon had left half done, finished (a clone's chown or revert, an upper dir's shift or revert). */
+  finished: { id: string; operation: 'chown' | 'revert' | 'shift-upper' | 'revert-upper' }[];
 }
 
 export interface Cloner extends RootfsCloner {
@@ -95,7 +103,10 @@ export interface Cloner extends RootfsCloner {
   shiftUpper(id: string, upperDir: string, uidOffset: number, gidOffset: number, alreadyShifted?: boolean): Promise<void>;
   revertUpper(id: string): Promise<void>;
   list(): Promise<{ clones: CloneInfo[]; uppers: z.infer<typeof UpperShiftInfo>[] }>;
-  /** Checks every recorded clone against the host: adopt, re-establish, or report and drop. */
+  /**
+   * Checks every recorded clone against the host: adopt, re-establish, or report and drop; then
+   * finishes every clone chown or upper-dir shift (or revert) a killed daemon left half done.
+   */
   reconcile(): Promise<ReconcileReport>;
 }
 
@@ -256,20 +267,26 @@ export function createCloner(deps: ClonerDeps): Cloner {
     await rm(rec.cloneDir, { recursive: true, force: true });
   };
 
-  const shiftClone = async (rec: CloneRecord, uidOffset: number, gidOffset: number): Promise<void> => {
+  const shiftClone = async (rec: CloneRecord, uidOffset: number, gidOffset: number, finishing: boolean): Promise<void> => {
     await liftBinds(rec);
     try {
-      await runShift(rec.mergedDir, uidOffset, gidOffset);
+      await runShift(rec.mergedDir, uidOffset, gidOffset, finishing);
     } finally {
       await placeBinds(rec);
     }
   };
 
-  const runShift = async (root: string, uidOffset: number, gidOffset: number): Promise<void> => {
+  /**
+   * `finishing`: the dir is partly shifted by an earlier walk that was cut short, so only the ids
+   * still on the source side move (id-shift's unfinishedIds), which also makes a retry harmless.
+   */
+  const runShift = async (root: string, uidOffset: number, gidOffset: number, finishing: boolean): Promise<void> => {
     const signal = AbortSignal.timeout(deps.shiftTimeoutMs);
+    const only = finishing ? { only: unfinishedIds(uidOffset, gidOffset) } : {};
     try {
-      const r = await deps.shiftIds(root, uidOffset, gidOffset, { signal, logger: log, crossMounts: false });
-      log.debug({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'shifted ids');
+      const r = await deps.shiftIds(root, uidOffset, gidOffset, { signal, logger: log, crossMounts: false, ...only });
+      if (finishing) log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'finished an interrupted id shift');
+      else log.debug({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'shifted ids');
     } catch (err) {
       if (signal.aborted) {
         throw new SysboxError('timeout', `shifting ${root} took over ${deps.shiftTimeoutMs} ms`, { cause: err });
@@ -339,46 +356,109 @@ export function createCloner(deps: ClonerDeps): Cloner {
     await deps.clones.delete(id);
   };
 
+  /** A chown or revert of this clone was cut short: its entries lie on both sides of the recorded offset. */
+  const halfShifted = (rec: CloneRecord): boolean => rec.pending === 'chown' || rec.pending === 'revert';
+
+  /**
+   * Also the retry of a chown (or a chown after a revert) that a killed daemon left half done: with
+   * the recorded offsets, only the entries not yet shifted move.
+   */
   const chownClone = async (id: string, uidOffset: number, gidOffset: number): Promise<void> => {
     const rec = await mustGet(id);
-    if (rec.chowned) {
+    const finishing = halfShifted(rec);
+    if (rec.pending === 'create') throw new SysboxError('failed-precondition', `clone of ${id} has an unfinished create`);
+    if (finishing && (uidOffset !== rec.uidOffset || gidOffset !== rec.gidOffset)) {
+      throw new SysboxError(
+        'failed-precondition',
+        `clone of ${id} has an unfinished ${rec.pending} by ${rec.uidOffset}:${rec.gidOffset}; chown it by those offsets or revert it`,
+      );
+    }
+    if (rec.chowned && !finishing) {
       throw new SysboxError(
         'failed-precondition',
         `clone of ${id} is already chowned by ${rec.uidOffset}:${rec.gidOffset}; revert it first`,
       );
     }
-    if (rec.pending) throw new SysboxError('failed-precondition', `clone of ${id} has an unfinished ${rec.pending}`);
     await checkOffsets(uidOffset, gidOffset, `chown of clone ${id}`);
     await checkRecordedRuntimeDirs(rec);
     await update(id, { pending: 'chown', uidOffset, gidOffset });
-    await shiftClone(rec, uidOffset, gidOffset);
+    await shiftClone(rec, uidOffset, gidOffset, finishing);
     await update(id, { pending: undefined, chowned: true });
   };
 
+  /** Also undoes a chown that a killed daemon left half done, and finishes a half-done revert. */
   const revertChown = async (id: string): Promise<void> => {
     const rec = await mustGet(id);
-    if (!rec.chowned) return;
+    const finishing = halfShifted(rec);
+    if (!rec.chowned && !finishing) return;
     // The inverse of a shift we recorded, and only of one that a request could have made.
     await checkOffsets(rec.uidOffset, rec.gidOffset, `recorded chown of clone ${id}`);
     await checkRecordedRuntimeDirs(rec);
     await update(id, { pending: 'revert' });
-    await shiftClone(rec, -rec.uidOffset, -rec.gidOffset);
+    await shiftClone(rec, -rec.uidOffset, -rec.gidOffset, finishing);
     await update(id, { pending: undefined, chowned: false });
   };
 
+  const shiftUpper = async (id: string, requestedDir: string, uidOffset: number, gidOffset: number, alreadyShifted: boolean): Promise<void> => {
+    const cur = (await deps.uppers.get(id))?.value;
+    if (!(await exists(requestedDir))) throw new SysboxError('invalid-request', `upper dir ${requestedDir} does not exist`);
+    await checkOffsets(uidOffset, gidOffset, `shift of the upper dir of ${id}`);
+    const upperDir = await deps.guard.allowedRootfs(requestedDir, `upper dir of ${id}`);
+    // A shift or revert cut short is finished by a retry with the same dir and offsets; the
+    // filtered walk moves only what is left, whether or not the runtime chowned the dir meanwhile.
+    const finishing = cur?.pending !== undefined;
+    const sameShift = cur?.upperDir === upperDir && cur.uidOffset === uidOffset && cur.gidOffset === gidOffset;
+    if (cur?.shifted || (finishing && !sameShift)) {
+      throw new SysboxError('already-exists', `upper dir of ${id} is already shifted (${cur.upperDir}${finishing ? `, ${cur.pending} unfinished` : ''})`);
+    }
+    if (alreadyShifted && !finishing) {
+      await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: true }));
+      return;
+    }
+    await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: false, pending: 'shift' }));
+    await runShift(upperDir, uidOffset, gidOffset, finishing);
+    await deps.uppers.mutate(id, (c) => (c ? { ...c, shifted: true, pending: undefined } : undefined));
+  };
+
+  const revertUpper = async (id: string): Promise<void> => {
+    const cur = (await deps.uppers.get(id))?.value;
+    if (!cur) return;
+    const finishing = cur.pending !== undefined;
+    if (cur.shifted || finishing) {
+      // The inverse of a shift we recorded, and only of one that a request could have made.
+      await checkOffsets(cur.uidOffset, cur.gidOffset, `recorded shift of the upper dir of ${id}`);
+      const present = await exists(cur.upperDir);
+      if (present) await deps.guard.allowedRootfs(cur.upperDir, `recorded upper dir of ${id}`);
+      await deps.uppers.mutate(id, (c) => (c ? { ...c, pending: 'revert' } : undefined));
+      if (present) await runShift(cur.upperDir, -cur.uidOffset, -cur.gidOffset, finishing);
+    }
+    await deps.uppers.mutate(id, () => REMOVE);
+  };
+
+  /**
+   * At start: what a killed daemon left half shifted is finished in the direction it was going. An
+   * upper dir that is gone (its container was removed meanwhile) has nothing left to shift: the
+   * revert path then only drops the record.
+   */
+  const finishUpper = async (rec: UpperRecord): Promise<'shift-upper' | 'revert-upper'> => {
+    if (rec.pending === 'shift' && (await exists(rec.upperDir))) {
+      await shiftUpper(rec.id, rec.upperDir, rec.uidOffset, rec.gidOffset, false);
+      return 'shift-upper';
+    }
+    await revertUpper(rec.id);
+    return 'revert-upper';
+  };
+
+  /** Brings one clone back (mounts, binds), then finishes a chown or revert that a kill cut short. */
   const reconcileOne = async (
     rec: CloneRecord,
-  ): Promise<{ outcome: 'adopted' | 'reestablished' } | { outcome: 'dropped'; reason: string }> => {
+  ): Promise<{ outcome: 'adopted' | 'reestablished'; finished?: 'chown' | 'revert' } | { outcome: 'dropped'; reason: string }> => {
     checkRecord(rec.id, rec);
     await checkRecordedRuntimeDirs(rec);
     if (rec.pending === 'create') {
       await teardown(rec);
       await deps.clones.delete(rec.id);
       return { outcome: 'dropped', reason: 'the daemon stopped while creating it; unwound' };
-    }
-    if (rec.pending) {
-      // A shift walk cut short leaves some entries shifted and some not: no safe automatic fix.
-      log.error({ id: rec.id, pending: rec.pending }, 'a chown of this clone was interrupted; its ownership may be partly shifted');
     }
     if (!(await exists(rec.origRootfs)) || !(await exists(rec.origWorkDir))) {
       await teardown(rec);
@@ -409,7 +489,11 @@ export function createCloner(deps: ClonerDeps): Cloner {
       await placeBinds(rec);
       remounted = true;
     }
-    return { outcome: remounted ? 'reestablished' : 'adopted' };
+    const outcome = remounted ? 'reestablished' : 'adopted';
+    if (rec.pending === 'chown') await chownClone(rec.id, rec.uidOffset, rec.gidOffset);
+    else if (rec.pending === 'revert') await revertChown(rec.id);
+    else return { outcome };
+    return { outcome, finished: rec.pending };
   };
 
   return {
@@ -439,36 +523,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
     },
 
     shiftUpper: (id, upperDir, uidOffset, gidOffset, alreadyShifted = false) =>
-      serialized(`upper:${id}`, async () => {
-        const cur = await deps.uppers.get(id);
-        if (cur?.value.shifted || cur?.value.pending) {
-          throw new SysboxError('already-exists', `upper dir of ${id} is already shifted (${cur.value.upperDir})`);
-        }
-        if (!(await exists(upperDir))) throw new SysboxError('invalid-request', `upper dir ${upperDir} does not exist`);
-        await checkOffsets(uidOffset, gidOffset, `shift of the upper dir of ${id}`);
-        upperDir = await deps.guard.allowedRootfs(upperDir, `upper dir of ${id}`);
-        if (alreadyShifted) {
-          await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: true }));
-          return;
-        }
-        await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: false, pending: 'shift' }));
-        await runShift(upperDir, uidOffset, gidOffset);
-        await deps.uppers.mutate(id, (c) => (c ? { ...c, shifted: true, pending: undefined } : undefined));
-      }),
-
-    revertUpper: (id) =>
-      serialized(`upper:${id}`, async () => {
-        const cur = await deps.uppers.get(id);
-        if (!cur) return;
-        if (cur.value.shifted) {
-          // The inverse of a shift we recorded, and only of one that a request could have made.
-          await checkOffsets(cur.value.uidOffset, cur.value.gidOffset, `recorded shift of the upper dir of ${id}`);
-          if (await exists(cur.value.upperDir)) await deps.guard.allowedRootfs(cur.value.upperDir, `recorded upper dir of ${id}`);
-          await deps.uppers.mutate(id, (c) => (c ? { ...c, pending: 'revert' } : undefined));
-          if (await exists(cur.value.upperDir)) await runShift(cur.value.upperDir, -cur.value.uidOffset, -cur.value.gidOffset);
-        }
-        await deps.uppers.mutate(id, () => REMOVE);
-      }),
+      serialized(`upper:${id}`, () => shiftUpper(id, upperDir, uidOffset, gidOffset, alreadyShifted)),
+    revertUpper: (id) => serialized(`upper:${id}`, () => revertUpper(id)),
 
     async list() {
       const mounts = await deps.readMounts();
@@ -495,17 +551,34 @@ export function createCloner(deps: ClonerDeps): Cloner {
     },
 
     async reconcile() {
-      const report: ReconcileReport = { adopted: [], reestablished: [], dropped: [], failed: [] };
+      const report: ReconcileReport = { adopted: [], reestablished: [], dropped: [], failed: [], finished: [] };
       for (const { value: rec } of await deps.clones.list()) {
         try {
           const r = await serialized(rec.id, () => reconcileOne(rec));
           if (r.outcome === 'dropped') {
             report.dropped.push({ id: rec.id, reason: r.reason });
             log.warn({ id: rec.id, reason: r.reason }, 'clone dropped at start');
-          } else report[r.outcome].push(rec.id);
+          } else {
+            report[r.outcome].push(rec.id);
+            if (r.finished) {
+              report.finished.push({ id: rec.id, operation: r.finished });
+              log.warn({ id: rec.id, operation: r.finished, uidOffset: rec.uidOffset, gidOffset: rec.gidOffset }, 'finished a clone chown the daemon was killed in');
+            }
+          }
         } catch (err) {
           report.failed.push({ id: rec.id, reason: (err as Error).message });
-          log.error({ err, id: rec.id }, 'clone could not be re-established; its record is kept');
+          log.error({ err, id: rec.id, pending: rec.pending }, 'clone could not be re-established; its record is kept');
+        }
+      }
+      for (const { value: rec } of await deps.uppers.list()) {
+        if (!rec.pending) continue;
+        try {
+          const operation = await serialized(`upper:${rec.id}`, () => finishUpper(rec));
+          report.finished.push({ id: rec.id, operation });
+          log.warn({ id: rec.id, operation, upperDir: rec.upperDir, uidOffset: rec.uidOffset, gidOffset: rec.gidOffset }, 'finished an upper-dir shift the daemon was killed in');
+        } catch (err) {
+          report.failed.push({ id: rec.id, reason: `upper dir ${rec.upperDir}: ${(err as Error).message}` });
+          log.error({ err, id: rec.id, pending: rec.pending }, 'could not finish an interrupted upper-dir shift; its record is kept');
         }
       }
       return report;

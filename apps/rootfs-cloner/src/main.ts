@@ -50,7 +50,7 @@ await runDaemon({
     });
     const report = await cloner.reconcile();
     log.info(
-      { adopted: report.adopted.length, reestablished: report.reestablished, dropped: report.dropped, failed: report.failed },
+      { adopted: report.adopted.length, reestablished: report.reestablished, dropped: report.dropped, failed: report.failed, finished: report.finished },
       'clones reconciled',
     );
     const svc = serve({

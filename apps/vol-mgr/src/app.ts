@@ -74,6 +74,9 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
   const reconciled: ReconcileReport[] = [];
   for (const kind of VOLUME_KINDS) reconciled.push(await volumes[kind].reconcile({ removeOrphans: config.removeOrphans }));
   log.info({ volumes: reconciled.reduce((n, r) => n + r.kept.length, 0) }, 'volumes reconciled');
+  // A prep or revert-prep cut short by a kill is finished before any request can see its source.
+  const prepReport = await prep.reconcile();
+  log.info({ finished: prepReport.finished, failed: prepReport.failed }, 'mount preps reconciled');
 
   const svc = serve({
     nc,

@@ -2,23 +2,35 @@
  * Mount-source preparation (upstream mgr.prepMounts and its revert): a bind-mount source whose
  * owner is not the container's root is shifted by the offset, once, and shifted back when the
  * last container holding it lets go. Each source has one KV record, so a restart forgets nothing
- * and two containers never shift the same tree twice.
+ * and two containers never shift the same tree twice. The record says when a shift (or the shift
+ * back) is under way, so a walk cut short by a kill is finished by the next start or request.
  */
 import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { PrepInfo, SysboxError, type VolPrepRequest } from '@sysbox-mgr-ts/contracts';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
+import { unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
 import type { Logger } from 'pino';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { createKeyedLock } from './keyed-lock.js';
 
-export type PrepRecord = z.infer<typeof PrepInfo>;
-export const PrepRecordSchema = PrepInfo;
+/**
+ * What list shows (PrepInfo) plus, while a walk is under way, which: 'shift' (holders: the
+ * container that asked) or 'revert' (no holders left; the record stays until the source is back).
+ * The marker is ours alone, so it lives here and not in the contract.
+ */
+export const PrepRecordSchema = PrepInfo.extend({ pending: z.enum(['shift', 'revert']).optional() });
+export type PrepRecord = z.infer<typeof PrepRecordSchema>;
 
 /** The id-shift package's operations this module uses. */
 export interface IdShifter {
-  shift(root: string, uidOffset: number, gidOffset: number, opts?: { logger?: Logger; signal?: AbortSignal }): Promise<{ entries: number; ms: number }>;
+  shift(
+    root: string,
+    uidOffset: number,
+    gidOffset: number,
+    opts?: { logger?: Logger; signal?: AbortSignal; only?: ShiftOnly },
+  ): Promise<{ entries: number; ms: number }>;
   needsShift(source: string, uid: number, gid: number): Promise<boolean>;
 }
 
@@ -30,10 +42,19 @@ export interface PrepDeps {
   log: Logger;
 }
 
+export interface PrepReconcileReport {
+  /** Sources whose shift or shift back a killed daemon had left half done, now finished. */
+  finished: { source: string; operation: 'shift' | 'revert' }[];
+  /** Sources left as they are (the record kept): finishing failed or cannot be done safely. */
+  failed: { source: string; reason: string }[];
+}
+
 export interface MountPrep {
   prep(req: VolPrepRequest, log?: Logger): Promise<{ prepared: string[]; skipped: string[] }>;
   revertPrep(id: string, log?: Logger): Promise<{ reverted: string[] }>;
   list(): Promise<PrepRecord[]>;
+  /** At start: finishes every shift and shift back that a killed daemon left half done. */
+  reconcile(): Promise<PrepReconcileReport>;
 }
 
 /** KV keys allow few characters and paths are long: a source's record is keyed by its hash. */
@@ -46,18 +67,65 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
 
   const resolveSource = (source: string): Promise<string> => deps.guard.notSystemDir(source, 'mount source');
 
+  /**
+   * The record comes from KV, which others can write: it must sit under its source's key, and the
+   * source it shifts is checked like a request's and, stored as its realpath, must still resolve
+   * to itself.
+   */
+  const checkRecordedSource = async (key: string, rec: PrepRecord, log: Logger): Promise<void> => {
+    if (prepKey(rec.source) !== key) {
+      log.error({ record: rec, key }, 'prep record does not match its key: not shifted');
+      throw new SysboxError('invalid-request', `recorded mount source ${rec.source} is not the one its key names: not shifted`);
+    }
+    const real = await resolveSource(rec.source).catch((err: unknown) => {
+      log.error({ err, record: rec }, 'prep record names a source that is refused: not shifted');
+      throw err;
+    });
+    if (real !== rec.source) {
+      log.error({ record: rec, resolved: real }, 'prep record does not match its source: not shifted');
+      throw new SysboxError('invalid-request', `recorded mount source ${rec.source} resolves to ${real}: not shifted`);
+    }
+  };
+
+  /**
+   * Finishes the walk a record says is under way: a shift forward, or a shift back after which the
+   * record goes. Only the entries still on the source side move (id-shift's unfinishedIds), which
+   * is safe when the source's own ids lay below the offset: host ids below the container's
+   * subordinate range, a positive offset. A negative one is left to an operator.
+   */
+  const finishPending = async (key: string, rec: PrepRecord, log: Logger): Promise<PrepRecord | undefined> => {
+    const sign = rec.pending === 'shift' ? 1 : -1;
+    if (rec.uidOffset < 0 || rec.gidOffset < 0) {
+      log.error({ record: rec }, 'a shift of this mount source was cut short and its offset is negative: left partly shifted for an operator');
+      throw new SysboxError('internal', `mount source ${rec.source} is partly shifted by ${rec.uidOffset}:${rec.gidOffset} and cannot be finished safely`);
+    }
+    await checkRecordedSource(key, rec, log);
+    const uidOffset = sign * rec.uidOffset;
+    const gidOffset = sign * rec.gidOffset;
+    const r = await deps.shifter.shift(rec.source, uidOffset, gidOffset, { logger: log, only: unfinishedIds(uidOffset, gidOffset) });
+    log.warn({ source: rec.source, operation: rec.pending, uidOffset, gidOffset, holders: rec.holders, ...r }, 'finished a mount-source shift that was cut short');
+    if (rec.pending === 'revert') {
+      await deps.store.delete(key);
+      return undefined;
+    }
+    return deps.store.mutate(key, (cur) => (cur ? { ...cur, pending: undefined } : undefined));
+  };
+
   const prepOne = async (id: string, uid: number, gid: number, source: string, exclusive: boolean, log: Logger): Promise<boolean> =>
     locked(source, async () => {
       const key = prepKey(source);
-      const held = await deps.store.get(key);
+      const found = await deps.store.get(key);
+      // A request that meets a walk cut short (the daemon was killed before start-up could finish
+      // it) finishes it first: forward for the container holding it, or back and forgotten.
+      const held = found?.value.pending ? await finishPending(key, found.value, log) : found?.value;
       if (held) {
-        if (held.value.holders.includes(id)) return false;
-        const others = held.value.holders.join(', ');
-        if (exclusive || held.value.exclusive) {
-          log.warn({ source, container: id, holders: held.value.holders }, `exclusive mount source ${source} of ${id} is already in use by ${others}: not shifted again`);
+        if (held.holders.includes(id)) return false;
+        const others = held.holders.join(', ');
+        if (exclusive || held.exclusive) {
+          log.warn({ source, container: id, holders: held.holders }, `exclusive mount source ${source} of ${id} is already in use by ${others}: not shifted again`);
         }
         if (await deps.shifter.needsShift(source, uid, gid)) {
-          log.warn({ source, container: id, holders: held.value.holders }, `mount source ${source} is owned for ${others}, not for ${id}: left as is`);
+          log.warn({ source, container: id, holders: held.holders }, `mount source ${source} is owned for ${others}, not for ${id}: left as is`);
         }
         await deps.store.mutate(key, (cur) =>
           cur ? { ...cur, exclusive: cur.exclusive || exclusive, holders: [...new Set([...cur.holders, id])] } : undefined,
@@ -73,43 +141,70 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
         uidOffset: needs ? uid - st.uid : 0,
         gidOffset: needs ? gid - st.gid : 0,
         holders: [id],
+        ...(needs ? { pending: 'shift' as const } : {}),
       };
-      // The record goes first: a crash mid-shift leaves it behind, so revert-prep still knows what to undo.
+      // The record goes first: a crash mid-shift leaves it behind, saying a shift is under way, so
+      // the next start (or revert-prep) knows what to finish or undo.
       await deps.store.create(key, record);
       if (!needs) return false;
       try {
         const r = await deps.shifter.shift(source, record.uidOffset, record.gidOffset, { logger: log });
         log.info({ source, container: id, uidOffset: record.uidOffset, gidOffset: record.gidOffset, ...r }, 'mount source shifted');
       } catch (err) {
-        await deps.store.delete(key).catch(() => undefined);
+        await undoFailedShift(key, record, err, log);
         throw err;
       }
+      await deps.store.mutate(key, (cur) => (cur ? { ...cur, pending: undefined } : undefined));
       return true;
     });
 
+  /**
+   * id-shift changes nothing when it refuses a request or the source is missing; any other failure
+   * may come part way through the walk, so what moved is moved back. If that fails too, the
+   * record stays, saying a shift back is under way, for the next start to finish.
+   */
+  const undoFailedShift = async (key: string, record: PrepRecord, err: unknown, log: Logger): Promise<void> => {
+    const untouched = err instanceof SysboxError && (err.code === 'invalid-request' || err.code === 'not-found');
+    const reverting: PrepRecord = { ...record, holders: [], pending: 'revert' };
+    try {
+      if (untouched) await deps.store.delete(key);
+      else {
+        await deps.store.mutate(key, () => reverting);
+        await finishPending(key, reverting, log);
+      }
+    } catch (undoErr) {
+      log.error({ err: undoErr, source: record.source }, 'moving back a failed mount-source shift failed; the next start finishes it');
+    }
+  };
+
+  /**
+   * The last holder shifts the source back. Its record stays (no holders, pending 'revert') until
+   * the source is back, so a kill mid-walk leaves the shift back for the next start to finish.
+   */
   const releaseOne = async (id: string, rec: PrepRecord, log: Logger): Promise<boolean> =>
     locked(rec.source, async () => {
+      const key = prepKey(rec.source);
       let shiftBack: PrepRecord | undefined;
-      await deps.store.mutate(prepKey(rec.source), (cur) => {
+      let finishing = false;
+      await deps.store.mutate(key, (cur) => {
         shiftBack = undefined;
         if (!cur || !cur.holders.includes(id)) return undefined;
         const holders = cur.holders.filter((h) => h !== id);
         if (holders.length > 0) return { ...cur, id: cur.id === id ? holders[0]! : cur.id, holders };
-        shiftBack = cur;
-        return REMOVE;
+        if (cur.uidOffset === 0 && cur.gidOffset === 0) return REMOVE;
+        // A prep cut short (pending 'shift') leaves the source on both sides of the offset too.
+        finishing = cur.pending !== undefined;
+        shiftBack = { ...cur, holders: [], pending: 'revert' };
+        return shiftBack;
       });
-      if (!shiftBack || (shiftBack.uidOffset === 0 && shiftBack.gidOffset === 0)) return false;
-      // The record comes from KV, which others can write: the source it shifts back is checked like
-      // a request's, and was stored as its realpath, so it must still resolve to itself.
-      const real = await resolveSource(rec.source).catch((err: unknown) => {
-        log.error({ err, record: shiftBack }, 'prep record names a source that is refused: not shifted back');
-        throw err;
-      });
-      if (real !== rec.source || shiftBack.source !== rec.source) {
-        log.error({ record: shiftBack, resolved: real }, 'prep record does not match its source: not shifted back');
-        throw new SysboxError('invalid-request', `recorded mount source ${shiftBack.source} resolves to ${real}, not ${rec.source}: not shifted back`);
+      if (!shiftBack) return false;
+      if (finishing) {
+        await finishPending(key, shiftBack, log);
+        return true;
       }
+      await checkRecordedSource(key, shiftBack, log);
       const r = await deps.shifter.shift(rec.source, -shiftBack.uidOffset, -shiftBack.gidOffset, { logger: log });
+      await deps.store.delete(key);
       log.info({ source: rec.source, container: id, ...r }, 'mount source shifted back');
       return true;
     });
@@ -148,5 +243,22 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
       return { reverted };
     },
     list,
+    async reconcile() {
+      const report: PrepReconcileReport = { finished: [], failed: [] };
+      for (const { key, value: rec } of await deps.store.list()) {
+        if (!rec.pending) continue;
+        try {
+          await locked(rec.source, async () => {
+            const cur = (await deps.store.get(key))?.value;
+            if (cur?.pending) await finishPending(key, cur, deps.log);
+          });
+          report.finished.push({ source: rec.source, operation: rec.pending });
+        } catch (err) {
+          report.failed.push({ source: rec.source, reason: (err as Error).message });
+          deps.log.error({ err, record: rec }, 'could not finish a mount-source shift that was cut short; its record is kept');
+        }
+      }
+      return report;
+    },
   };
 }

@@ -10,6 +10,7 @@ import { lstat, stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { ALL_IDS, type IdRange, type ShiftOnly } from './syscalls.js';
 import { createWalkPool, WalkerError } from './walk-pool.js';
 import type { HardLinkSeen, ListItem, RootEntry } from './walk-worker.js';
 
@@ -35,6 +36,12 @@ export interface ShiftOptions {
   acls?: boolean;
   /** Milliseconds between progress log lines; default 5000. */
   logEveryMs?: number;
+  /**
+   * Move only the uids inside `uid` and the gids inside `gid` (owners and ACL qualifiers alike);
+   * every other id, and every entry with nothing to move, is left as it is. Default: every id.
+   * With `unfinishedIds(uidOffset, gidOffset)` it finishes a shift that was cut short.
+   */
+  only?: ShiftOnly;
 }
 
 export interface ShiftResult {
@@ -50,6 +57,8 @@ export interface IdScan {
 }
 
 const MAX_ID = 2 ** 32 - 2;
+/** One past the largest id: the end of a range that reaches the top. */
+const ID_LIMIT = 2 ** 32;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const SETID_BITS = 0o6000;
@@ -59,6 +68,13 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   for (const [name, offset] of [['uidOffset', uidOffset], ['gidOffset', gidOffset]] as const) {
     if (!Number.isInteger(offset) || Math.abs(offset) > MAX_ID) {
       throw new SysboxError('invalid-request', `${name} must be an integer within ±${MAX_ID}, got ${offset}`);
+    }
+  }
+  const only = opts.only ?? ALL_IDS;
+  for (const [name, range] of [['only.uid', only.uid], ['only.gid', only.gid]] as const) {
+    const [min, max] = range;
+    if (!Number.isInteger(min) || !Number.isInteger(max) || min < 0 || min > max || max > ID_LIMIT) {
+      throw new SysboxError('invalid-request', `${name} must be a range [min, max) within 0..${ID_LIMIT}, got [${min}, ${max})`);
     }
   }
   const absRoot = resolve(root);
@@ -76,6 +92,7 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
     crossMounts: opts.crossMounts ?? false,
     uidOffset,
     gidOffset,
+    only,
     acls: opts.acls ?? true,
     workers: opts.workers ?? availableParallelism(),
     onProgress: (delta) => {
@@ -103,8 +120,8 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
 
     phase = 'apply';
     await pool.apply();
-    await pool.applyList(hardLinkTargets(scan.hardLinks, uidOffset, gidOffset));
-    throwIfAborted(opts.signal, 'part way through; the tree is partly shifted');
+    await pool.applyList(hardLinkTargets(scan.hardLinks));
+    throwIfAborted(opts.signal, 'part way through; the tree is partly shifted (the same shift with only: unfinishedIds() finishes it)');
     const result = { entries: done, ms: performance.now() - started };
     opts.logger?.debug?.({ root: absRoot, uidOffset, gidOffset, ...result }, 'id shift done');
     return result;
@@ -128,6 +145,7 @@ export async function scanIds(root: string, opts: { crossMounts?: boolean; signa
     crossMounts: opts.crossMounts ?? false,
     uidOffset: 0,
     gidOffset: 0,
+    only: ALL_IDS,
     acls: false,
     workers: opts.workers ?? availableParallelism(),
     onProgress: () => undefined,
@@ -157,6 +175,22 @@ export async function needsShift(source: string, uid: number, gid: number): Prom
   return st.uid !== uid || st.gid !== gid;
 }
 
+/**
+ * The `only` filter that finishes a shift by uidOffset:gidOffset that was cut short (a kill, a
+ * timeout): pass it to `shift` with the same offsets. It assumes the ids the tree had before that
+ * shift lie below |offset| (a container's ids below 65536, offsets from subordinate ranges of at
+ * least 65536). Then a shift by +d moves ids from [0, d) into [d, 2d) and its revert by -d moves
+ * them back: source and target are disjoint, so an id still in the source range is one the walk
+ * had not reached, an id in the target range one it had, and finishing again moves nothing.
+ */
+export function unfinishedIds(uidOffset: number, gidOffset: number): ShiftOnly {
+  return { uid: sourceRange(uidOffset), gid: sourceRange(gidOffset) };
+}
+
+function sourceRange(offset: number): IdRange {
+  return offset >= 0 ? [0, offset] : [-offset, Math.min(-2 * offset, ID_LIMIT)];
+}
+
 async function lstatOrNotFound(path: string) {
   return lstat(path).catch((err: NodeJS.ErrnoException) => {
     if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new SysboxError('not-found', `${path} does not exist`, { cause: err });
@@ -184,15 +218,15 @@ function throwIfAborted(signal: AbortSignal | undefined, when: string): void {
 }
 
 /** Every name of an inode gets the target computed from the first name seen, whatever it shows now. */
-function hardLinkTargets(seen: readonly HardLinkSeen[], uidOffset: number, gidOffset: number): ListItem[] {
+function hardLinkTargets(seen: readonly HardLinkSeen[]): ListItem[] {
   const first = new Map<string, { uid: number; gid: number }>();
   return seen.map((h) => {
     let owner = first.get(h.key);
     if (!owner) {
-      owner = { uid: h.uid, gid: h.gid };
+      owner = { uid: h.toUid, gid: h.toGid };
       first.set(h.key, owner);
     }
-    return { path: h.path, uid: owner.uid + uidOffset, gid: owner.gid + gidOffset, restoreMode: restoreModeOf(h.mode), ...(h.acl ? { acl: h.acl } : {}) };
+    return { path: h.path, uid: owner.uid, gid: owner.gid, restoreMode: restoreModeOf(h.mode), ...(h.acl ? { acl: h.acl } : {}) };
   });
 }
 

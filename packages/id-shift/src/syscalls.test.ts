@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
-import { loadNativeWalker, META_FIELDS, shiftAclXattr } from './syscalls.js';
+import { ALL_IDS, loadNativeWalker, META_FIELDS, shiftAclXattr } from './syscalls.js';
 
 const isRoot = process.getuid?.() === 0;
 const canAcl = isRoot && statSync('/usr/bin/setfacl', { throwIfNoEntry: false }) !== undefined;
@@ -34,22 +34,30 @@ describe('shiftAclXattr', () => {
   ]);
 
   it('shifts only ACL_USER and ACL_GROUP ids and leaves the input alone', () => {
-    const out = shiftAclXattr(value, 1000, 2000) as Buffer;
+    const out = shiftAclXattr(value, 1000, 2000, ALL_IDS) as Buffer;
     expect(Buffer.isBuffer(out)).toBe(true);
     expect(out.readUInt32LE(4 + 8 + 4)).toBe(2234);
     expect(out.readUInt32LE(4 + 24 + 4)).toBe(2055);
     expect(out.readUInt32LE(4 + 4)).toBe(UNDEFINED_ID);
     expect(out.readUInt32LE(4 + 40 + 4)).toBe(UNDEFINED_ID);
     expect(value.readUInt32LE(4 + 8 + 4)).toBe(1234);
-    expect(shiftAclXattr(out, -1000, -2000)).toEqual(value);
+    expect(shiftAclXattr(out, -1000, -2000, ALL_IDS)).toEqual(value);
   });
 
   it('names the entry whose shifted id leaves 0..2^32-2, and rejects malformed values', () => {
-    expect(shiftAclXattr(value, -1234, 0)).toBeInstanceOf(Buffer);
-    expect(shiftAclXattr(value, -1235, 0)).toBe('ACL entry user:1234');
-    expect(shiftAclXattr(value, 0, 2 ** 32 - 2 - 55 + 1)).toBe('ACL entry group:55');
-    expect(shiftAclXattr(value.subarray(0, 10), 1, 1)).toMatch(/malformed/);
-    expect(shiftAclXattr(aclValue([]).fill(1, 0, 4), 1, 1)).toMatch(/malformed/);
+    expect(shiftAclXattr(value, -1234, 0, ALL_IDS)).toBeInstanceOf(Buffer);
+    expect(shiftAclXattr(value, -1235, 0, ALL_IDS)).toBe('ACL entry user:1234');
+    expect(shiftAclXattr(value, 0, 2 ** 32 - 2 - 55 + 1, ALL_IDS)).toBe('ACL entry group:55');
+    expect(shiftAclXattr(value.subarray(0, 10), 1, 1, ALL_IDS)).toMatch(/malformed/);
+    expect(shiftAclXattr(aclValue([]).fill(1, 0, 4), 1, 1, ALL_IDS)).toMatch(/malformed/);
+  });
+
+  it('with ranges, shifts only the ids inside them and checks only those for overflow', () => {
+    const onlyUser = shiftAclXattr(value, 1000, 2000, { uid: [1000, 2000], gid: [0, 0] }) as Buffer;
+    expect(onlyUser.readUInt32LE(4 + 8 + 4)).toBe(2234);
+    expect(onlyUser.readUInt32LE(4 + 24 + 4)).toBe(55);
+    expect(shiftAclXattr(value, 1000, 2000, { uid: [0, 1234], gid: [56, 100] })).toEqual(value);
+    expect(shiftAclXattr(value, -1235, 0, { uid: [0, 1000], gid: [0, 100] })).toEqual(value);
   });
 });
 
@@ -128,7 +136,7 @@ describe.skipIf(!isRoot)('native walker addon (real files, as root)', () => {
     expect(names.toString('latin1', meta[index * META_FIELDS]!, meta[index * META_FIELDS]! + 3)).toBe('sub');
     expect(count).toBe(5);
     expect(dflt).not.toBeNull();
-    const shifted = shiftAclXattr(access!, 100_000, 200_000) as Buffer;
+    const shifted = shiftAclXattr(access!, 100_000, 200_000, ALL_IDS) as Buffer;
     expect(Buffer.isBuffer(shifted)).toBe(true);
     const result = native.applyDir(cstr(dir), Buffer.from('sub\0'), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0o40755), 0, 1, 0, 0, [[0, shifted, null]]);
     expect(result).toBeNull();

@@ -74,12 +74,25 @@ export function loadNativeWalker(): NativeWalker {
   return createRequire(import.meta.url)(nativeWalkerPath()) as NativeWalker;
 }
 
+/** A half-open range of ids, [min, max). */
+export type IdRange = readonly [min: number, max: number];
+
+/** Which ids a shift moves: a uid only inside `uid`, a gid only inside `gid`. */
+export interface ShiftOnly {
+  uid: IdRange;
+  gid: IdRange;
+}
+
+/** Every id: a plain shift moves every owner and ACL qualifier. */
+export const ALL_IDS: ShiftOnly = { uid: [0, 2 ** 32], gid: [0, 2 ** 32] };
+
 /**
  * Shifts the ids of ACL_USER and ACL_GROUP entries in a system.posix_acl_* xattr value (little-endian
- * u32 version 2, then 8-byte entries: u16 tag, u16 perm, u32 id). Returns the shifted copy, or a
- * description of the first entry whose shifted id would leave 0..2^32-2, or of a malformed value.
+ * u32 version 2, then 8-byte entries: u16 tag, u16 perm, u32 id) that lie in `only`'s ranges. Returns
+ * the shifted copy, or a description of the first entry whose shifted id would leave 0..2^32-2, or
+ * of a malformed value.
  */
-export function shiftAclXattr(value: Uint8Array, uidOffset: number, gidOffset: number): Buffer | string {
+export function shiftAclXattr(value: Uint8Array, uidOffset: number, gidOffset: number, only: ShiftOnly): Buffer | string {
   const POSIX_ACL_XATTR_VERSION = 2;
   const ACL_USER = 0x02;
   const ACL_GROUP = 0x08;
@@ -93,6 +106,8 @@ export function shiftAclXattr(value: Uint8Array, uidOffset: number, gidOffset: n
     const tag = out.readUInt16LE(at);
     if (tag !== ACL_USER && tag !== ACL_GROUP) continue;
     const id = out.readUInt32LE(at + 4);
+    const [min, max] = tag === ACL_USER ? only.uid : only.gid;
+    if (id < min || id >= max) continue;
     const shifted = id + (tag === ACL_USER ? uidOffset : gidOffset);
     if (shifted < 0 || shifted > MAX_ID) return `ACL entry ${tag === ACL_USER ? 'user' : 'group'}:${id}`;
     out.writeUInt32LE(shifted, at + 4);

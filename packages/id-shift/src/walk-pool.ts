@@ -4,7 +4,7 @@
  * loop of the process that asked for a shift stays free.
  */
 import { Worker } from 'node:worker_threads';
-import { nativeWalkerPath, shiftAclXattr } from './syscalls.js';
+import { nativeWalkerPath, shiftAclXattr, type ShiftOnly } from './syscalls.js';
 import {
   CONTROL_CANCELLED,
   CONTROL_HUNGRY,
@@ -34,6 +34,7 @@ export interface PoolOptions {
   crossMounts: boolean;
   uidOffset: number;
   gidOffset: number;
+  only: ShiftOnly;
   acls: boolean;
   workers: number;
   onProgress: (delta: number) => void;
@@ -119,6 +120,7 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
     crossMounts: opts.crossMounts,
     uidOffset: opts.uidOffset,
     gidOffset: opts.gidOffset,
+    only: opts.only,
     acls: opts.acls,
     control: control.buffer as SharedArrayBuffer,
     batch: BATCH,

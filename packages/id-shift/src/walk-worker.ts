@@ -11,7 +11,7 @@
  * Paths inside the walkers are byte strings (latin1: one char per byte), so names that are not
  * UTF-8 survive unchanged; they are decoded as UTF-8 only for messages.
  */
-import type { AclRow, NativeWalker, shiftAclXattr } from './syscalls.js';
+import type { AclRow, NativeWalker, ShiftOnly, shiftAclXattr } from './syscalls.js';
 
 /** Messages from the coordinator to a walker. */
 export type ToWalker =
@@ -42,8 +42,9 @@ export interface HardLinkSeen {
   /** Byte string (latin1). */
   path: string;
   key: string;
-  uid: number;
-  gid: number;
+  /** The owner this name is to get (its scanned owner shifted where `only` says). */
+  toUid: number;
+  toGid: number;
   mode: number;
   /** The shifted system.posix_acl_access value, when the file has one. */
   acl?: Uint8Array;
@@ -67,6 +68,8 @@ export interface WalkerData {
   crossMounts: boolean;
   uidOffset: number;
   gidOffset: number;
+  /** The ids that move; the others stay as they are. */
+  only: ShiftOnly;
   /** Read and shift POSIX ACL xattrs. */
   acls: boolean;
   /** Int32 flags shared with the coordinator: [0] someone is idle, [1] cancelled. */
@@ -105,17 +108,18 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
   let data: WalkerData;
   let control: Int32Array;
   let shifting = false;
-  // Scanned entries, kept until the apply phase: the dry scan must see every owner before any
-  // change, and keeping what it saw avoids a second stat per entry. Names live NUL-terminated in
-  // one byte arena (a directory's names are appended in one copy), entries are grouped by parent
-  // directory (a directory is read whole), so the apply phase hands applyDir one range per directory.
+  // Entries to change, kept from the scan until the apply phase with the owner each is to get: the
+  // dry scan must see every owner before any change, and keeping what it saw avoids a second stat
+  // per entry. Entries that nothing moves are not kept. Names live NUL-terminated in one byte
+  // arena (a directory's names are appended in one copy), entries are grouped by parent directory
+  // (a directory is read whole), so the apply phase hands applyDir one range per directory.
   let dirPaths: string[] = [];
   let arena = Buffer.alloc(0);
   let arenaUsed = 0;
   let parents = new Uint32Array(0);
   let nameStarts = new Uint32Array(0);
-  let uids = new Uint32Array(0);
-  let gids = new Uint32Array(0);
+  let toUids = new Uint32Array(0);
+  let toGids = new Uint32Array(0);
   let modes = new Uint32Array(0);
   let stored = 0;
   /** Shifted ACL xattr values by stored entry index: few entries have one. */
@@ -140,8 +144,8 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
     arenaUsed = 0;
     parents = new Uint32Array(0);
     nameStarts = new Uint32Array(0);
-    uids = new Uint32Array(0);
-    gids = new Uint32Array(0);
+    toUids = new Uint32Array(0);
+    toGids = new Uint32Array(0);
     modes = new Uint32Array(0);
     stored = 0;
     acls = new Map();
@@ -171,18 +175,18 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
     return base;
   }
 
-  function store(parent: number, nameStart: number, uid: number, gid: number, mode: number): number {
-    if (stored === uids.length) {
+  function store(parent: number, nameStart: number, toUid: number, toGid: number, mode: number): number {
+    if (stored === toUids.length) {
       parents = grow(parents);
       nameStarts = grow(nameStarts);
-      uids = grow(uids);
-      gids = grow(gids);
+      toUids = grow(toUids);
+      toGids = grow(toGids);
       modes = grow(modes);
     }
     parents[stored] = parent;
     nameStarts[stored] = nameStart;
-    uids[stored] = uid;
-    gids[stored] = gid;
+    toUids[stored] = toUid;
+    toGids[stored] = toGid;
     modes[stored] = mode;
     return stored++;
   }
@@ -191,11 +195,8 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
   const display = (path: string): string => Buffer.from(path, 'latin1').toString('utf8');
   const joinPath = (dir: string, name: string): string => (name === '.' ? dir : dir === '/' ? `/${name}` : `${dir}/${name}`);
 
-  function outOfRange(uid: number, gid: number): boolean {
-    const u = uid + data.uidOffset;
-    const g = gid + data.gidOffset;
-    return u < 0 || u > MAX_ID || g < 0 || g > MAX_ID;
-  }
+  const outOfRange = (id: number): boolean => id < 0 || id > MAX_ID;
+  const moves = (id: number, [min, max]: readonly [number, number]): boolean => id >= min && id < max;
 
   class Reported extends Error {}
 
@@ -206,11 +207,14 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
     throw new Reported();
   }
 
-  /** An ACL value shifted, or undefined (and the overflow noted) when an id would leave the range. */
+  /**
+   * An ACL value shifted, or undefined when no qualifier moves (nothing to write) or one would leave
+   * the range (the overflow is noted).
+   */
   function shiftedAcl(path: () => string, value: Uint8Array | null): Uint8Array | undefined {
     if (value === null) return undefined;
-    const shifted = shiftAcl(value, data.uidOffset, data.gidOffset);
-    if (typeof shifted !== 'string') return shifted;
+    const shifted = shiftAcl(value, data.uidOffset, data.gidOffset, data.only);
+    if (typeof shifted !== 'string') return shifted.equals(value) ? undefined : shifted;
     overflow ??= `${display(path())} (${shifted})`;
     return undefined;
   }
@@ -249,7 +253,9 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
           uidSet.add(uid);
           gidSet.add(gid);
         } else {
-          if (overflow === undefined && outOfRange(uid, gid)) overflow = `${display(pathOf())} (owner ${uid}:${gid})`;
+          const toUid = moves(uid, data.only.uid) ? uid + data.uidOffset : uid;
+          const toGid = moves(gid, data.only.gid) ? gid + data.gidOffset : gid;
+          if (overflow === undefined && (outOfRange(toUid) || outOfRange(toGid))) overflow = `${display(pathOf())} (owner ${uid}:${gid})`;
           let entryAcls: EntryAcls | undefined;
           if (rawAcls !== null && aclAt < rawAcls.length && rawAcls[aclAt]![0] === i) {
             const [, access, dflt] = rawAcls[aclAt++]!;
@@ -257,11 +263,13 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
             const d = shiftedAcl(pathOf, dflt);
             if (a || d) entryAcls = { ...(a ? { access: a } : {}), ...(d ? { default: d } : {}) };
           }
-          if (meta[m + 5]! > 1 && !isDir) {
+          // Finishing a shift cut short leaves alone what the first walk already did.
+          const changes = toUid !== uid || toGid !== gid || entryAcls !== undefined;
+          if (changes && meta[m + 5]! > 1 && !isDir) {
             const key = `${meta[m + 8]}:${meta[m + 9]}:${meta[m + 7]}:${meta[m + 6]}`;
-            hardLinks.push({ path: pathOf(), key, uid, gid, mode, ...(entryAcls?.access ? { acl: entryAcls.access } : {}) });
-          } else {
-            const index = store(dirIndex, base + meta[m]!, uid, gid, mode);
+            hardLinks.push({ path: pathOf(), key, toUid, toGid, mode, ...(entryAcls?.access ? { acl: entryAcls.access } : {}) });
+          } else if (changes) {
+            const index = store(dirIndex, base + meta[m]!, toUid, toGid, mode);
             if (entryAcls) acls.set(index, entryAcls);
           }
         }
@@ -310,7 +318,8 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
       let to = from + 1;
       while (to < stored && parents[to] === parent) to++;
       const dir = dirPaths[parent]!;
-      const failure = native.applyDir(bytes(dir), arena, nameStarts, uids, gids, modes, from, to, data.uidOffset, data.gidOffset, aclRows(from, to));
+      // The kept owners are the targets already (only some ids move), so no offset is added.
+      const failure = native.applyDir(bytes(dir), arena, nameStarts, toUids, toGids, modes, from, to, 0, 0, aclRows(from, to));
       if (failure) {
         const [call, errno, index] = failure;
         fail(errno, call, index < 0 ? dir : joinPath(dir, nameAt(nameStarts[index]!)));

@@ -384,6 +384,17 @@ describe('errors', () => {
     expect(s!.details).toMatch(/container u1/);
   });
 
+  it("normalizes inner data-root paths as written in a container's config, and refuses one that climbs out", async () => {
+    const { client, fakes } = await rig();
+    await rpc(client, 'Register', emptyReg('np1', work));
+    await rpc(client, 'SubidAlloc', { id: 'np1', size: 65536 });
+    await rpc(client, 'ReqMounts', { id: 'np1', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '//var/lib//docker/.' }] });
+    expect(fakes.calls.find((c) => c.op === 'vol.docker-create')!.req.mountpoint).toBe('/var/lib/docker');
+    const bad = await statusOf(rpc(client, 'ReqMounts', { id: 'np1', rootfsUidShiftType: 4, reqList: [{ kind: 1, dest: '/var/../../etc' }] }));
+    expect(bad?.code).toBe(status.INVALID_ARGUMENT);
+    expect(bad?.details).toMatch(/"\/var\/\.\.\/\.\.\/etc".*climbs above the container root/);
+  });
+
   it('a call waits for a service that comes back within the service wait (a daemon restarting)', async () => {
     const { client, fakes } = await rig({ flags: ['--service-wait-ms', '3000'] });
     await rpc(client, 'Register', emptyReg('w1', work));

@@ -641,7 +641,7 @@ export function createManager(deps: ManagerDeps): Manager {
         if (kind === undefined) {
           throw new SysboxError('invalid-request', `container ${id}: invalid mount request kind ${r.kind} (0..6)`);
         }
-        return { kind, dest: check(ContainerPath, r.dest, `container ${id}: reqList[${i}].dest`) };
+        return { kind, dest: check(ContainerPath, r.dest, `container ${id}: reqList[${i}].dest ${JSON.stringify(String(r.dest).slice(0, 200))}`) };
       });
       const extra = config.mountBinfmtMisc ? [BINFMT_MISC_MOUNT] : [];
       return serialized(id, async () => {

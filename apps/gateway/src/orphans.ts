@@ -76,7 +76,7 @@ export function createOrphanCollector(opts: OrphanCollectorOptions): OrphanColle
     for (let cursor: string | undefined, first = true; first || cursor; first = false) {
       const page = await call(subidList, cursor ? { cursor } : {});
       for (const a of page.allocations) out.push({ id: a.id, what: 'subid range', release: () => call(subidFree, { id: a.id }) });
-      cursor = (page as { next?: string }).next;
+      cursor = page.next;
     }
     const vol = await call(volList, {});
     for (const v of vol.volumes) {

@@ -1,48 +1,64 @@
-import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import { describe, expect, it } from 'vitest';
-import { TABLE_KEY, createSubidAlloc, type AllocationTable, type SubidMode } from './allocator.js';
+import { createSubidAlloc, type SubidMode } from './allocator.js';
+import { LEGACY_TABLE_KEY, type SubidStores } from './subid-store.js';
 
 const B = 65536;
 const START = 165536;
 
-/** A store kept in memory, with the kv-state contract (structured copies, so no aliasing). */
-function memoryStore(): StateStore<AllocationTable> & { writes: number } {
-  const data = new Map<string, AllocationTable>();
-  const copy = (v: AllocationTable | undefined) => (v === undefined ? undefined : structuredClone(v));
+/** A store kept in memory with the kv-state contract: structured copies, tombstones, create refusing a live key. */
+function memoryStore<T>(counter: { writes: number }): KvStateStore<T> {
+  const data = new Map<string, T | undefined>();
+  const copy = (v: T | undefined) => (v === undefined ? undefined : structuredClone(v));
   return {
-    writes: 0,
     async get(key) {
       const value = copy(data.get(key));
       return value && { key, value, revision: 1 };
     },
     async list() {
-      return [...data].map(([key, value]) => ({ key, value: copy(value)!, revision: 1 }));
+      return [...data].flatMap(([key, value]) => (value === undefined ? [] : [{ key, value: copy(value)!, revision: 1 }]));
+    },
+    async keys() {
+      return [...data.keys()].sort();
     },
     async create(key, value) {
-      data.set(key, copy(value)!);
+      if (data.get(key) !== undefined) throw new SysboxError('already-exists', `${key} already exists`);
+      counter.writes++;
+      data.set(key, copy(value));
       return 1;
+    },
+    async createFirst(key, value) {
+      if (data.has(key)) throw new SysboxError('already-exists', `${key} was written before`);
+      return this.create(key, value);
     },
     async mutate(key, fn) {
       const next = await fn(copy(data.get(key)));
       if (next === undefined) return copy(data.get(key));
-      this.writes++;
-      if (next === REMOVE) data.delete(key);
-      else data.set(key, copy(next)!);
+      counter.writes++;
+      data.set(key, next === REMOVE ? undefined : copy(next));
       return copy(next === REMOVE ? undefined : next);
     },
     async delete(key) {
-      data.delete(key);
+      data.set(key, undefined);
     },
   };
 }
 
-const allocator = (mode: SubidMode, poolBlocks = 4, store = memoryStore(), maxTableBytes?: number) =>
+function memoryStores(): SubidStores & { writes: number } {
+  const counter = { writes: 0 };
+  return Object.assign(counter, { ids: memoryStore(counter), blocks: memoryStore(counter), legacyTable: memoryStore(counter) }) as SubidStores & {
+    writes: number;
+  };
+}
+
+const allocator = (mode: SubidMode, poolBlocks = 4, stores = memoryStores(), maxListBytes?: number) =>
   createSubidAlloc({
     mode,
     pool: { start: START, size: poolBlocks * B },
-    store,
+    stores,
     now: () => new Date('2026-11-29T00:00:00.000Z'),
-    maxTableBytes,
+    maxListBytes,
   });
 
 describe('createSubidAlloc, shared mode', () => {
@@ -76,12 +92,13 @@ describe('createSubidAlloc, exclusive mode', () => {
     const list = await a.list();
     expect(list.mode).toBe('exclusive');
     expect(list.pool).toEqual({ uid: START, gid: START, size: 8 * B });
+    // Listed in container id order, the order of the keys.
     expect(list.allocations.map((r) => [r.id, (r.uid - START) / B, r.size / B])).toEqual([
       ['a', 0, 1],
-      ['d', 1, 1],
-      ['f', 2, 1],
       ['c', 3, 1],
+      ['d', 1, 1],
       ['e', 4, 2],
+      ['f', 2, 1],
     ]);
     expect(list.allocations[0]!.allocatedAt).toBe('2026-11-29T00:00:00.000Z');
   });
@@ -103,9 +120,9 @@ describe('createSubidAlloc, exclusive mode', () => {
     ['more than the pool', 5 * B],
     ['more than 2^32', 2 ** 32 + B],
   ])('refuses a size that is %s with invalid-size and changes nothing', async (_name, size) => {
-    const store = memoryStore();
-    await expect(allocator('exclusive', 4, store).alloc('c', size)).rejects.toMatchObject({ code: 'invalid-size' });
-    expect(store.writes).toBe(0);
+    const stores = memoryStores();
+    await expect(allocator('exclusive', 4, stores).alloc('c', size)).rejects.toMatchObject({ code: 'invalid-size' });
+    expect(stores.writes).toBe(0);
   });
 
   it('refuses a second alloc of an id with another size', async () => {
@@ -118,44 +135,78 @@ describe('createSubidAlloc, exclusive mode', () => {
     await expect(allocator('exclusive').free('nobody')).rejects.toMatchObject({ code: 'not-found' });
   });
 
-  it('folds concurrent requests into few writes and gives distinct blocks', async () => {
-    const store = memoryStore();
-    const a = allocator('exclusive', 64, store);
+  it('gives concurrent requests distinct blocks, three writes each (intent, claim, confirm)', async () => {
+    const stores = memoryStores();
+    const a = allocator('exclusive', 64, stores);
     const replies = await Promise.all(Array.from({ length: 64 }, (_, i) => a.alloc(`c${i}`, B)));
     expect(new Set(replies.map((r) => r.uid)).size).toBe(64);
-    expect(store.writes).toBeLessThanOrEqual(2);
+    expect(stores.writes).toBe(3 * 64);
     await expect(a.alloc('one-too-many', B)).rejects.toMatchObject({ code: 'exhausted' });
   });
 
   it('skips ranges recorded outside the current pool (e.g. after the pool moved) without overlapping them', async () => {
-    const store = memoryStore();
-    await store.create(TABLE_KEY, {
+    const stores = memoryStores();
+    await stores.legacyTable.create(LEGACY_TABLE_KEY, {
       allocations: [{ id: 'old', start: START + B + 100, size: B, allocatedAt: '2026-01-01T00:00:00.000Z' }],
     });
-    const a = allocator('exclusive', 4, store);
+    const a = allocator('exclusive', 4, stores);
     expect(await a.alloc('x', B)).toMatchObject({ uid: START });
     expect(await a.alloc('y', B)).toMatchObject({ uid: START + 3 * B });
     expect(await a.alloc('old', B)).toMatchObject({ uid: START + B + 100 });
   });
 
-  it('answers exhausted when the table would outgrow one KV value', async () => {
-    const a = allocator('exclusive', 16, memoryStore(), 300);
-    await a.alloc('a', B);
-    await a.alloc('b', B);
-    await expect(a.alloc('c'.repeat(128), B)).rejects.toMatchObject({ code: 'exhausted', message: /table is full/ });
+  it('stops a list page before it outgrows the reply limit, and the next page carries on', async () => {
+    const a = allocator('shared', 1, memoryStores(), 600);
+    const ids = Array.from({ length: 5 }, (_, i) => `c${i}${'x'.repeat(60)}`);
+    for (const id of ids) await a.alloc(id, B);
+    const first = await a.list();
+    expect(first.allocations.length).toBeGreaterThan(0);
+    expect(first.allocations.length).toBeLessThan(5);
+    expect(JSON.stringify(first).length).toBeLessThanOrEqual(600);
+    const seen = [...first.allocations];
+    for (let next = first.next; next !== undefined; ) {
+      const page = await a.list({ cursor: next });
+      seen.push(...page.allocations);
+      next = page.next;
+    }
+    expect(seen.map((r) => r.id)).toEqual(ids);
   });
 
-  it('a failed store write rejects the whole batch and the next request still runs', async () => {
-    const store = memoryStore();
-    const mutate = store.mutate.bind(store);
+  it('a failed claim write fails the request, leaves its intent behind, and the retry completes it', async () => {
+    const stores = memoryStores();
+    const create = stores.blocks.create.bind(stores.blocks);
     let fail = true;
-    store.mutate = async (key, fn) => {
-      if (fail) throw Object.assign(new Error('store down'), { code: 'unavailable' });
-      return mutate(key, fn);
+    stores.blocks.create = async (key, value) => {
+      if (fail) throw new SysboxError('unavailable', 'store down');
+      return create(key, value);
     };
-    const a = allocator('exclusive', 4, store);
-    await expect(Promise.all([a.alloc('a', B), a.alloc('b', B)])).rejects.toMatchObject({ code: 'unavailable' });
+    const a = allocator('exclusive', 4, stores);
+    await expect(a.alloc('a', B)).rejects.toMatchObject({ code: 'unavailable' });
+    expect((await stores.ids.get('a'))?.value).toMatchObject({ start: START, claimed: false });
+    expect((await a.list()).allocations).toEqual([]);
     fail = false;
     expect(await a.alloc('a', B)).toMatchObject({ uid: START });
+    expect(await a.alloc('b', B)).toMatchObject({ uid: START + B });
+  });
+});
+
+describe('createSubidAlloc, records read back from KV', () => {
+  it.each(['shared', 'exclusive'] as const)('%s: refuses and never lists a forged range outside the pool (root, a host user, past its end)', async (mode) => {
+    const stores = memoryStores();
+    const at = '2026-11-29T00:00:00.000Z';
+    await stores.legacyTable.create(LEGACY_TABLE_KEY, {
+      allocations: [
+        { id: 'root', start: 0, size: B, allocatedAt: at },
+        { id: 'user', start: 1000, size: B, allocatedAt: at },
+        { id: 'straddle', start: START + 4 * B - 1, size: B, allocatedAt: at },
+        { id: 'fine', start: START, size: B, allocatedAt: at },
+      ],
+    });
+    const a = allocator(mode, 4, stores);
+    for (const id of ['root', 'user', 'straddle']) {
+      await expect(a.alloc(id, B), id).rejects.toMatchObject({ code: 'internal', message: expect.stringContaining('outside the pool') });
+    }
+    expect(await a.alloc('fine', B)).toEqual({ uid: START, gid: START, size: B });
+    expect((await a.list()).allocations.map((r) => r.id)).toEqual(['fine']);
   });
 });

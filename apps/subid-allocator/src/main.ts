@@ -1,10 +1,10 @@
-import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { HostPath, SUBID_BLOCK, subidService } from '@sysbox-mgr-ts/contracts';
 import { option, packageVersion, runDaemon, serve } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
-import { AllocationTable, createSubidAlloc } from './allocator.js';
+import { createSubidAlloc } from './allocator.js';
 import { setupSubidPool } from './hostfiles.js';
 import { createSubidBindings } from './service.js';
+import { openSubidStores } from './subid-store.js';
 
 /** Upstream's paid edition reserves 4096 blocks of 65536 ids for exclusive ranges. */
 const DEFAULT_POOL = { shared: SUBID_BLOCK, exclusive: 4096 * SUBID_BLOCK } as const;
@@ -34,8 +34,8 @@ const options = {
     description: 'user whose /etc/subuid and /etc/subgid entry holds the pool',
     schema: z.string().regex(/^[a-z_][a-z0-9_.-]*\$?$/i, 'not a valid user name').default('sysbox'),
   }),
-  subuidFile: option({ flag: 'subuid-file', description: 'subordinate uid file', schema: HostPath.default('/etc/subuid') }),
-  subgidFile: option({ flag: 'subgid-file', description: 'subordinate gid file', schema: HostPath.default('/etc/subgid') }),
+  subuidFile: option({ flag: 'subuid-file', env: 'SYSBOX_SUBUID_FILE', description: 'subordinate uid file', schema: HostPath.default('/etc/subuid') }),
+  subgidFile: option({ flag: 'subgid-file', env: 'SYSBOX_SUBGID_FILE', description: 'subordinate gid file', schema: HostPath.default('/etc/subgid') }),
   loginDefs: option({
     flag: 'login-defs',
     description: 'source of SUB_UID_MIN/MAX and SUB_GID_MIN/MAX (shadow defaults when absent)',
@@ -53,9 +53,10 @@ await runDaemon({
     const size = config.poolSize ?? DEFAULT_POOL[config.mode];
     const pool = await setupSubidPool({ ...config, size });
     log.info({ pool, mode: config.mode, user: config.user }, 'subid pool ready');
-    const kv = await openBucket(nc, subidService.bucket, { replicas: config.kvReplicas });
-    const store = createStateStore(kv, { node: config.node, schema: AllocationTable });
-    const allocator = createSubidAlloc({ mode: config.mode, pool, store, maxTableBytes: nc.info ? nc.info.max_payload - 4096 : undefined });
+    const stores = await openSubidStores(nc, { node: config.node, replicas: config.kvReplicas });
+    const allocator = createSubidAlloc({ mode: config.mode, pool, stores, log, maxListBytes: nc.info ? nc.info.max_payload - 4096 : undefined });
+    // Before serving: a legacy table is migrated and what a crash left is released first.
+    log.info(await allocator.reconcile(), 'subid state reconciled');
     const svc = serve({
       nc,
       service: subidService,

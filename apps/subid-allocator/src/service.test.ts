@@ -10,13 +10,13 @@ import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SUBID_BLOCK, subidAlloc, subidFree, subidList, subidService, type SubidAllocReply } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
-import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createLogger, createServiceClient, serve, type Binding, type MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { AllocationTable, createSubidAlloc, type SubidMode } from './allocator.js';
+import { createSubidAlloc, type SubidMode } from './allocator.js';
 import { setupSubidPool } from './hostfiles.js';
 import { createSubidBindings } from './service.js';
+import { openSubidStores } from './subid-store.js';
 
 const B = SUBID_BLOCK;
 const silent = () =>
@@ -57,9 +57,9 @@ describe('subid service on a real nats-server', () => {
   /** One replica: its own connection, allocator and micro service; counts what it handled. */
   const replica = async (node: string, mode: SubidMode, pool: { start: number; size: number }) => {
     const nc = await connection();
-    const store = createStateStore(await openBucket(nc, subidService.bucket), { node, schema: AllocationTable });
+    const stores = await openSubidStores(nc, { node });
     const counted = { n: 0 };
-    const bindings: Binding[] = createSubidBindings({ allocator: createSubidAlloc({ mode, pool, store }) }).map((b) => ({
+    const bindings: Binding[] = createSubidBindings({ allocator: createSubidAlloc({ mode, pool, stores }) }).map((b) => ({
       contract: b.contract,
       handler: (req, ctx) => {
         counted.n++;
@@ -233,11 +233,15 @@ describe('subid service on a real nats-server', () => {
       const after = (await client.call(subidList, {})).allocations;
       for (const { id, reply } of acknowledged) expect(after.find((r) => r.id === id)).toMatchObject(reply);
       expect(overlaps(after)).toBe(0);
-      // Retrying every id (as sysbox-runc would) yields one block each; freeing them all empties the table.
+      // Retrying every id (as sysbox-runc would) yields one block each; freeing them all leaves
+      // nothing listed and no block claimed.
       const retried = await Promise.all(Array.from({ length: N }, (_, i) => client.call(subidAlloc, { id: `k${i}`, size: B })));
       expect(overlaps(retried)).toBe(0);
       await Promise.all(Array.from({ length: N }, (_, i) => client.call(subidFree, { id: `k${i}` })));
       expect((await client.call(subidList, {})).allocations).toEqual([]);
+      const state = await openSubidStores(await connection(), { node: 'kill' });
+      const claims = await Promise.all((await state.blocks.keys()).map((key) => state.blocks.get(key)));
+      expect(claims.filter(Boolean)).toEqual([]);
     } finally {
       daemon.kill('SIGKILL');
       await daemon.catch(() => undefined);

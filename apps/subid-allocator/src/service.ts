@@ -10,6 +10,6 @@ export function createSubidBindings(deps: { allocator: SubidAlloc }): Binding[] 
       await allocator.free(req.id);
       return {};
     }),
-    handle(subidList, () => allocator.list()),
+    handle(subidList, (req) => allocator.list(req)),
   ];
 }

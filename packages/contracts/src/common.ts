@@ -27,8 +27,34 @@ export const HostPath = z
   .refine((p) => !/[\x00-\x1f]/.test(p), 'path may not hold NUL or control characters')
   .refine(isNormalizedAbsolute, 'path must be absolute and normalized');
 
-/** A path inside the container: same rules as a host path. */
-export const ContainerPath = HostPath;
+/** Whether a path's `..` components never climb above its root (`/a/../../b` does). */
+function staysBelowRoot(path: string): boolean {
+  let depth = 0;
+  for (const part of path.split('/')) {
+    if (part === '' || part === '.') continue;
+    depth += part === '..' ? -1 : 1;
+    if (depth < 0) return false;
+  }
+  return true;
+}
+
+/**
+ * A path inside the container, as sysbox-runc passes it from the container's own config files
+ * (an inner Docker's `data-root`, k3s' `data-dir`): written by people, so `/var/lib/docker/`,
+ * `//var/lib//docker` and `/var/lib/docker/.` are accepted and normalized, as upstream does.
+ * Refused: empty, relative, control characters, and `..` that would climb out of the rootfs.
+ */
+export const ContainerPath = z
+  .string()
+  .min(1, 'path is empty')
+  .max(4096, 'path is longer than 4096 characters')
+  .refine((p) => !/[\x00-\x1f]/.test(p), 'path may not hold NUL or control characters')
+  .refine((p) => p.startsWith('/'), 'container path must be absolute')
+  .refine(staysBelowRoot, 'container path climbs above the container root with ..')
+  .transform((p) => {
+    const normalized = posix.normalize(p);
+    return normalized.length > 1 ? normalized.replace(/\/+$/, '') : normalized;
+  });
 
 export const Id = z.number().int('id must be an integer').min(0).max(MAX_ID);
 export const Offset = z

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import {
   ALL_SERVICES,
   ContainerId,
+  ContainerPath,
   ERROR_CODES,
   ERROR_DESCRIPTIONS,
   GRPC_STATUS,
@@ -36,6 +37,31 @@ describe('HostPath', () => {
   });
   it.each(['/', '/var/lib/sysbox', '/a b/c'])('accepts %j', (p) => {
     expect(HostPath.parse(p)).toBe(p);
+  });
+});
+
+describe('ContainerPath', () => {
+  // What sysbox-runc passes from a container's own config files, as written there.
+  it.each([
+    ['/var/lib/docker/', '/var/lib/docker'],
+    ['//var/lib//docker', '/var/lib/docker'],
+    ['/var/lib/docker/.', '/var/lib/docker'],
+    ['/var/lib/rancher/k3s/../k3s/data', '/var/lib/rancher/k3s/data'],
+    ['/', '/'],
+    ['/.', '/'],
+  ])('accepts %j as %j', (raw, normalized) => {
+    expect(ContainerPath.parse(raw)).toBe(normalized);
+  });
+  it.each([
+    ['', /empty/],
+    ['var/lib/docker', /absolute/],
+    ['/../etc', /climbs above/],
+    ['/var/../../etc', /climbs above/],
+    ['/a\0b', /control/],
+  ])('refuses %j, naming the rule', (raw, rule) => {
+    const r = ContainerPath.safeParse(raw);
+    expect(r.success).toBe(false);
+    expect(r.error?.issues.map((i) => i.message).join(' ')).toMatch(rule);
   });
 });
 

@@ -39,6 +39,8 @@ export {
 export {
   MAX_SUBID_SIZE,
   SUBID_BLOCK,
+  SUBID_LIST_DEFAULT_LIMIT,
+  SUBID_LIST_MAX_LIMIT,
   SubidAllocation,
   SubidRange,
   subidAlloc,
@@ -49,6 +51,7 @@ export {
   type SubidAllocReply,
   type SubidAllocRequest,
   type SubidListReply,
+  type SubidListRequest,
 } from './subid.js';
 export {
   PrepInfo,

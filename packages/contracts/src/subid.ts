@@ -30,19 +30,35 @@ export const subidFree = defineContract({
 export const SubidAllocation = SubidRange.extend({ id: ContainerId, allocatedAt: Timestamp });
 export type SubidAllocation = z.infer<typeof SubidAllocation>;
 
+/**
+ * A list page holds at most this many allocations. At 128-character ids an allocation encodes to
+ * about 230 bytes, so the largest page stays near 460 KiB, under the 1 MiB max_payload with
+ * room to spare; the allocator also stops a page early at the server's max_payload.
+ */
+export const SUBID_LIST_MAX_LIMIT = 2000;
+export const SUBID_LIST_DEFAULT_LIMIT = 1000;
+
 export const subidList = defineContract({
   service: 'subid',
   endpoint: 'list',
   readOnly: true,
   subject: subjectOf('subid', 'list'),
-  description: 'every allocation of this node, with the mode and pool',
-  request: Empty,
+  description: "this node's allocations by container id, a page at a time, with the mode and pool",
+  request: z
+    .object({
+      /** The `next` of the previous page; absent for the first page. */
+      cursor: ContainerId.optional(),
+      limit: z.number().int().min(1).max(SUBID_LIST_MAX_LIMIT).optional(),
+    })
+    .strict(),
   reply: z.object({
     mode: z.enum(['shared', 'exclusive']),
     pool: SubidRange,
     allocations: z.array(SubidAllocation),
+    /** Present when more allocations may follow: pass it as `cursor` to get the next page. */
+    next: ContainerId.optional(),
   }),
-  errors: [],
+  errors: ['invalid-request'],
 });
 
 export const subidService = {
@@ -55,11 +71,13 @@ export const subidService = {
 
 export type SubidAllocRequest = z.infer<typeof subidAlloc.request>;
 export type SubidAllocReply = z.infer<typeof subidAlloc.reply>;
+export type SubidListRequest = z.infer<typeof subidList.request>;
 export type SubidListReply = z.infer<typeof subidList.reply>;
 
 /** The seed interface (upstream intf.SubidAlloc). */
 export interface SubidAlloc {
   alloc(id: string, size: number): Promise<SubidAllocReply>;
   free(id: string): Promise<void>;
-  list(): Promise<SubidListReply>;
+  /** One page, in container id order; without a cursor, the first. */
+  list(page?: SubidListRequest): Promise<SubidListReply>;
 }

@@ -24,8 +24,12 @@ export interface BucketOptions {
 /** Long enough for a JetStream leader election after a lost server (about 5 s measured). */
 export const DEFAULT_RETRY_WINDOW_MS = 10_000;
 
-/** Default bucket limits: far above what a node's records need, far below a disk. */
-export const DEFAULT_BUCKET_MAX_BYTES = 256 * 1024 * 1024;
+/**
+ * Default bucket limits: far above what a node's records need (about 300,000 records of 200
+ * bytes), far below a disk. JetStream reserves max_bytes once per replica against the account
+ * (2 GiB): five R3 buckets of 64 MiB take 960 MiB.
+ */
+export const DEFAULT_BUCKET_MAX_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_MAX_VALUE_SIZE = 1024 * 1024;
 
 /**
@@ -97,6 +101,20 @@ export interface StateStore<T> {
   delete(key: string): Promise<void>;
 }
 
+/** What a KV-backed store offers beyond StateStore: keys without values, and a create that never revives a deleted key. */
+export interface KvStateStore<T> extends StateStore<T> {
+  /**
+   * The keys under this store's prefix, sorted, from one request: no value is read. Deleted keys
+   * are included (a delete leaves a tombstone that keeps its subject), so get() each one you use.
+   */
+  keys(): Promise<string[]>;
+  /**
+   * Creates the entry only if the key was never written: unlike create(), a deleted key answers
+   * `already-exists` too. For one-shot imports that must not bring back what was deleted since.
+   */
+  createFirst(key: string, value: T): Promise<number>;
+}
+
 export interface StoreOptions<S extends z.ZodType> {
   /** First key token: the node this daemon serves. */
   node: string;
@@ -108,7 +126,7 @@ export interface StoreOptions<S extends z.ZodType> {
   retryWindowMs?: number;
 }
 
-export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions<S>): StateStore<z.infer<S>> {
+export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions<S>): KvStateStore<z.infer<S>> {
   type T = z.infer<S>;
   const prefix = opts.namespace ? `${opts.node}.${opts.namespace}.` : `${opts.node}.`;
   const maxRetries = opts.maxRetries ?? 50;
@@ -143,10 +161,16 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     return snap;
   };
 
-  const write = async (key: string, value: T, revision: number): Promise<number> => {
+  /** `revision` 0 creates (over a tombstone too); `'never-written'` creates only where no tombstone is. */
+  const write = async (key: string, value: T, revision: number | 'never-written'): Promise<number> => {
     const data = JSON.stringify(value);
     try {
-      const rev = await kvWrite(() => (revision === 0 ? kv.create(fullKey(key), data) : kv.update(fullKey(key), data, revision)));
+      const rev = await kvWrite(() => {
+        if (revision === 0) return kv.create(fullKey(key), data);
+        // kv.update refuses revision 0; a put expecting subject sequence 0 is the same check.
+        if (revision === 'never-written') return kv.put(fullKey(key), data, { previousSeq: 0 });
+        return kv.update(fullKey(key), data, revision);
+      });
       known.set(key, { value, revision: rev });
       return rev;
     } catch (err) {
@@ -163,11 +187,14 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     async list() {
       const out: Versioned<T>[] = [];
       // A key whose last message is a delete marker has no value: get() answers undefined.
-      for (const key of await kvRead(() => listKeys(kv as Bucket, prefix))) {
+      for (const key of await this.keys()) {
         const v = await this.get(key);
         if (v) out.push(v);
       }
       return out;
+    },
+    async keys() {
+      return kvRead(() => listKeys(kv as Bucket, prefix));
     },
     async create(key, value) {
       // kv.create fails on a live key and succeeds over a tombstone: no read needed.
@@ -175,6 +202,15 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
         return await write(key, value, 0);
       } catch (err) {
         if (isConflict(err)) throw new SysboxError('already-exists', `${key} already exists`, { cause: err });
+        throw asUnavailable(err);
+      }
+    },
+    async createFirst(key, value) {
+      // Expecting subject sequence 0 fails while any message, a tombstone included, holds the key.
+      try {
+        return await write(key, value, 'never-written');
+      } catch (err) {
+        if (isConflict(err)) throw new SysboxError('already-exists', `${key} was written before`, { cause: err });
         throw asUnavailable(err);
       }
     },

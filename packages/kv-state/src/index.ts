@@ -6,7 +6,7 @@ import { Kvm, type Bucket, type KV, type KvEntry } from '@nats-io/kv';
 import { JetStreamApiError } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { retryTransient } from '@sysbox-mgr-ts/nats-retry';
+import { isTransient, retryTransient } from '@sysbox-mgr-ts/nats-retry';
 import type { z } from 'zod';
 
 export interface BucketOptions {
@@ -133,7 +133,6 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
   const retryWindowMs = opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS;
   /** Reads may run twice; a write is retried only when it surely did not land (see nats-retry). */
   const kvRead = <R>(fn: () => Promise<R>): Promise<R> => kvCall(() => retryTransient(fn, { idempotent: true, deadline: Date.now() + retryWindowMs }));
-  const kvWrite = <R>(fn: () => Promise<R>): Promise<R> => retryTransient(fn, { idempotent: false, deadline: Date.now() + retryWindowMs });
   const fullKey = (key: string): string => prefix + encodeKeyToken(key);
 
   const decode = (entry: KvEntry): T => {
@@ -164,18 +163,52 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
   /** `revision` 0 creates (over a tombstone too); `'never-written'` creates only where no tombstone is. */
   const write = async (key: string, value: T, revision: number | 'never-written'): Promise<number> => {
     const data = JSON.stringify(value);
+    const attempt = (): Promise<number> => {
+      if (revision === 0) return kv.create(fullKey(key), data);
+      // kv.update refuses revision 0; a put expecting subject sequence 0 is the same check.
+      if (revision === 'never-written') return kv.put(fullKey(key), data, { previousSeq: 0 });
+      return kv.update(fullKey(key), data, revision);
+    };
     try {
-      const rev = await kvWrite(() => {
-        if (revision === 0) return kv.create(fullKey(key), data);
-        // kv.update refuses revision 0; a put expecting subject sequence 0 is the same check.
-        if (revision === 'never-written') return kv.put(fullKey(key), data, { previousSeq: 0 });
-        return kv.update(fullKey(key), data, revision);
+      const rev = await writeSurely(key, attempt, (entry) => {
+        const live = entry !== null && entry.operation === 'PUT';
+        if (live && entry.string() === data && (revision === 'never-written' || entry.revision > revision)) return 'landed';
+        if (revision === 0) return live ? 'conflict' : 'not-landed';
+        if (revision === 'never-written') return entry === null ? 'not-landed' : 'conflict';
+        return entry?.revision === revision ? 'not-landed' : 'conflict';
       });
       known.set(key, { value, revision: rev });
       return rev;
     } catch (err) {
       known.delete(key);
       throw err;
+    }
+  };
+
+  /**
+   * Runs a CAS write, waiting out a failover. A write whose answer was lost (a time-out, a
+   * connection lost while it was in flight) may or may not have landed: the key is read back from
+   * the leader and `judge` decides. Landed: done. Not landed (the key is as it was): write again.
+   * Anything else: someone else wrote, a conflict the caller handles as any other.
+   */
+  const writeSurely = async (
+    key: string,
+    attempt: () => Promise<number | boolean>,
+    judge: (entry: KvEntry | null) => 'landed' | 'not-landed' | 'conflict',
+  ): Promise<number> => {
+    const deadline = Date.now() + retryWindowMs;
+    for (;;) {
+      try {
+        const r = await retryTransient(attempt, { idempotent: false, deadline });
+        return typeof r === 'number' ? r : 0;
+      } catch (err) {
+        const lostAnswer = isTransient(err, { idempotent: true }) && !isTransient(err, { idempotent: false });
+        if (!lostAnswer || Date.now() >= deadline) throw err;
+        const entry = await kvRead(() => kv.get(fullKey(key)));
+        const verdict = judge(entry);
+        if (verdict === 'landed') return entry!.revision;
+        if (verdict === 'conflict') throw new LostWriteConflict(key, err);
+      }
     }
   };
 
@@ -237,7 +270,14 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
               if (remembered) continue;
               return undefined;
             }
-            await kvWrite(() => kv.delete(fullKey(key), { previousSeq: revision }));
+            await writeSurely(
+              key,
+              () => kv.delete(fullKey(key), { previousSeq: revision }).then(() => true),
+              (entry) => {
+                if (entry?.revision === revision) return 'not-landed';
+                return entry === null || entry.operation !== 'PUT' ? 'landed' : 'conflict';
+              },
+            );
             known.delete(key);
             return undefined;
           }
@@ -252,7 +292,8 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     },
     async delete(key) {
       known.delete(key);
-      await kvCall(() => kvWrite(() => kv.delete(fullKey(key))));
+      // An unconditional delete may run twice: it ends the same.
+      await kvCall(() => retryTransient(() => kv.delete(fullKey(key)), { idempotent: true, deadline: Date.now() + retryWindowMs }));
     },
   };
 }
@@ -271,10 +312,18 @@ async function listKeys(kv: Bucket, prefix: string): Promise<string[]> {
     .sort();
 }
 
+/** A write whose answer was lost, read back and found overwritten by someone else. */
+class LostWriteConflict extends Error {
+  constructor(key: string, cause: unknown) {
+    super(`the write of ${key} lost its answer and another writer changed the key meanwhile`, { cause });
+  }
+}
+
 function isConflict(err: unknown): boolean {
   return (
-    err instanceof JetStreamApiError &&
-    (err.code === 10071 /* wrong last sequence */ || err.code === 10164) /* wrong last sequence unknown */
+    err instanceof LostWriteConflict ||
+    (err instanceof JetStreamApiError &&
+      (err.code === 10071 /* wrong last sequence */ || err.code === 10164)) /* wrong last sequence unknown */
   );
 }
 

@@ -1,4 +1,4 @@
-import type { NatsConnection } from '@nats-io/nats-core';
+import { TimeoutError, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -57,6 +57,34 @@ describe('kv-state on a real nats-server', () => {
   it('reads go to the stream leader (no direct get), so a reader sees the last committed write', async () => {
     const kv = await openBucket(nc1, 'leader-reads');
     expect((await kv.status()).streamInfo.config.allow_direct).toBe(false);
+  });
+
+  it('a CAS write whose answer was lost is read back: applied once if it landed, written again if not', async () => {
+    const real = await openBucket(nc1, 'lost-answers');
+    let mode: 'land-then-lose' | 'lose-before' | 'normal' = 'normal';
+    // The bucket as a failover shows it: the update reaches the leader (or not) and the answer is lost.
+    const flaky = new Proxy(real, {
+      get(target, prop, receiver) {
+        if (prop !== 'update') return Reflect.get(target, prop, receiver);
+        return async (k: string, data: string, rev: number) => {
+          const m = mode;
+          mode = 'normal';
+          if (m === 'lose-before') throw new TimeoutError();
+          const r = await target.update(k, data, rev);
+          if (m === 'land-then-lose') throw new TimeoutError();
+          return r;
+        };
+      },
+    });
+    const store = createStateStore(flaky, { node: 'n1', schema: Counter });
+    await store.create('c', { n: 0 });
+    const inc = (c: { n: number } | undefined) => ({ n: (c?.n ?? 0) + 1 });
+    mode = 'land-then-lose';
+    expect(await store.mutate('c', inc)).toEqual({ n: 1 });
+    mode = 'lose-before';
+    expect(await store.mutate('c', inc)).toEqual({ n: 2 });
+    // Read by another store: exactly two increments landed.
+    expect((await createStateStore(real, { node: 'n1', schema: Counter }).get('c'))?.value).toEqual({ n: 2 });
   });
 
   it('create refuses an existing key, also after a concurrent create', async () => {

@@ -15,6 +15,12 @@ export interface Contract<Req extends z.ZodType = z.ZodType, Rep extends z.ZodTy
   readonly description: string;
   /** Changes nothing: the read-only monitor identity may call it. */
   readonly readOnly?: boolean;
+  /**
+   * Sending it twice ends as sending it once (a repeat answers as the first did, or not-found for
+   * a release already done): a client may send it again when its answer may have been lost.
+   * Read-only operations are idempotent by nature.
+   */
+  readonly idempotent?: boolean;
 }
 
 export type RequestOf<C extends Contract> = z.infer<C['request']>;

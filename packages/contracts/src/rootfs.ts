@@ -22,6 +22,7 @@ export const rootfsCreateClone = defineContract({
 export const rootfsRemoveClone = defineContract({
   service: 'rootfs',
   endpoint: 'remove-clone',
+  idempotent: true,
   subject: subjectOf('rootfs', 'remove-clone'),
   description: 'unmount and remove a clone and what it stacked on the original rootfs',
   request: ById,
@@ -42,6 +43,7 @@ export const rootfsChownClone = defineContract({
 export const rootfsRevertChown = defineContract({
   service: 'rootfs',
   endpoint: 'revert-chown',
+  idempotent: true,
   subject: subjectOf('rootfs', 'revert-chown'),
   description: "undo a clone's chown",
   request: ById,
@@ -52,6 +54,7 @@ export const rootfsRevertChown = defineContract({
 export const rootfsContainerStopped = defineContract({
   service: 'rootfs',
   endpoint: 'container-stopped',
+  idempotent: true,
   subject: subjectOf('rootfs', 'container-stopped'),
   description: 'note that the runtime stopped the container (and removed the bind-to-self mount)',
   request: ById,
@@ -92,6 +95,7 @@ export const rootfsShiftUpper = defineContract({
 export const rootfsRevertUpper = defineContract({
   service: 'rootfs',
   endpoint: 'revert-upper',
+  idempotent: true,
   subject: subjectOf('rootfs', 'revert-upper'),
   description: "undo shift-upper; a no-op when the upper dir is not shifted",
   request: ById,

@@ -18,6 +18,7 @@ export const shiftfsMark = defineContract({
 export const shiftfsUnmark = defineContract({
   service: 'shiftfs',
   endpoint: 'unmark',
+  idempotent: true,
   subject: subjectOf('shiftfs', 'unmark'),
   description: "drop a container's hold on markpoints; the last holder unmounts",
   request: z.object({ id: ContainerId, mounts: z.array(ShiftfsMount).max(1024) }),

@@ -10,6 +10,7 @@ export const SubidRange = z.object({ uid: Id, gid: Id, size: z.number().int().mi
 export const subidAlloc = defineContract({
   service: 'subid',
   endpoint: 'alloc',
+  idempotent: true,
   subject: subjectOf('subid', 'alloc'),
   description: 'allocate a subordinate uid/gid range for a container (same answer for the same id)',
   request: z.object({ id: ContainerId, size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER) }),
@@ -20,6 +21,7 @@ export const subidAlloc = defineContract({
 export const subidFree = defineContract({
   service: 'subid',
   endpoint: 'free',
+  idempotent: true,
   subject: subjectOf('subid', 'free'),
   description: "release a container's range",
   request: z.object({ id: ContainerId }),

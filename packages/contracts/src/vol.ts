@@ -46,6 +46,7 @@ function volContracts(kind: VolumeKind) {
     destroy: defineContract({
       service: 'vol',
       endpoint: `${kind}-destroy`,
+  idempotent: true,
       subject: subjectOf('vol', kind, 'destroy'),
       description: `remove a container's ${kind} volume`,
       request: z.object({ id: ContainerId }),
@@ -55,6 +56,7 @@ function volContracts(kind: VolumeKind) {
     syncOut: defineContract({
       service: 'vol',
       endpoint: `${kind}-sync-out`,
+  idempotent: true,
       subject: subjectOf('vol', kind, 'sync-out'),
       description: `copy a container's ${kind} volume back into its rootfs`,
       request: z.object({ id: ContainerId }),
@@ -98,6 +100,7 @@ export const volPrep = defineContract({
 export const volRevertPrep = defineContract({
   service: 'vol',
   endpoint: 'revert-prep',
+  idempotent: true,
   subject: subjectOf('vol', 'revert-prep'),
   description: 'undo exactly what prep did for a container',
   request: z.object({ id: ContainerId }),

@@ -3,7 +3,7 @@
  * every write a compare-and-set on the entry's revision so replicas never overwrite each other.
  */
 import { Kvm, type Bucket, type KV, type KvEntry } from '@nats-io/kv';
-import { JetStreamApiError } from '@nats-io/jetstream';
+import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { isTransient, retryTransient } from '@sysbox-mgr-ts/nats-retry';
@@ -21,8 +21,18 @@ export interface BucketOptions {
   retryWindowMs?: number;
 }
 
-/** Long enough for a JetStream leader election after a lost server (about 5 s measured). */
-export const DEFAULT_RETRY_WINDOW_MS = 10_000;
+/**
+ * Long enough for a JetStream leader election after a lost server (about 5 s measured on an idle
+ * machine, more on a loaded one), short enough to answer within the gateway's 10 s call bound
+ * most of the time.
+ */
+export const DEFAULT_RETRY_WINDOW_MS = 15_000;
+
+/**
+ * One JetStream request's wait. During an election a request to the old leader gets no answer;
+ * a short wait moves on to the retry, which reaches the new leader as soon as there is one.
+ */
+const JS_REQUEST_TIMEOUT_MS = 2000;
 
 /**
  * Default bucket limits: far above what a node's records need (about 300,000 records of 200
@@ -45,7 +55,7 @@ export async function openBucket(nc: NatsConnection, name: string, opts: BucketO
 }
 
 async function openBucketOnce(nc: NatsConnection, name: string, opts: BucketOptions): Promise<KV> {
-  const kvm = new Kvm(nc);
+  const kvm = new Kvm(jetstream(nc, { timeout: JS_REQUEST_TIMEOUT_MS }));
   try {
     return await kvm.create(name, {
       replicas: opts.replicas ?? 1,

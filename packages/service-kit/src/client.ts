@@ -7,6 +7,7 @@ import {
   RequestError,
   TimeoutError,
   headers,
+  type Msg,
   type NatsConnection,
 } from '@nats-io/nats-core';
 import { SysboxError, type Contract, type ReplyOf, type RequestInputOf } from '@sysbox-mgr-ts/contracts';
@@ -39,6 +40,34 @@ export interface ServiceClient {
 
 export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptions): ServiceClient {
   const defaultTimeout = opts.timeoutMs ?? 5000;
+  /**
+   * Calls waiting for a reply, told when the connection came back: a reply sent while it was down
+   * was dropped by the server, so an idempotent call sends its request again instead of waiting
+   * out its whole bound (measured on a cluster: a removal stuck for the 9-minute long-op bound).
+   */
+  const waitingForReply = new Set<() => void>();
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === 'reconnect') for (const wake of waitingForReply) wake();
+    }
+  })();
+
+  /** The reply, or 'lost' when the connection came back before it. */
+  const replyOrLost = async (send: () => Promise<Msg>): Promise<Msg | 'lost'> => {
+    let wake!: () => void;
+    const lost = new Promise<'lost'>((resolve) => (wake = () => resolve('lost')));
+    waitingForReply.add(wake);
+    const reply = send();
+    try {
+      const r = await Promise.race([reply, lost]);
+      // The abandoned request still settles later; nobody waits for it.
+      if (r === 'lost') reply.catch(() => undefined);
+      return r;
+    } finally {
+      waitingForReply.delete(wake);
+    }
+  };
+
   return {
     node: opts.node,
     async call(contract, payload, callOpts = {}) {
@@ -54,15 +83,29 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
       const started = Date.now();
       const deadline = started + timeout;
       const data = encodeJson(parsed.data);
-      let msg;
-      try {
-        // Only the wait for a responder is retried (idempotent: false): a request that timed out
-        // may have been carried out, and the caller decides whether to send it again.
-        msg = await retryTransient(() => nc.request(subject, data, { timeout: Math.max(1, deadline - Date.now()), headers: h }), {
+      // Only the wait for a responder is retried (idempotent: false): a request that timed out
+      // may have been carried out, and the caller decides whether to send it again.
+      const send = (): Promise<Msg> =>
+        retryTransient(() => nc.request(subject, data, { timeout: Math.max(1, deadline - Date.now()), headers: h }), {
           idempotent: false,
           deadline: Math.min(deadline, started + (opts.waitForResponderMs ?? 0)),
           onRetry: (err, attempt, waitMs) => opts.log?.debug({ subject, attempt, waitMs, err: (err as Error).message }, 'no responder yet; waiting'),
         });
+      let msg: Msg;
+      try {
+        if (contract.idempotent || contract.readOnly) {
+          for (;;) {
+            const r = await replyOrLost(send);
+            if (r !== 'lost') {
+              msg = r;
+              break;
+            }
+            if (Date.now() >= deadline) throw new TimeoutError();
+            opts.log?.warn({ subject }, 'connection came back while waiting for a reply; sending the (idempotent) request again');
+          }
+        } else {
+          msg = await send();
+        }
       } catch (err) {
         throw transportError(subject, timeout, err);
       }

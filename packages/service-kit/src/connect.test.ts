@@ -3,6 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { defineContract, subjectOf } from '@sysbox-mgr-ts/contracts';
+import { z } from 'zod';
+import { createServiceClient } from './client.js';
 import { connectNats } from './daemon.js';
 import { silentLogger } from './logger.js';
 
@@ -42,5 +45,64 @@ describe('connectNats', () => {
 
   it('a missing default credentials file is an error that names it', async () => {
     await expect(connectNats({ natsUrl: ns.url, natsCreds: join(dir, 'absent.nk') }, 'gateway', 'test', silentLogger())).rejects.toThrow(/absent\.nk/);
+  });
+});
+
+describe('a reply lost to a reconnect', () => {
+  let ns: NatsServer;
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: false });
+  });
+  afterAll(async () => {
+    await ns?.stop();
+  });
+
+  const contract = (idempotent: boolean) =>
+    defineContract({
+      service: 'subid',
+      endpoint: idempotent ? 'again' : 'once',
+      subject: subjectOf('subid', idempotent ? 'again' : 'once'),
+      description: 'answers the second request only, as if the first answer was lost',
+      request: z.object({}),
+      reply: z.object({ answer: z.number() }),
+      errors: [],
+      idempotent,
+    });
+
+  /** A responder that drops the first request it gets and answers later ones. */
+  async function responder(subject: string): Promise<{ seen: () => number; close: () => Promise<void> }> {
+    const nc = await ns.connect();
+    let seen = 0;
+    nc.subscribe(subject, { callback: (_e, m) => void (++seen > 1 && m.respond(JSON.stringify({ answer: seen }))) });
+    await nc.flush();
+    return { seen: () => seen, close: () => nc.close() };
+  }
+
+  it('sends an idempotent request again when the connection comes back, instead of waiting out its bound', async () => {
+    const r = await responder('sysbox.n1.subid.again');
+    const nc = await ns.connect('operator', { reconnectTimeWait: 50 });
+    const client = createServiceClient(nc, { node: 'n1', timeoutMs: 20_000 });
+    const t0 = Date.now();
+    const call = client.call(contract(true), {});
+    await new Promise((res) => setTimeout(res, 200));
+    await nc.reconnect();
+    expect(await call).toEqual({ answer: 2 });
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(r.seen()).toBe(2);
+    await nc.close();
+    await r.close();
+  });
+
+  it('never sends a non-idempotent request twice', async () => {
+    const r = await responder('sysbox.n1.subid.once');
+    const nc = await ns.connect('operator', { reconnectTimeWait: 50 });
+    const client = createServiceClient(nc, { node: 'n1', timeoutMs: 1500 });
+    const call = client.call(contract(false), {});
+    await new Promise((res) => setTimeout(res, 200));
+    await nc.reconnect();
+    await expect(call).rejects.toMatchObject({ code: 'timeout' });
+    expect(r.seen()).toBe(1);
+    await nc.close();
+    await r.close();
   });
 });

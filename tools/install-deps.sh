@@ -22,9 +22,10 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  # Not `npm ci`: vite names an optional dependency the registry does not have
-  # (napi-windows-process-start-time), so the lock can never list it and `npm ci` refuses the lock.
-  # `npm install` with the committed lock installs the same versions and leaves the lock unchanged.
-  echo "install-deps: npm install (from package-lock.json)"
-  npm install --no-audit --no-fund --loglevel=error
+  # Exactly the committed lock, or a failure saying it is out of date. vite 8.4.0 names an optional
+  # dependency the registry does not have (napi-windows-process-start-time), which no lock can
+  # list, so `npm ci` refused the lock: the root package.json pins vite to 8.3.8 (`overrides`),
+  # which does not name it. Drop the override once the registry has that package.
+  echo "install-deps: npm ci (from package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error
 fi

@@ -1,5 +1,5 @@
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
+import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
 import { describe, expect, it } from 'vitest';
 import { createSubidAlloc, type SubidMode } from './allocator.js';
 import { LEGACY_TABLE_KEY, type SubidStores } from './subid-store.js';
@@ -7,47 +7,10 @@ import { LEGACY_TABLE_KEY, type SubidStores } from './subid-store.js';
 const B = 65536;
 const START = 165536;
 
-/** A store kept in memory with the kv-state contract: structured copies, tombstones, create refusing a live key. */
-function memoryStore<T>(counter: { writes: number }): KvStateStore<T> {
-  const data = new Map<string, T | undefined>();
-  const copy = (v: T | undefined) => (v === undefined ? undefined : structuredClone(v));
-  return {
-    async get(key) {
-      const value = copy(data.get(key));
-      return value && { key, value, revision: 1 };
-    },
-    async list() {
-      return [...data].flatMap(([key, value]) => (value === undefined ? [] : [{ key, value: copy(value)!, revision: 1 }]));
-    },
-    async keys() {
-      return [...data.keys()].sort();
-    },
-    async create(key, value) {
-      if (data.get(key) !== undefined) throw new SysboxError('already-exists', `${key} already exists`);
-      counter.writes++;
-      data.set(key, copy(value));
-      return 1;
-    },
-    async createFirst(key, value) {
-      if (data.has(key)) throw new SysboxError('already-exists', `${key} was written before`);
-      return this.create(key, value);
-    },
-    async mutate(key, fn) {
-      const next = await fn(copy(data.get(key)));
-      if (next === undefined) return copy(data.get(key));
-      counter.writes++;
-      data.set(key, next === REMOVE ? undefined : copy(next));
-      return copy(next === REMOVE ? undefined : next);
-    },
-    async delete(key) {
-      data.set(key, undefined);
-    },
-  };
-}
-
 function memoryStores(): SubidStores & { writes: number } {
   const counter = { writes: 0 };
-  return Object.assign(counter, { ids: memoryStore(counter), blocks: memoryStore(counter), legacyTable: memoryStore(counter) }) as SubidStores & {
+  const memoryStore = <T>() => createMemoryStore<T>({ onWrite: () => void counter.writes++ });
+  return Object.assign(counter, { ids: memoryStore(), blocks: memoryStore(), legacyTable: memoryStore() }) as SubidStores & {
     writes: number;
   };
 }

@@ -7,7 +7,7 @@ import { needsShift, shift, unfinishedIds } from '@sysbox-mgr-ts/id-shift';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMountPrep, prepKey, type IdShifter, type PrepRecord } from './prep.js';
-import { memoryStore } from './testing/memory-store.js';
+import { createMemoryStore as memoryStore } from '@sysbox-mgr-ts/kv-state/testing';
 
 const log = silentLogger();
 const OFFSET = 165536;

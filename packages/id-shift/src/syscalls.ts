@@ -1,8 +1,8 @@
 /**
- * The native walker addon (native/id_shift.c, built by node-gyp into build/Release/) and the codec
- * of the kernel's binary POSIX ACL xattr. The addon does one directory per call: a call through
- * koffi cost 0.5-2 µs on top of each 1-2.5 µs syscall here, so crossing once per directory instead
- * of once per syscall is most of the speed.
+ * The native walker addon (native/id_shift.c: prebuilt in prebuilds/, or built by node-gyp into
+ * build/Release/) and the codec of the kernel's binary POSIX ACL xattr. The addon does one
+ * directory per call: a call through koffi cost 0.5-2 µs on top of each 1-2.5 µs syscall here, so
+ * crossing once per directory instead of once per syscall is most of the speed.
  *
  * shiftAclXattr is eval'd into the walker threads (`(${shiftAclXattr})`), so it must stay
  * self-contained: no imports, no module-scope names. Paths and names are bytes (Buffers ending in a
@@ -57,16 +57,36 @@ export interface NativeWalker {
   ): ApplyFailure | null;
 }
 
+/** The addon path that loaded in this process, once found. */
+let addonPath: string | undefined;
+
 /**
- * build/Release/id_shift.node relative to the package (the same from src/ under tests and from
- * dist/); an `internal` SysboxError saying to run the build when the addon is missing.
+ * Where the addon is, relative to the package (the same from src/ under tests and from dist/): the
+ * prebuilt binary shipped for this platform (prebuilds/<platform>-<arch>/, linux-x64 glibc), else the
+ * one compiled here by node-gyp (build/Release/, the install script or the nx build). The first that
+ * loads in this process wins; an `internal` SysboxError naming what is missing when none does.
  */
 export function nativeWalkerPath(): string {
-  const path = fileURLToPath(new URL('../build/Release/id_shift.node', import.meta.url));
-  if (!existsSync(path)) {
-    throw new SysboxError('internal', `id-shift native addon missing at ${path}: run \`npx nx build @sysbox-mgr-ts/id-shift\` (node-gyp) first`);
+  if (addonPath) return addonPath;
+  const tried: string[] = [];
+  for (const rel of [`../prebuilds/${process.platform}-${process.arch}/id_shift.node`, '../build/Release/id_shift.node']) {
+    const path = fileURLToPath(new URL(rel, import.meta.url));
+    if (!existsSync(path)) {
+      tried.push(`${path} (missing)`);
+      continue;
+    }
+    try {
+      createRequire(import.meta.url)(path);
+      return (addonPath = path);
+    } catch (err) {
+      tried.push(`${path} (${(err as Error).message.split('\n')[0]})`);
+    }
   }
-  return path;
+  throw new SysboxError(
+    'internal',
+    `id-shift native addon: no prebuilt binary for ${process.platform}-${process.arch} loads here and none was compiled; tried ${tried.join(', ')}. ` +
+      'Compile it (needs a C compiler, make and python3): `npm rebuild @sysbox-mgr-ts/id-shift` where it is installed, `npx nx build @sysbox-mgr-ts/id-shift` in the repository',
+  );
 }
 
 /** Loads the addon in this thread (walker threads load it themselves from nativeWalkerPath()). */

@@ -3,8 +3,8 @@
  * every write a compare-and-set on the entry's revision so replicas never overwrite each other.
  */
 import { Kvm, type Bucket, type KV, type KvEntry } from '@nats-io/kv';
-import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/nats-core';
+import { AckPolicy, DeliverPolicy, JetStreamApiError, jetstream } from '@nats-io/jetstream';
+import { nanos, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { isTransient, retryTransient } from '@sysbox-mgr-ts/nats-retry';
 import type { z } from 'zod';
@@ -108,7 +108,19 @@ export interface StateStore<T> {
    * Returns the stored value after the write (undefined when absent).
    */
   mutate(key: string, mutate: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>): Promise<T | undefined>;
-  delete(key: string): Promise<void>;
+  /**
+   * Deletes the entry; with `revision`, only if it is still at that revision (compare-and-set:
+   * `failed-precondition` when someone wrote since). Deleting an absent entry is not an error.
+   */
+  delete(key: string, opts?: { revision?: number }): Promise<void>;
+}
+
+/** What `change` did: the stored value after it, whether it wrote, and the entry's revision. */
+export interface Change<T> {
+  value: T | undefined;
+  wrote: boolean;
+  /** The revision of the write, or of what was read when nothing was written (0: never written, or deleted now). */
+  revision: number;
 }
 
 /** What a KV-backed store offers beyond StateStore: keys without values, and a create that never revives a deleted key. */
@@ -123,6 +135,8 @@ export interface KvStateStore<T> extends StateStore<T> {
    * `already-exists` too. For one-shot imports that must not bring back what was deleted since.
    */
   createFirst(key: string, value: T): Promise<number>;
+  /** mutate(), telling whether it wrote and at which revision (no flag set from inside the callback). */
+  change(key: string, mutate: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>): Promise<Change<T>>;
 }
 
 export interface StoreOptions<S extends z.ZodType> {
@@ -222,6 +236,20 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     }
   };
 
+  /** Deletes the entry if it is still at `revision`; answers the delete marker's revision. */
+  const casDelete = async (key: string, revision: number): Promise<number> => {
+    const rev = await writeSurely(
+      key,
+      () => kv.delete(fullKey(key), { previousSeq: revision }).then(() => true),
+      (entry) => {
+        if (entry?.revision === revision) return 'not-landed';
+        return entry === null || entry.operation !== 'PUT' ? 'landed' : 'conflict';
+      },
+    );
+    known.delete(key);
+    return rev;
+  };
+
   return {
     async get(key) {
       const { value, revision } = await read(key);
@@ -229,12 +257,15 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     },
     async list() {
       const out: Versioned<T>[] = [];
-      // A key whose last message is a delete marker has no value: get() answers undefined.
-      for (const key of await this.keys()) {
-        const v = await this.get(key);
-        if (v) out.push(v);
+      for (const m of await kvRead(() => lastMessages(kv as Bucket, prefix))) {
+        if (m.deleted) continue;
+        const key = decodeKeyToken(m.subject.slice(`${(kv as Bucket).prefix}.${prefix}`.length));
+        const parsed = opts.schema.safeParse(m.json());
+        if (!parsed.success) throw new SysboxError('internal', `state entry ${key} does not match its schema: ${parsed.error.message}`);
+        known.set(key, { value: parsed.data as T, revision: m.revision });
+        out.push({ key, value: structuredClone(parsed.data as T), revision: m.revision });
       }
-      return out;
+      return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     },
     async keys() {
       return kvRead(() => listKeys(kv as Bucket, prefix));
@@ -258,6 +289,9 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
       }
     },
     async mutate(key, mutate) {
+      return (await this.change(key, mutate)).value;
+    },
+    async change(key, mutate) {
       for (let attempt = 0; ; attempt++) {
         const remembered = attempt === 0 ? known.get(key) : undefined;
         const { value: stored, revision } = remembered ?? (await read(key));
@@ -272,27 +306,19 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
         }
         if (next === undefined) {
           if (remembered) continue;
-          return current;
+          return { value: current, wrote: false, revision };
         }
         try {
           if (next === REMOVE) {
             if (current === undefined) {
               if (remembered) continue;
-              return undefined;
+              return { value: undefined, wrote: false, revision };
             }
-            await writeSurely(
-              key,
-              () => kv.delete(fullKey(key), { previousSeq: revision }).then(() => true),
-              (entry) => {
-                if (entry?.revision === revision) return 'not-landed';
-                return entry === null || entry.operation !== 'PUT' ? 'landed' : 'conflict';
-              },
-            );
-            known.delete(key);
-            return undefined;
+            const rev = await casDelete(key, revision);
+            return { value: undefined, wrote: true, revision: rev };
           }
-          await write(key, next, revision);
-          return next;
+          const rev = await write(key, next, revision);
+          return { value: next, wrote: true, revision: rev };
         } catch (err) {
           known.delete(key);
           if (!isConflict(err) || attempt >= maxRetries) throw asUnavailable(err);
@@ -300,10 +326,19 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
         }
       }
     },
-    async delete(key) {
+    async delete(key, opts = {}) {
       known.delete(key);
-      // An unconditional delete may run twice: it ends the same.
-      await kvCall(() => retryTransient(() => kv.delete(fullKey(key)), { idempotent: true, deadline: Date.now() + retryWindowMs }));
+      if (opts.revision === undefined) {
+        // An unconditional delete may run twice: it ends the same.
+        await kvCall(() => retryTransient(() => kv.delete(fullKey(key)), { idempotent: true, deadline: Date.now() + retryWindowMs }));
+        return;
+      }
+      try {
+        await casDelete(key, opts.revision);
+      } catch (err) {
+        if (isConflict(err)) throw new SysboxError('failed-precondition', `${key} changed since revision ${opts.revision}`, { cause: err });
+        throw asUnavailable(err);
+      }
     },
   };
 }
@@ -327,6 +362,63 @@ class LostWriteConflict extends Error {
   constructor(key: string, cause: unknown) {
     super(`the write of ${key} lost its answer and another writer changed the key meanwhile`, { cause });
   }
+}
+
+/**
+ * The last message of every key under `prefix`, mostly in one pass: an ephemeral pull consumer
+ * that delivers the last message per subject, read up to the count it had pending when it was
+ * made, then deleted. A get per key cost one round trip each (2,000 for a busy node's container
+ * table). With writers at work the consumer also delivers newer messages in stream order and may
+ * then stop before an older key: the newest message per key wins, and keys the subject index
+ * lists but the pass missed are read one by one. Reads the stream leader, like a get.
+ */
+interface LastMessage {
+  subject: string;
+  revision: number;
+  /** A delete or purge marker: the key has no value. */
+  deleted: boolean;
+  json(): unknown;
+}
+
+function isDeleteMarker(headers: MsgHdrs | undefined): boolean {
+  const op = headers?.get('KV-Operation');
+  return op === 'DEL' || op === 'PURGE';
+}
+
+async function lastMessages(kv: Bucket, prefix: string): Promise<LastMessage[]> {
+  const info = await kv.jsm.consumers.add(kv.stream, {
+    ack_policy: AckPolicy.None,
+    deliver_policy: DeliverPolicy.LastPerSubject,
+    filter_subject: `${kv.prefix}.${prefix}*`,
+    mem_storage: true,
+    num_replicas: 1,
+    // Removed by the server if this process dies before deleting it.
+    inactive_threshold: nanos(30_000),
+  });
+  const newest = new Map<string, LastMessage>();
+  try {
+    if (info.num_pending > 0) {
+      const consumer = await kv.js.consumers.get(kv.stream, info.name);
+      const messages = await consumer.fetch({ max_messages: info.num_pending, expires: 5000 });
+      let n = 0;
+      for await (const m of messages) {
+        if ((newest.get(m.subject)?.revision ?? 0) < m.seq) {
+          newest.set(m.subject, { subject: m.subject, revision: m.seq, deleted: isDeleteMarker(m.headers), json: () => m.json() });
+        }
+        if (++n >= info.num_pending) break;
+      }
+    }
+  } finally {
+    await kv.jsm.consumers.delete(kv.stream, info.name).catch(() => undefined);
+  }
+  const subjectPrefix = `${kv.prefix}.${prefix}`;
+  for (const key of await listKeys(kv, prefix)) {
+    const subject = subjectPrefix + encodeKeyToken(key);
+    if (newest.has(subject)) continue;
+    const m = await kv.jsm.streams.getMessage(kv.stream, { last_by_subj: subject }).catch(() => undefined);
+    if (m) newest.set(subject, { subject, revision: m.seq, deleted: isDeleteMarker(m.header), json: () => m.json() });
+  }
+  return [...newest.values()];
 }
 
 function isConflict(err: unknown): boolean {

@@ -85,7 +85,8 @@ describe('permissionsFor', () => {
     expect(p.subscribe.allow).toContain('sysbox.host1.vol.>');
     expect(p.subscribe.allow.some((s) => s.includes('subid') || s === '>' || s.startsWith('_INBOX.'))).toBe(false);
     expect(p.publish.allow).toContain('$KV.sysbox-vol.host1.>');
-    expect(p.publish.allow.filter((s) => s.includes('DELETE') || s.includes('PURGE') || s.includes('CONSUMER'))).toEqual([]);
+    expect(p.publish.allow.filter((s) => s.includes('STREAM.DELETE') || s.includes('PURGE') || s.includes('STREAM.NAMES'))).toEqual([]);
+    expect(p.publish.allow.filter((s) => s.includes('CONSUMER') && !s.includes('.KV_sysbox-vol'))).toEqual([]);
     expect(p.publish.allow.every((s) => s === '$JS.API.INFO' || s.includes('sysbox-vol') || /^_INBOX_(gateway|operator|monitor)\.>$/.test(s))).toBe(true);
     expect(p.allow_responses).toBe(true);
   });

@@ -6,8 +6,8 @@
  *   publishes only replies: through `allow_responses`, and to its callers' inboxes (a reply after
  *   a failover to another cluster member);
  * - a daemon's state is its own bucket: the JetStream API subjects that name that bucket's stream
- *   (info, create, get) and writes under its node's keys; never delete, purge, another stream, or
- *   a consumer;
+ *   (info, create, get, a consumer to list it) and writes under its node's keys; never delete or
+ *   purge a stream, never another stream;
  * - replies come back under the identity's own inbox prefix, which no other identity may
  *   subscribe to.
  */
@@ -47,6 +47,12 @@ export function bucketPermissions(bucket: string, nodes: NodeScope): string[] {
     `$JS.API.STREAM.MSG.GET.${stream}`,
     `$JS.API.DIRECT.GET.${stream}`,
     `$JS.API.DIRECT.GET.${stream}.>`,
+    // kv-state lists a bucket through one short-lived pull consumer on it (never another's).
+    `$JS.API.CONSUMER.CREATE.${stream}`,
+    `$JS.API.CONSUMER.CREATE.${stream}.>`,
+    `$JS.API.CONSUMER.INFO.${stream}.>`,
+    `$JS.API.CONSUMER.MSG.NEXT.${stream}.>`,
+    `$JS.API.CONSUMER.DELETE.${stream}.>`,
     ...nodes.map((node) => `$KV.${bucket}.${node}.>`),
   ];
 }

@@ -1,0 +1,74 @@
+/**
+ * The state rules, run against the JetStream store and the in-memory one alike: what unit tests
+ * get from `@sysbox-mgr-ts/kv-state/testing` is what production gets from the server.
+ */
+import type { NatsConnection } from '@nats-io/nats-core';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { REMOVE, createStateStore, openBucket, type KvStateStore } from './index.js';
+import { createMemoryStore } from './memory.js';
+
+const Rec = z.object({ n: z.number(), tags: z.array(z.string()) });
+type Rec = z.infer<typeof Rec>;
+
+let ns: NatsServer;
+let nc: NatsConnection;
+let bucketSeq = 0;
+beforeAll(async () => {
+  ns = await startNatsServer({ jetstream: true });
+  nc = await ns.connect();
+});
+afterAll(async () => {
+  await nc?.close();
+  await ns?.stop();
+});
+
+const stores: [string, () => Promise<KvStateStore<Rec>>][] = [
+  ['JetStream', async () => createStateStore(await openBucket(nc, `rules-${++bucketSeq}`), { node: 'n1', schema: Rec })],
+  ['in memory', async () => createMemoryStore<Rec>()],
+];
+
+describe.each(stores)('%s store', (_name, make) => {
+  it('hands out copies: editing what get or list returned changes nothing stored', async () => {
+    const s = await make();
+    await s.create('a', { n: 1, tags: ['x'] });
+    (await s.get('a'))!.value.tags.push('edited');
+    (await s.list())[0]!.value.n = 99;
+    expect((await s.get('a'))!.value).toEqual({ n: 1, tags: ['x'] });
+  });
+
+  it('create refuses a live key, succeeds over a deleted one; createFirst refuses any key ever written', async () => {
+    const s = await make();
+    await s.create('a', { n: 1, tags: [] });
+    await expect(s.create('a', { n: 2, tags: [] })).rejects.toMatchObject({ code: 'already-exists' });
+    await s.delete('a');
+    await s.create('a', { n: 3, tags: [] });
+    await s.delete('a');
+    await expect(s.createFirst('a', { n: 4, tags: [] })).rejects.toMatchObject({ code: 'already-exists' });
+    await s.createFirst('b', { n: 5, tags: [] });
+    expect((await s.list()).map((v) => v.key)).toEqual(['b']);
+  });
+
+  it('change tells whether it wrote, with the revision get then shows', async () => {
+    const s = await make();
+    const created = await s.change('a', () => ({ n: 1, tags: [] }));
+    expect(created).toMatchObject({ wrote: true, value: { n: 1, tags: [] } });
+    expect((await s.get('a'))!.revision).toBe(created.revision);
+    const unchanged = await s.change('a', () => undefined);
+    expect(unchanged).toEqual({ wrote: false, value: { n: 1, tags: [] }, revision: created.revision });
+    expect(await s.change('a', () => REMOVE)).toMatchObject({ wrote: true, value: undefined });
+    expect(await s.change('a', () => REMOVE)).toMatchObject({ wrote: false, value: undefined });
+    expect(await s.get('a')).toBeUndefined();
+  });
+
+  it('a delete with a revision is compare-and-set', async () => {
+    const s = await make();
+    const r1 = await s.create('a', { n: 1, tags: [] });
+    const r2 = (await s.change('a', (c) => ({ ...c!, n: 2 }))).revision;
+    await expect(s.delete('a', { revision: r1 })).rejects.toMatchObject({ code: 'failed-precondition' });
+    expect((await s.get('a'))!.value.n).toBe(2);
+    await s.delete('a', { revision: r2 });
+    expect(await s.get('a')).toBeUndefined();
+  });
+});

@@ -1,0 +1,79 @@
+/**
+ * An in-memory KvStateStore for unit tests that behaves like the JetStream one: values are copied
+ * in and out (nobody holds the stored object), every write gets a new revision from one counter,
+ * a delete leaves a tombstone, create refuses a live key (and succeeds over a tombstone),
+ * createFirst refuses any key ever written, and a delete with a revision is compare-and-set.
+ */
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { REMOVE, type Change, type KvStateStore, type Mutation, type Versioned } from './index.js';
+
+interface Slot<T> {
+  value: T | undefined;
+  revision: number;
+}
+
+export interface MemoryStoreOptions {
+  /** Called on every write (create, update, delete): for tests that count writes. */
+  onWrite?: (key: string) => void;
+}
+
+export function createMemoryStore<T>(opts: MemoryStoreOptions = {}): KvStateStore<T> {
+  const slots = new Map<string, Slot<T>>();
+  let lastRevision = 0;
+  const copy = (v: T | undefined): T | undefined => (v === undefined ? undefined : structuredClone(v));
+  const put = (key: string, value: T | undefined): number => {
+    opts.onWrite?.(key);
+    slots.set(key, { value: copy(value), revision: ++lastRevision });
+    return lastRevision;
+  };
+
+  const store: KvStateStore<T> = {
+    async get(key) {
+      const slot = slots.get(key);
+      return slot?.value === undefined ? undefined : { key, value: copy(slot.value)!, revision: slot.revision };
+    },
+    async list() {
+      const out: Versioned<T>[] = [];
+      for (const key of [...slots.keys()].sort()) {
+        const v = await store.get(key);
+        if (v) out.push(v);
+      }
+      return out;
+    },
+    async keys() {
+      return [...slots.keys()].sort();
+    },
+    async create(key, value) {
+      if (slots.get(key)?.value !== undefined) throw new SysboxError('already-exists', `${key} already exists`);
+      return put(key, value);
+    },
+    async createFirst(key, value) {
+      if (slots.has(key)) throw new SysboxError('already-exists', `${key} was written before`);
+      return put(key, value);
+    },
+    async mutate(key, fn) {
+      return (await store.change(key, fn)).value;
+    },
+    async change(key, fn: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>): Promise<Change<T>> {
+      const before = slots.get(key);
+      const next = await fn(copy(before?.value));
+      // Another write while fn ran would fail the CAS write of the real store: apply fn again.
+      if (slots.get(key) !== before) return store.change(key, fn);
+      if (next === undefined) return { value: copy(before?.value), wrote: false, revision: before?.revision ?? 0 };
+      if (next === REMOVE) {
+        if (before?.value === undefined) return { value: undefined, wrote: false, revision: before?.revision ?? 0 };
+        put(key, undefined);
+        return { value: undefined, wrote: true, revision: 0 };
+      }
+      return { value: copy(next), wrote: true, revision: put(key, next) };
+    },
+    async delete(key, deleteOpts = {}) {
+      const slot = slots.get(key);
+      if (deleteOpts.revision !== undefined && slot?.value !== undefined && slot.revision !== deleteOpts.revision) {
+        throw new SysboxError('failed-precondition', `${key} changed since revision ${deleteOpts.revision}`);
+      }
+      if (slot?.value !== undefined) put(key, undefined);
+    },
+  };
+  return store;
+}

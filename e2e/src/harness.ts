@@ -7,7 +7,7 @@
 import { appendFileSync, mkdtempSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SERVICE_IDENTITIES, inboxPrefixOf, type IdentityName } from '@sysbox-mgr-ts/contracts';
 import { run, startProcess } from '@sysbox-mgr-ts/exec';
@@ -17,18 +17,21 @@ import type { RawCredentials } from './raw-nats.js';
 
 export const repoRoot = resolve(import.meta.dirname, '../..');
 
-export type AppName = 'subid-allocator' | 'vol-mgr' | 'shiftfs-mgr' | 'rootfs-cloner' | 'gateway';
+/** The five daemons, and 'all-in-one': all five in one process (apps/all-in-one). */
+export type AppName = 'subid-allocator' | 'vol-mgr' | 'shiftfs-mgr' | 'rootfs-cloner' | 'gateway' | 'all-in-one';
+type DaemonName = Exclude<AppName, 'all-in-one'>;
 export const SERVICE_APPS: AppName[] = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner'];
 /** `$SRV` names of the apps. */
 export const SERVICE_NAMES = Object.fromEntries(
   Object.entries(SERVICE_IDENTITIES).map(([app, svc]) => [app, svc.name]),
-) as Record<Exclude<AppName, 'gateway'>, string>;
+) as Record<Exclude<DaemonName, 'gateway'>, string>;
 const BINS: Record<AppName, string> = {
   'subid-allocator': 'sysbox-subid-allocator',
   'vol-mgr': 'sysbox-vol-mgr',
   'shiftfs-mgr': 'sysbox-shiftfs-mgr',
   'rootfs-cloner': 'sysbox-rootfs-cloner',
   gateway: 'sysbox-gateway',
+  'all-in-one': 'sysbox-mgr-ts',
 };
 
 export interface Proc {
@@ -102,8 +105,9 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const subidFiles = ['--subuid-file', etc.subuid, '--subgid-file', etc.subgid];
   const guard = ['--allowed-rootfs-roots', dir, ...subidFiles];
   const baseArgs = (app: AppName): string[] => {
-    const common = ['--nats-url', nats.url, '--nats-creds', nats.credentials(app), '--node', node, '--data-root', dataRoot, '--log-level', opts.logLevel ?? 'debug'];
-    const own: Record<AppName, string[]> = {
+    const creds = app === 'all-in-one' ? ['--creds-dir', dirname(nats.credentials('operator'))] : ['--nats-creds', nats.credentials(app)];
+    const common = ['--nats-url', nats.url, ...creds, '--node', node, '--data-root', dataRoot, '--log-level', opts.logLevel ?? 'debug'];
+    const own: Record<DaemonName, string[]> = {
       // Exclusive mode, so that "same ids after restart" and "ids released" can fail.
       'subid-allocator': [
         '--subuid-file', etc.subuid, '--subgid-file', etc.subgid, '--login-defs', etc.loginDefs,
@@ -116,7 +120,9 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       'rootfs-cloner': [...guard],
       gateway: ['--socket', socket, '--watch-interval-ms', '50', ...subidFiles],
     };
-    return [...common, ...(opts.commonArgs ?? []), ...own[app], ...(opts.args?.[app] ?? [])];
+    // One process for all five takes every daemon's flags (shared ones mean the same to each).
+    const apps: DaemonName[] = app === 'all-in-one' ? [...SERVICE_APPS, 'gateway'] as DaemonName[] : [app];
+    return [...common, ...(opts.commonArgs ?? []), ...apps.flatMap((a) => [...own[a], ...(opts.args?.[a] ?? [])])];
   };
 
   const start = async (app: AppName, extraArgs: string[] = []): Promise<Proc> => {
@@ -135,7 +141,9 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {
       if (p.proc.exitCode !== null) throw new Error(`${p.app} exited early:\n${safeRead(p.logFile)}`);
-      if (/"msg":"started"/.test(safeRead(p.logFile))) return;
+      // The all-in-one logs `started` per app, then once with the list of apps.
+      const ready = p.app === 'all-in-one' ? /"apps":\[[^\]]*\],"msg":"started"/ : /"msg":"started"/;
+      if (ready.test(safeRead(p.logFile))) return;
       await sleep(50);
     }
     throw new Error(`${p.app} not ready in 20 s:\n${safeRead(p.logFile)}`);

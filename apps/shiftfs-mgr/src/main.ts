@@ -1,44 +1,4 @@
-import { join } from 'node:path';
-import { shiftfsService } from '@sysbox-mgr-ts/contracts';
-import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { boolOption, packageVersion, runDaemon, serve } from '@sysbox-mgr-ts/service-kit';
-import { openMarkStore } from './mark-store.js';
-import { createShiftfsMarks } from './marks.js';
-import { createShiftfsMounter } from './mounter.js';
-import { probeShiftfs } from './probe.js';
-import { createShiftfsBindings, shiftfsMetadata } from './service.js';
+import { packageVersion, runDaemon } from '@sysbox-mgr-ts/service-kit';
+import { shiftfsMgrApp } from './app.js';
 
-await runDaemon({
-  name: 'sysbox-shiftfs-mgr',
-  identity: 'shiftfs-mgr',
-  version: packageVersion(import.meta.url),
-  about: 'reference-counted shiftfs marks on host paths, served over NATS',
-  options: {
-    modprobe: boolOption('modprobe', 'SYSBOX_SHIFTFS_MODPROBE', 'run `modprobe shiftfs` before probing /proc/filesystems', true),
-  },
-  async start({ config, nc, log, version }) {
-    const probe = await probeShiftfs({ modprobe: config.modprobe, log });
-    log.info({ shiftfs: probe.supported }, probe.reason);
-    const marks = await createShiftfsMarks({
-      store: await openMarkStore(nc, { node: config.node, replicas: config.kvReplicas }),
-      mounter: createShiftfsMounter(log),
-      readMounts: () => readMountInfo(),
-      workDir: join(config.dataRoot, 'shiftfs'),
-      dataRoot: config.dataRoot,
-      probe,
-      log,
-    });
-    const report = await marks.reconcile();
-    log.info({ kept: report.kept, dropped: report.dropped.length, removedDirs: report.removedDirs.length }, 'shiftfs marks reconciled');
-    const svc = serve({
-      nc,
-      service: shiftfsService,
-      node: config.node,
-      version,
-      log,
-      bindings: createShiftfsBindings(marks, probe),
-      metadata: shiftfsMetadata(probe),
-    });
-    return { stop: () => svc.stop() };
-  },
-});
+await runDaemon({ ...shiftfsMgrApp, version: packageVersion(import.meta.url) });

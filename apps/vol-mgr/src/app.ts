@@ -4,10 +4,12 @@
  */
 import type { NatsConnection } from '@nats-io/nats-core';
 import { VOLUME_KINDS, volService, type VolumeKind } from '@sysbox-mgr-ts/contracts';
-import { createHostGuard } from '@sysbox-mgr-ts/host-guard';
+import { createHostGuard, hostGuardOptions } from '@sysbox-mgr-ts/host-guard';
+import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { serve } from '@sysbox-mgr-ts/service-kit';
+import { boolOption, defineApp, option, serve } from '@sysbox-mgr-ts/service-kit';
+import { z } from 'zod';
 import type { Logger } from 'pino';
 import { createMountPrep, PrepRecordSchema, type IdShifter } from './prep.js';
 import type { ScanIds } from './rsync.js';
@@ -99,3 +101,31 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
     },
   };
 }
+
+/** sysbox-vol-mgr as data: what its bin, the all-in-one bin and benches start. */
+export const volMgrApp = defineApp({
+  name: 'sysbox-vol-mgr',
+  identity: 'vol-mgr',
+  about: 'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation, served over NATS',
+  options: {
+    ...hostGuardOptions,
+    sync: boolOption('sync', 'SYSBOX_VOL_SYNC', 'copy rootfs content into volumes on create and back on sync-out (--no-sync: upstream disable-inner-image-preload)', true),
+    syncTimeoutMs: option({
+      flag: 'sync-timeout-ms',
+      env: 'SYSBOX_VOL_SYNC_TIMEOUT_MS',
+      description: 'time bound of one rsync (sync-in or sync-out); past it the copy is killed and the request fails with timeout',
+      schema: z.coerce.number().int().min(1000).default(30 * 60 * 1000),
+    }),
+    removeOrphans: boolOption('remove-orphans', 'SYSBOX_VOL_REMOVE_ORPHANS', 'on start, remove volume dirs that no record owns (else only report them)'),
+    cleanupOnStop: boolOption('cleanup-on-stop', 'SYSBOX_VOL_CLEANUP_ON_STOP', "on stop, sync out and destroy every volume (upstream's behaviour)"),
+    stopGraceMs: option({
+      flag: 'stop-grace-ms',
+      env: 'SYSBOX_VOL_STOP_GRACE_MS',
+      description: 'on stop, how long syncs in flight may run before they are cancelled',
+      schema: z.coerce.number().int().min(0).default(30_000),
+    }),
+  },
+  async start({ config, nc, log, version }) {
+    return startVolApp(config, { nc, log, version, idShift: { shift, scanIds, needsShift } });
+  },
+});

@@ -30,17 +30,29 @@ export interface DaemonContext<O extends OptionSpecs> {
   version: string;
 }
 
-export interface DaemonSpec<O extends OptionSpecs> {
+/**
+ * An app as data: what its bin, the all-in-one bin, tests and benches all start. Each app's
+ * src/app.ts exports one; its main.ts only hands it to runDaemon.
+ */
+export interface AppSpec<O extends OptionSpecs> {
   /** Process name, e.g. sysbox-subid-allocator. */
   name: string;
-  /** Who the daemon is on NATS: its credentials, permissions and inbox prefix. */
+  /** Who the app is on NATS: its credentials, permissions and inbox prefix. */
   identity: IdentityName;
-  version: string;
   about: string;
   options: O;
+  start(ctx: DaemonContext<O>): Promise<Stoppable>;
+}
+
+/** Declares an app, inferring its config type from its options. */
+export function defineApp<O extends OptionSpecs>(spec: AppSpec<O>): AppSpec<O> {
+  return spec;
+}
+
+export interface DaemonSpec<O extends OptionSpecs> extends AppSpec<O> {
+  version: string;
   /** Where and how to log, from the parsed config (default: JSON on stdout). */
   logTo?: (config: DaemonConfig<O>) => Pick<LoggerSettings, 'destination' | 'format'>;
-  start(ctx: DaemonContext<O>): Promise<Stoppable>;
 }
 
 /** The version field of the package.json next to a module's dist/ or src/ folder. */

@@ -24,9 +24,11 @@ export {
 export { createServiceClient, type CallOptions, type ServiceClient } from './client.js';
 export {
   connectNats,
+  defineApp,
   type NatsClientConfig,
   packageVersion,
   runDaemon,
+  type AppSpec,
   type DaemonConfig,
   type DaemonContext,
   type DaemonSpec,

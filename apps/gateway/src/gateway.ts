@@ -9,7 +9,8 @@ import { createServiceClient, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 import type { GatewayFlags } from './flags.js';
 import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
-import { createManager, type Manager, type MgrConfig, type NetnsMembers } from './manager.js';
+import { createManager, type Manager, type MgrConfig } from './manager.js';
+import type { NetnsMembers } from './netns.js';
 import { hostChecks, probeHost, probeShiftfs, type HostChecks, type HostFacts } from './probes.js';
 import { ContainerRecord } from './record.js';
 import { createOrphanCollector, type OrphanCollector } from './orphans.js';
@@ -119,7 +120,7 @@ export async function startGateway(opts: {
     running: () => manager.runningPaths(),
     exists: (p) => checks.exists(p),
     forget: async (id) => {
-      await manager.unregister(id).catch((err: unknown) => {
+      await manager.unregister({ id }).catch((err: unknown) => {
         if (!isSysboxError(err, 'failed-precondition')) throw err;
       });
       await manager.removeContainer(id);

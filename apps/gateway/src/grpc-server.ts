@@ -1,7 +1,7 @@
 /**
  * sysbox-mgr's gRPC face: protobuf.sysboxMgrStateChannel on a unix socket, with server reflection
- * and grpc.health.v1. Each handler converts the wire messages to the manager's types, runs under a
- * time bound, and answers a failure as a gRPC status whose message names the container.
+ * and grpc.health.v1. Each handler parses its request into the manager's typed input (wire.ts), runs
+ * under a time bound, and answers a failure as a gRPC status whose message names the container.
  */
 import { connect } from 'node:net';
 import { chmod, lstat, mkdir, unlink, writeFile } from 'node:fs/promises';
@@ -14,66 +14,32 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
-import { GRPC_STATUS, SysboxError, type IdMapping, type OciMount } from '@sysbox-mgr-ts/contracts';
+import { GRPC_STATUS, SysboxError } from '@sysbox-mgr-ts/contracts';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
 import { HealthImplementation } from 'grpc-health-check';
 import type { Manager } from './manager.js';
 import { SERVICE_NAME, loadPackage, sysboxMgrService } from './proto.js';
-
-/** IDMapping as the .proto spells it. */
-interface WireIdMapping {
-  containerID: number;
-  hostID: number;
-  size: number;
-}
-
-const fromWire = (list: WireIdMapping[] | undefined): IdMapping[] =>
-  (list ?? []).map((m) => ({ containerId: m.containerID, hostId: m.hostID, size: m.size }));
-const toWire = (list: IdMapping[]): WireIdMapping[] =>
-  list.map((m) => ({ containerID: m.containerId, hostID: m.hostId, size: m.size }));
-const mountToWire = (m: OciMount) => ({ source: m.source, dest: m.destination, type: m.type, opt: m.options });
+import { containerConfigToWire, mountToWire, parseRequest, type RpcName } from './wire.js';
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- wire messages are proto-loader plain objects */
 type Rpc = (req: any) => Promise<object>;
 
-/** The 13 rpcs, each a conversion around one manager call. */
-export function rpcHandlers(manager: Manager): Record<string, Rpc> {
+/** The 13 rpcs: the request parsed at the edge (wire.ts), one manager call, the reply in wire names. */
+export function rpcHandlers(manager: Manager): Record<RpcName, Rpc> {
   return {
-    Register: async (r) => {
-      const cfg = await manager.register({
-        id: r.id,
-        rootfs: r.rootfs,
-        userns: r.userns,
-        netns: r.netns,
-        uidMappings: fromWire(r.uidMappings),
-        gidMappings: fromWire(r.gidMappings),
-      });
-      return { containerConfig: { ...cfg, uidMappings: toWire(cfg.uidMappings), gidMappings: toWire(cfg.gidMappings) } };
-    },
-    Update: async (r) => {
-      await manager.update({
-        id: r.id,
-        userns: r.userns,
-        netns: r.netns,
-        uidMappings: fromWire(r.uidMappings),
-        gidMappings: fromWire(r.gidMappings),
-        rootfsUidShiftType: r.rootfsUidShiftType,
-      });
-      return {};
-    },
-    Unregister: async (r) => (await manager.unregister(r.id), {}),
-    SubidAlloc: async (r) => manager.subidAlloc(r.id, Number(r.size)),
-    PrepMounts: async (r) => (await manager.prepMounts(r.id, r.uid, r.gid, r.prepList ?? []), {}),
-    ReqMounts: async (r) => ({
-      mounts: (await manager.reqMounts(r.id, r.rootfsUidShiftType, r.reqList ?? [])).map(mountToWire),
-    }),
-    ReqShiftfsMark: async (r) => ({ shiftfsMarks: await manager.reqShiftfsMark(r.id, r.shiftfsMarks ?? []) }),
-    ReqFsState: async (r) => ({ fsEntries: await manager.reqFsState(r.id, r.rootfs) }),
-    Pause: async (r) => (await manager.pause(r.id), {}),
-    Resume: async (r) => (await manager.resume(r.id), {}),
-    ReqCloneRootfs: async (r) => ({ rootfs: await manager.cloneRootfs(r.id) }),
-    ChownClonedRootfs: async (r) => (await manager.chownClonedRootfs(r.id, r.uidOffset, r.gidOffset), {}),
-    RevertClonedRootfsChown: async (r) => (await manager.revertClonedRootfsChown(r.id), {}),
+    Register: async (r) => ({ containerConfig: containerConfigToWire(await manager.register(parseRequest('Register', r))) }),
+    Update: async (r) => (await manager.update(parseRequest('Update', r)), {}),
+    Unregister: async (r) => (await manager.unregister(parseRequest('Unregister', r)), {}),
+    SubidAlloc: async (r) => manager.subidAlloc(parseRequest('SubidAlloc', r)),
+    PrepMounts: async (r) => (await manager.prepMounts(parseRequest('PrepMounts', r)), {}),
+    ReqMounts: async (r) => ({ mounts: (await manager.reqMounts(parseRequest('ReqMounts', r))).map(mountToWire) }),
+    ReqShiftfsMark: async (r) => ({ shiftfsMarks: await manager.reqShiftfsMark(parseRequest('ReqShiftfsMark', r)) }),
+    ReqFsState: async (r) => ({ fsEntries: await manager.reqFsState(parseRequest('ReqFsState', r)) }),
+    Pause: async (r) => (await manager.pause(parseRequest('Pause', r)), {}),
+    Resume: async (r) => (await manager.resume(parseRequest('Resume', r)), {}),
+    ReqCloneRootfs: async (r) => ({ rootfs: await manager.cloneRootfs(parseRequest('ReqCloneRootfs', r)) }),
+    ChownClonedRootfs: async (r) => (await manager.chownClonedRootfs(parseRequest('ChownClonedRootfs', r)), {}),
+    RevertClonedRootfsChown: async (r) => (await manager.revertClonedRootfsChown(parseRequest('RevertClonedRootfsChown', r)), {}),
   };
 }
 

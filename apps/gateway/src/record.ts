@@ -3,7 +3,15 @@
  * in its in-memory containerInfo, plus what a restarted gateway needs to resume the removal watch.
  */
 import { z } from 'zod';
-import { ContainerId, HostPath, IdMapping, OciMount, ShiftfsMount, VolumeKindSchema } from '@sysbox-mgr-ts/contracts';
+import {
+  ContainerId,
+  HostPath,
+  IdMapping,
+  OciMount,
+  ShiftfsMount,
+  SysboxError,
+  VolumeKindSchema,
+} from '@sysbox-mgr-ts/contracts';
 
 /** sysbox-libs idShiftUtils.IDShiftType, as sysbox-runc sends it. */
 export const ShiftType = {
@@ -61,3 +69,16 @@ export const ContainerRecord = z.object({
   updatedAt: z.string(),
 });
 export type ContainerRecord = z.infer<typeof ContainerRecord>;
+
+/** The host ids container root maps to (the first uid and gid mapping); `failed-precondition` without one. */
+export function firstMapping(rec: ContainerRecord, what: string): { uid: number; gid: number } {
+  const u = rec.uidMappings[0];
+  const g = rec.gidMappings[0];
+  if (!u || !g) throw new SysboxError('failed-precondition', `container ${rec.id} has no uid/gid mapping for ${what}`);
+  return { uid: u.hostId, gid: g.hostId };
+}
+
+/** The shiftfs marks to undo: those confirmed and those asked for without an answer. */
+export function marksToRelease(rec: ContainerRecord): ContainerRecord['shiftfsMarks'] {
+  return [...rec.shiftfsMarks, ...rec.requested.shiftfs];
+}

@@ -12,14 +12,22 @@ interface Slot<T> {
   revision: number;
 }
 
-export interface MemoryStoreOptions {
+export interface MemoryStoreOptions<T> {
+  /** Entries the store starts with. */
+  initial?: Record<string, T>;
   /** Called on every write (create, update, delete): for tests that count writes. */
   onWrite?: (key: string) => void;
 }
 
-export function createMemoryStore<T>(opts: MemoryStoreOptions = {}): KvStateStore<T> {
+export interface MemoryStore<T> extends KvStateStore<T> {
+  /** The live values by key, as copies: for assertions. */
+  snapshot(): Map<string, T>;
+}
+
+export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemoryStore<T> {
   const slots = new Map<string, Slot<T>>();
   let lastRevision = 0;
+  for (const [key, value] of Object.entries(opts.initial ?? {})) slots.set(key, { value: structuredClone(value), revision: ++lastRevision });
   const copy = (v: T | undefined): T | undefined => (v === undefined ? undefined : structuredClone(v));
   const put = (key: string, value: T | undefined): number => {
     opts.onWrite?.(key);
@@ -27,7 +35,10 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions = {}): KvStateStor
     return lastRevision;
   };
 
-  const store: KvStateStore<T> = {
+  const store: MemoryStore<T> = {
+    snapshot() {
+      return new Map([...slots].flatMap(([key, slot]) => (slot.value === undefined ? [] : [[key, copy(slot.value)!] as const])));
+    },
     async get(key) {
       const slot = slots.get(key);
       return slot?.value === undefined ? undefined : { key, value: copy(slot.value)!, revision: slot.revision };

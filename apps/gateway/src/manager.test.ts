@@ -1,0 +1,144 @@
+/** The lifecycle composed, without a network: an in-memory table and fake services. */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { silentLogger } from '@sysbox-mgr-ts/service-kit';
+import { createManager, type Manager, type MgrConfig } from './manager.js';
+import type { NetnsMembers } from './netns.js';
+import type { HostChecks, HostFacts } from './probes.js';
+import type { ContainerRecord } from './record.js';
+import { fakeClient, type FakeClient, type FakeHandler } from './testing/fake-client.js';
+import { createMemoryStore, type MemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
+import { parseRequest } from './wire.js';
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'gw-manager-'));
+  await writeFile(join(dir, 'subid'), 'sysbox:165536:1048576\n');
+});
+afterAll(() => rm(dir, { recursive: true, force: true }));
+
+const facts: HostFacts = {
+  kernelRelease: '6.8.0',
+  hostDistro: 'debian',
+  hostKernelHdrPath: '/usr/src/linux-headers-6.8.0',
+  linuxHeaderMounts: [],
+  libModMounts: [],
+  idMapMountOk: true,
+  overlayfsOnIDMapMountOk: false,
+  binfmtMiscNamespaced: true,
+};
+
+const host: HostChecks = {
+  isOnOverlay: async () => false,
+  overlayUpperDir: async () => undefined,
+  inodeOf: async () => 4026532001,
+  distroOf: async () => undefined,
+  idMapMountSupportedOnPath: async () => false,
+  exists: async () => true,
+};
+
+interface Rig {
+  manager: Manager;
+  client: FakeClient;
+  containers: MemoryStore<ContainerRecord>;
+  watches: [string, string | undefined][];
+}
+
+function rig(handlers: Record<string, FakeHandler> = {}): Rig {
+  const client = fakeClient({
+    'subid.alloc': (p) => ({ uid: 165536, gid: 165536, size: p.size }),
+    'rootfs.create-clone': (p) => ({ rootfs: `/var/lib/sysbox/rootfs/${p.id}/overlay2/merged`, origWorkDir: '/var/lib/docker/overlay2/x' }),
+    'vol.docker-create': (p) => ({ mounts: [{ source: `/var/lib/sysbox/docker/${p.id}`, destination: p.mountpoint, type: 'bind', options: [] }] }),
+    ...handlers,
+  });
+  const containers = createMemoryStore<ContainerRecord>();
+  const watches: [string, string | undefined][] = [];
+  const manager = createManager({
+    services: client,
+    containers,
+    netns: createMemoryStore<NetnsMembers>(),
+    host,
+    facts,
+    config: { syscontMode: true, mountBinfmtMisc: true } as MgrConfig,
+    timeouts: { opMs: 100, longOpMs: 1000 },
+    clock: () => new Date(0),
+    log: silentLogger(),
+    replyChecks: { dataRoot: '/var/lib/sysbox', subuidFile: join(dir, 'subid'), subgidFile: join(dir, 'subid') },
+    onWatch: (id, path) => void watches.push([id, path]),
+  });
+  return { manager, client, containers, watches };
+}
+
+const register = (m: Manager, id: string) =>
+  m.register(parseRequest('Register', { id, rootfs: `/var/lib/docker/overlay2/${id}/merged`, userns: '', netns: '', uidMappings: [], gidMappings: [] }));
+
+describe('lifecycle', () => {
+  it('a restarted container gets its earlier mounts and ids back without asking a service', async () => {
+    const { manager, client, watches } = rig();
+    await register(manager, 'c1');
+    await manager.subidAlloc({ id: 'c1', size: 65536 });
+    const mounts = await manager.reqMounts({ id: 'c1', rootfsUidShiftType: 4, reqList: [{ kind: 'docker', dest: '/var/lib/docker' }] });
+    expect(mounts.map((m) => m.source)).toEqual(['/var/lib/sysbox/docker/c1', 'binfmt_misc']);
+    await manager.unregister({ id: 'c1' });
+    expect(watches).toEqual([['c1', '/var/lib/docker/overlay2/c1']]);
+    await expect(manager.unregister({ id: 'c1' })).rejects.toMatchObject({ code: 'failed-precondition' });
+
+    client.calls.length = 0;
+    const cfg = await register(manager, 'c1');
+    expect(cfg.uidMappings).toEqual([{ containerId: 0, hostId: 165536, size: 65536 }]);
+    expect(await manager.subidAlloc({ id: 'c1', size: 65536 })).toEqual({ uid: 165536, gid: 165536 });
+    expect(await manager.reqMounts({ id: 'c1', rootfsUidShiftType: 99, reqList: [{ kind: 'docker', dest: '/var/lib/docker' }] })).toEqual(mounts);
+    expect(client.calls).toEqual([]);
+    await expect(register(manager, 'c1')).rejects.toMatchObject({ code: 'failed-precondition' });
+  });
+
+  it('records a subid intent before asking, so a call that never answered is still released', async () => {
+    const { manager, containers } = rig({
+      'subid.alloc': () => {
+        throw new SysboxError('timeout', 'no answer');
+      },
+    });
+    await register(manager, 'c1');
+    await expect(manager.subidAlloc({ id: 'c1', size: 65536 })).rejects.toMatchObject({ code: 'timeout', message: expect.stringMatching(/^container c1: subid allocation: /) });
+    expect(containers.snapshot().get('c1')?.requested.subid).toBe(true);
+  });
+
+  it('refuses a subid range outside the delegated ones and keeps the container unmapped', async () => {
+    const { manager, containers } = rig({ 'subid.alloc': (p) => ({ uid: 0, gid: 0, size: p.size }) });
+    await register(manager, 'c1');
+    await expect(manager.subidAlloc({ id: 'c1', size: 65536 })).rejects.toMatchObject({ code: 'internal' });
+    expect(containers.snapshot().get('c1')?.uidMappings).toEqual([]);
+  });
+
+  it('adopts a clone only when an earlier ReqCloneRootfs asked for it; Unregister watches the adopted clone', async () => {
+    const exists = () => {
+      throw new SysboxError('already-exists', 'clone exists');
+    };
+    const list = () => ({ clones: [{ id: 'c1', cloneRootfs: '/var/lib/sysbox/rootfs/c1/overlay2/merged', origWorkDir: '/ovl/c1' }], uppers: [] });
+    const fresh = rig({ 'rootfs.create-clone': exists, 'rootfs.list': list });
+    await register(fresh.manager, 'c1');
+    await expect(fresh.manager.cloneRootfs({ id: 'c1' })).rejects.toMatchObject({ code: 'already-exists' });
+    expect(fresh.client.ops()).toEqual(['rootfs.create-clone']);
+    // That failed call left its intent: the retry adopts the clone.
+    expect(await fresh.manager.cloneRootfs({ id: 'c1' })).toBe('/var/lib/sysbox/rootfs/c1/overlay2/merged');
+    expect(fresh.containers.snapshot().get('c1')).toMatchObject({ rootfsCloned: true, rmWatchPath: '/ovl/c1/work', requested: { clone: false } });
+
+    const lost = rig({ 'rootfs.create-clone': () => { throw new SysboxError('timeout', 'lost'); }, 'rootfs.list': list });
+    await register(lost.manager, 'c1');
+    await expect(lost.manager.cloneRootfs({ id: 'c1' })).rejects.toMatchObject({ code: 'timeout' });
+    await lost.manager.unregister({ id: 'c1' });
+    expect(lost.watches).toEqual([['c1', '/ovl/c1/work']]);
+    expect(lost.client.ops()).toContain('rootfs.container-stopped');
+  });
+
+  it('answers not-found naming the container, and a hostile id from a service list is refused by get', async () => {
+    const { manager } = rig();
+    await expect(manager.pause({ id: 'nope' })).rejects.toMatchObject({ code: 'not-found', message: expect.stringContaining('nope') });
+    await expect(manager.get('../x')).rejects.toMatchObject({ code: 'invalid-request' });
+    expect(await manager.get('nope')).toBeUndefined();
+    expect(await manager.removeContainer('nope')).toBe(false);
+  });
+});

@@ -1,0 +1,107 @@
+import { describe, expect, it } from 'vitest';
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { silentLogger } from '@sysbox-mgr-ts/service-kit';
+import { createNetnsSharing, type NetnsMembers } from './netns.js';
+import type { ContainerRecord } from './record.js';
+import { createRemoval } from './removal.js';
+import { serviceCaller } from './service-call.js';
+import { createContainerTable } from './table.js';
+import { fakeClient, type FakeHandler } from './testing/fake-client.js';
+import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
+import { aRecord } from './testing/records.js';
+
+const MARK = { source: '/lib/modules', readonly: true };
+
+/** A stopped container that holds one of everything. */
+const holdingAll = (over: Partial<ContainerRecord> = {}) =>
+  aRecord({
+    id: 'c1',
+    state: 'stopped',
+    netnsInode: 4026532001,
+    subidAllocated: true,
+    rootfsCloned: true,
+    mountsPrepped: true,
+    volumeKinds: ['docker', 'kubelet'],
+    shiftfsMarks: [MARK],
+    ...over,
+  });
+
+function rig(rec: ContainerRecord | undefined, handlers: Record<string, FakeHandler> = {}) {
+  const client = fakeClient(handlers);
+  const store = createMemoryStore<ContainerRecord>({ initial: rec ? { [rec.id]: rec } : {} });
+  const netnsStore = createMemoryStore<NetnsMembers>({ initial: { '4026532001': { ids: ['c1', 'other'] } } });
+  const table = createContainerTable(store, () => new Date(0));
+  const watches: [string, string | undefined][] = [];
+  const remove = createRemoval({
+    table,
+    call: serviceCaller(client, { opMs: 100, longOpMs: 1000 }),
+    netns: createNetnsSharing({ store: netnsStore, table, host: { inodeOf: async () => 0 } }),
+    log: silentLogger(),
+    onWatch: (id, path) => void watches.push([id, path]),
+  });
+  return { client, store, netnsStore, remove, watches };
+}
+
+const ALL_STEPS = ['vol.docker-destroy', 'vol.kubelet-destroy', 'subid.free', 'rootfs.remove-clone', 'vol.revert-prep', 'shiftfs.unmark'];
+
+describe('removal', () => {
+  it('releases everything a stopped container holds, leaves its netns and forgets it', async () => {
+    const { client, store, netnsStore, remove, watches } = rig(holdingAll());
+    expect(await remove('c1')).toBe(true);
+    expect(client.ops()).toEqual(ALL_STEPS);
+    expect(client.calls.at(-1)!.req).toEqual({ id: 'c1', mounts: [MARK] });
+    expect(store.snapshot().size).toBe(0);
+    expect(netnsStore.snapshot().get('4026532001')).toEqual({ ids: ['other'] });
+    expect(watches).toEqual([['c1', undefined]]);
+  });
+
+  it('takes not-found as done', async () => {
+    const gone = () => {
+      throw new SysboxError('not-found', 'never made');
+    };
+    const { store, remove } = rig(holdingAll(), { 'subid.free': gone, 'rootfs.remove-clone': gone, 'vol.docker-destroy': gone });
+    expect(await remove('c1')).toBe(true);
+    expect(store.snapshot().size).toBe(0);
+  });
+
+  it('tries every step when one fails, and keeps the record for the retry', async () => {
+    const { client, store, remove, watches } = rig(holdingAll(), {
+      'vol.docker-destroy': () => {
+        throw new SysboxError('unavailable', 'vol-mgr restarting');
+      },
+      'rootfs.remove-clone': () => {
+        throw new SysboxError('internal', 'busy');
+      },
+    });
+    await expect(remove('c1')).rejects.toMatchObject({
+      code: 'unavailable',
+      message: 'container c1: removal incomplete (destroy of the docker volume, clone removal); will retry',
+    });
+    expect(client.ops()).toEqual(ALL_STEPS);
+    expect(store.snapshot().get('c1')?.state).toBe('stopped');
+    expect(watches).toEqual([]);
+  });
+
+  it('releases what was requested but never confirmed (intents), and nothing that was not', async () => {
+    const rec = aRecord({
+      id: 'c1',
+      state: 'stopped',
+      requested: { subid: true, clone: true, shiftfs: [MARK] },
+    });
+    const { client, remove } = rig(rec);
+    expect(await remove('c1')).toBe(true);
+    expect(client.ops()).toEqual(['subid.free', 'rootfs.remove-clone', 'shiftfs.unmark']);
+
+    const bare = rig(aRecord({ id: 'c2', state: 'stopped' }));
+    expect(await bare.remove('c2')).toBe(true);
+    expect(bare.client.calls).toEqual([]);
+  });
+
+  it('leaves an unknown or running container alone', async () => {
+    const running = rig(holdingAll({ state: 'started' }));
+    expect(await running.remove('c1')).toBe(false);
+    expect(running.client.calls).toEqual([]);
+    expect(running.store.snapshot().has('c1')).toBe(true);
+    expect(await rig(undefined).remove('c1')).toBe(false);
+  });
+});

@@ -1,0 +1,76 @@
+/**
+ * Removal of a stopped container once the runtime removed it (the watch fired, or the orphan
+ * collector found it gone): every resource it holds or asked for is released, then its record
+ * is deleted. Release of what was never made (or is gone already) answers not-found: done.
+ */
+import { SysboxError, isSysboxError, rootfsRemoveClone, shiftfsUnmark, subidFree, volByKind, volRevertPrep } from '@sysbox-mgr-ts/contracts';
+import type { Logger } from '@sysbox-mgr-ts/service-kit';
+import type { NetnsSharing } from './netns.js';
+import { marksToRelease, type ContainerRecord } from './record.js';
+import type { ServiceCall } from './service-call.js';
+import type { ContainerTable } from './table.js';
+
+/** One release asked of a service. */
+export interface ReleaseStep {
+  what: string;
+  run(): Promise<unknown>;
+}
+
+/** The release steps of a stopped record: what it holds and what it asked for (`requested`). */
+export function releaseSteps(rec: ContainerRecord, call: ServiceCall): ReleaseStep[] {
+  const { id } = rec;
+  const steps: ReleaseStep[] = rec.volumeKinds.map((kind) => {
+    const what = `destroy of the ${kind} volume`;
+    return { what, run: () => call(id, what, volByKind[kind].destroy, { id }, true) };
+  });
+  if (rec.subidAllocated || rec.requested.subid) steps.push({ what: 'subid free', run: () => call(id, 'subid free', subidFree, { id }) });
+  if (rec.rootfsCloned || rec.requested.clone) {
+    steps.push({ what: 'clone removal', run: () => call(id, 'clone removal', rootfsRemoveClone, { id }, true) });
+  }
+  if (rec.mountsPrepped) {
+    const what = 'revert of mount preparation';
+    steps.push({ what, run: () => call(id, what, volRevertPrep, { id }, true) });
+  }
+  const marks = marksToRelease(rec);
+  if (marks.length > 0) steps.push({ what: 'shiftfs unmark', run: () => call(id, 'shiftfs unmark', shiftfsUnmark, { id, mounts: marks }) });
+  return steps;
+}
+
+/**
+ * Releases everything of a stopped container and forgets it: true when it did, false when the
+ * container is unknown or not stopped. A failed step keeps the record (`unavailable`), so the
+ * watch's next reload retries rather than forgetting a volume, a range or a clone that exists.
+ */
+export function createRemoval(deps: {
+  table: Pick<ContainerTable, 'get' | 'removeIfStopped' | 'serialized'>;
+  call: ServiceCall;
+  netns: Pick<NetnsSharing, 'untrack'>;
+  log: Logger;
+  onWatch?: (id: string, path: string | undefined) => void;
+}): (id: string) => Promise<boolean> {
+  const { table, log } = deps;
+  return (id) =>
+    table.serialized(id, async () => {
+      const rec = await table.get(id);
+      if (!rec || rec.state !== 'stopped') return false;
+      // Every step is idempotent and every step is tried, whatever failed before it.
+      const failed: string[] = [];
+      for (const step of releaseSteps(rec, deps.call)) {
+        try {
+          await step.run();
+        } catch (err) {
+          if (isSysboxError(err, 'not-found')) continue;
+          log.error({ id, err }, `removal: ${step.what} failed`);
+          failed.push(step.what);
+        }
+      }
+      if (failed.length > 0) {
+        throw new SysboxError('unavailable', `container ${id}: removal incomplete (${failed.join(', ')}); will retry`);
+      }
+      await deps.netns.untrack(id, rec.netnsInode).catch(() => undefined);
+      await table.removeIfStopped(id);
+      deps.onWatch?.(id, undefined);
+      log.info({ id }, 'released resources for container');
+      return true;
+    });
+}

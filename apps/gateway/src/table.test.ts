@@ -1,0 +1,115 @@
+import { describe, expect, it } from 'vitest';
+import { createContainerTable, createKeyedLock } from './table.js';
+import type { ContainerRecord } from './record.js';
+import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
+import { aRecord } from './testing/records.js';
+
+const clock = () => new Date('2026-02-03T04:05:06.000Z');
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+describe('per-container lock', () => {
+  it('runs operations on one id one at a time, in order, even when one fails', async () => {
+    const lock = createKeyedLock();
+    const events: string[] = [];
+    const gate = deferred();
+    const first = lock('a', async () => {
+      events.push('first start');
+      await gate.promise;
+      events.push('first end');
+      throw new Error('first failed');
+    });
+    const second = lock('a', async () => {
+      events.push('second');
+      return 2;
+    });
+    await new Promise((r) => setTimeout(r, 5));
+    expect(events).toEqual(['first start']);
+    gate.resolve();
+    await expect(first).rejects.toThrow('first failed');
+    expect(await second).toBe(2);
+    expect(events).toEqual(['first start', 'first end', 'second']);
+  });
+
+  it('does not make one id wait for another', async () => {
+    const lock = createKeyedLock();
+    const gate = deferred();
+    const slow = lock('a', () => gate.promise);
+    expect(await lock('b', async () => 'b done')).toBe('b done');
+    gate.resolve();
+    await slow;
+  });
+});
+
+describe('container table', () => {
+  it('saves a record stamped with the clock while its state is the expected one', async () => {
+    const store = createMemoryStore<ContainerRecord>();
+    const table = createContainerTable(store, clock);
+    await table.create(aRecord({ id: 'c1' }));
+    const rec = await table.mustGet('c1', 'gone');
+    rec.volumeKinds = ['docker'];
+    await table.save(rec);
+    expect(await table.get('c1')).toMatchObject({ volumeKinds: ['docker'], updatedAt: '2026-02-03T04:05:06.000Z' });
+    // Changing the state: saved against the state it started from.
+    rec.state = 'stopped';
+    await table.save(rec, 'started');
+    expect((await table.get('c1'))?.state).toBe('stopped');
+  });
+
+  it('refuses to save over a state someone else changed, or over a removed record', async () => {
+    const store = createMemoryStore<ContainerRecord>({ initial: { c1: aRecord({ id: 'c1' }) } });
+    const table = createContainerTable(store, clock);
+    const mine = (await table.get('c1'))!;
+    await store.mutate('c1', (cur) => ({ ...cur!, state: 'stopped' }));
+    mine.volumeKinds = ['k3s'];
+    await expect(table.save(mine)).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/changed state to stopped/) });
+    expect(store.snapshot().get('c1')?.volumeKinds).toEqual([]);
+    await store.delete('c1');
+    await expect(table.save(mine)).rejects.toMatchObject({ code: 'not-found' });
+    expect(store.snapshot().has('c1')).toBe(false);
+  });
+
+  it('mustGet answers not-found with the caller\'s message; create refuses a second record', async () => {
+    const table = createContainerTable(createMemoryStore<ContainerRecord>(), clock);
+    await expect(table.mustGet('nope', 'container nope is not registered')).rejects.toMatchObject({
+      code: 'not-found',
+      message: 'container nope is not registered',
+    });
+    await table.create(aRecord({ id: 'c1' }));
+    await expect(table.create(aRecord({ id: 'c1' }))).rejects.toMatchObject({ code: 'already-exists' });
+  });
+
+  it('records an intent before the call it announces', async () => {
+    const store = createMemoryStore<ContainerRecord>({ initial: { c1: aRecord({ id: 'c1' }) } });
+    const table = createContainerTable(store, clock);
+    const rec = (await table.get('c1'))!;
+    await table.recordIntent(rec, (r) => (r.subid = true));
+    expect(store.snapshot().get('c1')?.requested).toEqual({ subid: true, clone: false, shiftfs: [] });
+  });
+
+  it('removes a record only while it is stopped, and lists what it holds', async () => {
+    const store = createMemoryStore<ContainerRecord>({ initial: { run: aRecord({ id: 'run' }), stop: aRecord({ id: 'stop', state: 'stopped' }) } });
+    const table = createContainerTable(store, clock);
+    expect((await table.list()).map((r) => r.id)).toEqual(['run', 'stop']);
+    await table.removeIfStopped('run');
+    await table.removeIfStopped('stop');
+    await table.removeIfStopped('never');
+    expect([...store.snapshot().keys()]).toEqual(['run']);
+  });
+});
+
+describe('memory store', () => {
+  it('hands out copies, and mutate answers what is stored', async () => {
+    const store = createMemoryStore<{ n: number[] }>();
+    await store.create('k', { n: [1] });
+    (await store.get('k'))!.value.n.push(2);
+    expect((await store.get('k'))!.value).toEqual({ n: [1] });
+    expect(await store.mutate('k', (cur) => ({ n: [...cur!.n, 3] }))).toEqual({ n: [1, 3] });
+    expect(await store.mutate('k', () => undefined)).toEqual({ n: [1, 3] });
+    expect(await store.mutate('absent', () => undefined)).toBeUndefined();
+  });
+});

@@ -1,0 +1,80 @@
+/**
+ * The container table: records in a StateStore (JetStream KV in production), written only when
+ * the lifecycle state is still the one the operation started from, and one operation at a time
+ * per container inside this process (KV compare-and-set covers other gateways).
+ *
+ * Service calls never run inside a store's mutate callback (a retried callback would repeat
+ * them): an operation reads its record, calls the services, then saves the outcome.
+ */
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import type { ContainerRecord, ContainerState } from './record.js';
+
+export interface ContainerTable {
+  get(id: string): Promise<ContainerRecord | undefined>;
+  /** The record, or `not-found` with this message. */
+  mustGet(id: string, notFound: string): Promise<ContainerRecord>;
+  /** A new record; `already-exists` when the id has one. */
+  create(rec: ContainerRecord): Promise<void>;
+  /** Writes the record, unless it is gone or its lifecycle state is no longer `expectState`. */
+  save(rec: ContainerRecord, expectState?: ContainerState): Promise<void>;
+  /** Writes what is about to be asked of a service before asking (see ContainerRecord.requested). */
+  recordIntent(rec: ContainerRecord, mark: (requested: ContainerRecord['requested']) => void): Promise<void>;
+  /** Deletes the record if it is (still) stopped. */
+  removeIfStopped(id: string): Promise<void>;
+  list(): Promise<ContainerRecord[]>;
+  /** Runs `fn` after every earlier operation on `id` settled, whether they failed or not. */
+  serialized<T>(id: string, fn: () => Promise<T>): Promise<T>;
+  /** The clock, as records spell times. */
+  now(): string;
+}
+
+/** One chain of operations per key; a key's chain is dropped once it ran dry. */
+export function createKeyedLock(): <T>(key: string, fn: () => Promise<T>) => Promise<T> {
+  const tails = new Map<string, Promise<unknown>>();
+  return (key, fn) => {
+    const prev = tails.get(key) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    tails.set(key, tail);
+    void tail.then(() => {
+      if (tails.get(key) === tail) tails.delete(key);
+    });
+    return next;
+  };
+}
+
+export function createContainerTable(store: StateStore<ContainerRecord>, clock: () => Date): ContainerTable {
+  const now = (): string => clock().toISOString();
+  const table: ContainerTable = {
+    now,
+    serialized: createKeyedLock(),
+    get: async (id) => (await store.get(id))?.value,
+    async mustGet(id, notFound) {
+      const rec = await table.get(id);
+      if (!rec) throw new SysboxError('not-found', notFound);
+      return rec;
+    },
+    async create(rec) {
+      await store.create(rec.id, rec);
+    },
+    async save(rec, expectState = rec.state) {
+      await store.mutate(rec.id, (cur) => {
+        if (!cur) throw new SysboxError('not-found', `container ${rec.id} was removed while being changed`);
+        if (cur.state !== expectState) {
+          throw new SysboxError('failed-precondition', `container ${rec.id} changed state to ${cur.state} meanwhile`);
+        }
+        return { ...rec, updatedAt: now() };
+      });
+    },
+    async recordIntent(rec, mark) {
+      mark(rec.requested);
+      await table.save(rec);
+    },
+    async removeIfStopped(id) {
+      await store.mutate(id, (cur) => (cur?.state === 'stopped' ? REMOVE : undefined));
+    },
+    list: async () => (await store.list()).map((v) => v.value),
+  };
+  return table;
+}

@@ -105,6 +105,7 @@ export async function startApps(
       const natsCreds = config.natsCreds ?? credentialsFile(plan.credsDir, spec.identity);
       const nc = await connectNats({ ...config, natsCreds }, spec.identity, `${spec.name}@${config.node}`, appLog);
       const app = await spec.start({ config: config as never, nc, log: appLog, version });
+      await nc.flush();
       started.push({ name, nc, app, log: appLog });
       appLog.info('started');
     }

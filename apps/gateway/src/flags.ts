@@ -56,10 +56,14 @@ export const gatewayOptions = {
   }),
   log: option({
     flag: 'log',
+    short: 'l',
     env: 'SYSBOX_MGR_LOG',
     description: 'log file path, or empty for stdout',
     schema: z.union([z.literal(''), HostPath]).default(''),
   }),
+  // Upstream's hidden profiling switches: accepted so its unit files and scripts still start us.
+  cpuProfiling: { ...boolOption('cpu-profiling', undefined, 'no effect (upstream Go profiling)'), hidden: true },
+  memoryProfiling: { ...boolOption('memory-profiling', undefined, 'no effect (upstream Go profiling)'), hidden: true },
   logFormat: option({
     flag: 'log-format',
     env: 'SYSBOX_MGR_LOG_FORMAT',

@@ -14,6 +14,10 @@ export interface OptionSpec<S extends z.ZodType = z.ZodType> {
   schema: S;
   /** A boolean switch: `--flag` sets true, `--no-flag` false. */
   boolean?: boolean;
+  /** One-letter alias, `-l` (upstream's CLI has a few). */
+  short?: string;
+  /** Accepted but not listed in --help (upstream's hidden flags, kept so its unit files still start us). */
+  hidden?: boolean;
 }
 
 export type OptionSpecs = Record<string, OptionSpec>;
@@ -108,9 +112,14 @@ export function parseConfig<O extends OptionSpecs>(
   for (const [key, s] of Object.entries(specs)) if (s.env && env[s.env] !== undefined) raw[key] = env[s.env];
 
   const problems: string[] = [];
+  const byShort = new Map(Object.values(specs).flatMap((s) => (s.short ? [[s.short, s.flag] as const] : [])));
   for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
+    let arg = argv[i]!;
     if (arg === '--help' || arg === '-h') return { help: helpText(specs, about) };
+    // Upstream's Go CLI takes `-l x` for a short alias and `-log-level x` for `--log-level x`.
+    const short = /^-([a-zA-Z])(=.*)?$/.exec(arg);
+    if (short && byShort.has(short[1]!)) arg = `--${byShort.get(short[1]!)}${short[2] ?? ''}`;
+    else if (/^-[a-z][a-z0-9-]+(=.*)?$/.test(arg)) arg = `-${arg}`;
     if (!arg.startsWith('--')) {
       problems.push(`unexpected argument ${arg}`);
       continue;
@@ -150,9 +159,9 @@ export function parseConfig<O extends OptionSpecs>(
 }
 
 export function helpText(specs: OptionSpecs, about: string): string {
-  const rows = Object.values(specs).map((s) => {
+  const rows = Object.values(specs).filter((s) => !s.hidden).map((s) => {
     const def = defaultOf(s.schema);
-    const flag = s.boolean ? `--[no-]${s.flag}` : `--${s.flag} <value>`;
+    const flag = `${s.short ? `-${s.short}, ` : ''}${s.boolean ? `--[no-]${s.flag}` : `--${s.flag} <value>`}`;
     return `  ${flag.padEnd(34)} ${s.description}${s.env ? ` [${s.env}]` : ''}${def === undefined ? '' : ` (default: ${JSON.stringify(def)})`}`;
   });
   return `${about ? `${about}\n\n` : ''}Options:\n${rows.join('\n')}\n  --help                             show this help\n`;

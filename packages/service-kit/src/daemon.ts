@@ -104,6 +104,10 @@ export async function runDaemon<O extends OptionSpecs>(
   argv: readonly string[] = process.argv.slice(2),
   env: Record<string, string | undefined> = process.env,
 ): Promise<void> {
+  if (argv.includes('--version') || argv.includes('-v')) {
+    process.stdout.write(`${spec.name} version ${spec.version}\n`);
+    return;
+  }
   let parsed;
   try {
     parsed = parseConfig({ ...commonOptions, ...spec.options }, argv, env, `${spec.name} ${spec.version}: ${spec.about}`);
@@ -138,6 +142,8 @@ export async function runDaemon<O extends OptionSpecs>(
     setTimeout(() => process.exit(1), 200).unref();
     return;
   }
+  // Started means reachable: the server has every subscription of the app before anyone is told.
+  await nc.flush().catch((err: unknown) => log.warn({ err }, 'flush after start failed'));
   log.info({ natsUrl: config.natsUrl, dataRoot: config.dataRoot }, 'started');
 
   let stopping = false;
@@ -160,6 +166,6 @@ export async function runDaemon<O extends OptionSpecs>(
     log.info('stopped');
     log.flush(() => process.exit());
   };
-  process.once('SIGTERM', () => void stop('SIGTERM'));
-  process.once('SIGINT', () => void stop('SIGINT'));
+  // As upstream's manager: each of these stops it gracefully, exit 0.
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'] as const) process.once(signal, () => void stop(signal));
 }

@@ -15,6 +15,8 @@ import {
   commonOptions,
   serve,
   type MicroService,
+  boolOption,
+  option,
 } from './index.js';
 
 const echo = defineContract({
@@ -209,6 +211,18 @@ describe('config', () => {
     const help = (r as { help: string }).help;
     for (const s of Object.values(commonOptions)) expect(help).toContain(`${s.flag}`);
     expect(help).toContain('NATS_URL');
+  });
+  it("takes upstream's spellings: Go-style single-dash long flags, one-letter aliases, hidden flags", () => {
+    const specs = {
+      ...commonOptions,
+      log: option({ flag: 'log', short: 'l', description: 'log file', schema: z.string().default('') }),
+      cpuProfiling: { ...boolOption('cpu-profiling', undefined, 'no effect'), hidden: true },
+    };
+    const r = parseConfig(specs, ['-log-level', 'debug', '-l', '/var/log/x.log', '-cpu-profiling', '-data-root=/srv/s'], {});
+    expect('config' in r && r.config).toMatchObject({ logLevel: 'debug', log: '/var/log/x.log', cpuProfiling: true, dataRoot: '/srv/s' });
+    const help = (parseConfig(specs, ['--help'], {}) as { help: string }).help;
+    expect(help).toContain('-l, --log');
+    expect(help).not.toContain('cpu-profiling');
   });
 });
 

@@ -49,7 +49,7 @@ describe('packed packages installed outside the repository', () => {
   beforeAll(async () => {
     mkdirSync(tarballs);
     mkdirSync(install);
-    const workspaces = [...PACKAGES.map((p) => `packages/${p}`), ...APPS.map((a) => `apps/${a}`)];
+    const workspaces = [...PACKAGES.map((p) => `packages/${p}`), ...[...APPS, 'all-in-one'].map((a) => `apps/${a}`)];
     const pack = await run('npm', ['pack', '--json', '--pack-destination', tarballs, ...workspaces.flatMap((w) => ['-w', w])], { cwd: repoRoot, timeout: 60_000 });
     packed = JSON.parse(pack.stdout);
     expect(packed.map((p) => p.name).sort()).toEqual(workspaces.map((w) => `@sysbox-mgr-ts/${w.split('/')[1]}`).sort());
@@ -141,6 +141,9 @@ describe('packed packages installed outside the repository', () => {
     expect(lstatSync(join(tree, 'f')).uid).toBe(100000);
   }, 200_000);
 
+  /** The host as the split daemons and the all-in-one both run on it. */
+  let host: { creds: string; port: number; own: Record<App, string[]>; common: (app: App) => string[]; socket: string; rootfsRoot: string; subuid: string };
+
   it('runs nats-server and every daemon from the installed bins through one container lifecycle', async () => {
     const creds = join(dir, 'nats');
     const port = await freePort();
@@ -174,9 +177,10 @@ describe('packed packages installed outside the repository', () => {
       'rootfs-cloner': ['--allowed-rootfs-roots', rootfsRoot, ...subidFiles],
       gateway: ['--socket', socket, ...subidFiles, '--disable-ovfs-on-idmapped-mount'],
     };
+    const common = (app: App) => ['--nats-url', `nats://127.0.0.1:${port}`, '--nats-creds', join(creds, `${app}.nk`), '--node', node, '--data-root', dataRoot];
+    host = { creds, port, own, common, socket, rootfsRoot, subuid };
     for (const app of APPS) {
-      const common = ['--nats-url', `nats://127.0.0.1:${port}`, '--nats-creds', join(creds, `${app}.nk`), '--node', node, '--data-root', dataRoot];
-      start(app, installedBin(BIN[app]), [...common, ...own[app]]);
+      start(app, installedBin(BIN[app]), [...common(app), ...own[app]]);
       await waitFor(app, (log) => /"msg":"started"/.test(log));
     }
 
@@ -197,6 +201,25 @@ describe('packed packages installed outside the repository', () => {
       const r = await Promise.race([p.proc, sleep(10_000).then(() => undefined)]);
       expect(r, `${p.name} did not stop on SIGTERM:\n${safeRead(p.log)}`).toBeDefined();
       if (p.name !== 'nats-server') expect(r!.exitCode, `${p.name} exit:\n${safeRead(p.log)}`).toBe(0);
+    }
+  }, 120_000);
+
+  it('runs the same lifecycle with all five apps in one process from the installed all-in-one bin', async () => {
+    const { creds, port, own, socket, rootfsRoot } = host;
+    start('nats-server-2', 'nats-server', ['-c', join(creds, 'nats-server.conf')]);
+    await waitFor('nats-server-2', (log) => /Server is ready/.test(log));
+    mkdirSync(join(rootfsRoot, 'c2', 'rootfs'), { recursive: true });
+    const args = ['--nats-url', `nats://127.0.0.1:${port}`, '--creds-dir', creds, '--node', node, '--data-root', join(dir, 'data'), ...APPS.flatMap((a) => own[a])];
+    start('all-in-one', installedBin('sysbox-mgr-ts'), args);
+    await waitFor('all-in-one', (log) => /"apps":\[[^\]]*\],"msg":"started"/.test(log));
+    const out = (await driver(['lifecycle', socket, join(rootfsRoot, 'c2', 'rootfs')])) as { subidAlloc: { uid: number } };
+    expect(out.subidAlloc.uid).toBeGreaterThanOrEqual(100000);
+    for (const name of ['all-in-one', 'nats-server-2']) {
+      const p = procs.find((x) => x.name === name)!;
+      p.proc.kill('SIGTERM');
+      const r = await Promise.race([p.proc, sleep(10_000).then(() => undefined)]);
+      expect(r, `${name} did not stop on SIGTERM:\n${safeRead(p.log)}`).toBeDefined();
+      if (name === 'all-in-one') expect(r!.exitCode, safeRead(p.log)).toBe(0);
     }
   }, 120_000);
 });

@@ -24,7 +24,7 @@ import {
   type ShiftfsMount,
 } from '@sysbox-mgr-ts/contracts';
 import type { StateStore } from '@sysbox-mgr-ts/kv-state';
-import type { Logger, ServiceClient } from '@sysbox-mgr-ts/service-kit';
+import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { createNetnsSharing, type NetnsMembers } from './netns.js';
 import { linuxHeaderPath, type HostChecks, type HostFacts } from './probes.js';
 import { ShiftType, firstMapping, marksToRelease, type ContainerRecord } from './record.js';
@@ -189,8 +189,8 @@ function newRecord(id: string, rootfs: string, rootfsOnOvfs: boolean, now: strin
 
 /** rootfs-cloner's record of this container's clone, as create-clone would have answered it. */
 async function existingClone(call: ServiceCall, id: string): Promise<{ rootfs: string; origWorkDir: string } | undefined> {
-  const { clones } = await call(id, 'clone lookup', rootfsList, {});
-  const c = clones.find((x) => x.id === id);
+  const pages = await allPages((cursor) => call(id, 'clone lookup', rootfsList, { cursor }));
+  const c = pages.flatMap((p) => p.clones).find((x) => x.id === id);
   return c && { rootfs: c.cloneRootfs, origWorkDir: c.origWorkDir };
 }
 

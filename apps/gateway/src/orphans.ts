@@ -20,7 +20,7 @@ import {
   type VolumeKind,
 } from '@sysbox-mgr-ts/contracts';
 import { isSysboxError } from '@sysbox-mgr-ts/contracts';
-import type { Logger, ServiceClient } from '@sysbox-mgr-ts/service-kit';
+import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 
 /** One thing a service holds for a container, and how to give it back. */
 interface Holding {
@@ -73,23 +73,21 @@ export function createOrphanCollector(opts: OrphanCollectorOptions): OrphanColle
 
   async function holdings(): Promise<Holding[]> {
     const out: Holding[] = [];
-    for (let cursor: string | undefined, first = true; first || cursor; first = false) {
-      const page = await call(subidList, cursor ? { cursor } : {});
+    for (const page of await allPages((cursor) => call(subidList, { cursor }))) {
       for (const a of page.allocations) out.push({ id: a.id, what: 'subid range', release: () => call(subidFree, { id: a.id }) });
-      cursor = page.next;
     }
-    const vol = await call(volList, {});
-    for (const v of vol.volumes) {
+    const vol = await allPages((cursor) => call(volList, { cursor }));
+    for (const v of vol.flatMap((p) => p.volumes)) {
       out.push({ id: v.id, what: `${v.kind} volume`, release: () => call(volByKind[v.kind as VolumeKind].destroy, { id: v.id }, { timeoutMs: 120_000 }) });
     }
-    for (const p of vol.preps) {
+    for (const p of vol.flatMap((page) => page.preps)) {
       for (const holder of p.holders) out.push({ id: holder, what: `prep of ${p.source}`, release: () => call(volRevertPrep, { id: holder }, { timeoutMs: 120_000 }) });
     }
-    const rootfs = await call(rootfsList, {});
-    for (const c of rootfs.clones) out.push({ id: c.id, what: 'rootfs clone', release: () => call(rootfsRemoveClone, { id: c.id }, { timeoutMs: 120_000 }) });
-    for (const u of rootfs.uppers) out.push({ id: u.id, what: 'upper-dir shift', release: () => call(rootfsRevertUpper, { id: u.id }, { timeoutMs: 120_000 }) });
-    const shiftfs = await call(shiftfsList, {});
-    for (const m of shiftfs.marks) {
+    const rootfs = await allPages((cursor) => call(rootfsList, { cursor }));
+    for (const c of rootfs.flatMap((p) => p.clones)) out.push({ id: c.id, what: 'rootfs clone', release: () => call(rootfsRemoveClone, { id: c.id }, { timeoutMs: 120_000 }) });
+    for (const u of rootfs.flatMap((p) => p.uppers)) out.push({ id: u.id, what: 'upper-dir shift', release: () => call(rootfsRevertUpper, { id: u.id }, { timeoutMs: 120_000 }) });
+    const shiftfs = await allPages((cursor) => call(shiftfsList, { cursor }));
+    for (const m of shiftfs.flatMap((p) => p.marks)) {
       for (const holder of m.holders) {
         out.push({ id: holder, what: `shiftfs mark ${m.source}`, release: () => call(shiftfsUnmark, { id: holder, mounts: [{ source: m.source, readonly: false }] }) });
       }

@@ -5,7 +5,7 @@
  */
 import { posix } from 'node:path';
 import { SysboxError, VOLUME_LAYOUT, isSysboxError, volByKind, volList, type OciMount, type VolumeKind } from '@sysbox-mgr-ts/contracts';
-import type { Logger } from '@sysbox-mgr-ts/service-kit';
+import { allPages, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { HostFacts } from './probes.js';
 import { ShiftType, firstMapping, type ContainerRecord } from './record.js';
 import type { ReplyChecks } from './reply-checks.js';
@@ -75,8 +75,8 @@ export function createVolumePolicy(deps: {
    * same mountpoint. Undefined when it is not there as asked (then already-exists stands).
    */
   async function adopt(rec: ContainerRecord, kind: VolumeKind, dest: string): Promise<OciMount | undefined> {
-    const { volumes } = await call(rec.id, `listing the ${kind} volume`, volList, { kind });
-    const vol = volumes.find((v) => v.id === rec.id && v.mountpoint === dest);
+    const pages = await allPages((cursor) => call(rec.id, `listing the ${kind} volume`, volList, { kind, cursor }));
+    const vol = pages.flatMap((p) => p.volumes).find((v) => v.id === rec.id && v.mountpoint === dest);
     if (!vol) return undefined;
     const [mount] = checks.volumeMounts(rec.id, kind, [{ source: vol.path, destination: dest, type: 'bind', options: ['rbind', 'rprivate'] }]);
     log.info({ id: rec.id, kind, path: vol.path }, 'adopted a volume created by an earlier, unanswered ReqMounts');

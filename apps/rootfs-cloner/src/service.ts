@@ -10,7 +10,7 @@ import {
   rootfsRevertUpper,
   rootfsShiftUpper,
 } from '@sysbox-mgr-ts/contracts';
-import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
+import { handle, pageOf, type Binding } from '@sysbox-mgr-ts/service-kit';
 import type { Cloner } from './cloner.js';
 
 export function createBindings(cloner: Cloner): Binding[] {
@@ -41,6 +41,15 @@ export function createBindings(cloner: Cloner): Binding[] {
       await cloner.revertUpper(req.id);
       return {};
     }),
-    handle(rootfsList, () => cloner.list()),
+    handle(rootfsList, async (req) => {
+      const { clones, uppers } = await cloner.list();
+      const entries = [...clones.map((clone) => ({ key: `c/${clone.id}`, clone })), ...uppers.map((upper) => ({ key: `u/${upper.id}`, upper }))];
+      const page = pageOf(entries, (e) => e.key, req);
+      return {
+        clones: page.items.flatMap((e) => ('clone' in e ? [e.clone] : [])),
+        uppers: page.items.flatMap((e) => ('upper' in e ? [e.upper] : [])),
+        next: page.next,
+      };
+    }),
   ];
 }

@@ -1,6 +1,6 @@
 /** The shiftfs service's handlers, one per contract, built from the marks domain module. */
 import { shiftfsList, shiftfsMark, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
-import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
+import { handle, pageOf, type Binding } from '@sysbox-mgr-ts/service-kit';
 import type { ShiftfsMarks } from './marks.js';
 import type { ShiftfsProbe } from './probe.js';
 
@@ -14,7 +14,10 @@ export function createShiftfsBindings(marks: ShiftfsMarks, probe: ShiftfsProbe):
       return {};
     }),
     handle(shiftfsUnmarkAll, async (_req, ctx) => marks.unmarkAll(ctx.log)),
-    handle(shiftfsList, async () => ({ supported: probe.supported, marks: await marks.list() })),
+    handle(shiftfsList, async (req) => {
+      const page = pageOf(await marks.list(), (m) => m.source, req);
+      return { supported: probe.supported, marks: page.items, next: page.next };
+    }),
   ];
 }
 

@@ -1,5 +1,6 @@
 /** The vol service's handlers: four per volume kind, plus prep, revert-prep and list. */
 import { VOLUME_KINDS, volByKind, volList, volPrep, volRevertPrep, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import { pageOf } from '@sysbox-mgr-ts/service-kit';
 import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
 import type { MountPrep } from './prep.js';
 import type { VolumeManager } from './volumes.js';
@@ -28,7 +29,17 @@ export function createVolBindings(volumes: Record<VolumeKind, VolumeManager>, pr
     handle(volList, async (req) => {
       const kinds = req.kind ? [req.kind] : VOLUME_KINDS;
       const lists = await Promise.all(kinds.map((k) => volumes[k].list()));
-      return { volumes: lists.flat(), preps: await prep.list() };
+      // One ordered stream for the pages: preps (p/<source>) then volumes (v/<kind>/<id>).
+      const entries = [
+        ...(await prep.list()).map((p) => ({ key: `p/${p.source}`, prep: p })),
+        ...lists.flat().map((v) => ({ key: `v/${v.kind}/${v.id}`, volume: v })),
+      ];
+      const page = pageOf(entries, (e) => e.key, req);
+      return {
+        volumes: page.items.flatMap((e) => ('volume' in e ? [e.volume] : [])),
+        preps: page.items.flatMap((e) => ('prep' in e ? [e.prep] : [])),
+        next: page.next,
+      };
     }),
   ];
 }

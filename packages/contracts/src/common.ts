@@ -99,4 +99,18 @@ export function nodeNameFromHost(hostName: string): string {
 }
 
 export const Empty = z.object({}).strict();
+
+/** Largest page a list answers; a page also stops early to stay under the server's payload limit. */
+export const LIST_MAX_LIMIT = 2000;
+
+/**
+ * A page of a list: `cursor` is the `next` of the previous page (absent: the first page). Lists
+ * are paged so no reply passes the server's message limit however many containers a node runs.
+ */
+export const PageRequest = {
+  cursor: z.string().min(1).max(4200).optional(),
+  limit: z.number().int().min(1).max(LIST_MAX_LIMIT).optional(),
+};
+/** Present when more may follow: pass it back as `cursor`. */
+export const NextCursor = z.string().optional();
 export const Timestamp = z.string().datetime();

@@ -19,10 +19,13 @@ export {
   HostPath,
   Id,
   IdMapping,
+  LIST_MAX_LIMIT,
   MAX_ID,
+  NextCursor,
   NodeName,
   OciMount,
   Offset,
+  PageRequest,
   Timestamp,
   nodeNameFromHost,
 } from './common.js';

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ContainerId, Empty, HostPath, Offset, Timestamp } from './common.js';
+import { ContainerId, Empty, HostPath, Offset, NextCursor, PageRequest, Timestamp } from './common.js';
 import { defineContract, subjectOf, type ServiceContract } from './contract.js';
 
 const ById = z.object({ id: ContainerId });
@@ -129,9 +129,9 @@ export const rootfsList = defineContract({
   endpoint: 'list',
   readOnly: true,
   subject: subjectOf('rootfs', 'list'),
-  description: 'every clone and upper-dir shift of this node',
-  request: Empty,
-  reply: z.object({ clones: z.array(CloneInfo), uppers: z.array(UpperShiftInfo) }),
+  description: 'the clones and upper-dir shifts of this node, a page at a time',
+  request: z.object({ ...PageRequest }).strict(),
+  reply: z.object({ clones: z.array(CloneInfo), uppers: z.array(UpperShiftInfo), next: NextCursor }),
   errors: [],
 });
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ContainerId, Empty, HostPath, Timestamp } from './common.js';
+import { ContainerId, Empty, HostPath, NextCursor, PageRequest, Timestamp } from './common.js';
 import { defineContract, subjectOf, type ServiceContract } from './contract.js';
 
 export const ShiftfsMount = z.object({ source: HostPath, readonly: z.boolean() });
@@ -55,9 +55,9 @@ export const shiftfsList = defineContract({
   endpoint: 'list',
   readOnly: true,
   subject: subjectOf('shiftfs', 'list'),
-  description: 'every mark of this node with its holders, and whether the kernel has shiftfs',
-  request: Empty,
-  reply: z.object({ supported: z.boolean(), marks: z.array(MarkInfo) }),
+  description: 'the marks of this node with their holders, a page at a time, and whether the kernel has shiftfs',
+  request: z.object({ ...PageRequest }).strict(),
+  reply: z.object({ supported: z.boolean(), marks: z.array(MarkInfo), next: NextCursor }),
   errors: [],
 });
 

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ContainerId, ContainerPath, Empty, FileMode, HostPath, Id, OciMount, Timestamp } from './common.js';
+import { ContainerId, ContainerPath, Empty, FileMode, HostPath, Id, OciMount, NextCursor, PageRequest, Timestamp } from './common.js';
 import { defineContract, subjectOf, type ServiceContract } from './contract.js';
 
 /** The inner stores upstream backs with host volumes, in sysbox-runc's MntKind order (0..6). */
@@ -136,9 +136,9 @@ export const volList = defineContract({
   endpoint: 'list',
   readOnly: true,
   subject: subjectOf('vol', 'list'),
-  description: 'every volume and prepared mount source of this node',
-  request: z.object({ kind: VolumeKindSchema.optional() }).strict(),
-  reply: z.object({ volumes: z.array(VolumeInfo), preps: z.array(PrepInfo) }),
+  description: 'the volumes and prepared mount sources of this node, a page at a time',
+  request: z.object({ kind: VolumeKindSchema.optional(), ...PageRequest }).strict(),
+  reply: z.object({ volumes: z.array(VolumeInfo), preps: z.array(PrepInfo), next: NextCursor }),
   errors: ['invalid-request'],
 });
 

@@ -43,3 +43,4 @@ export {
   errorFromReply,
   errorReply,
 } from './wire.js';
+export { LIST_DEFAULT_LIMIT, LIST_MAX_BYTES, allPages, pageOf } from './page.js';

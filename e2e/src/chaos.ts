@@ -11,21 +11,10 @@ import { SERVICE_APPS, sleep, type AppName, type System } from './harness.js';
 import { newChownContainer, runStep, type ChownContainer, type LifecycleOptions, type StepName } from './lifecycle.js';
 import { buildImage, entries, mountsBelow, servicesState, unmountAll } from './runtime.js';
 import { GATEWAY_BUCKET } from '@sysbox-mgr-ts/contracts';
+import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { z } from 'zod';
-
-/** mulberry32: small, seedable, good enough to pick daemons and instants. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export interface ChaosOptions {
   seed: number;

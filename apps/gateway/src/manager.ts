@@ -27,7 +27,7 @@ import type { StateStore } from '@sysbox-mgr-ts/kv-state';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { createNetnsSharing, type NetnsMembers } from './netns.js';
 import { linuxHeaderPath, type HostChecks, type HostFacts } from './probes.js';
-import { ShiftType, firstMapping, marksToRelease, type ContainerRecord } from './record.js';
+import { ShiftType, firstMapping, marksToRelease, newRecord, type ContainerRecord } from './record.js';
 import { createRemoval } from './removal.js';
 import { createReplyChecks, type ReplyCheckOptions } from './reply-checks.js';
 import { serviceCaller, type ServiceCall } from './service-call.js';
@@ -158,35 +158,6 @@ export function containerConfig(config: MgrConfig, rec: ContainerRecord): Contai
   };
 }
 
-/** A record for a container seen for the first time. */
-function newRecord(id: string, rootfs: string, rootfsOnOvfs: boolean, now: string): ContainerRecord {
-  return {
-    id,
-    state: 'started',
-    rootfs,
-    rootfsOnOvfs,
-    rmWatchPath: removalWatchPath(rootfs),
-    userns: '',
-    netns: '',
-    netnsInode: 0,
-    uidMappings: [],
-    gidMappings: [],
-    subidAllocated: false,
-    rootfsCloned: false,
-    requested: { subid: false, clone: false, shiftfs: [] },
-    rootfsUidShiftType: 0,
-    rootfsOvfsUpper: '',
-    rootfsOvfsUpperChowned: false,
-    mountsPrepped: false,
-    volumeKinds: [],
-    containerMounts: [],
-    shiftfsMarks: [],
-    autoRemove: false,
-    registeredAt: now,
-    updatedAt: now,
-  };
-}
-
 /** rootfs-cloner's record of this container's clone, as create-clone would have answered it. */
 async function existingClone(call: ServiceCall, id: string): Promise<{ rootfs: string; origWorkDir: string } | undefined> {
   const pages = await allPages((cursor) => call(id, 'clone lookup', rootfsList, { cursor }));
@@ -228,7 +199,7 @@ export function createManager(deps: ManagerDeps): Manager {
           } catch (err) {
             throw new SysboxError('invalid-request', `container ${id}: rootfs ${rootfs}: ${(err as Error).message}`);
           }
-          rec = newRecord(id, rootfs, rootfsOnOvfs, table.now());
+          rec = newRecord(id, rootfs, rootfsOnOvfs, removalWatchPath(rootfs), table.now());
         } else {
           if (existing.state !== 'stopped') {
             throw new SysboxError('failed-precondition', `redundant container registration for container ${id}`);

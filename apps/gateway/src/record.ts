@@ -82,3 +82,32 @@ export function firstMapping(rec: ContainerRecord, what: string): { uid: number;
 export function marksToRelease(rec: ContainerRecord): ContainerRecord['shiftfsMarks'] {
   return [...rec.shiftfsMarks, ...rec.requested.shiftfs];
 }
+
+/** A record for a container seen for the first time. */
+export function newRecord(id: string, rootfs: string, rootfsOnOvfs: boolean, rmWatchPath: string, now: string): ContainerRecord {
+  return {
+    id,
+    state: 'started',
+    rootfs,
+    rootfsOnOvfs,
+    rmWatchPath,
+    userns: '',
+    netns: '',
+    netnsInode: 0,
+    uidMappings: [],
+    gidMappings: [],
+    subidAllocated: false,
+    rootfsCloned: false,
+    requested: { subid: false, clone: false, shiftfs: [] },
+    rootfsUidShiftType: 0,
+    rootfsOvfsUpper: '',
+    rootfsOvfsUpperChowned: false,
+    mountsPrepped: false,
+    volumeKinds: [],
+    containerMounts: [],
+    shiftfsMarks: [],
+    autoRemove: false,
+    registeredAt: now,
+    updatedAt: now,
+  };
+}

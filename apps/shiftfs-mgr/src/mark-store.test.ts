@@ -1,7 +1,6 @@
-import type { NatsConnection } from '@nats-io/nats-core';
 import { REMOVE } from '@sysbox-mgr-ts/kv-state';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { describe, expect, it } from 'vitest';
 import { openMarkStore, type MarkRecord } from './mark-store.js';
 
 const record = (source: string, holders: string[]): MarkRecord => ({
@@ -16,20 +15,11 @@ const record = (source: string, holders: string[]): MarkRecord => ({
 });
 
 describe('mark store on a real nats-server', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
-  beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
-  });
-  afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
-  });
+  const nats = useNatsServer();
 
   it('lists only live records of its own node, sorted, and skips deleted ones', async () => {
-    const store = await openMarkStore(nc, { node: 'n1' });
-    const other = await openMarkStore(nc, { node: 'n2' });
+    const store = await openMarkStore(nats.nc, { node: 'n1' });
+    const other = await openMarkStore(nats.nc, { node: 'n2' });
     await store.create('bbb', record('/b', ['c1']));
     await store.create('aaa', record('/a', ['c1']));
     await store.create('ccc', record('/c', ['c1']));
@@ -43,7 +33,7 @@ describe('mark store on a real nats-server', () => {
   });
 
   it('lists promptly while other writers update the same record (kv.keys() can hang here)', async () => {
-    const store = await openMarkStore(nc, { node: 'busy' });
+    const store = await openMarkStore(nats.nc, { node: 'busy' });
     await store.create('k', record('/k', []));
     let writes = 0;
     const writer = (async () => {

@@ -5,10 +5,9 @@
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { mountsAt, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks } from './marks.js';
 import { createShiftfsMounter } from './mounter.js';
@@ -48,20 +47,11 @@ describe('shiftfs on the real kernel', () => {
   });
 
   describe.skipIf(!hostHasShiftfs)(`marks and unmarks with the module${hostHasShiftfs ? '' : ` (skipped: ${SKIP_REASON})`}`, () => {
-    let ns: NatsServer;
-    let nc: NatsConnection;
-    beforeAll(async () => {
-      ns = await startNatsServer({ jetstream: true });
-      nc = await ns.connect();
-    });
-    afterAll(async () => {
-      await nc?.close();
-      await ns?.stop();
-    });
+    const nats = useNatsServer();
 
     it('two holders share one real mark; the last unmark removes mount and markpoint', async () => {
       const marks = await createShiftfsMarks({
-        store: await openMarkStore(nc, { node: 'real', bucket: 'sysbox-shiftfs-real' }),
+        store: await openMarkStore(nats.nc, { node: 'real', bucket: 'sysbox-shiftfs-real' }),
         mounter: createShiftfsMounter(log),
         readMounts: () => readMountInfo(),
         workDir: join(dir, 'data', 'shiftfs'),

@@ -116,3 +116,18 @@ function round(n: number): string {
   if (Math.abs(n) >= 1) return n.toFixed(2);
   return n.toPrecision(3);
 }
+
+/**
+ * A small deterministic PRNG (mulberry32): a seed names one random tree, one kill schedule, one
+ * run, so a bench or a chaos run can be replayed from the seed it printed.
+ */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
 import { needsShift, scanIds, shift, unfinishedIds } from './index.js';
-import { buildTree, prng, snapshotOwners, type EntryState } from './tree-fixture.js';
+import { buildTree, snapshotOwners, type EntryState } from './tree-fixture.js';
+import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
 
 const isRoot = process.getuid?.() === 0;
 const canAcl = isRoot && statSync('/usr/bin/setfacl', { throwIfNoEntry: false }) !== undefined;
@@ -137,7 +138,7 @@ describe.skipIf(!isRoot)('shift (as root, real trees)', () => {
   });
 
   it('shift then shift back returns exactly the original owners and modes (random trees)', async () => {
-    const rand = prng(42);
+    const rand = seededRandom(42);
     for (let round = 0; round < 4; round++) {
       const root = freshDir();
       const seed = Math.floor(rand() * 1e9);

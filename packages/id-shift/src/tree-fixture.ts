@@ -3,6 +3,7 @@
  * symlinks (some pointing outside the tree), hard links, setuid/setgid files and a few owners.
  * Not part of the package's API.
  */
+import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
 import { chmodSync, linkSync, lstatSync, lchownSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -23,21 +24,9 @@ export interface TreeSpec {
 /** The 100,000-entry tree of the bench: 40 × 50 directories of 49 entries (+ the directories). */
 export const BENCH_TREE: Omit<TreeSpec, 'outside'> = { top: 40, sub: 50, perDir: 49, owners: [0, 33, 1000, 1001, 65534] };
 
-/** Small deterministic PRNG (mulberry32) so a seed names one tree. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Builds the tree under `root` (created) and returns its entry count, the root included. */
 export function buildTree(root: string, spec: TreeSpec): number {
-  const rand = prng(spec.seed ?? 1);
+  const rand = seededRandom(spec.seed ?? 1);
   const owner = (): number => spec.owners[Math.floor(rand() * spec.owners.length)]!;
   mkdirSync(root, { recursive: true });
   let entries = 1;

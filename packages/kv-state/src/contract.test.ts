@@ -2,9 +2,8 @@
  * The state rules, run against the JetStream store and the in-memory one alike: what unit tests
  * get from `@sysbox-mgr-ts/kv-state/testing` is what production gets from the server.
  */
-import type { NatsConnection } from '@nats-io/nats-core';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { REMOVE, createStateStore, openBucket, type KvStateStore } from './index.js';
 import { createMemoryStore } from './memory.js';
@@ -12,20 +11,11 @@ import { createMemoryStore } from './memory.js';
 const Rec = z.object({ n: z.number(), tags: z.array(z.string()) });
 type Rec = z.infer<typeof Rec>;
 
-let ns: NatsServer;
-let nc: NatsConnection;
+const nats = useNatsServer();
 let bucketSeq = 0;
-beforeAll(async () => {
-  ns = await startNatsServer({ jetstream: true });
-  nc = await ns.connect();
-});
-afterAll(async () => {
-  await nc?.close();
-  await ns?.stop();
-});
 
 const stores: [string, () => Promise<KvStateStore<Rec>>][] = [
-  ['JetStream', async () => createStateStore(await openBucket(nc, `rules-${++bucketSeq}`), { node: 'n1', schema: Rec })],
+  ['JetStream', async () => createStateStore(await openBucket(nats.nc, `rules-${++bucketSeq}`), { node: 'n1', schema: Rec })],
   ['in memory', async () => createMemoryStore<Rec>()],
 ];
 

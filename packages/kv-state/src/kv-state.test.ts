@@ -1,5 +1,6 @@
 import { TimeoutError, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { REMOVE, createStateStore, decodeKeyToken, encodeKeyToken, openBucket } from './index.js';
@@ -156,19 +157,10 @@ describe('kv-state on a real nats-server', () => {
 });
 
 describe('kv-state remembered revisions', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
-  beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
-  });
-  afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
-  });
+  const nats = useNatsServer();
 
   it('never decides on a stale remembered value: no-change, throws and edits are re-checked against the server', async () => {
-    const kv = await openBucket(nc, 'remembered');
+    const kv = await openBucket(nats.nc, 'remembered');
     const mine = createStateStore(kv, { node: 'n1', schema: Counter });
     const other = createStateStore(kv, { node: 'n1', schema: Counter });
     await mine.create('k', { n: 1 });

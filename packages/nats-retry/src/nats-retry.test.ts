@@ -1,51 +1,41 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { NatsConnection } from '@nats-io/nats-core';
+import { describe, expect, it } from 'vitest';
 import { Kvm } from '@nats-io/kv';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { isTransient, retryTransient } from './index.js';
 
 /** The error a promise rejects with. */
 const failureOf = (p: Promise<unknown>): Promise<unknown> => p.then(() => new Error('did not fail'), (err: unknown) => err);
 
 describe('isTransient, on errors a real nats-server produces', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
-  beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
-  });
-  afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
-  });
+  const nats = useNatsServer();
 
   it('no responders is transient, whatever the operation', async () => {
-    const err = await failureOf(nc.request('sysbox.nobody.here', '', { timeout: 1000 }));
+    const err = await failureOf(nats.nc.request('sysbox.nobody.here', '', { timeout: 1000 }));
     expect(isTransient(err, { idempotent: false })).toBe(true);
   });
 
   it('a time-out is transient only for an operation that may run twice', async () => {
-    nc.subscribe('sysbox.silent', { callback: () => undefined });
-    const err = await failureOf(nc.request('sysbox.silent', '', { timeout: 50 }));
+    nats.nc.subscribe('sysbox.silent', { callback: () => undefined });
+    const err = await failureOf(nats.nc.request('sysbox.silent', '', { timeout: 50 }));
     expect(isTransient(err, { idempotent: true })).toBe(true);
     expect(isTransient(err, { idempotent: false })).toBe(false);
   });
 
   it('a permission violation and a CAS conflict are permanent', async () => {
-    const monitor = await ns.connect('monitor');
+    const monitor = await nats.ns.connect('monitor');
     const denied = await failureOf(monitor.request('sysbox.n1.vol.prep', '{}', { timeout: 1000 }));
     expect(isTransient(denied, { idempotent: true })).toBe(false);
     await monitor.close();
-    const kv = await new Kvm(nc).create('retry-test');
+    const kv = await new Kvm(nats.nc).create('retry-test');
     await kv.put('k', 'a');
     const conflict = await failureOf(kv.update('k', 'b', 999));
     expect(isTransient(conflict, { idempotent: true })).toBe(false);
   });
 
   it('a JetStream request while the server is down and back waits it out within the deadline', async () => {
-    const kv = await new Kvm(nc).create('retry-restart', { allow_direct: false });
+    const kv = await new Kvm(nats.nc).create('retry-restart', { allow_direct: false });
     await kv.put('k', 'v');
-    const restarted = ns.restart();
+    const restarted = nats.ns.restart();
     const value = await retryTransient(() => kv.get('k'), { idempotent: true, deadline: Date.now() + 15_000 });
     await restarted;
     expect(value?.string()).toBe('v');

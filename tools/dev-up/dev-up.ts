@@ -13,7 +13,7 @@ import { z } from 'zod';
 import type { IdentityName } from '@sysbox-mgr-ts/contracts';
 import { DEFAULT_CREDENTIALS_DIR } from '@sysbox-mgr-ts/nats-auth';
 import { startProcess } from '@sysbox-mgr-ts/exec';
-import { commonOptions, createLogger, option, parseConfig } from '@sysbox-mgr-ts/service-kit';
+import { boolOption, commonOptions, createLogger, option, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 
 const root = resolve(import.meta.dirname, '../..');
@@ -39,6 +39,7 @@ const options = {
     description: 'client port of the embedded nats-server',
     schema: z.coerce.number().int().min(1).max(65535).default(4222),
   }),
+  oneProcess: boolOption('one-process', 'SYSBOX_ONE_PROCESS', 'run the apps in one process (the all-in-one bin) instead of one process each'),
   only: option({
     flag: 'only',
     env: 'SYSBOX_ONLY',
@@ -61,11 +62,16 @@ interface App {
   bin: string;
 }
 
+/** Every app with a bin, one process each; or the all-in-one alone, which runs them itself. */
 function discoverApps(): App[] {
+  if (config.oneProcess) {
+    const pkg = JSON.parse(readFileSync(join(root, 'apps', 'all-in-one', 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    return [{ name: 'all-in-one', bin: join(root, 'apps', 'all-in-one', Object.values(pkg.bin)[0]!) }];
+  }
   const only = config.only?.split(',').map((s) => s.trim());
   return readdirSync(join(root, 'apps'))
     .filter((dir) => existsSync(join(root, 'apps', dir, 'dist', 'main.js')))
-    .filter((dir) => !only || only.includes(dir))
+    .filter((dir) => dir !== 'all-in-one' && (!only || only.includes(dir)))
     .map((dir) => {
       const pkg = JSON.parse(readFileSync(join(root, 'apps', dir, 'package.json'), 'utf8')) as { bin: Record<string, string> };
       const [, bin] = Object.entries(pkg.bin)[0]!;
@@ -93,8 +99,10 @@ const env = {
 };
 const children = discoverApps().map((app) => {
   // The app's directory name is its identity; the path (never the seed) goes in its environment.
-  const creds = nats.credentials(app.name as IdentityName);
-  const proc = startProcess(app.bin, [], { env: { ...env, NATS_CREDS: creds }, output: 'pipe', ownProcessGroup: true });
+  // Each app's own credentials (the path, never the seed); the all-in-one reads the directory.
+  const creds = app.name === 'all-in-one' ? { SYSBOX_CREDS_DIR: config.credsDir } : { NATS_CREDS: nats.credentials(app.name as IdentityName) };
+  const only = app.name === 'all-in-one' && config.only ? { SYSBOX_ONLY: config.only } : {};
+  const proc = startProcess(app.bin, [], { env: { ...env, ...creds, ...only }, output: 'pipe', ownProcessGroup: true });
   for (const stream of [proc.stdout, proc.stderr]) {
     if (!stream) continue;
     createInterface({ input: stream }).on('line', (line) => {

@@ -1,4 +1,4 @@
-import { createLogger, helpText, commonOptions, packageVersion } from '@sysbox-mgr-ts/service-kit';
+import { commonOptions, createLogger, helpText, notifySupervisor, packageVersion } from '@sysbox-mgr-ts/service-kit';
 import { APPS, allInOneOptions, configure, startApps } from './all-in-one.js';
 
 const version = packageVersion(import.meta.url);
@@ -28,15 +28,16 @@ try {
 }
 if (running) {
   log.info({ apps: running.apps }, 'started');
+  notifySupervisor('READY=1', process.env, log);
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    notifySupervisor('STOPPING=1', process.env, log);
     await running.stop();
     log.info('stopped');
     log.flush(() => process.exit());
   };
-  process.once('SIGTERM', () => void stop('SIGTERM'));
-  process.once('SIGINT', () => void stop('SIGINT'));
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'] as const) process.once(signal, () => void stop(signal));
 }

@@ -67,7 +67,12 @@ export async function startGateway(opts: {
   const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs, waitForResponderMs: s.serviceWaitMs, log });
   const facts =
     opts.facts ??
-    (await probeHost({ disableIdmappedMount: s.disableIdmappedMount, disableOvfsOnIdmappedMount: s.disableOvfsOnIdmappedMount }));
+    (await probeHost({
+      disableIdmappedMount: s.disableIdmappedMount,
+      disableOvfsOnIdmappedMount: s.disableOvfsOnIdmappedMount,
+      dataRoot: s.dataRoot,
+      log,
+    }));
   const shiftfsSupported = s.disableShiftfs ? false : await probeShiftfs(services, Math.min(2000, s.opTimeoutMs));
   const config = mgrConfigFrom(s, facts, shiftfsSupported);
   log.info(

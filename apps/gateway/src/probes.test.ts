@@ -1,9 +1,12 @@
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { MNT_DETACH, loadAddon } from '@sysbox-mgr-ts/host-native';
+import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   distroFromOsRelease,
+  hostChecks,
   kernelAtLeast,
   linuxHeaderPath,
   longestCommonPath,
@@ -65,23 +68,129 @@ describe('host probes', () => {
 
   it('probeHost gates ID-mapped mounts on 5.12 and overlay on them on 5.19, honouring the disable flags', async () => {
     const root = join(dir, 'host');
+    const dataRoot = join(dir, 'data-gates');
     await mkdir(join(root, 'etc'), { recursive: true });
     await mkdir(join(root, 'proc'), { recursive: true });
     await mkdir(join(root, 'lib/modules/5.15.0'), { recursive: true });
     await writeFile(join(root, 'etc/os-release'), 'ID=ubuntu\n');
     await writeFile(join(root, 'proc/filesystems'), 'nodev\tbinfmt_misc\n');
-    const f = await probeHost({ hostRoot: root, kernelRelease: '5.15.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: false });
+    const f = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '5.15.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: false });
     expect(f).toMatchObject({ idMapMountOk: true, overlayfsOnIDMapMountOk: false, hostDistro: 'ubuntu', binfmtMiscNamespaced: false });
     expect(f.linuxHeaderMounts).toEqual([]);
     expect(f.libModMounts.map((m) => m.source)).toEqual(['/lib/modules/5.15.0']);
-    const g = await probeHost({ hostRoot: root, kernelRelease: '6.8.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: true });
+    const g = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '6.8.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: true });
     expect(g).toMatchObject({ idMapMountOk: true, overlayfsOnIDMapMountOk: false, binfmtMiscNamespaced: true });
-    const h = await probeHost({ hostRoot: root, kernelRelease: '6.8.0', disableIdmappedMount: true, disableOvfsOnIdmappedMount: false });
+    const h = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '6.8.0', disableIdmappedMount: true, disableOvfsOnIdmappedMount: false });
     expect(h).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
+    const old = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '5.11.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: false });
+    expect(old).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
+    expect(await readdir(dataRoot)).toEqual([]);
   });
 
   it('watches a Docker overlay2 container at its layer dir, not merged', () => {
     expect(removalWatchPath('/var/lib/docker/overlay2/abc/merged')).toBe('/var/lib/docker/overlay2/abc');
     expect(removalWatchPath('/var/lib/containerd/rootfs')).toBe('/var/lib/containerd/rootfs');
+  });
+});
+
+/** What probeHost logged, as [level, msg] pairs. */
+function recordingLog(): { lines: [string, string, Record<string, unknown>][]; info(o: object, m: string): void; warn(o: object, m: string): void } {
+  const lines: [string, string, Record<string, unknown>][] = [];
+  return {
+    lines,
+    info: (o, m) => void lines.push(['info', m, o as Record<string, unknown>]),
+    warn: (o, m) => void lines.push(['warn', m, o as Record<string, unknown>]),
+  };
+}
+
+const root = process.getuid?.() === 0;
+if (!root) console.log('functional ID-mapped mount probe tests skipped: they mount, and need root');
+
+describe.skipIf(!root)('functional ID-mapped mount probes (upstream checkIDMapMountSupport)', () => {
+  let dir: string;
+  const addon = root ? loadAddon() : undefined;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'gw-idmap-'));
+  });
+  afterAll(async () => {
+    for (const m of mountsUnder(await readMountInfo(), dir).reverse()) addon!.umount(m.mountPoint, MNT_DETACH);
+    await rm(dir, { recursive: true, force: true });
+  });
+  const flags = { disableIdmappedMount: false, disableOvfsOnIdmappedMount: false };
+
+  it('says yes to both on this kernel, under 200 ms each, makes the data root 0700 and leaves it empty', async () => {
+    const dataRoot = join(dir, 'var/lib/sysbox');
+    const log = recordingLog();
+    const started = performance.now();
+    const f = await probeHost({ ...flags, dataRoot, log });
+    const total = performance.now() - started;
+    const times = log.lines.map(([, m, o]) => `${m} (${String(o.ms)} ms)`).join('; ');
+    console.log(`gateway probes: ${times}; probeHost total ${total.toFixed(1)} ms`);
+    expect(f).toMatchObject({ idMapMountOk: true, overlayfsOnIDMapMountOk: true });
+    expect(log.lines.map(([l, m]) => [l, m])).toEqual([
+      ['info', 'ID-mapped mounts: supported'],
+      ['info', 'overlayfs on ID-mapped mounts: supported'],
+    ]);
+    for (const [, , o] of log.lines) expect(o.ms).toBeLessThan(200);
+    expect((await stat(dataRoot)).mode & 0o777).toBe(0o700);
+    expect(await readdir(dataRoot)).toEqual([]);
+    expect(mountsUnder(await readMountInfo(), dir)).toEqual([]);
+  });
+
+  it('says no, logging the failed syscall, when mount_setattr refuses the user namespace', async () => {
+    const dataRoot = join(dir, 'refused');
+    const log = recordingLog();
+    const f = await probeHost({ ...flags, dataRoot, log, idMapProbe: { usernsPath: '/proc/self/ns/user' } });
+    expect(f).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
+    expect(log.lines.map(([l]) => l)).toEqual(['warn', 'warn']);
+    expect(log.lines[0]![1]).toMatch(/^ID-mapped mounts: not supported: mount_setattr\(MOUNT_ATTR_IDMAP\) .*\((EPERM|EINVAL)\)$/);
+    expect(await readdir(dataRoot)).toEqual([]);
+  });
+
+  it('says no when the data root is on a filesystem that cannot be ID-mapped (ramfs)', async () => {
+    const dataRoot = join(dir, 'ramfs');
+    await mkdir(dataRoot);
+    addon!.mount('ramfs', dataRoot, 'ramfs', 0, '');
+    try {
+      const log = recordingLog();
+      const f = await probeHost({ ...flags, dataRoot, log });
+      expect(f).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
+      expect(log.lines[0]![1]).toMatch(/not supported: mount_setattr.*EINVAL/);
+      expect(await readdir(dataRoot)).toEqual([]);
+    } finally {
+      addon!.umount(dataRoot, MNT_DETACH);
+    }
+  });
+
+  it('the disable flags skip the probes: nothing made, nothing logged', async () => {
+    const dataRoot = join(dir, 'disabled');
+    const log = recordingLog();
+    expect(await probeHost({ disableIdmappedMount: true, disableOvfsOnIdmappedMount: false, dataRoot, log })).toMatchObject({
+      idMapMountOk: false,
+      overlayfsOnIDMapMountOk: false,
+    });
+    expect(log.lines).toEqual([]);
+    const g = await probeHost({ disableIdmappedMount: false, disableOvfsOnIdmappedMount: true, dataRoot, log });
+    expect(g).toMatchObject({ idMapMountOk: true, overlayfsOnIDMapMountOk: false });
+    expect(log.lines.map(([, m]) => m)).toEqual(['ID-mapped mounts: supported']);
+  });
+
+  it('PrepMounts check: a real overlay mount cannot be ID-mapped, a tmpfs can on >= 6.3, a plain dir can', async () => {
+    const [lower, upper, work, merged, tmpfs] = ['lower', 'upper', 'work', 'merged', 'tmpfs'].map((d) => join(dir, 'prep', d)) as [
+      string, string, string, string, string,
+    ];
+    for (const d of [lower, upper, work, merged, tmpfs]) await mkdir(d, { recursive: true });
+    addon!.mount('overlay', merged, 'overlay', 0, `lowerdir=${lower},upperdir=${upper},workdir=${work}`);
+    addon!.mount('tmpfs', tmpfs, 'tmpfs', 0, 'size=1m');
+    try {
+      const checks = hostChecks('6.18.0');
+      expect(await checks.idMapMountSupportedOnPath(merged)).toBe(false);
+      expect(await checks.idMapMountSupportedOnPath(tmpfs)).toBe(true);
+      expect(await checks.idMapMountSupportedOnPath(lower)).toBe(true);
+      expect(await hostChecks('6.2.0').idMapMountSupportedOnPath(tmpfs)).toBe(false);
+    } finally {
+      addon!.umount(merged, MNT_DETACH);
+      addon!.umount(tmpfs, MNT_DETACH);
+    }
   });
 });

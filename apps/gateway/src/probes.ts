@@ -1,17 +1,25 @@
 /**
- * Host facts the gateway reads (it changes nothing on the host): kernel version gates, distro and
- * kernel-header paths, the read-only kernel-header and /lib/modules mounts every container gets,
- * and per-path checks (overlayfs, netns inode, upper dir) used while serving calls.
+ * Host facts the gateway reads: ID-mapped mount support, tried for real as upstream does (a
+ * throw-away dir under the data root is ID-mapped, and an overlay mounted on an ID-mapped lower,
+ * then everything is undone), kernel version gates, distro and kernel-header paths, the read-only
+ * kernel-header and /lib/modules mounts every container gets, and per-path checks (overlayfs, netns
+ * inode, upper dir, whether a mount source can be ID-mapped) used while serving calls.
  */
-import { lstat, readFile, readdir, readlink, stat, statfs } from 'node:fs/promises';
+import { lstat, mkdir, readFile, readdir, readlink, stat, statfs } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname, join, posix } from 'node:path';
 import { SysboxError, shiftfsList, type OciMount } from '@sysbox-mgr-ts/contracts';
+import {
+  idMapMountSupported,
+  idMapMountSupportedOnPath,
+  overlayfsOnIdMapMountSupported,
+  type IdMapProbeOptions,
+  type ProbeResult,
+} from '@sysbox-mgr-ts/host-native';
 import { overlayOptions, readMountInfo, topMountAt } from '@sysbox-mgr-ts/mountinfo';
 import type { ServiceClient } from '@sysbox-mgr-ts/service-kit';
 
 const OVERLAYFS_SUPER_MAGIC = 0x794c7630;
-const TMPFS_MAGIC = 0x01021994;
 
 /** `6.18.44-fc` → [6, 18]. */
 export function kernelVersion(rel: string): [number, number] {
@@ -132,9 +140,47 @@ export interface HostFacts {
 export interface ProbeOptions {
   disableIdmappedMount: boolean;
   disableOvfsOnIdmappedMount: boolean;
+  /** Where the ID-mapped mount probes make their throw-away dir (upstream: /var/lib/sysbox); made 0700 if missing. */
+  dataRoot?: string;
+  /** Told each probe's answer and time; a "no" with its reason at warn. */
+  log?: ProbeLogger;
   /** Root of the host filesystem to read (tests point it at a fixture). */
   hostRoot?: string;
   kernelRelease?: string;
+  /** Passed to the ID-mapped mount probes (tests: a user namespace the kernel refuses). */
+  idMapProbe?: Pick<IdMapProbeOptions, 'usernsPath'>;
+}
+
+export interface ProbeLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+}
+
+const DEFAULT_DATA_ROOT = '/var/lib/sysbox';
+
+/**
+ * upstream's checkIDMapMountSupport: IDMapMountSupported and OverlayfsOnIDMapMountSupported run in
+ * the data root, each skipped when its disable flag is set (and the overlay one when ID-mapped
+ * mounts are off). Both run at once: each has its own dir and user namespace.
+ */
+async function probeIdMapMounts(opts: ProbeOptions, kernelRelease: string): Promise<{ idMap: boolean; ovfs: boolean }> {
+  if (opts.disableIdmappedMount) return { idMap: false, ovfs: false };
+  const dir = opts.dataRoot ?? DEFAULT_DATA_ROOT;
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const probeOpts: IdMapProbeOptions = { kernelRelease, ...opts.idMapProbe };
+  const skipped: Promise<ProbeResult> = Promise.resolve({ ok: false, reason: 'disabled (--disable-ovfs-on-idmapped-mount)', ms: 0 });
+  const [idMap, ovfs] = await Promise.all([
+    idMapMountSupported(dir, probeOpts),
+    opts.disableOvfsOnIdmappedMount ? skipped : overlayfsOnIdMapMountSupported(dir, probeOpts),
+  ]);
+  const tell = (what: string, r: ProbeResult): void => {
+    const ms = Math.round(r.ms * 10) / 10;
+    if (r.ok) opts.log?.info({ probe: what, dir, ms }, `${what}: supported`);
+    else opts.log?.warn({ probe: what, dir, ms, reason: r.reason }, `${what}: not supported: ${r.reason}`);
+  };
+  tell('ID-mapped mounts', idMap);
+  if (!opts.disableOvfsOnIdmappedMount) tell('overlayfs on ID-mapped mounts', ovfs);
+  return { idMap: idMap.ok, ovfs: idMap.ok && ovfs.ok };
 }
 
 /** What upstream's newSysboxMgr learns about the host at start. */
@@ -154,9 +200,9 @@ export async function probeHost(opts: ProbeOptions): Promise<HostFacts> {
   const libModMounts = (await exists(join(root, libMod)))
     ? [{ source: libMod, destination: libMod, type: 'bind', options: RO_BIND }]
     : [];
-  const idMapMountOk = !opts.disableIdmappedMount && kernelAtLeast(kernelRelease, 5, 12);
-  const overlayfsOnIDMapMountOk =
-    idMapMountOk && !opts.disableOvfsOnIdmappedMount && kernelAtLeast(kernelRelease, 5, 19);
+  const idMapped = await probeIdMapMounts(opts, kernelRelease);
+  const idMapMountOk = idMapped.idMap;
+  const overlayfsOnIDMapMountOk = idMapped.ovfs;
   const binfmtPresent = await readFile(join(root, 'proc/filesystems'), 'utf8').then(
     (t) => /\bbinfmt_misc\b/.test(t),
     () => false,
@@ -205,11 +251,8 @@ export function hostChecks(kernelRelease: string = release()): HostChecks {
       return Number((await stat(path, { bigint: true })).ino);
     },
     distroOf,
-    async idMapMountSupportedOnPath(path) {
-      const fs = await statfs(path);
-      // ID-mapped mounts on tmpfs arrived in 6.3.
-      return fs.type !== TMPFS_MAGIC || kernelAtLeast(kernelRelease, 6, 3);
-    },
+    // upstream's deny-list by filesystem type: overlayfs, FUSE, fakeowner; tmpfs before 6.3.
+    idMapMountSupportedOnPath: (path) => idMapMountSupportedOnPath(path, kernelRelease),
     async exists(path) {
       return lstat(path).then(
         () => true,

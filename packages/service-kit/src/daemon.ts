@@ -7,6 +7,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import type { IdentityName } from '@sysbox-mgr-ts/contracts';
+import { sdNotify } from '@sysbox-mgr-ts/host-native';
 import { DEFAULT_CREDENTIALS_DIR, clientAuthOptions, credentialsFile, readPrivateFile } from '@sysbox-mgr-ts/nats-auth';
 import { commonOptions, parseConfig, type ConfigOf, type OptionSpecs } from './config.js';
 import { createLogger, type LoggerSettings } from './logger.js';
@@ -99,6 +100,18 @@ export async function connectNats(config: NatsClientConfig, identity: IdentityNa
   return nc;
 }
 
+/**
+ * sd_notify(3) to the supervisor named in NOTIFY_SOCKET (systemd's Type=notify units), if any. A
+ * failure to tell it is logged, never fatal: the daemon serves either way.
+ */
+export function notifySupervisor(message: string, env: Record<string, string | undefined>, log: Logger): void {
+  try {
+    if (sdNotify(message, env)) log.debug({ notifySocket: env.NOTIFY_SOCKET }, `sd_notify ${message}`);
+  } catch (err) {
+    log.warn({ err, notifySocket: env.NOTIFY_SOCKET }, `sd_notify ${message} failed`);
+  }
+}
+
 export async function runDaemon<O extends OptionSpecs>(
   spec: DaemonSpec<O>,
   argv: readonly string[] = process.argv.slice(2),
@@ -145,12 +158,14 @@ export async function runDaemon<O extends OptionSpecs>(
   // Started means reachable: the server has every subscription of the app before anyone is told.
   await nc.flush().catch((err: unknown) => log.warn({ err }, 'flush after start failed'));
   log.info({ natsUrl: config.natsUrl, dataRoot: config.dataRoot }, 'started');
+  notifySupervisor('READY=1', env, log);
 
   let stopping = false;
   const stop = async (signal: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
+    notifySupervisor('STOPPING=1', env, log);
     try {
       await app.stop();
       // With the server gone, drain would wait for a reconnect forever.

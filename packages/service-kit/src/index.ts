@@ -24,6 +24,7 @@ export {
 export { createServiceClient, type CallOptions, type ServiceClient } from './client.js';
 export {
   connectNats,
+  notifySupervisor,
   defineApp,
   type NatsClientConfig,
   packageVersion,

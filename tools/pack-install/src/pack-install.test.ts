@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, startProcess } from '@sysbox-mgr-ts/exec';
 
 const repoRoot = resolve(import.meta.dirname, '../../..');
-const PACKAGES = ['bench-kit', 'contracts', 'exec', 'host-guard', 'id-shift', 'kv-state', 'mountinfo', 'nats-auth', 'nats-retry', 'service-kit', 'test-nats'];
+const PACKAGES = ['bench-kit', 'contracts', 'exec', 'host-guard', 'host-native', 'id-shift', 'kv-state', 'mountinfo', 'nats-auth', 'nats-retry', 'service-kit', 'test-nats'];
 const APPS = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner', 'gateway'] as const;
 type App = (typeof APPS)[number];
 const BIN: Record<App, string> = {

@@ -4,17 +4,21 @@
  * process, sequentially and 8 at a time. The same-run baseline is the same filesystem work done
  * directly (mount the clone overlay, rsync the volume in with chown, chown -R the clone, revert,
  * rsync out, unmount, delete), so the ratio is what the system adds: gRPC, NATS, KV, processes.
- * Also each daemon's resident memory idle and at its peak under that load.
+ * Also each daemon's resident memory idle and at its peak under that load, and where the time goes
+ * (breakdown.ts): every gRPC call as the client sees it and every daemon's own per-request time,
+ * for the sequential runs and for the concurrent ones.
  */
 import { readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compareRuns, summarize, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
-import { connectGateway } from './grpc.js';
+import { daemonSpans, formatBreakdown, summarizeSpans, timedClient, type Span } from './breakdown.js';
+import { status } from '@grpc/grpc-js';
+import { connectGateway, rpc, statusOf } from './grpc.js';
 import { startSystem, type System } from './harness.js';
-import { newChownContainer, runStep, type LifecycleOptions } from './lifecycle.js';
-import { buildImage, mountContainerRootfs, unmountAll, type ImageLayers } from './runtime.js';
+import { newChownContainer, runStep, type ChownContainer, type LifecycleOptions } from './lifecycle.js';
+import { buildImage, mountContainerRootfs, removeLikeDocker, unmountAll, until, type ImageLayers } from './runtime.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const ENTRIES = quick ? 1000 : 10_000;
@@ -30,31 +34,40 @@ function rssMb(pid: number): number {
 }
 
 /** The same host work as one lifecycle, done directly with the tools. */
-async function directLifecycle(overlay2: string, image: ImageLayers, id: string): Promise<void> {
+async function directLifecycle(overlay2: string, image: ImageLayers, id: string, record: (s: Span) => void): Promise<void> {
+  const timed = async (step: string, fn: () => Promise<unknown>): Promise<void> => {
+    const start = Date.now();
+    await fn();
+    record({ step: `direct ${step}`, start, end: Date.now() });
+  };
   const r = await mountContainerRootfs(overlay2, id, image);
   const clone = join(overlay2, '..', 'direct-clones', id);
   const [merged, diff, work, vol] = ['merged', 'diff', 'work', 'vol'].map((d) => join(clone, d)) as [string, string, string, string];
   for (const d of [merged, diff, work, vol]) await mkdir(d, { recursive: true });
-  await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image.lowers.join(':')},upperdir=${diff},workdir=${work},metacopy=on,index=on,redirect_dir=on`, merged], { timeout: 30_000 });
-  await run('rsync', ['-rauqlH', '--no-devices', '--delete', `--chown=${OFFSET}:${OFFSET}`, `${r.merged}/var/lib/docker/`, `${vol}/`], { timeout: 120_000 });
-  await run('chown', ['-R', '-h', `${OFFSET}:${OFFSET}`, merged], { timeout: 120_000 });
-  await run('chown', ['-R', '-h', '0:0', merged], { timeout: 120_000 });
+  await timed('mount clone', () => run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image.lowers.join(':')},upperdir=${diff},workdir=${work},metacopy=on,index=on,redirect_dir=on`, merged], { timeout: 30_000 }));
+  await timed('rsync in', () => run('rsync', ['-rauqlH', '--no-devices', '--delete', `--chown=${OFFSET}:${OFFSET}`, `${r.merged}/var/lib/docker/`, `${vol}/`], { timeout: 120_000 }));
+  await timed('chown -R', () => run('chown', ['-R', '-h', `${OFFSET}:${OFFSET}`, merged], { timeout: 120_000 }));
+  await timed('chown -R back', () => run('chown', ['-R', '-h', '0:0', merged], { timeout: 120_000 }));
   await mkdir(join(diff, 'var', 'lib', 'docker'), { recursive: true });
-  await run('rsync', ['-rauqlH', '--no-devices', '--delete', '--chown=0:0', `${vol}/`, join(diff, 'var', 'lib', 'docker') + '/'], { timeout: 120_000 });
-  await run('umount', [merged], { timeout: 30_000 });
-  await unmountAll(r.merged);
-  await rm(clone, { recursive: true, force: true });
-  await rm(r.dir, { recursive: true, force: true });
+  await timed('rsync out', () => run('rsync', ['-rauqlH', '--no-devices', '--delete', '--chown=0:0', `${vol}/`, join(diff, 'var', 'lib', 'docker') + '/'], { timeout: 120_000 }));
+  await timed('unmount and delete', async () => {
+    await run('umount', [merged], { timeout: 30_000 });
+    await unmountAll(r.merged);
+    await rm(clone, { recursive: true, force: true });
+    await rm(r.dir, { recursive: true, force: true });
+  });
 }
 
 async function main(): Promise<void> {
-  const sys: System = await startSystem({ args: { gateway: ['--disable-ovfs-on-idmapped-mount'] }, logLevel: 'info' });
+  const sys: System = await startSystem({ args: { gateway: ['--disable-ovfs-on-idmapped-mount'] }, logLevel: process.env.BENCH_LOG_LEVEL ?? 'info' });
   const figures: Figure[] = [];
   const client = connectGateway(sys.socket);
   try {
     const overlay2 = join(sys.dir, 'docker', 'overlay2');
     const image = await buildImage(overlay2, 'img', ENTRIES);
-    const o: LifecycleOptions = { client: () => client, overlay2, image, workload: true };
+    let spans: Span[] = [];
+    const timed = timedClient(client, (s) => spans.push(s));
+    const o: LifecycleOptions = { client: () => timed, overlay2, image, workload: true };
     const daemons = sys.procs.map((p) => ({ app: p.app, pid: p.proc.pid! }));
     await new Promise((r) => setTimeout(r, 2000));
     const idle = new Map(daemons.map((d) => [d.app, rssMb(d.pid)]));
@@ -64,18 +77,52 @@ async function main(): Promise<void> {
     }, 100);
 
     let n = 0;
+    /**
+     * The runtime removes the container, then the bench waits for the gateway to release it. The
+     * lifecycle tests wait by polling Pause, which on a stopped container syncs its volumes out
+     * again (two rsyncs a poll, measured: 3 to 4 polls a container at 8 at a time): work sysbox-runc
+     * never asks for and the direct baseline does not do. ReqFsState answers NOT_FOUND as soon as the
+     * record is gone and does nothing else. BENCH_PAUSE_POLLS=1 waits the tests' way.
+     */
+    const pausePolls = process.env.BENCH_PAUSE_POLLS === '1';
+    const removeWatchingTable = (c: ChownContainer): Promise<void> =>
+      removeLikeDocker(c.rootfs, async () => {
+        await until(`release of ${c.id}`, async () => (await statusOf(rpc(timed, 'ReqFsState', { id: c.id, rootfs: c.cloneRootfs! })))?.code === status.NOT_FOUND);
+      });
     const viaSystem = async (): Promise<void> => {
       const c = await newChownContainer(o, `bench-${n++}`);
-      for (const step of ['create', 'stop', 'remove'] as const) await runStep(o, c, step);
+      for (const step of ['create', 'stop', 'remove'] as const) {
+        const start = Date.now();
+        if (step === 'remove' && !pausePolls) await removeWatchingTable(c);
+        else await runStep(o, c, step);
+        spans.push({ step: `lifecycle ${step}`, start, end: Date.now() });
+      }
     };
-    const direct = async (): Promise<void> => directLifecycle(overlay2, image, `direct-${n++}`);
+    const direct = async (): Promise<void> => {
+      const start = Date.now();
+      await directLifecycle(overlay2, image, `direct-${n++}`, (x) => spans.push(x));
+      spans.push({ step: 'direct lifecycle', start, end: Date.now() });
+    };
 
-    const seq = await compareRuns({ runs: SEQ_RUNS, candidate: viaSystem, baseline: direct });
-    const conc = await compareRuns({
+    const breakdown: string[] = [];
+    const window = async <T>(title: string, lifecycles: number, fn: () => Promise<T>): Promise<T> => {
+      spans = [];
+      const from = Date.now();
+      const r = await fn();
+      // The daemons' async log writes land a moment after the reply.
+      await new Promise((res) => setTimeout(res, 300));
+      const rows = summarizeSpans([...spans, ...daemonSpans(sys.procs, from, Date.now())]);
+      breakdown.push(...formatBreakdown(title, rows, lifecycles));
+      return r;
+    };
+    const seq = await window(`one lifecycle at a time (${SEQ_RUNS} runs)`, SEQ_RUNS, () =>
+      compareRuns({ runs: SEQ_RUNS, candidate: viaSystem, baseline: direct }),
+    );
+    const conc = await window(`${CONCURRENCY} at a time (${CONC_RUNS} x ${CONCURRENCY} lifecycles)`, CONC_RUNS * CONCURRENCY, () => compareRuns({
       runs: CONC_RUNS,
       candidate: () => Promise.all(Array.from({ length: CONCURRENCY }, viaSystem)),
       baseline: () => Promise.all(Array.from({ length: CONCURRENCY }, direct)),
-    });
+    }));
     clearInterval(sampler);
 
     const perSec = (ms: number, k: number) => (1000 * k) / ms;
@@ -105,6 +152,10 @@ async function main(): Promise<void> {
     }
     const lifecycleMs = summarize([seq.candidate.median]);
     out(`one lifecycle through the system: ${lifecycleMs.median.toFixed(0)} ms; direct: ${seq.baseline.median.toFixed(0)} ms`);
+    out('');
+    out('## Where the time goes (client: grpc calls and lifecycle steps; daemons: per-request ms from their logs)');
+    out('');
+    for (const l of breakdown) out(l);
   } finally {
     client.close();
     await sys.stop();

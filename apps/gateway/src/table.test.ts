@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { createContainerTable, createKeyedLock } from './table.js';
+import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
+import { createContainerTable } from './table.js';
 import type { ContainerRecord } from './record.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
 import { aRecord } from './testing/records.js';

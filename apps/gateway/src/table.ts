@@ -8,6 +8,7 @@
  */
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { ContainerRecord, ContainerState } from './record.js';
 
 export interface ContainerTable {
@@ -27,21 +28,6 @@ export interface ContainerTable {
   serialized<T>(id: string, fn: () => Promise<T>): Promise<T>;
   /** The clock, as records spell times. */
   now(): string;
-}
-
-/** One chain of operations per key; a key's chain is dropped once it ran dry. */
-export function createKeyedLock(): <T>(key: string, fn: () => Promise<T>) => Promise<T> {
-  const tails = new Map<string, Promise<unknown>>();
-  return (key, fn) => {
-    const prev = tails.get(key) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    tails.set(key, tail);
-    void tail.then(() => {
-      if (tails.get(key) === tail) tails.delete(key);
-    });
-    return next;
-  };
 }
 
 export function createContainerTable(store: StateStore<ContainerRecord>, clock: () => Date): ContainerTable {

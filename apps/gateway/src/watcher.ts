@@ -17,6 +17,8 @@ export interface RemovalWatcherOptions {
   exists(path: string): Promise<boolean>;
   list(): Promise<WatchedPath[]>;
   onRemoved(id: string): Promise<unknown>;
+  /** Releases run at once at most (default 8). */
+  parallelReleases?: number;
   log: Logger;
 }
 
@@ -50,18 +52,28 @@ export function createRemovalWatcher(opts: RemovalWatcherOptions): RemovalWatche
     if (++ticks % resyncEvery === 0) {
       await resync().catch((err: unknown) => opts.log.warn({ err }, 'removal watch: table reload failed'));
     }
+    const gone: string[] = [];
     for (const [id, path] of [...watched]) {
       if (await opts.exists(path)) continue;
       if (watched.get(id) !== path) continue;
       watched.delete(id);
       opts.log.info({ id, path }, 'removal watch: container rootfs is gone');
-      try {
-        await opts.onRemoved(id);
-      } catch (err) {
-        // Left in the table: the next reload retries it.
-        opts.log.error({ id, err }, 'removal watch: release failed');
-      }
+      gone.push(id);
     }
+    // Independent containers are released side by side (one release at a time was measured to
+    // serialize a host's removals); bounded, so a mass removal does not flood the services.
+    const next = gone.values();
+    const worker = async (): Promise<void> => {
+      for (let r = next.next(); !r.done; r = next.next()) {
+        try {
+          await opts.onRemoved(r.value);
+        } catch (err) {
+          // Left in the table: the next reload retries it.
+          opts.log.error({ id: r.value, err }, 'removal watch: release failed');
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(gone.length, opts.parallelReleases ?? 8) }, worker));
   };
 
   const schedule = (): void => {

@@ -19,7 +19,7 @@ import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
-import type { Logger } from '@sysbox-mgr-ts/service-kit';
+import { createKeyedLock, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { Mounter } from './mounter.js';
 import { planClone } from './overlay-plan.js';
 
@@ -116,19 +116,8 @@ type RemoveAllReply = z.infer<typeof rootfsRemoveAll.reply>;
 export function createCloner(deps: ClonerDeps): Cloner {
   const { mounter, log } = deps;
   const now = deps.now ?? (() => new Date());
-  const locks = new Map<string, Promise<unknown>>();
-
   /** One operation per container at a time; different containers run in parallel. */
-  const serialized = <R>(id: string, fn: () => Promise<R>): Promise<R> => {
-    const prev = locks.get(id) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(fn);
-    const tail = next.catch(() => undefined);
-    locks.set(id, tail);
-    void tail.then(() => {
-      if (locks.get(id) === tail) locks.delete(id);
-    });
-    return next;
-  };
+  const serialized = createKeyedLock();
 
   /** Where a container's clone lives: derived from the id alone, never read from a record. */
   const cloneDirsOf = (id: string) => {
@@ -286,7 +275,7 @@ export function createCloner(deps: ClonerDeps): Cloner {
     try {
       const r = await deps.shiftIds(root, uidOffset, gidOffset, { signal, logger: log, crossMounts: false, ...only });
       if (finishing) log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'finished an interrupted id shift');
-      else log.debug({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'shifted ids');
+      else log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: Math.round(r.ms) }, 'shifted ids');
     } catch (err) {
       if (signal.aborted) {
         throw new SysboxError('timeout', `shifting ${root} took over ${deps.shiftTimeoutMs} ms`, { cause: err });

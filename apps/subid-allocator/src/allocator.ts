@@ -31,7 +31,7 @@ import {
   type SubidListReply,
 } from '@sysbox-mgr-ts/contracts';
 import { REMOVE } from '@sysbox-mgr-ts/kv-state';
-import { silentLogger, type Logger } from '@sysbox-mgr-ts/service-kit';
+import { createKeyedLock, silentLogger, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { LEGACY_TABLE_KEY, type BlockClaim, type IdRecord, type SubidStores } from './subid-store.js';
 
 export type SubidMode = 'shared' | 'exclusive';
@@ -472,16 +472,7 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
 
   // ---- One operation at a time per container id in this process. ----
 
-  const queues = new Map<string, Promise<unknown>>();
-  const serialized = <R>(id: string, fn: () => Promise<R>): Promise<R> => {
-    const run = (queues.get(id) ?? Promise.resolve()).then(fn, fn);
-    const tail = run.catch(() => undefined);
-    queues.set(id, tail);
-    void tail.then(() => {
-      if (queues.get(id) === tail) queues.delete(id);
-    });
-    return run;
-  };
+  const serialized = createKeyedLock();
 
   const replyOf = (r: IdRecord): SubidAllocReply => ({ uid: r.start, gid: r.start, size: r.size });
 

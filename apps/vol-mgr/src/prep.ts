@@ -11,9 +11,9 @@ import { PrepInfo, SysboxError, type VolPrepRequest } from '@sysbox-mgr-ts/contr
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
+import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { createKeyedLock } from './keyed-lock.js';
 
 /**
  * What list shows (PrepInfo) plus, while a walk is under way, which: 'shift' (holders: the

@@ -26,8 +26,9 @@ import { run } from '@sysbox-mgr-ts/exec';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
+import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
-import { createInFlight, createKeyedLock } from './keyed-lock.js';
+import { createInFlight } from './in-flight.js';
 import { assertStrictlyUnder, exists, mkdirChainInside, resolveInside } from './paths.js';
 import { rsyncTree, type ScanIds } from './rsync.js';
 

@@ -1,5 +1,5 @@
 import { chmodSync, linkSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
@@ -303,6 +303,36 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
     expect(await shift(root, O, O, { only: unfinishedIds(O, O) })).toMatchObject({ entries: 0 });
     expectShiftedBy(before, root, O);
     await expectAcls(aclFile, aclDir, O);
+  });
+
+  it('runs many shifts at once within the process budget of walker threads, each one complete', async () => {
+    const roots = Array.from({ length: 2 * availableParallelism() + 2 }, (_, i) => {
+      const root = freshDir();
+      buildTree(root, { top: 2, sub: 4, perDir: 20, owners: [0, 1000], outside: '/etc/hostname', seed: 10 + i });
+      return root;
+    });
+    const before = roots.map((r) => snapshotOwners(r));
+    await Promise.all(roots.map((r) => shift(r, O, O, { workers: 4 })));
+    roots.forEach((r, i) => expectShiftedBy(before[i]!, r, O));
+  });
+
+  it('fails with timeout, changing nothing, when cancelled while waiting for a walker thread', async () => {
+    const big = Array.from({ length: availableParallelism() }, () => {
+      const root = freshDir();
+      buildTree(root, { top: 3, sub: 10, perDir: 40, owners: [0], outside: '/etc/hostname', seed: 4 });
+      return root;
+    });
+    const busy = big.map((r) => shift(r, O, O, { workers: 1 }));
+    const root = freshDir();
+    buildTree(root, { top: 1, sub: 2, perDir: 5, owners: [0], outside: '/etc/hostname', seed: 5 });
+    const before = snapshotOwners(root);
+    const ac = new AbortController();
+    const waiting = shift(root, O, O, { signal: ac.signal }).catch((e: unknown) => e);
+    // The busy walks hold every thread by now (each starts walker threads: tens of ms).
+    setTimeout(() => ac.abort(), 5);
+    expect(await waiting).toMatchObject({ code: 'timeout' });
+    expect(snapshotOwners(root)).toEqual(before);
+    await Promise.all(busy);
   });
 
   it('finishes a shift cancelled part way through its apply phase', async () => {

@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { ALL_IDS, type IdRange, type ShiftOnly } from './syscalls.js';
-import { createWalkPool, WalkerError } from './walk-pool.js';
+import { openWalkPool, WalkerError } from './walk-pool.js';
 import type { HardLinkSeen, ListItem, RootEntry } from './walk-worker.js';
 
 export interface ShiftLogger {
@@ -86,7 +86,7 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   let done = 0;
   let phase = 'scan';
   const progress = startProgressLog(opts, absRoot, () => ({ phase, entriesScanned: scanned, entriesDone: done }));
-  const pool = createWalkPool({
+  const pool = await openWalkPool({
     task: 'shift',
     ...devNumbers(rootStat.dev),
     crossMounts: opts.crossMounts ?? false,
@@ -103,6 +103,10 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
       done += delta;
       opts.onProgress?.(done);
     },
+  }, opts.signal).catch((err: unknown) => {
+    clearInterval(progress);
+    throwIfAborted(opts.signal, 'before it started (waiting for a walker thread)');
+    throw asSysboxError(err);
   });
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);
@@ -139,7 +143,7 @@ export async function scanIds(root: string, opts: { crossMounts?: boolean; signa
   const rootStat = await lstatOrNotFound(absRoot);
   throwIfAborted(opts.signal, 'before it started');
   if (!rootStat.isDirectory()) return { uids: [rootStat.uid], gids: [rootStat.gid], entries: 1 };
-  const pool = createWalkPool({
+  const pool = await openWalkPool({
     task: 'scan-ids',
     ...devNumbers(rootStat.dev),
     crossMounts: opts.crossMounts ?? false,
@@ -149,6 +153,9 @@ export async function scanIds(root: string, opts: { crossMounts?: boolean; signa
     acls: false,
     workers: opts.workers ?? availableParallelism(),
     onProgress: () => undefined,
+  }, opts.signal).catch((err: unknown) => {
+    throwIfAborted(opts.signal, 'before it started (waiting for a walker thread)');
+    throw asSysboxError(err);
   });
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);

@@ -3,6 +3,7 @@
  * each phase (scan, apply) to completion on every walker. It only routes messages, so the event
  * loop of the process that asked for a shift stays free.
  */
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { nativeWalkerPath, shiftAclXattr, type ShiftOnly } from './syscalls.js';
 import {
@@ -109,6 +110,76 @@ function releaseWalkers(walkers: Worker[]): void {
     for (const w of idleWalkers.splice(0)) void w.terminate();
   }, IDLE_TTL_MS);
   idleTimer.unref();
+}
+
+/**
+ * Walker threads busy at once in this process, over every walk: eight containers chowned together
+ * get the host's cores between them, not two threads each (measured: 16 walkers on 2 cores also
+ * starved the daemon's own event loop, so its other containers' short calls waited behind them).
+ * A walk takes what is free, at least one thread, and otherwise waits its turn (first come, first
+ * served), so the walks already running finish sooner instead of all of them finishing late.
+ */
+const threadBudget = { free: availableParallelism(), queue: [] as { want: number; grant: (n: number) => void }[] };
+
+function takeThreads(want: number, signal?: AbortSignal): Promise<number> {
+  const b = threadBudget;
+  if (b.free > 0 && b.queue.length === 0) {
+    const n = Math.min(want, b.free);
+    b.free -= n;
+    return Promise.resolve(n);
+  }
+  return new Promise<number>((resolve, reject) => {
+    const waiter = {
+      want,
+      grant: (n: number) => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve(n);
+      },
+    };
+    const onAbort = (): void => {
+      const i = b.queue.indexOf(waiter);
+      if (i >= 0) b.queue.splice(i, 1);
+      reject(new WalkerError('cancelled while waiting for a walker thread', 'ECANCELED'));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    b.queue.push(waiter);
+  });
+}
+
+function giveThreads(n: number): void {
+  const b = threadBudget;
+  b.free += n;
+  while (b.free > 0 && b.queue.length > 0) {
+    const w = b.queue.shift()!;
+    const k = Math.min(w.want, b.free);
+    b.free -= k;
+    w.grant(k);
+  }
+}
+
+/**
+ * A pool of at most `opts.workers` walkers, within the process's budget of walker threads: waits
+ * while every thread is busy with other walks (rejects if `signal` aborts meanwhile).
+ */
+export async function openWalkPool(opts: PoolOptions, signal?: AbortSignal): Promise<WalkPool> {
+  const granted = await takeThreads(Math.max(1, opts.workers), signal);
+  try {
+    const pool = createWalkPool({ ...opts, workers: granted });
+    const close = pool.close.bind(pool);
+    let released = false;
+    pool.close = async () => {
+      try {
+        await close();
+      } finally {
+        if (!released) giveThreads(granted);
+        released = true;
+      }
+    };
+    return pool;
+  } catch (err) {
+    giveThreads(granted);
+    throw err;
+  }
 }
 
 export function createWalkPool(opts: PoolOptions): WalkPool {

@@ -45,3 +45,4 @@ export {
   errorReply,
 } from './wire.js';
 export { LIST_DEFAULT_LIMIT, LIST_MAX_BYTES, allPages, pageOf } from './page.js';
+export { createKeyedLock, type KeyedLock } from './keyed-lock.js';

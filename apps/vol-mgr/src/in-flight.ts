@@ -1,18 +1,3 @@
-/** Runs operations on the same key one after another (a create racing a destroy of one volume). */
-export function createKeyedLock(): <T>(key: string, fn: () => Promise<T>) => Promise<T> {
-  const tails = new Map<string, Promise<unknown>>();
-  return async <T>(key: string, fn: () => Promise<T>): Promise<T> => {
-    const prev = tails.get(key) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(fn);
-    tails.set(key, next);
-    try {
-      return await next;
-    } finally {
-      if (tails.get(key) === next) tails.delete(key);
-    }
-  };
-}
-
 export interface InFlight {
   /** Aborted when a stop gives up waiting: passed to every child process. */
   signal: AbortSignal;

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  SHADOW_DEFAULT_LIMITS,
+  DEFAULT_LIMITS,
   parseLoginDefs,
   parseSubidFile,
   planSubidPool,
@@ -16,13 +16,13 @@ const B = 65536;
 
 describe('parseLoginDefs', () => {
   it.each([
-    ['empty file: shadow defaults', '', SHADOW_DEFAULT_LIMITS],
+    ['empty file: upstream sysbox-mgr defaults (100000 to the top of the 32-bit id space)', '', { uidMin: 100000, uidMax: 2 ** 32 - 2, gidMin: 100000, gidMax: 2 ** 32 - 2 }],
     [
       'overrides with comments and tabs',
       '# SUB_UID_MIN 1\nSUB_UID_MIN\t200000\n  SUB_UID_MAX 300000\nSUB_GID_MIN 400000\nSUB_GID_MAX 900000\nUID_MIN 1000\n',
       { uidMin: 200000, uidMax: 300000, gidMin: 400000, gidMax: 900000 },
     ],
-    ['SUB_UID_COUNT is not SUB_UID_MIN', 'SUB_UID_COUNT 65536\n', SHADOW_DEFAULT_LIMITS],
+    ['SUB_UID_COUNT is not SUB_UID_MIN', 'SUB_UID_COUNT 65536\n', DEFAULT_LIMITS],
   ])('%s', (_name, text, want) => {
     expect(parseLoginDefs(text)).toEqual(want);
   });

@@ -17,18 +17,23 @@ export interface SubidLimits {
   gidMax: number;
 }
 
-/** shadow's defaults (login.defs(5)) when /etc/login.defs does not name them. */
-export const SHADOW_DEFAULT_LIMITS: SubidLimits = {
+/**
+ * Upstream sysbox-mgr's defaults when /etc/login.defs does not name a limit: 100000 up to the top
+ * of the 32-bit id space (upstream's 4294967295 bound; the last id a range may hold is 2^32-2,
+ * since 2^32-1 is (uid_t)-1). Not shadow's 600100000: a host that outgrew shadow's default range
+ * under upstream keeps its pool here.
+ */
+export const DEFAULT_LIMITS: SubidLimits = {
   uidMin: 100000,
-  uidMax: 600100000,
+  uidMax: MAX_ID,
   gidMin: 100000,
-  gidMax: 600100000,
+  gidMax: MAX_ID,
 };
 
 const LIMIT_KEYS = { SUB_UID_MIN: 'uidMin', SUB_UID_MAX: 'uidMax', SUB_GID_MIN: 'gidMin', SUB_GID_MAX: 'gidMax' } as const;
 
 export function parseLoginDefs(text: string, path = 'login.defs'): SubidLimits {
-  const limits = { ...SHADOW_DEFAULT_LIMITS };
+  const limits = { ...DEFAULT_LIMITS };
   text.split('\n').forEach((raw, i) => {
     const fields = raw.trim().split(/\s+/);
     const key = fields[0] as keyof typeof LIMIT_KEYS;

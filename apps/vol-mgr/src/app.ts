@@ -11,6 +11,7 @@ import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { boolOption, defineApp, option, serve } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 import type { Logger } from 'pino';
+import { prepareDataRoot } from './paths.js';
 import { createMountPrep, PrepRecordSchema, type IdShifter } from './prep.js';
 import type { ScanIds } from './rsync.js';
 import { createVolBindings } from './service.js';
@@ -48,6 +49,7 @@ export interface VolApp {
 
 export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promise<VolApp> {
   const { nc, log } = deps;
+  await prepareDataRoot(config.dataRoot);
   const guard = createHostGuard(config);
   const kv = await openBucket(nc, volService.bucket, { replicas: config.kvReplicas, description: 'volumes and mount preps' });
   const volumes = Object.fromEntries(

@@ -2,7 +2,8 @@ import { mkdir, mkdtemp, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { assertStrictlyUnder, isUnder, mkdirChainInside, resolveInside } from './paths.js';
+import { run } from '@sysbox-mgr-ts/exec';
+import { assertStrictlyUnder, isUnder, mkdirChainInside, prepareDataRoot, resolveInside } from './paths.js';
 import { idMapOption } from './rsync.js';
 
 describe('idMapOption', () => {
@@ -58,5 +59,31 @@ describe('path guards', () => {
     expect((await stat(join(root, 'opt/a/b'))).mode & 0o7777).toBe(0o700);
     await expect(mkdirChainInside(root, '/var/lib/escape/new', 0o700)).rejects.toMatchObject({ code: 'invalid-request' });
     await expect(stat(join(base, 'elsewhere/new'))).rejects.toThrow(/ENOENT/);
+  });
+});
+
+describe('prepareDataRoot', () => {
+  let base: string;
+  beforeAll(async () => {
+    base = await mkdtemp(join(tmpdir(), 'volmgr-dataroot-'));
+  });
+  afterAll(async () => {
+    await run('umount', [join(base, 'tmpfs')], { timeout: 10_000 }).catch(() => undefined);
+    await rm(base, { recursive: true, force: true });
+  });
+
+  it('leaves the data root 0710 root:root, as upstream', async () => {
+    const root = join(base, 'data');
+    await mkdir(root, { mode: 0o755 });
+    await prepareDataRoot(root);
+    const st = await stat(root);
+    expect([st.mode & 0o7777, st.uid, st.gid]).toEqual([0o710, 0, 0]);
+  });
+
+  it('refuses a data root on tmpfs, naming the filesystem', async () => {
+    const root = join(base, 'tmpfs');
+    await mkdir(root);
+    await run('mount', ['-t', 'tmpfs', 'tmpfs', root], { timeout: 10_000 });
+    await expect(prepareDataRoot(root)).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/is on tmpfs/) });
   });
 });

@@ -3,7 +3,7 @@
  * content of its own rootfs (it can plant symlinks), so every path this service creates, removes
  * or writes into is checked again here against the directory it must stay inside.
  */
-import { chmod, chown, lstat, mkdir, realpath, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, realpath, stat, statfs } from 'node:fs/promises';
 import { join, relative, sep, isAbsolute } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 
@@ -87,4 +87,24 @@ export async function mkdirChainInside(base: string, rel: string, perm: number, 
     await chmod(cur, last ? perm : (model?.mode ?? 0o755) & 0o7777);
     if (model) await chown(cur, model.uid, model.gid);
   }
+}
+
+/** Filesystems an inner store's host dir cannot be on: the inner Docker or kubelet mounts overlayfs over it. */
+const UNSUPPORTED_FS: Record<string, number> = { tmpfs: 0x01021994, overlayfs: 0x794c7630, shiftfs: 0x6a656a62 };
+
+/**
+ * The data root as upstream's manager leaves it: 0710 root:root (sysbox-runc, as root, walks into
+ * it; nobody else may list it). Refuses, with a typed error naming the filesystem, a data root
+ * whose volumes would sit on tmpfs, overlayfs or shiftfs, as upstream refuses its docker and
+ * kubelet host dirs there.
+ */
+export async function prepareDataRoot(dataRoot: string): Promise<void> {
+  await mkdir(dataRoot, { recursive: true, mode: 0o710 });
+  const { type } = await statfs(dataRoot);
+  const fs = Object.entries(UNSUPPORTED_FS).find(([, magic]) => magic === type)?.[0];
+  if (fs) {
+    throw new SysboxError('failed-precondition', `data root ${dataRoot} is on ${fs}: inner Docker and kubelet cannot use volumes there; put it on a disk filesystem`);
+  }
+  await chown(dataRoot, 0, 0);
+  await chmod(dataRoot, 0o710);
 }

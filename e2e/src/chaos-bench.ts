@@ -16,7 +16,7 @@ const gatewayArgs = ['--disable-ovfs-on-idmapped-mount', '--long-op-timeout-ms',
 const common: Omit<ChaosOptions, 'durationMs' | 'minKillGapMs' | 'maxKillGapMs'> = { seed, streams: 2, downMs: 500, settleMs: 60_000 };
 
 async function once(opts: ChaosOptions) {
-  const sys = await startSystem({ logLevel: 'warn', args: { gateway: gatewayArgs } });
+  const sys = await startSystem({ logLevel: 'info', args: { gateway: gatewayArgs } });
   try {
     return await runChaos(sys, opts);
   } finally {

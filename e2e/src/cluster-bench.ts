@@ -6,7 +6,7 @@ import { percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit'
 import { startClusterScenario } from './cluster-scenario.js';
 
 const out = (l: string) => void process.stdout.write(`${l}\n`);
-const scenario = await startClusterScenario({ logLevel: 'warn' });
+const scenario = await startClusterScenario({ logLevel: 'info' });
 try {
   const r = await scenario.run({ beforeMs: 15_000, afterMs: 15_000 });
   out(`cluster lifecycles: ${r.report}; failed ${r.failures.length}`);

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { status } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { subidAlloc } from '@sysbox-mgr-ts/contracts';
+import { subidAlloc, volByKind } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec';
 import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
@@ -393,6 +393,25 @@ describe('errors', () => {
     const bad = await statusOf(rpc(client, 'ReqMounts', { id: 'np1', rootfsUidShiftType: 4, reqList: [{ kind: 1, dest: '/var/../../etc' }] }));
     expect(bad?.code).toBe(status.INVALID_ARGUMENT);
     expect(bad?.details).toMatch(/"\/var\/\.\.\/\.\.\/etc".*climbs above the container root/);
+  });
+
+  it('ReqMounts has no gateway-side bound: a sync-in longer than the long-op bound still answers', async () => {
+    const { client, fakes, node } = await rig({ flags: ['--long-op-timeout-ms', '300'] });
+    await rpc(client, 'Register', emptyReg('slow1', work));
+    await rpc(client, 'SubidAlloc', { id: 'slow1', size: 65536 });
+    await fakes.stop('vol');
+    // A vol-mgr whose sync-in of a big inner image takes longer than the long-op bound.
+    const slow = nc.subscribe(volByKind.docker.create.subject(node), {
+      callback: (_e, m) =>
+        void setTimeout(
+          () => m.respond(JSON.stringify({ mounts: [{ destination: '/var/lib/docker', source: '/var/lib/sysbox/docker/slow1', type: 'bind', options: ['rbind', 'rprivate'] }] })),
+          1000,
+        ),
+    });
+    await nc.flush();
+    const reply = await rpc(client, 'ReqMounts', { id: 'slow1', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    slow.unsubscribe();
+    expect(reply.mounts[0]).toMatchObject({ source: '/var/lib/sysbox/docker/slow1', dest: '/var/lib/docker' });
   });
 
   it('a call waits for a service that comes back within the service wait (a daemon restarting)', async () => {

@@ -60,7 +60,19 @@ export function grpcServiceImplementation(
     impl[name] = (call: ServerUnaryCall<any, object>, callback: sendUnaryData<object>) => {
       const started = performance.now();
       const id = typeof call.request?.id === 'string' ? call.request.id.slice(0, 128) : undefined;
-      bounded(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`).then(
+      // ReqMounts is not bounded here: sysbox-runc waits for a long sync-in as long as it takes,
+      // and is told how it goes in the log; a client that goes away is logged (the work finishes,
+      // and its retry adopts what it made).
+      const unbounded = name === 'ReqMounts';
+      const progress = unbounded
+        ? setInterval(() => opts.log.info({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'still preparing the container mounts'), 30_000)
+        : undefined;
+      progress?.unref();
+      call.on('cancelled', () => opts.log.warn({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'the client went away; the call finishes for its retry'));
+      const reply = unbounded ? rpc(call.request) : bounded(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`);
+      const stopProgress = (): void => clearInterval(progress);
+      void reply.then(stopProgress, stopProgress);
+      reply.then(
         (reply) => {
           opts.log.debug({ rpc: name, id, ms: performance.now() - started }, 'ok');
           callback(null, reply);

@@ -99,7 +99,7 @@ export function createVolumePolicy(deps: {
         for (const { kind, dest } of requests) {
           const create = { id, rootfs: rec.rootfs, mountpoint: dest, uid: owner.uid, gid: owner.gid, chownOnSync, perm: VOLUME_LAYOUT[kind].perm };
           try {
-            const created = await call(id, `failed to setup mounts backing ${dest}`, volByKind[kind].create, create, true);
+            const created = await call(id, `failed to setup mounts backing ${dest}`, volByKind[kind].create, create, 'unbounded');
             mounts.push(...checks.volumeMounts(id, kind, created.mounts));
           } catch (err) {
             const adopted = isSysboxError(err, 'already-exists') && unanswered.has(kind) ? await adopt(rec, kind, dest) : undefined;

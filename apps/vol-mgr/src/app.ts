@@ -111,7 +111,7 @@ export const volMgrApp = defineApp({
   about: 'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation, served over NATS',
   options: {
     ...hostGuardOptions,
-    sync: boolOption('sync', 'SYSBOX_VOL_SYNC', 'copy rootfs content into volumes on create and back on sync-out (--no-sync: upstream disable-inner-image-preload)', true),
+    sync: boolOption('sync', 'SYSBOX_VOL_SYNC', 'copy volumes back into the rootfs on sync-out (--no-sync: upstream disable-inner-image-preload; sync-in on create always runs)', true),
     syncTimeoutMs: option({
       flag: 'sync-timeout-ms',
       env: 'SYSBOX_VOL_SYNC_TIMEOUT_MS',

@@ -192,6 +192,19 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     await expectCode(client.call(docker.syncOut, { id: 'c1' }), 'not-found');
   });
 
+  it('--no-sync (upstream disable-inner-image-preload) still syncs the image in, and never back out', async () => {
+    const rootfs = await makeOverlayRootfs('volmgr-nosync-', fillDockerStore, base);
+    rootfses.push(rootfs);
+    await start({ sync: false });
+    const docker = volByKind.docker;
+    await client.call(docker.create, { id: 'n1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true });
+    const volPath = join(data, 'docker/n1');
+    expect(await snapshotTree(volPath, OFFSET)).toEqual(await snapshotTree(join(rootfs.lower, 'var/lib/docker')));
+    await writeFile(join(volPath, 'pulled'), 'an image the inner docker pulled');
+    await client.call(docker.syncOut, { id: 'n1' });
+    await expect(stat(join(rootfs.upper, 'var/lib/docker', 'pulled'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
   it('lays out every kind with its host dir and perm; sync-out-and-destroy-all empties it', async () => {
     await start();
     const plainRootfs = await mkdtemp(join(base, 'plain-'));

@@ -186,20 +186,20 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       madeDir = true;
       await chmod(path, perm);
       await chown(path, req.uid, req.gid);
-      if (deps.sync) {
-        const source = await resolveInside(rootfs, req.mountpoint, 'volume source');
-        if (await exists(source)) {
-          await rsyncTree({
-            src: source,
-            dest: path,
-            shift: req.chownOnSync ? { uid: req.uid, gid: req.gid, direction: 'up', scanIds: deps.scanIds } : undefined,
-            timeoutMs: deps.syncTimeoutMs,
-            signal: inFlight.signal,
-            extraArgs: deps.rsyncExtraArgs,
-            log,
-            what: `${deps.kind} sync-in ${req.id}`,
-          });
-        }
+      // Sync-in always: an image's preloaded inner images live there (--no-sync stops only
+      // sync-out, as upstream's disable-inner-image-preload).
+      const source = await resolveInside(rootfs, req.mountpoint, 'volume source');
+      if (await exists(source)) {
+        await rsyncTree({
+          src: source,
+          dest: path,
+          shift: req.chownOnSync ? { uid: req.uid, gid: req.gid, direction: 'up', scanIds: deps.scanIds } : undefined,
+          timeoutMs: deps.syncTimeoutMs,
+          signal: inFlight.signal,
+          extraArgs: deps.rsyncExtraArgs,
+          log,
+          what: `${deps.kind} sync-in ${req.id}`,
+        });
       }
       await deps.store.mutate(req.id, (cur) => (cur ? { ...cur, state: 'ready' } : undefined));
     } catch (err) {

@@ -155,6 +155,25 @@ describe('rootfs cloner on real overlay mounts', () => {
     await cloner.removeClone('c2');
   });
 
+  it("revert-chown moves only the container's ids back and leaves what the host made meanwhile (it used to refuse)", async () => {
+    await setup();
+    const cloner = await makeCloner();
+    const { rootfs: merged } = await cloner.createClone('c7', fx.rootfs);
+    const before = await owners(merged);
+    await cloner.chownClone('c7', OFFSET, OFFSET);
+    // While the container runs, the runtime writes a file as host root into its rootfs.
+    await writeFile(join(merged, 'etc/host-made'), 'written by the host\n');
+    await chown(join(merged, 'etc/host-made'), 0, 0);
+
+    await cloner.revertChown('c7');
+    const after = await owners(merged);
+    expect(after.get('etc/host-made')).toBe('0:0');
+    after.delete('etc/host-made');
+    expect(after).toEqual(before);
+    expect((await cloner.list()).clones[0]).toMatchObject({ id: 'c7', chowned: false });
+    await cloner.removeClone('c7');
+  });
+
   it('writes through the original rootfs land in the clone; remove-clone leaves nothing behind', async () => {
     await setup();
     const cloner = await makeCloner();

@@ -16,7 +16,7 @@ import {
   type rootfsRemoveAll,
 } from '@sysbox-mgr-ts/contracts';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
-import { unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
+import { containerIds, unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import { createKeyedLock, type Logger } from '@sysbox-mgr-ts/service-kit';
@@ -69,7 +69,7 @@ export type ShiftIds = (
   uidOffset: number,
   gidOffset: number,
   opts: { signal?: AbortSignal; logger?: Logger; crossMounts?: boolean; only?: ShiftOnly },
-) => Promise<{ entries: number; ms: number }>;
+) => Promise<{ entries: number; scanned?: number; ms: number }>;
 
 export interface ClonerDeps {
   dataRoot: string;
@@ -271,11 +271,15 @@ export function createCloner(deps: ClonerDeps): Cloner {
    */
   const runShift = async (root: string, uidOffset: number, gidOffset: number, finishing: boolean): Promise<void> => {
     const signal = AbortSignal.timeout(deps.shiftTimeoutMs);
-    const only = finishing ? { only: unfinishedIds(uidOffset, gidOffset) } : {};
+    // A revert moves only the container's ids back: a file the host or the runtime made there as
+    // a host user meanwhile stays as it is (it used to make the whole revert refuse).
+    const revert = uidOffset < 0 && gidOffset < 0;
+    const only = revert ? { only: containerIds(-uidOffset, -gidOffset) } : finishing ? { only: unfinishedIds(uidOffset, gidOffset) } : {};
     try {
       const r = await deps.shiftIds(root, uidOffset, gidOffset, { signal, logger: log, crossMounts: false, ...only });
+      const left = revert ? (r.scanned ?? r.entries) - r.entries : 0;
       if (finishing) log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'finished an interrupted id shift');
-      else log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: Math.round(r.ms) }, 'shifted ids');
+      else log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: Math.round(r.ms), ...(left > 0 ? { leftAsTheyWere: left } : {}) }, 'shifted ids');
     } catch (err) {
       if (signal.aborted) {
         throw new SysboxError('timeout', `shifting ${root} took over ${deps.shiftTimeoutMs} ms`, { cause: err });

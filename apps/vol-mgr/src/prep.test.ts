@@ -58,7 +58,8 @@ describe('mount prep bookkeeping (fake shifter)', () => {
       [a, OFFSET, OFFSET + 65536, false],
       [b, OFFSET, OFFSET + 65536, false],
       [b, -OFFSET, -(OFFSET + 65536), true],
-      [a, -OFFSET, -(OFFSET + 65536), false],
+      // Every revert moves only the container's ids back (containerIds).
+      [a, -OFFSET, -(OFFSET + 65536), true],
     ]);
     expect(await prep.list()).toEqual([]);
 

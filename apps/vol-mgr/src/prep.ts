@@ -10,7 +10,7 @@ import { stat } from 'node:fs/promises';
 import { PrepInfo, SysboxError, type VolPrepRequest } from '@sysbox-mgr-ts/contracts';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
-import { unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
+import { containerIds, unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -30,7 +30,7 @@ export interface IdShifter {
     uidOffset: number,
     gidOffset: number,
     opts?: { logger?: Logger; signal?: AbortSignal; only?: ShiftOnly },
-  ): Promise<{ entries: number; ms: number }>;
+  ): Promise<{ entries: number; scanned?: number; ms: number }>;
   needsShift(source: string, uid: number, gid: number): Promise<boolean>;
 }
 
@@ -203,9 +203,11 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
         return true;
       }
       await checkRecordedSource(key, shiftBack, log);
-      const r = await deps.shifter.shift(rec.source, -shiftBack.uidOffset, -shiftBack.gidOffset, { logger: log });
+      // Only the container's ids move back: what the host made there meanwhile stays as it is.
+      const only = containerIds(shiftBack.uidOffset, shiftBack.gidOffset);
+      const r = await deps.shifter.shift(rec.source, -shiftBack.uidOffset, -shiftBack.gidOffset, { logger: log, only });
       await deps.store.delete(key);
-      log.info({ source: rec.source, container: id, ...r }, 'mount source shifted back');
+      log.info({ source: rec.source, container: id, ...r, leftAsTheyWere: (r.scanned ?? r.entries) - r.entries }, 'mount source shifted back');
       return true;
     });
 

@@ -1,3 +1,3 @@
-export { shift, scanIds, needsShift, unfinishedIds } from './shift.js';
+export { shift, scanIds, needsShift, unfinishedIds, containerIds } from './shift.js';
 export type { ShiftOptions, ShiftResult, ShiftLogger, IdScan } from './shift.js';
 export type { IdRange, ShiftOnly } from './syscalls.js';

@@ -45,7 +45,10 @@ export interface ShiftOptions {
 }
 
 export interface ShiftResult {
+  /** Entries changed. */
   entries: number;
+  /** Entries seen; those not changed had nothing to move (outside `only`, or already there). */
+  scanned: number;
   ms: number;
 }
 
@@ -80,7 +83,7 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   const absRoot = resolve(root);
   const rootStat = await lstatOrNotFound(absRoot);
   throwIfAborted(opts.signal, 'before it started');
-  if (uidOffset === 0 && gidOffset === 0) return { entries: 0, ms: performance.now() - started };
+  if (uidOffset === 0 && gidOffset === 0) return { entries: 0, scanned: 0, ms: performance.now() - started };
 
   let scanned = 0;
   let done = 0;
@@ -126,7 +129,7 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
     await pool.apply();
     await pool.applyList(hardLinkTargets(scan.hardLinks));
     throwIfAborted(opts.signal, 'part way through; the tree is partly shifted (the same shift with only: unfinishedIds() finishes it)');
-    const result = { entries: done, ms: performance.now() - started };
+    const result = { entries: done, scanned, ms: performance.now() - started };
     opts.logger?.debug?.({ root: absRoot, uidOffset, gidOffset, ...result }, 'id shift done');
     return result;
   } catch (err) {
@@ -258,4 +261,14 @@ function asSysboxError(err: unknown): SysboxError {
     return new SysboxError(code, `id shift failed at ${err.path ?? '?'}: ${err.message}`, { cause: err });
   }
   return SysboxError.from(err);
+}
+
+/**
+ * The ids a shift by +uidOffset:+gidOffset gave a container of `size` ids. A revert moves only
+ * these back: files the host or the runtime created meanwhile as a host user (root, say) are
+ * left as they are instead of making the whole revert refuse. Finishing an interrupted revert with
+ * it is harmless too: ids already moved back lie below the offsets.
+ */
+export function containerIds(uidOffset: number, gidOffset: number, size = 65536): ShiftOnly {
+  return { uid: [uidOffset, Math.min(uidOffset + size, ID_LIMIT)], gid: [gidOffset, Math.min(gidOffset + size, ID_LIMIT)] };
 }

@@ -30,6 +30,12 @@ export const gatewayOptions = {
       'how long a call waits for a service with no responder (a daemon restarting, a NATS failover) before answering UNAVAILABLE; keep it below sysbox-runc\'s deadline',
     schema: ms(3000, 0),
   }),
+  dockerSocket: option({
+    flag: 'docker-socket',
+    env: 'SYSBOX_MGR_DOCKER_SOCKET',
+    description: "Docker Engine API socket, asked whether a container is removed when it stops (docker run --rm); '' never asks",
+    schema: z.union([z.literal(''), HostPath]).default('/var/run/docker.sock'),
+  }),
   orphanScanMs: option({
     flag: 'orphan-scan-ms',
     env: 'SYSBOX_MGR_ORPHAN_SCAN_MS',

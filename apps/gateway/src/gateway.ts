@@ -13,6 +13,7 @@ import { createManager, type Manager, type MgrConfig } from './manager.js';
 import type { NetnsMembers } from './netns.js';
 import { hostChecks, probeHost, probeShiftfs, type HostChecks, type HostFacts } from './probes.js';
 import { ContainerRecord } from './record.js';
+import { dockerAutoRemove } from './docker.js';
 import { createOrphanCollector, type OrphanCollector } from './orphans.js';
 import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
 
@@ -116,6 +117,7 @@ export async function startGateway(opts: {
     log,
     replyChecks: { dataRoot: s.dataRoot, subuidFile: s.subuidFile, subgidFile: s.subgidFile },
     onWatch: (id, path) => (path === undefined ? watcher.unwatch(id) : watcher.watch(id, path)),
+    autoRemove: s.dockerSocket ? (id) => dockerAutoRemove(id, s.dockerSocket) : undefined,
   });
   await watcher.start();
   log.info({ watching: watcher.watching().length }, 'removal watch resumed from the container table');

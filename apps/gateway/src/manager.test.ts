@@ -47,7 +47,7 @@ interface Rig {
   watches: [string, string | undefined][];
 }
 
-function rig(handlers: Record<string, FakeHandler> = {}): Rig {
+function rig(handlers: Record<string, FakeHandler> = {}, autoRemove?: (id: string) => Promise<boolean>): Rig {
   const client = fakeClient({
     'subid.alloc': (p) => ({ uid: 165536, gid: 165536, size: p.size }),
     'rootfs.create-clone': (p) => ({ rootfs: `/var/lib/sysbox/rootfs/${p.id}/overlay2/merged`, origWorkDir: '/var/lib/docker/overlay2/x' }),
@@ -68,6 +68,7 @@ function rig(handlers: Record<string, FakeHandler> = {}): Rig {
     log: silentLogger(),
     replyChecks: { dataRoot: '/var/lib/sysbox', subuidFile: join(dir, 'subid'), subgidFile: join(dir, 'subid') },
     onWatch: (id, path) => void watches.push([id, path]),
+    autoRemove,
   });
   return { manager, client, containers, watches };
 }
@@ -93,6 +94,23 @@ describe('lifecycle', () => {
     expect(await manager.reqMounts({ id: 'c1', rootfsUidShiftType: 99, reqList: [{ kind: 'docker', dest: '/var/lib/docker' }] })).toEqual(mounts);
     expect(client.calls).toEqual([]);
     await expect(register(manager, 'c1')).rejects.toMatchObject({ code: 'failed-precondition' });
+  });
+
+  it('a container Docker removes when it stops (--rm) gets no sync-out at Unregister, as upstream', async () => {
+    const { manager, client, containers } = rig({}, async (id) => id === 'rm1');
+    for (const id of ['rm1', 'keep1']) {
+      await register(manager, id);
+      await manager.subidAlloc({ id, size: 65536 });
+      await manager.reqMounts({ id, rootfsUidShiftType: 4, reqList: [{ kind: 'docker', dest: '/var/lib/docker' }] });
+    }
+    // The check runs in the background, as upstream's goroutine does.
+    for (let i = 0; i < 50 && !containers.snapshot().get('rm1')?.autoRemove; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(containers.snapshot().get('rm1')?.autoRemove).toBe(true);
+    expect(containers.snapshot().get('keep1')?.autoRemove).toBe(false);
+    client.calls.length = 0;
+    await manager.unregister({ id: 'rm1' });
+    await manager.unregister({ id: 'keep1' });
+    expect(client.calls.filter((c) => c.op === 'vol.docker-sync-out').map((c) => c.req.id)).toEqual(['keep1']);
   });
 
   it('records a subid intent before asking, so a call that never answered is still released', async () => {

@@ -94,6 +94,8 @@ export interface ManagerDeps {
   replyChecks: ReplyCheckOptions;
   /** Told when a container's removal watch starts (a path) or ends (undefined). */
   onWatch?: (id: string, path: string | undefined) => void;
+  /** Whether the container runtime removes the container when it stops (Docker's `--rm`). */
+  autoRemove?: (id: string) => Promise<boolean>;
 }
 
 export interface Manager {
@@ -178,6 +180,24 @@ export function createManager(deps: ManagerDeps): Manager {
   const { host, facts, config, log } = deps;
   const table = createContainerTable(deps.containers, deps.clock);
   const call = serviceCaller(deps.services, deps.timeouts);
+
+  /**
+   * Asks, in the background as upstream does, whether the runtime will remove the container when
+   * it stops; the answer goes on the record, where Unregister reads it.
+   */
+  const noteAutoRemove = (id: string): void => {
+    if (!deps.autoRemove) return;
+    void deps.autoRemove(id).then((autoRemove) => {
+      if (!autoRemove) return;
+      return table.serialized(id, async () => {
+        const rec = await table.get(id);
+        if (!rec || rec.autoRemove) return;
+        rec.autoRemove = true;
+        await table.save(rec);
+        log.info({ id }, 'the runtime removes this container when it stops (docker --rm): no sync-out or upper-dir revert then');
+      });
+    }).catch((err: unknown) => log.warn({ id, err }, 'auto-remove check failed'));
+  };
   const checks = createReplyChecks(deps.replyChecks, log);
   const netns = createNetnsSharing({ store: deps.netns, table, host });
   const volumes = createVolumePolicy({ call, table, checks, facts, noInnerImgPreload: config.noInnerImgPreload, log });
@@ -371,7 +391,10 @@ export function createManager(deps: ManagerDeps): Manager {
       return table.serialized(id, async () => {
         const rec = await table.mustGet(id, notRegistered(id));
         // A restarted container gets the mounts it had (its volumes kept their contents).
-        if (rec.state !== 'restarted') await volumes.create(rec, rootfsUidShiftType, reqList);
+        if (rec.state !== 'restarted') {
+          await volumes.create(rec, rootfsUidShiftType, reqList);
+          noteAutoRemove(id);
+        }
         return [...rec.containerMounts, ...extra];
       });
     },

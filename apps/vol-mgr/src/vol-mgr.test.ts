@@ -205,12 +205,12 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     await expect(stat(join(rootfs.upper, 'var/lib/docker', 'pulled'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
-  it('lays out every kind with its host dir and perm; sync-out-and-destroy-all empties it', async () => {
+  it('lays out every kind with its host dir (0700, as upstream) and each volume with its perm; sync-out-and-destroy-all empties it', async () => {
     await start();
     const plainRootfs = await mkdtemp(join(base, 'plain-'));
     for (const kind of VOLUME_KINDS) {
       const { hostDir, perm, mountpoint } = VOLUME_LAYOUT[kind];
-      expect((await stat(join(data, hostDir))).mode & 0o7777, kind).toBe(perm);
+      expect((await stat(join(data, hostDir))).mode & 0o7777, kind).toBe(0o700);
       const [uid, gid] = [OFFSET + 65536, OFFSET + 2 * 65536];
       const r = await client.call(volByKind[kind].create, { id: `k-${kind}`, rootfs: plainRootfs, mountpoint, uid, gid, chownOnSync: false });
       const st = await stat(r.mounts[0]!.source);

@@ -110,7 +110,8 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
   const ensureHostDir = async (): Promise<void> => {
     await mkdir(deps.dataRoot, { recursive: true });
     await resolveInside(deps.dataRoot, `/${layout.hostDir}`, 'volume host dir');
-    await mkdirChainInside(deps.dataRoot, layout.hostDir, layout.perm);
+    // 0700 as upstream: only root walks into a kind's volumes (each volume keeps its own perm).
+    await mkdirChainInside(deps.dataRoot, layout.hostDir, 0o700);
   };
 
   const removeVolDir = async (path: string): Promise<void> => {

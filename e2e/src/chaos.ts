@@ -92,9 +92,12 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
     }
   };
 
+  let stopped!: () => void;
+  const stopping = new Promise<void>((r) => (stopped = r));
   const killer = async (): Promise<void> => {
     for (;;) {
-      await sleep(opts.minKillGapMs + random() * (opts.maxKillGapMs - opts.minKillGapMs));
+      // The wait ends early when the run does (a calm run's gap is longer than the run).
+      await Promise.race([sleep(opts.minKillGapMs + random() * (opts.maxKillGapMs - opts.minKillGapMs)), stopping]);
       if (!running) return;
       const app = apps[Math.floor(random() * apps.length)]!;
       kills[app]++;
@@ -114,6 +117,7 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
   const killing = killer();
   await sleep(opts.durationMs);
   running = false;
+  stopped();
   await Promise.all(streams);
   await killing;
 

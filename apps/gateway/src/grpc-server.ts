@@ -68,9 +68,15 @@ export function grpcServiceImplementation(
         ? setInterval(() => opts.log.info({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'still preparing the container mounts'), 30_000)
         : undefined;
       progress?.unref();
-      call.on('cancelled', () => opts.log.warn({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'the client went away; the call finishes for its retry'));
+      let answered = false;
+      call.on('cancelled', () => {
+        if (!answered) opts.log.warn({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'the client went away; the call finishes for its retry');
+      });
       const reply = unbounded ? rpc(call.request) : bounded(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`);
-      const stopProgress = (): void => clearInterval(progress);
+      const stopProgress = (): void => {
+        answered = true;
+        clearInterval(progress);
+      };
       void reply.then(stopProgress, stopProgress);
       reply.then(
         (reply) => {

@@ -151,8 +151,12 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     expect(await snapshotTree(volPath, OFFSET)).toEqual(imageTree);
     expect((await stat(join(volPath, 'engine-id'))).uid).toBe(OFFSET);
     expect((await stat(join(volPath, 'volumes/owned-by-user'))).gid).toBe(OFFSET + 1001);
+    // The same create again (an answer lost in a reconnect) gets the same answer; another one is refused.
+    expect(
+      (await client.call(docker.create, { id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true })).mounts,
+    ).toEqual(created.mounts);
     await expectCode(
-      client.call(docker.create, { id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true }),
+      client.call(docker.create, { id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker2', uid: OFFSET, gid: OFFSET, chownOnSync: true }),
       'already-exists',
     );
 

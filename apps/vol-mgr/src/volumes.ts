@@ -176,6 +176,19 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       createdAt: now().toISOString(),
       state: 'creating',
     };
+    // The same create again (a caller whose answer was lost in a reconnect) gets the same answer:
+    // creates of one id run one after another, so a repeat finds the first one's ready record.
+    const existing = (await deps.store.get(req.id))?.value;
+    if (
+      existing?.state === 'ready' &&
+      existing.mountpoint === req.mountpoint &&
+      existing.rootfs === rootfs &&
+      existing.uid === req.uid &&
+      existing.gid === req.gid &&
+      existing.chownOnSync === req.chownOnSync
+    ) {
+      return { mounts: [{ source: checkRecordPath(existing, log), destination: req.mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }] };
+    }
     await ensureHostDir();
     await deps.store.create(req.id, record);
     let madeDir = false;

@@ -29,6 +29,7 @@ function volContracts(kind: VolumeKind) {
     create: defineContract({
       service: 'vol',
       endpoint: `${kind}-create`,
+      idempotent: true,
       subject: subjectOf('vol', kind, 'create'),
       description: `make a ${kind} volume for a container, sync the rootfs content in, answer its bind mount`,
       request: z.object({

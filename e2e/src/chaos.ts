@@ -6,13 +6,12 @@
  * in a call still depend on timing). The suite runs it for about a minute; the bench longer.
  */
 import { join } from 'node:path';
-import { connectGateway, rpc, type SysboxMgrClient } from './grpc.js';
+import { connectGateway, type SysboxMgrClient } from './grpc.js';
 import { SERVICE_APPS, sleep, type AppName, type System } from './harness.js';
-import { newChownContainer, runStep, type ChownContainer, type LifecycleOptions, type StepName } from './lifecycle.js';
-import { buildImage, entries, mountsBelow, servicesState, unmountAll } from './runtime.js';
+import { cleanUpLikeARuntime, newChownContainer, runStep, type LifecycleOptions, type StepName } from './lifecycle.js';
+import { buildImage, entries, mountsBelow, servicesState } from './runtime.js';
 import { GATEWAY_BUCKET } from '@sysbox-mgr-ts/contracts';
 import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
-import { run } from '@sysbox-mgr-ts/exec';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { z } from 'zod';
 
@@ -54,30 +53,6 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
   let running = true;
   let seq = 0;
 
-  /**
-   * The runtime after a failed start or stop, as Docker does it: Unregister (retried while the
-   * gateway is down), unmount and delete the rootfs; what the clone's stack keeps busy is deleted
-   * once the gateway released the container (Docker retries its removal).
-   */
-  const runtimeCleanup = async (c: ChownContainer): Promise<void> => {
-    for (let attempt = 0; attempt < 40; attempt++) {
-      const code = await rpc(client, 'Unregister', { id: c.id }, 10_000).then(
-        () => 0,
-        (err: { code?: number }) => err.code ?? -1,
-      );
-      // OK; NOT_FOUND: never registered or already gone; FAILED_PRECONDITION: already unregistered.
-      if (code === 0 || code === 5 || code === 9) break;
-      await sleep(250);
-    }
-    await unmountAll(c.rootfs.merged).catch(() => undefined);
-    await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
-    const deadline = Date.now() + 30_000;
-    while (Date.now() < deadline && (await rpc(client, 'Pause', { id: c.id }, 5000).then(() => 0, (e: { code?: number }) => e.code ?? -1)) !== 5) {
-      await sleep(250);
-    }
-    await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
-  };
-
   const stream = async (name: string): Promise<void> => {
     while (running) {
       const c = await newChownContainer(o, `${name}-${++seq}`);
@@ -87,7 +62,7 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
         for (step of ['create', 'stop', 'remove'] as StepName[]) await runStep(o, c, step);
       } catch (err) {
         failures.push(`${c.id} at ${step}: ${(err as Error).message.split('\n')[0]}`);
-        await runtimeCleanup(c);
+        await cleanUpLikeARuntime(() => client, c);
       }
     }
   };

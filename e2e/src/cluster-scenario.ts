@@ -10,7 +10,7 @@ import { percentile } from '@sysbox-mgr-ts/bench-kit';
 import { startNatsCluster, type NatsCluster } from '@sysbox-mgr-ts/test-nats';
 import { connectGateway, type SysboxMgrClient } from './grpc.js';
 import { sleep, startSystem, type System } from './harness.js';
-import { newChownContainer, runStep, type LifecycleOptions } from './lifecycle.js';
+import { cleanUpLikeARuntime, newChownContainer, runStep, type LifecycleOptions } from './lifecycle.js';
 import { buildImage, mountsBelow, servicesState } from './runtime.js';
 
 export type Phase = 'before' | 'during' | 'after';
@@ -70,13 +70,14 @@ export async function startClusterScenario(opts: { logLevel?: string } = {}): Pr
           const id = `${name}-${++seq}`;
           const started = Date.now();
           const startPhase = phase;
+          const c = await newChownContainer(h.o, id);
           try {
-            const c = await newChownContainer(h.o, id);
             for (const step of ['create', 'stop', 'remove'] as const) await runStep(h.o, c, step);
             // A lifecycle that overlapped a failover counts as during it.
             durations[startPhase === 'before' && phase !== 'before' ? 'during' : startPhase].push(Date.now() - started);
           } catch (err) {
             failures.push(`${h.sys.node} ${id} (${startPhase}): ${(err as Error).message}`);
+            await cleanUpLikeARuntime(h.o.client, c);
           }
         }
       };

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { rpc, statusOf, type SysboxMgrClient } from './grpc.js';
 import { status } from '@grpc/grpc-js';
 import { run } from '@sysbox-mgr-ts/exec';
-import { mountContainerRootfs, removeLikeDocker, until, type ContainerRootfs, type ImageLayers } from './runtime.js';
+import { mountContainerRootfs, removeLikeDocker, unmountAll, until, type ContainerRootfs, type ImageLayers } from './runtime.js';
 
 /** Shift types of sysbox-libs' idShiftUtils. */
 export const SHIFT = { none: 0, shiftfs: 1, idMapped: 2, idMappedOrShiftfs: 3, chown: 4 } as const;
@@ -125,4 +125,28 @@ export async function runStep(o: LifecycleOptions, c: ChownContainer, step: Step
       });
       return;
   }
+}
+
+/**
+ * The runtime after a failed start or stop, as Docker does it: Unregister (retried while the
+ * gateway is down), unmount and delete the rootfs; what the clone's stack keeps busy is deleted
+ * once the gateway released the container (Docker retries its removal).
+ */
+export async function cleanUpLikeARuntime(client: () => SysboxMgrClient, c: ChownContainer): Promise<void> {
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const code = await rpc(client(), 'Unregister', { id: c.id }, 10_000).then(
+      () => 0,
+      (err: { code?: number }) => err.code ?? -1,
+    );
+    // OK; NOT_FOUND: never registered or already gone; FAILED_PRECONDITION: already unregistered.
+    if (code === 0 || code === 5 || code === 9) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  await unmountAll(c.rootfs.merged).catch(() => undefined);
+  await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && (await rpc(client(), 'Pause', { id: c.id }, 5000).then(() => 0, (e: { code?: number }) => e.code ?? -1)) !== 5) {
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
 }

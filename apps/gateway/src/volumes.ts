@@ -95,8 +95,14 @@ export function createVolumePolicy(deps: {
       rec.volumeKinds = [...new Set([...rec.volumeKinds, ...requests.map((r) => r.kind)])];
       await table.save(rec);
       const mounts: OciMount[] = [];
+      const made = new Set<VolumeKind>();
       try {
         for (const { kind, dest } of requests) {
+          // One volume per kind and container, as upstream: a second request of a kind fails as
+          // its second create did there (vol-mgr answers an identical create the same, for
+          // callers whose answer was lost, so the duplicate is caught here).
+          if (made.has(kind)) throw new SysboxError('already-exists', `container ${id}: a ${kind} volume was already requested (for ${dest} too)`);
+          made.add(kind);
           const create = { id, rootfs: rec.rootfs, mountpoint: dest, uid: owner.uid, gid: owner.gid, chownOnSync, perm: VOLUME_LAYOUT[kind].perm };
           try {
             const created = await call(id, `failed to setup mounts backing ${dest}`, volByKind[kind].create, create, 'unbounded');

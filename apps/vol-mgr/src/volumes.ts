@@ -152,6 +152,11 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     return overlayOptions(top.superOptions).upperDir;
   };
 
+  /** What a create answers, the first time and for an identical repeat alike: the volume's bind mount. */
+  const createReply = (path: string, mountpoint: string): VolCreateReply => ({
+    mounts: [{ source: path, destination: mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }],
+  });
+
   const createVol = async (req: VolCreateRequest, log = deps.log): Promise<VolCreateReply> => {
     const path = volPathOf(req.id);
     const perm = req.perm ?? layout.perm;
@@ -187,7 +192,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       existing.gid === req.gid &&
       existing.chownOnSync === req.chownOnSync
     ) {
-      return { mounts: [{ source: checkRecordPath(existing, log), destination: req.mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }] };
+      return createReply(checkRecordPath(existing, log), req.mountpoint);
     }
     await ensureHostDir();
     await deps.store.create(req.id, record);
@@ -222,7 +227,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       throw err;
     }
     log.info({ kind: deps.kind, id: req.id, path, syncOutBase }, 'volume created');
-    return { mounts: [{ source: path, destination: req.mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }] };
+    return createReply(path, req.mountpoint);
   };
 
   const syncOut = async (id: string, log = deps.log): Promise<void> => {

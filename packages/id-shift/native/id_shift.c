@@ -25,6 +25,7 @@
 #define ACL_DEFAULT "system.posix_acl_default"
 /* listxattrat: the same number on every architecture but alpha (syscalls added since 5.1). */
 #define SYS_LISTXATTRAT_NR 465
+#define XATTR_MAX 65536 /* XATTR_LIST_MAX and XATTR_SIZE_MAX */
 
 static __thread int listxattrat_missing;
 
@@ -89,9 +90,48 @@ static napi_status buffer_copy(napi_env env, const void *src, size_t n, napi_val
   return napi_create_buffer_copy(env, n, src, NULL, out);
 }
 
+/*
+ * The kernel allocates a buffer of the size a listxattr or getxattr asks for (kvmalloc: 64 KiB
+ * comes from the page allocator, which was a third of a listxattr's cost on tmpfs), so the first
+ * call asks for a small one and only a value that does not fit costs a size query and a retry.
+ */
+#define XATTR_FIRST_TRY 512
+
+struct xattr_target {
+  int dirfd;
+  const char *name;
+  const char *path; /* dir/name, for the calls that take a path */
+  const char *attr; /* the attribute to read, for getxattr */
+};
+
+typedef ssize_t (*xattr_call)(const struct xattr_target *t, char *buf, size_t size);
+
+static ssize_t small_buffer_first(xattr_call call, const struct xattr_target *t, char *buf) {
+  ssize_t n = call(t, buf, XATTR_FIRST_TRY);
+  while (n < 0 && errno == ERANGE) {
+    ssize_t needed = call(t, NULL, 0);
+    if (needed <= 0) return needed;
+    n = call(t, buf, needed < XATTR_MAX ? (size_t)needed : XATTR_MAX);
+  }
+  return n;
+}
+
+static ssize_t list_names_at(const struct xattr_target *t, char *buf, size_t size) {
+  return syscall(SYS_LISTXATTRAT_NR, t->dirfd, t->name, AT_SYMLINK_NOFOLLOW, buf, size);
+}
+
+static ssize_t list_names_by_path(const struct xattr_target *t, char *buf, size_t size) {
+  return llistxattr(t->path, buf, size);
+}
+
+static ssize_t get_value_by_path(const struct xattr_target *t, char *buf, size_t size) {
+  return lgetxattr(t->path, t->attr, buf, size);
+}
+
 /* Reads one ACL xattr of path into an acl slot: buffer, null (none), or a failure. */
 static int read_acl(napi_env env, const char *path, const char *attr, char *value, napi_value *out) {
-  ssize_t n = lgetxattr(path, attr, value, 65536);
+  struct xattr_target target = {.dirfd = -1, .name = NULL, .path = path, .attr = attr};
+  ssize_t n = small_buffer_first(get_value_by_path, &target, value);
   if (n == -1 && (errno == ENODATA || errno == ENOENT)) return napi_get_null(env, out) == napi_ok ? 0 : -1;
   if (n < 0) return errno;
   return buffer_copy(env, value, (size_t)n, out) == napi_ok ? 0 : -1;
@@ -139,8 +179,8 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
     goto build;
   }
   dents = malloc(65536);
-  xlist = malloc(65536);
-  xvalue = malloc(65536);
+  xlist = malloc(XATTR_MAX);
+  xvalue = malloc(XATTR_MAX);
   if (!dents || !xlist || !xvalue) {
     fail = (struct failure){"malloc", ENOMEM, ""};
     goto build;
@@ -192,19 +232,21 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
       if (!want_acls || S_ISLNK(st.stx_mode)) continue;
       if (st.stx_dev_major == nox_major && st.stx_dev_minor == nox_minor) continue;
 
+      /* listxattrat takes the directory fd: the path is built only for the calls that take one. */
       char path[4096];
-      int path_err = join_path(path, dir, name);
+      struct xattr_target target = {.dirfd = fd, .name = name, .path = path, .attr = NULL};
       ssize_t listed_len = -1;
       if (!listxattrat_missing) {
-        listed_len = syscall(SYS_LISTXATTRAT_NR, fd, name, AT_SYMLINK_NOFOLLOW, xlist, (size_t)65536);
+        listed_len = small_buffer_first(list_names_at, &target, xlist);
         if (listed_len < 0 && errno == ENOSYS) listxattrat_missing = 1;
       }
       if (listxattrat_missing) {
+        int path_err = join_path(path, dir, name);
         if (path_err) {
           fail = (struct failure){"listxattr", -path_err, name};
           goto build;
         }
-        listed_len = llistxattr(path, xlist, 65536);
+        listed_len = small_buffer_first(list_names_by_path, &target, xlist);
       }
       if (listed_len < 0) {
         if (errno == EOPNOTSUPP) {
@@ -219,6 +261,7 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
       int has_access = listed(xlist, listed_len, ACL_ACCESS);
       int has_default = S_ISDIR(st.stx_mode) && listed(xlist, listed_len, ACL_DEFAULT);
       if (!has_access && !has_default) continue;
+      int path_err = join_path(path, dir, name);
       if (path_err) {
         fail = (struct failure){"lgetxattr", -path_err, name};
         goto build;

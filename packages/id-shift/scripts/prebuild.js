@@ -3,7 +3,7 @@
 // prebuilds/linux-x64/, the binary the package ships and loads first, when this host is linux-x64
 // with glibc (the platform the prebuilt covers) and the binary changed. The build is reproducible
 // (same compiler, same bytes), so an unchanged source leaves the committed file untouched.
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const built = fileURLToPath(new URL('../build/Release/id_shift.node', import.meta.url));
@@ -13,6 +13,9 @@ if (process.platform !== 'linux' || process.arch !== 'x64' || !glibc) {
   console.log(`id-shift prebuild: ${process.platform}-${process.arch}${glibc ? '' : ' without glibc'} is not the prebuilt platform; prebuilds/ left as is`);
 } else if (!existsSync(`${dir}id_shift.node`) || !readFileSync(built).equals(readFileSync(`${dir}id_shift.node`))) {
   mkdirSync(dir, { recursive: true });
-  copyFileSync(built, `${dir}id_shift.node`);
+  // A new file renamed over the old one: processes that have the old one loaded (daemons and tests
+  // running from this checkout) keep their mapping, where overwriting it in place crashes them.
+  copyFileSync(built, `${dir}id_shift.node.tmp`);
+  renameSync(`${dir}id_shift.node.tmp`, `${dir}id_shift.node`);
   console.log(`id-shift prebuild: updated prebuilds/linux-x64/id_shift.node (glibc ${glibc})`);
 }

@@ -9,6 +9,7 @@ import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
 
 const isRoot = process.getuid?.() === 0;
 const canAcl = isRoot && statSync('/usr/bin/setfacl', { throwIfNoEntry: false }) !== undefined;
+const hasPython = statSync('/usr/bin/python3', { throwIfNoEntry: false }) !== undefined;
 const MAX_ID = 2 ** 32 - 2;
 
 let base: string;
@@ -136,6 +137,50 @@ describe.skipIf(!isRoot)('shift (as root, real trees)', () => {
     expect(lstatSync(latin1Name)).toMatchObject({ uid: 100_000, gid: 100_000 });
     expect(owner(join(root, 'f-link'))).toBe('100000:100000');
   });
+
+  // The addon asks for xattr names and values with a small buffer first (the kernel allocates what
+  // is asked for) and retries with the exact size: cover the retry on both kinds of filesystem.
+  for (const fs of ['disk', 'tmpfs'] as const) {
+    it.skipIf(!canAcl || !hasPython)(`shifts ACLs past the first xattr buffer on ${fs}: long name lists and values, hard links, setuid bits`, async () => {
+      const root = freshDir();
+      if (fs === 'tmpfs') {
+        await run('mount', ['-t', 'tmpfs', 'id-shift-test', root], { timeout: 10_000 });
+        mounts.push(root);
+      }
+      mkdirSync(join(root, 'shared'));
+      const file = join(root, 'shared', 'f');
+      writeFileSync(file, '');
+      chmodSync(file, 0o4750);
+      linkSync(file, join(root, 'f-link'));
+      // 40 user xattrs of 30-byte names: a listing of about 1.2 KiB.
+      await run('python3', ['-c', 'import os, sys\nfor i in range(40): os.setxattr(sys.argv[1], "user.padding-%022d" % i, b"x")', file], { timeout: 10_000 });
+      // 70 named entries: ACL values of about 600 bytes.
+      const many = (kind: 'u' | 'g', from: number): string => Array.from({ length: 70 }, (_, i) => `${kind}:${from + i}:r`).join(',');
+      await run('setfacl', ['-m', `${many('u', 2000)},g:55:r`, file], { timeout: 10_000 });
+      await run('setfacl', ['-d', '-m', many('g', 3000), join(root, 'shared')], { timeout: 10_000 });
+      const modeBefore = lstatSync(file).mode;
+
+      await shift(root, 100_000, 200_000);
+
+      for (const name of [file, join(root, 'f-link')]) {
+        const acl = await getfacl(name);
+        expect(acl).toContain('user:102000:r--');
+        expect(acl).toContain('user:102069:r--');
+        expect(acl).toContain('group:200055:r--');
+        expect(acl).not.toContain('user:2000:');
+        expect(owner(name)).toBe('100000:200000');
+      }
+      expect(lstatSync(file).mode).toBe(modeBefore);
+      const dirAcl = await getfacl(join(root, 'shared'));
+      expect(dirAcl).toContain('default:group:203000:r--');
+      expect(dirAcl).toContain('default:group:203069:r--');
+
+      await shift(root, -100_000, -200_000);
+      expect(await getfacl(file)).toContain('user:2069:r--');
+      expect(await getfacl(join(root, 'shared'))).toContain('default:group:3069:r--');
+      expect(lstatSync(file)).toMatchObject({ mode: modeBefore, uid: 0, gid: 0 });
+    });
+  }
 
   it('shift then shift back returns exactly the original owners and modes (random trees)', async () => {
     const rand = seededRandom(42);

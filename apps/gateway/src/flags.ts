@@ -91,7 +91,7 @@ export const gatewayOptions = {
   disableShiftfsPrecheck: boolOption(
     'disable-shiftfs-precheck',
     'SYSBOX_MGR_DISABLE_SHIFTFS_PRECHECK',
-    "skip the functional shiftfs check (shiftfs-mgr's answer is taken as is)",
+    "trust that the kernel has shiftfs instead of shiftfs-mgr's functional checks, for ShiftfsOk and ShiftfsOnOverlayfsOk (give it to shiftfs-mgr too, to skip the checks there)",
   ),
   disableIdmappedMount: boolOption(
     'disable-idmapped-mount',

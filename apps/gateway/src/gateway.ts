@@ -11,12 +11,26 @@ import type { GatewayFlags } from './flags.js';
 import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
 import { createManager, type Manager, type MgrConfig } from './manager.js';
 import type { NetnsMembers } from './netns.js';
-import { hostChecks, probeHost, probeShiftfs, type HostChecks, type HostFacts } from './probes.js';
+import {
+  askShiftfsSupport,
+  askUntilAnswered,
+  hostChecks,
+  probeHost,
+  type HostChecks,
+  type HostFacts,
+  type RetrySchedule,
+  type ShiftfsSupport,
+} from './probes.js';
 import { ContainerRecord } from './record.js';
 import { dockerAutoRemove } from './docker.js';
 import { createOrphanCollector, type OrphanCollector } from './orphans.js';
 import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
 
+/**
+ * A silent shiftfs-mgr is asked again after 1 s (one started just after the gateway is seen at
+ * once), then every 2, 4, ... up to 30 s: one small request a node without shiftfs-mgr can afford.
+ */
+const SHIFTFS_RETRY: RetrySchedule = { firstMs: 1000, maxMs: 30_000 };
 
 export interface GatewaySettings extends GatewayFlags {
   node: string;
@@ -34,12 +48,21 @@ export interface Gateway {
   stop(): Promise<void>;
 }
 
-export function mgrConfigFrom(flags: GatewayFlags, facts: HostFacts, shiftfsSupported: boolean): MgrConfig {
-  const shiftfsOk = !flags.disableShiftfs && shiftfsSupported;
+/**
+ * ShiftfsOk and ShiftfsOnOverlayfsOk, as upstream's newSysboxMgr sets them: each from its own
+ * functional check; with --disable-shiftfs-precheck both from whether the kernel has shiftfs;
+ * never with --disable-shiftfs, nor before shiftfs-mgr answered.
+ */
+export function shiftfsConfig(flags: GatewayFlags, shiftfs: ShiftfsSupport | undefined): Pick<MgrConfig, 'shiftfsOk' | 'shiftfsOnOverlayfsOk'> {
+  if (flags.disableShiftfs || shiftfs === undefined) return { shiftfsOk: false, shiftfsOnOverlayfsOk: false };
+  if (flags.disableShiftfsPrecheck) return { shiftfsOk: shiftfs.inKernel, shiftfsOnOverlayfsOk: shiftfs.inKernel };
+  return { shiftfsOk: shiftfs.supported, shiftfsOnOverlayfsOk: shiftfs.supportedOnOverlayfs };
+}
+
+export function mgrConfigFrom(flags: GatewayFlags, facts: HostFacts, shiftfs: ShiftfsSupport | undefined): MgrConfig {
   return {
     aliasDns: flags.aliasDns,
-    shiftfsOk,
-    shiftfsOnOverlayfsOk: shiftfsOk,
+    ...shiftfsConfig(flags, shiftfs),
     idMapMountOk: facts.idMapMountOk,
     overlayfsOnIDMapMountOk: facts.overlayfsOnIDMapMountOk,
     noRootfsCloning: flags.disableRootfsCloning,
@@ -63,6 +86,8 @@ export async function startGateway(opts: {
   facts?: HostFacts;
   checks?: HostChecks;
   clock?: () => Date;
+  /** When to ask a silent shiftfs-mgr again (tests shorten it). */
+  shiftfsRetry?: RetrySchedule;
 }): Promise<Gateway> {
   const { nc, settings: s, log } = opts;
   const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs, waitForResponderMs: s.serviceWaitMs, log });
@@ -74,8 +99,9 @@ export async function startGateway(opts: {
       dataRoot: s.dataRoot,
       log,
     }));
-  const shiftfsSupported = s.disableShiftfs ? false : await probeShiftfs(services, Math.min(2000, s.opTimeoutMs));
-  const config = mgrConfigFrom(s, facts, shiftfsSupported);
+  const askShiftfs = () => askShiftfsSupport(services, Math.min(2000, s.opTimeoutMs));
+  const shiftfs = s.disableShiftfs ? undefined : await askShiftfs();
+  const config = mgrConfigFrom(s, facts, shiftfs);
   log.info(
     {
       kernel: facts.kernelRelease,
@@ -87,6 +113,12 @@ export async function startGateway(opts: {
       `overlayfs on ID-mapped mounts: ${config.overlayfsOnIDMapMountOk ? 'yes' : 'no'}; ` +
       `${config.syscontMode ? 'system' : 'regular'} container mode`,
   );
+  const tellShiftfs = (answer: ShiftfsSupport): void =>
+    log.info(
+      { shiftfsOk: config.shiftfsOk, shiftfsOnOverlayfsOk: config.shiftfsOnOverlayfsOk, reason: answer.reason, reasonOnOverlayfs: answer.reasonOnOverlayfs },
+      `shiftfs-mgr: shiftfs ok: ${config.shiftfsOk ? 'yes' : 'no'}; shiftfs on overlayfs ok: ${config.shiftfsOnOverlayfsOk ? 'yes' : 'no'}`,
+    );
+  if (shiftfs) tellShiftfs(shiftfs);
 
   const kv = await openBucket(nc, GATEWAY_BUCKET, { replicas: s.kvReplicas, description: 'sysbox gateway container table' });
   const containers = createStateStore(kv, { node: s.node, namespace: 'containers', schema: ContainerRecord });
@@ -143,6 +175,23 @@ export async function startGateway(opts: {
     handlerTimeoutMs: s.longOpTimeoutMs + s.opTimeoutMs,
     log,
   });
+  // shiftfs-mgr may come up after the gateway (started by hand or another supervisor, or down
+  // while systemd started the gateway). Calls never wait for it: ContainerConfig says no until it
+  // answers. The manager reads this config object at every Register, so the answer is filled in
+  // place and holds from the next container on.
+  const retry = opts.shiftfsRetry ?? SHIFTFS_RETRY;
+  const shiftfsWatch =
+    !s.disableShiftfs && shiftfs === undefined
+      ? askUntilAnswered(
+          askShiftfs,
+          (answer) => {
+            Object.assign(config, shiftfsConfig(s, answer));
+            tellShiftfs(answer);
+          },
+          retry,
+        )
+      : undefined;
+  if (shiftfsWatch) log.warn({ retry }, 'shiftfs-mgr did not answer: shiftfs is off until it does; asking again in the background');
   return {
     manager,
     watcher,
@@ -151,6 +200,7 @@ export async function startGateway(opts: {
     facts,
     orphans,
     async stop() {
+      await shiftfsWatch?.stop();
       await grpc.stop();
       await orphans.stop();
       await watcher.stop();

@@ -5,6 +5,7 @@ import { MNT_DETACH, loadAddon } from '@sysbox-mgr-ts/host-native';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  askUntilAnswered,
   distroFromOsRelease,
   hostChecks,
   kernelAtLeast,
@@ -192,5 +193,53 @@ describe.skipIf(!root)('functional ID-mapped mount probes (upstream checkIDMapMo
       addon!.umount(merged, MNT_DETACH);
       addon!.umount(tmpfs, MNT_DETACH);
     }
+  });
+});
+
+describe('asking a silent shiftfs-mgr again', () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  it('asks after firstMs, then at doubling intervals up to maxMs, until an answer, which it hands over once', async () => {
+    const asks: number[] = [];
+    const answers: string[] = [];
+    const started = performance.now();
+    const watch = askUntilAnswered(
+      async () => {
+        asks.push(performance.now() - started);
+        return asks.length < 5 ? undefined : 'yes';
+      },
+      (a) => answers.push(a),
+      { firstMs: 20, maxMs: 60 },
+    );
+    for (let waited = 0; answers.length === 0 && waited < 3000; waited += 10) await sleep(10);
+    await sleep(150);
+    expect(answers).toEqual(['yes']);
+    expect(asks).toHaveLength(5);
+    const gaps = asks.map((t, i) => t - (asks[i - 1] ?? 0));
+    // 20, 40, 60, 60, 60 ms: timers fire late, never early.
+    [20, 40, 60, 60, 60].forEach((want, i) => expect(gaps[i]).toBeGreaterThanOrEqual(want - 1));
+    // Capped: without maxMs the fifth would come 320 ms after the fourth.
+    expect(gaps[4]).toBeLessThan(250);
+    await watch.stop();
+  });
+
+  it('stop() ends it: it waits for an ask in flight and drops its answer', async () => {
+    let asks = 0;
+    const answers: string[] = [];
+    const watch = askUntilAnswered(
+      async () => {
+        asks++;
+        await sleep(50);
+        return 'late';
+      },
+      (a) => answers.push(a),
+      { firstMs: 10, maxMs: 10 },
+    );
+    await sleep(20);
+    await watch.stop();
+    expect(asks).toBe(1);
+    await sleep(100);
+    expect(answers).toEqual([]);
+    expect(asks).toBe(1);
   });
 });

@@ -4,7 +4,7 @@ import { shiftfsService } from '@sysbox-mgr-ts/contracts';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { boolOption, serve, defineApp } from '@sysbox-mgr-ts/service-kit';
 import { openMarkStore } from './mark-store.js';
-import { createShiftfsMarks } from './marks.js';
+import { createShiftfsMarks, makeWorkDir } from './marks.js';
 import { createShiftfsMounter } from './mounter.js';
 import { probeShiftfs } from './probe.js';
 import { createShiftfsBindings, shiftfsMetadata } from './service.js';
@@ -15,15 +15,23 @@ export const shiftfsMgrApp = defineApp({
   about: 'reference-counted shiftfs marks on host paths, served over NATS',
   options: {
     modprobe: boolOption('modprobe', 'SYSBOX_SHIFTFS_MODPROBE', 'run `modprobe shiftfs` before probing /proc/filesystems', true),
+    // Upstream's sysbox-mgr flag, with the gateway's environment variable: one setting for both.
+    disableShiftfsPrecheck: boolOption(
+      'disable-shiftfs-precheck',
+      'SYSBOX_MGR_DISABLE_SHIFTFS_PRECHECK',
+      'do not try shiftfs at start (a mount in a user namespace, a file created and renamed): trust /proc/filesystems',
+    ),
   },
   async start({ config, nc, log, version }) {
-    const probe = await probeShiftfs({ modprobe: config.modprobe, log });
-    log.info({ shiftfs: probe.supported }, probe.reason);
+    const workDir = await makeWorkDir(join(config.dataRoot, 'shiftfs'));
+    const probe = await probeShiftfs({ modprobe: config.modprobe, precheck: !config.disableShiftfsPrecheck, checkDir: workDir, log });
+    log.info({ shiftfs: probe.supported, inKernel: probe.inKernel }, probe.reason);
+    log.info({ shiftfsOnOverlayfs: probe.onOverlayfs.supported }, probe.onOverlayfs.reason);
     const marks = await createShiftfsMarks({
       store: await openMarkStore(nc, { node: config.node, replicas: config.kvReplicas }),
       mounter: createShiftfsMounter(log),
       readMounts: () => readMountInfo(),
-      workDir: join(config.dataRoot, 'shiftfs'),
+      workDir,
       dataRoot: config.dataRoot,
       probe,
       log,

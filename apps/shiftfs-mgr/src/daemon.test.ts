@@ -96,8 +96,22 @@ describe('sysbox-shiftfs-mgr process', () => {
     const hostHasShiftfs = listsShiftfs(await readFile('/proc/filesystems', 'utf8'));
     expect(info.metadata).toMatchObject({ node: 'd1', shiftfs: String(hostHasShiftfs) });
 
+    // Both answers are logged at start with their reasons, and listed.
+    const startLines = first.logs().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const plain = startLines.find((l) => 'shiftfs' in l)!;
+    const overlay = startLines.find((l) => 'shiftfsOnOverlayfs' in l)!;
+    expect(plain).toMatchObject({ shiftfs: hostHasShiftfs, inKernel: hostHasShiftfs, msg: expect.any(String) });
+    expect(overlay).toMatchObject({ shiftfsOnOverlayfs: expect.any(Boolean), msg: expect.any(String) });
+    if (!hostHasShiftfs) expect(plain.msg).toMatch(/^this kernel has no shiftfs \(not listed in \/proc\/filesystems; modprobe skipped/);
     const client = createServiceClient(nc, { node: 'd1', timeoutMs: 3000 });
-    expect(await client.call(shiftfsList, {})).toEqual({ supported: hostHasShiftfs, marks: [] });
+    expect(await client.call(shiftfsList, {})).toEqual({
+      supported: plain.shiftfs,
+      supportedOnOverlayfs: overlay.shiftfsOnOverlayfs,
+      inKernel: hostHasShiftfs,
+      reason: plain.msg,
+      reasonOnOverlayfs: overlay.msg,
+      marks: [],
+    });
     if (!hostHasShiftfs) {
       await expect(client.call(shiftfsMark, { id: 'c2', mounts: [{ source, readonly: false }], createMarkpoint: true })).rejects.toMatchObject({
         code: 'unsupported',

@@ -7,9 +7,8 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks, markKey, type ShiftfsMarks, type ShiftfsMarksDeps } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
-import { FakeKernel, captureLogger } from './testing/fake-kernel.js';
+import { FakeKernel, WORKING_SHIFTFS, captureLogger } from './testing/fake-kernel.js';
 
-const SUPPORTED: ShiftfsProbe = { supported: true, reason: 'fake kernel' };
 const rw = (source: string) => ({ source, readonly: false });
 
 describe('shiftfs marks on a real nats-server with a fake kernel', () => {
@@ -52,7 +51,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
       readMounts: kernel.readMounts,
       workDir,
       dataRoot: join(dir, 'data'),
-      probe: SUPPORTED,
+      probe: WORKING_SHIFTFS,
       log: captureLogger().log,
       ...overrides,
     });
@@ -132,8 +131,8 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   });
 
   it('on the unsupported kernel of this machine, mark answers unsupported and changes nothing', async (ctx) => {
-    const probe = await probeShiftfs({ modprobe: true, log: captureLogger().log });
-    if (probe.supported) ctx.skip(); // this test is about hosts without shiftfs
+    const probe = await probeShiftfs({ modprobe: true, precheck: true, checkDir: dir, log: captureLogger().log });
+    if (probe.inKernel) ctx.skip(); // this test is about hosts without shiftfs
     const marks = await open({ probe });
     const err = await marks.mark('c1', [rw(srcA)], true).catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'unsupported' });
@@ -142,6 +141,19 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     expect(await marks.list()).toEqual([]);
     expect(await readdir(workDir)).toEqual([]);
     await expect(marks.unmark('c1', [rw(join(workDir, 'unknown'))])).resolves.toBeUndefined();
+  });
+
+  it('marks where shiftfs is in the kernel but failed the functional check: whether to use it is the runtime\'s call', async () => {
+    const failedCheck: ShiftfsProbe = {
+      inKernel: true,
+      supported: false,
+      reason: 'shiftfs is listed but does not work: file rename on shiftfs: EOVERFLOW',
+      onOverlayfs: { supported: false, reason: 'the same' },
+    };
+    const marks = await open({ probe: failedCheck });
+    const [m] = await marks.mark('c1', [rw(srcA)], true);
+    expect(kernel.markCalls).toEqual([{ source: srcA, markpoint: m!.source }]);
+    await marks.unmark('c1', [m!]);
   });
 
   it('refuses a source that is not a directory and changes nothing', async () => {

@@ -102,15 +102,22 @@ const UUID_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Makes `<data-root>/shiftfs` (0710) if missing; answers its real path, resolved once because
+ * markpoints are stored as mountinfo shows them.
+ */
+export async function makeWorkDir(path: string): Promise<string> {
+  await mkdir(path, { recursive: true, mode: 0o710 });
+  return realpath(path);
+}
+
 export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<ShiftfsMarks> {
   const { store, mounter, readMounts, probe } = deps;
   const now = deps.now ?? Date.now;
   const staleAfterMs = deps.staleAfterMs ?? 3 * MOUNTER_TIMEOUT_MS;
   const waitTimeoutMs = deps.waitTimeoutMs ?? MOUNTER_TIMEOUT_MS + 5_000;
   const pollMs = deps.pollMs ?? 20;
-  await mkdir(deps.workDir, { recursive: true, mode: 0o710 });
-  // Markpoints are stored as mountinfo shows them, so the work dir is resolved once here.
-  const workDir = await realpath(deps.workDir);
+  const workDir = await makeWorkDir(deps.workDir);
   const stamp = (): string => new Date(now()).toISOString();
   const isStale = (rec: MarkRecord): boolean => now() - Date.parse(rec.since) > staleAfterMs;
   /**
@@ -317,7 +324,9 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
 
   return {
     async mark(id, mounts, createMarkpoint, log = deps.log) {
-      if (!probe.supported) {
+      // Refused only where shiftfs cannot mount at all: with the functional check failed or
+      // skipped, whether to mark is the runtime's call (the gateway's ShiftfsOk), as upstream.
+      if (!probe.inKernel) {
         throw new SysboxError('unsupported', `shiftfs mark refused: ${probe.reason}`);
       }
       const sources = await resolveSources(mounts);

@@ -56,7 +56,7 @@ describe('shiftfs on the real kernel', () => {
         readMounts: () => readMountInfo(),
         workDir: join(dir, 'data', 'shiftfs'),
         dataRoot: join(dir, 'data'),
-        probe: await probeShiftfs({ modprobe: true, log }),
+        probe: await probeShiftfs({ modprobe: true, precheck: true, checkDir: dir, log }),
         log,
       });
       const [m] = await marks.mark('c1', [{ source: join(dir, 'src'), readonly: false }], true);

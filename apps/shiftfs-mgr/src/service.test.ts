@@ -11,7 +11,7 @@ import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
 import { createShiftfsBindings, shiftfsMetadata } from './service.js';
-import { FakeKernel, captureLogger } from './testing/fake-kernel.js';
+import { FakeKernel, WORKING_SHIFTFS, captureLogger } from './testing/fake-kernel.js';
 
 describe('sysbox-shiftfs over a real nats-server', () => {
   let ns: NatsServer;
@@ -44,10 +44,10 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     nc = await ns.connect();
     dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-svc-'));
     await mkdir(join(dir, 'src'));
-    hostProbe = await probeShiftfs({ modprobe: true, log: captureLogger().log });
+    hostProbe = await probeShiftfs({ modprobe: true, precheck: true, checkDir: dir, log: captureLogger().log });
     await startReplica('host', hostProbe);
-    await startReplica('fake', { supported: true, reason: 'fake kernel' });
-    await startReplica('fake', { supported: true, reason: 'fake kernel' });
+    await startReplica('fake', WORKING_SHIFTFS);
+    await startReplica('fake', WORKING_SHIFTFS);
   });
   afterAll(async () => {
     for (const s of services) await s.stop();
@@ -61,11 +61,11 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     for await (const m of await nc.requestMany('$SRV.INFO.sysbox-shiftfs', undefined, { maxWait: 500 })) {
       infos.push(decodeJson(m.data) as { metadata: Record<string, string> });
     }
-    const byNode = infos.map((i) => [i.metadata.node, i.metadata.shiftfs]).sort();
+    const byNode = infos.map((i) => [i.metadata.node, i.metadata.shiftfs, i.metadata.shiftfsOnOverlayfs]).sort();
     expect(byNode).toEqual([
-      ['fake', 'true'],
-      ['fake', 'true'],
-      ['host', String(hostProbe.supported)],
+      ['fake', 'true', 'true'],
+      ['fake', 'true', 'true'],
+      ['host', String(hostProbe.supported), String(hostProbe.onOverlayfs.supported)],
     ]);
   });
 
@@ -81,7 +81,14 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     expect(body.error.code).toBe('unsupported');
     expect(body.error.message).toMatch(/no shiftfs/);
     const client = createServiceClient(nc, { node: 'host' });
-    expect(await client.call(shiftfsList, {})).toEqual({ supported: false, marks: [] });
+    expect(await client.call(shiftfsList, {})).toEqual({
+      supported: false,
+      supportedOnOverlayfs: false,
+      inKernel: false,
+      reason: hostProbe.reason,
+      reasonOnOverlayfs: hostProbe.reason,
+      marks: [],
+    });
     expect(await client.call(shiftfsUnmark, { id: 'c1', mounts: [{ source: '/var/lib/sysbox/shiftfs/x', readonly: false }] })).toEqual({});
   });
 

@@ -16,12 +16,23 @@ export function createShiftfsBindings(marks: ShiftfsMarks, probe: ShiftfsProbe):
     handle(shiftfsUnmarkAll, async (_req, ctx) => marks.unmarkAll(ctx.log)),
     handle(shiftfsList, async (req) => {
       const page = pageOf(await marks.list(), (m) => m.source, req);
-      return { supported: probe.supported, marks: page.items, next: page.next };
+      return { ...probeReply(probe), marks: page.items, next: page.next };
     }),
   ];
 }
 
+/** What `list` tells about the probe, besides the marks. */
+function probeReply(probe: ShiftfsProbe) {
+  return {
+    supported: probe.supported,
+    supportedOnOverlayfs: probe.onOverlayfs.supported,
+    inKernel: probe.inKernel,
+    reason: probe.reason,
+    reasonOnOverlayfs: probe.onOverlayfs.reason,
+  };
+}
+
 /** `$SRV.INFO` metadata: lets the gateway and operators see whether marks can work on this node. */
 export function shiftfsMetadata(probe: ShiftfsProbe): Record<string, string> {
-  return { shiftfs: String(probe.supported) };
+  return { shiftfs: String(probe.supported), shiftfsOnOverlayfs: String(probe.onOverlayfs.supported) };
 }

@@ -15,6 +15,7 @@ import {
   SysboxError,
   errorCodeFromNatsStatus,
   nodeNameFromHost,
+  shiftfsList,
   subidAlloc,
   volByKind,
 } from './index.js';
@@ -162,6 +163,23 @@ describe('subjects', () => {
   it('node names from host names are subject-safe', () => {
     expect(nodeNameFromHost('Host.Example.com')).toBe('host-example-com');
     expect(nodeNameFromHost('***')).toBe('node');
+  });
+});
+
+describe('shiftfs list reply', () => {
+  it('carries shiftfs support and shiftfs-on-overlayfs support apart, each with its reason', () => {
+    const reply = {
+      supported: true,
+      supportedOnOverlayfs: false,
+      inKernel: true,
+      reason: 'shiftfs works',
+      reasonOnOverlayfs: 'file rename on shiftfs: EOVERFLOW',
+      marks: [],
+    };
+    expect(shiftfsList.reply.parse(reply)).toEqual(reply);
+  });
+  it("still takes shiftfs-mgr 0.1's reply, which has supported only", () => {
+    expect(shiftfsList.reply.parse({ supported: false, marks: [] })).toEqual({ supported: false, marks: [] });
   });
 });
 

@@ -55,9 +55,23 @@ export const shiftfsList = defineContract({
   endpoint: 'list',
   readOnly: true,
   subject: subjectOf('shiftfs', 'list'),
-  description: 'the marks of this node with their holders, a page at a time, and whether the kernel has shiftfs',
+  description: 'the marks of this node with their holders, a page at a time, and whether shiftfs works here (on overlayfs too)',
   request: z.object({ ...PageRequest }).strict(),
-  reply: z.object({ supported: z.boolean(), marks: z.array(MarkInfo), next: NextCursor }),
+  reply: z.object({
+    /** shiftfs works here: tried at start (or in the kernel, with --disable-shiftfs-precheck). */
+    supported: z.boolean(),
+    // The fields below are optional because shiftfs-mgr 0.1 did not send them.
+    /** shiftfs marks on overlayfs (a container's rootfs) work too; absent means not known, read as no. */
+    supportedOnOverlayfs: z.boolean().optional(),
+    /** The kernel lists shiftfs (after modprobe): marks are made; absent means as `supported`. */
+    inKernel: z.boolean().optional(),
+    /** Why `supported` is what it is, as shiftfs-mgr logged it at start. */
+    reason: z.string().optional(),
+    /** Why `supportedOnOverlayfs` is what it is. */
+    reasonOnOverlayfs: z.string().optional(),
+    marks: z.array(MarkInfo),
+    next: NextCursor,
+  }),
   errors: [],
 });
 

@@ -8,6 +8,15 @@ import { Writable } from 'node:stream';
 import type { MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import { createLogger, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { Mounter } from '../mounter.js';
+import type { ShiftfsProbe } from '../probe.js';
+
+/** The probe of a kernel where shiftfs is present and works, on overlayfs too. */
+export const WORKING_SHIFTFS: ShiftfsProbe = {
+  inKernel: true,
+  supported: true,
+  reason: 'fake kernel',
+  onOverlayfs: { supported: true, reason: 'fake kernel' },
+};
 
 export class FakeKernel {
   /** markpoint -> source of every mark this fake made and has not unmounted. */

@@ -32,4 +32,75 @@ describe('removal watcher', () => {
     // A failed release leaves it to the next table reload; the live one is still watched.
     expect(watcher.watching()).toEqual([{ id: 'alive', path: '/here/1' }]);
   });
+
+  it('sees and releases a removal while a table reload and another release are stuck (a JetStream election)', async () => {
+    const gone = new Set<string>();
+    let releaseStuck: (() => void) | undefined;
+    let reloadStuck: (() => void) | undefined;
+    let reloads = 0;
+    const released: string[] = [];
+    const watcher = createRemovalWatcher({
+      intervalMs: 60_000,
+      resyncEveryTicks: 1,
+      exists: async (p) => !gone.has(p),
+      list: async () => {
+        // The first reload (start) answers; later ones hang until let go.
+        if (reloads++ > 0) await new Promise<void>((r) => (reloadStuck = r));
+        return [{ id: 'slow', path: '/slow' }];
+      },
+      onRemoved: async (id) => {
+        if (id === 'slow') await new Promise<void>((r) => (releaseStuck = r));
+        released.push(id);
+      },
+      log: silentLogger(),
+    });
+    await watcher.start();
+    gone.add('/slow');
+    const slowTick = watcher.tick();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(releaseStuck).toBeDefined();
+    expect(reloadStuck).toBeDefined();
+
+    // Unregistered while the reload is reading the table: the reload must not drop it.
+    watcher.watch('quick', '/quick');
+    gone.add('/quick');
+    await watcher.tick();
+    expect(released).toEqual(['quick']);
+
+    releaseStuck!();
+    await slowTick;
+    reloadStuck!();
+    await watcher.stop();
+    expect(released).toEqual(['quick', 'slow']);
+  });
+
+  it('keeps a watch added while a reload reads an older table, and drops one unwatched meanwhile', async () => {
+    let answer: ((list: { id: string; path: string }[]) => void) | undefined;
+    let first = true;
+    const watcher = createRemovalWatcher({
+      intervalMs: 60_000,
+      resyncEveryTicks: 1,
+      exists: async () => true,
+      list: () => {
+        if (first) {
+          first = false;
+          return Promise.resolve([{ id: 'old', path: '/old' }]);
+        }
+        return new Promise((r) => (answer = r));
+      },
+      onRemoved: async () => undefined,
+      log: silentLogger(),
+    });
+    await watcher.start();
+    await watcher.tick();
+    watcher.watch('new', '/new');
+    watcher.unwatch('old');
+    // The table read began before both changes and still lists 'old', not 'new'.
+    answer!([{ id: 'old', path: '/old' }, { id: 'other-gateway', path: '/other' }]);
+    await watcher.stop();
+    expect(watcher.watching().sort((a, b) => a.id.localeCompare(b.id))).toEqual([
+      { id: 'new', path: '/new' },
+      { id: 'other-gateway', path: '/other' },
+    ]);
+  });
 });

@@ -293,6 +293,16 @@ export function createCloner(deps: ClonerDeps): Cloner {
     const origRootfs = await realpath(requestedRootfs).catch(() => {
       throw new SysboxError('invalid-request', `rootfs ${requestedRootfs} does not exist`);
     });
+    // The same create again (its answer was lost to a NATS reconnect, so the caller re-sent it) is
+    // answered as the first was; the keyed lock has let the first finish.
+    const existing = (await deps.clones.get(id))?.value;
+    if (existing) {
+      if (existing.origRootfs !== origRootfs || existing.pending !== undefined) {
+        throw new SysboxError('already-exists', `container ${id} already has a rootfs clone (of ${existing.origRootfs})`);
+      }
+      const rec = checkRecord(id, existing);
+      return { rootfs: rec.mergedDir, origWorkDir: rec.origWorkDir };
+    }
     const orig = topMountAt(await deps.readMounts(), origRootfs);
     if (!orig) throw new SysboxError('unsupported', `rootfs cloning needs an overlayfs mount; ${requestedRootfs} is not a mount point`);
     const plan = planClone(orig, dirs, deps.pageSize);
@@ -366,6 +376,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
         `clone of ${id} has an unfinished ${rec.pending} by ${rec.uidOffset}:${rec.gidOffset}; chown it by those offsets or revert it`,
       );
     }
+    // The same chown again (an answer lost to a reconnect) has nothing left to do.
+    if (rec.chowned && !finishing && uidOffset === rec.uidOffset && gidOffset === rec.gidOffset) return;
     if (rec.chowned && !finishing) {
       throw new SysboxError(
         'failed-precondition',
@@ -401,6 +413,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
     // filtered walk moves only what is left, whether or not the runtime chowned the dir meanwhile.
     const finishing = cur?.pending !== undefined;
     const sameShift = cur?.upperDir === upperDir && cur.uidOffset === uidOffset && cur.gidOffset === gidOffset;
+    // The same shift again (an answer lost to a reconnect) has nothing left to do.
+    if (cur?.shifted && sameShift) return;
     if (cur?.shifted || (finishing && !sameShift)) {
       throw new SysboxError('already-exists', `upper dir of ${id} is already shifted (${cur.upperDir}${finishing ? `, ${cur.pending} unfinished` : ''})`);
     }

@@ -119,7 +119,8 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
       // it) finishes it first: forward for the container holding it, or back and forgotten.
       const held = found?.value.pending ? await finishPending(key, found.value, log) : found?.value;
       if (held) {
-        if (held.holders.includes(id)) return false;
+        // The same prep again (its answer lost to a reconnect) answers as the first did.
+        if (held.holders.includes(id)) return held.id === id && (held.uidOffset !== 0 || held.gidOffset !== 0);
         const others = held.holders.join(', ');
         if (exclusive || held.exclusive) {
           log.warn({ source, container: id, holders: held.holders }, `exclusive mount source ${source} of ${id} is already in use by ${others}: not shifted again`);

@@ -191,3 +191,14 @@ describe('JSON Schemas', () => {
     execFileSync(tsx, ['--conditions=@sysbox-mgr-ts/source', script, '--check'], { stdio: 'pipe' });
   });
 });
+
+describe('every operation may be sent again', () => {
+  // A reply lost to a NATS reconnect (a cluster member lost, a failover) leaves the caller not
+  // knowing whether the request was carried out: it sends it again, which must end as sending it
+  // once. An operation that could not be repeated made a caller wait out its whole bound.
+  for (const c of ALL_SERVICES.flatMap((s) => s.contracts)) {
+    it(`${c.subject('n')} is idempotent or read-only`, () => {
+      expect(Boolean(c.idempotent || c.readOnly)).toBe(true);
+    });
+  }
+});

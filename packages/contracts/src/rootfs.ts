@@ -7,6 +7,7 @@ const ById = z.object({ id: ContainerId });
 export const rootfsCreateClone = defineContract({
   service: 'rootfs',
   endpoint: 'create-clone',
+  idempotent: true,
   subject: subjectOf('rootfs', 'create-clone'),
   description: "clone an overlayfs rootfs onto a metacopy overlay and stack it over the original",
   request: z.object({ id: ContainerId, origRootfs: HostPath }),
@@ -33,6 +34,7 @@ export const rootfsRemoveClone = defineContract({
 export const rootfsChownClone = defineContract({
   service: 'rootfs',
   endpoint: 'chown-clone',
+  idempotent: true,
   subject: subjectOf('rootfs', 'chown-clone'),
   description: "shift the ownership of a clone by an offset",
   request: z.object({ id: ContainerId, uidOffset: Offset, gidOffset: Offset }),
@@ -65,6 +67,7 @@ export const rootfsContainerStopped = defineContract({
 export const rootfsRemoveAll = defineContract({
   service: 'rootfs',
   endpoint: 'remove-all',
+  idempotent: true,
   subject: subjectOf('rootfs', 'remove-all'),
   description: 'remove every clone of this node, best effort',
   request: Empty,
@@ -75,6 +78,7 @@ export const rootfsRemoveAll = defineContract({
 export const rootfsShiftUpper = defineContract({
   service: 'rootfs',
   endpoint: 'shift-upper',
+  idempotent: true,
   subject: subjectOf('rootfs', 'shift-upper'),
   description: "chown an ID-mapped overlay rootfs's upper dir by an offset while the container runs",
   request: z.object({

@@ -8,6 +8,7 @@ export type ShiftfsMount = z.infer<typeof ShiftfsMount>;
 export const shiftfsMark = defineContract({
   service: 'shiftfs',
   endpoint: 'mark',
+  idempotent: true,
   subject: subjectOf('shiftfs', 'mark'),
   description: 'mark host paths with shiftfs for a container; answers the markpoints in request order',
   request: z.object({ id: ContainerId, mounts: z.array(ShiftfsMount).max(1024), createMarkpoint: z.boolean() }),
@@ -29,6 +30,7 @@ export const shiftfsUnmark = defineContract({
 export const shiftfsUnmarkAll = defineContract({
   service: 'shiftfs',
   endpoint: 'unmark-all',
+  idempotent: true,
   subject: subjectOf('shiftfs', 'unmark-all'),
   description: 'unmount every mark of this node, best effort',
   request: Empty,

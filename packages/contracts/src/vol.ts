@@ -67,6 +67,7 @@ function volContracts(kind: VolumeKind) {
     syncOutAndDestroyAll: defineContract({
       service: 'vol',
       endpoint: `${kind}-sync-out-and-destroy-all`,
+      idempotent: true,
       subject: subjectOf('vol', kind, 'sync-out-and-destroy-all'),
       description: `sync out and remove every ${kind} volume of this node`,
       request: Empty,
@@ -91,6 +92,7 @@ export const PrepSource = z.object({ source: HostPath, exclusive: z.boolean() })
 export const volPrep = defineContract({
   service: 'vol',
   endpoint: 'prep',
+  idempotent: true,
   subject: subjectOf('vol', 'prep'),
   description: "shift bind-mount sources to the container root's owner; remembered for revert-prep",
   request: z.object({ id: ContainerId, uid: Id, gid: Id, sources: z.array(PrepSource).max(1024) }),

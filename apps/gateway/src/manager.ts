@@ -23,7 +23,7 @@ import {
   type OciMount,
   type ShiftfsMount,
 } from '@sysbox-mgr-ts/contracts';
-import type { StateStore } from '@sysbox-mgr-ts/kv-state';
+import type { KvStateStore, StateStore } from '@sysbox-mgr-ts/kv-state';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { createNetnsSharing, type NetnsMembers } from './netns.js';
 import { linuxHeaderPath, type HostChecks, type HostFacts } from './probes.js';
@@ -79,7 +79,7 @@ const FS_SOFTLINK = 3;
 
 export interface ManagerDeps {
   services: ServiceClient;
-  containers: StateStore<ContainerRecord>;
+  containers: KvStateStore<ContainerRecord>;
   netns: StateStore<NetnsMembers>;
   host: HostChecks;
   facts: HostFacts;

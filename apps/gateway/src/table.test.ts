@@ -1,7 +1,10 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { createContainerTable } from './table.js';
-import type { ContainerRecord } from './record.js';
+import { ContainerRecord } from './record.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
 import { aRecord } from './testing/records.js';
 
@@ -112,5 +115,43 @@ describe('memory store', () => {
     expect(await store.mutate('k', (cur) => ({ n: [...cur!.n, 3] }))).toEqual({ n: [1, 3] });
     expect(await store.mutate('k', () => undefined)).toEqual({ n: [1, 3] });
     expect(await store.mutate('absent', () => undefined)).toBeUndefined();
+  });
+});
+
+describe('container table on JetStream KV', () => {
+  let ns: NatsServer;
+  let nc: NatsConnection;
+  beforeAll(async () => {
+    ns = await startNatsServer({ jetstream: true });
+    nc = await ns.connect();
+  });
+  afterAll(async () => {
+    await nc?.close();
+    await ns?.stop();
+  });
+
+  it("reads a record it wrote from memory, and catches another gateway's change when it saves", async () => {
+    const kv = await openBucket(nc, 'table-memory');
+    const opts = { node: 'n1', namespace: 'containers', schema: ContainerRecord };
+    const store = createStateStore(kv, opts);
+    let reads = 0;
+    const table = createContainerTable({ ...store, get: (k) => (reads++, store.get(k)) }, clock);
+    await table.create(aRecord({ id: 'c1' }));
+    const rec = await table.mustGet('c1', 'gone');
+    rec.volumeKinds = ['docker'];
+    await table.save(rec);
+    expect((await table.get('c1'))?.volumeKinds).toEqual(['docker']);
+    expect(reads).toBe(0);
+
+    // Another gateway of the node (its orphan collector) stops the container meanwhile.
+    const other = createStateStore(kv, opts);
+    await other.mutate('c1', (cur) => ({ ...cur!, state: 'stopped' }));
+    const stale = (await table.get('c1'))!;
+    expect(stale.state).toBe('started');
+    stale.volumeKinds = ['k3s'];
+    await expect(table.save(stale)).rejects.toMatchObject({ code: 'failed-precondition' });
+    expect((await other.get('c1'))?.value).toMatchObject({ state: 'stopped', volumeKinds: ['docker'] });
+    // The refused write read the record afresh: memory now holds the other gateway's change.
+    expect((await table.get('c1'))?.state).toBe('stopped');
   });
 });

@@ -3,11 +3,18 @@
  * the lifecycle state is still the one the operation started from, and one operation at a time
  * per container inside this process (KV compare-and-set covers other gateways).
  *
+ * Reads come from what this gateway last read or wrote, when it has: a container's calls all
+ * reach the gateway of its socket, which writes its record, so memory is current and each call
+ * saves a KV round trip. What another process may do meanwhile is caught on write: the removal
+ * watch or orphan collector of another gateway deleting a record or stopping a container fails
+ * the compare-and-set, and the fresh read then answers not-found or the new state. A restarted or
+ * standby gateway starts with no memory and reads KV.
+ *
  * Service calls never run inside a store's mutate callback (a retried callback would repeat
  * them): an operation reads its record, calls the services, then saves the outcome.
  */
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { ContainerRecord, ContainerState } from './record.js';
 
@@ -30,12 +37,12 @@ export interface ContainerTable {
   now(): string;
 }
 
-export function createContainerTable(store: StateStore<ContainerRecord>, clock: () => Date): ContainerTable {
+export function createContainerTable(store: KvStateStore<ContainerRecord>, clock: () => Date): ContainerTable {
   const now = (): string => clock().toISOString();
   const table: ContainerTable = {
     now,
     serialized: createKeyedLock(),
-    get: async (id) => (await store.get(id))?.value,
+    get: async (id) => (store.peek(id) ?? (await store.get(id)))?.value,
     async mustGet(id, notFound) {
       const rec = await table.get(id);
       if (!rec) throw new SysboxError('not-found', notFound);

@@ -20,6 +20,18 @@ const stores: [string, () => Promise<KvStateStore<Rec>>][] = [
 ];
 
 describe.each(stores)('%s store', (_name, make) => {
+  it('peek answers what this store last wrote, as a copy, and nothing for a deleted key', async () => {
+    const s = await make();
+    expect(s.peek('a')).toBeUndefined();
+    const rev = await s.create('a', { n: 1, tags: [] });
+    expect(s.peek('a')).toEqual({ key: 'a', value: { n: 1, tags: [] }, revision: rev });
+    s.peek('a')!.value.tags.push('edited');
+    await s.mutate('a', (cur) => cur && { ...cur, n: 2 });
+    expect(s.peek('a')?.value).toEqual({ n: 2, tags: [] });
+    await s.delete('a');
+    expect(s.peek('a')).toBeUndefined();
+  });
+
   it('hands out copies: editing what get or list returned changes nothing stored', async () => {
     const s = await make();
     await s.create('a', { n: 1, tags: ['x'] });

@@ -183,4 +183,17 @@ describe('kv-state remembered revisions', () => {
     expect(await mine.mutate('k', (c) => ({ n: c!.n + 1 }))).toEqual({ n: 12 });
     expect((await other.get('k'))?.value.n).toBe(12);
   });
+
+  it('peek makes no request and may be stale; a write decided on it still compare-and-sets', async () => {
+    const kv = await openBucket(nats.nc, 'peeked');
+    const mine = createStateStore(kv, { node: 'n1', schema: Counter });
+    const other = createStateStore(kv, { node: 'n1', schema: Counter });
+    await mine.create('k', { n: 1 });
+    await other.mutate('k', () => ({ n: 5 }));
+    expect(mine.peek('k')?.value).toEqual({ n: 1 });
+    expect(other.peek('k')?.value).toEqual({ n: 5 });
+    // An increment decided on the stale memory lands on the server's value, not on it.
+    expect(await mine.mutate('k', (c) => ({ n: c!.n + 1 }))).toEqual({ n: 6 });
+    expect(mine.peek('k')?.value).toEqual({ n: 6 });
+  });
 });

@@ -54,6 +54,11 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
     async keys() {
       return [...slots.keys()].sort();
     },
+    // One process's memory of the entry: here always the stored one.
+    peek(key) {
+      const slot = slots.get(key);
+      return slot?.value === undefined ? undefined : { key, value: copy(slot.value)!, revision: slot.revision };
+    },
     async create(key, value) {
       if (slots.get(key)?.value !== undefined) throw new SysboxError('already-exists', `${key} already exists`);
       return put(key, value);

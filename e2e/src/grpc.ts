@@ -22,14 +22,32 @@ export function connectGateway(socket: string): SysboxMgrClient {
   return new ctor!(`unix:${socket}`, credentials.createInsecure());
 }
 
+export interface CallRecord {
+  method: string;
+  id: string;
+  startedAt: number;
+  ms: number;
+  code: number;
+}
+
+let callObserver: ((c: CallRecord) => void) | undefined;
+
+/** Scenarios that explain their latency (the cluster's) see every call: method, container, time, status. */
+export function observeCalls(observer: ((c: CallRecord) => void) | undefined): void {
+  callObserver = observer;
+}
+
 /** One unary call; rejects with the gRPC ServiceError. */
 export function rpc<T = any>(client: SysboxMgrClient, method: string, req: object, deadlineMs = 60_000): Promise<T> {
+  const startedAt = Date.now();
   return new Promise((resolve, reject) => {
     const fn = client[method];
     if (!fn) throw new Error(`no rpc ${method}`);
-    fn.call(client, req, { deadline: Date.now() + deadlineMs }, (err: ServiceError | null, res: T) =>
-      err ? reject(err) : resolve(res),
-    );
+    fn.call(client, req, { deadline: startedAt + deadlineMs }, (err: ServiceError | null, res: T) => {
+      callObserver?.({ method, id: String((req as { id?: unknown }).id ?? ''), startedAt, ms: Date.now() - startedAt, code: err?.code ?? 0 });
+      if (err) reject(err);
+      else resolve(res);
+    });
   });
 }
 

@@ -36,6 +36,12 @@ export interface LifecycleOptions {
   image: ImageLayers;
   /** What the container does while running: write into its docker volume (found from its mounts). */
   workload?: boolean;
+  /**
+   * How long remove waits for the gateway to release the container after Docker deleted its
+   * rootfs (default 15 s). A release that meets a JetStream election waits it out (up to 9 s per
+   * lost leader on nats-server 2.9), so the cluster scenario allows more.
+   */
+  releaseWithinMs?: number;
 }
 
 export type StepName = 'create' | 'pause' | 'resume' | 'stop' | 'restart' | 'stop-again' | 'remove';
@@ -121,7 +127,11 @@ export async function runStep(o: LifecycleOptions, c: ChownContainer, step: Step
       return startContainer(o, c, true);
     case 'remove':
       await removeLikeDocker(c.rootfs, async () => {
-        await until(`release of ${c.id}`, async () => (await statusOf(rpc(o.client(), 'Pause', { id: c.id })))?.code === status.NOT_FOUND);
+        await until(
+          `release of ${c.id}`,
+          async () => (await statusOf(rpc(o.client(), 'Pause', { id: c.id })))?.code === status.NOT_FOUND,
+          o.releaseWithinMs,
+        );
       });
       return;
   }

@@ -30,8 +30,12 @@ export interface ServiceClientOptions {
    * received was not carried out, so sending it again duplicates nothing. 0: fail at once.
    */
   waitForResponderMs?: number;
+  /** An idempotent call with no reply yet is sent again after this long, then at doubling intervals. */
+  resendAfterMs?: number;
   log?: Logger;
 }
+
+const DEFAULT_RESEND_AFTER_MS = 3000;
 
 export interface ServiceClient {
   readonly node: string;
@@ -52,17 +56,60 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
     }
   })();
 
-  /** The reply, or 'lost' when the connection came back before it. */
-  const replyOrLost = async (send: () => Promise<Msg>): Promise<Msg | 'lost'> => {
-    let wake!: () => void;
-    const lost = new Promise<'lost'>((resolve) => (wake = () => resolve('lost')));
-    waitingForReply.add(wake);
-    const reply = send();
+  /**
+   * An idempotent call's reply. The request goes out again when this connection comes back (a
+   * reply sent meanwhile was dropped) and, speculatively, after resendAfterMs and then at doubling
+   * intervals: a reply also dies with the service's own server when that member is lost between
+   * the service's publish and the route (seen on a cluster: a release waited out its whole bound),
+   * and nothing on this side tells that from a service still at work. A repeat waits at the
+   * service for the first (its per-key lock) and is answered the same. Any copy's answer is the
+   * answer; an error counts only from the copy that still speaks for the call (the first, or the
+   * one sent after a reconnect), since a speculative copy reaching another replica mid-operation
+   * may see the work half done.
+   */
+  const replyOfIdempotent = async (send: () => Promise<Msg>, subject: string, deadline: number): Promise<Msg> => {
+    type Outcome = { copy: number; msg?: Msg; err?: unknown };
+    let resendIn = opts.resendAfterMs ?? DEFAULT_RESEND_AFTER_MS;
+    const pending = new Map<number, Promise<Outcome>>();
+    let speaking = 0;
+    let copies = 0;
+    const sendCopy = (): number => {
+      const copy = copies++;
+      pending.set(copy, send().then((msg) => ({ copy, msg }), (err: unknown) => ({ copy, err })));
+      return copy;
+    };
+    let wake: () => void = () => undefined;
     try {
-      const r = await Promise.race([reply, lost]);
-      // The abandoned request still settles later; nobody waits for it.
-      if (r === 'lost') reply.catch(() => undefined);
-      return r;
+      speaking = sendCopy();
+      for (;;) {
+        const lost = new Promise<'lost'>((resolve) => (wake = () => resolve('lost')));
+        waitingForReply.add(wake);
+        let timer: NodeJS.Timeout | undefined;
+        const due = new Promise<'due'>((resolve) => (timer = setTimeout(() => resolve('due'), Math.max(1, Math.min(resendIn, deadline - Date.now())))));
+        const r = await Promise.race([...pending.values(), lost, due]);
+        clearTimeout(timer);
+        waitingForReply.delete(wake);
+        if (typeof r === 'object') {
+          const failure = r.msg ? errorFromReply(r.msg.data, r.msg.headers) : r.err;
+          if (!failure || r.copy === speaking) {
+            if (r.msg) return r.msg;
+            throw r.err;
+          }
+          pending.delete(r.copy);
+          opts.log?.debug({ subject, err: (failure as Error).message }, 'a repeated request failed; waiting for the first');
+          continue;
+        }
+        if (Date.now() >= deadline) throw new TimeoutError();
+        opts.log?.warn(
+          { subject, why: r === 'lost' ? 'connection came back' : `no reply after ${resendIn} ms` },
+          'sending the (idempotent) request again: its reply may have been lost',
+        );
+        if (r === 'lost') speaking = sendCopy();
+        else {
+          resendIn *= 2;
+          sendCopy();
+        }
+      }
     } finally {
       waitingForReply.delete(wake);
     }
@@ -94,15 +141,7 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
       let msg: Msg;
       try {
         if (contract.idempotent || contract.readOnly) {
-          for (;;) {
-            const r = await replyOrLost(send);
-            if (r !== 'lost') {
-              msg = r;
-              break;
-            }
-            if (Date.now() >= deadline) throw new TimeoutError();
-            opts.log?.warn({ subject }, 'connection came back while waiting for a reply; sending the (idempotent) request again');
-          }
+          msg = await replyOfIdempotent(send, subject, deadline);
         } else {
           msg = await send();
         }

@@ -3,11 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { defineContract, subjectOf } from '@sysbox-mgr-ts/contracts';
+import { SysboxError, defineContract, subjectOf } from '@sysbox-mgr-ts/contracts';
 import { z } from 'zod';
 import { createServiceClient } from './client.js';
 import { connectNats } from './daemon.js';
 import { silentLogger } from './logger.js';
+import { errorReply } from './wire.js';
 
 describe('connectNats', () => {
   let ns: NatsServer;
@@ -91,6 +92,39 @@ describe('a reply lost to a reconnect', () => {
     expect(r.seen()).toBe(2);
     await nc.close();
     await r.close();
+  });
+
+  it("sends an idempotent request again when no reply came (the service's own server lost it), with no reconnect here", async () => {
+    const r = await responder('sysbox.n1.subid.again');
+    const nc = await ns.connect('operator');
+    const client = createServiceClient(nc, { node: 'n1', timeoutMs: 20_000, resendAfterMs: 200 });
+    const t0 = Date.now();
+    expect(await client.call(contract(true), {})).toEqual({ answer: 2 });
+    expect(Date.now() - t0).toBeLessThan(5000);
+    await nc.close();
+    await r.close();
+  });
+
+  it("a repeat's error does not cut short the first request, still at work", async () => {
+    const nc = await ns.connect();
+    let seen = 0;
+    // The first request is slow and succeeds; a repeat (another replica seeing the work half done) fails at once.
+    nc.subscribe('sysbox.n1.subid.again', {
+      callback: (_e, m) => {
+        if (++seen === 1) setTimeout(() => m.respond(JSON.stringify({ answer: 1 })), 700);
+        else {
+          const e = errorReply(new SysboxError('already-exists', 'half done'));
+          m.respond(e.data, { headers: e.headers });
+        }
+      },
+    });
+    await nc.flush();
+    const caller = await ns.connect('operator');
+    const client = createServiceClient(caller, { node: 'n1', timeoutMs: 20_000, resendAfterMs: 100 });
+    expect(await client.call(contract(true), {})).toEqual({ answer: 1 });
+    expect(seen).toBeGreaterThan(1);
+    await caller.close();
+    await nc.close();
   });
 
   it('never sends a non-idempotent request twice', async () => {

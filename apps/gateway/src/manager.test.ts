@@ -47,7 +47,12 @@ interface Rig {
   watches: [string, string | undefined][];
 }
 
-function rig(handlers: Record<string, FakeHandler> = {}, autoRemove?: (id: string) => Promise<boolean>): Rig {
+function rig(
+  handlers: Record<string, FakeHandler> = {},
+  autoRemove?: (id: string) => Promise<boolean>,
+  /** Stands for a gateway that remembers nothing (a standby just started): every read goes to the store. */
+  memory?: { forgetful: true; reads: string[] },
+): Rig {
   const client = fakeClient({
     'subid.alloc': (p) => ({ uid: 165536, gid: 165536, size: p.size }),
     'rootfs.create-clone': (p) => ({ rootfs: `/var/lib/sysbox/rootfs/${p.id}/overlay2/merged`, origWorkDir: '/var/lib/docker/overlay2/x' }),
@@ -58,7 +63,9 @@ function rig(handlers: Record<string, FakeHandler> = {}, autoRemove?: (id: strin
   const watches: [string, string | undefined][] = [];
   const manager = createManager({
     services: client,
-    containers,
+    containers: memory
+      ? { ...containers, peek: () => undefined, get: (k: string) => (memory.reads.push(k), containers.get(k)) }
+      : containers,
     netns: createMemoryStore<NetnsMembers>(),
     host,
     facts,
@@ -77,6 +84,20 @@ const register = (m: Manager, id: string) =>
   m.register(parseRequest('Register', { id, rootfs: `/var/lib/docker/overlay2/${id}/merged`, userns: '', netns: '', uidMappings: [], gidMappings: [] }));
 
 describe('lifecycle', () => {
+  it('registers a new container with a create and no read; a restart or a second Register finds the record after the create is refused', async () => {
+    const memory = { forgetful: true as const, reads: [] as string[] };
+    const { manager, containers } = rig({}, undefined, memory);
+    await register(manager, 'c1');
+    expect(memory.reads).toEqual([]);
+    expect(containers.snapshot().get('c1')?.state).toBe('started');
+    await expect(register(manager, 'c1')).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/redundant/) });
+    await manager.unregister({ id: 'c1' });
+    memory.reads.length = 0;
+    await register(manager, 'c1');
+    expect(memory.reads).toEqual(['c1']);
+    expect(containers.snapshot().get('c1')?.state).toBe('restarted');
+  });
+
   it('a restarted container gets its earlier mounts and ids back without asking a service', async () => {
     const { manager, client, watches } = rig();
     await register(manager, 'c1');

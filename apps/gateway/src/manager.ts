@@ -209,8 +209,7 @@ export function createManager(deps: ManagerDeps): Manager {
     removeContainer,
 
     register({ id, rootfs, userns, netns: netnsPath, uidMappings, gidMappings }) {
-      return table.serialized(id, async () => {
-        const existing = await table.get(id);
+      const registerOver = async (existing: ContainerRecord | undefined): Promise<ContainerConfig> => {
         let rec: ContainerRecord;
         if (!existing) {
           let rootfsOnOvfs: boolean;
@@ -234,14 +233,7 @@ export function createManager(deps: ManagerDeps): Manager {
         }
         await netns.onRegister(rec);
         if (!existing) {
-          try {
-            await table.create(rec);
-          } catch (err) {
-            if (isSysboxError(err, 'already-exists')) {
-              throw new SysboxError('failed-precondition', `redundant container registration for container ${id}`);
-            }
-            throw err;
-          }
+          await table.create(rec);
           log.info({ id }, 'registered new container');
         } else {
           await table.save(rec, 'stopped');
@@ -249,6 +241,21 @@ export function createManager(deps: ManagerDeps): Manager {
           log.info({ id }, 'registered container');
         }
         return containerConfig(config, rec);
+      };
+      return table.serialized(id, async () => {
+        // A new container is the common case: an id this gateway does not remember goes straight
+        // to a create, which KV refuses when a record exists; only then is the record read (the
+        // stopped record of a restart, or a redundant registration).
+        const remembered = table.remembered(id);
+        if (remembered) return registerOver(remembered);
+        try {
+          return await registerOver(undefined);
+        } catch (err) {
+          if (!isSysboxError(err, 'already-exists')) throw err;
+          // Removed between the create and this read: a new container after all.
+          const stored = await table.get(id);
+          return registerOver(stored);
+        }
       });
     },
 

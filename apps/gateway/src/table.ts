@@ -20,6 +20,8 @@ import type { ContainerRecord, ContainerState } from './record.js';
 
 export interface ContainerTable {
   get(id: string): Promise<ContainerRecord | undefined>;
+  /** The record as this gateway last read or wrote it, without a request; undefined if it has not seen it. */
+  remembered(id: string): ContainerRecord | undefined;
   /** The record, or `not-found` with this message. */
   mustGet(id: string, notFound: string): Promise<ContainerRecord>;
   /** A new record; `already-exists` when the id has one. */
@@ -43,6 +45,7 @@ export function createContainerTable(store: KvStateStore<ContainerRecord>, clock
     now,
     serialized: createKeyedLock(),
     get: async (id) => (store.peek(id) ?? (await store.get(id)))?.value,
+    remembered: (id) => store.peek(id)?.value,
     async mustGet(id, notFound) {
       const rec = await table.get(id);
       if (!rec) throw new SysboxError('not-found', notFound);

@@ -256,14 +256,14 @@ export function createCloner(deps: ClonerDeps): Cloner {
     await rm(rec.cloneDir, { recursive: true, force: true });
   };
 
-  const shiftClone = async (rec: CloneRecord, uidOffset: number, gidOffset: number, finishing: boolean): Promise<void> => {
-    await liftBinds(rec);
-    try {
-      await runShift(rec.mergedDir, uidOffset, gidOffset, finishing);
-    } finally {
-      await placeBinds(rec);
-    }
-  };
+  /**
+   * Shifts the clone's own overlay, where its binds over the runtime's dirs stay in place: they
+   * are aliases of the same overlay and dirs, not under mergedDir, and the walk does not cross
+   * mounts. (Upstream lifts and places them again around every chown and revert: eight mount
+   * calls, measured as the largest part of a revert on tmpfs, for no change the walk can see.)
+   */
+  const shiftClone = (rec: CloneRecord, uidOffset: number, gidOffset: number, finishing: boolean): Promise<void> =>
+    runShift(rec.mergedDir, uidOffset, gidOffset, finishing);
 
   /**
    * `finishing`: the dir is partly shifted by an earlier walk that was cut short, so only the ids

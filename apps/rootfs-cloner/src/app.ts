@@ -2,7 +2,6 @@
 import { join } from 'node:path';
 import { z } from 'zod';
 import { rootfsService } from '@sysbox-mgr-ts/contracts';
-import { run } from '@sysbox-mgr-ts/exec';
 import { createHostGuard, hostGuardOptions } from '@sysbox-mgr-ts/host-guard';
 import { shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
@@ -10,6 +9,7 @@ import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { boolOption, option, serve, defineApp } from '@sysbox-mgr-ts/service-kit';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
 import { createMounter } from './mounter.js';
+import { kernelPageSize } from './page-size.js';
 import { createBindings } from './service.js';
 
 export const rootfsClonerApp = defineApp({
@@ -34,7 +34,6 @@ export const rootfsClonerApp = defineApp({
   },
   async start({ config, nc, log, version }) {
     const kv = await openBucket(nc, rootfsService.bucket, { replicas: config.kvReplicas });
-    const pageSize = Number((await run('getconf', ['PAGESIZE'], { timeout: 5000 })).stdout.trim());
     const cloner = createCloner({
       dataRoot: config.dataRoot,
       clones: createStateStore(kv, { node: config.node, namespace: 'clone', schema: CloneRecord }),
@@ -42,7 +41,7 @@ export const rootfsClonerApp = defineApp({
       mounter: createMounter({ timeoutMs: config.mountTimeoutMs, logger: log }),
       shiftIds: shift,
       log,
-      pageSize,
+      pageSize: kernelPageSize(),
       shiftTimeoutMs: config.shiftTimeoutMs,
       readMounts: () => readMountInfo(),
       guard: createHostGuard(config),

@@ -1,5 +1,5 @@
 /** Mount and unmount through mount(8)/umount(8): argument arrays and a time bound on every call. */
-import { run, type DebugLogger } from '@sysbox-mgr-ts/exec';
+import { run, type DebugLogger } from '@sysbox-mgr-ts/exec/run';
 import type { Propagation } from '@sysbox-mgr-ts/mountinfo';
 
 export interface Mounter {

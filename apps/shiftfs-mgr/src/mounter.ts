@@ -2,7 +2,7 @@
  * The kernel side of a mark, kept behind a two-call interface so the reference counting can be
  * tested with a fake where the shiftfs module is absent.
  */
-import { run } from '@sysbox-mgr-ts/exec';
+import { run } from '@sysbox-mgr-ts/exec/run';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
 
 export interface Mounter {

@@ -7,8 +7,8 @@
  * `--disable-shiftfs-precheck` skips the tries and trusts the list, as upstream's flag does.
  */
 import { readFile } from 'node:fs/promises';
-import { run, type RunResult } from '@sysbox-mgr-ts/exec';
-import { shiftfsOnOverlayfsSupported, shiftfsSupported, type ProbeResult } from '@sysbox-mgr-ts/host-native';
+import { run, type RunResult } from '@sysbox-mgr-ts/exec/run';
+import type { ProbeResult } from '@sysbox-mgr-ts/host-native';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
 
 /** One answer, with the sentence an operator can act on (logged at start, sent in `list`). */
@@ -49,7 +49,14 @@ export interface ProbeOptions {
 
 const MODPROBE_TIMEOUT_MS = 10_000;
 
-const hostChecks: ShiftfsChecks = { shiftfs: shiftfsSupported, onOverlayfs: shiftfsOnOverlayfsSupported };
+/**
+ * host-native's checks, loaded only on a kernel that lists shiftfs: its index brings the user
+ * namespace helpers and through them execa, which a daemon that never probes need not hold.
+ */
+const hostChecks: ShiftfsChecks = {
+  shiftfs: async (dir) => (await import('@sysbox-mgr-ts/host-native')).shiftfsSupported(dir),
+  onOverlayfs: async (dir) => (await import('@sysbox-mgr-ts/host-native')).shiftfsOnOverlayfsSupported(dir),
+};
 
 export function listsShiftfs(procFilesystems: string): boolean {
   // Lines are "nodev\t<type>" or "\t<type>".

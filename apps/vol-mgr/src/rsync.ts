@@ -4,7 +4,7 @@
  * whose target is removed (the container is being deleted) ends at once instead of running on.
  */
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { run } from '@sysbox-mgr-ts/exec';
+import { run } from '@sysbox-mgr-ts/exec/run';
 import type { Logger } from 'pino';
 import { exists } from './paths.js';
 

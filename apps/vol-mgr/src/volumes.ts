@@ -22,7 +22,7 @@ import {
   type VolumeInfo,
   type VolumeKind,
 } from '@sysbox-mgr-ts/contracts';
-import { run } from '@sysbox-mgr-ts/exec';
+import { run } from '@sysbox-mgr-ts/exec/run';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';

@@ -7,7 +7,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import type { IdentityName } from '@sysbox-mgr-ts/contracts';
-import { sdNotify } from '@sysbox-mgr-ts/host-native';
+import { sdNotify } from '@sysbox-mgr-ts/host-native/notify';
 import { DEFAULT_CREDENTIALS_DIR, clientAuthOptions, credentialsFile, readPrivateFile } from '@sysbox-mgr-ts/nats-auth';
 import { commonOptions, parseConfig, type ConfigOf, type OptionSpecs } from './config.js';
 import { createLogger, type LoggerSettings } from './logger.js';

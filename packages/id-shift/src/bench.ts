@@ -48,7 +48,7 @@ async function benchOn(label: string, base: string, figures: Figure[]): Promise<
       better: 'lower',
       spread: r.candidate.spread,
       runs,
-      goal: '<= 1.3x chown -R',
+      goal: '<= 1.0x chown -R',
     });
     figures.push({
       name: `${what} throughput`,

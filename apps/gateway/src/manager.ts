@@ -360,14 +360,14 @@ export function createManager(deps: ManagerDeps): Manager {
         const rec = await table.mustGet(id, notRegistered(id));
         // Kept across restarts: a restarted container gets its earlier range back.
         if (!rec.subidAllocated) {
-          await table.recordIntent(rec, (r) => (r.subid = true));
-          // The allocator answers the same range for the same id: a retry after a lost reply is safe.
+          // No intent record: removal frees the range by container id whatever the record says,
+          // and the allocator answers the same range for the same id, so a retry after a lost
+          // reply is safe.
           const r = await call(id, 'subid allocation', subidAlloc, { id, size });
           await checks.subids(id, r);
           rec.uidMappings = [...rec.uidMappings, { containerId: 0, hostId: r.uid, size: r.size }];
           rec.gidMappings = [...rec.gidMappings, { containerId: 0, hostId: r.gid, size: r.size }];
           rec.subidAllocated = true;
-          rec.requested.subid = false;
           await table.save(rec);
         }
         return firstMapping(rec, 'subid allocation');

@@ -48,12 +48,13 @@ export const ContainerRecord = z.object({
    */
   requested: z
     .object({
-      subid: z.boolean().default(false),
+      // No subid: a container's range is keyed by its id, and removal frees it by id whatever the
+      // record says (the intent was one KV write on every SubidAlloc).
       clone: z.boolean().default(false),
       /** The marks asked for: unmark takes the mounts. */
       shiftfs: z.array(ShiftfsMount).default([]),
     })
-    .default({ subid: false, clone: false, shiftfs: [] }),
+    .default({ clone: false, shiftfs: [] }),
   rootfsUidShiftType: z.number().int().min(0),
   rootfsOvfsUpper: z.string(),
   rootfsOvfsUpperChowned: z.boolean(),
@@ -98,7 +99,7 @@ export function newRecord(id: string, rootfs: string, rootfsOnOvfs: boolean, rmW
     gidMappings: [],
     subidAllocated: false,
     rootfsCloned: false,
-    requested: { subid: false, clone: false, shiftfs: [] },
+    requested: { clone: false, shiftfs: [] },
     rootfsUidShiftType: 0,
     rootfsOvfsUpper: '',
     rootfsOvfsUpperChowned: false,

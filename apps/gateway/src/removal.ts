@@ -16,14 +16,16 @@ export interface ReleaseStep {
   run(): Promise<unknown>;
 }
 
-/** The release steps of a stopped record: what it holds and what it asked for (`requested`). */
+/** The release steps of a stopped record: what it holds, what it asked for (`requested`), and its subid range by id. */
 export function releaseSteps(rec: ContainerRecord, call: ServiceCall): ReleaseStep[] {
   const { id } = rec;
   const steps: ReleaseStep[] = rec.volumeKinds.map((kind) => {
     const what = `destroy of the ${kind} volume`;
     return { what, run: () => call(id, what, volByKind[kind].destroy, { id }, true) };
   });
-  if (rec.subidAllocated || rec.requested.subid) steps.push({ what: 'subid free', run: () => call(id, 'subid free', subidFree, { id }) });
+  // Always: an allocation whose reply never reached the record (a gateway killed in between) is
+  // keyed by the container id all the same; freeing a range never allocated answers not-found.
+  steps.push({ what: 'subid free', run: () => call(id, 'subid free', subidFree, { id }) });
   if (rec.rootfsCloned || rec.requested.clone) {
     steps.push({ what: 'clone removal', run: () => call(id, 'clone removal', rootfsRemoveClone, { id }, true) });
   }

@@ -91,8 +91,8 @@ describe('container table', () => {
     const store = createMemoryStore<ContainerRecord>({ initial: { c1: aRecord({ id: 'c1' }) } });
     const table = createContainerTable(store, clock);
     const rec = (await table.get('c1'))!;
-    await table.recordIntent(rec, (r) => (r.subid = true));
-    expect(store.snapshot().get('c1')?.requested).toEqual({ subid: true, clone: false, shiftfs: [] });
+    await table.recordIntent(rec, (r) => (r.clone = true));
+    expect(store.snapshot().get('c1')?.requested).toEqual({ clone: true, shiftfs: [] });
   });
 
   it('removes a record only while it is stopped, and lists what it holds', async () => {

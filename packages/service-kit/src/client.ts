@@ -36,6 +36,8 @@ export interface ServiceClientOptions {
 }
 
 const DEFAULT_RESEND_AFTER_MS = 3000;
+/** Repeats of a long operation (a big sync-in) stay this far apart. */
+const MAX_RESEND_INTERVAL_MS = 60_000;
 
 export interface ServiceClient {
   readonly node: string;
@@ -106,7 +108,7 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
         );
         if (r === 'lost') speaking = sendCopy();
         else {
-          resendIn *= 2;
+          resendIn = Math.min(resendIn * 2, MAX_RESEND_INTERVAL_MS);
           sendCopy();
         }
       }

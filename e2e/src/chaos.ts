@@ -98,10 +98,13 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
 
   // Settle: everything the runtime removed must be released by the gateway and the services.
   const deadline = Date.now() + opts.settleMs;
-  let left = await leftovers(sys);
+  // A service that answers its list with an error (one still restarting or busy releasing) has
+  // not settled yet: asked again, and reported as left if it never answers.
+  const look = (): Promise<string[]> => leftovers(sys).catch((err: unknown) => [`no list answer: ${(err as Error).message}`]);
+  let left = await look();
   while (left.length > 0 && Date.now() < deadline) {
     await sleep(500);
-    left = await leftovers(sys);
+    left = await look();
   }
   client.close();
   return { seed: opts.seed, kills, lifecycles, failed: failures.length, failures, left };

@@ -122,8 +122,13 @@ export async function text(path: string): Promise<string> {
 
 /** Each service's own view (its `list` endpoint), as an operator would read it. */
 export async function servicesState(sys: System) {
-  const ask = async <T>(subject: string, payload: object = {}): Promise<T> =>
-    (await sys.nc.request(subject, JSON.stringify(payload), { timeout: 5000 })).json<T>();
+  const ask = async <T>(subject: string, payload: object = {}): Promise<T> => {
+    const reply = await sys.nc.request(subject, JSON.stringify(payload), { timeout: 30_000 });
+    // An error answer (the service's $SRV error headers) is not a list.
+    const error = reply.headers?.get('Nats-Service-Error');
+    if (error) throw new Error(`${subject}: ${reply.headers?.get('Nats-Service-Error-Code')} ${error}`);
+    return reply.json<T>();
+  };
   const subid = await ask<{ allocations: { id: string; uid: number; gid: number }[] }>(subidList.subject(sys.node));
   const vol = await ask<{ volumes: { id: string; kind: string; path: string }[]; preps: { source: string; holders: string[] }[] }>(
     volList.subject(sys.node),

@@ -10,10 +10,11 @@ import {
   type Msg,
   type NatsConnection,
 } from '@nats-io/nats-core';
+import { randomUUID } from 'node:crypto';
 import { SysboxError, type Contract, type ReplyOf, type RequestInputOf } from '@sysbox-mgr-ts/contracts';
 import { retryTransient } from '@sysbox-mgr-ts/nats-retry';
 import type { Logger } from 'pino';
-import { REQUEST_ID_HEADER, decodeJson, encodeJson, errorFromReply } from './wire.js';
+import { CALL_ID_HEADER, REQUEST_ID_HEADER, decodeJson, encodeJson, errorFromReply } from './wire.js';
 
 export interface CallOptions {
   /** Milliseconds to wait for the reply: the bound of the whole call, waits included. */
@@ -126,8 +127,11 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
         const why = parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ');
         throw new SysboxError('invalid-request', `${contract.endpoint}: ${why}`);
       }
-      const h = callOpts.reqId ? headers() : undefined;
-      if (callOpts.reqId) h!.set(REQUEST_ID_HEADER, callOpts.reqId);
+      const h = headers();
+      // Every copy of this call carries it: the service answers a copy that meets the call still
+      // running (or just answered) with that call's outcome instead of running it again.
+      h.set(CALL_ID_HEADER, randomUUID());
+      if (callOpts.reqId) h.set(REQUEST_ID_HEADER, callOpts.reqId);
       const timeout = callOpts.timeoutMs ?? defaultTimeout;
       const started = Date.now();
       const deadline = started + timeout;

@@ -13,7 +13,7 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import type { Logger } from 'pino';
 import { startMicroService, type MicroService } from './micro.js';
-import { REQUEST_ID_HEADER, decodeJson, encodeJson, errorReply } from './wire.js';
+import { CALL_ID_HEADER, REQUEST_ID_HEADER, decodeJson, encodeJson, errorReply } from './wire.js';
 
 export interface RequestContext {
   log: Logger;
@@ -105,11 +105,38 @@ export function serve(opts: ServeOptions): MicroService {
   });
 }
 
+/**
+ * Outcomes of calls in flight or just answered, by subject and call id. A client sends a call
+ * again when its reply may have been lost; a copy that arrives while the call runs (or soon after
+ * it answered) gets the same outcome instead of running it again behind the per-key lock, where
+ * it would redo long work (an rsync, a chown walk) for a caller that already has its answer.
+ */
+const recentCalls = new Map<string, { outcome: Promise<Outcome>; at: number }>();
+const RECENT_CALL_MS = 60_000;
+const RECENT_CALLS_MAX = 10_000;
+
+function sharedOutcome(key: string, run: () => Promise<Outcome>): Promise<Outcome> {
+  const now = Date.now();
+  const known = recentCalls.get(key);
+  if (known && now - known.at < RECENT_CALL_MS) return known.outcome;
+  for (const [k, v] of recentCalls) {
+    if (recentCalls.size < RECENT_CALLS_MAX && now - v.at < RECENT_CALL_MS) break;
+    recentCalls.delete(k);
+  }
+  const outcome = run();
+  // Re-inserted at the end, so the map stays in time order for the eviction above.
+  recentCalls.delete(key);
+  recentCalls.set(key, { outcome, at: now });
+  return outcome;
+}
+
 async function respond(b: Binding, subject: string, msg: Msg, root: Logger): Promise<{ error?: string }> {
   const reqId = msg.headers?.get(REQUEST_ID_HEADER) || `${process.pid}-${++requestCounter}`;
   const log = root.child({ subject, reqId });
   const started = performance.now();
-  const outcome = await processRequest(b, msg.data, { log, subject, reqId });
+  const callId = msg.headers?.get(CALL_ID_HEADER);
+  const run = (): Promise<Outcome> => processRequest(b, msg.data, { log, subject, reqId });
+  const outcome = await (callId ? sharedOutcome(`${subject} ${callId}`, run) : run());
   const ms = Math.round((performance.now() - started) * 1000) / 1000;
   const containerId = peekId(msg.data);
   if (outcome.ok) {

@@ -183,6 +183,34 @@ describe('service kit on a real nats-server', () => {
     expect(finished).toBe(true);
     await expect(reply).resolves.toMatchObject({ by: 'slow' });
   });
+
+  it('runs a call once when the client sends copies of it (a reply that may have been lost)', async () => {
+    const long = defineContract({ ...echo, endpoint: 'long', subject: subjectOf('subid', 'long'), idempotent: true });
+    const svc = { ...testService, name: 'sysbox-long', contracts: [long] } as const satisfies ServiceContract;
+    let runs = 0;
+    const s = serve({
+      nc,
+      service: svc,
+      node: 'n1',
+      version: '0.0.1',
+      log: silent(),
+      bindings: [
+        handle(long, async (req) => {
+          runs++;
+          await new Promise((r) => setTimeout(r, 700));
+          return { id: req.id, n: runs, by: 'long' };
+        }),
+      ],
+    });
+    await nc.flush();
+    // Copies go out every 100 ms while the first runs for 700 ms: they share its outcome.
+    const client = createServiceClient(nc, { node: 'n1', resendAfterMs: 100 });
+    await expect(client.call(long, { id: 'c', n: 1 })).resolves.toEqual({ id: 'c', n: 1, by: 'long' });
+    expect(runs).toBe(1);
+    // Another call is another call.
+    await expect(client.call(long, { id: 'c', n: 1 })).resolves.toMatchObject({ n: 2 });
+    await s.stop();
+  });
 });
 
 async function gather(nc: NatsConnection, subject: string): Promise<any[]> {

@@ -6,6 +6,8 @@ export const ERROR_HEADER = 'Nats-Service-Error';
 export const ERROR_CODE_HEADER = 'Nats-Service-Error-Code';
 /** Correlates one sysbox-runc call across the gateway and the services it asks. */
 export const REQUEST_ID_HEADER = 'Sysbox-Request-Id';
+/** One logical call: every copy a client sends of it (see client.ts) carries the same value. */
+export const CALL_ID_HEADER = 'Sysbox-Call-Id';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

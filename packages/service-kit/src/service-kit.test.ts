@@ -14,6 +14,7 @@ import {
   parseConfig,
   commonOptions,
   serve,
+  type Handler,
   type MicroService,
   boolOption,
   option,
@@ -158,23 +159,19 @@ describe('service kit on a real nats-server', () => {
     await expect(client.call(echo, { id: '', n: 1 })).rejects.toMatchObject({ code: 'invalid-request' });
   });
 
+  /** One more service of a single echo-shaped endpoint, on the shared connection. */
+  const serveOne = (contract: typeof echo, handler: Handler<typeof echo>): MicroService => {
+    const service = { ...testService, name: `sysbox-${contract.endpoint}`, contracts: [contract] } as const satisfies ServiceContract;
+    return serve({ nc, service, node: 'n1', version: '0.0.1', log: silent(), bindings: [handle(contract, handler)] });
+  };
+
   it('stop waits for requests in flight', async () => {
     const slow = defineContract({ ...echo, endpoint: 'slow', subject: subjectOf('subid', 'slow') });
-    const svc = { ...testService, name: 'sysbox-slow', contracts: [slow] } as const satisfies ServiceContract;
     let finished = false;
-    const s = serve({
-      nc,
-      service: svc,
-      node: 'n1',
-      version: '0.0.1',
-      log: silent(),
-      bindings: [
-        handle(slow, async (req) => {
-          await new Promise((r) => setTimeout(r, 300));
-          finished = true;
-          return { id: req.id, n: req.n, by: 'slow' };
-        }),
-      ],
+    const s = serveOne(slow, async (req) => {
+      await new Promise((r) => setTimeout(r, 300));
+      finished = true;
+      return { id: req.id, n: req.n, by: 'slow' };
     });
     await nc.flush();
     const reply = createServiceClient(nc, { node: 'n1' }).call(slow, { id: 'c', n: 1 });
@@ -186,21 +183,11 @@ describe('service kit on a real nats-server', () => {
 
   it('runs a call once when the client sends copies of it (a reply that may have been lost)', async () => {
     const long = defineContract({ ...echo, endpoint: 'long', subject: subjectOf('subid', 'long'), idempotent: true });
-    const svc = { ...testService, name: 'sysbox-long', contracts: [long] } as const satisfies ServiceContract;
     let runs = 0;
-    const s = serve({
-      nc,
-      service: svc,
-      node: 'n1',
-      version: '0.0.1',
-      log: silent(),
-      bindings: [
-        handle(long, async (req) => {
-          runs++;
-          await new Promise((r) => setTimeout(r, 700));
-          return { id: req.id, n: runs, by: 'long' };
-        }),
-      ],
+    const s = serveOne(long, async (req) => {
+      runs++;
+      await new Promise((r) => setTimeout(r, 700));
+      return { id: req.id, n: runs, by: 'long' };
     });
     await nc.flush();
     // Copies go out every 100 ms while the first runs for 700 ms: they share its outcome.

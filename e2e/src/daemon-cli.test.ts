@@ -3,15 +3,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
-import { repoRoot, startSystem, type System } from './harness.js';
+import { SERVICE_APPS, binOf, repoRoot, startSystem, type System } from './harness.js';
 
-const BINS = {
-  'subid-allocator': 'sysbox-subid-allocator',
-  'vol-mgr': 'sysbox-vol-mgr',
-  'shiftfs-mgr': 'sysbox-shiftfs-mgr',
-  'rootfs-cloner': 'sysbox-rootfs-cloner',
-  gateway: 'sysbox-gateway',
-} as const;
 
 describe('daemon command lines and signals', () => {
   let sys: System;
@@ -23,11 +16,12 @@ describe('daemon command lines and signals', () => {
   });
 
   it('every daemon answers --version and -v with its name and package version', async () => {
-    for (const [app, bin] of Object.entries(BINS)) {
+    for (const app of [...SERVICE_APPS, 'gateway'] as const) {
       const version = JSON.parse(readFileSync(join(repoRoot, 'apps', app, 'package.json'), 'utf8')).version as string;
+      const bin = binOf(app);
       for (const flag of ['--version', '-v']) {
-        const r = await run(join(repoRoot, 'apps', app, 'bin', `${bin}.js`), [flag], { timeout: 20_000 });
-        expect(r.stdout.trim()).toBe(`${bin} version ${version}`);
+        const r = await run(bin.path, [flag], { timeout: 20_000 });
+        expect(r.stdout.trim()).toBe(`${bin.name} version ${version}`);
       }
     }
   });

@@ -25,14 +25,12 @@ export const SERVICE_APPS: AppName[] = ['subid-allocator', 'vol-mgr', 'shiftfs-m
 export const SERVICE_NAMES = Object.fromEntries(
   Object.entries(SERVICE_IDENTITIES).map(([app, svc]) => [app, svc.name]),
 ) as Record<Exclude<DaemonName, 'gateway'>, string>;
-const BINS: Record<AppName, string> = {
-  'subid-allocator': 'sysbox-subid-allocator',
-  'vol-mgr': 'sysbox-vol-mgr',
-  'shiftfs-mgr': 'sysbox-shiftfs-mgr',
-  'rootfs-cloner': 'sysbox-rootfs-cloner',
-  gateway: 'sysbox-gateway',
-  'all-in-one': 'sysbox-mgr-ts',
-};
+/** An app's command and its file, as its package.json `bin` names them (one per app). */
+export function binOf(app: AppName): { name: string; path: string } {
+  const bins = JSON.parse(readFileSync(join(repoRoot, 'apps', app, 'package.json'), 'utf8')).bin as Record<string, string>;
+  const [name, file] = Object.entries(bins)[0]!;
+  return { name, path: join(repoRoot, 'apps', app, file) };
+}
 
 export interface Proc {
   app: AppName;
@@ -128,7 +126,7 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const start = async (app: AppName, extraArgs: string[] = []): Promise<Proc> => {
     const replica = procs.filter((p) => p.app === app).length;
     const logFile = join(dir, 'logs', `${app}.${replica}.log`);
-    const bin = join(repoRoot, 'apps', app, 'bin', `${BINS[app]}.js`);
+    const bin = binOf(app).path;
     // The bin itself, as an operator runs it (its shebang carries the node flags).
     const proc = startProcess(bin, [...baseArgs(app), ...extraArgs], { output: { file: logFile } });
     const p: Proc = { app, replica, proc, logFile };

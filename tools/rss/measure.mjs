@@ -33,14 +33,6 @@ const { values } = parseArgs({
 const RUNS = Number(values.runs);
 const IDLE_MS = Number(values['idle-ms']);
 const APPS = values.apps.split(',');
-const BINS = {
-  'subid-allocator': 'sysbox-subid-allocator',
-  'vol-mgr': 'sysbox-vol-mgr',
-  'shiftfs-mgr': 'sysbox-shiftfs-mgr',
-  'rootfs-cloner': 'sysbox-rootfs-cloner',
-  gateway: 'sysbox-gateway',
-  'all-in-one': 'sysbox-mgr-ts',
-};
 const SPLIT = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner', 'gateway'];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
@@ -95,7 +87,9 @@ async function measureOnce(app) {
   const creds = app === 'all-in-one' ? ['--creds-dir', dirname(nats.credentials('operator'))] : ['--nats-creds', nats.credentials(app)];
   const args = ['--nats-url', nats.url, ...creds, '--node', node, '--data-root', dataRoot, '--log-level', 'info',
     ...(app === 'all-in-one' ? SPLIT : [app]).flatMap((a) => own[a])];
-  const bin = join(repoRoot, 'apps', app, 'bin', `${BINS[app]}.js`);
+  // The app's one bin, as its package.json names it.
+  const bins = JSON.parse(readFileSync(join(repoRoot, 'apps', app, 'package.json'), 'utf8')).bin;
+  const bin = join(repoRoot, 'apps', app, Object.values(bins)[0]);
   const logFile = join(dir, 'log');
   const out = openSync(logFile, 'w');
   const cmd = values['node-flags'] !== undefined

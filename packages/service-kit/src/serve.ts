@@ -111,14 +111,15 @@ export function serve(opts: ServeOptions): MicroService {
  * it answered) gets the same outcome instead of running it again behind the per-key lock, where
  * it would redo long work (an rsync, a chown walk) for a caller that already has its answer.
  */
-const recentCalls = new Map<string, { outcome: Promise<Outcome>; at: number }>();
+const recentCalls = new Map<string, { outcome: Promise<Outcome>; data: Uint8Array; at: number }>();
 const RECENT_CALL_MS = 60_000;
 const RECENT_CALLS_MAX = 10_000;
 
-function sharedOutcome(key: string, run: () => Promise<Outcome>): Promise<Outcome> {
+/** `data` must match too: a call id is a caller's word, and another body is another call. */
+function sharedOutcome(key: string, data: Uint8Array, run: () => Promise<Outcome>): Promise<Outcome> {
   const now = Date.now();
   const known = recentCalls.get(key);
-  if (known && now - known.at < RECENT_CALL_MS) return known.outcome;
+  if (known && now - known.at < RECENT_CALL_MS) return Buffer.from(known.data).equals(data) ? known.outcome : run();
   for (const [k, v] of recentCalls) {
     if (recentCalls.size < RECENT_CALLS_MAX && now - v.at < RECENT_CALL_MS) break;
     recentCalls.delete(k);
@@ -126,7 +127,7 @@ function sharedOutcome(key: string, run: () => Promise<Outcome>): Promise<Outcom
   const outcome = run();
   // Re-inserted at the end, so the map stays in time order for the eviction above.
   recentCalls.delete(key);
-  recentCalls.set(key, { outcome, at: now });
+  recentCalls.set(key, { outcome, data, at: now });
   return outcome;
 }
 
@@ -136,7 +137,7 @@ async function respond(b: Binding, subject: string, msg: Msg, root: Logger): Pro
   const started = performance.now();
   const callId = msg.headers?.get(CALL_ID_HEADER);
   const run = (): Promise<Outcome> => processRequest(b, msg.data, { log, subject, reqId });
-  const outcome = await (callId ? sharedOutcome(`${subject} ${callId}`, run) : run());
+  const outcome = await (callId ? sharedOutcome(`${subject} ${callId}`, msg.data, run) : run());
   const ms = Math.round((performance.now() - started) * 1000) / 1000;
   const containerId = peekId(msg.data);
   if (outcome.ok) {

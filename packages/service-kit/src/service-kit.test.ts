@@ -1,9 +1,10 @@
 import { Writable } from 'node:stream';
-import type { NatsConnection } from '@nats-io/nats-core';
+import { headers, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { SysboxError, defineContract, subjectOf, type ServiceContract } from '@sysbox-mgr-ts/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { CALL_ID_HEADER } from './wire.js';
 import {
   ERROR_CODE_HEADER,
   createLogger,
@@ -196,6 +197,12 @@ describe('service kit on a real nats-server', () => {
     expect(runs).toBe(1);
     // Another call is another call.
     await expect(client.call(long, { id: 'c', n: 1 })).resolves.toMatchObject({ n: 2 });
+    // A call id reused with another body is not a copy: it runs, and gets its own answer.
+    const h = headers();
+    h.set(CALL_ID_HEADER, 'reused');
+    const ask = async (n: number) => decodeJson((await nc.request(long.subject('n1'), encodeJson({ id: 'c', n }), { headers: h, timeout: 5000 })).data);
+    expect(await ask(1)).toMatchObject({ n: 3 });
+    expect(await ask(2)).toMatchObject({ n: 4 });
     await s.stop();
   });
 });

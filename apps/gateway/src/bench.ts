@@ -3,7 +3,8 @@
  * grpc-js server on a unix socket plus a bare NATS request/reply echo, measured alternately in the
  * same run. The gateway's price over the bare transports is its KV reads and CAS writes.
  * The same gateway on an open nats-server (no credentials, no permissions) runs alongside, so
- * the cost of authentication and permission checks is a ratio of the same run.
+ * the cost of authentication and permission checks is a ratio of the same run. The start-up
+ * kernel probes are timed here too (probe-bench.ts).
  */
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,7 @@ import { commonOptions, silentLogger, parseConfig } from '@sysbox-mgr-ts/service
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { startFakeServices } from './fake-services.js';
 import { gatewayOptions } from './flags.js';
+import { probeFigures } from './probe-bench.js';
 import { startGateway, type GatewaySettings } from './gateway.js';
 import { loadPackage, sysboxMgrService } from './proto.js';
 import { grpcClient, rpc } from './test-support.js';
@@ -188,6 +190,7 @@ async function main(): Promise<void> {
       });
     }
   }
+  figures.push(...(await probeFigures(dir, quick ? 5 : 30)));
   await writeFigures('gateway', figures, (l) => process.stdout.write(`${l}\n`));
 
   bareClient.close();

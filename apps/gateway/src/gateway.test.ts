@@ -380,7 +380,8 @@ describe('errors', () => {
     const s = await statusOf(rpc(client, 'SubidAlloc', { id: 'u1', size: 65536 }));
     expect(s?.code).toBe(status.UNAVAILABLE);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
-    expect(Date.now() - t0).toBeLessThan(2000);
+    // Not the 10 s op timeout.
+    expect(Date.now() - t0).toBeLessThan(8000);
     expect(s!.details).toMatch(/container u1/);
   });
 

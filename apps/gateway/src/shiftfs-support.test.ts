@@ -153,7 +153,8 @@ describe('a gateway and a shiftfs-mgr that comes up later', () => {
     const before = await register();
     expect(before.config).toMatchObject({ ShiftfsOk: false, ShiftfsOnOverlayfsOk: false });
     // The ask happens in the background: Register does not wait for the absent shiftfs-mgr.
-    expect(before.ms).toBeLessThan(500);
+    // Waiting would take the 3 s service wait; a loaded machine stays well below it.
+    expect(before.ms).toBeLessThan(2000);
     console.log(`gateway start with shiftfs-mgr absent: ${startMs.toFixed(0)} ms; Register meanwhile: ${before.ms.toFixed(1)} ms`);
 
     serveShiftfsMgr(node, {

@@ -265,13 +265,12 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     await writeFile(join(mounts[0]!.source, 'big.layer'), Buffer.alloc(8 * 1024 * 1024, 7));
 
     const target = join(rootfs.upper, 'var/lib/docker');
-    const started = Date.now();
     const syncing = client.call(docker.syncOut, { id: 'slow' });
     while (!(await lstat(target).catch(() => undefined))) await new Promise((r) => setTimeout(r, 20));
     await new Promise((r) => setTimeout(r, 200));
     await rm(join(rootfs.upper, 'var'), { recursive: true, force: true });
+    // An answer, not the typed timeout the 2.5 s bound would give: the vanished target ended the copy.
     await expect(syncing).resolves.toEqual({});
-    expect(Date.now() - started).toBeLessThan(2000);
 
     // Left alone, the same copy runs into its time bound: a typed timeout, and rsync is gone.
     await expectCode(client.call(docker.syncOut, { id: 'slow' }), 'timeout');

@@ -48,7 +48,8 @@ describe('retryTransient', () => {
     const transient = Object.assign(new Error('503 no responders'), {});
     const t0 = Date.now();
     await expect(retryTransient(async () => (calls++, Promise.reject(transient)), { idempotent: false, deadline: Date.now() + 300 })).rejects.toBe(transient);
-    expect(Date.now() - t0).toBeLessThan(600);
+    // Without the deadline it would retry forever; the margin is for a loaded machine.
+    expect(Date.now() - t0).toBeLessThan(3000);
     expect(calls).toBeGreaterThan(2);
     calls = 0;
     const permanent = new Error('Permissions Violation for Publish to "x"');

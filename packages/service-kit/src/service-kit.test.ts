@@ -152,7 +152,8 @@ describe('service kit on a real nats-server', () => {
     const client = createServiceClient(nc, { node: 'nobody', timeoutMs: 5000 });
     const t0 = Date.now();
     await expect(client.call(echo, { id: 'c', n: 1 })).rejects.toMatchObject({ code: 'unavailable' });
-    expect(Date.now() - t0).toBeLessThan(1000);
+    // Not the 5 s timeout.
+    expect(Date.now() - t0).toBeLessThan(4000);
   });
 
   it('client validates the request before sending', async () => {

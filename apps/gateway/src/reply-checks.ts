@@ -35,7 +35,7 @@ export function createReplyChecks(opts: ReplyCheckOptions, log: Logger): ReplyCh
     },
     async subids(id, r) {
       try {
-        const ranges = await readDelegatedRanges(opts.subuidFile, opts.subgidFile);
+        const ranges = readDelegatedRanges(opts.subuidFile, opts.subgidFile);
         assertIdsDelegated({ uid: r.uid, gid: r.gid, count: r.size }, ranges, `container ${id}: subid allocation`);
       } catch (err) {
         log.error({ id, reply: r, err }, 'subid-allocator answered a range that is not delegated: refused');

@@ -34,7 +34,7 @@ export function createHostGuard(config: HostGuardConfig): HostGuard {
       return assertRootfsAllowed(real, roots, what);
     },
     async idsDelegated(ids, what) {
-      assertIdsDelegated(ids, await readDelegatedRanges(config.subuidFile, config.subgidFile), what);
+      assertIdsDelegated(ids, readDelegatedRanges(config.subuidFile, config.subgidFile), what);
     },
   };
 }

@@ -66,15 +66,15 @@ describe('readDelegatedRanges', () => {
     const subgid = join(base, 'subgid');
     await writeFile(subuid, 'sysbox:165536:65536\n');
     await writeFile(subgid, 'sysbox:200000:65536\n');
-    const first = await readDelegatedRanges(subuid, subgid);
+    const first = readDelegatedRanges(subuid, subgid);
     expect(first.uids).toEqual([{ name: 'sysbox', start: 165536, count: 65536 }]);
     expect(first.gids).toEqual([{ name: 'sysbox', start: 200000, count: 65536 }]);
-    expect((await readDelegatedRanges(subuid, subgid)).uids).toBe(first.uids);
+    expect((readDelegatedRanges(subuid, subgid)).uids).toBe(first.uids);
 
     await writeFile(subuid, 'sysbox:165536:65536\nother:300000:65536\n');
-    expect((await readDelegatedRanges(subuid, subgid)).uids).toHaveLength(2);
+    expect((readDelegatedRanges(subuid, subgid)).uids).toHaveLength(2);
 
-    const none = await readDelegatedRanges(join(base, 'no-subuid'), subgid);
+    const none = readDelegatedRanges(join(base, 'no-subuid'), subgid);
     expect(none.uids).toEqual([]);
     expect(() => assertIdsDelegated({ uid: 165536, gid: 200000 }, none)).toThrow(/no-subuid/);
   });

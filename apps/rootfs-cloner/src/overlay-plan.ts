@@ -19,8 +19,19 @@ export const CLONE_OVERLAY_OPTIONS = ['metacopy=on', 'index=on'] as const;
  */
 const DROPPED_OPTION_KEYS = new Set(['rw', 'ro', 'metacopy', 'index', 'redirect_dir', 'nfs_export']);
 
-/** Per-mount flags mount(8) accepts in -o and applies as MS_* flags. */
-const MOUNT_FLAG_OPTIONS = new Set(['ro', 'rw', 'nosuid', 'nodev', 'noexec', 'noatime', 'nodiratime', 'relatime', 'strictatime', 'sync']);
+/** Per-mount flags mount(8) accepts in -o and applies as MS_* flags (rw is their absence). */
+export const MOUNT_FLAG_OPTIONS: ReadonlyMap<string, number> = new Map([
+  ['ro', 0x1],
+  ['rw', 0],
+  ['nosuid', 0x2],
+  ['nodev', 0x4],
+  ['noexec', 0x8],
+  ['sync', 0x10],
+  ['noatime', 0x400],
+  ['nodiratime', 0x800],
+  ['relatime', 1 << 21],
+  ['strictatime', 1 << 24],
+]);
 
 export interface CloneDirs {
   mergedDir: string;
@@ -33,7 +44,7 @@ export interface ClonePlan {
   origWorkDir: string;
   /** Lower layers as absolute paths, top first: what must exist to mount the clone again. */
   lowerDirs: string[];
-  /** The -o string for `mount -t overlay`: flags first, then the overlay data. */
+  /** The -o string for `mount -t overlay`: flags first (MOUNT_FLAG_OPTIONS), then the overlay data. */
   mountOptions: string;
   /** Working directory of the mount when lowerdirs are relative, else undefined. */
   cwd: string | undefined;

@@ -15,6 +15,10 @@ export interface HostNativeAddon {
   idmapMount(path: string, usernsFd: number): void;
   mount(source: string, target: string, fstype: string, flags: number, data: string): void;
   umount(target: string, flags: number): void;
+  /** mount(2) on a libuv pool thread: a mount that hangs holds that thread, not the event loop. */
+  mountAsync(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
+  /** umount2(2) on a libuv pool thread. */
+  umountAsync(target: string, flags: number): Promise<void>;
   /** One datagram to an AF_UNIX SOCK_DGRAM socket; '@name' is an abstract socket. */
   notify(socketPath: string, message: string): void;
   /** A non-blocking datagram socket bound to path, SO_PASSCRED on; returns its fd. */
@@ -50,3 +54,9 @@ export function loadAddon(): HostNativeAddon {
 
 /** mount(2) and umount2(2) flags the callers use. */
 export const MNT_DETACH = 2;
+export const MS_BIND = 0x1000;
+export const MS_REC = 0x4000;
+export const MS_UNBINDABLE = 1 << 17;
+export const MS_PRIVATE = 1 << 18;
+export const MS_SLAVE = 1 << 19;
+export const MS_SHARED = 1 << 20;

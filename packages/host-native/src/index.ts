@@ -1,4 +1,4 @@
-export { loadAddon, MNT_DETACH } from './addon.js';
+export { loadAddon, MNT_DETACH, MS_BIND, MS_REC, MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED } from './addon.js';
 export type { HostNativeAddon } from './addon.js';
 export { idMapMountSupported, overlayfsOnIdMapMountSupported, idMapMountSupportedOnPath, kernelAtLeast } from './idmap.js';
 export type { ProbeResult, IdMapProbeOptions } from './idmap.js';

@@ -9,14 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MNT_DETACH, loadAddon } from './addon.js';
+import { MNT_DETACH, MS_BIND, loadAddon } from './addon.js';
 import { shiftfsOnOverlayfsSupported, shiftfsSupported, type ShiftfsCheckSteps } from './shiftfs.js';
 import { spawnUserMountNamespace } from './userns.js';
 
 const root = process.getuid?.() === 0;
 if (!root) console.log('host-native shiftfs tests skipped: they mount, and need root');
 const kernelHasShiftfs = /\bshiftfs$/m.test(readFileSync('/proc/filesystems', 'utf8'));
-const MS_BIND = 4096;
 
 const checks = [
   ['ShiftfsSupported', shiftfsSupported],

@@ -17,7 +17,7 @@ import { startFakeServices } from './fake-services.js';
 import { gatewayOptions } from './flags.js';
 import { probeFigures } from './probe-bench.js';
 import { startGateway, type GatewaySettings } from './gateway.js';
-import { loadPackage, sysboxMgrService } from './proto.js';
+import { sysboxMgrServiceDefinition } from './codec.js';
 import { grpcClient, rpc } from './test-support.js';
 
 const quick = process.env.BENCH_QUICK === '1';
@@ -86,10 +86,11 @@ async function main(): Promise<void> {
   // Bare gRPC: the same service and messages, every rpc answering at once.
   const bare = new Server();
   const impl: UntypedServiceImplementation = {};
-  for (const name of Object.keys(sysboxMgrService())) {
+  const service = sysboxMgrServiceDefinition();
+  for (const name of Object.keys(service)) {
     impl[name] = (_call: unknown, cb: (e: null, r: object) => void) => cb(null, name === 'SubidAlloc' ? { uid: 165536, gid: 165536 } : {});
   }
-  bare.addService(sysboxMgrService(loadPackage()), impl);
+  bare.addService(service, impl);
   await new Promise<number>((res, rej) =>
     bare.bindAsync(`unix:${join(dir, 'bare.sock')}`, ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
   );

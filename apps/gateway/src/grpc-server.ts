@@ -3,23 +3,30 @@
  * and grpc.health.v1. Each handler parses its request into the manager's typed input (wire.ts), runs
  * under a time bound, and answers a failure as a gRPC status whose message names the container.
  */
+import { createRequire } from 'node:module';
 import { connect } from 'node:net';
 import { chmod, lstat, mkdir, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import {
   Server,
   ServerCredentials,
+  type MethodDefinition,
   type ServerUnaryCall,
+  type ServiceDefinition,
   type sendUnaryData,
+  type UntypedHandleCall,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
-import { ReflectionService } from '@grpc/reflection';
+import type { ReflectionService } from '@grpc/reflection';
 import { GRPC_STATUS, SysboxError } from '@sysbox-mgr-ts/contracts';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
-import { HealthImplementation } from 'grpc-health-check';
+import type { HealthImplementation } from 'grpc-health-check';
+import { sysboxMgrServiceDefinition } from './codec.js';
 import type { Manager } from './manager.js';
-import { SERVICE_NAME, loadPackage, sysboxMgrService } from './proto.js';
+import { SERVICE_NAME, loadPackage } from './proto.js';
 import { containerConfigToWire, mountToWire, parseRequest, type RpcName } from './wire.js';
+
+const require = createRequire(import.meta.url);
 
 /* eslint-disable @typescript-eslint/no-explicit-any -- wire messages are proto-loader plain objects */
 type Rpc = (req: any) => Promise<object>;
@@ -120,11 +127,95 @@ export async function clearStaleSocket(path: string): Promise<void> {
   await unlink(path);
 }
 
+type ServingStatus = 'SERVING' | 'NOT_SERVING';
+
+/** What grpc.health.v1 answers for a service ('' is the whole server). */
+export interface HealthStatus {
+  setStatus(service: string, status: ServingStatus): void;
+}
+
 export interface GrpcServerHandle {
   socketPath: string;
   pidFile: string;
-  health: HealthImplementation;
+  health: HealthStatus;
   stop(graceMs?: number): Promise<void>;
+}
+
+/** The methods by path, with their handlers, that a service's addToServer adds to a server. */
+type Methods = Map<string, { def: MethodDefinition<unknown, unknown>; handler: UntypedHandleCall }>;
+
+function methodsOf(addToServer: (server: Server) => void): Methods {
+  const methods: Methods = new Map();
+  const catcher = {
+    addService(service: ServiceDefinition, impl: UntypedServiceImplementation) {
+      for (const [name, def] of Object.entries(service)) {
+        methods.set(def.path, { def, handler: (impl[name] ?? impl[def.originalName!])! });
+      }
+    },
+  };
+  addToServer(catcher as unknown as Server);
+  return methods;
+}
+
+/**
+ * Serves the methods at `paths` ([path, requestStream, responseStream]) at once, but loads their
+ * implementation, codec included, on the first call: reflection and health are asked by hand
+ * (grpcurl) or by a probe, and they load @grpc/proto-loader and protobufjs and parse .proto files:
+ * with codec.ts, 4.2 MB less idle RSS (tools/rss). The first call pays that parse (tens of ms).
+ */
+function addLazily(server: Server, paths: readonly [string, boolean, boolean][], load: () => Methods): void {
+  let loaded: Methods | undefined;
+  const real = (path: string) => (loaded ??= load()).get(path)!;
+  const service: Record<string, MethodDefinition<unknown, unknown>> = {};
+  const impl: UntypedServiceImplementation = {};
+  for (const [path, requestStream, responseStream] of paths) {
+    service[path] = {
+      path,
+      requestStream,
+      responseStream,
+      requestSerialize: (v) => real(path).def.requestSerialize(v),
+      requestDeserialize: (b) => real(path).def.requestDeserialize(b),
+      responseSerialize: (v) => real(path).def.responseSerialize(v),
+      responseDeserialize: (b) => real(path).def.responseDeserialize(b),
+    };
+    impl[path] = ((...args: unknown[]) => (real(path).handler as (...a: unknown[]) => void)(...args)) as UntypedHandleCall;
+  }
+  server.addService(service, impl);
+}
+
+/** Server reflection, v1 and v1alpha, describing sysboxMgr.proto and grpc.health.v1. */
+function addReflection(server: Server): void {
+  const paths = ['v1', 'v1alpha'].map((v) => [`/grpc.reflection.${v}.ServerReflection/ServerReflectionInfo`, true, true] as [string, boolean, boolean]);
+  addLazily(server, paths, () =>
+    methodsOf((s) => {
+      const { ReflectionService: Reflection } = require('@grpc/reflection') as { ReflectionService: typeof ReflectionService };
+      new Reflection(loadPackage()).addToServer(s);
+    }),
+  );
+}
+
+/** grpc.health.v1 (Check, Watch, List), as grpc-health-check answers it. */
+function addHealth(server: Server, initial: Record<string, ServingStatus>): HealthStatus {
+  const statuses = new Map(Object.entries(initial));
+  let health: HealthImplementation | undefined;
+  const paths: [string, boolean, boolean][] = [
+    ['/grpc.health.v1.Health/Check', false, false],
+    ['/grpc.health.v1.Health/Watch', false, true],
+    ['/grpc.health.v1.Health/List', false, false],
+  ];
+  addLazily(server, paths, () =>
+    methodsOf((s) => {
+      const { HealthImplementation: Health } = require('grpc-health-check') as { HealthImplementation: typeof HealthImplementation };
+      health = new Health(Object.fromEntries(statuses));
+      health.addToServer(s);
+    }),
+  );
+  return {
+    setStatus(service, status) {
+      statuses.set(service, status);
+      health?.setStatus(service, status);
+    },
+  };
 }
 
 export async function startGrpcServer(opts: {
@@ -141,12 +232,10 @@ export async function startGrpcServer(opts: {
   }
   await clearStaleSocket(opts.socketPath);
 
-  const pkg = loadPackage();
   const server = new Server();
-  server.addService(sysboxMgrService(pkg), grpcServiceImplementation(opts.manager, opts));
-  new ReflectionService(pkg).addToServer(server);
-  const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
-  health.addToServer(server);
+  server.addService(sysboxMgrServiceDefinition(), grpcServiceImplementation(opts.manager, opts));
+  addReflection(server);
+  const health = addHealth(server, { '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
 
   await new Promise<number>((resolve, reject) =>
     server.bindAsync(`unix:${opts.socketPath}`, ServerCredentials.createInsecure(), (err, port) =>

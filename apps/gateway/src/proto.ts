@@ -1,11 +1,15 @@
 /**
  * Loads the sysbox-mgr wire contract (proto/sysboxMgr.proto) with the field names kept exactly as
- * written, plus grpc.health.v1 so server reflection describes both.
+ * written, plus grpc.health.v1 so server reflection describes both. The server encodes with
+ * codec.ts; this parse runs for reflection's first call, tests and benches, so @grpc/proto-loader
+ * and grpc-health-check (which parses its .proto when loaded) are required here on first use.
  */
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { loadPackageDefinition, type GrpcObject, type ServiceDefinition } from '@grpc/grpc-js';
-import { loadSync, type PackageDefinition } from '@grpc/proto-loader';
-import { protoPath as healthProtoPath } from 'grpc-health-check';
+import { loadPackageDefinition, type GrpcObject } from '@grpc/grpc-js';
+import type { PackageDefinition } from '@grpc/proto-loader';
+
+const require = createRequire(import.meta.url);
 
 export const PROTO_PATH = fileURLToPath(new URL('../proto/sysboxMgr.proto', import.meta.url));
 export const SERVICE_NAME = 'protobuf.sysboxMgrStateChannel';
@@ -14,13 +18,9 @@ export const SERVICE_NAME = 'protobuf.sysboxMgrStateChannel';
 const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, arrays: true, oneofs: true };
 
 export function loadPackage(): PackageDefinition {
+  const { loadSync } = require('@grpc/proto-loader') as typeof import('@grpc/proto-loader');
+  const { protoPath: healthProtoPath } = require('grpc-health-check') as typeof import('grpc-health-check');
   return loadSync([PROTO_PATH, healthProtoPath], LOADER_OPTIONS);
-}
-
-export function sysboxMgrService(pkg: PackageDefinition = loadPackage()): ServiceDefinition {
-  const grpcObject = loadPackageDefinition(pkg);
-  const ctor = (grpcObject.protobuf as GrpcObject).sysboxMgrStateChannel as unknown as { service: ServiceDefinition };
-  return ctor.service;
 }
 
 /** A client constructor for tests and benches, from the same .proto the server uses. */

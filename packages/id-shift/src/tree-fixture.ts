@@ -44,12 +44,11 @@ export function buildTree(root: string, spec: TreeSpec): number {
         const kind = c === 0 ? 'file' : rand();
         if (typeof kind === 'number' && kind < 0.08) symlinkSync(kind < 0.02 ? spec.outside : 'f0', path);
         else if (typeof kind === 'number' && kind < 0.12) linkSync(join(dir, 'f0'), path);
-        else {
-          writeFileSync(path, '');
-          if (typeof kind === 'number' && kind > 0.985) chmodSync(path, kind > 0.993 ? 0o4755 : 0o2755);
-        }
+        else writeFileSync(path, '');
         // Hard links share f0's owner: lchown would change every name at once.
         if (typeof kind !== 'number' || kind >= 0.12 || kind < 0.08) lchownSync(path, owner(), owner());
+        // After the chown, which clears setuid and setgid bits: set before, the tree had none.
+        if (typeof kind === 'number' && kind > 0.985) chmodSync(path, kind > 0.993 ? 0o4755 : 0o2755);
         entries++;
       }
       lchownSync(dir, owner(), owner());

@@ -382,7 +382,8 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
 
   it('finishes a shift cancelled part way through its apply phase', async () => {
     const root = freshDir();
-    buildTree(root, { top: 3, sub: 10, perDir: 40, owners: [0, 1000, 65534], outside: '/etc/hostname', seed: 3 });
+    // Large enough that the walker is still applying when the abort reaches it (it acts on the first batch of 512).
+    buildTree(root, { top: 10, sub: 20, perDir: 40, owners: [0, 1000, 65534], outside: '/etc/hostname', seed: 3 });
     const before = snapshotOwners(root);
     const ac = new AbortController();
     const cut = await shift(root, O, O, { workers: 1, signal: ac.signal, onProgress: () => ac.abort() }).catch((e: unknown) => e);

@@ -22,7 +22,7 @@ import { buildImage, mountContainerRootfs, removeLikeDocker, unmountAll, until, 
 
 const quick = process.env.BENCH_QUICK === '1';
 const ENTRIES = quick ? 1000 : 10_000;
-const SEQ_RUNS = quick ? 2 : 3;
+const SEQ_RUNS = quick ? 2 : 5;
 const CONC_RUNS = quick ? 1 : 2;
 const CONCURRENCY = 8;
 const OFFSET = 165536;

@@ -9,7 +9,9 @@
  */
 import { run, type DebugLogger } from '@sysbox-mgr-ts/exec/run';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { MNT_DETACH, MS_BIND, MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, loadAddon } from '@sysbox-mgr-ts/host-native';
+// The addon alone: the package index also loads the user-namespace helpers and, through them,
+// execa (3 MB of idle RSS a daemon that only mounts does not need).
+import { MNT_DETACH, MS_BIND, MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, loadAddon } from '@sysbox-mgr-ts/host-native/addon';
 import type { Propagation } from '@sysbox-mgr-ts/mountinfo';
 import { MOUNT_FLAG_OPTIONS } from './overlay-plan.js';
 

@@ -5,10 +5,12 @@
  * seed is printed, and the same seed replays the same kill schedule (the instants a kill lands
  * in a call still depend on timing). The suite runs it for about a minute; the bench longer.
  */
+import { existsSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connectGateway, type SysboxMgrClient } from './grpc.js';
 import { SERVICE_APPS, sleep, type AppName, type System } from './harness.js';
-import { cleanUpLikeARuntime, newChownContainer, runStep, type LifecycleOptions, type StepName } from './lifecycle.js';
+import { cleanUpLikeARuntime, newChownContainer, released, runStep, type ChownContainer, type LifecycleOptions, type StepName } from './lifecycle.js';
 import { buildImage, entries, mountsBelow, servicesState } from './runtime.js';
 import { GATEWAY_BUCKET } from '@sysbox-mgr-ts/contracts';
 import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
@@ -49,6 +51,8 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
   const apps: AppName[] = [...SERVICE_APPS, 'gateway'];
   const kills = Object.fromEntries(apps.map((a) => [a, 0])) as Record<AppName, number>;
   const failures: string[] = [];
+  /** Failed containers whose rootfs dir the runtime could not delete yet (not released in time). */
+  const undeleted: ChownContainer[] = [];
   let lifecycles = 0;
   let running = true;
   let seq = 0;
@@ -62,7 +66,7 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
         for (step of ['create', 'stop', 'remove'] as StepName[]) await runStep(o, c, step);
       } catch (err) {
         failures.push(`${c.id} at ${step}: ${(err as Error).message.split('\n')[0]}`);
-        await cleanUpLikeARuntime(() => client, c);
+        if (!(await cleanUpLikeARuntime(() => client, c))) undeleted.push(c);
       }
     }
   };
@@ -101,9 +105,19 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
   // A service that answers its list with an error (one still restarting or busy releasing) has
   // not settled yet: asked again, and reported as left if it never answers.
   const look = (): Promise<string[]> => leftovers(sys).catch((err: unknown) => [`no list answer: ${(err as Error).message}`]);
+  // The runtime retries deleting the rootfs dirs it could not delete before their release.
+  const retryDeletes = async (): Promise<void> => {
+    for (const c of [...undeleted]) {
+      if (existsSync(c.rootfs.dir) && !(await released(client, c.id).catch(() => false))) continue;
+      await rm(c.rootfs.dir, { recursive: true, force: true });
+      undeleted.splice(undeleted.indexOf(c), 1);
+    }
+  };
+  await retryDeletes();
   let left = await look();
   while (left.length > 0 && Date.now() < deadline) {
     await sleep(500);
+    await retryDeletes();
     left = await look();
   }
   client.close();

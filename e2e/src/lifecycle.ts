@@ -4,6 +4,7 @@
  * does on the host in between. Scenarios run the steps and assert between them; the crash test
  * kills a daemon between two steps; the bench times whole runs.
  */
+import { existsSync } from 'node:fs';
 import { chown, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { rpc, statusOf, type SysboxMgrClient } from './grpc.js';
@@ -137,12 +138,18 @@ export async function runStep(o: LifecycleOptions, c: ChownContainer, step: Step
   }
 }
 
+/** The gateway has released the container: its record is gone (Pause answers NOT_FOUND). */
+export async function released(client: SysboxMgrClient, id: string): Promise<boolean> {
+  return (await rpc(client, 'Pause', { id }, 5000).then(() => 0, (e: { code?: number }) => e.code ?? -1)) === status.NOT_FOUND;
+}
+
 /**
  * The runtime after a failed start or stop, as Docker does it: Unregister (retried while the
  * gateway is down), unmount and delete the rootfs; what the clone's stack keeps busy is deleted
- * once the gateway released the container (Docker retries its removal).
+ * once the gateway released the container. Answers whether the rootfs dir is gone: when the
+ * release takes longer than this waits, the caller deletes it later, as Docker retries a removal.
  */
-export async function cleanUpLikeARuntime(client: () => SysboxMgrClient, c: ChownContainer): Promise<void> {
+export async function cleanUpLikeARuntime(client: () => SysboxMgrClient, c: ChownContainer): Promise<boolean> {
   for (let attempt = 0; attempt < 40; attempt++) {
     const code = await rpc(client(), 'Unregister', { id: c.id }, 10_000).then(
       () => 0,
@@ -155,8 +162,7 @@ export async function cleanUpLikeARuntime(client: () => SysboxMgrClient, c: Chow
   await unmountAll(c.rootfs.merged).catch(() => undefined);
   await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
   const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && (await rpc(client(), 'Pause', { id: c.id }, 5000).then(() => 0, (e: { code?: number }) => e.code ?? -1)) !== 5) {
-    await new Promise((r) => setTimeout(r, 250));
-  }
+  while (Date.now() < deadline && !(await released(client(), c.id))) await new Promise((r) => setTimeout(r, 250));
   await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
+  return !existsSync(c.rootfs.dir);
 }

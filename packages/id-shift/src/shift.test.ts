@@ -361,23 +361,35 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
     roots.forEach((r, i) => expectShiftedBy(before[i]!, r, O));
   });
 
-  it('fails with timeout, changing nothing, when cancelled while waiting for a walker thread', async () => {
-    const big = Array.from({ length: availableParallelism() }, () => {
+  it('a short shift does not wait behind long ones that hold every walker thread', async () => {
+    const big = Array.from({ length: availableParallelism() }, (_, i) => {
       const root = freshDir();
-      buildTree(root, { top: 3, sub: 10, perDir: 40, owners: [0], outside: '/etc/hostname', seed: 4 });
+      buildTree(root, { top: 10, sub: 20, perDir: 40, owners: [0], outside: '/etc/hostname', seed: 20 + i });
       return root;
     });
-    const busy = big.map((r) => shift(r, O, O, { workers: 1 }));
-    const root = freshDir();
-    buildTree(root, { top: 1, sub: 2, perDir: 5, owners: [0], outside: '/etc/hostname', seed: 5 });
-    const before = snapshotOwners(root);
-    const ac = new AbortController();
-    const waiting = shift(root, O, O, { signal: ac.signal }).catch((e: unknown) => e);
-    // The busy walks hold every thread by now (each starts walker threads: tens of ms).
-    setTimeout(() => ac.abort(), 5);
-    expect(await waiting).toMatchObject({ code: 'timeout' });
-    expect(snapshotOwners(root)).toEqual(before);
+    const bigBefore = big.map((r) => snapshotOwners(r));
+    const small = freshDir();
+    buildTree(small, { top: 1, sub: 2, perDir: 5, owners: [0], outside: '/etc/hostname', seed: 5 });
+    const smallBefore = snapshotOwners(small);
+    // Idle walker threads for every walk below, so none of them pays a thread start (tens of ms).
+    const warm = [freshDir(), freshDir()];
+    for (const r of warm) buildTree(r, { top: 1, sub: 1, perDir: 1, owners: [0], outside: '/etc/hostname', seed: 6 });
+    await Promise.all([shift(warm[0]!, O, O, { workers: big.length }), shift(warm[1]!, O, O, { workers: 1 })]);
+    const finished: string[] = [];
+    let applying!: () => void;
+    const bigsApplying = new Promise<void>((r) => (applying = r));
+    let progressed = 0;
+    const busy = big.map((r, i) =>
+      shift(r, O, O, { workers: 1, onProgress: () => ++progressed === big.length && applying() }).then(() => finished.push(`big${i}`)),
+    );
+    // Every thread is busy with a long walk now; queued behind them (first come, first served,
+    // as the budget used to be) the short one would finish after one of them.
+    await bigsApplying;
+    await shift(small, O, O).then(() => finished.push('small'));
     await Promise.all(busy);
+    expect(finished[0]).toBe('small');
+    expectShiftedBy(smallBefore, small, O);
+    big.forEach((r, i) => expectShiftedBy(bigBefore[i]!, r, O));
   });
 
   it('finishes a shift cancelled part way through its apply phase', async () => {

@@ -11,7 +11,7 @@ import { availableParallelism } from 'node:os';
 import { basename, dirname, resolve } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { ALL_IDS, type IdRange, type ShiftOnly } from './syscalls.js';
-import { openWalkPool, WalkerError } from './walk-pool.js';
+import { openWalkPool, WalkerError, type WalkPool } from './walk-pool.js';
 import type { HardLinkSeen, ListItem, RootEntry } from './walk-worker.js';
 
 export interface ShiftLogger {
@@ -89,7 +89,7 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   let done = 0;
   let phase = 'scan';
   const progress = startProgressLog(opts, absRoot, () => ({ phase, entriesScanned: scanned, entriesDone: done }));
-  const pool = await openWalkPool({
+  const pool = startPool(() => openWalkPool({
     task: 'shift',
     ...devNumbers(rootStat.dev),
     crossMounts: opts.crossMounts ?? false,
@@ -106,11 +106,7 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
       done += delta;
       opts.onProgress?.(done);
     },
-  }, opts.signal).catch((err: unknown) => {
-    clearInterval(progress);
-    throwIfAborted(opts.signal, 'before it started (waiting for a walker thread)');
-    throw asSysboxError(err);
-  });
+  }), () => clearInterval(progress));
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);
   try {
@@ -141,12 +137,22 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   }
 }
 
+/** Walker threads that fail to start are a typed error (after `undo`, if given). */
+function startPool(open: () => WalkPool, undo?: () => void): WalkPool {
+  try {
+    return open();
+  } catch (err) {
+    undo?.();
+    throw asSysboxError(err);
+  }
+}
+
 export async function scanIds(root: string, opts: { crossMounts?: boolean; signal?: AbortSignal; workers?: number } = {}): Promise<IdScan> {
   const absRoot = resolve(root);
   const rootStat = await lstatOrNotFound(absRoot);
   throwIfAborted(opts.signal, 'before it started');
   if (!rootStat.isDirectory()) return { uids: [rootStat.uid], gids: [rootStat.gid], entries: 1 };
-  const pool = await openWalkPool({
+  const pool = startPool(() => openWalkPool({
     task: 'scan-ids',
     ...devNumbers(rootStat.dev),
     crossMounts: opts.crossMounts ?? false,
@@ -156,10 +162,7 @@ export async function scanIds(root: string, opts: { crossMounts?: boolean; signa
     acls: false,
     workers: opts.workers ?? availableParallelism(),
     onProgress: () => undefined,
-  }, opts.signal).catch((err: unknown) => {
-    throwIfAborted(opts.signal, 'before it started (waiting for a walker thread)');
-    throw asSysboxError(err);
-  });
+  }));
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);
   try {

@@ -75,8 +75,15 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
   const stopping = new Promise<void>((r) => (stopped = r));
   const killer = async (): Promise<void> => {
     for (;;) {
-      // The wait ends early when the run does (a calm run's gap is longer than the run).
-      await Promise.race([sleep(opts.minKillGapMs + random() * (opts.maxKillGapMs - opts.minKillGapMs)), stopping]);
+      // The wait ends early when the run does (a calm run's gap is longer than the run), and its
+      // timer goes with it: left pending, it kept the chaos bench's process alive for 100 minutes.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, opts.minKillGapMs + random() * (opts.maxKillGapMs - opts.minKillGapMs));
+        void stopping.then(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
       if (!running) return;
       const app = apps[Math.floor(random() * apps.length)]!;
       kills[app]++;

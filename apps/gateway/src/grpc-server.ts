@@ -19,7 +19,7 @@ import {
 } from '@grpc/grpc-js';
 import type { ReflectionService } from '@grpc/reflection';
 import { GRPC_STATUS, SysboxError } from '@sysbox-mgr-ts/contracts';
-import type { Logger } from '@sysbox-mgr-ts/service-kit';
+import { withinTime, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { HealthImplementation } from 'grpc-health-check';
 import { sysboxMgrServiceDefinition } from './codec.js';
 import type { Manager } from './manager.js';
@@ -50,14 +50,6 @@ export function rpcHandlers(manager: Manager): Record<RpcName, Rpc> {
   };
 }
 
-function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new SysboxError('timeout', `${what}: no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, limit]).finally(() => clearTimeout(timer));
-}
-
 export function grpcServiceImplementation(
   manager: Manager,
   opts: { handlerTimeoutMs: number; log: Logger },
@@ -79,7 +71,7 @@ export function grpcServiceImplementation(
       call.on('cancelled', () => {
         if (!answered) opts.log.warn({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'the client went away; the call finishes for its retry');
       });
-      const reply = unbounded ? rpc(call.request) : bounded(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`);
+      const reply = unbounded ? rpc(call.request) : withinTime(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`);
       const stopProgress = (): void => {
         answered = true;
         clearInterval(progress);

@@ -8,7 +8,7 @@
  * would need a chdir that every other thread sees.
  */
 import { run, type DebugLogger } from '@sysbox-mgr-ts/exec/run';
-import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { withinTime } from '@sysbox-mgr-ts/service-kit';
 // The addon alone: the package index also loads the user-namespace helpers and, through them,
 // execa (3 MB of idle RSS a daemon that only mounts does not need).
 import { MNT_DETACH, MS_BIND, MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, loadAddon } from '@sysbox-mgr-ts/host-native/addon';
@@ -52,17 +52,9 @@ export function splitMountOptions(options: string): { flags: number; data: strin
 export function createMounter(opts: { timeoutMs: number; logger?: DebugLogger }): Mounter {
   const addon = loadAddon();
   /** A syscall that does not answer in time is a typed timeout; its pool thread stays with it. */
-  const bounded = async (what: string, call: () => Promise<void>): Promise<void> => {
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new SysboxError('timeout', `${what}: no answer within ${opts.timeoutMs} ms`)), opts.timeoutMs);
-    });
-    try {
-      opts.logger?.debug({ what }, 'mount syscall');
-      await Promise.race([call(), late]);
-    } finally {
-      clearTimeout(timer);
-    }
+  const bounded = (what: string, call: () => Promise<void>): Promise<void> => {
+    opts.logger?.debug({ what }, 'mount syscall');
+    return withinTime(call(), opts.timeoutMs, what);
   };
   return {
     overlay: (target, options, cwd) =>

@@ -46,3 +46,4 @@ export {
 } from './wire.js';
 export { LIST_DEFAULT_LIMIT, LIST_MAX_BYTES, allPages, pageOf } from './page.js';
 export { createKeyedLock, type KeyedLock } from './keyed-lock.js';
+export { withinTime } from './time-bound.js';

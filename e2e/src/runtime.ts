@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { rootfsList, shiftfsList, subidList, volList } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec';
 import { mountsAt, mountsUnder, readMountInfo, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
+import { errorFromReply } from '@sysbox-mgr-ts/service-kit';
 import type { System } from './harness.js';
 import { sleep } from './harness.js';
 
@@ -125,8 +126,8 @@ export async function servicesState(sys: System) {
   const ask = async <T>(subject: string, payload: object = {}): Promise<T> => {
     const reply = await sys.nc.request(subject, JSON.stringify(payload), { timeout: 30_000 });
     // An error answer (the service's $SRV error headers) is not a list.
-    const error = reply.headers?.get('Nats-Service-Error');
-    if (error) throw new Error(`${subject}: ${reply.headers?.get('Nats-Service-Error-Code')} ${error}`);
+    const error = errorFromReply(reply.data, reply.headers);
+    if (error) throw new Error(`${subject}: ${error.code} ${error.message}`);
     return reply.json<T>();
   };
   const subid = await ask<{ allocations: { id: string; uid: number; gid: number }[] }>(subidList.subject(sys.node));

@@ -69,22 +69,26 @@ export function startFakeServices(nc: NatsConnection, node: string, log: Logger,
       return (await fn(req)) as never;
     });
 
-  const ranges = new Map<string, number>();
+  const ranges = new Map<string, { base: number; size: number; allocatedAt: string }>();
   const clones = new Map<string, string>();
 
   const bindings: Record<FakeServiceName, Binding[]> = {
     subid: [
       rec(subidAlloc, (r: { id: string; size: number }) => {
         if (r.size === 0 || r.size > 2 ** 32) throw new SysboxError('invalid-size', `size ${r.size}`);
-        if (!ranges.has(r.id)) ranges.set(r.id, 165536 + ranges.size * 65536);
-        const base = ranges.get(r.id)!;
-        return { uid: base, gid: base, size: r.size };
+        if (!ranges.has(r.id)) ranges.set(r.id, { base: 165536 + ranges.size * 65536, size: r.size, allocatedAt: new Date().toISOString() });
+        const { base, size } = ranges.get(r.id)!;
+        return { uid: base, gid: base, size };
       }),
       rec(subidFree, (r: { id: string }) => {
         if (!ranges.delete(r.id)) throw new SysboxError('not-found', `no range for ${r.id}`);
         return {};
       }),
-      rec(subidList, () => ({ mode: 'exclusive', pool: { uid: 165536, gid: 165536, size: 2 ** 24 }, allocations: [] })),
+      rec(subidList, () => ({
+        mode: 'exclusive',
+        pool: { uid: 165536, gid: 165536, size: 2 ** 24 },
+        allocations: [...ranges].map(([id, r]) => ({ id, uid: r.base, gid: r.base, size: r.size, allocatedAt: r.allocatedAt })),
+      })),
     ],
     vol: [
       ...VOLUME_KINDS.flatMap((kind) => [

@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { status } from '@grpc/grpc-js';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { subidAlloc, volByKind } from '@sysbox-mgr-ts/contracts';
+import { GATEWAY_BUCKET, subidAlloc, volByKind } from '@sysbox-mgr-ts/contracts';
+import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { run } from '@sysbox-mgr-ts/exec';
 import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
@@ -17,6 +18,7 @@ import { startFakeServices, type FakeOptions, type FakeServices } from './fake-s
 import { gatewayOptions } from './flags.js';
 import { startGateway, type Gateway, type GatewaySettings } from './gateway.js';
 import type { HostFacts } from './probes.js';
+import { ContainerRecord } from './record.js';
 import { grpcClient, rpc, statusOf, type GrpcClient } from './test-support.js';
 
 const log = createLogger({
@@ -468,6 +470,61 @@ describe('durability', () => {
     fakes.calls.length = 0;
     expect(await gw.manager.removeContainer('lost-1')).toBe(true);
     expect(fakes.ops()).toEqual(['subid.free']);
+  });
+
+  it("SubidAlloc writes nothing, the record's next write carries the range, and a gateway lost before it is succeeded by one that adopts the range", async () => {
+    const node = `gwt${process.pid}held`;
+    const socket = join(work, 'held-run', 'sysmgr.sock');
+    const fakes = startFakeServices(nc, node, log);
+    cleanups.push(() => fakes.stopAll());
+    const stored = createStateStore(await openBucket(nc, GATEWAY_BUCKET), { node, namespace: 'containers', schema: ContainerRecord });
+    const rangeOf = async (id: string) => {
+      const rec = (await stored.get(id))?.value;
+      return rec && { subidAllocated: rec.subidAllocated, uid: rec.uidMappings[0]?.hostId };
+    };
+    const docker = (id: string) => ({ id, rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    const start = async (retryMs = 5000) => {
+      const gw = await startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts, subidReconcileRetryMs: retryMs });
+      const client = grpcClient(socket);
+      cleanups.push(async () => (client.close(), await gw.stop()));
+      return { gw, client };
+    };
+
+    let { gw, client } = await start();
+    for (const id of ['held-a', 'held-b', 'held-c']) await rpc(client, 'Register', emptyReg(id, work));
+    const ranges = new Map<string, { uid: number }>();
+    for (const id of ['held-a', 'held-b', 'held-c']) ranges.set(id, await rpc(client, 'SubidAlloc', { id, size: 65536 }));
+    expect(await rangeOf('held-a')).toEqual({ subidAllocated: false, uid: undefined });
+    // The next write carries it.
+    await rpc(client, 'ReqMounts', docker('held-a'));
+    expect(await rangeOf('held-a')).toEqual({ subidAllocated: true, uid: ranges.get('held-a')!.uid });
+    expect(await rangeOf('held-b')).toEqual({ subidAllocated: false, uid: undefined });
+
+    // Lost before held-b's and held-c's next write; the successor adopts at start, and a call
+    // that comes at once waits for that.
+    client.close();
+    await gw.stop();
+    ({ gw, client } = await start());
+    await rpc(client, 'ReqMounts', docker('held-b'));
+    await gw.subidReconcile.done;
+    expect(await rangeOf('held-b')).toEqual({ subidAllocated: true, uid: ranges.get('held-b')!.uid });
+    expect(await rangeOf('held-c')).toEqual({ subidAllocated: true, uid: ranges.get('held-c')!.uid });
+    expect(await rpc(client, 'SubidAlloc', { id: 'held-c', size: 65536 })).toEqual(ranges.get('held-c'));
+
+    // Lost again, and the allocator is down when the next one starts: calls go on without the
+    // range until the allocator answers, and the adoption is tried again until it does.
+    await rpc(client, 'Register', emptyReg('held-d', work));
+    ranges.set('held-d', await rpc(client, 'SubidAlloc', { id: 'held-d', size: 65536 }));
+    client.close();
+    await gw.stop();
+    await fakes.stop('subid');
+    ({ gw, client } = await start(50));
+    expect((await statusOf(rpc(client, 'ReqMounts', docker('held-d'))))?.code).toBe(status.FAILED_PRECONDITION);
+    expect(await rangeOf('held-d')).toEqual({ subidAllocated: false, uid: undefined });
+    fakes.start('subid');
+    await gw.subidReconcile.done;
+    expect(await rangeOf('held-d')).toEqual({ subidAllocated: true, uid: ranges.get('held-d')!.uid });
+    await rpc(client, 'ReqMounts', docker('held-d'));
   });
 
   it('a second gateway on the same KV, after the first is gone, resumes the table and the removal watch', async () => {

@@ -24,6 +24,7 @@ import {
 import { ContainerRecord } from './record.js';
 import { dockerAutoRemove } from './docker.js';
 import { createOrphanCollector, type OrphanCollector } from './orphans.js';
+import type { SubidReconcile } from './subid-reconcile.js';
 import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
 
 /**
@@ -31,6 +32,9 @@ import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
  * once), then every 2, 4, ... up to 30 s: one small request a node without shiftfs-mgr can afford.
  */
 const SHIFTFS_RETRY: RetrySchedule = { firstMs: 1000, maxMs: 30_000 };
+
+/** An allocator that did not answer the start-up adoption of lost subid ranges is asked again this often. */
+const SUBID_RECONCILE_RETRY_MS = 5000;
 
 export interface GatewaySettings extends GatewayFlags {
   node: string;
@@ -42,6 +46,8 @@ export interface Gateway {
   manager: Manager;
   watcher: RemovalWatcher;
   orphans: OrphanCollector;
+  /** The adoption of subid ranges a lost gateway held unwritten. */
+  subidReconcile: SubidReconcile;
   grpc: GrpcServerHandle;
   config: MgrConfig;
   facts: HostFacts;
@@ -88,6 +94,8 @@ export async function startGateway(opts: {
   clock?: () => Date;
   /** When to ask a silent shiftfs-mgr again (tests shorten it). */
   shiftfsRetry?: RetrySchedule;
+  /** How long to wait before asking an allocator that did not answer again for lost subid ranges. */
+  subidReconcileRetryMs?: number;
 }): Promise<Gateway> {
   const { nc, settings: s, log } = opts;
   const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs, waitForResponderMs: s.serviceWaitMs, log });
@@ -168,6 +176,8 @@ export async function startGateway(opts: {
     log,
   });
   if (s.orphanScanMs > 0) orphans.start(s.orphanScanMs);
+  // Before the socket opens: a call for a container whose range is being adopted waits for it.
+  const subidReconcile = await manager.reconcileSubids(opts.subidReconcileRetryMs ?? SUBID_RECONCILE_RETRY_MS);
 
   const grpc = await startGrpcServer({
     socketPath: s.socket,
@@ -199,9 +209,11 @@ export async function startGateway(opts: {
     config,
     facts,
     orphans,
+    subidReconcile,
     async stop() {
       await shiftfsWatch?.stop();
       await grpc.stop();
+      await subidReconcile.stop();
       await orphans.stop();
       await watcher.stop();
     },

@@ -27,10 +27,11 @@ import type { KvStateStore, StateStore } from '@sysbox-mgr-ts/kv-state';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { createNetnsSharing, type NetnsMembers } from './netns.js';
 import { linuxHeaderPath, type HostChecks, type HostFacts } from './probes.js';
-import { ShiftType, firstMapping, marksToRelease, newRecord, type ContainerRecord } from './record.js';
+import { ShiftType, firstMapping, marksToRelease, newRecord, withSubidRange, type ContainerRecord } from './record.js';
 import { createRemoval } from './removal.js';
 import { createReplyChecks, type ReplyCheckOptions } from './reply-checks.js';
 import { serviceCaller, type ServiceCall } from './service-call.js';
+import { startSubidReconcile, type SubidReconcile } from './subid-reconcile.js';
 import { createContainerTable } from './table.js';
 import { createVolumePolicy } from './volumes.js';
 import {
@@ -120,6 +121,8 @@ export interface Manager {
   runningPaths(): Promise<{ id: string; path: string }[]>;
   /** The record of any id (unchecked ids from service lists included); `invalid-request` for a hostile one. */
   get(id: string): Promise<ContainerRecord | undefined>;
+  /** Starts adopting the subid ranges a lost gateway held unwritten (subid-reconcile.ts). */
+  reconcileSubids(retryMs: number): Promise<SubidReconcile>;
 }
 
 const BINFMT_MISC_MOUNT: OciMount = {
@@ -207,6 +210,7 @@ export function createManager(deps: ManagerDeps): Manager {
   return {
     get: async (id) => table.get(parseContainerId(id)),
     removeContainer,
+    reconcileSubids: (retryMs) => startSubidReconcile({ table, services: deps.services, checks, retryMs, log }),
 
     register({ id, rootfs, userns, netns: netnsPath, uidMappings, gidMappings }) {
       const registerOver = async (existing: ContainerRecord | undefined): Promise<ContainerConfig> => {
@@ -359,18 +363,15 @@ export function createManager(deps: ManagerDeps): Manager {
       return table.serialized(id, async () => {
         const rec = await table.mustGet(id, notRegistered(id));
         // Kept across restarts: a restarted container gets its earlier range back.
-        if (!rec.subidAllocated) {
-          // No intent record: removal frees the range by container id whatever the record says,
-          // and the allocator answers the same range for the same id, so a retry after a lost
-          // reply is safe.
-          const r = await call(id, 'subid allocation', subidAlloc, { id, size });
-          await checks.subids(id, r);
-          rec.uidMappings = [...rec.uidMappings, { containerId: 0, hostId: r.uid, size: r.size }];
-          rec.gidMappings = [...rec.gidMappings, { containerId: 0, hostId: r.gid, size: r.size }];
-          rec.subidAllocated = true;
-          await table.save(rec);
-        }
-        return firstMapping(rec, 'subid allocation');
+        if (rec.subidAllocated) return firstMapping(rec, 'subid allocation');
+        // No intent record and no write: the allocator keeps the range under the container's id
+        // before it answers and answers the same range for the same id, so removal frees it by id
+        // whatever the record says, a retry after a lost reply is safe, and the table holds it
+        // for the record's next write (table.ts).
+        const range = await call(id, 'subid allocation', subidAlloc, { id, size });
+        await checks.subids(id, range);
+        table.holdSubidRange(id, range);
+        return firstMapping(withSubidRange(rec, range), 'subid allocation');
       });
     },
 

@@ -11,6 +11,7 @@ import {
   ShiftfsMount,
   SysboxError,
   VolumeKindSchema,
+  type SubidRange,
 } from '@sysbox-mgr-ts/contracts';
 
 /** sysbox-libs idShiftUtils.IDShiftType, as sysbox-runc sends it. */
@@ -77,6 +78,20 @@ export function firstMapping(rec: ContainerRecord, what: string): { uid: number;
   const g = rec.gidMappings[0];
   if (!u || !g) throw new SysboxError('failed-precondition', `container ${rec.id} has no uid/gid mapping for ${what}`);
   return { uid: u.hostId, gid: g.hostId };
+}
+
+/**
+ * The record with an allocated subid range appended to its mappings, as SubidAlloc answers it
+ * (unchanged when it has one already: a container keeps its first range across restarts).
+ */
+export function withSubidRange(rec: ContainerRecord, range: SubidRange): ContainerRecord {
+  if (rec.subidAllocated) return rec;
+  return {
+    ...rec,
+    uidMappings: [...rec.uidMappings, { containerId: 0, hostId: range.uid, size: range.size }],
+    gidMappings: [...rec.gidMappings, { containerId: 0, hostId: range.gid, size: range.size }],
+    subidAllocated: true,
+  };
 }
 
 /** The shiftfs marks to undo: those confirmed and those asked for without an answer. */

@@ -95,6 +95,32 @@ describe('container table', () => {
     expect(store.snapshot().get('c1')?.requested).toEqual({ clone: true, shiftfs: [] });
   });
 
+  it('holds a subid range without writing it: reads show it, the next save writes it, a removal or a new record of the id drops it', async () => {
+    const bare = (): ContainerRecord => aRecord({ id: 'c1', uidMappings: [], gidMappings: [] });
+    const store = createMemoryStore<ContainerRecord>({ initial: { c1: bare() } });
+    const table = createContainerTable(store, clock);
+    table.holdSubidRange('c1', { uid: 231072, gid: 296608, size: 65536 });
+    expect(store.snapshot().get('c1')).toMatchObject({ subidAllocated: false, uidMappings: [] });
+    const held = { subidAllocated: true, uidMappings: [{ containerId: 0, hostId: 231072, size: 65536 }], gidMappings: [{ containerId: 0, hostId: 296608, size: 65536 }] };
+    expect(await table.get('c1')).toMatchObject(held);
+    expect((await table.list())[0]).toMatchObject(held);
+    const rec = (await table.mustGet('c1', 'gone'))!;
+    rec.volumeKinds = ['docker'];
+    await table.save(rec);
+    expect(store.snapshot().get('c1')).toMatchObject({ ...held, volumeKinds: ['docker'] });
+
+    // Held, then the container stopped and was removed: a new container of that id starts bare.
+    await store.mutate('c1', (cur) => ({ ...cur!, state: 'stopped', subidAllocated: false, uidMappings: [], gidMappings: [] }));
+    table.holdSubidRange('c1', { uid: 1, gid: 1, size: 1 });
+    await table.removeIfStopped('c1');
+    await table.create(bare());
+    expect(await table.get('c1')).toMatchObject({ subidAllocated: false, uidMappings: [] });
+    table.holdSubidRange('c1', { uid: 1, gid: 1, size: 1 });
+    await store.delete('c1');
+    await table.create(bare());
+    expect(await table.get('c1')).toMatchObject({ subidAllocated: false, uidMappings: [] });
+  });
+
   it('removes a record only while it is stopped, and lists what it holds', async () => {
     const store = createMemoryStore<ContainerRecord>({ initial: { run: aRecord({ id: 'run' }), stop: aRecord({ id: 'stop', state: 'stopped' }) } });
     const table = createContainerTable(store, clock);

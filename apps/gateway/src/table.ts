@@ -12,11 +12,16 @@
  *
  * Service calls never run inside a store's mutate callback (a retried callback would repeat
  * them): an operation reads its record, calls the services, then saves the outcome.
+ *
+ * A subid range is the one outcome not written at once: the allocator keeps it under the
+ * container's id before it answers, and answers the same range for the same id, so it is held
+ * here, seen by every read, and carried by the record's next write (subid-reconcile.ts gives a
+ * restarted gateway back what a lost one held).
  */
-import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { SysboxError, type SubidRange } from '@sysbox-mgr-ts/contracts';
 import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
-import type { ContainerRecord, ContainerState } from './record.js';
+import { withSubidRange, type ContainerRecord, type ContainerState } from './record.js';
 
 export interface ContainerTable {
   get(id: string): Promise<ContainerRecord | undefined>;
@@ -28,6 +33,11 @@ export interface ContainerTable {
   create(rec: ContainerRecord): Promise<void>;
   /** Writes the record, unless it is gone or its lifecycle state is no longer `expectState`. */
   save(rec: ContainerRecord, expectState?: ContainerState): Promise<void>;
+  /**
+   * Holds the range the allocator answered for `id` (see above): reads show it in the record and
+   * the record's next save writes it. SubidAlloc makes no KV write of its own.
+   */
+  holdSubidRange(id: string, range: SubidRange): void;
   /** Writes what is about to be asked of a service before asking (see ContainerRecord.requested). */
   recordIntent(rec: ContainerRecord, mark: (requested: ContainerRecord['requested']) => void): Promise<void>;
   /** Deletes the record if it is (still) stopped. */
@@ -41,11 +51,17 @@ export interface ContainerTable {
 
 export function createContainerTable(store: KvStateStore<ContainerRecord>, clock: () => Date): ContainerTable {
   const now = (): string => clock().toISOString();
+  /** Ranges answered by the allocator that no write has carried yet, by container id. */
+  const heldRanges = new Map<string, SubidRange>();
+  const withHeld = (rec: ContainerRecord | undefined): ContainerRecord | undefined => {
+    const range = rec && heldRanges.get(rec.id);
+    return range ? withSubidRange(rec, range) : rec;
+  };
   const table: ContainerTable = {
     now,
     serialized: createKeyedLock(),
-    get: async (id) => (store.peek(id) ?? (await store.get(id)))?.value,
-    remembered: (id) => store.peek(id)?.value,
+    get: async (id) => withHeld((store.peek(id) ?? (await store.get(id)))?.value),
+    remembered: (id) => withHeld(store.peek(id)?.value),
     async mustGet(id, notFound) {
       const rec = await table.get(id);
       if (!rec) throw new SysboxError('not-found', notFound);
@@ -53,6 +69,8 @@ export function createContainerTable(store: KvStateStore<ContainerRecord>, clock
     },
     async create(rec) {
       await store.create(rec.id, rec);
+      // A range held for an earlier container of this id went with that container's removal.
+      heldRanges.delete(rec.id);
     },
     async save(rec, expectState = rec.state) {
       await store.mutate(rec.id, (cur) => {
@@ -62,15 +80,20 @@ export function createContainerTable(store: KvStateStore<ContainerRecord>, clock
         }
         return { ...rec, updatedAt: now() };
       });
+      if (rec.subidAllocated) heldRanges.delete(rec.id);
+    },
+    holdSubidRange(id, range) {
+      heldRanges.set(id, range);
     },
     async recordIntent(rec, mark) {
       mark(rec.requested);
       await table.save(rec);
     },
     async removeIfStopped(id) {
-      await store.mutate(id, (cur) => (cur?.state === 'stopped' ? REMOVE : undefined));
+      const after = await store.mutate(id, (cur) => (cur?.state === 'stopped' ? REMOVE : undefined));
+      if (after === undefined) heldRanges.delete(id);
     },
-    list: async () => (await store.list()).map((v) => v.value),
+    list: async () => (await store.list()).map((v) => withHeld(v.value)!),
   };
   return table;
 }

@@ -6,6 +6,7 @@ export const SUBID_BLOCK = 65536;
 export const MAX_SUBID_SIZE = 2 ** 32;
 
 export const SubidRange = z.object({ uid: Id, gid: Id, size: z.number().int().min(1).max(MAX_SUBID_SIZE) });
+export type SubidRange = z.infer<typeof SubidRange>;
 
 export const subidAlloc = defineContract({
   service: 'subid',

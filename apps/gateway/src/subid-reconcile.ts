@@ -1,0 +1,86 @@
+/**
+ * Gives a restarted gateway the subid ranges its predecessor held but had not written yet
+ * (table.ts: SubidAlloc makes no KV write; the record's next write carries the range). At start,
+ * every container that is not stopped and has no range on record is a candidate; the allocator's
+ * list says which of them hold a range, and that range is checked as any allocator answer and
+ * written into the record.
+ *
+ * Each candidate's adoption is queued on its container's lock before the gRPC socket opens, so a
+ * call for that container (a ReqMounts that needs the range) waits for it instead of finding no
+ * mapping. A gateway whose predecessor stopped cleanly usually has no candidate and asks nothing.
+ * When the allocator does not answer within its call bounds, the locks are let go (the calls go
+ * on without the range, as they would with no allocation) and the adoption is tried again every
+ * `retryMs` until it is done.
+ */
+import { subidList, type SubidAllocation } from '@sysbox-mgr-ts/contracts';
+import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
+import { withSubidRange } from './record.js';
+import type { ReplyChecks } from './reply-checks.js';
+import type { ContainerTable } from './table.js';
+
+export interface SubidReconcile {
+  /** Settles when every candidate is adopted or found to hold no range. */
+  readonly done: Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startSubidReconcile(opts: {
+  table: ContainerTable;
+  services: ServiceClient;
+  checks: ReplyChecks;
+  retryMs: number;
+  log: Logger;
+}): Promise<SubidReconcile> {
+  const { table, services, checks, log } = opts;
+  let candidates = (await table.list()).filter((r) => r.state !== 'stopped' && !r.subidAllocated).map((r) => r.id);
+  let stopped = false;
+  let wake: (() => void) | undefined;
+
+  /** One pass: the allocator's list once, then each candidate under its lock; answers those left. */
+  const pass = async (ids: string[]): Promise<string[]> => {
+    const held = allPages((cursor) => services.call(subidList, { cursor })).then(
+      (pages) => new Map<string, SubidAllocation>(pages.flatMap((p) => p.allocations).map((a) => [a.id, a])),
+    );
+    // Awaited inside each adoption, which may start only after earlier calls on its container.
+    held.catch(() => undefined);
+    const adoptions = ids.map((id) =>
+      table.serialized(id, async () => {
+        const range = (await held).get(id);
+        const rec = await table.get(id);
+        if (!range || !rec || rec.subidAllocated || rec.state === 'stopped') return;
+        await checks.subids(id, range);
+        await table.save(withSubidRange(rec, range));
+        log.info({ id, uid: range.uid, gid: range.gid }, 'adopted the subid range the allocator holds for a container whose record had none');
+      }),
+    );
+    const outcomes = await Promise.allSettled(adoptions);
+    const left = ids.filter((_, i) => outcomes[i]!.status === 'rejected');
+    for (const [i, o] of outcomes.entries()) {
+      if (o.status === 'rejected') log.warn({ id: ids[i], err: o.reason as Error }, 'could not adopt the subid range of a container yet; trying again');
+    }
+    return left;
+  };
+
+  const done = (async () => {
+    while (candidates.length > 0 && !stopped) {
+      candidates = await pass(candidates);
+      if (candidates.length === 0 || stopped) break;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, opts.retryMs);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  })();
+  // The first pass has queued its adoptions by now: calls that come in wait behind them.
+  return {
+    done,
+    async stop() {
+      stopped = true;
+      wake?.();
+      await done;
+    },
+  };
+}

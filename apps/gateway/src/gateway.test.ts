@@ -484,7 +484,13 @@ describe('durability', () => {
     };
     const docker = (id: string) => ({ id, rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
     const start = async (retryMs = 5000) => {
-      const gw = await startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts, subidReconcileRetryMs: retryMs });
+      const gw = await startGateway({
+        nc,
+        settings: settings(node, socket),
+        log,
+        facts: chownHostFacts,
+        subidReconcileRetry: { firstMs: retryMs, maxMs: retryMs },
+      });
       const client = grpcClient(socket);
       cleanups.push(async () => (client.close(), await gw.stop()));
       return { gw, client };

@@ -9,7 +9,7 @@ import { createServiceClient, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 import type { GatewayFlags } from './flags.js';
 import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
-import { createManager, type Manager, type MgrConfig } from './manager.js';
+import { createManager, watchedPathsOf, type Manager, type MgrConfig } from './manager.js';
 import type { NetnsMembers } from './netns.js';
 import {
   askShiftfsSupport,
@@ -33,8 +33,8 @@ import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
  */
 const SHIFTFS_RETRY: RetrySchedule = { firstMs: 1000, maxMs: 30_000 };
 
-/** An allocator that did not answer the start-up adoption of lost subid ranges is asked again this often. */
-const SUBID_RECONCILE_RETRY_MS = 5000;
+/** An allocator that did not answer the start-up adoption of lost subid ranges is asked again every 5 s. */
+const SUBID_RECONCILE_RETRY: RetrySchedule = { firstMs: 5000, maxMs: 5000 };
 
 export interface GatewaySettings extends GatewayFlags {
   node: string;
@@ -94,8 +94,8 @@ export async function startGateway(opts: {
   clock?: () => Date;
   /** When to ask a silent shiftfs-mgr again (tests shorten it). */
   shiftfsRetry?: RetrySchedule;
-  /** How long to wait before asking an allocator that did not answer again for lost subid ranges. */
-  subidReconcileRetryMs?: number;
+  /** When to ask an allocator that did not answer again for lost subid ranges (tests shorten it). */
+  subidReconcileRetry?: RetrySchedule;
 }): Promise<Gateway> {
   const { nc, settings: s, log } = opts;
   const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs, waitForResponderMs: s.serviceWaitMs, log });
@@ -159,7 +159,9 @@ export async function startGateway(opts: {
     onWatch: (id, path) => (path === undefined ? watcher.unwatch(id) : watcher.watch(id, path)),
     autoRemove: s.dockerSocket ? (id) => dockerAutoRemove(id, s.dockerSocket) : undefined,
   });
-  await watcher.start();
+  // One read of the table at start serves the removal watch and the subid adoption below.
+  const records = await manager.list();
+  await watcher.start(watchedPathsOf(records));
   log.info({ watching: watcher.watching().length }, 'removal watch resumed from the container table');
   const orphans = createOrphanCollector({
     services,
@@ -177,7 +179,7 @@ export async function startGateway(opts: {
   });
   if (s.orphanScanMs > 0) orphans.start(s.orphanScanMs);
   // Before the socket opens: a call for a container whose range is being adopted waits for it.
-  const subidReconcile = await manager.reconcileSubids(opts.subidReconcileRetryMs ?? SUBID_RECONCILE_RETRY_MS);
+  const subidReconcile = manager.reconcileSubids(records, opts.subidReconcileRetry ?? SUBID_RECONCILE_RETRY);
 
   const grpc = await startGrpcServer({
     socketPath: s.socket,

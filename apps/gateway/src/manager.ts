@@ -26,7 +26,7 @@ import {
 import type { KvStateStore, StateStore } from '@sysbox-mgr-ts/kv-state';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { createNetnsSharing, type NetnsMembers } from './netns.js';
-import { linuxHeaderPath, type HostChecks, type HostFacts } from './probes.js';
+import { linuxHeaderPath, type HostChecks, type HostFacts, type RetrySchedule } from './probes.js';
 import { ShiftType, firstMapping, marksToRelease, newRecord, withSubidRange, type ContainerRecord } from './record.js';
 import { createRemoval } from './removal.js';
 import { createReplyChecks, type ReplyCheckOptions } from './reply-checks.js';
@@ -117,12 +117,14 @@ export interface Manager {
   removeContainer(id: string): Promise<boolean>;
   /** Every stopped container's watch path, from the table. */
   watchedPaths(): Promise<{ id: string; path: string }[]>;
+  /** Every record of the table, read from KV. */
+  list(): Promise<ContainerRecord[]>;
   /** Running containers and the path whose disappearance means the runtime removed them. */
   runningPaths(): Promise<{ id: string; path: string }[]>;
   /** The record of any id (unchecked ids from service lists included); `invalid-request` for a hostile one. */
   get(id: string): Promise<ContainerRecord | undefined>;
-  /** Starts adopting the subid ranges a lost gateway held unwritten (subid-reconcile.ts). */
-  reconcileSubids(retryMs: number): Promise<SubidReconcile>;
+  /** Starts adopting the subid ranges a lost gateway held unwritten, `records` being the table just read (subid-reconcile.ts). */
+  reconcileSubids(records: ContainerRecord[], retry: RetrySchedule): SubidReconcile;
 }
 
 const BINFMT_MISC_MOUNT: OciMount = {
@@ -138,6 +140,11 @@ const BINFMT_MISC_MOUNT: OciMount = {
  */
 export function removalWatchPath(rootfs: string): string {
   return rootfs.includes('/overlay2/') && posix.basename(rootfs) === 'merged' ? posix.dirname(rootfs) : rootfs;
+}
+
+/** The removal watch's paths among `records`: every stopped container's. */
+export function watchedPathsOf(records: ContainerRecord[]): { id: string; path: string }[] {
+  return records.filter((r) => r.state === 'stopped').map((r) => ({ id: r.id, path: r.rmWatchPath }));
 }
 
 /** A container's ContainerConfig: the flags and probes, plus what its record says. */
@@ -210,7 +217,8 @@ export function createManager(deps: ManagerDeps): Manager {
   return {
     get: async (id) => table.get(parseContainerId(id)),
     removeContainer,
-    reconcileSubids: (retryMs) => startSubidReconcile({ table, services: deps.services, checks, retryMs, log }),
+    list: () => table.list(),
+    reconcileSubids: (records, retry) => startSubidReconcile({ records, table, services: deps.services, checks, retry, log }),
 
     register({ id, rootfs, userns, netns: netnsPath, uidMappings, gidMappings }) {
       const registerOver = async (existing: ContainerRecord | undefined): Promise<ContainerConfig> => {
@@ -513,7 +521,7 @@ export function createManager(deps: ManagerDeps): Manager {
     },
 
     async watchedPaths() {
-      return (await table.list()).filter((r) => r.state === 'stopped').map((r) => ({ id: r.id, path: r.rmWatchPath }));
+      return watchedPathsOf(await table.list());
     },
   };
 }

@@ -9,32 +9,32 @@
  * call for that container (a ReqMounts that needs the range) waits for it instead of finding no
  * mapping. A gateway whose predecessor stopped cleanly usually has no candidate and asks nothing.
  * When the allocator does not answer within its call bounds, the locks are let go (the calls go
- * on without the range, as they would with no allocation) and the adoption is tried again every
- * `retryMs` until it is done.
+ * on without the range, as they would with no allocation) and the adoption is tried again on the
+ * retry schedule until it is done.
  */
 import { subidList, type SubidAllocation } from '@sysbox-mgr-ts/contracts';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
-import { withSubidRange } from './record.js';
+import { askUntilAnswered, type RetrySchedule } from './probes.js';
+import { withSubidRange, type ContainerRecord } from './record.js';
 import type { ReplyChecks } from './reply-checks.js';
 import type { ContainerTable } from './table.js';
 
 export interface SubidReconcile {
-  /** Settles when every candidate is adopted or found to hold no range. */
+  /** Settles when every candidate is adopted or found to hold no range (never, once stopped before that). */
   readonly done: Promise<void>;
   stop(): Promise<void>;
 }
 
-export async function startSubidReconcile(opts: {
+export function startSubidReconcile(opts: {
+  /** The table as just read at start. */
+  records: ContainerRecord[];
   table: ContainerTable;
   services: ServiceClient;
   checks: ReplyChecks;
-  retryMs: number;
+  retry: RetrySchedule;
   log: Logger;
-}): Promise<SubidReconcile> {
+}): SubidReconcile {
   const { table, services, checks, log } = opts;
-  let candidates = (await table.list()).filter((r) => r.state !== 'stopped' && !r.subidAllocated).map((r) => r.id);
-  let stopped = false;
-  let wake: (() => void) | undefined;
 
   /** One pass: the allocator's list once, then each candidate under its lock; answers those left. */
   const pass = async (ids: string[]): Promise<string[]> => {
@@ -61,26 +61,33 @@ export async function startSubidReconcile(opts: {
     return left;
   };
 
-  const done = (async () => {
-    while (candidates.length > 0 && !stopped) {
-      candidates = await pass(candidates);
-      if (candidates.length === 0 || stopped) break;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, opts.retryMs);
-        wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-  })();
-  // The first pass has queued its adoptions by now: calls that come in wait behind them.
+  const candidates = opts.records.filter((r) => r.state !== 'stopped' && !r.subidAllocated).map((r) => r.id);
+  if (candidates.length === 0) return { done: Promise.resolve(), stop: async () => undefined };
+  // Queues the first pass's adoptions now, before the caller opens the socket.
+  const first = pass(candidates);
+  let stopped = false;
+  let retries: { stop(): Promise<void> } | undefined;
+  const done = first.then(
+    (left) =>
+      new Promise<void>((resolve) => {
+        if (left.length === 0) return resolve();
+        if (stopped) return;
+        retries = askUntilAnswered(
+          async () => {
+            left = await pass(left);
+            return left.length === 0 ? true : undefined;
+          },
+          () => resolve(),
+          opts.retry,
+        );
+      }),
+  );
   return {
     done,
     async stop() {
       stopped = true;
-      wake?.();
-      await done;
+      await first;
+      await retries?.stop();
     },
   };
 }

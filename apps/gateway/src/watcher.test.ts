@@ -33,6 +33,25 @@ describe('removal watcher', () => {
     expect(watcher.watching()).toEqual([{ id: 'alive', path: '/here/1' }]);
   });
 
+  it('starts from a list it is handed without reading the table, and reads the table at its next reload', async () => {
+    let reads = 0;
+    const watcher = createRemovalWatcher({
+      intervalMs: 60_000,
+      resyncEveryTicks: 1,
+      exists: async () => true,
+      list: async () => (reads++, [{ id: 'b', path: '/b' }]),
+      onRemoved: async () => undefined,
+      log: silentLogger(),
+    });
+    await watcher.start([{ id: 'a', path: '/a' }]);
+    expect(reads).toBe(0);
+    expect(watcher.watching()).toEqual([{ id: 'a', path: '/a' }]);
+    await watcher.tick();
+    await watcher.stop();
+    expect(reads).toBe(1);
+    expect(watcher.watching()).toEqual([{ id: 'b', path: '/b' }]);
+  });
+
   it('sees and releases a removal while a table reload and another release are stuck (a JetStream election)', async () => {
     const gone = new Set<string>();
     let releaseStuck: (() => void) | undefined;

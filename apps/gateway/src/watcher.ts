@@ -26,8 +26,8 @@ export interface RemovalWatcher {
   watch(id: string, path: string): void;
   unwatch(id: string): void;
   watching(): WatchedPath[];
-  /** Loads the watch list from the table and starts polling. */
-  start(): Promise<void>;
+  /** Loads the watch list (`initial`, when the caller has just read the table; else from the table) and starts polling. */
+  start(initial?: WatchedPath[]): Promise<void>;
   /** Stops polling and waits for a poll, a reload and releases in progress. */
   stop(): Promise<void>;
   /** Runs one poll now and waits for the releases it started (tests). */
@@ -48,9 +48,9 @@ export function createRemovalWatcher(opts: RemovalWatcherOptions): RemovalWatche
   let reloading: Promise<void> | undefined;
   /** Ids watched or unwatched while a reload was reading: the table read may predate them. */
   const changedDuringReload = new Set<string>();
-  const reload = async (): Promise<void> => {
+  const reload = async (listed?: WatchedPath[]): Promise<void> => {
     changedDuringReload.clear();
-    const list = new Map((await opts.list()).map((w) => [w.id, w.path]));
+    const list = new Map((listed ?? (await opts.list())).map((w) => [w.id, w.path]));
     for (const id of [...watched.keys()]) if (!list.has(id) && !changedDuringReload.has(id)) watched.delete(id);
     for (const [id, path] of list) if (!changedDuringReload.has(id) && !releasing.has(id)) watched.set(id, path);
   };
@@ -129,8 +129,8 @@ export function createRemovalWatcher(opts: RemovalWatcherOptions): RemovalWatche
     async tick() {
       await Promise.all(await poll());
     },
-    async start() {
-      await reload();
+    async start(initial) {
+      await reload(initial);
       stopped = false;
       schedule();
     },

@@ -5,6 +5,17 @@
  */
 import { isAbsolute, posix } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import {
+  MS_NOATIME,
+  MS_NODEV,
+  MS_NODIRATIME,
+  MS_NOEXEC,
+  MS_NOSUID,
+  MS_RDONLY,
+  MS_RELATIME,
+  MS_STRICTATIME,
+  MS_SYNCHRONOUS,
+} from '@sysbox-mgr-ts/host-native/addon';
 import { overlayOptions, propagationOf, type MountEntry, type Propagation } from '@sysbox-mgr-ts/mountinfo';
 
 /**
@@ -21,16 +32,16 @@ const DROPPED_OPTION_KEYS = new Set(['rw', 'ro', 'metacopy', 'index', 'redirect_
 
 /** Per-mount flags mount(8) accepts in -o and applies as MS_* flags (rw is their absence). */
 export const MOUNT_FLAG_OPTIONS: ReadonlyMap<string, number> = new Map([
-  ['ro', 0x1],
+  ['ro', MS_RDONLY],
   ['rw', 0],
-  ['nosuid', 0x2],
-  ['nodev', 0x4],
-  ['noexec', 0x8],
-  ['sync', 0x10],
-  ['noatime', 0x400],
-  ['nodiratime', 0x800],
-  ['relatime', 1 << 21],
-  ['strictatime', 1 << 24],
+  ['nosuid', MS_NOSUID],
+  ['nodev', MS_NODEV],
+  ['noexec', MS_NOEXEC],
+  ['sync', MS_SYNCHRONOUS],
+  ['noatime', MS_NOATIME],
+  ['nodiratime', MS_NODIRATIME],
+  ['relatime', MS_RELATIME],
+  ['strictatime', MS_STRICTATIME],
 ]);
 
 export interface CloneDirs {

@@ -52,8 +52,17 @@ export function loadAddon(): HostNativeAddon {
   );
 }
 
-/** mount(2) and umount2(2) flags the callers use. */
+/** mount(2) and umount2(2) flags the callers use (<linux/mount.h>, <sys/mount.h>). */
 export const MNT_DETACH = 2;
+export const MS_RDONLY = 0x1;
+export const MS_NOSUID = 0x2;
+export const MS_NODEV = 0x4;
+export const MS_NOEXEC = 0x8;
+export const MS_SYNCHRONOUS = 0x10;
+export const MS_NOATIME = 0x400;
+export const MS_NODIRATIME = 0x800;
+export const MS_RELATIME = 1 << 21;
+export const MS_STRICTATIME = 1 << 24;
 export const MS_BIND = 0x1000;
 export const MS_REC = 0x4000;
 export const MS_UNBINDABLE = 1 << 17;

@@ -10,14 +10,18 @@ import { startSystem, type System } from './harness.js';
 import { newChownContainer, runStep, type LifecycleOptions } from './lifecycle.js';
 import { buildImage, mountsBelow, servicesState } from './runtime.js';
 
-const rssMb = (pid: number): number => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
+const rssMb = (pid: number): number =>
+  Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 
 describe('all five apps in one process', () => {
   let sys: System;
   let client: SysboxMgrClient;
   let o: LifecycleOptions;
   beforeAll(async () => {
-    sys = await startSystem({ apps: ['all-in-one'], args: { gateway: ['--disable-ovfs-on-idmapped-mount'] } });
+    sys = await startSystem({
+      apps: ['all-in-one'],
+      args: { gateway: ['--disable-ovfs-on-idmapped-mount'] },
+    });
     client = connectGateway(sys.socket);
     const overlay2 = join(sys.dir, 'docker', 'overlay2');
     o = { client: () => client, overlay2, image: await buildImage(overlay2, 'img'), workload: true };

@@ -12,7 +12,14 @@ import { connectGateway, rpc, statusOf, type SysboxMgrClient } from './grpc.js';
 import { startSystem, type System } from './harness.js';
 import { mountsBelow, servicesState, tree, until } from './runtime.js';
 
-const reg = (id: string, rootfs: string) => ({ id, rootfs, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+const reg = (id: string, rootfs: string) => ({
+  id,
+  rootfs,
+  userns: '',
+  netns: '',
+  uidMappings: [],
+  gidMappings: [],
+});
 
 /** Every rpc that takes a container id, with an otherwise sensible request. */
 const callsWithId = (id: string, rootfs: string): [string, object][] => [
@@ -39,7 +46,9 @@ describe('bad input through the gateway', () => {
 
   /** The temp root except the data root and the logs: what must never change. */
   const outsideDataRoot = async () =>
-    (await tree(sys.dir)).filter((l) => !l.startsWith('data') && !l.startsWith('logs') && !l.startsWith('run'));
+    (await tree(sys.dir)).filter(
+      (l) => !l.startsWith('data') && !l.startsWith('logs') && !l.startsWith('run'),
+    );
 
   beforeAll(async () => {
     sys = await startSystem({ args: { gateway: ['--disable-ovfs-on-idmapped-mount'] } });
@@ -85,11 +94,27 @@ describe('bad input through the gateway', () => {
       ['Register', reg('p3', `/${big}`), status.INVALID_ARGUMENT],
       ['Register', reg('p4', ''), status.INVALID_ARGUMENT],
       ['Register', { ...reg('p5', rootfs), netns: `/proc/${big}` }, status.INVALID_ARGUMENT],
-      ['ReqMounts', { id: 'ok', rootfsUidShiftType: 4, reqList: [{ kind: 99, dest: '/x' }] }, status.INVALID_ARGUMENT],
-      ['ReqMounts', { id: 'ok', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '../../etc' }] }, status.INVALID_ARGUMENT],
+      [
+        'ReqMounts',
+        { id: 'ok', rootfsUidShiftType: 4, reqList: [{ kind: 99, dest: '/x' }] },
+        status.INVALID_ARGUMENT,
+      ],
+      [
+        'ReqMounts',
+        { id: 'ok', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '../../etc' }] },
+        status.INVALID_ARGUMENT,
+      ],
       ['ReqMounts', { id: 'ok', rootfsUidShiftType: 77, reqList: [] }, status.INVALID_ARGUMENT],
-      ['PrepMounts', { id: 'ok', uid: 1, gid: 1, prepList: [{ source: '/a/../../etc', exclusive: true }] }, status.INVALID_ARGUMENT],
-      ['PrepMounts', { id: 'ok', uid: 1, gid: 1, prepList: [{ source: '', exclusive: true }] }, status.INVALID_ARGUMENT],
+      [
+        'PrepMounts',
+        { id: 'ok', uid: 1, gid: 1, prepList: [{ source: '/a/../../etc', exclusive: true }] },
+        status.INVALID_ARGUMENT,
+      ],
+      [
+        'PrepMounts',
+        { id: 'ok', uid: 1, gid: 1, prepList: [{ source: '', exclusive: true }] },
+        status.INVALID_ARGUMENT,
+      ],
       ['ReqFsState', { id: 'ok', rootfs: '../etc' }, status.INVALID_ARGUMENT],
       ['SubidAlloc', { id: 'ok', size: 0 }, status.INVALID_ARGUMENT],
       ['SubidAlloc', { id: 'ok', size: 2 ** 40 }, status.INVALID_ARGUMENT],
@@ -106,19 +131,32 @@ describe('bad input through the gateway', () => {
     const huge = await statusOf(rpc(client, 'Register', reg('h', `/${'z'.repeat(5 * 1024 * 1024)}`)));
     expect(huge?.code).toBe(status.RESOURCE_EXHAUSTED);
     const many = await statusOf(
-      rpc(client, 'ReqMounts', { id: 'ok', rootfsUidShiftType: 4, reqList: Array.from({ length: 10_000 }, () => ({ kind: 0, dest: '/var/lib/docker' })) }),
+      rpc(client, 'ReqMounts', {
+        id: 'ok',
+        rootfsUidShiftType: 4,
+        reqList: Array.from({ length: 10_000 }, () => ({ kind: 0, dest: '/var/lib/docker' })),
+      }),
     );
     expect(many?.code).toBe(status.FAILED_PRECONDITION); // no ids yet: refused before any volume
     await rpc(client, 'SubidAlloc', { id: 'ok', size: 65536 });
     const dup = await statusOf(
-      rpc(client, 'ReqMounts', { id: 'ok', rootfsUidShiftType: 4, reqList: Array.from({ length: 10_000 }, () => ({ kind: 0, dest: '/var/lib/docker' })) }),
+      rpc(client, 'ReqMounts', {
+        id: 'ok',
+        rootfsUidShiftType: 4,
+        reqList: Array.from({ length: 10_000 }, () => ({ kind: 0, dest: '/var/lib/docker' })),
+      }),
     );
     expect(dup?.code).toBe(status.ALREADY_EXISTS); // the first made the volume, the second is a duplicate
     await rpc(client, 'Unregister', { id: 'ok' });
     // The runtime removes it: whatever the duplicate request made is released.
     await rm(okRootfs, { recursive: true });
-    await until('release of ok', async () => (await statusOf(rpc(client, 'Pause', { id: 'ok' })))?.code === status.NOT_FOUND);
-    expect((await rpc(client, 'Register', reg('still-serving', rootfs))).containerConfig.syscontMode).toBe(true);
+    await until(
+      'release of ok',
+      async () => (await statusOf(rpc(client, 'Pause', { id: 'ok' })))?.code === status.NOT_FOUND,
+    );
+    expect((await rpc(client, 'Register', reg('still-serving', rootfs))).containerConfig.syscontMode).toBe(
+      true,
+    );
     await rpc(client, 'Unregister', { id: 'still-serving' });
   });
 

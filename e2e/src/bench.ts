@@ -17,8 +17,21 @@ import { daemonSpans, formatBreakdown, summarizeSpans, timedClient, type Span } 
 import { status } from '@grpc/grpc-js';
 import { connectGateway, rpc, statusOf } from './grpc.js';
 import { startSystem, type System } from './harness.js';
-import { VOLUME_REQUESTS, newChownContainer, runStep, type ChownContainer, type LifecycleOptions } from './lifecycle.js';
-import { buildImage, mountContainerRootfs, removeLikeDocker, unmountAll, until, type ImageLayers } from './runtime.js';
+import {
+  VOLUME_REQUESTS,
+  newChownContainer,
+  runStep,
+  type ChownContainer,
+  type LifecycleOptions,
+} from './lifecycle.js';
+import {
+  buildImage,
+  mountContainerRootfs,
+  removeLikeDocker,
+  unmountAll,
+  until,
+  type ImageLayers,
+} from './runtime.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const ENTRIES = quick ? 1000 : 10_000;
@@ -38,7 +51,12 @@ function rssMb(pid: number): number {
  * volumes the lifecycle asks for (VOLUME_REQUESTS: docker and kubelet) synced in with the uid
  * shift and out again, the chown and its revert, unmount and delete.
  */
-async function directLifecycle(overlay2: string, image: ImageLayers, id: string, record: (s: Span) => void): Promise<void> {
+async function directLifecycle(
+  overlay2: string,
+  image: ImageLayers,
+  id: string,
+  record: (s: Span) => void,
+): Promise<void> {
   const timed = async (step: string, fn: () => Promise<unknown>): Promise<void> => {
     const start = Date.now();
     await fn();
@@ -46,17 +64,38 @@ async function directLifecycle(overlay2: string, image: ImageLayers, id: string,
   };
   const r = await mountContainerRootfs(overlay2, id, image);
   const clone = join(overlay2, '..', 'direct-clones', id);
-  const [merged, diff, work] = ['merged', 'diff', 'work'].map((d) => join(clone, d)) as [string, string, string];
+  const [merged, diff, work] = ['merged', 'diff', 'work'].map((d) => join(clone, d)) as [
+    string,
+    string,
+    string,
+  ];
   const volumes = VOLUME_REQUESTS.map((v) => ({ dest: v.dest, host: join(clone, 'volumes', v.dest) }));
   for (const d of [merged, diff, work, ...volumes.map((v) => v.host)]) await mkdir(d, { recursive: true });
   const rsync = (from: string, to: string, owner: number) =>
-    run('rsync', ['-rauqlH', '--no-devices', '--delete', `--chown=${owner}:${owner}`, `${from}/`, `${to}/`], { timeout: 120_000 });
-  await timed('mount clone', () => run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image.lowers.join(':')},upperdir=${diff},workdir=${work},metacopy=on,index=on,redirect_dir=on`, merged], { timeout: 30_000 }));
+    run('rsync', ['-rauqlH', '--no-devices', '--delete', `--chown=${owner}:${owner}`, `${from}/`, `${to}/`], {
+      timeout: 120_000,
+    });
+  await timed('mount clone', () =>
+    run(
+      'mount',
+      [
+        '-t',
+        'overlay',
+        'overlay',
+        '-o',
+        `lowerdir=${image.lowers.join(':')},upperdir=${diff},workdir=${work},metacopy=on,index=on,redirect_dir=on`,
+        merged,
+      ],
+      { timeout: 30_000 },
+    ),
+  );
   // One volume after another, as the gateway (and upstream) sync them.
   await timed('rsync in', async () => {
     for (const v of volumes) await rsync(join(r.merged, v.dest), v.host, OFFSET);
   });
-  await timed('chown -R', () => run('chown', ['-R', '-h', `${OFFSET}:${OFFSET}`, merged], { timeout: 120_000 }));
+  await timed('chown -R', () =>
+    run('chown', ['-R', '-h', `${OFFSET}:${OFFSET}`, merged], { timeout: 120_000 }),
+  );
   await timed('chown -R back', () => run('chown', ['-R', '-h', '0:0', merged], { timeout: 120_000 }));
   await timed('rsync out', async () => {
     for (const v of volumes) {
@@ -74,7 +113,10 @@ async function directLifecycle(overlay2: string, image: ImageLayers, id: string,
 }
 
 async function main(): Promise<void> {
-  const sys: System = await startSystem({ args: { gateway: ['--disable-ovfs-on-idmapped-mount'] }, logLevel: process.env.BENCH_LOG_LEVEL ?? 'info' });
+  const sys: System = await startSystem({
+    args: { gateway: ['--disable-ovfs-on-idmapped-mount'] },
+    logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
+  });
   const figures: Figure[] = [];
   const client = connectGateway(sys.socket);
   try {
@@ -102,7 +144,12 @@ async function main(): Promise<void> {
     const pausePolls = process.env.BENCH_PAUSE_POLLS === '1';
     const removeWatchingTable = (c: ChownContainer): Promise<void> =>
       removeLikeDocker(c.rootfs, async () => {
-        await until(`release of ${c.id}`, async () => (await statusOf(rpc(timed, 'ReqFsState', { id: c.id, rootfs: c.cloneRootfs! })))?.code === status.NOT_FOUND);
+        await until(
+          `release of ${c.id}`,
+          async () =>
+            (await statusOf(rpc(timed, 'ReqFsState', { id: c.id, rootfs: c.cloneRootfs! })))?.code ===
+            status.NOT_FOUND,
+        );
       });
     const viaSystem = async (): Promise<void> => {
       const c = await newChownContainer(o, `bench-${n++}`);
@@ -133,11 +180,16 @@ async function main(): Promise<void> {
     const seq = await window(`one lifecycle at a time (${SEQ_RUNS} runs)`, SEQ_RUNS, () =>
       compareRuns({ runs: SEQ_RUNS, candidate: viaSystem, baseline: direct }),
     );
-    const conc = await window(`${CONCURRENCY} at a time (${CONC_RUNS} x ${CONCURRENCY} lifecycles)`, CONC_RUNS * CONCURRENCY, () => compareRuns({
-      runs: CONC_RUNS,
-      candidate: () => Promise.all(Array.from({ length: CONCURRENCY }, viaSystem)),
-      baseline: () => Promise.all(Array.from({ length: CONCURRENCY }, direct)),
-    }));
+    const conc = await window(
+      `${CONCURRENCY} at a time (${CONC_RUNS} x ${CONCURRENCY} lifecycles)`,
+      CONC_RUNS * CONCURRENCY,
+      () =>
+        compareRuns({
+          runs: CONC_RUNS,
+          candidate: () => Promise.all(Array.from({ length: CONCURRENCY }, viaSystem)),
+          baseline: () => Promise.all(Array.from({ length: CONCURRENCY }, direct)),
+        }),
+    );
     clearInterval(sampler);
 
     const perSec = (ms: number, k: number) => (1000 * k) / ms;
@@ -162,13 +214,28 @@ async function main(): Promise<void> {
       runs: conc.candidate.runs,
     });
     for (const d of daemons) {
-      figures.push({ name: `${d.app} RSS idle`, value: idle.get(d.app)!, unit: 'MB', better: 'lower', goal: '< 64 MB' });
-      figures.push({ name: `${d.app} RSS peak under lifecycle load`, value: peak.get(d.app)!, unit: 'MB', better: 'lower' });
+      figures.push({
+        name: `${d.app} RSS idle`,
+        value: idle.get(d.app)!,
+        unit: 'MB',
+        better: 'lower',
+        goal: '< 64 MB',
+      });
+      figures.push({
+        name: `${d.app} RSS peak under lifecycle load`,
+        value: peak.get(d.app)!,
+        unit: 'MB',
+        better: 'lower',
+      });
     }
     const lifecycleMs = summarize([seq.candidate.median]);
-    out(`one lifecycle through the system: ${lifecycleMs.median.toFixed(0)} ms; direct: ${seq.baseline.median.toFixed(0)} ms`);
+    out(
+      `one lifecycle through the system: ${lifecycleMs.median.toFixed(0)} ms; direct: ${seq.baseline.median.toFixed(0)} ms`,
+    );
     out('');
-    out('## Where the time goes (client: grpc calls and lifecycle steps; daemons: per-request ms from their logs)');
+    out(
+      '## Where the time goes (client: grpc calls and lifecycle steps; daemons: per-request ms from their logs)',
+    );
     out('');
     for (const l of breakdown) out(l);
   } finally {

@@ -68,7 +68,8 @@ export function daemonSpans(procs: readonly Proc[], from: number, to: number): S
       const end = Date.parse(l.time);
       if (end < from || end > to) continue;
       let step: string | undefined;
-      if (l.subject && (l.msg === 'ok' || l.msg === undefined)) step = `${p.app}: ${l.subject.split('.').slice(2).join('.')}`;
+      if (l.subject && (l.msg === 'ok' || l.msg === undefined))
+        step = `${p.app}: ${l.subject.split('.').slice(2).join('.')}`;
       else if (l.subject) step = `${p.app}: ${l.subject.split('.').slice(2).join('.')} (failed)`;
       if (l.msg === 'rsync done') step = `${p.app}:   rsync ${l.what?.replace(/ \S+$/, '') ?? ''}`;
       else if (l.msg === 'shifted ids' || l.msg === 'id shift done') step = `${p.app}:   id shift walk`;
@@ -96,7 +97,14 @@ export function summarizeSpans(spans: readonly Span[]): StepRow[] {
     .map(([step, list]) => {
       const durations = list.map((s) => s.end - s.start);
       const totalMs = durations.reduce((a, b) => a + b, 0);
-      return { step, calls: list.length, totalMs, meanMs: totalMs / list.length, maxMs: Math.max(...durations), peakOverlap: peakOverlap(list) };
+      return {
+        step,
+        calls: list.length,
+        totalMs,
+        meanMs: totalMs / list.length,
+        maxMs: Math.max(...durations),
+        peakOverlap: peakOverlap(list),
+      };
     })
     .sort((a, b) => a.step.localeCompare(b.step));
 }
@@ -122,7 +130,10 @@ export function formatBreakdown(title: string, rows: readonly StepRow[], per: nu
     '',
     '| step | calls | ms per lifecycle | mean ms | max ms | peak overlap |',
     '|---|---|---|---|---|---|',
-    ...rows.map((x) => `| ${x.step} | ${x.calls} | ${r(x.totalMs / per)} | ${r(x.meanMs)} | ${r(x.maxMs)} | ${x.peakOverlap} |`),
+    ...rows.map(
+      (x) =>
+        `| ${x.step} | ${x.calls} | ${r(x.totalMs / per)} | ${r(x.meanMs)} | ${r(x.maxMs)} | ${x.peakOverlap} |`,
+    ),
     '',
   ];
 }

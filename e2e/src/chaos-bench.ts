@@ -12,8 +12,21 @@ const durationMs = Number(process.env.CHAOS_MS ?? (quick ? 60_000 : 600_000));
 const seed = Number(process.env.CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const out = (l: string) => void process.stdout.write(`${l}\n`);
 
-const gatewayArgs = ['--disable-ovfs-on-idmapped-mount', '--long-op-timeout-ms', '20000', '--orphan-scan-ms', '2000', '--orphan-grace-ms', '5000'];
-const common: Omit<ChaosOptions, 'durationMs' | 'minKillGapMs' | 'maxKillGapMs'> = { seed, streams: 2, downMs: 500, settleMs: 60_000 };
+const gatewayArgs = [
+  '--disable-ovfs-on-idmapped-mount',
+  '--long-op-timeout-ms',
+  '20000',
+  '--orphan-scan-ms',
+  '2000',
+  '--orphan-grace-ms',
+  '5000',
+];
+const common: Omit<ChaosOptions, 'durationMs' | 'minKillGapMs' | 'maxKillGapMs'> = {
+  seed,
+  streams: 2,
+  downMs: 500,
+  settleMs: 60_000,
+};
 
 async function once(opts: ChaosOptions) {
   const sys = await startSystem({ logLevel: 'info', args: { gateway: gatewayArgs } });
@@ -26,12 +39,23 @@ async function once(opts: ChaosOptions) {
 
 out(`chaos bench seed ${seed}, ${durationMs} ms`);
 // No kill: a gap longer than the run.
-const calm = await once({ ...common, durationMs: durationMs / 5, minKillGapMs: 10 * durationMs, maxKillGapMs: 10 * durationMs });
+const calm = await once({
+  ...common,
+  durationMs: durationMs / 5,
+  minKillGapMs: 10 * durationMs,
+  maxKillGapMs: 10 * durationMs,
+});
 const chaos = await once({ ...common, durationMs, minKillGapMs: 1000, maxKillGapMs: 3000 });
 const kills = Object.values(chaos.kills).reduce((a, b) => a + b, 0);
 const pct = (r: { failed: number; lifecycles: number }) => (100 * r.failed) / Math.max(1, r.lifecycles);
 const figures: Figure[] = [
-  { name: `lifecycles under chaos (seed ${seed}, ${kills} kills: ${JSON.stringify(chaos.kills)})`, value: chaos.lifecycles, unit: 'lifecycles', better: 'higher', goal: '1000 with a kill every ~2 s' },
+  {
+    name: `lifecycles under chaos (seed ${seed}, ${kills} kills: ${JSON.stringify(chaos.kills)})`,
+    value: chaos.lifecycles,
+    unit: 'lifecycles',
+    better: 'higher',
+    goal: '1000 with a kill every ~2 s',
+  },
   {
     name: 'failed lifecycles under chaos',
     value: pct(chaos),
@@ -40,7 +64,13 @@ const figures: Figure[] = [
     better: 'lower',
     goal: '< 5%',
   },
-  { name: 'items left after the settle (records, mounts, dirs)', value: chaos.left.length, unit: 'items', better: 'lower', goal: '0' },
+  {
+    name: 'items left after the settle (records, mounts, dirs)',
+    value: chaos.left.length,
+    unit: 'items',
+    better: 'lower',
+    goal: '0',
+  },
 ];
 for (const l of chaos.left) out(`left: ${l}`);
 await writeFigures('e2e-chaos', figures, out);

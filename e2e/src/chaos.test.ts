@@ -12,7 +12,20 @@ const seed = Number(process.env.CHAOS_SEED ?? Math.floor(Math.random() * 2 ** 31
 describe(`chaos (seed ${seed})`, () => {
   let sys: System;
   beforeAll(async () => {
-    sys = await startSystem({ logLevel: 'info', args: { gateway: ['--disable-ovfs-on-idmapped-mount', '--long-op-timeout-ms', '20000', '--orphan-scan-ms', '2000', '--orphan-grace-ms', '5000'] } });
+    sys = await startSystem({
+      logLevel: 'info',
+      args: {
+        gateway: [
+          '--disable-ovfs-on-idmapped-mount',
+          '--long-op-timeout-ms',
+          '20000',
+          '--orphan-scan-ms',
+          '2000',
+          '--orphan-grace-ms',
+          '5000',
+        ],
+      },
+    });
   });
   afterAll(async () => {
     await sys?.stop();

@@ -10,7 +10,15 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connectGateway, type SysboxMgrClient } from './grpc.js';
 import { SERVICE_APPS, sleep, type AppName, type System } from './harness.js';
-import { cleanUpLikeARuntime, newChownContainer, released, runStep, type ChownContainer, type LifecycleOptions, type StepName } from './lifecycle.js';
+import {
+  cleanUpLikeARuntime,
+  newChownContainer,
+  released,
+  runStep,
+  type ChownContainer,
+  type LifecycleOptions,
+  type StepName,
+} from './lifecycle.js';
 import { buildImage, entries, mountsBelow, servicesState } from './runtime.js';
 import { GATEWAY_BUCKET } from '@sysbox-mgr-ts/contracts';
 import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
@@ -47,7 +55,11 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
   const log = opts.log ?? (() => undefined);
   let client: SysboxMgrClient = connectGateway(sys.socket);
   const overlay2 = join(sys.dir, 'docker', 'overlay2');
-  const o: LifecycleOptions = { client: () => client, overlay2, image: await buildImage(overlay2, 'chaos-img') };
+  const o: LifecycleOptions = {
+    client: () => client,
+    overlay2,
+    image: await buildImage(overlay2, 'chaos-img'),
+  };
   const apps: AppName[] = [...SERVICE_APPS, 'gateway'];
   const kills = Object.fromEntries(apps.map((a) => [a, 0])) as Record<AppName, number>;
   const failures: string[] = [];
@@ -78,7 +90,10 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
       // The wait ends early when the run does (a calm run's gap is longer than the run), and its
       // timer goes with it: left pending, it kept the chaos bench's process alive for 100 minutes.
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, opts.minKillGapMs + random() * (opts.maxKillGapMs - opts.minKillGapMs));
+        const timer = setTimeout(
+          resolve,
+          opts.minKillGapMs + random() * (opts.maxKillGapMs - opts.minKillGapMs),
+        );
         void stopping.then(() => {
           clearTimeout(timer);
           resolve();
@@ -111,7 +126,8 @@ export async function runChaos(sys: System, opts: ChaosOptions): Promise<ChaosRe
   const deadline = Date.now() + opts.settleMs;
   // A service that answers its list with an error (one still restarting or busy releasing) has
   // not settled yet: asked again, and reported as left if it never answers.
-  const look = (): Promise<string[]> => leftovers(sys).catch((err: unknown) => [`no list answer: ${(err as Error).message}`]);
+  const look = (): Promise<string[]> =>
+    leftovers(sys).catch((err: unknown) => [`no list answer: ${(err as Error).message}`]);
   // The runtime retries deleting the rootfs dirs it could not delete before their release.
   const retryDeletes = async (): Promise<void> => {
     for (const c of [...undeleted]) {
@@ -143,13 +159,18 @@ export async function leftovers(sys: System): Promise<string[]> {
   for (const m of state.shiftfs.marks) left.push(`shiftfs mark ${JSON.stringify(m)}`);
   for (const id of await gatewayRecords(sys)) left.push(`gateway record ${id}`);
   for (const m of await mountsBelow(sys.dir)) left.push(`mount ${m}`);
-  for (const kind of ['docker', 'kubelet']) for (const e of entries(join(sys.dataRoot, kind))) left.push(`volume dir ${kind}/${e}`);
+  for (const kind of ['docker', 'kubelet'])
+    for (const e of entries(join(sys.dataRoot, kind))) left.push(`volume dir ${kind}/${e}`);
   for (const e of entries(join(sys.dataRoot, 'rootfs'))) left.push(`clone dir ${e}`);
-  for (const e of entries(join(sys.dir, 'docker', 'overlay2')).filter((d) => !d.startsWith('chaos-img'))) left.push(`container dir ${e}`);
+  for (const e of entries(join(sys.dir, 'docker', 'overlay2')).filter((d) => !d.startsWith('chaos-img')))
+    left.push(`container dir ${e}`);
   return left;
 }
 
 async function gatewayRecords(sys: System): Promise<string[]> {
-  const table = createStateStore(await openBucket(sys.nc, GATEWAY_BUCKET), { node: sys.node, schema: z.object({ id: z.string() }).passthrough() });
+  const table = createStateStore(await openBucket(sys.nc, GATEWAY_BUCKET), {
+    node: sys.node,
+    schema: z.object({ id: z.string() }).passthrough(),
+  });
   return (await table.list()).map((r) => r.value.id);
 }

@@ -30,9 +30,26 @@ try {
   }
   // What no client can shorten: nats-server 2.9's raft waits 4 to 9 s before electing.
   const longestElection = Math.max(0, ...r.elections.flat().map((e) => e.afterMs));
-  figures.push({ name: 'longest wait for a new stream or metadata leader after a kill', value: longestElection, unit: 'ms', better: 'lower' });
-  figures.push({ name: 'failed lifecycles across the kills', value: r.failures.length, unit: 'lifecycles', better: 'lower', goal: '0' });
-  figures.push({ name: 'items left after the run', value: r.left.length, unit: 'items', better: 'lower', goal: '0' });
+  figures.push({
+    name: 'longest wait for a new stream or metadata leader after a kill',
+    value: longestElection,
+    unit: 'ms',
+    better: 'lower',
+  });
+  figures.push({
+    name: 'failed lifecycles across the kills',
+    value: r.failures.length,
+    unit: 'lifecycles',
+    better: 'lower',
+    goal: '0',
+  });
+  figures.push({
+    name: 'items left after the run',
+    value: r.left.length,
+    unit: 'items',
+    better: 'lower',
+    goal: '0',
+  });
   await writeFigures('e2e-cluster', figures, out);
 } finally {
   await scenario.stop();

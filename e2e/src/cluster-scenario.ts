@@ -39,7 +39,8 @@ function logTime(stamp: string): number {
 }
 
 /** Each new leader once: the stream's new leader, or the member that became metadata leader, logs it. */
-const LEADER_LINE = /^\[\d+\] (\S+ \S+) \[INF\] (?:JetStream cluster new stream leader for '[^>]+> ([^']+)'|Self is new JetStream cluster metadata leader)/gm;
+const LEADER_LINE =
+  /^\[\d+\] (\S+ \S+) \[INF\] (?:JetStream cluster new stream leader for '[^>]+> ([^']+)'|Self is new JetStream cluster metadata leader)/gm;
 
 export interface Election {
   /** A stream (KV_<bucket>) or 'metadata'. */
@@ -73,7 +74,12 @@ interface Host {
 export interface ClusterScenario {
   cluster: NatsCluster;
   hosts: Host[];
-  run(opts?: { beforeMs?: number; downMs?: number; settleMs?: number; afterMs?: number }): Promise<ClusterRun>;
+  run(opts?: {
+    beforeMs?: number;
+    downMs?: number;
+    settleMs?: number;
+    afterMs?: number;
+  }): Promise<ClusterRun>;
   /** Daemon logs and the tail of each member's log (all of it when `whole`). */
   logs(whole?: boolean): string;
   stop(): Promise<void>;
@@ -93,14 +99,26 @@ export async function startClusterScenario(opts: { logLevel?: string } = {}): Pr
     });
     const client = connectGateway(sys.socket);
     const overlay2 = join(sys.dir, 'docker', 'overlay2');
-    hosts.push({ sys, client, o: { client: () => client, overlay2, image: await buildImage(overlay2, 'img'), releaseWithinMs: 30_000 } });
+    hosts.push({
+      sys,
+      client,
+      o: {
+        client: () => client,
+        overlay2,
+        image: await buildImage(overlay2, 'img'),
+        releaseWithinMs: 30_000,
+      },
+    });
   }
 
   return {
     cluster,
     hosts,
     logs: (whole = false) =>
-      [...hosts.map((h) => h.sys.logs()), ...cluster.servers.map((s) => (whole ? s.logs() : s.logs().slice(-4000)))].join('\n'),
+      [
+        ...hosts.map((h) => h.sys.logs()),
+        ...cluster.servers.map((s) => (whole ? s.logs() : s.logs().slice(-4000))),
+      ].join('\n'),
     async run({ beforeMs = 6000, downMs = 5000, settleMs = 10_000, afterMs = 6000 } = {}) {
       let phase: Phase = 'before';
       const durations: Record<Phase, number[]> = { before: [], during: [], after: [] };
@@ -110,7 +128,8 @@ export async function startClusterScenario(opts: { logLevel?: string } = {}): Pr
       const t0 = Date.now();
       const timeline: { at: number; line: string }[] = [];
       observeCalls((c: CallRecord) => {
-        if (c.ms >= SLOW_CALL_MS) timeline.push({ at: c.startedAt, line: `${c.method} ${c.id} took ${c.ms} ms (status ${c.code})` });
+        if (c.ms >= SLOW_CALL_MS)
+          timeline.push({ at: c.startedAt, line: `${c.method} ${c.id} took ${c.ms} ms (status ${c.code})` });
       });
       const stream = async (h: Host, name: string): Promise<void> => {
         while (running) {
@@ -121,7 +140,9 @@ export async function startClusterScenario(opts: { logLevel?: string } = {}): Pr
           try {
             for (const step of ['create', 'stop', 'remove'] as const) await runStep(h.o, c, step);
             // A lifecycle that overlapped a failover counts as during it.
-            durations[startPhase === 'before' && phase !== 'before' ? 'during' : startPhase].push(Date.now() - started);
+            durations[startPhase === 'before' && phase !== 'before' ? 'during' : startPhase].push(
+              Date.now() - started,
+            );
           } catch (err) {
             failures.push(`${h.sys.node} ${id} (${startPhase}): ${(err as Error).message}`);
             await cleanUpLikeARuntime(h.o.client, c);
@@ -161,11 +182,20 @@ export async function startClusterScenario(opts: { logLevel?: string } = {}): Pr
         for (const m of await mountsBelow(h.sys.dir)) left.push(`${h.sys.node} mount ${m}`);
       }
       const report = (Object.keys(durations) as Phase[])
-        .map((p) => `${p}: n=${durations[p].length} p50=${percentile(durations[p], 50)} ms p99=${percentile(durations[p], 99)} ms`)
+        .map(
+          (p) =>
+            `${p}: n=${durations[p].length} p50=${percentile(durations[p], 50)} ms p99=${percentile(durations[p], 99)} ms`,
+        )
         .join('; ');
-      const elections = electionsAfter(kills, cluster.servers.map((m) => m.logs()));
+      const elections = electionsAfter(
+        kills,
+        cluster.servers.map((m) => m.logs()),
+      );
       const electionReport = elections
-        .map((e, i) => `kill ${i}: ${e.length > 0 ? e.map((x) => `${x.what} after ${(x.afterMs / 1000).toFixed(2)} s`).join(', ') : 'no leader lost'}`)
+        .map(
+          (e, i) =>
+            `kill ${i}: ${e.length > 0 ? e.map((x) => `${x.what} after ${(x.afterMs / 1000).toFixed(2)} s`).join(', ') : 'no leader lost'}`,
+        )
         .join('\n');
       return { durations, failures, left, report, slowCalls, elections, electionReport };
     },

@@ -12,7 +12,15 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { connectGateway, rpc, statusOf, type SysboxMgrClient } from './grpc.js';
 import { startSystem, type AppName, type System } from './harness.js';
-import { dockerVolume, newChownContainer, runStep, SHIFT, VOLUME_REQUESTS, type ChownContainer, type LifecycleOptions } from './lifecycle.js';
+import {
+  dockerVolume,
+  newChownContainer,
+  runStep,
+  SHIFT,
+  VOLUME_REQUESTS,
+  type ChownContainer,
+  type LifecycleOptions,
+} from './lifecycle.js';
 import { run } from '@sysbox-mgr-ts/exec';
 import { buildImage, entries, mountsBelow, servicesState, tree, until } from './runtime.js';
 
@@ -83,7 +91,9 @@ describe('kill -9 of a daemon while it serves a call', () => {
 
   beforeAll(async () => {
     // A short long-op bound: a call whose daemon died answers within it instead of 9 minutes.
-    sys = await startSystem({ args: { gateway: ['--disable-ovfs-on-idmapped-mount', '--long-op-timeout-ms', '6000'] } });
+    sys = await startSystem({
+      args: { gateway: ['--disable-ovfs-on-idmapped-mount', '--long-op-timeout-ms', '6000'] },
+    });
     client = connectGateway(sys.socket);
     const overlay2 = join(sys.dir, 'docker', 'overlay2');
     const image = await buildImage(overlay2, 'img');
@@ -104,15 +114,21 @@ describe('kill -9 of a daemon while it serves a call', () => {
   const pidOf = (app: AppName): number => {
     // A daemon killed by a signal keeps exitCode null: the newest one of the app is the live one.
     const p = sys.procs.filter((x) => x.app === app).at(-1);
-    if (!p?.proc.pid || p.proc.signalCode !== null || p.proc.exitCode !== null) throw new Error(`${app} is not running`);
+    if (!p?.proc.pid || p.proc.signalCode !== null || p.proc.exitCode !== null)
+      throw new Error(`${app} is not running`);
     return p.proc.pid;
   };
 
   /** Waits (polling /proc, no guessed sleep) until vol-mgr runs an rsync; returns its pids. */
-  const rsyncStarted = (volMgr: number) => until('an rsync under vol-mgr', async () => {
-    const pids = rsyncsUnder(volMgr);
-    return pids.length > 0 ? pids : undefined;
-  }, 20_000);
+  const rsyncStarted = (volMgr: number) =>
+    until(
+      'an rsync under vol-mgr',
+      async () => {
+        const pids = rsyncsUnder(volMgr);
+        return pids.length > 0 ? pids : undefined;
+      },
+      20_000,
+    );
 
   const restart = async (app: AppName): Promise<void> => {
     await sys.kill(app, 'SIGKILL');
@@ -137,7 +153,16 @@ describe('kill -9 of a daemon while it serves a call', () => {
       clones: state.rootfs.clones,
     };
   };
-  const clean = { mounts: [], dockerDirs: [], kubeletDirs: [], rootfsDirs: [], containerDir: false, subids: [], volumes: [], clones: [] };
+  const clean = {
+    mounts: [],
+    dockerDirs: [],
+    kubeletDirs: [],
+    rootfsDirs: [],
+    containerDir: false,
+    subids: [],
+    volumes: [],
+    clones: [],
+  };
 
   /** Docker's unmount of the rootfs on stop (the top of the stack: the clone's bind-to-self). */
   const unmountRootfs = (c: ChownContainer) => run('umount', [c.rootfs.merged], { timeout: 10_000 });
@@ -177,7 +202,9 @@ describe('kill -9 of a daemon while it serves a call', () => {
     // Let them run again: the main rsync got its parent-death SIGKILL even while stopped; its
     // forked helper has no such signal and leaves once its pipe to the dead main rsync closes.
     signalAll(rsyncs, 'SIGCONT');
-    await until('rsync gone', async () => rsyncs.every((p) => !alive(p)) || undefined, 3000).catch(() => undefined);
+    await until('rsync gone', async () => rsyncs.every((p) => !alive(p)) || undefined, 3000).catch(
+      () => undefined,
+    );
     const survivors = rsyncs.filter(alive);
     // Go on as if they had died with vol-mgr, so what follows does not depend on the orphans.
     signalAll(survivors, 'SIGKILL');
@@ -185,7 +212,8 @@ describe('kill -9 of a daemon while it serves a call', () => {
 
     // sysbox-runc retries a failed Unregister; a retry after a success is refused as redundant.
     let failure = await unregister;
-    for (let attempt = 0; failure && attempt < 3; attempt++) failure = await statusOf(rpc(client, 'Unregister', { id: c.id }));
+    for (let attempt = 0; failure && attempt < 3; attempt++)
+      failure = await statusOf(rpc(client, 'Unregister', { id: c.id }));
     const afterStop = await syncedOut(c);
     await unmountRootfs(c);
     await runStep(o, c, 'remove');
@@ -203,11 +231,25 @@ describe('kill -9 of a daemon while it serves a call', () => {
   it('gateway killed while a ReqMounts sync-in is in flight: the retry gives the same mounts, removal releases all', async () => {
     const c = await newChownContainer(o, 'reqmounts');
     const first = client;
-    await rpc(first, 'Register', { id: c.id, rootfs: c.rootfs.merged, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+    await rpc(first, 'Register', {
+      id: c.id,
+      rootfs: c.rootfs.merged,
+      userns: '',
+      netns: '',
+      uidMappings: [],
+      gidMappings: [],
+    });
     const ids = await rpc<{ uid: number; gid: number }>(first, 'SubidAlloc', { id: c.id, size: 65536 });
     const clone = (await rpc(first, 'ReqCloneRootfs', { id: c.id })).rootfs as string;
     const map = (hostID: number) => [{ containerID: 0, hostID, size: 65536 }];
-    await rpc(first, 'Update', { id: c.id, userns: '', netns: '', uidMappings: map(ids.uid), gidMappings: map(ids.gid), rootfsUidShiftType: SHIFT.chown });
+    await rpc(first, 'Update', {
+      id: c.id,
+      userns: '',
+      netns: '',
+      uidMappings: map(ids.uid),
+      gidMappings: map(ids.gid),
+      rootfsUidShiftType: SHIFT.chown,
+    });
     const volMgr = pidOf('vol-mgr');
     const req = { id: c.id, rootfsUidShiftType: SHIFT.chown, reqList: VOLUME_REQUESTS };
     const inFlight = statusOf(rpc(first, 'ReqMounts', req));
@@ -244,7 +286,9 @@ describe('kill -9 of a daemon while it serves a call', () => {
     expect.soft(retryFailure, 'the retried ReqMounts').toBeUndefined();
     if (mounts) {
       expect.soft(dockerVolume(c)).toBe(join(sys.dataRoot, 'docker', c.id));
-      expect.soft(mounts.map((m) => m.dest)).toEqual(expect.arrayContaining(VOLUME_REQUESTS.map((r) => r.dest)));
+      expect
+        .soft(mounts.map((m) => m.dest))
+        .toEqual(expect.arrayContaining(VOLUME_REQUESTS.map((r) => r.dest)));
     }
     expect(await leftovers(c)).toEqual(clean);
   });

@@ -10,7 +10,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { connectGateway, type SysboxMgrClient } from './grpc.js';
 import { startSystem, type AppName, type System } from './harness.js';
-import { dockerVolume, newChownContainer, runStep, STEPS, type LifecycleOptions, type StepName } from './lifecycle.js';
+import {
+  dockerVolume,
+  newChownContainer,
+  runStep,
+  STEPS,
+  type LifecycleOptions,
+  type StepName,
+} from './lifecycle.js';
 import { buildImage, entries, mountsBelow, servicesState, tree } from './runtime.js';
 
 interface Outcome {

@@ -5,7 +5,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
 import { SERVICE_APPS, binOf, repoRoot, startSystem, type System } from './harness.js';
 
-
 describe('daemon command lines and signals', () => {
   let sys: System;
   beforeAll(async () => {
@@ -17,7 +16,8 @@ describe('daemon command lines and signals', () => {
 
   it('every daemon answers --version and -v with its name and package version', async () => {
     for (const app of [...SERVICE_APPS, 'gateway'] as const) {
-      const version = JSON.parse(readFileSync(join(repoRoot, 'apps', app, 'package.json'), 'utf8')).version as string;
+      const version = JSON.parse(readFileSync(join(repoRoot, 'apps', app, 'package.json'), 'utf8'))
+        .version as string;
       const bin = binOf(app);
       for (const flag of ['--version', '-v']) {
         const r = await run(bin.path, [flag], { timeout: 20_000 });
@@ -26,11 +26,16 @@ describe('daemon command lines and signals', () => {
     }
   });
 
-  it.each(['SIGHUP', 'SIGQUIT'] as const)('%s stops a daemon gracefully with exit 0, as upstream', async (signal) => {
-    const p = await sys.start('vol-mgr');
-    p.proc.kill(signal);
-    const r = await p.proc;
-    expect(r.exitCode).toBe(0);
-    expect(readFileSync(p.logFile, 'utf8')).toMatch(new RegExp(`"signal":"${signal}".*"msg":"stopping"[\\s\\S]*"msg":"stopped"`));
-  });
+  it.each(['SIGHUP', 'SIGQUIT'] as const)(
+    '%s stops a daemon gracefully with exit 0, as upstream',
+    async (signal) => {
+      const p = await sys.start('vol-mgr');
+      p.proc.kill(signal);
+      const r = await p.proc;
+      expect(r.exitCode).toBe(0);
+      expect(readFileSync(p.logFile, 'utf8')).toMatch(
+        new RegExp(`"signal":"${signal}".*"msg":"stopping"[\\s\\S]*"msg":"stopped"`),
+      );
+    },
+  );
 });

@@ -11,11 +11,19 @@ export type SysboxMgrClient = Client & Record<string, Function>;
 
 const PROTO = join(repoRoot, 'apps', 'gateway', 'proto', 'sysboxMgr.proto');
 
-let ctor: (new (address: string, creds: ReturnType<typeof credentials.createInsecure>) => SysboxMgrClient) | undefined;
+let ctor:
+  | (new (address: string, creds: ReturnType<typeof credentials.createInsecure>) => SysboxMgrClient)
+  | undefined;
 
 export function connectGateway(socket: string): SysboxMgrClient {
   if (!ctor) {
-    const def = loadSync(PROTO, { keepCase: true, longs: Number, enums: Number, defaults: true, oneofs: true });
+    const def = loadSync(PROTO, {
+      keepCase: true,
+      longs: Number,
+      enums: Number,
+      defaults: true,
+      oneofs: true,
+    });
     const pkg = loadPackageDefinition(def) as unknown as { protobuf: { sysboxMgrStateChannel: typeof ctor } };
     ctor = pkg.protobuf.sysboxMgrStateChannel;
   }
@@ -38,13 +46,24 @@ export function observeCalls(observer: ((c: CallRecord) => void) | undefined): v
 }
 
 /** One unary call; rejects with the gRPC ServiceError. */
-export function rpc<T = any>(client: SysboxMgrClient, method: string, req: object, deadlineMs = 60_000): Promise<T> {
+export function rpc<T = any>(
+  client: SysboxMgrClient,
+  method: string,
+  req: object,
+  deadlineMs = 60_000,
+): Promise<T> {
   const startedAt = Date.now();
   return new Promise((resolve, reject) => {
     const fn = client[method];
     if (!fn) throw new Error(`no rpc ${method}`);
     fn.call(client, req, { deadline: startedAt + deadlineMs }, (err: ServiceError | null, res: T) => {
-      callObserver?.({ method, id: String((req as { id?: unknown }).id ?? ''), startedAt, ms: Date.now() - startedAt, code: err?.code ?? 0 });
+      callObserver?.({
+        method,
+        id: String((req as { id?: unknown }).id ?? ''),
+        startedAt,
+        ms: Date.now() - startedAt,
+        code: err?.code ?? 0,
+      });
       if (err) reject(err);
       else resolve(res);
     });

@@ -18,7 +18,8 @@ import type { RawCredentials } from './raw-nats.js';
 export const repoRoot = resolve(import.meta.dirname, '../..');
 
 /** The five daemons, and 'all-in-one': all five in one process (apps/all-in-one). */
-export type AppName = 'subid-allocator' | 'vol-mgr' | 'shiftfs-mgr' | 'rootfs-cloner' | 'gateway' | 'all-in-one';
+export type AppName =
+  'subid-allocator' | 'vol-mgr' | 'shiftfs-mgr' | 'rootfs-cloner' | 'gateway' | 'all-in-one';
 type DaemonName = Exclude<AppName, 'all-in-one'>;
 export const SERVICE_APPS: AppName[] = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner'];
 /** `$SRV` names of the apps. */
@@ -27,7 +28,10 @@ export const SERVICE_NAMES = Object.fromEntries(
 ) as Record<Exclude<DaemonName, 'gateway'>, string>;
 /** An app's command and its file, as its package.json `bin` names them (one per app). */
 export function binOf(app: AppName): { name: string; path: string } {
-  const bins = JSON.parse(readFileSync(join(repoRoot, 'apps', app, 'package.json'), 'utf8')).bin as Record<string, string>;
+  const bins = JSON.parse(readFileSync(join(repoRoot, 'apps', app, 'package.json'), 'utf8')).bin as Record<
+    string,
+    string
+  >;
   const [name, file] = Object.entries(bins)[0]!;
   return { name, path: join(repoRoot, 'apps', app, file) };
 }
@@ -87,10 +91,17 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   mkdirSync(dataRoot);
   mkdirSync(etcDir);
   mkdirSync(join(dir, 'logs'));
-  const etc = { subuid: join(etcDir, 'subuid'), subgid: join(etcDir, 'subgid'), loginDefs: join(etcDir, 'login.defs') };
+  const etc = {
+    subuid: join(etcDir, 'subuid'),
+    subgid: join(etcDir, 'subgid'),
+    loginDefs: join(etcDir, 'login.defs'),
+  };
   writeFileSync(etc.subuid, 'alice:100000:65536\n');
   writeFileSync(etc.subgid, 'alice:100000:65536\n');
-  writeFileSync(etc.loginDefs, 'SUB_UID_MIN 100000\nSUB_UID_MAX 600100000\nSUB_GID_MIN 100000\nSUB_GID_MAX 600100000\n');
+  writeFileSync(
+    etc.loginDefs,
+    'SUB_UID_MIN 100000\nSUB_UID_MAX 600100000\nSUB_GID_MIN 100000\nSUB_GID_MAX 600100000\n',
+  );
   const socket = join(dir, 'run', 'sysmgr.sock');
   const node = opts.node ?? `e2e-${Math.random().toString(36).slice(2, 8)}`;
   // Authentication on, every identity scoped to this node, as `sysbox-nats-auth init --node` makes it.
@@ -103,13 +114,34 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const subidFiles = ['--subuid-file', etc.subuid, '--subgid-file', etc.subgid];
   const guard = ['--allowed-rootfs-roots', dir, ...subidFiles];
   const baseArgs = (app: AppName): string[] => {
-    const creds = app === 'all-in-one' ? ['--creds-dir', dirname(nats.credentials('operator'))] : ['--nats-creds', nats.credentials(app)];
-    const common = ['--nats-url', nats.url, ...creds, '--node', node, '--data-root', dataRoot, '--log-level', opts.logLevel ?? 'debug'];
+    const creds =
+      app === 'all-in-one'
+        ? ['--creds-dir', dirname(nats.credentials('operator'))]
+        : ['--nats-creds', nats.credentials(app)];
+    const common = [
+      '--nats-url',
+      nats.url,
+      ...creds,
+      '--node',
+      node,
+      '--data-root',
+      dataRoot,
+      '--log-level',
+      opts.logLevel ?? 'debug',
+    ];
     const own: Record<DaemonName, string[]> = {
       // Exclusive mode, so that "same ids after restart" and "ids released" can fail.
       'subid-allocator': [
-        '--subuid-file', etc.subuid, '--subgid-file', etc.subgid, '--login-defs', etc.loginDefs,
-        '--mode', 'exclusive', '--pool-size', String(64 * 65536),
+        '--subuid-file',
+        etc.subuid,
+        '--subgid-file',
+        etc.subgid,
+        '--login-defs',
+        etc.loginDefs,
+        '--mode',
+        'exclusive',
+        '--pool-size',
+        String(64 * 65536),
       ],
       // Container rootfs live under the test's temp dir, and ids come from its subuid files.
       'vol-mgr': [...guard],
@@ -119,8 +151,12 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       gateway: ['--socket', socket, '--watch-interval-ms', '50', ...subidFiles],
     };
     // One process for all five takes every daemon's flags (shared ones mean the same to each).
-    const apps: DaemonName[] = app === 'all-in-one' ? [...SERVICE_APPS, 'gateway'] as DaemonName[] : [app];
-    return [...common, ...(opts.commonArgs ?? []), ...apps.flatMap((a) => [...own[a], ...(opts.args?.[a] ?? [])])];
+    const apps: DaemonName[] = app === 'all-in-one' ? ([...SERVICE_APPS, 'gateway'] as DaemonName[]) : [app];
+    return [
+      ...common,
+      ...(opts.commonArgs ?? []),
+      ...apps.flatMap((a) => [...own[a], ...(opts.args?.[a] ?? [])]),
+    ];
   };
 
   const start = async (app: AppName, extraArgs: string[] = []): Promise<Proc> => {
@@ -157,7 +193,10 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     nc,
     etc,
     procs,
-    credentials: (identity) => ({ seedFile: nats.credentials(identity), inboxPrefix: inboxPrefixOf(identity) }),
+    credentials: (identity) => ({
+      seedFile: nats.credentials(identity),
+      inboxPrefix: inboxPrefixOf(identity),
+    }),
     start,
     async kill(app, signal = 'SIGKILL') {
       for (const p of procs.filter((x) => x.app === app && x.proc.exitCode === null)) {
@@ -184,9 +223,11 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       const strays = straysUnder(dir);
       // Whatever a test left mounted under the temp root is lifted before the dir goes.
       const left = mountsUnder(await readMountInfo(), dir);
-      for (const m of left) await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
+      for (const m of left)
+        await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
       await rm(dir, { recursive: true, force: true });
-      if (left.length > 0) throw new Error(`mounts left under ${dir}: ${left.map((m) => m.mountPoint).join(', ')}`);
+      if (left.length > 0)
+        throw new Error(`mounts left under ${dir}: ${left.map((m) => m.mountPoint).join(', ')}`);
       if (strays.length > 0) throw new Error(`processes left running: ${strays.join('; ')}`);
     },
   };

@@ -9,7 +9,13 @@ import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest'
 import { overlayOptions } from '@sysbox-mgr-ts/mountinfo';
 import { connectGateway, rpc, type SysboxMgrClient } from './grpc.js';
 import { startSystem, type System } from './harness.js';
-import { dockerVolume, newChownContainer, runStep, type ChownContainer, type LifecycleOptions } from './lifecycle.js';
+import {
+  dockerVolume,
+  newChownContainer,
+  runStep,
+  type ChownContainer,
+  type LifecycleOptions,
+} from './lifecycle.js';
 import { buildImage, entries, mountsBelow, mountsOf, owner, servicesState, text, tree } from './runtime.js';
 
 describe('chown-mode container through the gateway', () => {
@@ -63,8 +69,18 @@ describe('chown-mode container through the gateway', () => {
 
     // Volumes: docker 0700 and kubelet, host dirs under the data root, owned by the container's root.
     expect(c.mounts!.slice(0, 2)).toEqual([
-      { source: join(sys.dataRoot, 'docker', c.id), dest: '/var/lib/docker', type: 'bind', opt: ['rbind', 'rprivate'] },
-      { source: join(sys.dataRoot, 'kubelet', c.id), dest: '/var/lib/kubelet', type: 'bind', opt: ['rbind', 'rprivate'] },
+      {
+        source: join(sys.dataRoot, 'docker', c.id),
+        dest: '/var/lib/docker',
+        type: 'bind',
+        opt: ['rbind', 'rprivate'],
+      },
+      {
+        source: join(sys.dataRoot, 'kubelet', c.id),
+        dest: '/var/lib/kubelet',
+        type: 'bind',
+        opt: ['rbind', 'rprivate'],
+      },
     ]);
     const docker = dockerVolume(c);
     expect(statSync(docker).mode & 0o777).toBe(0o700);
@@ -74,7 +90,10 @@ describe('chown-mode container through the gateway', () => {
     expect(await text(join(sys.dataRoot, 'kubelet', c.id, 'config.yaml'))).toContain('KubeletConfiguration');
     const state = await servicesState(sys);
     expect(state.subid.allocations.map((a) => a.id)).toEqual([c.id]);
-    expect(state.vol.volumes.map((v) => `${v.kind}:${v.id}`).sort()).toEqual([`docker:${c.id}`, `kubelet:${c.id}`]);
+    expect(state.vol.volumes.map((v) => `${v.kind}:${v.id}`).sort()).toEqual([
+      `docker:${c.id}`,
+      `kubelet:${c.id}`,
+    ]);
     expect(state.rootfs.clones).toMatchObject([{ id: c.id, chowned: true, mounted: true }]);
   });
 
@@ -97,7 +116,9 @@ describe('chown-mode container through the gateway', () => {
     await writeFile(late, 'written before stop\n');
     await chown(late, c.ids!.uid, c.ids!.gid);
     await runStep(o, c, 'stop');
-    expect(await text(join(c.rootfs.upper, 'var', 'lib', 'docker', 'late.txt'))).toBe('written before stop\n');
+    expect(await text(join(c.rootfs.upper, 'var', 'lib', 'docker', 'late.txt'))).toBe(
+      'written before stop\n',
+    );
     expect(owner(join(c.rootfs.upper, 'var', 'lib', 'docker', 'late.txt'))).toBe('0:0');
     expect(owner(join(clonePaths().merged, 'etc', 'os-release'))).toBe('0:0');
     expect(existsSync(dockerVolume(c))).toBe(true);

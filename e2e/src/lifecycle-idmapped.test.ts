@@ -10,7 +10,18 @@ import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest'
 import { connectGateway, rpc, statusOf, type SysboxMgrClient } from './grpc.js';
 import { startSystem, type System } from './harness.js';
 import { KIND, SHIFT } from './lifecycle.js';
-import { buildImage, entries, mountContainerRootfs, mountsBelow, owner, removeLikeDocker, servicesState, text, until, type ContainerRootfs } from './runtime.js';
+import {
+  buildImage,
+  entries,
+  mountContainerRootfs,
+  mountsBelow,
+  owner,
+  removeLikeDocker,
+  servicesState,
+  text,
+  until,
+  type ContainerRootfs,
+} from './runtime.js';
 
 /** runc's chown of the upper dir: every entry shifted by the offset, symlinks not followed. */
 async function shiftTree(dir: string, offset: number): Promise<void> {
@@ -44,16 +55,33 @@ describe('ID-mapped-mode container through the gateway', () => {
     await sys?.stop();
   });
   const showLogs = () => onTestFailed(() => void process.stderr.write(sys.logs()));
-  const upperOwners = () => [owner(join(r.upper, 'etc', 'hostname')), owner(join(r.upper, 'home', 'user', 'work'))];
+  const upperOwners = () => [
+    owner(join(r.upper, 'etc', 'hostname')),
+    owner(join(r.upper, 'home', 'user', 'work')),
+  ];
 
   it('create: runc chowns the upper, Update records it, volumes are owned by root (ID-mapped)', async () => {
     showLogs();
-    const reg = await rpc(client, 'Register', { id, rootfs: r.merged, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+    const reg = await rpc(client, 'Register', {
+      id,
+      rootfs: r.merged,
+      userns: '',
+      netns: '',
+      uidMappings: [],
+      gidMappings: [],
+    });
     expect(reg.containerConfig.OverlayfsOnIDMapMountOk).toBe(true);
     ({ uid } = await rpc(client, 'SubidAlloc', { id, size: 65536 }));
     await shiftTree(r.upper, uid);
     const map = [{ containerID: 0, hostID: uid, size: 65536 }];
-    await rpc(client, 'Update', { id, userns: '', netns: '', uidMappings: map, gidMappings: map, rootfsUidShiftType: SHIFT.idMapped });
+    await rpc(client, 'Update', {
+      id,
+      userns: '',
+      netns: '',
+      uidMappings: map,
+      gidMappings: map,
+      rootfsUidShiftType: SHIFT.idMapped,
+    });
     expect(upperOwners()).toEqual([`${uid}:${uid}`, `${uid + 1000}:${uid + 1000}`]);
     expect((await servicesState(sys)).rootfs.uppers).toMatchObject([{ id }]);
     const mounts = (
@@ -66,7 +94,12 @@ describe('ID-mapped-mode container through the gateway', () => {
         ],
       })
     ).mounts;
-    expect(mounts[0]).toEqual({ source: join(sys.dataRoot, 'docker', id), dest: '/var/lib/docker', type: 'bind', opt: ['rbind', 'rprivate'] });
+    expect(mounts[0]).toEqual({
+      source: join(sys.dataRoot, 'docker', id),
+      dest: '/var/lib/docker',
+      type: 'bind',
+      opt: ['rbind', 'rprivate'],
+    });
     expect(owner(join(sys.dataRoot, 'docker', id))).toBe('0:0');
     expect(owner(join(sys.dataRoot, 'docker', id, 'image', 'overlay2', 'repositories.json'))).toBe('0:0');
     await rpc(client, 'ReqFsState', { id, rootfs: r.merged });
@@ -93,7 +126,10 @@ describe('ID-mapped-mode container through the gateway', () => {
   it('removal releases the volumes and the ids', async () => {
     showLogs();
     await removeLikeDocker(r, async () => {
-      await until('release', async () => (await statusOf(rpc(client, 'Pause', { id })))?.code === status.NOT_FOUND);
+      await until(
+        'release',
+        async () => (await statusOf(rpc(client, 'Pause', { id })))?.code === status.NOT_FOUND,
+      );
     });
     expect(entries(join(sys.dataRoot, 'docker'))).toEqual([]);
     expect(entries(join(sys.dataRoot, 'kubelet'))).toEqual([]);

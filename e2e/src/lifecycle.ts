@@ -10,7 +10,14 @@ import { join } from 'node:path';
 import { rpc, statusOf, type SysboxMgrClient } from './grpc.js';
 import { status } from '@grpc/grpc-js';
 import { run } from '@sysbox-mgr-ts/exec';
-import { mountContainerRootfs, removeLikeDocker, unmountAll, until, type ContainerRootfs, type ImageLayers } from './runtime.js';
+import {
+  mountContainerRootfs,
+  removeLikeDocker,
+  unmountAll,
+  until,
+  type ContainerRootfs,
+  type ImageLayers,
+} from './runtime.js';
 
 /** Shift types of sysbox-libs' idShiftUtils. */
 export const SHIFT = { none: 0, shiftfs: 1, idMapped: 2, idMappedOrShiftfs: 3, chown: 4 } as const;
@@ -48,15 +55,24 @@ export interface LifecycleOptions {
 export type StepName = 'create' | 'pause' | 'resume' | 'stop' | 'restart' | 'stop-again' | 'remove';
 export const STEPS: StepName[] = ['create', 'pause', 'resume', 'stop', 'restart', 'stop-again', 'remove'];
 
-const registerReq = (c: ChownContainer) => ({ id: c.id, rootfs: c.rootfs.merged, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+const registerReq = (c: ChownContainer) => ({
+  id: c.id,
+  rootfs: c.rootfs.merged,
+  userns: '',
+  netns: '',
+  uidMappings: [],
+  gidMappings: [],
+});
 
 /** Create .. start: Register, SubidAlloc, ReqCloneRootfs, Update, ReqMounts, ReqFsState, ChownClonedRootfs. */
 async function startContainer(o: LifecycleOptions, c: ChownContainer, restart: boolean): Promise<void> {
   const client = o.client();
   const reg = await rpc(client, 'Register', registerReq(c));
-  if (reg.containerConfig.OverlayfsOnIDMapMountOk) throw new Error('gateway not in chown mode: run it with --disable-ovfs-on-idmapped-mount');
+  if (reg.containerConfig.OverlayfsOnIDMapMountOk)
+    throw new Error('gateway not in chown mode: run it with --disable-ovfs-on-idmapped-mount');
   const ids = await rpc<{ uid: number; gid: number }>(client, 'SubidAlloc', { id: c.id, size: 65536 });
-  if (restart && (ids.uid !== c.ids!.uid || ids.gid !== c.ids!.gid)) throw new Error(`restart got new ids ${JSON.stringify(ids)}`);
+  if (restart && (ids.uid !== c.ids!.uid || ids.gid !== c.ids!.gid))
+    throw new Error(`restart got new ids ${JSON.stringify(ids)}`);
   c.ids = ids;
   const clone = (await rpc(client, 'ReqCloneRootfs', { id: c.id })).rootfs as string;
   if (restart && clone !== c.cloneRootfs) throw new Error(`restart got another clone ${clone}`);
@@ -71,8 +87,11 @@ async function startContainer(o: LifecycleOptions, c: ChownContainer, restart: b
     gidMappings: gmap,
     rootfsUidShiftType: SHIFT.chown,
   });
-  const mounts = (await rpc(client, 'ReqMounts', { id: c.id, rootfsUidShiftType: SHIFT.chown, reqList: VOLUME_REQUESTS })).mounts;
-  if (restart && JSON.stringify(mounts) !== JSON.stringify(c.mounts)) throw new Error(`restart got other mounts ${JSON.stringify(mounts)}`);
+  const mounts = (
+    await rpc(client, 'ReqMounts', { id: c.id, rootfsUidShiftType: SHIFT.chown, reqList: VOLUME_REQUESTS })
+  ).mounts;
+  if (restart && JSON.stringify(mounts) !== JSON.stringify(c.mounts))
+    throw new Error(`restart got other mounts ${JSON.stringify(mounts)}`);
   c.mounts = mounts;
   await rpc(client, 'ReqFsState', { id: c.id, rootfs: clone });
   await rpc(client, 'ChownClonedRootfs', { id: c.id, uidOffset: ids.uid, gidOffset: ids.gid });
@@ -87,7 +106,11 @@ async function startContainer(o: LifecycleOptions, c: ChownContainer, restart: b
 }
 
 /** Stop: runc's Destroy reverts the clone's chown, then Unregister; the runtime unmounts the rootfs. */
-async function stopContainer(o: LifecycleOptions, c: ChownContainer, runtimeUnmounts: boolean): Promise<void> {
+async function stopContainer(
+  o: LifecycleOptions,
+  c: ChownContainer,
+  runtimeUnmounts: boolean,
+): Promise<void> {
   const client = o.client();
   await rpc(client, 'RevertClonedRootfsChown', { id: c.id });
   await rpc(client, 'Unregister', { id: c.id });
@@ -140,7 +163,12 @@ export async function runStep(o: LifecycleOptions, c: ChownContainer, step: Step
 
 /** The gateway has released the container: its record is gone (Pause answers NOT_FOUND). */
 export async function released(client: SysboxMgrClient, id: string): Promise<boolean> {
-  return (await rpc(client, 'Pause', { id }, 5000).then(() => 0, (e: { code?: number }) => e.code ?? -1)) === status.NOT_FOUND;
+  return (
+    (await rpc(client, 'Pause', { id }, 5000).then(
+      () => 0,
+      (e: { code?: number }) => e.code ?? -1,
+    )) === status.NOT_FOUND
+  );
 }
 
 /**
@@ -149,7 +177,10 @@ export async function released(client: SysboxMgrClient, id: string): Promise<boo
  * once the gateway released the container. Answers whether the rootfs dir is gone: when the
  * release takes longer than this waits, the caller deletes it later, as Docker retries a removal.
  */
-export async function cleanUpLikeARuntime(client: () => SysboxMgrClient, c: ChownContainer): Promise<boolean> {
+export async function cleanUpLikeARuntime(
+  client: () => SysboxMgrClient,
+  c: ChownContainer,
+): Promise<boolean> {
   for (let attempt = 0; attempt < 40; attempt++) {
     const code = await rpc(client(), 'Unregister', { id: c.id }, 10_000).then(
       () => 0,
@@ -162,7 +193,8 @@ export async function cleanUpLikeARuntime(client: () => SysboxMgrClient, c: Chow
   await unmountAll(c.rootfs.merged).catch(() => undefined);
   await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
   const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline && !(await released(client(), c.id))) await new Promise((r) => setTimeout(r, 250));
+  while (Date.now() < deadline && !(await released(client(), c.id)))
+    await new Promise((r) => setTimeout(r, 250));
   await run('rm', ['-rf', c.rootfs.dir], { timeout: 30_000, okExitCodes: [1] }).catch(() => undefined);
   return !existsSync(c.rootfs.dir);
 }

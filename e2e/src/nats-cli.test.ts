@@ -24,18 +24,38 @@ describe('services answer plain NATS requests', () => {
       expect(r.headers['Nats-Service-Error-Code'], c.subject(sys.node)).toBeUndefined();
       expect(c.reply.safeParse(JSON.parse(r.body)).success, r.body).toBe(true);
     }
-    const alloc = await rawRequest(sys.natsPort, subidAlloc.subject(sys.node), '{"id":"c1","size":65536}', sys.credentials('operator'));
+    const alloc = await rawRequest(
+      sys.natsPort,
+      subidAlloc.subject(sys.node),
+      '{"id":"c1","size":65536}',
+      sys.credentials('operator'),
+    );
     expect(JSON.parse(alloc.body)).toMatchObject({ size: 65536 });
   });
 
   it('a malformed request gets a typed error, and an unknown subject no responders', async () => {
     showLogs();
-    const bad = await rawRequest(sys.natsPort, subidAlloc.subject(sys.node), '{"id":"../../etc","size":65536}', sys.credentials('operator'));
+    const bad = await rawRequest(
+      sys.natsPort,
+      subidAlloc.subject(sys.node),
+      '{"id":"../../etc","size":65536}',
+      sys.credentials('operator'),
+    );
     expect(bad.headers['Nats-Service-Error-Code']).toBe('400');
     expect(JSON.parse(bad.body).error.code).toBe('invalid-request');
-    const notJson = await rawRequest(sys.natsPort, volList.subject(sys.node), 'not json', sys.credentials('monitor'));
+    const notJson = await rawRequest(
+      sys.natsPort,
+      volList.subject(sys.node),
+      'not json',
+      sys.credentials('monitor'),
+    );
     expect(JSON.parse(notJson.body).error.code).toBe('invalid-request');
-    const nobody = await rawRequest(sys.natsPort, `sysbox.${sys.node}.nothing.here`, '{}', sys.credentials('operator'));
+    const nobody = await rawRequest(
+      sys.natsPort,
+      `sysbox.${sys.node}.nothing.here`,
+      '{}',
+      sys.credentials('operator'),
+    );
     expect(nobody.status).toBe('503');
   });
 
@@ -49,7 +69,8 @@ describe('services answer plain NATS requests', () => {
   it('two replicas of one service share its load', async () => {
     showLogs();
     await sys.start('subid-allocator');
-    for (let i = 0; i < 40; i++) await rawRequest(sys.natsPort, subidList.subject(sys.node), '{}', sys.credentials('monitor'));
+    for (let i = 0; i < 40; i++)
+      await rawRequest(sys.natsPort, subidList.subject(sys.node), '{}', sys.credentials('monitor'));
     const counts: number[] = [];
     const it = await sys.nc.requestMany('$SRV.STATS.sysbox-subid', undefined, { maxWait: 1000 });
     for await (const m of it) {

@@ -39,8 +39,17 @@ export async function rawRequest(
     }
     const inbox = `${creds.inboxPrefix ?? '_INBOX'}.raw${Math.random().toString(36).slice(2)}`;
     const body = Buffer.from(payload);
-    const options = { verbose: false, pedantic: false, headers: true, no_responders: true, protocol: 1, ...auth };
-    sock.write(`CONNECT ${JSON.stringify(options)}\r\nSUB ${inbox} 1\r\nPUB ${subject} ${inbox} ${body.length}\r\n`);
+    const options = {
+      verbose: false,
+      pedantic: false,
+      headers: true,
+      no_responders: true,
+      protocol: 1,
+      ...auth,
+    };
+    sock.write(
+      `CONNECT ${JSON.stringify(options)}\r\nSUB ${inbox} 1\r\nPUB ${subject} ${inbox} ${body.length}\r\n`,
+    );
     sock.write(Buffer.concat([body, Buffer.from('\r\n')]));
     return await readReply(sock, timeoutMs);
   } finally {
@@ -101,7 +110,8 @@ function readReply(sock: Socket, timeoutMs: number): Promise<RawReply> {
         let status: string | undefined;
         for (const [i, h] of hdrText.split('\r\n').entries()) {
           if (i === 0) status = /^NATS\/1\.0 ?(\d+)?/.exec(h)?.[1];
-          else if (h.includes(':')) headers[h.slice(0, h.indexOf(':')).trim()] = h.slice(h.indexOf(':') + 1).trim();
+          else if (h.includes(':'))
+            headers[h.slice(0, h.indexOf(':')).trim()] = h.slice(h.indexOf(':') + 1).trim();
         }
         clearTimeout(timer);
         resolve({ headers, status, body: payload.subarray(hdrLen).toString() });

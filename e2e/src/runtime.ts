@@ -42,7 +42,10 @@ export async function buildImage(overlay2: string, name: string, extraEntries = 
   const innerDocker = join(dockerLayer, 'var', 'lib', 'docker');
   await mkdir(join(innerDocker, 'image', 'overlay2'), { recursive: true, mode: 0o700 });
   await run('chmod', ['0700', innerDocker], { timeout: 5000 });
-  await writeFile(join(innerDocker, 'image', 'overlay2', 'repositories.json'), '{"Repositories":{"busybox":{}}}\n');
+  await writeFile(
+    join(innerDocker, 'image', 'overlay2', 'repositories.json'),
+    '{"Repositories":{"busybox":{}}}\n',
+  );
   await mkdir(join(innerDocker, 'volumes'), { recursive: true });
   await writeFile(join(innerDocker, 'volumes', 'metadata.db'), 'preloaded inner image metadata\n');
   const kubelet = join(kubeLayer, 'var', 'lib', 'kubelet');
@@ -60,13 +63,29 @@ export interface ContainerRootfs {
 }
 
 /** A container layer over the image, mounted at `<overlay2>/<id>/merged` as Docker mounts it. */
-export async function mountContainerRootfs(overlay2: string, id: string, image: ImageLayers): Promise<ContainerRootfs> {
+export async function mountContainerRootfs(
+  overlay2: string,
+  id: string,
+  image: ImageLayers,
+): Promise<ContainerRootfs> {
   const dir = join(overlay2, id);
-  const r: ContainerRootfs = { dir, merged: join(dir, 'merged'), upper: join(dir, 'diff'), work: join(dir, 'work') };
+  const r: ContainerRootfs = {
+    dir,
+    merged: join(dir, 'merged'),
+    upper: join(dir, 'diff'),
+    work: join(dir, 'work'),
+  };
   for (const d of [r.merged, r.upper, r.work]) await mkdir(d, { recursive: true });
   await run(
     'mount',
-    ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image.lowers.join(':')},upperdir=${r.upper},workdir=${r.work}`, r.merged],
+    [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${image.lowers.join(':')},upperdir=${r.upper},workdir=${r.work}`,
+      r.merged,
+    ],
     { timeout: 10_000 },
   );
   return r;
@@ -89,7 +108,11 @@ export async function removeLikeDocker(c: ContainerRootfs, released: () => Promi
   await rm(c.dir, { recursive: true, force: true });
 }
 
-export async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
+export async function until<T>(
+  what: string,
+  fn: () => Promise<T | undefined | false>,
+  ms = 15_000,
+): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
     const v = await fn();
@@ -130,13 +153,17 @@ export async function servicesState(sys: System) {
     if (error) throw new Error(`${subject}: ${error.code} ${error.message}`);
     return reply.json<T>();
   };
-  const subid = await ask<{ allocations: { id: string; uid: number; gid: number }[] }>(subidList.subject(sys.node));
-  const vol = await ask<{ volumes: { id: string; kind: string; path: string }[]; preps: { source: string; holders: string[] }[] }>(
-    volList.subject(sys.node),
+  const subid = await ask<{ allocations: { id: string; uid: number; gid: number }[] }>(
+    subidList.subject(sys.node),
   );
-  const rootfs = await ask<{ clones: { id: string; chowned: boolean; mounted: boolean }[]; uppers: { id: string }[] }>(
-    rootfsList.subject(sys.node),
-  );
+  const vol = await ask<{
+    volumes: { id: string; kind: string; path: string }[];
+    preps: { source: string; holders: string[] }[];
+  }>(volList.subject(sys.node));
+  const rootfs = await ask<{
+    clones: { id: string; chowned: boolean; mounted: boolean }[];
+    uppers: { id: string }[];
+  }>(rootfsList.subject(sys.node));
   const shiftfs = await ask<{ supported: boolean; marks: unknown[] }>(shiftfsList.subject(sys.node));
   return { subid, vol, rootfs, shiftfs };
 }

@@ -36,7 +36,10 @@ describe('containers sharing a netns and a mount source', () => {
   const release = async (id: string, rootfs: string) => {
     await rpc(client, 'Unregister', { id });
     await rm(rootfs, { recursive: true });
-    await until(`release of ${id}`, async () => (await statusOf(rpc(client, 'Pause', { id })))?.code === status.NOT_FOUND);
+    await until(
+      `release of ${id}`,
+      async () => (await statusOf(rpc(client, 'Pause', { id })))?.code === status.NOT_FOUND,
+    );
   };
 
   it('a pod: the second container in a netns gets the first one’s userns and ids, and its volume is owned by them', async () => {
@@ -48,16 +51,41 @@ describe('containers sharing a netns and a mount source', () => {
     try {
       const ra = await rootfsFor('pod-a');
       const rb = await rootfsFor('pod-b');
-      await rpc(client, 'Register', { id: 'pod-a', rootfs: ra, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+      await rpc(client, 'Register', {
+        id: 'pod-a',
+        rootfs: ra,
+        userns: '',
+        netns: '',
+        uidMappings: [],
+        gidMappings: [],
+      });
       const ids = await rpc(client, 'SubidAlloc', { id: 'pod-a', size: 65536 });
       const map = [{ containerID: 0, hostID: ids.uid, size: 65536 }];
-      await rpc(client, 'Update', { id: 'pod-a', userns: '/proc/1/ns/user', netns, uidMappings: map, gidMappings: map, rootfsUidShiftType: SHIFT.chown });
+      await rpc(client, 'Update', {
+        id: 'pod-a',
+        userns: '/proc/1/ns/user',
+        netns,
+        uidMappings: map,
+        gidMappings: map,
+        rootfsUidShiftType: SHIFT.chown,
+      });
 
-      const b = await rpc(client, 'Register', { id: 'pod-b', rootfs: rb, userns: '', netns, uidMappings: [], gidMappings: [] });
+      const b = await rpc(client, 'Register', {
+        id: 'pod-b',
+        rootfs: rb,
+        userns: '',
+        netns,
+        uidMappings: [],
+        gidMappings: [],
+      });
       expect(b.containerConfig.userns).toBe('/proc/1/ns/user');
       expect(b.containerConfig.uidMappings).toEqual(map);
       // sysbox-runc joins that userns: no SubidAlloc for pod-b. Its volume takes the shared ids.
-      await rpc(client, 'ReqMounts', { id: 'pod-b', rootfsUidShiftType: SHIFT.chown, reqList: [{ kind: KIND.docker, dest: '/var/lib/docker' }] });
+      await rpc(client, 'ReqMounts', {
+        id: 'pod-b',
+        rootfsUidShiftType: SHIFT.chown,
+        reqList: [{ kind: KIND.docker, dest: '/var/lib/docker' }],
+      });
       expect(owner(join(sys.dataRoot, 'docker', 'pod-b'))).toBe(`${ids.uid}:${ids.gid}`);
       expect((await servicesState(sys)).subid.allocations.map((a) => a.id)).toEqual(['pod-a']);
 
@@ -67,7 +95,14 @@ describe('containers sharing a netns and a mount source', () => {
       expect((await servicesState(sys)).subid.allocations).toEqual([]);
       // The pod is gone: a newcomer in that netns with its own userns keeps its own.
       const rc = await rootfsFor('pod-c');
-      const c = await rpc(client, 'Register', { id: 'pod-c', rootfs: rc, userns: '/proc/self/ns/user', netns, uidMappings: [], gidMappings: [] });
+      const c = await rpc(client, 'Register', {
+        id: 'pod-c',
+        rootfs: rc,
+        userns: '/proc/self/ns/user',
+        netns,
+        uidMappings: [],
+        gidMappings: [],
+      });
       expect(c.containerConfig.userns).toBe('/proc/self/ns/user');
       await release('pod-c', rc);
     } finally {
@@ -85,23 +120,46 @@ describe('containers sharing a netns and a mount source', () => {
     const ra = await rootfsFor('x-a');
     const rb = await rootfsFor('x-b');
     const ids: Record<string, { uid: number; gid: number }> = {};
-    for (const [id, r] of [['x-a', ra], ['x-b', rb]] as const) {
-      await rpc(client, 'Register', { id, rootfs: r, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+    for (const [id, r] of [
+      ['x-a', ra],
+      ['x-b', rb],
+    ] as const) {
+      await rpc(client, 'Register', {
+        id,
+        rootfs: r,
+        userns: '',
+        netns: '',
+        uidMappings: [],
+        gidMappings: [],
+      });
       ids[id] = await rpc(client, 'SubidAlloc', { id, size: 65536 });
-      await rpc(client, 'PrepMounts', { id, uid: ids[id]!.uid, gid: ids[id]!.gid, prepList: [{ source: src, exclusive: true }] });
+      await rpc(client, 'PrepMounts', {
+        id,
+        uid: ids[id]!.uid,
+        gid: ids[id]!.gid,
+        prepList: [{ source: src, exclusive: true }],
+      });
     }
     const { uid, gid } = ids['x-a']!;
     // Shifted once, by the first container's offset (not twice).
     expect(owners()).toEqual([`${uid}:${gid}`, `${uid + 1000}:${gid + 1000}`, `${uid}:${gid}`]);
-    expect((await servicesState(sys)).vol.preps).toMatchObject([{ holders: expect.arrayContaining(['x-a', 'x-b']) }]);
+    expect((await servicesState(sys)).vol.preps).toMatchObject([
+      { holders: expect.arrayContaining(['x-a', 'x-b']) },
+    ]);
     await rpc(client, 'Unregister', { id: 'x-a' });
     expect(owners()).toEqual([`${uid}:${gid}`, `${uid + 1000}:${gid + 1000}`, `${uid}:${gid}`]);
     await rpc(client, 'Unregister', { id: 'x-b' });
     expect(owners()).toEqual(['0:0', '1000:1000', '0:0']);
     expect((await servicesState(sys)).vol.preps).toEqual([]);
-    for (const [id, r] of [['x-a', ra], ['x-b', rb]] as const) {
+    for (const [id, r] of [
+      ['x-a', ra],
+      ['x-b', rb],
+    ] as const) {
       await rm(r, { recursive: true });
-      await until(`release of ${id}`, async () => (await statusOf(rpc(client, 'Pause', { id })))?.code === status.NOT_FOUND);
+      await until(
+        `release of ${id}`,
+        async () => (await statusOf(rpc(client, 'Pause', { id })))?.code === status.NOT_FOUND,
+      );
     }
     expect((await servicesState(sys)).subid.allocations).toEqual([]);
     expect(await mountsBelow(sys.dir)).toEqual([]);

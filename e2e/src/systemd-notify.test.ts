@@ -34,8 +34,17 @@ describe('sd_notify from a daemon bin (Type=notify)', () => {
     const listener = listenDatagram(join(sys.dir, 'notify.sock'));
     const logFile = join(sys.dir, 'logs', 'shiftfs-mgr.notify.log');
     const args = [
-      '--nats-url', sys.nats.url, '--nats-creds', sys.nats.credentials('shiftfs-mgr'), '--node', sys.node,
-      '--data-root', sys.dataRoot, '--log-level', 'debug', '--no-modprobe',
+      '--nats-url',
+      sys.nats.url,
+      '--nats-creds',
+      sys.nats.credentials('shiftfs-mgr'),
+      '--node',
+      sys.node,
+      '--data-root',
+      sys.dataRoot,
+      '--log-level',
+      'debug',
+      '--no-modprobe',
     ];
     const proc = startProcess(join(repoRoot, 'apps/shiftfs-mgr/bin/sysbox-shiftfs-mgr.js'), args, {
       env: { NOTIFY_SOCKET: listener.path },
@@ -50,7 +59,8 @@ describe('sd_notify from a daemon bin (Type=notify)', () => {
       const started = performance.now();
       let ready: { message: string; pid: number } | undefined;
       while (!ready) {
-        if (performance.now() - started > 20_000) throw new Error(`no READY=1 in 20 s:\n${readFileSync(logFile, 'utf8')}`);
+        if (performance.now() - started > 20_000)
+          throw new Error(`no READY=1 in 20 s:\n${readFileSync(logFile, 'utf8')}`);
         if (proc.exitCode !== null) throw new Error(`shiftfs-mgr exited:\n${readFileSync(logFile, 'utf8')}`);
         ready = listener.drain()[0];
         if (!ready) await new Promise((r) => setTimeout(r, 5));
@@ -59,14 +69,18 @@ describe('sd_notify from a daemon bin (Type=notify)', () => {
       // The moment the supervisor hears READY=1, the service answers on the first try.
       expect(ready).toEqual({ message: 'READY=1', pid: proc.pid });
       expect(await ping()).toBe(true);
-      expect(readFileSync(logFile, 'utf8')).toMatch(/"msg":"started"[^\n]*\n[\s\S]*"msg":"sd_notify READY=1"/);
+      expect(readFileSync(logFile, 'utf8')).toMatch(
+        /"msg":"started"[^\n]*\n[\s\S]*"msg":"sd_notify READY=1"/,
+      );
       console.log(`READY=1 ${readyMs.toFixed(0)} ms after spawn`);
 
       proc.kill('SIGTERM');
       expect(await listener.next(5000)).toEqual({ message: 'STOPPING=1', pid: proc.pid });
       expect((await proc).exitCode).toBe(0);
       expect(listener.drain()).toEqual([]);
-      expect(readFileSync(logFile, 'utf8')).toMatch(/"msg":"stopping"[\s\S]*"msg":"sd_notify STOPPING=1"[\s\S]*"msg":"stopped"/);
+      expect(readFileSync(logFile, 'utf8')).toMatch(
+        /"msg":"stopping"[\s\S]*"msg":"sd_notify STOPPING=1"[\s\S]*"msg":"stopped"/,
+      );
     } finally {
       if (proc.exitCode === null) {
         proc.kill('SIGKILL');
@@ -95,9 +109,11 @@ describe('deploy/systemd units', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('has the nats-server unit and one Type=notify unit per daemon, in the host mount namespace', () => {
-    expect(readdirSync(unitDir).filter((f) => f.endsWith('.service')).sort()).toEqual(
-      ['sysbox-nats', ...Object.keys(DAEMONS)].map((u) => `${u}.service`).sort(),
-    );
+    expect(
+      readdirSync(unitDir)
+        .filter((f) => f.endsWith('.service'))
+        .sort(),
+    ).toEqual(['sysbox-nats', ...Object.keys(DAEMONS)].map((u) => `${u}.service`).sort());
     const nats = unitKeys(readFileSync(join(unitDir, 'sysbox-nats.service'), 'utf8'));
     expect(nats.get('ExecStart')).toEqual(['nats-server -c /etc/sysbox-mgr-ts/nats/nats-server.conf']);
     for (const unit of Object.keys(DAEMONS)) {
@@ -112,7 +128,16 @@ describe('deploy/systemd units', () => {
       expect(k.get('NoNewPrivileges'), unit).toEqual(['yes']);
       // Any of these gives the service its own mount namespace: its mounts would be invisible to
       // sysbox-runc, and /home or /tmp bind sources unreachable.
-      for (const ns of ['ProtectSystem', 'ProtectHome', 'PrivateTmp', 'PrivateDevices', 'ReadWritePaths', 'ReadOnlyPaths', 'InaccessiblePaths', 'PrivateMounts']) {
+      for (const ns of [
+        'ProtectSystem',
+        'ProtectHome',
+        'PrivateTmp',
+        'PrivateDevices',
+        'ReadWritePaths',
+        'ReadOnlyPaths',
+        'InaccessiblePaths',
+        'PrivateMounts',
+      ]) {
         expect(k.has(ns), `${unit} sets ${ns}`).toBe(false);
       }
     }
@@ -128,7 +153,9 @@ describe('deploy/systemd units', () => {
     writeFileSync(probe, '[Service]\nType=oneshot\nExecStart=/bin/true\n');
     const p = await run('systemd-analyze', ['verify', probe], { timeout: 60_000, okExitCodes: [1] });
     if (p.exitCode !== 0 || p.stderr.trim()) {
-      console.log(`skipped: systemd-analyze verify does not work in this VM: ${p.stderr.trim() || `exit ${p.exitCode}`}`);
+      console.log(
+        `skipped: systemd-analyze verify does not work in this VM: ${p.stderr.trim() || `exit ${p.exitCode}`}`,
+      );
       ctx.skip();
     }
     rmSync(probe);
@@ -145,7 +172,9 @@ describe('deploy/systemd units', () => {
       files.push(join(dir, f));
     }
     const r = await run('systemd-analyze', ['verify', ...files], { timeout: 60_000, okExitCodes: [1] });
-    console.log(`systemd-analyze verify of ${files.length} units: exit ${r.exitCode}${r.stderr ? `\n${r.stderr}` : ', no findings'}`);
+    console.log(
+      `systemd-analyze verify of ${files.length} units: exit ${r.exitCode}${r.stderr ? `\n${r.stderr}` : ', no findings'}`,
+    );
     expect(r.stderr).toBe('');
     expect(r.exitCode).toBe(0);
   });

@@ -5,11 +5,31 @@
  * key, read or write another service's state, delete buckets and answer in another's place. A
  * root-owned decoy tree (a secret and a setuid file) must stay exactly as it was.
  */
-import { chmodSync, chownSync, copyFileSync, cpSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  cpSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
-import { GATEWAY_BUCKET, inboxPrefixOf, subidService, volPrep, volService, rootfsShiftUpper, subidAlloc, volList } from '@sysbox-mgr-ts/contracts';
+import {
+  GATEWAY_BUCKET,
+  inboxPrefixOf,
+  subidService,
+  volPrep,
+  volService,
+  rootfsShiftUpper,
+  subidAlloc,
+  volList,
+} from '@sysbox-mgr-ts/contracts';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { run } from '@sysbox-mgr-ts/exec';
 import { repoRoot, startSystem, type System } from './harness.js';
@@ -48,10 +68,24 @@ describe('an unprivileged local user against the authenticated system', () => {
   };
 
   /** Runs the probe as uid/gid 65534 with a plan. */
-  const probe = async (plan: { seedFile?: string; inboxPrefix?: string; steps: ProbeStep[] }): Promise<ProbeResult> => {
+  const probe = async (plan: {
+    seedFile?: string;
+    inboxPrefix?: string;
+    steps: ProbeStep[];
+  }): Promise<ProbeResult> => {
     const r = await run(
       'setpriv',
-      ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', '--', process.execPath, join(probeDir, 'nats-probe.mjs'), JSON.stringify({ url: sys.nats.url, ...plan })],
+      [
+        '--reuid',
+        String(NOBODY),
+        '--regid',
+        String(NOBODY),
+        '--clear-groups',
+        '--',
+        process.execPath,
+        join(probeDir, 'nats-probe.mjs'),
+        JSON.stringify({ url: sys.nats.url, ...plan }),
+      ],
       { timeout: 30_000, cwd: probeDir },
     );
     return JSON.parse(r.stdout) as ProbeResult;
@@ -75,7 +109,10 @@ describe('an unprivileged local user against the authenticated system', () => {
     copyFileSync(join(repoRoot, 'e2e', 'fixtures', 'nats-probe.mjs'), join(probeDir, 'nats-probe.mjs'));
     mkdirSync(join(probeDir, 'node_modules'));
     for (const pkg of ['@nats-io', 'tweetnacl']) {
-      cpSync(join(repoRoot, 'node_modules', pkg), join(probeDir, 'node_modules', pkg), { recursive: true, dereference: true });
+      cpSync(join(repoRoot, 'node_modules', pkg), join(probeDir, 'node_modules', pkg), {
+        recursive: true,
+        dereference: true,
+      });
     }
     await run('chmod', ['-R', 'a+rX', probeDir], { timeout: 10_000 });
 
@@ -101,7 +138,12 @@ describe('an unprivileged local user against the authenticated system', () => {
 
   it('with the monitor identity: discovery and lists, but no mutating subject', async () => {
     showLogs();
-    const prep = JSON.stringify({ id: 'c1', uid: NOBODY, gid: NOBODY, sources: [{ source: decoy, exclusive: true }] });
+    const prep = JSON.stringify({
+      id: 'c1',
+      uid: NOBODY,
+      gid: NOBODY,
+      sources: [{ source: decoy, exclusive: true }],
+    });
     const r = await probe({
       seedFile: stolenSeed('monitor'),
       inboxPrefix: inboxPrefixOf('monitor'),
@@ -109,7 +151,10 @@ describe('an unprivileged local user against the authenticated system', () => {
         { request: volList.subject(sys.node), body: '{}' },
         { request: `$SRV.INFO.${volService.name}`, body: '' },
         { request: volPrep.subject(sys.node), body: prep },
-        { request: rootfsShiftUpper.subject(sys.node), body: JSON.stringify({ id: 'c1', upperDir: decoy, uidOffset: -NOBODY, gidOffset: 0 }) },
+        {
+          request: rootfsShiftUpper.subject(sys.node),
+          body: JSON.stringify({ id: 'c1', upperDir: decoy, uidOffset: -NOBODY, gidOffset: 0 }),
+        },
         { request: subidAlloc.subject(sys.node), body: '{"id":"c1","size":65536}' },
         { subscribe: `${inboxPrefixOf('gateway')}.>` },
       ],
@@ -119,7 +164,11 @@ describe('an unprivileged local user against the authenticated system', () => {
     expect(list).toMatchObject({ ok: true });
     expect(JSON.parse(list!.data!)).toHaveProperty('volumes');
     expect(JSON.parse(info!.data!)).toMatchObject({ name: volService.name });
-    for (const s of refused) expect(s, JSON.stringify(s.step)).toMatchObject({ ok: false, data: expect.stringMatching(/Permissions Violation/) });
+    for (const s of refused)
+      expect(s, JSON.stringify(s.step)).toMatchObject({
+        ok: false,
+        data: expect.stringMatching(/Permissions Violation/),
+      });
   });
 
   it("with a service's own key: no other service's state, no bucket deleted, no answering in another's place", async () => {
@@ -140,11 +189,21 @@ describe('an unprivileged local user against the authenticated system', () => {
       ],
     });
     expect(r.connect).toBe('ok');
-    for (const s of r.steps) expect(s, JSON.stringify(s.step)).toMatchObject({ ok: false, data: expect.stringMatching(/Permissions Violation/) });
+    for (const s of r.steps)
+      expect(s, JSON.stringify(s.step)).toMatchObject({
+        ok: false,
+        data: expect.stringMatching(/Permissions Violation/),
+      });
     // Every bucket is still there.
     const names: string[] = [];
     for await (const name of (await jetstreamManager(sys.nc)).streams.names()) names.push(name);
-    expect(names).toEqual(expect.arrayContaining([`KV_${GATEWAY_BUCKET}`, `KV_${volService.bucket}`, `KV_${subidService.bucket}`]));
+    expect(names).toEqual(
+      expect.arrayContaining([
+        `KV_${GATEWAY_BUCKET}`,
+        `KV_${volService.bucket}`,
+        `KV_${subidService.bucket}`,
+      ]),
+    );
   });
 
   it('the root-owned decoy tree is untouched', () => {

@@ -8,7 +8,10 @@ const dir = benchOutDir();
 const suites = readdirSync(dir)
   .filter((f) => f.endsWith('.json') && f !== 'report.json')
   .sort()
-  .map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as { suite: string; date: string; figures: Figure[] });
+  .map(
+    (f) =>
+      JSON.parse(readFileSync(join(dir, f), 'utf8')) as { suite: string; date: string; figures: Figure[] },
+  );
 
 const machine = `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'cpu'}, ${Math.round(totalmem() / 2 ** 30)} GiB, Linux ${release()} ${arch()}, Node ${process.version}`;
 const date = new Date().toISOString();

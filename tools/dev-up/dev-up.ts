@@ -30,7 +30,8 @@ const options = {
   credsDir: option({
     flag: 'creds-dir',
     env: 'SYSBOX_CREDS_DIR',
-    description: 'NATS credentials (one owner-only nkey file per identity) and the server configuration; made on first start',
+    description:
+      'NATS credentials (one owner-only nkey file per identity) and the server configuration; made on first start',
     schema: z.string().startsWith('/').default(DEFAULT_CREDENTIALS_DIR),
   }),
   natsPort: option({
@@ -39,7 +40,11 @@ const options = {
     description: 'client port of the embedded nats-server',
     schema: z.coerce.number().int().min(1).max(65535).default(4222),
   }),
-  oneProcess: boolOption('one-process', 'SYSBOX_ONE_PROCESS', 'run the apps in one process (the all-in-one bin) instead of one process each'),
+  oneProcess: boolOption(
+    'one-process',
+    'SYSBOX_ONE_PROCESS',
+    'run the apps in one process (the all-in-one bin) instead of one process each',
+  ),
   only: option({
     flag: 'only',
     env: 'SYSBOX_ONLY',
@@ -48,13 +53,24 @@ const options = {
   }),
 };
 
-const parsed = parseConfig(options, process.argv.slice(2), process.env, 'sysbox-mgr-ts embedded default: nats-server + every daemon');
+const parsed = parseConfig(
+  options,
+  process.argv.slice(2),
+  process.env,
+  'sysbox-mgr-ts embedded default: nats-server + every daemon',
+);
 if ('help' in parsed) {
   process.stdout.write(parsed.help);
   process.exit(0);
 }
 const config = parsed.config;
-const log = createLogger({ service: 'dev-up', node: config.node, version: '0', level: config.logLevel, pretty: true });
+const log = createLogger({
+  service: 'dev-up',
+  node: config.node,
+  version: '0',
+  level: config.logLevel,
+  pretty: true,
+});
 const pretty = process.stdout.isTTY ? prettyFactory({ colorize: true }) : undefined;
 
 interface App {
@@ -65,20 +81,26 @@ interface App {
 /** Every app with a bin, one process each; or the all-in-one alone, which runs them itself. */
 function discoverApps(): App[] {
   if (config.oneProcess) {
-    const pkg = JSON.parse(readFileSync(join(root, 'apps', 'all-in-one', 'package.json'), 'utf8')) as { bin: Record<string, string> };
+    const pkg = JSON.parse(readFileSync(join(root, 'apps', 'all-in-one', 'package.json'), 'utf8')) as {
+      bin: Record<string, string>;
+    };
     return [{ name: 'all-in-one', bin: join(root, 'apps', 'all-in-one', Object.values(pkg.bin)[0]!) }];
   }
   const only = config.only?.split(',').map((s) => s.trim());
-  return readdirSync(join(root, 'apps'))
-    .filter((dir) => existsSync(join(root, 'apps', dir, 'dist', 'main.js')))
-    .filter((dir) => dir !== 'all-in-one' && (!only || only.includes(dir)))
-    .map((dir) => {
-      const pkg = JSON.parse(readFileSync(join(root, 'apps', dir, 'package.json'), 'utf8')) as { bin: Record<string, string> };
-      const [, bin] = Object.entries(pkg.bin)[0]!;
-      return { name: dir, bin: join(root, 'apps', dir, bin) };
-    })
-    // The gateway asks the services at start, so it goes last.
-    .sort((a, b) => Number(a.name === 'gateway') - Number(b.name === 'gateway'));
+  return (
+    readdirSync(join(root, 'apps'))
+      .filter((dir) => existsSync(join(root, 'apps', dir, 'dist', 'main.js')))
+      .filter((dir) => dir !== 'all-in-one' && (!only || only.includes(dir)))
+      .map((dir) => {
+        const pkg = JSON.parse(readFileSync(join(root, 'apps', dir, 'package.json'), 'utf8')) as {
+          bin: Record<string, string>;
+        };
+        const [, bin] = Object.entries(pkg.bin)[0]!;
+        return { name: dir, bin: join(root, 'apps', dir, bin) };
+      })
+      // The gateway asks the services at start, so it goes last.
+      .sort((a, b) => Number(a.name === 'gateway') - Number(b.name === 'gateway'))
+  );
 }
 
 mkdirSync(join(config.stateDir, 'jetstream'), { recursive: true });
@@ -89,7 +111,10 @@ const nats = await startNatsServer({
   auth: { dir: config.credsDir, nodes: [config.node] },
   ownProcessGroup: true,
 });
-log.info({ url: nats.url, store: nats.storeDir, credentials: nats.credentialsDir }, 'nats-server started (authentication on)');
+log.info(
+  { url: nats.url, store: nats.storeDir, credentials: nats.credentialsDir },
+  'nats-server started (authentication on)',
+);
 
 const env = {
   NATS_URL: nats.url,
@@ -100,9 +125,16 @@ const env = {
 const children = discoverApps().map((app) => {
   // The app's directory name is its identity; the path (never the seed) goes in its environment.
   // Each app's own credentials (the path, never the seed); the all-in-one reads the directory.
-  const creds = app.name === 'all-in-one' ? { SYSBOX_CREDS_DIR: config.credsDir } : { NATS_CREDS: nats.credentials(app.name as IdentityName) };
+  const creds =
+    app.name === 'all-in-one'
+      ? { SYSBOX_CREDS_DIR: config.credsDir }
+      : { NATS_CREDS: nats.credentials(app.name as IdentityName) };
   const only = app.name === 'all-in-one' && config.only ? { SYSBOX_ONLY: config.only } : {};
-  const proc = startProcess(app.bin, [], { env: { ...env, ...creds, ...only }, output: 'pipe', ownProcessGroup: true });
+  const proc = startProcess(app.bin, [], {
+    env: { ...env, ...creds, ...only },
+    output: 'pipe',
+    ownProcessGroup: true,
+  });
   for (const stream of [proc.stdout, proc.stderr]) {
     if (!stream) continue;
     createInterface({ input: stream }).on('line', (line) => {
@@ -125,7 +157,10 @@ async function stopAll(signal: string): Promise<void> {
   // Reverse order: the gateway first, so nothing calls a service that is already gone.
   for (const { app, proc } of [...children].reverse()) {
     proc.kill('SIGTERM');
-    const done = await Promise.race([proc.then(() => true), new Promise((r) => setTimeout(() => r(false), 10_000))]);
+    const done = await Promise.race([
+      proc.then(() => true),
+      new Promise((r) => setTimeout(() => r(false), 10_000)),
+    ]);
     if (!done) {
       log.warn({ app: app.name }, 'did not stop in 10 s, killing');
       proc.kill('SIGKILL');

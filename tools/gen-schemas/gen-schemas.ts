@@ -25,7 +25,11 @@ for (const name of present.filter((f) => !(f in wanted))) {
   if (!check) await rm(join(dir, name));
 }
 if (check && stale.length > 0) {
-  process.stderr.write(`stale JSON Schemas (run npm run gen-schemas -w @sysbox-mgr-ts/contracts): ${stale.join(', ')}\n`);
+  process.stderr.write(
+    `stale JSON Schemas (run npm run gen-schemas -w @sysbox-mgr-ts/contracts): ${stale.join(', ')}\n`,
+  );
   process.exit(1);
 }
-process.stdout.write(`${check ? 'checked' : 'wrote'} ${Object.keys(wanted).length} schemas, ${stale.length} changed\n`);
+process.stdout.write(
+  `${check ? 'checked' : 'wrote'} ${Object.keys(wanted).length} schemas, ${stale.length} changed\n`,
+);

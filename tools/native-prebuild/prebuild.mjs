@@ -19,7 +19,9 @@ const dir = join('prebuilds', 'linux-x64');
 const shipped = join(dir, addon);
 const glibc = process.report.getReport().header.glibcVersionRuntime;
 if (process.platform !== 'linux' || process.arch !== 'x64' || !glibc) {
-  console.log(`${pkg} prebuild: ${process.platform}-${process.arch}${glibc ? '' : ' without glibc'} is not the prebuilt platform; prebuilds/ left as is`);
+  console.log(
+    `${pkg} prebuild: ${process.platform}-${process.arch}${glibc ? '' : ' without glibc'} is not the prebuilt platform; prebuilds/ left as is`,
+  );
 } else if (!existsSync(shipped) || !readFileSync(built).equals(readFileSync(shipped))) {
   mkdirSync(dir, { recursive: true });
   // A new file renamed over the old one: processes that have the old one loaded (daemons and tests

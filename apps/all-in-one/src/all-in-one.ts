@@ -44,13 +44,19 @@ export const allInOneOptions = {
     schema: z
       .string()
       .default(APP_NAMES.join(','))
-      .transform((s) => s.split(',').map((x) => x.trim()).filter(Boolean))
+      .transform((s) =>
+        s
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean),
+      )
       .pipe(z.array(z.enum(APP_NAMES as [AppName, ...AppName[]])).min(1, 'name at least one app')),
   }),
   credsDir: option({
     flag: 'creds-dir',
     env: 'SYSBOX_CREDS_DIR',
-    description: 'directory with one owner-only credentials file per identity (<identity>.nk), as sysbox-nats-auth init makes it',
+    description:
+      'directory with one owner-only credentials file per identity (<identity>.nk), as sysbox-nats-auth init makes it',
     schema: z.string().startsWith('/').default(DEFAULT_CREDENTIALS_DIR),
   }),
 };
@@ -64,20 +70,30 @@ export interface StartedApps {
 
 /** Parses argv for the chosen apps; throws `invalid-request` listing every problem. */
 export function configure(argv: readonly string[], env: Record<string, string | undefined>) {
-  const specsOf = (names: readonly AppName[]) => names.map((name) => ({ ...commonOptions, ...(APPS[name].options as OptionSpecs) }));
+  const specsOf = (names: readonly AppName[]) =>
+    names.map((name) => ({ ...commonOptions, ...(APPS[name].options as OptionSpecs) }));
   // --only decides which apps' flags count: read it (and --creds-dir) first.
   const own = parseConfig(allInOneOptions, splitArgv(argv, allInOneOptions, specsOf(APP_NAMES)).own, env);
   if ('help' in own) throw new Error('unreachable: --help is handled before');
   const chosen = own.config.only;
   const specs = specsOf(chosen);
   const split = splitArgv(argv, allInOneOptions, specs);
-  if (split.unknown.length > 0) throw new Error(`unknown option ${split.unknown.join(', ')} for ${chosen.join(', ')}`);
+  if (split.unknown.length > 0)
+    throw new Error(`unknown option ${split.unknown.join(', ')} for ${chosen.join(', ')}`);
   return {
     credsDir: own.config.credsDir,
     apps: chosen.map((name, i) => {
       const parsed = parseConfig(specs[i]!, split.perApp[i]!, env);
       if ('help' in parsed) throw new Error('unreachable: --help is handled before');
-      return { name, config: parsed.config as Record<string, unknown> & { natsUrl: string; node: string; logLevel: LogLevel; natsCreds?: string } };
+      return {
+        name,
+        config: parsed.config as Record<string, unknown> & {
+          natsUrl: string;
+          node: string;
+          logLevel: LogLevel;
+          natsCreds?: string;
+        },
+      };
     }),
   };
 }
@@ -103,7 +119,12 @@ export async function startApps(
       const spec = APPS[name] as AppSpec<OptionSpecs>;
       const appLog = log.child({ app: name });
       const natsCreds = config.natsCreds ?? credentialsFile(plan.credsDir, spec.identity);
-      const nc = await connectNats({ ...config, natsCreds }, spec.identity, `${spec.name}@${config.node}`, appLog);
+      const nc = await connectNats(
+        { ...config, natsCreds },
+        spec.identity,
+        `${spec.name}@${config.node}`,
+        appLog,
+      );
       const app = await spec.start({ config: config as never, nc, log: appLog, version });
       await nc.flush();
       started.push({ name, nc, app, log: appLog });

@@ -5,8 +5,14 @@ import { configure } from './all-in-one.js';
 import { splitArgv } from './argv.js';
 
 const own = { only: option({ flag: 'only', description: '', schema: z.string().optional() }) };
-const a = { dataRoot: option({ flag: 'data-root', description: '', schema: z.string() }), sync: boolOption('sync', undefined, '') };
-const b = { dataRoot: option({ flag: 'data-root', description: '', schema: z.string() }), socket: option({ flag: 'socket', description: '', schema: z.string() }) };
+const a = {
+  dataRoot: option({ flag: 'data-root', description: '', schema: z.string() }),
+  sync: boolOption('sync', undefined, ''),
+};
+const b = {
+  dataRoot: option({ flag: 'data-root', description: '', schema: z.string() }),
+  socket: option({ flag: 'socket', description: '', schema: z.string() }),
+};
 
 describe('splitArgv', () => {
   it('gives a flag to every app that declares it, with its value, and keeps its own flags', () => {
@@ -25,7 +31,19 @@ describe('splitArgv', () => {
 
 describe('configure', () => {
   it('parses each chosen app with its own options, shared flags to all', () => {
-    const plan = configure(['--only', 'vol-mgr,rootfs-cloner', '--data-root', '/srv/sysbox', '--mount-timeout-ms', '5000', '--node', 'h1'], {});
+    const plan = configure(
+      [
+        '--only',
+        'vol-mgr,rootfs-cloner',
+        '--data-root',
+        '/srv/sysbox',
+        '--mount-timeout-ms',
+        '5000',
+        '--node',
+        'h1',
+      ],
+      {},
+    );
     expect(plan.apps.map((x) => x.name)).toEqual(['vol-mgr', 'rootfs-cloner']);
     expect(plan.apps.map((x) => x.config.dataRoot)).toEqual(['/srv/sysbox', '/srv/sysbox']);
     expect(plan.apps[1]!.config.mountTimeoutMs).toBe(5000);

@@ -12,8 +12,13 @@ export interface SplitArgv {
 }
 
 /** Splits argv between the all-in-one's own options and the option sets of each app. */
-export function splitArgv(argv: readonly string[], own: OptionSpecs, apps: readonly OptionSpecs[]): SplitArgv {
-  const flagsOf = (specs: OptionSpecs) => new Map(Object.values(specs).map((s) => [s.flag, Boolean(s.boolean)]));
+export function splitArgv(
+  argv: readonly string[],
+  own: OptionSpecs,
+  apps: readonly OptionSpecs[],
+): SplitArgv {
+  const flagsOf = (specs: OptionSpecs) =>
+    new Map(Object.values(specs).map((s) => [s.flag, Boolean(s.boolean)]));
   const ownFlags = flagsOf(own);
   const appFlags = apps.map(flagsOf);
   const out: SplitArgv = { own: [], perApp: apps.map(() => []), unknown: [] };
@@ -26,7 +31,8 @@ export function splitArgv(argv: readonly string[], own: OptionSpecs, apps: reado
     const eq = arg.indexOf('=');
     const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
     const bare = name.startsWith('no-') ? name.slice(3) : name;
-    const isBoolean = (flags: Map<string, boolean>) => flags.get(name) ?? (name !== bare && flags.get(bare) === true ? true : undefined);
+    const isBoolean = (flags: Map<string, boolean>) =>
+      flags.get(name) ?? (name !== bare && flags.get(bare) === true ? true : undefined);
     const owners = [ownFlags, ...appFlags].map((flags) => isBoolean(flags));
     const known = owners.findIndex((b) => b !== undefined);
     if (known < 0) {

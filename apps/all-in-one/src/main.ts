@@ -1,11 +1,19 @@
-import { commonOptions, createLogger, helpText, notifySupervisor, packageVersion } from '@sysbox-mgr-ts/service-kit';
+import {
+  commonOptions,
+  createLogger,
+  helpText,
+  notifySupervisor,
+  packageVersion,
+} from '@sysbox-mgr-ts/service-kit';
 import { APPS, allInOneOptions, configure, startApps } from './all-in-one.js';
 
 const version = packageVersion(import.meta.url);
 const argv = process.argv.slice(2);
 if (argv.includes('--help') || argv.includes('-h')) {
   const sections = Object.values(APPS).map((a) => helpText(a.options, `${a.name}: ${a.about}`));
-  process.stdout.write(`${helpText({ ...allInOneOptions, ...commonOptions }, `sysbox-mgr-ts ${version}: chosen sysbox services and the gateway in one process`)}\n${sections.join('\n')}`);
+  process.stdout.write(
+    `${helpText({ ...allInOneOptions, ...commonOptions }, `sysbox-mgr-ts ${version}: chosen sysbox services and the gateway in one process`)}\n${sections.join('\n')}`,
+  );
   process.exit(0);
 }
 let plan;
@@ -39,5 +47,6 @@ if (running) {
     log.info('stopped');
     log.flush(() => process.exit());
   };
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'] as const) process.once(signal, () => void stop(signal));
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'] as const)
+    process.once(signal, () => void stop(signal));
 }

@@ -44,7 +44,16 @@ async function gatewayRig(dir: string, name: string, auth: boolean): Promise<Gat
   const fakes = startFakeServices(svcNc, node, log, { only: ['subid'] });
   const parsed = parseConfig(
     { ...commonOptions, ...gatewayOptions },
-    ['--node', node, '--socket', join(dir, `${name}.sock`), '--subuid-file', join(dir, 'subid'), '--subgid-file', join(dir, 'subid')],
+    [
+      '--node',
+      node,
+      '--socket',
+      join(dir, `${name}.sock`),
+      '--subuid-file',
+      join(dir, 'subid'),
+      '--subgid-file',
+      join(dir, 'subid'),
+    ],
     {},
   );
   if ('help' in parsed) throw new Error('help');
@@ -55,7 +64,14 @@ async function gatewayRig(dir: string, name: string, auth: boolean): Promise<Gat
   return {
     async register() {
       const id = `${name}${++n}`;
-      await rpc(client, 'Register', { id, rootfs: dir, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+      await rpc(client, 'Register', {
+        id,
+        rootfs: dir,
+        userns: '',
+        netns: '',
+        uidMappings: [],
+        gidMappings: [],
+      });
       registered.push(id);
     },
     async subid() {
@@ -88,11 +104,14 @@ async function main(): Promise<void> {
   const impl: UntypedServiceImplementation = {};
   const service = sysboxMgrServiceDefinition();
   for (const name of Object.keys(service)) {
-    impl[name] = (_call: unknown, cb: (e: null, r: object) => void) => cb(null, name === 'SubidAlloc' ? { uid: 165536, gid: 165536 } : {});
+    impl[name] = (_call: unknown, cb: (e: null, r: object) => void) =>
+      cb(null, name === 'SubidAlloc' ? { uid: 165536, gid: 165536 } : {});
   }
   bare.addService(service, impl);
   await new Promise<number>((res, rej) =>
-    bare.bindAsync(`unix:${join(dir, 'bare.sock')}`, ServerCredentials.createInsecure(), (e, p) => (e ? rej(e) : res(p))),
+    bare.bindAsync(`unix:${join(dir, 'bare.sock')}`, ServerCredentials.createInsecure(), (e, p) =>
+      e ? rej(e) : res(p),
+    ),
   );
   const bareClient = grpcClient(join(dir, 'bare.sock'));
 
@@ -122,7 +141,8 @@ async function main(): Promise<void> {
     for (let i = 0; i < count; i++) out.push(await timeOne(fn));
   };
   const concurrent = async (fn: () => Promise<unknown>, batches: number, out: number[]): Promise<void> => {
-    for (let b = 0; b < batches; b++) out.push(...(await Promise.all(Array.from({ length: CONCURRENCY }, () => timeOne(fn)))));
+    for (let b = 0; b < batches; b++)
+      out.push(...(await Promise.all(Array.from({ length: CONCURRENCY }, () => timeOne(fn)))));
   };
 
   // Warm up every path.
@@ -138,7 +158,10 @@ async function main(): Promise<void> {
   const samples = {
     seq: { register: [], subid: [], grpc: [], nats: [], openRegister: [], openSubid: [] },
     conc: { register: [], subid: [], grpc: [], nats: [], openRegister: [], openSubid: [] },
-  } as Record<'seq' | 'conc', Record<'register' | 'subid' | 'grpc' | 'nats' | 'openRegister' | 'openSubid', number[]>>;
+  } as Record<
+    'seq' | 'conc',
+    Record<'register' | 'subid' | 'grpc' | 'nats' | 'openRegister' | 'openSubid', number[]>
+  >;
   for (let round = 0; round < ROUNDS; round++) {
     const per = Math.ceil(SEQUENTIAL / ROUNDS);
     const batches = Math.ceil(BATCHES / ROUNDS);
@@ -176,7 +199,10 @@ async function main(): Promise<void> {
   }
   // What authentication and permission checks cost: the same calls on an open server, same run.
   for (const p of [50, 99]) {
-    for (const [op, open] of [['register', 'openRegister'], ['subid', 'openSubid']] as const) {
+    for (const [op, open] of [
+      ['register', 'openRegister'],
+      ['subid', 'openSubid'],
+    ] as const) {
       const value = percentile(samples.seq[op], p);
       const base = percentile(samples.seq[open], p);
       figures.push({

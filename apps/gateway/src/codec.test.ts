@@ -27,7 +27,14 @@ const mapping = (n: number) => ({ containerID: n, hostID: 100000 + n, size: 6553
 const SAMPLES: Record<MessageName, object[]> = {
   IDMapping: [mapping(0)],
   RegisterReq: [
-    { id: 'c1', rootfs: '/var/lib/docker/overlay2/x/merged', userns: '', netns: '/proc/1/ns/net', uidMappings: [mapping(0)], gidMappings: [mapping(0), mapping(1)] },
+    {
+      id: 'c1',
+      rootfs: '/var/lib/docker/overlay2/x/merged',
+      userns: '',
+      netns: '/proc/1/ns/net',
+      uidMappings: [mapping(0)],
+      gidMappings: [mapping(0), mapping(1)],
+    },
     { id: 'ünïcødé ✓' },
     {},
   ],
@@ -35,29 +42,82 @@ const SAMPLES: Record<MessageName, object[]> = {
   RegisterResp: [
     {
       containerConfig: {
-        aliasDns: true, ShiftfsOk: false, ShiftfsOnOverlayfsOk: false, IDMapMountOk: true, OverlayfsOnIDMapMountOk: true,
-        noRootfsCloning: false, ignoreSysfsChown: false, allowTrustedXattr: false, honorCaps: false, syscontMode: true,
-        userns: '', uidMappings: [mapping(0)], gidMappings: [], fsuidMapFailOnErr: false, rootfsUidShiftType: 3,
-        noShiftfsOnFuse: false, relaxedReadOnly: true,
+        aliasDns: true,
+        ShiftfsOk: false,
+        ShiftfsOnOverlayfsOk: false,
+        IDMapMountOk: true,
+        OverlayfsOnIDMapMountOk: true,
+        noRootfsCloning: false,
+        ignoreSysfsChown: false,
+        allowTrustedXattr: false,
+        honorCaps: false,
+        syscontMode: true,
+        userns: '',
+        uidMappings: [mapping(0)],
+        gidMappings: [],
+        fsuidMapFailOnErr: false,
+        rootfsUidShiftType: 3,
+        noShiftfsOnFuse: false,
+        relaxedReadOnly: true,
       },
     },
     { containerConfig: {} },
     {},
   ],
-  UpdateReq: [{ id: 'c1', userns: '/proc/2/ns/user', netns: '', uidMappings: [mapping(5)], gidMappings: [], rootfsUidShiftType: 2 }],
+  UpdateReq: [
+    {
+      id: 'c1',
+      userns: '/proc/2/ns/user',
+      netns: '',
+      uidMappings: [mapping(5)],
+      gidMappings: [],
+      rootfsUidShiftType: 2,
+    },
+  ],
   UpdateResp: [{}],
   UnregisterReq: [{ id: 'c1' }],
   UnregisterResp: [{}],
-  SubidAllocReq: [{ id: 'c1', size: 65536 }, { id: 'c1', size: 2 ** 40 + 7 }, { id: 'c1', size: 0 }],
-  SubidAllocResp: [{ uid: 165536, gid: 165536 }, { uid: 0, gid: 4294967295 }],
+  SubidAllocReq: [
+    { id: 'c1', size: 65536 },
+    { id: 'c1', size: 2 ** 40 + 7 },
+    { id: 'c1', size: 0 },
+  ],
+  SubidAllocResp: [
+    { uid: 165536, gid: 165536 },
+    { uid: 0, gid: 4294967295 },
+  ],
   MountPrepInfo: [],
-  MountPrepReq: [{ id: 'c1', uid: 1, gid: 2, prepList: [{ source: '/a', exclusive: true }, { source: '/b', exclusive: false }] }],
+  MountPrepReq: [
+    {
+      id: 'c1',
+      uid: 1,
+      gid: 2,
+      prepList: [
+        { source: '/a', exclusive: true },
+        { source: '/b', exclusive: false },
+      ],
+    },
+  ],
   MountPrepResp: [{}],
   MountReqInfo: [],
-  MountReq: [{ id: 'c1', rootfsUidShiftType: 1, reqList: [{ kind: 0, dest: '/var/lib/docker' }, { kind: 4, dest: '/x' }] }],
+  MountReq: [
+    {
+      id: 'c1',
+      rootfsUidShiftType: 1,
+      reqList: [
+        { kind: 0, dest: '/var/lib/docker' },
+        { kind: 4, dest: '/x' },
+      ],
+    },
+  ],
   Mount: [],
   MountResp: [
-    { mounts: [{ source: '/s', dest: '/d', type: 'bind', opt: ['rbind', 'rprivate'] }, { source: '', dest: '/e', type: 'tmpfs', opt: [] }] },
+    {
+      mounts: [
+        { source: '/s', dest: '/d', type: 'bind', opt: ['rbind', 'rprivate'] },
+        { source: '', dest: '/e', type: 'tmpfs', opt: [] },
+      ],
+    },
     { mounts: [] },
   ],
   ShiftfsMark: [],
@@ -72,7 +132,10 @@ const SAMPLES: Record<MessageName, object[]> = {
   ResumeResp: [{}],
   CloneRootfsReq: [{ id: 'c1' }],
   CloneRootfsResp: [{ rootfs: '/var/lib/sysbox/rootfs/c1/overlay2/merged' }],
-  ChownClonedRootfsReq: [{ id: 'c1', uidOffset: 165536, gidOffset: -165536 }, { id: 'c1', uidOffset: 0, gidOffset: 0 }],
+  ChownClonedRootfsReq: [
+    { id: 'c1', uidOffset: 165536, gidOffset: -165536 },
+    { id: 'c1', uidOffset: 0, gidOffset: 0 },
+  ],
   ChownClonedRootfsResp: [{}],
   RevertClonedRootfsChownReq: [{ id: 'c1' }],
   RevertClonedRootfsChownResp: [{}],
@@ -83,7 +146,9 @@ describe('codec.ts', () => {
     const ours = Object.keys(pkg).filter((k) => k.startsWith('protobuf.') && k !== SERVICE_NAME);
     expect(ours.map((k) => k.slice('protobuf.'.length)).sort()).toEqual(Object.keys(MESSAGES).sort());
     for (const key of ours) {
-      const def = pkg[key] as unknown as { type: { field: { name: string; number: number; type: string; label: string; typeName: string }[] } };
+      const def = pkg[key] as unknown as {
+        type: { field: { name: string; number: number; type: string; label: string; typeName: string }[] };
+      };
       const fields = def.type.field.map((f) => [
         f.name,
         f.number,
@@ -103,31 +168,31 @@ describe('codec.ts', () => {
     }
   });
 
-  it.each(Object.entries(RPCS))('%s: the bytes protobufjs writes and the objects proto-loader reads', (rpc, [req, resp]) => {
-    const ours = sysboxMgrServiceDefinition()[rpc]!;
-    const their = theirs[rpc]!;
-    expect(SAMPLES[req].length + SAMPLES[resp].length).toBeGreaterThan(1);
-    for (const sample of SAMPLES[req]) {
-      const bytes = their.requestSerialize(sample);
-      expect(ours.requestSerialize(sample)).toEqual(bytes);
-      expect(ours.requestDeserialize(bytes)).toStrictEqual(their.requestDeserialize(bytes));
-    }
-    for (const sample of SAMPLES[resp]) {
-      const bytes = their.responseSerialize(sample);
-      expect(ours.responseSerialize(sample)).toEqual(bytes);
-      expect(ours.responseDeserialize(bytes)).toStrictEqual(their.responseDeserialize(bytes));
-    }
-  });
+  it.each(Object.entries(RPCS))(
+    '%s: the bytes protobufjs writes and the objects proto-loader reads',
+    (rpc, [req, resp]) => {
+      const ours = sysboxMgrServiceDefinition()[rpc]!;
+      const their = theirs[rpc]!;
+      expect(SAMPLES[req].length + SAMPLES[resp].length).toBeGreaterThan(1);
+      for (const sample of SAMPLES[req]) {
+        const bytes = their.requestSerialize(sample);
+        expect(ours.requestSerialize(sample)).toEqual(bytes);
+        expect(ours.requestDeserialize(bytes)).toStrictEqual(their.requestDeserialize(bytes));
+      }
+      for (const sample of SAMPLES[resp]) {
+        const bytes = their.responseSerialize(sample);
+        expect(ours.responseSerialize(sample)).toEqual(bytes);
+        expect(ours.responseDeserialize(bytes)).toStrictEqual(their.responseDeserialize(bytes));
+      }
+    },
+  );
 
   it('skips unknown fields of every wire type, as protobufjs does', () => {
     const known = encode('UnregisterReq', { id: 'c1' });
     // field 9 varint (10 bytes), 10 fixed64, 11 bytes, 12 a group holding a varint, 13 fixed32
     const unknown = Buffer.from([
-      0x48, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
-      0x51, 1, 2, 3, 4, 5, 6, 7, 8,
-      0x5a, 2, 0xaa, 0xbb,
-      0x63, 0x08, 0x01, 0x64,
-      0x6d, 1, 2, 3, 4,
+      0x48, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x51, 1, 2, 3, 4, 5, 6, 7, 8, 0x5a, 2,
+      0xaa, 0xbb, 0x63, 0x08, 0x01, 0x64, 0x6d, 1, 2, 3, 4,
     ]);
     const bytes = Buffer.concat([unknown, known]);
     expect(decode('UnregisterReq', bytes)).toStrictEqual(theirs.Unregister!.requestDeserialize(bytes));

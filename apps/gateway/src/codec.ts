@@ -19,34 +19,91 @@ type Field = readonly [name: string, no: number, type: Scalar | string, repeated
 const ID: Field = ['id', 1, 'string'];
 
 export const MESSAGES = {
-  IDMapping: [['containerID', 1, 'uint32'], ['hostID', 2, 'uint32'], ['size', 3, 'uint32']],
-  RegisterReq: [ID, ['rootfs', 2, 'string'], ['userns', 3, 'string'], ['netns', 4, 'string'], ['uidMappings', 5, 'IDMapping', 'repeated'], ['gidMappings', 6, 'IDMapping', 'repeated']],
+  IDMapping: [
+    ['containerID', 1, 'uint32'],
+    ['hostID', 2, 'uint32'],
+    ['size', 3, 'uint32'],
+  ],
+  RegisterReq: [
+    ID,
+    ['rootfs', 2, 'string'],
+    ['userns', 3, 'string'],
+    ['netns', 4, 'string'],
+    ['uidMappings', 5, 'IDMapping', 'repeated'],
+    ['gidMappings', 6, 'IDMapping', 'repeated'],
+  ],
   ContainerConfig: [
-    ['aliasDns', 1, 'bool'], ['ShiftfsOk', 2, 'bool'], ['ShiftfsOnOverlayfsOk', 3, 'bool'], ['IDMapMountOk', 4, 'bool'],
-    ['OverlayfsOnIDMapMountOk', 5, 'bool'], ['noRootfsCloning', 6, 'bool'], ['ignoreSysfsChown', 7, 'bool'],
-    ['allowTrustedXattr', 8, 'bool'], ['honorCaps', 9, 'bool'], ['syscontMode', 10, 'bool'], ['userns', 11, 'string'],
-    ['uidMappings', 12, 'IDMapping', 'repeated'], ['gidMappings', 13, 'IDMapping', 'repeated'], ['fsuidMapFailOnErr', 14, 'bool'],
-    ['rootfsUidShiftType', 15, 'uint32'], ['noShiftfsOnFuse', 16, 'bool'], ['relaxedReadOnly', 17, 'bool'],
+    ['aliasDns', 1, 'bool'],
+    ['ShiftfsOk', 2, 'bool'],
+    ['ShiftfsOnOverlayfsOk', 3, 'bool'],
+    ['IDMapMountOk', 4, 'bool'],
+    ['OverlayfsOnIDMapMountOk', 5, 'bool'],
+    ['noRootfsCloning', 6, 'bool'],
+    ['ignoreSysfsChown', 7, 'bool'],
+    ['allowTrustedXattr', 8, 'bool'],
+    ['honorCaps', 9, 'bool'],
+    ['syscontMode', 10, 'bool'],
+    ['userns', 11, 'string'],
+    ['uidMappings', 12, 'IDMapping', 'repeated'],
+    ['gidMappings', 13, 'IDMapping', 'repeated'],
+    ['fsuidMapFailOnErr', 14, 'bool'],
+    ['rootfsUidShiftType', 15, 'uint32'],
+    ['noShiftfsOnFuse', 16, 'bool'],
+    ['relaxedReadOnly', 17, 'bool'],
   ],
   RegisterResp: [['containerConfig', 1, 'ContainerConfig']],
-  UpdateReq: [ID, ['userns', 2, 'string'], ['netns', 3, 'string'], ['uidMappings', 4, 'IDMapping', 'repeated'], ['gidMappings', 5, 'IDMapping', 'repeated'], ['rootfsUidShiftType', 6, 'uint32']],
+  UpdateReq: [
+    ID,
+    ['userns', 2, 'string'],
+    ['netns', 3, 'string'],
+    ['uidMappings', 4, 'IDMapping', 'repeated'],
+    ['gidMappings', 5, 'IDMapping', 'repeated'],
+    ['rootfsUidShiftType', 6, 'uint32'],
+  ],
   UpdateResp: [],
   UnregisterReq: [ID],
   UnregisterResp: [],
   SubidAllocReq: [ID, ['size', 2, 'uint64']],
-  SubidAllocResp: [['uid', 1, 'uint32'], ['gid', 2, 'uint32']],
-  MountPrepInfo: [['source', 1, 'string'], ['exclusive', 2, 'bool']],
-  MountPrepReq: [ID, ['uid', 2, 'uint32'], ['gid', 3, 'uint32'], ['prepList', 4, 'MountPrepInfo', 'repeated']],
+  SubidAllocResp: [
+    ['uid', 1, 'uint32'],
+    ['gid', 2, 'uint32'],
+  ],
+  MountPrepInfo: [
+    ['source', 1, 'string'],
+    ['exclusive', 2, 'bool'],
+  ],
+  MountPrepReq: [
+    ID,
+    ['uid', 2, 'uint32'],
+    ['gid', 3, 'uint32'],
+    ['prepList', 4, 'MountPrepInfo', 'repeated'],
+  ],
   MountPrepResp: [],
-  MountReqInfo: [['kind', 1, 'uint32'], ['dest', 2, 'string']],
+  MountReqInfo: [
+    ['kind', 1, 'uint32'],
+    ['dest', 2, 'string'],
+  ],
   MountReq: [ID, ['rootfsUidShiftType', 2, 'uint32'], ['reqList', 3, 'MountReqInfo', 'repeated']],
-  Mount: [['source', 1, 'string'], ['dest', 2, 'string'], ['type', 3, 'string'], ['opt', 4, 'string', 'repeated']],
+  Mount: [
+    ['source', 1, 'string'],
+    ['dest', 2, 'string'],
+    ['type', 3, 'string'],
+    ['opt', 4, 'string', 'repeated'],
+  ],
   MountResp: [['mounts', 1, 'Mount', 'repeated']],
-  ShiftfsMark: [['source', 1, 'string'], ['readonly', 2, 'bool']],
+  ShiftfsMark: [
+    ['source', 1, 'string'],
+    ['readonly', 2, 'bool'],
+  ],
   ShiftfsMarkReq: [ID, ['shiftfsMarks', 2, 'ShiftfsMark', 'repeated']],
   ShiftfsMarkResp: [['shiftfsMarks', 1, 'ShiftfsMark', 'repeated']],
   FsStateReq: [ID, ['rootfs', 2, 'string']],
-  FsEntry: [['kind', 1, 'uint32'], ['path', 2, 'string'], ['mode', 3, 'uint32'], ['dst', 4, 'string']],
+  FsEntry: [
+    ['kind', 1, 'uint32'],
+    ['path', 2, 'string'],
+    ['mode', 3, 'uint32'],
+    ['dst', 4, 'string'],
+  ],
   FsStateResp: [['fsEntries', 1, 'FsEntry', 'repeated']],
   PauseReq: [ID],
   PauseResp: [],
@@ -82,7 +139,10 @@ export const RPCS = {
 const fieldsOf = (type: MessageName): readonly Field[] => MESSAGES[type];
 /** Each message's fields by number, for decoding. */
 const BY_NUMBER = new Map<string, Map<number, Field>>(
-  Object.entries(MESSAGES).map(([type, fields]) => [type, new Map((fields as readonly Field[]).map((f) => [f[1], f]))]),
+  Object.entries(MESSAGES).map(([type, fields]) => [
+    type,
+    new Map((fields as readonly Field[]).map((f) => [f[1], f])),
+  ]),
 );
 const isMessage = (type: string): type is MessageName => type in MESSAGES;
 const WIRE_VARINT = 0;
@@ -140,7 +200,7 @@ class Reader {
         this.bytes();
         break;
       case WIRE_START_GROUP:
-        for (let w; (w = this.varint()[0] & 7) !== WIRE_END_GROUP; ) this.skipType(w);
+        for (let w; (w = this.varint()[0] & 7) !== WIRE_END_GROUP;) this.skipType(w);
         break;
       case WIRE_I32:
         this.skip(4);
@@ -255,7 +315,8 @@ function encodeInto(type: MessageName, obj: Obj, w: Writer): void {
         writeScalar(w, no, t as Scalar, item);
         continue;
       }
-      if (typeof item !== 'object' || item === null) throw new TypeError(`.protobuf.${type}.${name}: object expected`);
+      if (typeof item !== 'object' || item === null)
+        throw new TypeError(`.protobuf.${type}.${name}: object expected`);
       const sub = new Writer();
       encodeInto(t, item as Obj, sub);
       w.tag(no, WIRE_LEN);

@@ -17,10 +17,20 @@ describe('dockerAutoRemove', () => {
       const m = /^\/containers\/([^/]+)\/json$/.exec(req.url ?? '');
       const id = m ? decodeURIComponent(m[1]!) : '';
       if (id !== 'rm1' && id !== 'keep1') {
-        res.writeHead(404, { 'Content-Type': 'application/json' }).end(JSON.stringify({ message: `No such container: ${id}` }));
+        res
+          .writeHead(404, { 'Content-Type': 'application/json' })
+          .end(JSON.stringify({ message: `No such container: ${id}` }));
         return;
       }
-      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify({ Id: id, Name: `/${id}`, HostConfig: { AutoRemove: id === 'rm1', NetworkMode: 'bridge' } }));
+      res
+        .writeHead(200, { 'Content-Type': 'application/json' })
+        .end(
+          JSON.stringify({
+            Id: id,
+            Name: `/${id}`,
+            HostConfig: { AutoRemove: id === 'rm1', NetworkMode: 'bridge' },
+          }),
+        );
     });
     await new Promise<void>((r) => server.listen(socket, r));
   });

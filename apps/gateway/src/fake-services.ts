@@ -61,7 +61,12 @@ export interface FakeOptions {
   origWorkDirOf?: (origRootfs: string) => string;
 }
 
-export function startFakeServices(nc: NatsConnection, node: string, log: Logger, opts: FakeOptions = {}): FakeServices {
+export function startFakeServices(
+  nc: NatsConnection,
+  node: string,
+  log: Logger,
+  opts: FakeOptions = {},
+): FakeServices {
   const calls: RecordedCall[] = [];
   const rec = <C extends Contract>(contract: C, fn: (req: any) => unknown): Binding =>
     handle(contract, async (req) => {
@@ -76,7 +81,12 @@ export function startFakeServices(nc: NatsConnection, node: string, log: Logger,
     subid: [
       rec(subidAlloc, (r: { id: string; size: number }) => {
         if (r.size === 0 || r.size > 2 ** 32) throw new SysboxError('invalid-size', `size ${r.size}`);
-        if (!ranges.has(r.id)) ranges.set(r.id, { base: 165536 + ranges.size * 65536, size: r.size, allocatedAt: new Date().toISOString() });
+        if (!ranges.has(r.id))
+          ranges.set(r.id, {
+            base: 165536 + ranges.size * 65536,
+            size: r.size,
+            allocatedAt: new Date().toISOString(),
+          });
         const { base, size } = ranges.get(r.id)!;
         return { uid: base, gid: base, size };
       }),
@@ -87,7 +97,13 @@ export function startFakeServices(nc: NatsConnection, node: string, log: Logger,
       rec(subidList, () => ({
         mode: 'exclusive',
         pool: { uid: 165536, gid: 165536, size: 2 ** 24 },
-        allocations: [...ranges].map(([id, r]) => ({ id, uid: r.base, gid: r.base, size: r.size, allocatedAt: r.allocatedAt })),
+        allocations: [...ranges].map(([id, r]) => ({
+          id,
+          uid: r.base,
+          gid: r.base,
+          size: r.size,
+          allocatedAt: r.allocatedAt,
+        })),
       })),
     ],
     vol: [
@@ -106,7 +122,10 @@ export function startFakeServices(nc: NatsConnection, node: string, log: Logger,
         rec(volByKind[kind].syncOut, () => ({})),
         rec(volByKind[kind].syncOutAndDestroyAll, () => ({ destroyed: [], failures: [] })),
       ]),
-      rec(volPrep, (r: { sources: { source: string }[] }) => ({ prepared: r.sources.map((s) => s.source), skipped: [] })),
+      rec(volPrep, (r: { sources: { source: string }[] }) => ({
+        prepared: r.sources.map((s) => s.source),
+        skipped: [],
+      })),
       rec(volRevertPrep, () => ({ reverted: [] })),
       rec(volList, () => ({ volumes: [], preps: [] })),
     ],
@@ -138,10 +157,18 @@ export function startFakeServices(nc: NatsConnection, node: string, log: Logger,
       rec(rootfsList, () => ({ clones: [], uppers: [] })),
     ],
   };
-  const descriptors = { subid: subidService, vol: volService, shiftfs: shiftfsService, rootfs: rootfsService };
+  const descriptors = {
+    subid: subidService,
+    vol: volService,
+    shiftfs: shiftfsService,
+    rootfs: rootfsService,
+  };
   const running = new Map<FakeServiceName, MicroService>();
   for (const name of opts.only ?? (Object.keys(bindings) as FakeServiceName[])) {
-    running.set(name, serve({ nc, service: descriptors[name], node, version: '0.0.0-fake', log, bindings: bindings[name] }));
+    running.set(
+      name,
+      serve({ nc, service: descriptors[name], node, version: '0.0.0-fake', log, bindings: bindings[name] }),
+    );
   }
   return {
     calls,
@@ -151,7 +178,18 @@ export function startFakeServices(nc: NatsConnection, node: string, log: Logger,
       running.delete(name);
     },
     start(name) {
-      if (!running.has(name)) running.set(name, serve({ nc, service: descriptors[name], node, version: '0.0.0-fake', log, bindings: bindings[name] }));
+      if (!running.has(name))
+        running.set(
+          name,
+          serve({
+            nc,
+            service: descriptors[name],
+            node,
+            version: '0.0.0-fake',
+            log,
+            bindings: bindings[name],
+          }),
+        );
     },
     async stopAll() {
       for (const name of [...running.keys()]) await this.stop(name);

@@ -7,7 +7,13 @@ import { subidFileOptions } from '@sysbox-mgr-ts/host-guard';
 import { boolOption, option, type ConfigOf } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 
-const ms = (def: number, min: number) => z.coerce.number().int().min(min).max(24 * 3600 * 1000).default(def);
+const ms = (def: number, min: number) =>
+  z.coerce
+    .number()
+    .int()
+    .min(min)
+    .max(24 * 3600 * 1000)
+    .default(def);
 
 export const gatewayOptions = {
   ...subidFileOptions,
@@ -27,31 +33,35 @@ export const gatewayOptions = {
     flag: 'service-wait-ms',
     env: 'SYSBOX_MGR_SERVICE_WAIT_MS',
     description:
-      'how long a call waits for a service with no responder (a daemon restarting, a NATS failover) before answering UNAVAILABLE; keep it below sysbox-runc\'s deadline',
+      "how long a call waits for a service with no responder (a daemon restarting, a NATS failover) before answering UNAVAILABLE; keep it below sysbox-runc's deadline",
     schema: ms(3000, 0),
   }),
   dockerSocket: option({
     flag: 'docker-socket',
     env: 'SYSBOX_MGR_DOCKER_SOCKET',
-    description: "Docker Engine API socket, asked whether a container is removed when it stops (docker run --rm); '' never asks",
+    description:
+      "Docker Engine API socket, asked whether a container is removed when it stops (docker run --rm); '' never asks",
     schema: z.union([z.literal(''), HostPath]).default('/var/run/docker.sock'),
   }),
   orphanScanMs: option({
     flag: 'orphan-scan-ms',
     env: 'SYSBOX_MGR_ORPHAN_SCAN_MS',
-    description: "how often the services' records are compared with the container table to release orphans (0: never)",
+    description:
+      "how often the services' records are compared with the container table to release orphans (0: never)",
     schema: ms(60_000, 0),
   }),
   orphanGraceMs: option({
     flag: 'orphan-grace-ms',
     env: 'SYSBOX_MGR_ORPHAN_GRACE_MS',
-    description: 'how long a record no container holds (or a running container whose rootfs vanished) is left before it is released',
+    description:
+      'how long a record no container holds (or a running container whose rootfs vanished) is left before it is released',
     schema: ms(120_000, 0),
   }),
   longOpTimeoutMs: option({
     flag: 'long-op-timeout-ms',
     env: 'SYSBOX_MGR_LONG_OP_TIMEOUT_MS',
-    description: "time bound of a long service call (chown, rsync, clone); below sysbox-runc's 10 min deadline",
+    description:
+      "time bound of a long service call (chown, rsync, clone); below sysbox-runc's 10 min deadline",
     schema: ms(540_000, 100),
   }),
   watchIntervalMs: option({
@@ -68,8 +78,14 @@ export const gatewayOptions = {
     schema: z.union([z.literal(''), HostPath]).default(''),
   }),
   // Upstream's hidden profiling switches: accepted so its unit files and scripts still start us.
-  cpuProfiling: { ...boolOption('cpu-profiling', undefined, 'no effect (upstream Go profiling)'), hidden: true },
-  memoryProfiling: { ...boolOption('memory-profiling', undefined, 'no effect (upstream Go profiling)'), hidden: true },
+  cpuProfiling: {
+    ...boolOption('cpu-profiling', undefined, 'no effect (upstream Go profiling)'),
+    hidden: true,
+  },
+  memoryProfiling: {
+    ...boolOption('memory-profiling', undefined, 'no effect (upstream Go profiling)'),
+    hidden: true,
+  },
   logFormat: option({
     flag: 'log-format',
     env: 'SYSBOX_MGR_LOG_FORMAT',
@@ -79,7 +95,7 @@ export const gatewayOptions = {
   aliasDns: boolOption(
     'alias-dns',
     'SYSBOX_MGR_ALIAS_DNS',
-    "alias the DNS IP inside the container so it never has a localhost address (needed on user-defined Docker bridges)",
+    'alias the DNS IP inside the container so it never has a localhost address (needed on user-defined Docker bridges)',
     true,
   ),
   disableShiftfs: boolOption('disable-shiftfs', 'SYSBOX_MGR_DISABLE_SHIFTFS', 'do not use shiftfs'),
@@ -113,7 +129,11 @@ export const gatewayOptions = {
     'SYSBOX_MGR_DISABLE_INNER_IMAGE_PRELOAD',
     'do not sync inner-store volumes back into the rootfs on stop and pause (faster stops)',
   ),
-  ignoreSysfsChown: boolOption('ignore-sysfs-chown', 'SYSBOX_MGR_IGNORE_SYSFS_CHOWN', 'ignore chown of /sys inside containers'),
+  ignoreSysfsChown: boolOption(
+    'ignore-sysfs-chown',
+    'SYSBOX_MGR_IGNORE_SYSFS_CHOWN',
+    'ignore chown of /sys inside containers',
+  ),
   allowTrustedXattr: boolOption(
     'allow-trusted-xattr',
     'SYSBOX_MGR_ALLOW_TRUSTED_XATTR',
@@ -143,6 +163,10 @@ export type GatewayFlags = ConfigOf<typeof gatewayOptions>;
 /** Upstream accepts `--log-level warning`; the common option spells it `warn`. */
 export function normalizeArgv(argv: readonly string[]): string[] {
   return argv.map((a, i) =>
-    a === '--log-level=warning' ? '--log-level=warn' : a === 'warning' && argv[i - 1] === '--log-level' ? 'warn' : a,
+    a === '--log-level=warning'
+      ? '--log-level=warn'
+      : a === 'warning' && argv[i - 1] === '--log-level'
+        ? 'warn'
+        : a,
   );
 }

@@ -35,7 +35,9 @@ const chownHostFacts: HostFacts = {
   kernelRelease: '6.1.0-test',
   hostDistro: 'debian',
   hostKernelHdrPath: HEADERS,
-  linuxHeaderMounts: [{ source: HEADERS, destination: HEADERS, type: 'bind', options: ['ro', 'rbind', 'rprivate'] }],
+  linuxHeaderMounts: [
+    { source: HEADERS, destination: HEADERS, type: 'bind', options: ['ro', 'rbind', 'rprivate'] },
+  ],
   libModMounts: [{ source: LIBMOD, destination: LIBMOD, type: 'bind', options: ['ro', 'rbind', 'rprivate'] }],
   idMapMountOk: true,
   // A host where overlayfs cannot sit on ID-mapped mounts: the chown and clone path.
@@ -70,7 +72,21 @@ afterAll(async () => {
 function settings(node: string, socket: string, extra: string[] = []): GatewaySettings {
   const parsed = parseConfig(
     { ...commonOptions, ...gatewayOptions },
-    ['--node', node, '--socket', socket, '--watch-interval-ms', '20', '--op-timeout-ms', '1500', '--subuid-file', join(work, 'subid'), '--subgid-file', join(work, 'subid'), ...extra],
+    [
+      '--node',
+      node,
+      '--socket',
+      socket,
+      '--watch-interval-ms',
+      '20',
+      '--op-timeout-ms',
+      '1500',
+      '--subuid-file',
+      join(work, 'subid'),
+      '--subgid-file',
+      join(work, 'subid'),
+      ...extra,
+    ],
     {},
   );
   if ('help' in parsed) throw new Error('help');
@@ -86,11 +102,18 @@ interface Rig {
 }
 
 let nodeCounter = 0;
-async function rig(opts: { fakes?: FakeOptions; facts?: Partial<HostFacts>; flags?: string[] } = {}): Promise<Rig> {
+async function rig(
+  opts: { fakes?: FakeOptions; facts?: Partial<HostFacts>; flags?: string[] } = {},
+): Promise<Rig> {
   const node = `gwt${process.pid}x${++nodeCounter}`;
   const socket = join(work, `run-${node}`, 'sysmgr.sock');
   const fakes = startFakeServices(nc, node, log, opts.fakes);
-  const gw = await startGateway({ nc, settings: settings(node, socket, opts.flags), log, facts: { ...chownHostFacts, ...opts.facts } });
+  const gw = await startGateway({
+    nc,
+    settings: settings(node, socket, opts.flags),
+    log,
+    facts: { ...chownHostFacts, ...opts.facts },
+  });
   const client = grpcClient(socket);
   cleanups.push(async () => {
     client.close();
@@ -110,7 +133,14 @@ async function until<T>(fn: () => Promise<T | undefined | false>, ms = 5000): Pr
   }
 }
 
-const emptyReg = (id: string, rootfs: string) => ({ id, rootfs, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+const emptyReg = (id: string, rootfs: string) => ({
+  id,
+  rootfs,
+  userns: '',
+  netns: '',
+  uidMappings: [],
+  gidMappings: [],
+});
 
 describe('socket', () => {
   it('is 0600 in a 0700 dir it created, and a stale socket from a crashed run is replaced', async () => {
@@ -119,9 +149,13 @@ describe('socket', () => {
     await mkdir(dir, { mode: 0o755 });
     const socket = join(dir, 'sysmgr.sock');
     // A process that bound the socket and died without unlinking it, as kill -9 leaves it.
-    await run('/usr/bin/python3', ['-c', `import socket; s=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(socket)})`], {
-      timeout: 10_000,
-    });
+    await run(
+      '/usr/bin/python3',
+      ['-c', `import socket; s=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(socket)})`],
+      {
+        timeout: 10_000,
+      },
+    );
     expect((await stat(socket)).isSocket()).toBe(true);
     const gw = await startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts });
     cleanups.push(() => gw.stop());
@@ -132,12 +166,17 @@ describe('socket', () => {
     expect(cfg.containerConfig.syscontMode).toBe(true);
 
     // A live server on the socket is never unlinked under it.
-    await expect(startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts })).rejects.toThrow(
-      /another server is answering/,
-    );
+    await expect(
+      startGateway({ nc, settings: settings(node, socket), log, facts: chownHostFacts }),
+    ).rejects.toThrow(/another server is answering/);
 
     const fresh = join(work, 'fresh-run', 'sub');
-    const gw2 = await startGateway({ nc, settings: settings(`${node}b`, join(fresh, 'm.sock')), log, facts: chownHostFacts });
+    const gw2 = await startGateway({
+      nc,
+      settings: settings(`${node}b`, join(fresh, 'm.sock')),
+      log,
+      facts: chownHostFacts,
+    });
     cleanups.push(() => gw2.stop());
     expect((await stat(fresh)).mode & 0o777).toBe(0o700);
   });
@@ -148,17 +187,27 @@ describe('replies from services are checked before sysbox-runc sees them', () =>
     const rootfs = join(work, 'overlay2', 'h1', 'merged');
     await mkdir(rootfs, { recursive: true });
     const elsewhere = join(work, 'subid-elsewhere');
-    const { gw, client } = await rig({ flags: ['--subuid-file', elsewhere, '--subgid-file', elsewhere, '--data-root', '/srv/sysbox'] });
+    const { gw, client } = await rig({
+      flags: ['--subuid-file', elsewhere, '--subgid-file', elsewhere, '--data-root', '/srv/sysbox'],
+    });
     await rpc(client, 'Register', emptyReg('h1', rootfs));
     const alloc = await statusOf(rpc(client, 'SubidAlloc', { id: 'h1', size: 65536 }));
     expect(alloc?.code).toBe(status.INTERNAL);
     expect(alloc?.details).toMatch(/uid 165536\.\..*subid-elsewhere/);
     expect((await gw.manager.get('h1'))?.uidMappings).toEqual([]);
     // The fake vol-mgr answers /var/lib/sysbox/docker/h1, not below this gateway's data root.
-    const mounts = await statusOf(rpc(client, 'ReqMounts', { id: 'h1', rootfsUidShiftType: 2, reqList: [{ kind: 0, dest: '/var/lib/docker' }] }));
+    const mounts = await statusOf(
+      rpc(client, 'ReqMounts', {
+        id: 'h1',
+        rootfsUidShiftType: 2,
+        reqList: [{ kind: 0, dest: '/var/lib/docker' }],
+      }),
+    );
     expect(mounts?.code).toBe(status.INTERNAL);
     expect(mounts?.details).toContain('/srv/sysbox/docker/h1');
-    expect((await gw.manager.get('h1'))?.containerMounts.some((m) => m.source.includes('docker'))).toBe(false);
+    expect((await gw.manager.get('h1'))?.containerMounts.some((m) => m.source.includes('docker'))).toBe(
+      false,
+    );
   });
 });
 
@@ -198,14 +247,34 @@ describe('sysbox-runc call order', () => {
       gidMappings: [],
       rootfsUidShiftType: 4,
     });
-    await rpc(client, 'PrepMounts', { id, uid: ids.uid, gid: ids.gid, prepList: [{ source: prepSrc, exclusive: true }] });
-    const mounts = (await rpc(client, 'ReqMounts', { id, rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] }))
-      .mounts;
+    await rpc(client, 'PrepMounts', {
+      id,
+      uid: ids.uid,
+      gid: ids.gid,
+      prepList: [{ source: prepSrc, exclusive: true }],
+    });
+    const mounts = (
+      await rpc(client, 'ReqMounts', {
+        id,
+        rootfsUidShiftType: 4,
+        reqList: [{ kind: 0, dest: '/var/lib/docker' }],
+      })
+    ).mounts;
     expect(mounts).toEqual([
-      { source: '/var/lib/sysbox/docker/c1', dest: '/var/lib/docker', type: 'bind', opt: ['rbind', 'rprivate'] },
+      {
+        source: '/var/lib/sysbox/docker/c1',
+        dest: '/var/lib/docker',
+        type: 'bind',
+        opt: ['rbind', 'rprivate'],
+      },
       { source: HEADERS, dest: HEADERS, type: 'bind', opt: ['ro', 'rbind', 'rprivate'] },
       { source: LIBMOD, dest: LIBMOD, type: 'bind', opt: ['ro', 'rbind', 'rprivate'] },
-      { source: 'binfmt_misc', dest: '/proc/sys/fs/binfmt_misc', type: 'binfmt_misc', opt: ['noexec', 'nosuid', 'nodev'] },
+      {
+        source: 'binfmt_misc',
+        dest: '/proc/sys/fs/binfmt_misc',
+        type: 'binfmt_misc',
+        opt: ['noexec', 'nosuid', 'nodev'],
+      },
     ]);
     const create = fakes.calls.find((c) => c.op === 'vol.docker-create')!.req;
     expect(create).toEqual({
@@ -250,11 +319,17 @@ describe('sysbox-runc call order', () => {
     expect(await rpc(client, 'SubidAlloc', { id, size: 65536 })).toEqual(ids);
     expect((await rpc(client, 'ReqCloneRootfs', { id })).rootfs).toBe(clone.rootfs);
     const mountsAgain = (
-      await rpc(client, 'ReqMounts', { id, rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] })
+      await rpc(client, 'ReqMounts', {
+        id,
+        rootfsUidShiftType: 4,
+        reqList: [{ kind: 0, dest: '/var/lib/docker' }],
+      })
     ).mounts;
     expect(mountsAgain).toEqual(mounts);
     expect(fakes.ops()).toEqual([]);
-    expect((await statusOf(rpc(client, 'Register', emptyReg(id, rootfs))))?.code).toBe(status.FAILED_PRECONDITION);
+    expect((await statusOf(rpc(client, 'Register', emptyReg(id, rootfs))))?.code).toBe(
+      status.FAILED_PRECONDITION,
+    );
 
     // stop, then the runtime removes the container: everything is released
     await rpc(client, 'Unregister', { id });
@@ -271,17 +346,36 @@ describe('sysbox-runc call order', () => {
     const [lower, upper, wd, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => join(dir, d));
     for (const d of [lower, upper, wd, merged]) await mkdir(d!, { recursive: true });
     await writeFile(join(lower!, 'hello'), 'hi');
-    await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${wd}`, merged!], {
-      timeout: 10_000,
-    });
+    await run(
+      'mount',
+      ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${wd}`, merged!],
+      {
+        timeout: 10_000,
+      },
+    );
     cleanups.push(() => run('umount', ['-l', merged!], { timeout: 10_000 }));
     const { fakes, client } = await rig({ facts: { overlayfsOnIDMapMountOk: true } });
     const id = 'idm-1';
     const map = [{ containerID: 0, hostID: 231072, size: 65536 }];
-    const reg = await rpc(client, 'Register', { ...emptyReg(id, merged!), uidMappings: map, gidMappings: map });
+    const reg = await rpc(client, 'Register', {
+      ...emptyReg(id, merged!),
+      uidMappings: map,
+      gidMappings: map,
+    });
     expect(reg.containerConfig.OverlayfsOnIDMapMountOk).toBe(true);
-    await rpc(client, 'Update', { id, userns: '', netns: '', uidMappings: [], gidMappings: [], rootfsUidShiftType: 2 });
-    await rpc(client, 'ReqMounts', { id, rootfsUidShiftType: 2, reqList: [{ kind: 1, dest: '/var/lib/kubelet' }] });
+    await rpc(client, 'Update', {
+      id,
+      userns: '',
+      netns: '',
+      uidMappings: [],
+      gidMappings: [],
+      rootfsUidShiftType: 2,
+    });
+    await rpc(client, 'ReqMounts', {
+      id,
+      rootfsUidShiftType: 2,
+      reqList: [{ kind: 1, dest: '/var/lib/kubelet' }],
+    });
     await rpc(client, 'Pause', { id });
     await rpc(client, 'Resume', { id });
     await rpc(client, 'Unregister', { id });
@@ -296,8 +390,20 @@ describe('sysbox-runc call order', () => {
       'vol.kubelet-sync-out',
     ]);
     // sysbox-runc chowned the upper dir on create: Update records it, Resume shifts it for real.
-    expect(ops[0]!.req).toEqual({ id, upperDir: upper, uidOffset: 231072, gidOffset: 231072, alreadyShifted: true });
-    expect(ops[4]!.req).toEqual({ id, upperDir: upper, uidOffset: 231072, gidOffset: 231072, alreadyShifted: false });
+    expect(ops[0]!.req).toEqual({
+      id,
+      upperDir: upper,
+      uidOffset: 231072,
+      gidOffset: 231072,
+      alreadyShifted: true,
+    });
+    expect(ops[4]!.req).toEqual({
+      id,
+      upperDir: upper,
+      uidOffset: 231072,
+      gidOffset: 231072,
+      alreadyShifted: false,
+    });
     expect(ops[1]!.req).toMatchObject({ uid: 0, gid: 0, chownOnSync: false, perm: 0o755 });
   });
 
@@ -318,7 +424,11 @@ describe('sysbox-runc call order', () => {
     expect(b.containerConfig.gidMappings).toEqual(map);
     // Once the first leaves the netns, a newcomer with its own userns keeps its own.
     await rpc(client, 'Unregister', { id: 'pod-a' });
-    const c = await rpc(client, 'Register', { ...emptyReg('pod-c', work), netns: '/proc/self/ns/net', userns: '/proc/1/ns/user' });
+    const c = await rpc(client, 'Register', {
+      ...emptyReg('pod-c', work),
+      netns: '/proc/self/ns/net',
+      userns: '/proc/1/ns/user',
+    });
     expect(c.containerConfig.userns).toBe('/proc/1/ns/user');
   });
 });
@@ -391,9 +501,19 @@ describe('errors', () => {
     const { client, fakes } = await rig();
     await rpc(client, 'Register', emptyReg('np1', work));
     await rpc(client, 'SubidAlloc', { id: 'np1', size: 65536 });
-    await rpc(client, 'ReqMounts', { id: 'np1', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '//var/lib//docker/.' }] });
+    await rpc(client, 'ReqMounts', {
+      id: 'np1',
+      rootfsUidShiftType: 4,
+      reqList: [{ kind: 0, dest: '//var/lib//docker/.' }],
+    });
     expect(fakes.calls.find((c) => c.op === 'vol.docker-create')!.req.mountpoint).toBe('/var/lib/docker');
-    const bad = await statusOf(rpc(client, 'ReqMounts', { id: 'np1', rootfsUidShiftType: 4, reqList: [{ kind: 1, dest: '/var/../../etc' }] }));
+    const bad = await statusOf(
+      rpc(client, 'ReqMounts', {
+        id: 'np1',
+        rootfsUidShiftType: 4,
+        reqList: [{ kind: 1, dest: '/var/../../etc' }],
+      }),
+    );
     expect(bad?.code).toBe(status.INVALID_ARGUMENT);
     expect(bad?.details).toMatch(/"\/var\/\.\.\/\.\.\/etc".*climbs above the container root/);
   });
@@ -407,14 +527,33 @@ describe('errors', () => {
     const slow = nc.subscribe(volByKind.docker.create.subject(node), {
       callback: (_e, m) =>
         void setTimeout(
-          () => m.respond(JSON.stringify({ mounts: [{ destination: '/var/lib/docker', source: '/var/lib/sysbox/docker/slow1', type: 'bind', options: ['rbind', 'rprivate'] }] })),
+          () =>
+            m.respond(
+              JSON.stringify({
+                mounts: [
+                  {
+                    destination: '/var/lib/docker',
+                    source: '/var/lib/sysbox/docker/slow1',
+                    type: 'bind',
+                    options: ['rbind', 'rprivate'],
+                  },
+                ],
+              }),
+            ),
           1000,
         ),
     });
     await nc.flush();
-    const reply = await rpc(client, 'ReqMounts', { id: 'slow1', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    const reply = await rpc(client, 'ReqMounts', {
+      id: 'slow1',
+      rootfsUidShiftType: 4,
+      reqList: [{ kind: 0, dest: '/var/lib/docker' }],
+    });
     slow.unsubscribe();
-    expect(reply.mounts[0]).toMatchObject({ source: '/var/lib/sysbox/docker/slow1', dest: '/var/lib/docker' });
+    expect(reply.mounts[0]).toMatchObject({
+      source: '/var/lib/sysbox/docker/slow1',
+      dest: '/var/lib/docker',
+    });
   });
 
   it('a call waits for a service that comes back within the service wait (a daemon restarting)', async () => {
@@ -436,7 +575,11 @@ describe('durability', () => {
     await mkdir(rootfs);
     await rpc(client, 'Register', emptyReg('rel-1', rootfs));
     await rpc(client, 'SubidAlloc', { id: 'rel-1', size: 65536 });
-    await rpc(client, 'ReqMounts', { id: 'rel-1', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    await rpc(client, 'ReqMounts', {
+      id: 'rel-1',
+      rootfsUidShiftType: 4,
+      reqList: [{ kind: 0, dest: '/var/lib/docker' }],
+    });
     await rpc(client, 'Unregister', { id: 'rel-1' });
     await fakes.stop('vol');
 
@@ -458,8 +601,12 @@ describe('durability', () => {
     await fakes.stop('subid');
     // An allocator that takes the request and dies before answering: the range may exist.
     const taken: string[] = [];
-    const silent = nc.subscribe(subidAlloc.subject(node), { callback: (_e, m) => void taken.push(m.string()) });
-    expect((await statusOf(rpc(client, 'SubidAlloc', { id: 'lost-1', size: 65536 })))?.code).toBe(status.DEADLINE_EXCEEDED);
+    const silent = nc.subscribe(subidAlloc.subject(node), {
+      callback: (_e, m) => void taken.push(m.string()),
+    });
+    expect((await statusOf(rpc(client, 'SubidAlloc', { id: 'lost-1', size: 65536 })))?.code).toBe(
+      status.DEADLINE_EXCEEDED,
+    );
     silent.unsubscribe();
     expect(taken).toHaveLength(1);
     expect((await gw.manager.get('lost-1'))?.subidAllocated).toBe(false);
@@ -477,12 +624,20 @@ describe('durability', () => {
     const socket = join(work, 'held-run', 'sysmgr.sock');
     const fakes = startFakeServices(nc, node, log);
     cleanups.push(() => fakes.stopAll());
-    const stored = createStateStore(await openBucket(nc, GATEWAY_BUCKET), { node, namespace: 'containers', schema: ContainerRecord });
+    const stored = createStateStore(await openBucket(nc, GATEWAY_BUCKET), {
+      node,
+      namespace: 'containers',
+      schema: ContainerRecord,
+    });
     const rangeOf = async (id: string) => {
       const rec = (await stored.get(id))?.value;
       return rec && { subidAllocated: rec.subidAllocated, uid: rec.uidMappings[0]?.hostId };
     };
-    const docker = (id: string) => ({ id, rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    const docker = (id: string) => ({
+      id,
+      rootfsUidShiftType: 4,
+      reqList: [{ kind: 0, dest: '/var/lib/docker' }],
+    });
     const start = async (retryMs = 5000) => {
       const gw = await startGateway({
         nc,
@@ -499,7 +654,8 @@ describe('durability', () => {
     let { gw, client } = await start();
     for (const id of ['held-a', 'held-b', 'held-c']) await rpc(client, 'Register', emptyReg(id, work));
     const ranges = new Map<string, { uid: number }>();
-    for (const id of ['held-a', 'held-b', 'held-c']) ranges.set(id, await rpc(client, 'SubidAlloc', { id, size: 65536 }));
+    for (const id of ['held-a', 'held-b', 'held-c'])
+      ranges.set(id, await rpc(client, 'SubidAlloc', { id, size: 65536 }));
     expect(await rangeOf('held-a')).toEqual({ subidAllocated: false, uid: undefined });
     // The next write carries it.
     await rpc(client, 'ReqMounts', docker('held-a'));
@@ -525,7 +681,9 @@ describe('durability', () => {
     await gw.stop();
     await fakes.stop('subid');
     ({ gw, client } = await start(50));
-    expect((await statusOf(rpc(client, 'ReqMounts', docker('held-d'))))?.code).toBe(status.FAILED_PRECONDITION);
+    expect((await statusOf(rpc(client, 'ReqMounts', docker('held-d'))))?.code).toBe(
+      status.FAILED_PRECONDITION,
+    );
     expect(await rangeOf('held-d')).toEqual({ subidAllocated: false, uid: undefined });
     fakes.start('subid');
     await gw.subidReconcile.done;
@@ -544,7 +702,11 @@ describe('durability', () => {
     let client = grpcClient(socket);
     await rpc(client, 'Register', emptyReg('dur-a', rootfsA));
     const ids = await rpc(client, 'SubidAlloc', { id: 'dur-a', size: 65536 });
-    await rpc(client, 'ReqMounts', { id: 'dur-a', rootfsUidShiftType: 4, reqList: [{ kind: 0, dest: '/var/lib/docker' }] });
+    await rpc(client, 'ReqMounts', {
+      id: 'dur-a',
+      rootfsUidShiftType: 4,
+      reqList: [{ kind: 0, dest: '/var/lib/docker' }],
+    });
     await rpc(client, 'Unregister', { id: 'dur-a' });
     await rpc(client, 'Register', emptyReg('dur-b', work));
     client.close();
@@ -556,7 +718,9 @@ describe('durability', () => {
     cleanups.push(async () => client.close());
     expect(second.watcher.watching()).toEqual([{ id: 'dur-a', path: rootfsA }]);
     // The running container carries on: a second Register is still redundant, Unregister works.
-    expect((await statusOf(rpc(client, 'Register', emptyReg('dur-b', work))))?.code).toBe(status.FAILED_PRECONDITION);
+    expect((await statusOf(rpc(client, 'Register', emptyReg('dur-b', work))))?.code).toBe(
+      status.FAILED_PRECONDITION,
+    );
     await rpc(client, 'Unregister', { id: 'dur-b' });
     // The watch resumed by the second gateway releases the stopped one.
     fakes.calls.length = 0;

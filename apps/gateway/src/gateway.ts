@@ -59,13 +59,21 @@ export interface Gateway {
  * functional check; with --disable-shiftfs-precheck both from whether the kernel has shiftfs;
  * never with --disable-shiftfs, nor before shiftfs-mgr answered.
  */
-export function shiftfsConfig(flags: GatewayFlags, shiftfs: ShiftfsSupport | undefined): Pick<MgrConfig, 'shiftfsOk' | 'shiftfsOnOverlayfsOk'> {
+export function shiftfsConfig(
+  flags: GatewayFlags,
+  shiftfs: ShiftfsSupport | undefined,
+): Pick<MgrConfig, 'shiftfsOk' | 'shiftfsOnOverlayfsOk'> {
   if (flags.disableShiftfs || shiftfs === undefined) return { shiftfsOk: false, shiftfsOnOverlayfsOk: false };
-  if (flags.disableShiftfsPrecheck) return { shiftfsOk: shiftfs.inKernel, shiftfsOnOverlayfsOk: shiftfs.inKernel };
+  if (flags.disableShiftfsPrecheck)
+    return { shiftfsOk: shiftfs.inKernel, shiftfsOnOverlayfsOk: shiftfs.inKernel };
   return { shiftfsOk: shiftfs.supported, shiftfsOnOverlayfsOk: shiftfs.supportedOnOverlayfs };
 }
 
-export function mgrConfigFrom(flags: GatewayFlags, facts: HostFacts, shiftfs: ShiftfsSupport | undefined): MgrConfig {
+export function mgrConfigFrom(
+  flags: GatewayFlags,
+  facts: HostFacts,
+  shiftfs: ShiftfsSupport | undefined,
+): MgrConfig {
   return {
     aliasDns: flags.aliasDns,
     ...shiftfsConfig(flags, shiftfs),
@@ -98,7 +106,12 @@ export async function startGateway(opts: {
   subidReconcileRetry?: RetrySchedule;
 }): Promise<Gateway> {
   const { nc, settings: s, log } = opts;
-  const services = createServiceClient(nc, { node: s.node, timeoutMs: s.opTimeoutMs, waitForResponderMs: s.serviceWaitMs, log });
+  const services = createServiceClient(nc, {
+    node: s.node,
+    timeoutMs: s.opTimeoutMs,
+    waitForResponderMs: s.serviceWaitMs,
+    log,
+  });
   const facts =
     opts.facts ??
     (await probeHost({
@@ -123,12 +136,20 @@ export async function startGateway(opts: {
   );
   const tellShiftfs = (answer: ShiftfsSupport): void =>
     log.info(
-      { shiftfsOk: config.shiftfsOk, shiftfsOnOverlayfsOk: config.shiftfsOnOverlayfsOk, reason: answer.reason, reasonOnOverlayfs: answer.reasonOnOverlayfs },
+      {
+        shiftfsOk: config.shiftfsOk,
+        shiftfsOnOverlayfsOk: config.shiftfsOnOverlayfsOk,
+        reason: answer.reason,
+        reasonOnOverlayfs: answer.reasonOnOverlayfs,
+      },
       `shiftfs-mgr: shiftfs ok: ${config.shiftfsOk ? 'yes' : 'no'}; shiftfs on overlayfs ok: ${config.shiftfsOnOverlayfsOk ? 'yes' : 'no'}`,
     );
   if (shiftfs) tellShiftfs(shiftfs);
 
-  const kv = await openBucket(nc, GATEWAY_BUCKET, { replicas: s.kvReplicas, description: 'sysbox gateway container table' });
+  const kv = await openBucket(nc, GATEWAY_BUCKET, {
+    replicas: s.kvReplicas,
+    description: 'sysbox gateway container table',
+  });
   const containers = createStateStore(kv, { node: s.node, namespace: 'containers', schema: ContainerRecord });
   const netns = createStateStore(kv, {
     node: s.node,
@@ -203,7 +224,11 @@ export async function startGateway(opts: {
           retry,
         )
       : undefined;
-  if (shiftfsWatch) log.warn({ retry }, 'shiftfs-mgr did not answer: shiftfs is off until it does; asking again in the background');
+  if (shiftfsWatch)
+    log.warn(
+      { retry },
+      'shiftfs-mgr did not answer: shiftfs is off until it does; asking again in the background',
+    );
   return {
     manager,
     watcher,

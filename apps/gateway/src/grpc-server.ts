@@ -34,19 +34,31 @@ type Rpc = (req: any) => Promise<object>;
 /** The 13 rpcs: the request parsed at the edge (wire.ts), one manager call, the reply in wire names. */
 export function rpcHandlers(manager: Manager): Record<RpcName, Rpc> {
   return {
-    Register: async (r) => ({ containerConfig: containerConfigToWire(await manager.register(parseRequest('Register', r))) }),
+    Register: async (r) => ({
+      containerConfig: containerConfigToWire(await manager.register(parseRequest('Register', r))),
+    }),
     Update: async (r) => (await manager.update(parseRequest('Update', r)), {}),
     Unregister: async (r) => (await manager.unregister(parseRequest('Unregister', r)), {}),
     SubidAlloc: async (r) => manager.subidAlloc(parseRequest('SubidAlloc', r)),
     PrepMounts: async (r) => (await manager.prepMounts(parseRequest('PrepMounts', r)), {}),
-    ReqMounts: async (r) => ({ mounts: (await manager.reqMounts(parseRequest('ReqMounts', r))).map(mountToWire) }),
-    ReqShiftfsMark: async (r) => ({ shiftfsMarks: await manager.reqShiftfsMark(parseRequest('ReqShiftfsMark', r)) }),
+    ReqMounts: async (r) => ({
+      mounts: (await manager.reqMounts(parseRequest('ReqMounts', r))).map(mountToWire),
+    }),
+    ReqShiftfsMark: async (r) => ({
+      shiftfsMarks: await manager.reqShiftfsMark(parseRequest('ReqShiftfsMark', r)),
+    }),
     ReqFsState: async (r) => ({ fsEntries: await manager.reqFsState(parseRequest('ReqFsState', r)) }),
     Pause: async (r) => (await manager.pause(parseRequest('Pause', r)), {}),
     Resume: async (r) => (await manager.resume(parseRequest('Resume', r)), {}),
     ReqCloneRootfs: async (r) => ({ rootfs: await manager.cloneRootfs(parseRequest('ReqCloneRootfs', r)) }),
-    ChownClonedRootfs: async (r) => (await manager.chownClonedRootfs(parseRequest('ChownClonedRootfs', r)), {}),
-    RevertClonedRootfsChown: async (r) => (await manager.revertClonedRootfsChown(parseRequest('RevertClonedRootfsChown', r)), {}),
+    ChownClonedRootfs: async (r) => (
+      await manager.chownClonedRootfs(parseRequest('ChownClonedRootfs', r)),
+      {}
+    ),
+    RevertClonedRootfsChown: async (r) => (
+      await manager.revertClonedRootfsChown(parseRequest('RevertClonedRootfsChown', r)),
+      {}
+    ),
   };
 }
 
@@ -64,14 +76,27 @@ export function grpcServiceImplementation(
       // and its retry adopts what it made).
       const unbounded = name === 'ReqMounts';
       const progress = unbounded
-        ? setInterval(() => opts.log.info({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'still preparing the container mounts'), 30_000)
+        ? setInterval(
+            () =>
+              opts.log.info(
+                { rpc: name, id, ms: Math.round(performance.now() - started) },
+                'still preparing the container mounts',
+              ),
+            30_000,
+          )
         : undefined;
       progress?.unref();
       let answered = false;
       call.on('cancelled', () => {
-        if (!answered) opts.log.warn({ rpc: name, id, ms: Math.round(performance.now() - started) }, 'the client went away; the call finishes for its retry');
+        if (!answered)
+          opts.log.warn(
+            { rpc: name, id, ms: Math.round(performance.now() - started) },
+            'the client went away; the call finishes for its retry',
+          );
       });
-      const reply = unbounded ? rpc(call.request) : withinTime(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`);
+      const reply = unbounded
+        ? rpc(call.request)
+        : withinTime(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`);
       const stopProgress = (): void => {
         answered = true;
         clearInterval(progress);
@@ -112,7 +137,8 @@ function socketAnswers(path: string, timeoutMs = 500): Promise<boolean> {
 export async function clearStaleSocket(path: string): Promise<void> {
   const st = await lstat(path).catch(() => undefined);
   if (!st) return;
-  if (!st.isSocket()) throw new SysboxError('failed-precondition', `${path} exists and is not a socket; not removing it`);
+  if (!st.isSocket())
+    throw new SysboxError('failed-precondition', `${path} exists and is not a socket; not removing it`);
   if (await socketAnswers(path)) {
     throw new SysboxError('already-exists', `another server is answering on ${path}`);
   }
@@ -170,17 +196,27 @@ function addLazily(server: Server, paths: readonly [string, boolean, boolean][],
       responseSerialize: (v) => real(path).def.responseSerialize(v),
       responseDeserialize: (b) => real(path).def.responseDeserialize(b),
     };
-    impl[path] = ((...args: unknown[]) => (real(path).handler as (...a: unknown[]) => void)(...args)) as UntypedHandleCall;
+    impl[path] = ((...args: unknown[]) =>
+      (real(path).handler as (...a: unknown[]) => void)(...args)) as UntypedHandleCall;
   }
   server.addService(service, impl);
 }
 
 /** Server reflection, v1 and v1alpha, describing sysboxMgr.proto and grpc.health.v1. */
 function addReflection(server: Server): void {
-  const paths = ['v1', 'v1alpha'].map((v) => [`/grpc.reflection.${v}.ServerReflection/ServerReflectionInfo`, true, true] as [string, boolean, boolean]);
+  const paths = ['v1', 'v1alpha'].map(
+    (v) =>
+      [`/grpc.reflection.${v}.ServerReflection/ServerReflectionInfo`, true, true] as [
+        string,
+        boolean,
+        boolean,
+      ],
+  );
   addLazily(server, paths, () =>
     methodsOf((s) => {
-      const { ReflectionService: Reflection } = require('@grpc/reflection') as { ReflectionService: typeof ReflectionService };
+      const { ReflectionService: Reflection } = require('@grpc/reflection') as {
+        ReflectionService: typeof ReflectionService;
+      };
       new Reflection(loadPackage()).addToServer(s);
     }),
   );
@@ -197,7 +233,9 @@ function addHealth(server: Server, initial: Record<string, ServingStatus>): Heal
   ];
   addLazily(server, paths, () =>
     methodsOf((s) => {
-      const { HealthImplementation: Health } = require('grpc-health-check') as { HealthImplementation: typeof HealthImplementation };
+      const { HealthImplementation: Health } = require('grpc-health-check') as {
+        HealthImplementation: typeof HealthImplementation;
+      };
       health = new Health(Object.fromEntries(statuses));
       health.addToServer(s);
     }),

@@ -55,8 +55,15 @@ function rig(
 ): Rig {
   const client = fakeClient({
     'subid.alloc': (p) => ({ uid: 165536, gid: 165536, size: p.size }),
-    'rootfs.create-clone': (p) => ({ rootfs: `/var/lib/sysbox/rootfs/${p.id}/overlay2/merged`, origWorkDir: '/var/lib/docker/overlay2/x' }),
-    'vol.docker-create': (p) => ({ mounts: [{ source: `/var/lib/sysbox/docker/${p.id}`, destination: p.mountpoint, type: 'bind', options: [] }] }),
+    'rootfs.create-clone': (p) => ({
+      rootfs: `/var/lib/sysbox/rootfs/${p.id}/overlay2/merged`,
+      origWorkDir: '/var/lib/docker/overlay2/x',
+    }),
+    'vol.docker-create': (p) => ({
+      mounts: [
+        { source: `/var/lib/sysbox/docker/${p.id}`, destination: p.mountpoint, type: 'bind', options: [] },
+      ],
+    }),
     ...handlers,
   });
   const containers = createMemoryStore<ContainerRecord>();
@@ -64,7 +71,11 @@ function rig(
   const manager = createManager({
     services: client,
     containers: memory
-      ? { ...containers, peek: () => undefined, get: (k: string) => (memory.reads.push(k), containers.get(k)) }
+      ? {
+          ...containers,
+          peek: () => undefined,
+          get: (k: string) => (memory.reads.push(k), containers.get(k)),
+        }
       : containers,
     netns: createMemoryStore<NetnsMembers>(),
     host,
@@ -73,7 +84,11 @@ function rig(
     timeouts: { opMs: 100, longOpMs: 1000 },
     clock: () => new Date(0),
     log: silentLogger(),
-    replyChecks: { dataRoot: '/var/lib/sysbox', subuidFile: join(dir, 'subid'), subgidFile: join(dir, 'subid') },
+    replyChecks: {
+      dataRoot: '/var/lib/sysbox',
+      subuidFile: join(dir, 'subid'),
+      subgidFile: join(dir, 'subid'),
+    },
     onWatch: (id, path) => void watches.push([id, path]),
     autoRemove,
   });
@@ -81,7 +96,16 @@ function rig(
 }
 
 const register = (m: Manager, id: string) =>
-  m.register(parseRequest('Register', { id, rootfs: `/var/lib/docker/overlay2/${id}/merged`, userns: '', netns: '', uidMappings: [], gidMappings: [] }));
+  m.register(
+    parseRequest('Register', {
+      id,
+      rootfs: `/var/lib/docker/overlay2/${id}/merged`,
+      userns: '',
+      netns: '',
+      uidMappings: [],
+      gidMappings: [],
+    }),
+  );
 
 describe('lifecycle', () => {
   it('registers a new container with a create and no read; a restart or a second Register finds the record after the create is refused', async () => {
@@ -90,7 +114,10 @@ describe('lifecycle', () => {
     await register(manager, 'c1');
     expect(memory.reads).toEqual([]);
     expect(containers.snapshot().get('c1')?.state).toBe('started');
-    await expect(register(manager, 'c1')).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/redundant/) });
+    await expect(register(manager, 'c1')).rejects.toMatchObject({
+      code: 'failed-precondition',
+      message: expect.stringMatching(/redundant/),
+    });
     await manager.unregister({ id: 'c1' });
     memory.reads.length = 0;
     await register(manager, 'c1');
@@ -102,7 +129,11 @@ describe('lifecycle', () => {
     const { manager, client, watches } = rig();
     await register(manager, 'c1');
     await manager.subidAlloc({ id: 'c1', size: 65536 });
-    const mounts = await manager.reqMounts({ id: 'c1', rootfsUidShiftType: 4, reqList: [{ kind: 'docker', dest: '/var/lib/docker' }] });
+    const mounts = await manager.reqMounts({
+      id: 'c1',
+      rootfsUidShiftType: 4,
+      reqList: [{ kind: 'docker', dest: '/var/lib/docker' }],
+    });
     expect(mounts.map((m) => m.source)).toEqual(['/var/lib/sysbox/docker/c1', 'binfmt_misc']);
     await manager.unregister({ id: 'c1' });
     expect(watches).toEqual([['c1', '/var/lib/docker/overlay2/c1']]);
@@ -112,7 +143,13 @@ describe('lifecycle', () => {
     const cfg = await register(manager, 'c1');
     expect(cfg.uidMappings).toEqual([{ containerId: 0, hostId: 165536, size: 65536 }]);
     expect(await manager.subidAlloc({ id: 'c1', size: 65536 })).toEqual({ uid: 165536, gid: 165536 });
-    expect(await manager.reqMounts({ id: 'c1', rootfsUidShiftType: 99, reqList: [{ kind: 'docker', dest: '/var/lib/docker' }] })).toEqual(mounts);
+    expect(
+      await manager.reqMounts({
+        id: 'c1',
+        rootfsUidShiftType: 99,
+        reqList: [{ kind: 'docker', dest: '/var/lib/docker' }],
+      }),
+    ).toEqual(mounts);
     expect(client.calls).toEqual([]);
     await expect(register(manager, 'c1')).rejects.toMatchObject({ code: 'failed-precondition' });
   });
@@ -122,16 +159,23 @@ describe('lifecycle', () => {
     for (const id of ['rm1', 'keep1']) {
       await register(manager, id);
       await manager.subidAlloc({ id, size: 65536 });
-      await manager.reqMounts({ id, rootfsUidShiftType: 4, reqList: [{ kind: 'docker', dest: '/var/lib/docker' }] });
+      await manager.reqMounts({
+        id,
+        rootfsUidShiftType: 4,
+        reqList: [{ kind: 'docker', dest: '/var/lib/docker' }],
+      });
     }
     // The check runs in the background, as upstream's goroutine does.
-    for (let i = 0; i < 50 && !containers.snapshot().get('rm1')?.autoRemove; i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 50 && !containers.snapshot().get('rm1')?.autoRemove; i++)
+      await new Promise((r) => setTimeout(r, 10));
     expect(containers.snapshot().get('rm1')?.autoRemove).toBe(true);
     expect(containers.snapshot().get('keep1')?.autoRemove).toBe(false);
     client.calls.length = 0;
     await manager.unregister({ id: 'rm1' });
     await manager.unregister({ id: 'keep1' });
-    expect(client.calls.filter((c) => c.op === 'vol.docker-sync-out').map((c) => c.req.id)).toEqual(['keep1']);
+    expect(client.calls.filter((c) => c.op === 'vol.docker-sync-out').map((c) => c.req.id)).toEqual([
+      'keep1',
+    ]);
   });
 
   it('a subid call that never answered leaves the container unmapped, and removal frees its id anyway', async () => {
@@ -141,7 +185,10 @@ describe('lifecycle', () => {
       },
     });
     await register(manager, 'c1');
-    await expect(manager.subidAlloc({ id: 'c1', size: 65536 })).rejects.toMatchObject({ code: 'timeout', message: expect.stringMatching(/^container c1: subid allocation: /) });
+    await expect(manager.subidAlloc({ id: 'c1', size: 65536 })).rejects.toMatchObject({
+      code: 'timeout',
+      message: expect.stringMatching(/^container c1: subid allocation: /),
+    });
     expect(containers.snapshot().get('c1')).toMatchObject({ subidAllocated: false, uidMappings: [] });
   });
 
@@ -156,16 +203,30 @@ describe('lifecycle', () => {
     const exists = () => {
       throw new SysboxError('already-exists', 'clone exists');
     };
-    const list = () => ({ clones: [{ id: 'c1', cloneRootfs: '/var/lib/sysbox/rootfs/c1/overlay2/merged', origWorkDir: '/ovl/c1' }], uppers: [] });
+    const list = () => ({
+      clones: [
+        { id: 'c1', cloneRootfs: '/var/lib/sysbox/rootfs/c1/overlay2/merged', origWorkDir: '/ovl/c1' },
+      ],
+      uppers: [],
+    });
     const fresh = rig({ 'rootfs.create-clone': exists, 'rootfs.list': list });
     await register(fresh.manager, 'c1');
     await expect(fresh.manager.cloneRootfs({ id: 'c1' })).rejects.toMatchObject({ code: 'already-exists' });
     expect(fresh.client.ops()).toEqual(['rootfs.create-clone']);
     // That failed call left its intent: the retry adopts the clone.
     expect(await fresh.manager.cloneRootfs({ id: 'c1' })).toBe('/var/lib/sysbox/rootfs/c1/overlay2/merged');
-    expect(fresh.containers.snapshot().get('c1')).toMatchObject({ rootfsCloned: true, rmWatchPath: '/ovl/c1/work', requested: { clone: false } });
+    expect(fresh.containers.snapshot().get('c1')).toMatchObject({
+      rootfsCloned: true,
+      rmWatchPath: '/ovl/c1/work',
+      requested: { clone: false },
+    });
 
-    const lost = rig({ 'rootfs.create-clone': () => { throw new SysboxError('timeout', 'lost'); }, 'rootfs.list': list });
+    const lost = rig({
+      'rootfs.create-clone': () => {
+        throw new SysboxError('timeout', 'lost');
+      },
+      'rootfs.list': list,
+    });
     await register(lost.manager, 'c1');
     await expect(lost.manager.cloneRootfs({ id: 'c1' })).rejects.toMatchObject({ code: 'timeout' });
     await lost.manager.unregister({ id: 'c1' });
@@ -175,7 +236,10 @@ describe('lifecycle', () => {
 
   it('answers not-found naming the container, and a hostile id from a service list is refused by get', async () => {
     const { manager } = rig();
-    await expect(manager.pause({ id: 'nope' })).rejects.toMatchObject({ code: 'not-found', message: expect.stringContaining('nope') });
+    await expect(manager.pause({ id: 'nope' })).rejects.toMatchObject({
+      code: 'not-found',
+      message: expect.stringContaining('nope'),
+    });
     await expect(manager.get('../x')).rejects.toMatchObject({ code: 'invalid-request' });
     expect(await manager.get('nope')).toBeUndefined();
     expect(await manager.removeContainer('nope')).toBe(false);

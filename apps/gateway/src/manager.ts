@@ -27,7 +27,14 @@ import type { KvStateStore, StateStore } from '@sysbox-mgr-ts/kv-state';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { createNetnsSharing, type NetnsMembers } from './netns.js';
 import { linuxHeaderPath, type HostChecks, type HostFacts, type RetrySchedule } from './probes.js';
-import { ShiftType, firstMapping, marksToRelease, newRecord, withSubidRange, type ContainerRecord } from './record.js';
+import {
+  ShiftType,
+  firstMapping,
+  marksToRelease,
+  newRecord,
+  withSubidRange,
+  type ContainerRecord,
+} from './record.js';
 import { createRemoval } from './removal.js';
 import { createReplyChecks, type ReplyCheckOptions } from './reply-checks.js';
 import { serviceCaller, type ServiceCall } from './service-call.js';
@@ -139,7 +146,9 @@ const BINFMT_MISC_MOUNT: OciMount = {
  * watched at `<overlay2>/<id>` (upstream sanitizeRootfs).
  */
 export function removalWatchPath(rootfs: string): string {
-  return rootfs.includes('/overlay2/') && posix.basename(rootfs) === 'merged' ? posix.dirname(rootfs) : rootfs;
+  return rootfs.includes('/overlay2/') && posix.basename(rootfs) === 'merged'
+    ? posix.dirname(rootfs)
+    : rootfs;
 }
 
 /** The removal watch's paths among `records`: every stopped container's. */
@@ -171,7 +180,10 @@ export function containerConfig(config: MgrConfig, rec: ContainerRecord): Contai
 }
 
 /** rootfs-cloner's record of this container's clone, as create-clone would have answered it. */
-async function existingClone(call: ServiceCall, id: string): Promise<{ rootfs: string; origWorkDir: string } | undefined> {
+async function existingClone(
+  call: ServiceCall,
+  id: string,
+): Promise<{ rootfs: string; origWorkDir: string } | undefined> {
   const pages = await allPages((cursor) => call(id, 'clone lookup', rootfsList, { cursor }));
   const c = pages.flatMap((p) => p.clones).find((x) => x.id === id);
   return c && { rootfs: c.cloneRootfs, origWorkDir: c.origWorkDir };
@@ -197,20 +209,33 @@ export function createManager(deps: ManagerDeps): Manager {
    */
   const noteAutoRemove = (id: string): void => {
     if (!deps.autoRemove) return;
-    void deps.autoRemove(id).then((autoRemove) => {
-      if (!autoRemove) return;
-      return table.serialized(id, async () => {
-        const rec = await table.get(id);
-        if (!rec || rec.autoRemove) return;
-        rec.autoRemove = true;
-        await table.save(rec);
-        log.info({ id }, 'the runtime removes this container when it stops (docker --rm): no sync-out or upper-dir revert then');
-      });
-    }).catch((err: unknown) => log.warn({ id, err }, 'auto-remove check failed'));
+    void deps
+      .autoRemove(id)
+      .then((autoRemove) => {
+        if (!autoRemove) return;
+        return table.serialized(id, async () => {
+          const rec = await table.get(id);
+          if (!rec || rec.autoRemove) return;
+          rec.autoRemove = true;
+          await table.save(rec);
+          log.info(
+            { id },
+            'the runtime removes this container when it stops (docker --rm): no sync-out or upper-dir revert then',
+          );
+        });
+      })
+      .catch((err: unknown) => log.warn({ id, err }, 'auto-remove check failed'));
   };
   const checks = createReplyChecks(deps.replyChecks, log);
   const netns = createNetnsSharing({ store: deps.netns, table, host });
-  const volumes = createVolumePolicy({ call, table, checks, facts, noInnerImgPreload: config.noInnerImgPreload, log });
+  const volumes = createVolumePolicy({
+    call,
+    table,
+    checks,
+    facts,
+    noInnerImgPreload: config.noInnerImgPreload,
+    log,
+  });
   const removeContainer = createRemoval({ table, call, netns, log, onWatch: deps.onWatch });
   const notRegistered = (id: string): string => `container ${id} is not registered`;
 
@@ -218,7 +243,8 @@ export function createManager(deps: ManagerDeps): Manager {
     get: async (id) => table.get(parseContainerId(id)),
     removeContainer,
     list: () => table.list(),
-    reconcileSubids: (records, retry) => startSubidReconcile({ records, table, services: deps.services, checks, retry, log }),
+    reconcileSubids: (records, retry) =>
+      startSubidReconcile({ records, table, services: deps.services, checks, retry, log }),
 
     register({ id, rootfs, userns, netns: netnsPath, uidMappings, gidMappings }) {
       const registerOver = async (existing: ContainerRecord | undefined): Promise<ContainerConfig> => {
@@ -228,12 +254,18 @@ export function createManager(deps: ManagerDeps): Manager {
           try {
             rootfsOnOvfs = await host.isOnOverlay(rootfs);
           } catch (err) {
-            throw new SysboxError('invalid-request', `container ${id}: rootfs ${rootfs}: ${(err as Error).message}`);
+            throw new SysboxError(
+              'invalid-request',
+              `container ${id}: rootfs ${rootfs}: ${(err as Error).message}`,
+            );
           }
           rec = newRecord(id, rootfs, rootfsOnOvfs, removalWatchPath(rootfs), table.now());
         } else {
           if (existing.state !== 'stopped') {
-            throw new SysboxError('failed-precondition', `redundant container registration for container ${id}`);
+            throw new SysboxError(
+              'failed-precondition',
+              `redundant container registration for container ${id}`,
+            );
           }
           rec = { ...existing, state: 'restarted' };
         }
@@ -283,7 +315,11 @@ export function createManager(deps: ManagerDeps): Manager {
         // An ID-mapped rootfs on overlayfs keeps its upper dir chowned while it runs (overlayfs
         // cannot ID-map it). sysbox-runc has chowned it already, as with upstream's manager:
         // rootfs-cloner only records it, so stop and pause can give it back its at-rest owner.
-        if (rec.rootfsOnOvfs && rootfsUidShiftType === ShiftType.IDMappedMount && !rec.rootfsOvfsUpperChowned) {
+        if (
+          rec.rootfsOnOvfs &&
+          rootfsUidShiftType === ShiftType.IDMappedMount &&
+          !rec.rootfsOvfsUpperChowned
+        ) {
           const upperDir = await host.overlayUpperDir(rec.rootfs).catch(() => undefined);
           if (upperDir) {
             const { uid, gid } = firstMapping(rec, 'the upper-dir chown');
@@ -312,7 +348,10 @@ export function createManager(deps: ManagerDeps): Manager {
       return table.serialized(id, async () => {
         const rec = await table.mustGet(id, `can't unregister container ${id}; not found in container table`);
         if (rec.state === 'stopped') {
-          throw new SysboxError('failed-precondition', `redundant container unregistration for container ${id}`);
+          throw new SysboxError(
+            'failed-precondition',
+            `redundant container unregistration for container ${id}`,
+          );
         }
         const before = rec.state;
         const marks = marksToRelease(rec);
@@ -344,7 +383,9 @@ export function createManager(deps: ManagerDeps): Manager {
             log.warn({ id, err }, 'failed to revert mount preparation');
           }
         }
-        await netns.untrack(id, rec.netnsInode).catch((err: unknown) => log.warn({ id, err }, 'netns untrack failed'));
+        await netns
+          .untrack(id, rec.netnsInode)
+          .catch((err: unknown) => log.warn({ id, err }, 'netns untrack failed'));
         rec.userns = '';
         rec.netns = '';
         rec.netnsInode = 0;
@@ -389,7 +430,11 @@ export function createManager(deps: ManagerDeps): Manager {
         const needPrep = [];
         for (const s of prepList) {
           // A source that can be ID-mapped needs no chown.
-          if (config.overlayfsOnIDMapMountOk && (await host.idMapMountSupportedOnPath(s.source).catch(() => false))) continue;
+          if (
+            config.overlayfsOnIDMapMountOk &&
+            (await host.idMapMountSupportedOnPath(s.source).catch(() => false))
+          )
+            continue;
           needPrep.push(s);
         }
         if (needPrep.length === 0) return;
@@ -420,7 +465,11 @@ export function createManager(deps: ManagerDeps): Manager {
         const rec = await table.mustGet(id, notRegistered(id));
         if (rec.shiftfsMarks.length === 0) {
           await table.recordIntent(rec, (r) => (r.shiftfs = shiftfsMarks));
-          const r = await call(id, 'shiftfs mark', shiftfsMark, { id, mounts: shiftfsMarks, createMarkpoint: true });
+          const r = await call(id, 'shiftfs mark', shiftfsMark, {
+            id,
+            mounts: shiftfsMarks,
+            createMarkpoint: true,
+          });
           rec.shiftfsMarks = r.mounts;
           rec.requested.shiftfs = [];
           await table.save(rec);
@@ -454,7 +503,10 @@ export function createManager(deps: ManagerDeps): Manager {
         }
         const failed = await volumes.syncOut(rec);
         if (failed.length > 0) {
-          throw new SysboxError('internal', `container ${id}: sync-out for volume backing ${failed.join(', ')} failed`);
+          throw new SysboxError(
+            'internal',
+            `container ${id}: sync-out for volume backing ${failed.join(', ')} failed`,
+          );
         }
       });
     },
@@ -462,7 +514,11 @@ export function createManager(deps: ManagerDeps): Manager {
     resume({ id }) {
       return table.serialized(id, async () => {
         const rec = await table.mustGet(id, `can't resume container ${id}; not found in container table`);
-        if (rec.rootfsUidShiftType === ShiftType.IDMappedMount && rec.rootfsOnOvfs && rec.rootfsOvfsUpper !== '') {
+        if (
+          rec.rootfsUidShiftType === ShiftType.IDMappedMount &&
+          rec.rootfsOnOvfs &&
+          rec.rootfsOvfsUpper !== ''
+        ) {
           const { uid, gid } = firstMapping(rec, 'resume');
           await call(
             id,
@@ -491,9 +547,13 @@ export function createManager(deps: ManagerDeps): Manager {
             clone = await call(id, 'rootfs clone', rootfsCreateClone, { id, origRootfs: rec.rootfs }, true);
           } catch (err) {
             // An earlier ReqCloneRootfs whose reply was lost (this gateway died) made it already.
-            clone = isSysboxError(err, 'already-exists') && adoptable ? await existingClone(call, id) : undefined;
+            clone =
+              isSysboxError(err, 'already-exists') && adoptable ? await existingClone(call, id) : undefined;
             if (!clone) throw err;
-            log.info({ id, rootfs: clone.rootfs }, 'adopted a clone made by an earlier, unanswered ReqCloneRootfs');
+            log.info(
+              { id, rootfs: clone.rootfs },
+              'adopted a clone made by an earlier, unanswered ReqCloneRootfs',
+            );
           }
           adoptClone(rec, clone);
           await table.save(rec);
@@ -517,7 +577,9 @@ export function createManager(deps: ManagerDeps): Manager {
     },
 
     async runningPaths() {
-      return (await table.list()).filter((r) => r.state !== 'stopped').map((r) => ({ id: r.id, path: r.rmWatchPath }));
+      return (await table.list())
+        .filter((r) => r.state !== 'stopped')
+        .map((r) => ({ id: r.id, path: r.rmWatchPath }));
     },
 
     async watchedPaths() {

@@ -7,7 +7,9 @@ import { aRecord } from './testing/records.js';
 
 const POD_MAP = [{ containerId: 0, hostId: 300000, size: 65536 }];
 
-function rig(inodes: Record<string, number> = { '/proc/10/ns/net': 4026532001, '/proc/20/ns/net': 4026532002 }) {
+function rig(
+  inodes: Record<string, number> = { '/proc/10/ns/net': 4026532001, '/proc/20/ns/net': 4026532002 },
+) {
   const store = createMemoryStore<NetnsMembers>();
   const records = createMemoryStore<ContainerRecord>();
   const table = createContainerTable(records, () => new Date(0));
@@ -35,7 +37,12 @@ describe('netns sharing', () => {
 
     const b = registering('pod-b', '/proc/10/ns/net');
     await sharing.onRegister(b);
-    expect(b).toMatchObject({ netnsInode: 4026532001, userns: '/proc/10/ns/user', uidMappings: POD_MAP, gidMappings: POD_MAP });
+    expect(b).toMatchObject({
+      netnsInode: 4026532001,
+      userns: '/proc/10/ns/user',
+      uidMappings: POD_MAP,
+      gidMappings: POD_MAP,
+    });
     expect(store.snapshot().get('4026532001')).toEqual({ ids: ['pod-a', 'pod-b'] });
 
     await sharing.untrack('pod-a', a.netnsInode);

@@ -39,7 +39,10 @@ export function createNetnsSharing(deps: {
     try {
       return await host.inodeOf(netns);
     } catch (err) {
-      throw new SysboxError('invalid-request', `container ${id}: unable to get inode for netns ${netns}: ${(err as Error).message}`);
+      throw new SysboxError(
+        'invalid-request',
+        `container ${id}: unable to get inode for netns ${netns}: ${(err as Error).message}`,
+      );
     }
   }
 

@@ -12,7 +12,16 @@ function fakeServices(state: { allocations: string[]; clones: string[]; failFree
       const op = `${contract.service}.${contract.endpoint}`;
       switch (op) {
         case 'subid.list':
-          return { mode: 'exclusive', pool: { uid: 165536, gid: 165536, size: 65536 * 8 }, allocations: state.allocations.map((id, i) => ({ id, uid: 165536 + i * 65536, gid: 165536 + i * 65536, size: 65536 })) };
+          return {
+            mode: 'exclusive',
+            pool: { uid: 165536, gid: 165536, size: 65536 * 8 },
+            allocations: state.allocations.map((id, i) => ({
+              id,
+              uid: 165536 + i * 65536,
+              gid: 165536 + i * 65536,
+              size: 65536,
+            })),
+          };
         case 'vol.list':
           return { volumes: [], preps: [] };
         case 'rootfs.list':
@@ -90,7 +99,10 @@ describe('orphan collection', () => {
     const c = createOrphanCollector({
       services: fakeServices({ allocations: [], clones: [] }).client,
       known: async () => true,
-      running: async () => [{ id: 'crashed', path: '/gone' }, { id: 'fine', path: '/here' }],
+      running: async () => [
+        { id: 'crashed', path: '/gone' },
+        { id: 'fine', path: '/here' },
+      ],
       exists: async (p) => p === '/here',
       forget: async (id) => void forgotten.push(id),
       graceMs: 1000,

@@ -74,22 +74,46 @@ export function createOrphanCollector(opts: OrphanCollectorOptions): OrphanColle
   async function holdings(): Promise<Holding[]> {
     const out: Holding[] = [];
     for (const page of await allPages((cursor) => call(subidList, { cursor }))) {
-      for (const a of page.allocations) out.push({ id: a.id, what: 'subid range', release: () => call(subidFree, { id: a.id }) });
+      for (const a of page.allocations)
+        out.push({ id: a.id, what: 'subid range', release: () => call(subidFree, { id: a.id }) });
     }
     const vol = await allPages((cursor) => call(volList, { cursor }));
     for (const v of vol.flatMap((p) => p.volumes)) {
-      out.push({ id: v.id, what: `${v.kind} volume`, release: () => call(volByKind[v.kind as VolumeKind].destroy, { id: v.id }, { timeoutMs: 120_000 }) });
+      out.push({
+        id: v.id,
+        what: `${v.kind} volume`,
+        release: () => call(volByKind[v.kind as VolumeKind].destroy, { id: v.id }, { timeoutMs: 120_000 }),
+      });
     }
     for (const p of vol.flatMap((page) => page.preps)) {
-      for (const holder of p.holders) out.push({ id: holder, what: `prep of ${p.source}`, release: () => call(volRevertPrep, { id: holder }, { timeoutMs: 120_000 }) });
+      for (const holder of p.holders)
+        out.push({
+          id: holder,
+          what: `prep of ${p.source}`,
+          release: () => call(volRevertPrep, { id: holder }, { timeoutMs: 120_000 }),
+        });
     }
     const rootfs = await allPages((cursor) => call(rootfsList, { cursor }));
-    for (const c of rootfs.flatMap((p) => p.clones)) out.push({ id: c.id, what: 'rootfs clone', release: () => call(rootfsRemoveClone, { id: c.id }, { timeoutMs: 120_000 }) });
-    for (const u of rootfs.flatMap((p) => p.uppers)) out.push({ id: u.id, what: 'upper-dir shift', release: () => call(rootfsRevertUpper, { id: u.id }, { timeoutMs: 120_000 }) });
+    for (const c of rootfs.flatMap((p) => p.clones))
+      out.push({
+        id: c.id,
+        what: 'rootfs clone',
+        release: () => call(rootfsRemoveClone, { id: c.id }, { timeoutMs: 120_000 }),
+      });
+    for (const u of rootfs.flatMap((p) => p.uppers))
+      out.push({
+        id: u.id,
+        what: 'upper-dir shift',
+        release: () => call(rootfsRevertUpper, { id: u.id }, { timeoutMs: 120_000 }),
+      });
     const shiftfs = await allPages((cursor) => call(shiftfsList, { cursor }));
     for (const m of shiftfs.flatMap((p) => p.marks)) {
       for (const holder of m.holders) {
-        out.push({ id: holder, what: `shiftfs mark ${m.source}`, release: () => call(shiftfsUnmark, { id: holder, mounts: [{ source: m.source, readonly: false }] }) });
+        out.push({
+          id: holder,
+          what: `shiftfs mark ${m.source}`,
+          release: () => call(shiftfsUnmark, { id: holder, mounts: [{ source: m.source, readonly: false }] }),
+        });
       }
     }
     return out;
@@ -146,7 +170,8 @@ export function createOrphanCollector(opts: OrphanCollectorOptions): OrphanColle
     }
 
     // What was not seen again is gone (released, or its container came back): forget its clock.
-    for (const key of [...firstSeen.keys()]) if (!seen.has(key) || report.released.includes(key)) firstSeen.delete(key);
+    for (const key of [...firstSeen.keys()])
+      if (!seen.has(key) || report.released.includes(key)) firstSeen.delete(key);
     if (report.released.length > 0 || report.repaired.length > 0 || report.failed.length > 0) {
       opts.log.warn(report, 'orphan collection released what no container holds');
     } else if (report.waiting > 0) {

@@ -64,7 +64,9 @@ describe('host probes', () => {
     await symlink(join(dir, 'gone'), join(hdr, 'dangling'));
     const mounts = await readOnlyMountsFollowingSymlinks(hdr, src);
     expect(mounts.map((m) => m.source)).toEqual([hdr, common]);
-    expect(mounts.every((m) => m.options.join() === 'ro,rbind,rprivate' && m.destination === m.source)).toBe(true);
+    expect(mounts.every((m) => m.options.join() === 'ro,rbind,rprivate' && m.destination === m.source)).toBe(
+      true,
+    );
   });
 
   it('probeHost gates ID-mapped mounts on 5.12 and overlay on them on 5.19, honouring the disable flags', async () => {
@@ -75,15 +77,48 @@ describe('host probes', () => {
     await mkdir(join(root, 'lib/modules/5.15.0'), { recursive: true });
     await writeFile(join(root, 'etc/os-release'), 'ID=ubuntu\n');
     await writeFile(join(root, 'proc/filesystems'), 'nodev\tbinfmt_misc\n');
-    const f = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '5.15.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: false });
-    expect(f).toMatchObject({ idMapMountOk: true, overlayfsOnIDMapMountOk: false, hostDistro: 'ubuntu', binfmtMiscNamespaced: false });
+    const f = await probeHost({
+      hostRoot: root,
+      dataRoot,
+      kernelRelease: '5.15.0',
+      disableIdmappedMount: false,
+      disableOvfsOnIdmappedMount: false,
+    });
+    expect(f).toMatchObject({
+      idMapMountOk: true,
+      overlayfsOnIDMapMountOk: false,
+      hostDistro: 'ubuntu',
+      binfmtMiscNamespaced: false,
+    });
     expect(f.linuxHeaderMounts).toEqual([]);
     expect(f.libModMounts.map((m) => m.source)).toEqual(['/lib/modules/5.15.0']);
-    const g = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '6.8.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: true });
-    expect(g).toMatchObject({ idMapMountOk: true, overlayfsOnIDMapMountOk: false, binfmtMiscNamespaced: true });
-    const h = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '6.8.0', disableIdmappedMount: true, disableOvfsOnIdmappedMount: false });
+    const g = await probeHost({
+      hostRoot: root,
+      dataRoot,
+      kernelRelease: '6.8.0',
+      disableIdmappedMount: false,
+      disableOvfsOnIdmappedMount: true,
+    });
+    expect(g).toMatchObject({
+      idMapMountOk: true,
+      overlayfsOnIDMapMountOk: false,
+      binfmtMiscNamespaced: true,
+    });
+    const h = await probeHost({
+      hostRoot: root,
+      dataRoot,
+      kernelRelease: '6.8.0',
+      disableIdmappedMount: true,
+      disableOvfsOnIdmappedMount: false,
+    });
     expect(h).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
-    const old = await probeHost({ hostRoot: root, dataRoot, kernelRelease: '5.11.0', disableIdmappedMount: false, disableOvfsOnIdmappedMount: false });
+    const old = await probeHost({
+      hostRoot: root,
+      dataRoot,
+      kernelRelease: '5.11.0',
+      disableIdmappedMount: false,
+      disableOvfsOnIdmappedMount: false,
+    });
     expect(old).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
     expect(await readdir(dataRoot)).toEqual([]);
   });
@@ -95,7 +130,11 @@ describe('host probes', () => {
 });
 
 /** What probeHost logged, as [level, msg] pairs. */
-function recordingLog(): { lines: [string, string, Record<string, unknown>][]; info(o: object, m: string): void; warn(o: object, m: string): void } {
+function recordingLog(): {
+  lines: [string, string, Record<string, unknown>][];
+  info(o: object, m: string): void;
+  warn(o: object, m: string): void;
+} {
   const lines: [string, string, Record<string, unknown>][] = [];
   return {
     lines,
@@ -114,7 +153,8 @@ describe.skipIf(!root)('functional ID-mapped mount probes (upstream checkIDMapMo
     dir = await mkdtemp(join(tmpdir(), 'gw-idmap-'));
   });
   afterAll(async () => {
-    for (const m of mountsUnder(await readMountInfo(), dir).reverse()) addon!.umount(m.mountPoint, MNT_DETACH);
+    for (const m of mountsUnder(await readMountInfo(), dir).reverse())
+      addon!.umount(m.mountPoint, MNT_DETACH);
     await rm(dir, { recursive: true, force: true });
   });
   const flags = { disableIdmappedMount: false, disableOvfsOnIdmappedMount: false };
@@ -144,7 +184,9 @@ describe.skipIf(!root)('functional ID-mapped mount probes (upstream checkIDMapMo
     const f = await probeHost({ ...flags, dataRoot, log, idMapProbe: { usernsPath: '/proc/self/ns/user' } });
     expect(f).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
     expect(log.lines.map(([l]) => l)).toEqual(['warn', 'warn']);
-    expect(log.lines[0]![1]).toMatch(/^ID-mapped mounts: not supported: mount_setattr\(MOUNT_ATTR_IDMAP\) .*\((EPERM|EINVAL)\)$/);
+    expect(log.lines[0]![1]).toMatch(
+      /^ID-mapped mounts: not supported: mount_setattr\(MOUNT_ATTR_IDMAP\) .*\((EPERM|EINVAL)\)$/,
+    );
     expect(await readdir(dataRoot)).toEqual([]);
   });
 
@@ -166,20 +208,27 @@ describe.skipIf(!root)('functional ID-mapped mount probes (upstream checkIDMapMo
   it('the disable flags skip the probes: nothing made, nothing logged', async () => {
     const dataRoot = join(dir, 'disabled');
     const log = recordingLog();
-    expect(await probeHost({ disableIdmappedMount: true, disableOvfsOnIdmappedMount: false, dataRoot, log })).toMatchObject({
+    expect(
+      await probeHost({ disableIdmappedMount: true, disableOvfsOnIdmappedMount: false, dataRoot, log }),
+    ).toMatchObject({
       idMapMountOk: false,
       overlayfsOnIDMapMountOk: false,
     });
     expect(log.lines).toEqual([]);
-    const g = await probeHost({ disableIdmappedMount: false, disableOvfsOnIdmappedMount: true, dataRoot, log });
+    const g = await probeHost({
+      disableIdmappedMount: false,
+      disableOvfsOnIdmappedMount: true,
+      dataRoot,
+      log,
+    });
     expect(g).toMatchObject({ idMapMountOk: true, overlayfsOnIDMapMountOk: false });
     expect(log.lines.map(([, m]) => m)).toEqual(['ID-mapped mounts: supported']);
   });
 
   it('PrepMounts check: a real overlay mount cannot be ID-mapped, a tmpfs can on >= 6.3, a plain dir can', async () => {
-    const [lower, upper, work, merged, tmpfs] = ['lower', 'upper', 'work', 'merged', 'tmpfs'].map((d) => join(dir, 'prep', d)) as [
-      string, string, string, string, string,
-    ];
+    const [lower, upper, work, merged, tmpfs] = ['lower', 'upper', 'work', 'merged', 'tmpfs'].map((d) =>
+      join(dir, 'prep', d),
+    ) as [string, string, string, string, string];
     for (const d of [lower, upper, work, merged, tmpfs]) await mkdir(d, { recursive: true });
     addon!.mount('overlay', merged, 'overlay', 0, `lowerdir=${lower},upperdir=${upper},workdir=${work}`);
     addon!.mount('tmpfs', tmpfs, 'tmpfs', 0, 'size=1m');

@@ -122,7 +122,8 @@ export async function readOnlyMountsFollowingSymlinks(source: string, filter: st
   for (const paths of byTopDir.values()) {
     const lcp = posix.normalize(longestCommonPath(paths));
     if (lcp === source || lcp.startsWith(`${source}/`)) continue;
-    if (!mounts.some((m) => m.source === lcp)) mounts.push({ source: lcp, destination: lcp, type: 'bind', options: RO_BIND });
+    if (!mounts.some((m) => m.source === lcp))
+      mounts.push({ source: lcp, destination: lcp, type: 'bind', options: RO_BIND });
   }
   return mounts;
 }
@@ -164,12 +165,19 @@ const DEFAULT_DATA_ROOT = '/var/lib/sysbox';
  * the data root, each skipped when its disable flag is set (and the overlay one when ID-mapped
  * mounts are off). Both run at once: each has its own dir and user namespace.
  */
-async function probeIdMapMounts(opts: ProbeOptions, kernelRelease: string): Promise<{ idMap: boolean; ovfs: boolean }> {
+async function probeIdMapMounts(
+  opts: ProbeOptions,
+  kernelRelease: string,
+): Promise<{ idMap: boolean; ovfs: boolean }> {
   if (opts.disableIdmappedMount) return { idMap: false, ovfs: false };
   const dir = opts.dataRoot ?? DEFAULT_DATA_ROOT;
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const probeOpts: IdMapProbeOptions = { kernelRelease, ...opts.idMapProbe };
-  const skipped: Promise<ProbeResult> = Promise.resolve({ ok: false, reason: 'disabled (--disable-ovfs-on-idmapped-mount)', ms: 0 });
+  const skipped: Promise<ProbeResult> = Promise.resolve({
+    ok: false,
+    reason: 'disabled (--disable-ovfs-on-idmapped-mount)',
+    ms: 0,
+  });
   const [idMap, ovfs] = await Promise.all([
     idMapMountSupported(dir, probeOpts),
     opts.disableOvfsOnIdmappedMount ? skipped : overlayfsOnIdMapMountSupported(dir, probeOpts),
@@ -234,7 +242,10 @@ export interface ShiftfsSupport {
  * shiftfs-mgr's answer, or undefined when none came within timeoutMs (not running, not yet
  * started). A shiftfs-mgr 0.1 reply has `supported` only: overlayfs support is then not known, so no.
  */
-export async function askShiftfsSupport(services: ServiceClient, timeoutMs: number): Promise<ShiftfsSupport | undefined> {
+export async function askShiftfsSupport(
+  services: ServiceClient,
+  timeoutMs: number,
+): Promise<ShiftfsSupport | undefined> {
   try {
     const r = await services.call(shiftfsList, { limit: 1 }, { timeoutMs });
     return {
@@ -258,7 +269,11 @@ export interface RetrySchedule {
  * Asks again in the background until an answer comes, after firstMs and then at intervals that
  * double up to maxMs, and hands it to onAnswer once. stop() ends it, waiting for an ask in flight.
  */
-export function askUntilAnswered<T>(ask: () => Promise<T | undefined>, onAnswer: (answer: T) => void, schedule: RetrySchedule): { stop(): Promise<void> } {
+export function askUntilAnswered<T>(
+  ask: () => Promise<T | undefined>,
+  onAnswer: (answer: T) => void,
+  schedule: RetrySchedule,
+): { stop(): Promise<void> } {
   let stopped = false;
   let inFlight: Promise<void> = Promise.resolve();
   let timer: NodeJS.Timeout | undefined;

@@ -6,49 +6,102 @@ import { loadPackage } from './proto.js';
  * [name, number, type, repeated]. sysbox-runc breaks if any of these drift.
  */
 const UPSTREAM: Record<string, [string, number, string, boolean][]> = {
-  IDMapping: [['containerID', 1, 'TYPE_UINT32', false], ['hostID', 2, 'TYPE_UINT32', false], ['size', 3, 'TYPE_UINT32', false]],
+  IDMapping: [
+    ['containerID', 1, 'TYPE_UINT32', false],
+    ['hostID', 2, 'TYPE_UINT32', false],
+    ['size', 3, 'TYPE_UINT32', false],
+  ],
   RegisterReq: [
-    ['id', 1, 'TYPE_STRING', false], ['rootfs', 2, 'TYPE_STRING', false], ['userns', 3, 'TYPE_STRING', false],
-    ['netns', 4, 'TYPE_STRING', false], ['uidMappings', 5, 'TYPE_MESSAGE', true], ['gidMappings', 6, 'TYPE_MESSAGE', true],
+    ['id', 1, 'TYPE_STRING', false],
+    ['rootfs', 2, 'TYPE_STRING', false],
+    ['userns', 3, 'TYPE_STRING', false],
+    ['netns', 4, 'TYPE_STRING', false],
+    ['uidMappings', 5, 'TYPE_MESSAGE', true],
+    ['gidMappings', 6, 'TYPE_MESSAGE', true],
   ],
   ContainerConfig: [
-    ['aliasDns', 1, 'TYPE_BOOL', false], ['ShiftfsOk', 2, 'TYPE_BOOL', false], ['ShiftfsOnOverlayfsOk', 3, 'TYPE_BOOL', false],
-    ['IDMapMountOk', 4, 'TYPE_BOOL', false], ['OverlayfsOnIDMapMountOk', 5, 'TYPE_BOOL', false],
-    ['noRootfsCloning', 6, 'TYPE_BOOL', false], ['ignoreSysfsChown', 7, 'TYPE_BOOL', false],
-    ['allowTrustedXattr', 8, 'TYPE_BOOL', false], ['honorCaps', 9, 'TYPE_BOOL', false], ['syscontMode', 10, 'TYPE_BOOL', false],
-    ['userns', 11, 'TYPE_STRING', false], ['uidMappings', 12, 'TYPE_MESSAGE', true], ['gidMappings', 13, 'TYPE_MESSAGE', true],
-    ['fsuidMapFailOnErr', 14, 'TYPE_BOOL', false], ['rootfsUidShiftType', 15, 'TYPE_UINT32', false],
-    ['noShiftfsOnFuse', 16, 'TYPE_BOOL', false], ['relaxedReadOnly', 17, 'TYPE_BOOL', false],
+    ['aliasDns', 1, 'TYPE_BOOL', false],
+    ['ShiftfsOk', 2, 'TYPE_BOOL', false],
+    ['ShiftfsOnOverlayfsOk', 3, 'TYPE_BOOL', false],
+    ['IDMapMountOk', 4, 'TYPE_BOOL', false],
+    ['OverlayfsOnIDMapMountOk', 5, 'TYPE_BOOL', false],
+    ['noRootfsCloning', 6, 'TYPE_BOOL', false],
+    ['ignoreSysfsChown', 7, 'TYPE_BOOL', false],
+    ['allowTrustedXattr', 8, 'TYPE_BOOL', false],
+    ['honorCaps', 9, 'TYPE_BOOL', false],
+    ['syscontMode', 10, 'TYPE_BOOL', false],
+    ['userns', 11, 'TYPE_STRING', false],
+    ['uidMappings', 12, 'TYPE_MESSAGE', true],
+    ['gidMappings', 13, 'TYPE_MESSAGE', true],
+    ['fsuidMapFailOnErr', 14, 'TYPE_BOOL', false],
+    ['rootfsUidShiftType', 15, 'TYPE_UINT32', false],
+    ['noShiftfsOnFuse', 16, 'TYPE_BOOL', false],
+    ['relaxedReadOnly', 17, 'TYPE_BOOL', false],
   ],
   RegisterResp: [['containerConfig', 1, 'TYPE_MESSAGE', false]],
   UpdateReq: [
-    ['id', 1, 'TYPE_STRING', false], ['userns', 2, 'TYPE_STRING', false], ['netns', 3, 'TYPE_STRING', false],
-    ['uidMappings', 4, 'TYPE_MESSAGE', true], ['gidMappings', 5, 'TYPE_MESSAGE', true], ['rootfsUidShiftType', 6, 'TYPE_UINT32', false],
+    ['id', 1, 'TYPE_STRING', false],
+    ['userns', 2, 'TYPE_STRING', false],
+    ['netns', 3, 'TYPE_STRING', false],
+    ['uidMappings', 4, 'TYPE_MESSAGE', true],
+    ['gidMappings', 5, 'TYPE_MESSAGE', true],
+    ['rootfsUidShiftType', 6, 'TYPE_UINT32', false],
   ],
   UpdateResp: [],
   UnregisterReq: [['id', 1, 'TYPE_STRING', false]],
   UnregisterResp: [],
-  SubidAllocReq: [['id', 1, 'TYPE_STRING', false], ['size', 2, 'TYPE_UINT64', false]],
-  SubidAllocResp: [['uid', 1, 'TYPE_UINT32', false], ['gid', 2, 'TYPE_UINT32', false]],
-  MountPrepInfo: [['source', 1, 'TYPE_STRING', false], ['exclusive', 2, 'TYPE_BOOL', false]],
+  SubidAllocReq: [
+    ['id', 1, 'TYPE_STRING', false],
+    ['size', 2, 'TYPE_UINT64', false],
+  ],
+  SubidAllocResp: [
+    ['uid', 1, 'TYPE_UINT32', false],
+    ['gid', 2, 'TYPE_UINT32', false],
+  ],
+  MountPrepInfo: [
+    ['source', 1, 'TYPE_STRING', false],
+    ['exclusive', 2, 'TYPE_BOOL', false],
+  ],
   MountPrepReq: [
-    ['id', 1, 'TYPE_STRING', false], ['uid', 2, 'TYPE_UINT32', false], ['gid', 3, 'TYPE_UINT32', false],
+    ['id', 1, 'TYPE_STRING', false],
+    ['uid', 2, 'TYPE_UINT32', false],
+    ['gid', 3, 'TYPE_UINT32', false],
     ['prepList', 4, 'TYPE_MESSAGE', true],
   ],
   MountPrepResp: [],
-  MountReqInfo: [['kind', 1, 'TYPE_UINT32', false], ['dest', 2, 'TYPE_STRING', false]],
-  MountReq: [['id', 1, 'TYPE_STRING', false], ['rootfsUidShiftType', 2, 'TYPE_UINT32', false], ['reqList', 3, 'TYPE_MESSAGE', true]],
+  MountReqInfo: [
+    ['kind', 1, 'TYPE_UINT32', false],
+    ['dest', 2, 'TYPE_STRING', false],
+  ],
+  MountReq: [
+    ['id', 1, 'TYPE_STRING', false],
+    ['rootfsUidShiftType', 2, 'TYPE_UINT32', false],
+    ['reqList', 3, 'TYPE_MESSAGE', true],
+  ],
   Mount: [
-    ['source', 1, 'TYPE_STRING', false], ['dest', 2, 'TYPE_STRING', false], ['type', 3, 'TYPE_STRING', false],
+    ['source', 1, 'TYPE_STRING', false],
+    ['dest', 2, 'TYPE_STRING', false],
+    ['type', 3, 'TYPE_STRING', false],
     ['opt', 4, 'TYPE_STRING', true],
   ],
   MountResp: [['mounts', 1, 'TYPE_MESSAGE', true]],
-  ShiftfsMark: [['source', 1, 'TYPE_STRING', false], ['readonly', 2, 'TYPE_BOOL', false]],
-  ShiftfsMarkReq: [['id', 1, 'TYPE_STRING', false], ['shiftfsMarks', 2, 'TYPE_MESSAGE', true]],
+  ShiftfsMark: [
+    ['source', 1, 'TYPE_STRING', false],
+    ['readonly', 2, 'TYPE_BOOL', false],
+  ],
+  ShiftfsMarkReq: [
+    ['id', 1, 'TYPE_STRING', false],
+    ['shiftfsMarks', 2, 'TYPE_MESSAGE', true],
+  ],
   ShiftfsMarkResp: [['shiftfsMarks', 1, 'TYPE_MESSAGE', true]],
-  FsStateReq: [['id', 1, 'TYPE_STRING', false], ['rootfs', 2, 'TYPE_STRING', false]],
+  FsStateReq: [
+    ['id', 1, 'TYPE_STRING', false],
+    ['rootfs', 2, 'TYPE_STRING', false],
+  ],
   FsEntry: [
-    ['kind', 1, 'TYPE_UINT32', false], ['path', 2, 'TYPE_STRING', false], ['mode', 3, 'TYPE_UINT32', false],
+    ['kind', 1, 'TYPE_UINT32', false],
+    ['path', 2, 'TYPE_STRING', false],
+    ['mode', 3, 'TYPE_UINT32', false],
     ['dst', 4, 'TYPE_STRING', false],
   ],
   FsStateResp: [['fsEntries', 1, 'TYPE_MESSAGE', true]],
@@ -58,7 +111,11 @@ const UPSTREAM: Record<string, [string, number, string, boolean][]> = {
   ResumeResp: [],
   CloneRootfsReq: [['id', 1, 'TYPE_STRING', false]],
   CloneRootfsResp: [['rootfs', 1, 'TYPE_STRING', false]],
-  ChownClonedRootfsReq: [['id', 1, 'TYPE_STRING', false], ['uidOffset', 2, 'TYPE_INT32', false], ['gidOffset', 3, 'TYPE_INT32', false]],
+  ChownClonedRootfsReq: [
+    ['id', 1, 'TYPE_STRING', false],
+    ['uidOffset', 2, 'TYPE_INT32', false],
+    ['gidOffset', 3, 'TYPE_INT32', false],
+  ],
   ChownClonedRootfsResp: [],
   RevertClonedRootfsChownReq: [['id', 1, 'TYPE_STRING', false]],
   RevertClonedRootfsChownResp: [],
@@ -114,7 +171,12 @@ describe('proto/sysboxMgr.proto matches upstream sysbox-ipc', () => {
   it('serves the 13 upstream rpcs with their request and response types', () => {
     const svc = pkg['protobuf.sysboxMgrStateChannel'] as unknown as Record<
       string,
-      { path: string; requestType: { type: { name: string } }; responseType: { type: { name: string } }; requestStream: boolean }
+      {
+        path: string;
+        requestType: { type: { name: string } };
+        responseType: { type: { name: string } };
+        requestStream: boolean;
+      }
     >;
     const got = Object.fromEntries(
       Object.entries(svc).map(([rpc, m]) => [rpc, [m.requestType.type.name, m.responseType.type.name]]),

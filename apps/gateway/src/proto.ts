@@ -15,7 +15,14 @@ export const PROTO_PATH = fileURLToPath(new URL('../proto/sysboxMgr.proto', impo
 export const SERVICE_NAME = 'protobuf.sysboxMgrStateChannel';
 
 /** keepCase: field names stay as upstream spells them (ShiftfsOk, IDMapMountOk, uidMappings). */
-const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, arrays: true, oneofs: true };
+const LOADER_OPTIONS = {
+  keepCase: true,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  arrays: true,
+  oneofs: true,
+};
 
 export function loadPackage(): PackageDefinition {
   const { loadSync } = require('@grpc/proto-loader') as typeof import('@grpc/proto-loader');

@@ -76,7 +76,8 @@ export type ContainerRecord = z.infer<typeof ContainerRecord>;
 export function firstMapping(rec: ContainerRecord, what: string): { uid: number; gid: number } {
   const u = rec.uidMappings[0];
   const g = rec.gidMappings[0];
-  if (!u || !g) throw new SysboxError('failed-precondition', `container ${rec.id} has no uid/gid mapping for ${what}`);
+  if (!u || !g)
+    throw new SysboxError('failed-precondition', `container ${rec.id} has no uid/gid mapping for ${what}`);
   return { uid: u.hostId, gid: g.hostId };
 }
 
@@ -100,7 +101,13 @@ export function marksToRelease(rec: ContainerRecord): ContainerRecord['shiftfsMa
 }
 
 /** A record for a container seen for the first time. */
-export function newRecord(id: string, rootfs: string, rootfsOnOvfs: boolean, rmWatchPath: string, now: string): ContainerRecord {
+export function newRecord(
+  id: string,
+  rootfs: string,
+  rootfsOnOvfs: boolean,
+  rmWatchPath: string,
+  now: string,
+): ContainerRecord {
   return {
     id,
     state: 'started',

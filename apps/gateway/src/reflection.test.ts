@@ -13,14 +13,22 @@ import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
 
 const log = silentLogger();
 const require = createRequire(import.meta.url);
-const reflectionProto = join(dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto/grpc/reflection/v1/reflection.proto');
+const reflectionProto = join(
+  dirname(require.resolve('@grpc/reflection/package.json')),
+  'build/proto/grpc/reflection/v1/reflection.proto',
+);
 
 describe('reflection and health', () => {
   let dir: string;
   let server: GrpcServerHandle;
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gw-refl-'));
-    server = await startGrpcServer({ socketPath: join(dir, 'm.sock'), manager: {} as Manager, handlerTimeoutMs: 1000, log });
+    server = await startGrpcServer({
+      socketPath: join(dir, 'm.sock'),
+      manager: {} as Manager,
+      handlerTimeoutMs: 1000,
+      log,
+    });
   });
   afterAll(async () => {
     await server.stop();
@@ -30,7 +38,10 @@ describe('reflection and health', () => {
   it('reflection lists protobuf.sysboxMgrStateChannel and grpc.health.v1.Health', async () => {
     const pkg = loadPackageDefinition(loadSync(reflectionProto, { keepCase: true }));
     const Reflection = ((pkg.grpc as GrpcObject).reflection as GrpcObject).v1 as GrpcObject;
-    const Ctor = Reflection.ServerReflection as unknown as new (a: string, c: ReturnType<typeof credentials.createInsecure>) => any;
+    const Ctor = Reflection.ServerReflection as unknown as new (
+      a: string,
+      c: ReturnType<typeof credentials.createInsecure>,
+    ) => any;
     const client = new Ctor(`unix:${server.socketPath}`, credentials.createInsecure());
     const stream = client.ServerReflectionInfo();
     const reply = await new Promise<any>((resolve, reject) => {
@@ -41,15 +52,15 @@ describe('reflection and health', () => {
     stream.end();
     client.close();
     const names = reply.list_services_response.service.map((s: { name: string }) => s.name);
-    expect(names).toEqual(expect.arrayContaining(['protobuf.sysboxMgrStateChannel', 'grpc.health.v1.Health']));
+    expect(names).toEqual(
+      expect.arrayContaining(['protobuf.sysboxMgrStateChannel', 'grpc.health.v1.Health']),
+    );
   });
 
   it('health answers SERVING for the server and the service', async () => {
     const pkg = loadPackageDefinition(loadSync(healthProtoPath, { keepCase: true, enums: String }));
-    const Health = (((pkg.grpc as GrpcObject).health as GrpcObject).v1 as GrpcObject).Health as unknown as new (
-      a: string,
-      c: ReturnType<typeof credentials.createInsecure>,
-    ) => any;
+    const Health = (((pkg.grpc as GrpcObject).health as GrpcObject).v1 as GrpcObject)
+      .Health as unknown as new (a: string, c: ReturnType<typeof credentials.createInsecure>) => any;
     const client = new Health(`unix:${server.socketPath}`, credentials.createInsecure());
     for (const service of ['', 'protobuf.sysboxMgrStateChannel']) {
       const res = await new Promise<any>((resolve, reject) =>

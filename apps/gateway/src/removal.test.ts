@@ -42,7 +42,14 @@ function rig(rec: ContainerRecord | undefined, handlers: Record<string, FakeHand
   return { client, store, netnsStore, remove, watches };
 }
 
-const ALL_STEPS = ['vol.docker-destroy', 'vol.kubelet-destroy', 'subid.free', 'rootfs.remove-clone', 'vol.revert-prep', 'shiftfs.unmark'];
+const ALL_STEPS = [
+  'vol.docker-destroy',
+  'vol.kubelet-destroy',
+  'subid.free',
+  'rootfs.remove-clone',
+  'vol.revert-prep',
+  'shiftfs.unmark',
+];
 
 describe('removal', () => {
   it('releases everything a stopped container holds, leaves its netns and forgets it', async () => {
@@ -59,7 +66,11 @@ describe('removal', () => {
     const gone = () => {
       throw new SysboxError('not-found', 'never made');
     };
-    const { store, remove } = rig(holdingAll(), { 'subid.free': gone, 'rootfs.remove-clone': gone, 'vol.docker-destroy': gone });
+    const { store, remove } = rig(holdingAll(), {
+      'subid.free': gone,
+      'rootfs.remove-clone': gone,
+      'vol.docker-destroy': gone,
+    });
     expect(await remove('c1')).toBe(true);
     expect(store.snapshot().size).toBe(0);
   });

@@ -3,7 +3,15 @@
  * collector found it gone): every resource it holds or asked for is released, then its record
  * is deleted. Release of what was never made (or is gone already) answers not-found: done.
  */
-import { SysboxError, isSysboxError, rootfsRemoveClone, shiftfsUnmark, subidFree, volByKind, volRevertPrep } from '@sysbox-mgr-ts/contracts';
+import {
+  SysboxError,
+  isSysboxError,
+  rootfsRemoveClone,
+  shiftfsUnmark,
+  subidFree,
+  volByKind,
+  volRevertPrep,
+} from '@sysbox-mgr-ts/contracts';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
 import type { NetnsSharing } from './netns.js';
 import { marksToRelease, type ContainerRecord } from './record.js';
@@ -27,14 +35,21 @@ export function releaseSteps(rec: ContainerRecord, call: ServiceCall): ReleaseSt
   // keyed by the container id all the same; freeing a range never allocated answers not-found.
   steps.push({ what: 'subid free', run: () => call(id, 'subid free', subidFree, { id }) });
   if (rec.rootfsCloned || rec.requested.clone) {
-    steps.push({ what: 'clone removal', run: () => call(id, 'clone removal', rootfsRemoveClone, { id }, true) });
+    steps.push({
+      what: 'clone removal',
+      run: () => call(id, 'clone removal', rootfsRemoveClone, { id }, true),
+    });
   }
   if (rec.mountsPrepped) {
     const what = 'revert of mount preparation';
     steps.push({ what, run: () => call(id, what, volRevertPrep, { id }, true) });
   }
   const marks = marksToRelease(rec);
-  if (marks.length > 0) steps.push({ what: 'shiftfs unmark', run: () => call(id, 'shiftfs unmark', shiftfsUnmark, { id, mounts: marks }) });
+  if (marks.length > 0)
+    steps.push({
+      what: 'shiftfs unmark',
+      run: () => call(id, 'shiftfs unmark', shiftfsUnmark, { id, mounts: marks }),
+    });
   return steps;
 }
 
@@ -67,7 +82,10 @@ export function createRemoval(deps: {
         }
       }
       if (failed.length > 0) {
-        throw new SysboxError('unavailable', `container ${id}: removal incomplete (${failed.join(', ')}); will retry`);
+        throw new SysboxError(
+          'unavailable',
+          `container ${id}: removal incomplete (${failed.join(', ')}); will retry`,
+        );
       }
       await deps.netns.untrack(id, rec.netnsInode).catch(() => undefined);
       await table.removeIfStopped(id);

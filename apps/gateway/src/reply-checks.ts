@@ -27,8 +27,14 @@ export function createReplyChecks(opts: ReplyCheckOptions, log: Logger): ReplyCh
       const expected = posix.join(opts.dataRoot, VOLUME_LAYOUT[kind].hostDir, id);
       for (const m of mounts) {
         if (m.source !== expected) {
-          log.error({ id, kind, source: m.source, expected }, 'vol-mgr answered a mount source outside its volume dir: refused');
-          throw new SysboxError('internal', `container ${id}: the ${kind} volume's mount source ${m.source} is not ${expected}: refused`);
+          log.error(
+            { id, kind, source: m.source, expected },
+            'vol-mgr answered a mount source outside its volume dir: refused',
+          );
+          throw new SysboxError(
+            'internal',
+            `container ${id}: the ${kind} volume's mount source ${m.source} is not ${expected}: refused`,
+          );
         }
       }
       return mounts;
@@ -36,7 +42,11 @@ export function createReplyChecks(opts: ReplyCheckOptions, log: Logger): ReplyCh
     async subids(id, r) {
       try {
         const ranges = readDelegatedRanges(opts.subuidFile, opts.subgidFile);
-        assertIdsDelegated({ uid: r.uid, gid: r.gid, count: r.size }, ranges, `container ${id}: subid allocation`);
+        assertIdsDelegated(
+          { uid: r.uid, gid: r.gid, count: r.size },
+          ranges,
+          `container ${id}: subid allocation`,
+        );
       } catch (err) {
         log.error({ id, reply: r, err }, 'subid-allocator answered a range that is not delegated: refused');
         throw new SysboxError('internal', (err as Error).message, { cause: err });

@@ -24,7 +24,10 @@ export type ServiceCall = <C extends Contract>(
   bound?: CallBound,
 ) => Promise<ReplyOf<C>>;
 
-export function serviceCaller(services: ServiceClient, timeouts: { opMs: number; longOpMs: number }): ServiceCall {
+export function serviceCaller(
+  services: ServiceClient,
+  timeouts: { opMs: number; longOpMs: number },
+): ServiceCall {
   return async (id, what, contract, payload, bound = false) => {
     const timeoutMs = bound === 'unbounded' ? UNBOUNDED_MS : bound ? timeouts.longOpMs : timeouts.opMs;
     try {

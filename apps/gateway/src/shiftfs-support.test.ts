@@ -8,7 +8,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { shiftfsList, shiftfsMark, shiftfsService, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
+import {
+  shiftfsList,
+  shiftfsMark,
+  shiftfsService,
+  shiftfsUnmark,
+  shiftfsUnmarkAll,
+} from '@sysbox-mgr-ts/contracts';
 import { commonOptions, createLogger, handle, parseConfig, serve } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -38,31 +44,60 @@ const facts: HostFacts = {
 };
 
 function flags(extra: string[] = [], node = 'n', socket = '/run/x.sock'): GatewaySettings {
-  const parsed = parseConfig({ ...commonOptions, ...gatewayOptions }, ['--node', node, '--socket', socket, '--op-timeout-ms', '1000', '--service-wait-ms', '0', ...extra], {});
+  const parsed = parseConfig(
+    { ...commonOptions, ...gatewayOptions },
+    ['--node', node, '--socket', socket, '--op-timeout-ms', '1000', '--service-wait-ms', '0', ...extra],
+    {},
+  );
   if ('help' in parsed) throw new Error('help');
   return parsed.config;
 }
 
 describe('ShiftfsOk and ShiftfsOnOverlayfsOk from shiftfs-mgr', () => {
-  const answer = (a: Partial<ShiftfsSupport>): ShiftfsSupport => ({ inKernel: true, supported: true, supportedOnOverlayfs: true, ...a });
+  const answer = (a: Partial<ShiftfsSupport>): ShiftfsSupport => ({
+    inKernel: true,
+    supported: true,
+    supportedOnOverlayfs: true,
+    ...a,
+  });
 
   it('each from its own functional check', () => {
-    expect(shiftfsConfig(flags(), answer({ supportedOnOverlayfs: false }))).toEqual({ shiftfsOk: true, shiftfsOnOverlayfsOk: false });
-    expect(shiftfsConfig(flags(), answer({ supported: false }))).toEqual({ shiftfsOk: false, shiftfsOnOverlayfsOk: true });
+    expect(shiftfsConfig(flags(), answer({ supportedOnOverlayfs: false }))).toEqual({
+      shiftfsOk: true,
+      shiftfsOnOverlayfsOk: false,
+    });
+    expect(shiftfsConfig(flags(), answer({ supported: false }))).toEqual({
+      shiftfsOk: false,
+      shiftfsOnOverlayfsOk: true,
+    });
   });
 
   it('with --disable-shiftfs-precheck, both from whether the kernel has shiftfs, as upstream', () => {
     const failedChecks = answer({ supported: false, supportedOnOverlayfs: false });
-    expect(shiftfsConfig(flags(['--disable-shiftfs-precheck']), failedChecks)).toEqual({ shiftfsOk: true, shiftfsOnOverlayfsOk: true });
-    expect(shiftfsConfig(flags(['--disable-shiftfs-precheck']), answer({ inKernel: false, supported: false, supportedOnOverlayfs: false }))).toEqual({
+    expect(shiftfsConfig(flags(['--disable-shiftfs-precheck']), failedChecks)).toEqual({
+      shiftfsOk: true,
+      shiftfsOnOverlayfsOk: true,
+    });
+    expect(
+      shiftfsConfig(
+        flags(['--disable-shiftfs-precheck']),
+        answer({ inKernel: false, supported: false, supportedOnOverlayfs: false }),
+      ),
+    ).toEqual({
       shiftfsOk: false,
       shiftfsOnOverlayfsOk: false,
     });
   });
 
   it('never with --disable-shiftfs, nor without an answer', () => {
-    expect(shiftfsConfig(flags(['--disable-shiftfs']), answer({}))).toEqual({ shiftfsOk: false, shiftfsOnOverlayfsOk: false });
-    expect(shiftfsConfig(flags(['--disable-shiftfs', '--disable-shiftfs-precheck']), answer({}))).toEqual({ shiftfsOk: false, shiftfsOnOverlayfsOk: false });
+    expect(shiftfsConfig(flags(['--disable-shiftfs']), answer({}))).toEqual({
+      shiftfsOk: false,
+      shiftfsOnOverlayfsOk: false,
+    });
+    expect(shiftfsConfig(flags(['--disable-shiftfs', '--disable-shiftfs-precheck']), answer({}))).toEqual({
+      shiftfsOk: false,
+      shiftfsOnOverlayfsOk: false,
+    });
     expect(shiftfsConfig(flags(), undefined)).toEqual({ shiftfsOk: false, shiftfsOnOverlayfsOk: false });
   });
 });
@@ -117,7 +152,11 @@ describe('a gateway and a shiftfs-mgr that comes up later', () => {
     const node = `gws${process.pid}x${++nodeCounter}`;
     const socket = join(work, node, 'sysmgr.sock');
     const fakes = startFakeServices(nc, node, log, { only: ['subid', 'vol', 'rootfs'] });
-    const settings = flags(['--subuid-file', join(work, 'subid'), '--subgid-file', join(work, 'subid'), ...extra], node, socket);
+    const settings = flags(
+      ['--subuid-file', join(work, 'subid'), '--subgid-file', join(work, 'subid'), ...extra],
+      node,
+      socket,
+    );
     const started = performance.now();
     const gw = await startGateway({ nc, settings, log, facts, shiftfsRetry: { firstMs: 50, maxMs: 200 } });
     const startMs = performance.now() - started;
@@ -134,7 +173,14 @@ describe('a gateway and a shiftfs-mgr that comes up later', () => {
       const rootfs = join(work, node, id, 'rootfs');
       await mkdir(rootfs, { recursive: true });
       const t = performance.now();
-      const reply = await rpc(client, 'Register', { id, rootfs, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+      const reply = await rpc(client, 'Register', {
+        id,
+        rootfs,
+        userns: '',
+        netns: '',
+        uidMappings: [],
+        gidMappings: [],
+      });
       return { config: reply.containerConfig as Record<string, unknown>, ms: performance.now() - t };
     };
     return { node, gw, register, startMs };
@@ -155,14 +201,17 @@ describe('a gateway and a shiftfs-mgr that comes up later', () => {
     // The ask happens in the background: Register does not wait for the absent shiftfs-mgr.
     // Waiting would take the 3 s service wait; a loaded machine stays well below it.
     expect(before.ms).toBeLessThan(2000);
-    console.log(`gateway start with shiftfs-mgr absent: ${startMs.toFixed(0)} ms; Register meanwhile: ${before.ms.toFixed(1)} ms`);
+    console.log(
+      `gateway start with shiftfs-mgr absent: ${startMs.toFixed(0)} ms; Register meanwhile: ${before.ms.toFixed(1)} ms`,
+    );
 
     serveShiftfsMgr(node, {
       supported: true,
       supportedOnOverlayfs: false,
       inKernel: true,
       reason: 'shiftfs works',
-      reasonOnOverlayfs: 'shiftfs is listed but does not work on overlayfs: file rename on shiftfs: EOVERFLOW',
+      reasonOnOverlayfs:
+        'shiftfs is listed but does not work on overlayfs: file rename on shiftfs: EOVERFLOW',
     });
     await until(() => gw.config.shiftfsOk);
     const after = await register();
@@ -179,16 +228,27 @@ describe('a gateway and a shiftfs-mgr that comes up later', () => {
 
   it('stops asking once answered, and with --disable-shiftfs never asks', async () => {
     const answered = await gatewayWithoutShiftfsMgr();
-    const answeredMgr = serveShiftfsMgr(answered.node, { supported: false, supportedOnOverlayfs: false, inKernel: false });
+    const answeredMgr = serveShiftfsMgr(answered.node, {
+      supported: false,
+      supportedOnOverlayfs: false,
+      inKernel: false,
+    });
     await until(() => answeredMgr.asks > 0);
     await new Promise((r) => setTimeout(r, 500));
     expect(answeredMgr.asks).toBe(1);
     expect(answered.gw.config).toMatchObject({ shiftfsOk: false, shiftfsOnOverlayfsOk: false });
 
     const disabled = await gatewayWithoutShiftfsMgr(['--disable-shiftfs']);
-    const ignoredMgr = serveShiftfsMgr(disabled.node, { supported: true, supportedOnOverlayfs: true, inKernel: true });
+    const ignoredMgr = serveShiftfsMgr(disabled.node, {
+      supported: true,
+      supportedOnOverlayfs: true,
+      inKernel: true,
+    });
     await new Promise((r) => setTimeout(r, 500));
     expect(ignoredMgr.asks).toBe(0);
-    expect((await disabled.register()).config).toMatchObject({ ShiftfsOk: false, ShiftfsOnOverlayfsOk: false });
+    expect((await disabled.register()).config).toMatchObject({
+      ShiftfsOk: false,
+      ShiftfsOnOverlayfsOk: false,
+    });
   });
 });

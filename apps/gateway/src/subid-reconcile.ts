@@ -50,13 +50,20 @@ export function startSubidReconcile(opts: {
         if (!range || !rec || rec.subidAllocated || rec.state === 'stopped') return;
         await checks.subids(id, range);
         await table.save(withSubidRange(rec, range));
-        log.info({ id, uid: range.uid, gid: range.gid }, 'adopted the subid range the allocator holds for a container whose record had none');
+        log.info(
+          { id, uid: range.uid, gid: range.gid },
+          'adopted the subid range the allocator holds for a container whose record had none',
+        );
       }),
     );
     const outcomes = await Promise.allSettled(adoptions);
     const left = ids.filter((_, i) => outcomes[i]!.status === 'rejected');
     for (const [i, o] of outcomes.entries()) {
-      if (o.status === 'rejected') log.warn({ id: ids[i], err: o.reason as Error }, 'could not adopt the subid range of a container yet; trying again');
+      if (o.status === 'rejected')
+        log.warn(
+          { id: ids[i], err: o.reason as Error },
+          'could not adopt the subid range of a container yet; trying again',
+        );
     }
     return left;
   };

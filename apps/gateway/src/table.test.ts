@@ -57,7 +57,10 @@ describe('container table', () => {
     const rec = await table.mustGet('c1', 'gone');
     rec.volumeKinds = ['docker'];
     await table.save(rec);
-    expect(await table.get('c1')).toMatchObject({ volumeKinds: ['docker'], updatedAt: '2026-02-03T04:05:06.000Z' });
+    expect(await table.get('c1')).toMatchObject({
+      volumeKinds: ['docker'],
+      updatedAt: '2026-02-03T04:05:06.000Z',
+    });
     // Changing the state: saved against the state it started from.
     rec.state = 'stopped';
     await table.save(rec, 'started');
@@ -70,14 +73,17 @@ describe('container table', () => {
     const mine = (await table.get('c1'))!;
     await store.mutate('c1', (cur) => ({ ...cur!, state: 'stopped' }));
     mine.volumeKinds = ['k3s'];
-    await expect(table.save(mine)).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/changed state to stopped/) });
+    await expect(table.save(mine)).rejects.toMatchObject({
+      code: 'failed-precondition',
+      message: expect.stringMatching(/changed state to stopped/),
+    });
     expect(store.snapshot().get('c1')?.volumeKinds).toEqual([]);
     await store.delete('c1');
     await expect(table.save(mine)).rejects.toMatchObject({ code: 'not-found' });
     expect(store.snapshot().has('c1')).toBe(false);
   });
 
-  it('mustGet answers not-found with the caller\'s message; create refuses a second record', async () => {
+  it("mustGet answers not-found with the caller's message; create refuses a second record", async () => {
     const table = createContainerTable(createMemoryStore<ContainerRecord>(), clock);
     await expect(table.mustGet('nope', 'container nope is not registered')).rejects.toMatchObject({
       code: 'not-found',
@@ -101,7 +107,11 @@ describe('container table', () => {
     const table = createContainerTable(store, clock);
     table.holdSubidRange('c1', { uid: 231072, gid: 296608, size: 65536 });
     expect(store.snapshot().get('c1')).toMatchObject({ subidAllocated: false, uidMappings: [] });
-    const held = { subidAllocated: true, uidMappings: [{ containerId: 0, hostId: 231072, size: 65536 }], gidMappings: [{ containerId: 0, hostId: 296608, size: 65536 }] };
+    const held = {
+      subidAllocated: true,
+      uidMappings: [{ containerId: 0, hostId: 231072, size: 65536 }],
+      gidMappings: [{ containerId: 0, hostId: 296608, size: 65536 }],
+    };
     expect(await table.get('c1')).toMatchObject(held);
     expect((await table.list())[0]).toMatchObject(held);
     const rec = (await table.mustGet('c1', 'gone'))!;
@@ -110,7 +120,13 @@ describe('container table', () => {
     expect(store.snapshot().get('c1')).toMatchObject({ ...held, volumeKinds: ['docker'] });
 
     // Held, then the container stopped and was removed: a new container of that id starts bare.
-    await store.mutate('c1', (cur) => ({ ...cur!, state: 'stopped', subidAllocated: false, uidMappings: [], gidMappings: [] }));
+    await store.mutate('c1', (cur) => ({
+      ...cur!,
+      state: 'stopped',
+      subidAllocated: false,
+      uidMappings: [],
+      gidMappings: [],
+    }));
     table.holdSubidRange('c1', { uid: 1, gid: 1, size: 1 });
     await table.removeIfStopped('c1');
     await table.create(bare());
@@ -122,7 +138,9 @@ describe('container table', () => {
   });
 
   it('removes a record only while it is stopped, and lists what it holds', async () => {
-    const store = createMemoryStore<ContainerRecord>({ initial: { run: aRecord({ id: 'run' }), stop: aRecord({ id: 'stop', state: 'stopped' }) } });
+    const store = createMemoryStore<ContainerRecord>({
+      initial: { run: aRecord({ id: 'run' }), stop: aRecord({ id: 'stop', state: 'stopped' }) },
+    });
     const table = createContainerTable(store, clock);
     expect((await table.list()).map((r) => r.id)).toEqual(['run', 'stop']);
     await table.removeIfStopped('run');

@@ -49,7 +49,10 @@ export interface ContainerTable {
   now(): string;
 }
 
-export function createContainerTable(store: KvStateStore<ContainerRecord>, clock: () => Date): ContainerTable {
+export function createContainerTable(
+  store: KvStateStore<ContainerRecord>,
+  clock: () => Date,
+): ContainerTable {
   const now = (): string => clock().toISOString();
   /** Ranges answered by the allocator that no write has carried yet, by container id. */
   const heldRanges = new Map<string, SubidRange>();
@@ -76,7 +79,10 @@ export function createContainerTable(store: KvStateStore<ContainerRecord>, clock
       await store.mutate(rec.id, (cur) => {
         if (!cur) throw new SysboxError('not-found', `container ${rec.id} was removed while being changed`);
         if (cur.state !== expectState) {
-          throw new SysboxError('failed-precondition', `container ${rec.id} changed state to ${cur.state} meanwhile`);
+          throw new SysboxError(
+            'failed-precondition',
+            `container ${rec.id} changed state to ${cur.state} meanwhile`,
+          );
         }
         return { ...rec, updatedAt: now() };
       });

@@ -10,7 +10,12 @@ export function grpcClient(socketPath: string): GrpcClient {
 }
 
 /** Calls one unary rpc; rejects with the gRPC ServiceError. */
-export function rpc<T = any>(client: GrpcClient, method: string, req: object, deadlineMs = 15_000): Promise<T> {
+export function rpc<T = any>(
+  client: GrpcClient,
+  method: string,
+  req: object,
+  deadlineMs = 15_000,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     client[method]!(req, { deadline: Date.now() + deadlineMs }, (err: ServiceError | null, res: T) =>
       err ? reject(err) : resolve(res),

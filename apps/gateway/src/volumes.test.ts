@@ -25,24 +25,41 @@ describe('volume ownership by rootfs ID-shift type', () => {
   });
 
   it.each([ShiftType.IDMappedMountOrShiftfs, 5, 99])('refuses shift type %i', (type) => {
-    expect(() => volumeOwnership(rec, type)).toThrow(expect.objectContaining({ code: 'invalid-request', message: `container c1: unexpected rootfs ID shift type ${type}` }));
+    expect(() => volumeOwnership(rec, type)).toThrow(
+      expect.objectContaining({
+        code: 'invalid-request',
+        message: `container c1: unexpected rootfs ID shift type ${type}`,
+      }),
+    );
   });
 
   it('needs a host mapping for every type but ID-mapped', () => {
     const unmapped = aRecord({ id: 'c1', uidMappings: [], gidMappings: [] });
     expect(volumeOwnership(unmapped, ShiftType.IDMappedMount).owner).toEqual({ uid: 0, gid: 0 });
     for (const type of [ShiftType.NoShift, ShiftType.Shiftfs, ShiftType.Chown]) {
-      expect(() => volumeOwnership(unmapped, type)).toThrow(expect.objectContaining({ code: 'failed-precondition' }));
+      expect(() => volumeOwnership(unmapped, type)).toThrow(
+        expect.objectContaining({ code: 'failed-precondition' }),
+      );
     }
   });
 });
 
 /** vol-mgr as data: create answers the volume's dir under /var/lib/sysbox; `volumes` is what list answers. */
-function volMgr(over: Record<string, (p: any) => unknown> = {}, volumes: { id: string; path: string; mountpoint: string }[] = []): FakeClient {
+function volMgr(
+  over: Record<string, (p: any) => unknown> = {},
+  volumes: { id: string; path: string; mountpoint: string }[] = [],
+): FakeClient {
   const handlers: Record<string, (p: any) => unknown> = { 'vol.list': () => ({ volumes, preps: [] }) };
   for (const kind of VOLUME_KINDS) {
     handlers[`vol.${kind}-create`] = (p) => ({
-      mounts: [{ source: `/var/lib/sysbox/${kind === 'k3s' ? 'rancher-k3s' : kind}/${p.id}`, destination: p.mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }],
+      mounts: [
+        {
+          source: `/var/lib/sysbox/${kind === 'k3s' ? 'rancher-k3s' : kind}/${p.id}`,
+          destination: p.mountpoint,
+          type: 'bind',
+          options: ['rbind', 'rprivate'],
+        },
+      ],
     });
   }
   return fakeClient({ ...handlers, ...over });
@@ -55,7 +72,10 @@ function rig(client: FakeClient, rec: ContainerRecord, opts: { noInnerImgPreload
   const policy = createVolumePolicy({
     call: serviceCaller(client, { opMs: 100, longOpMs: 1000 }),
     table,
-    checks: createReplyChecks({ dataRoot: '/var/lib/sysbox', subuidFile: '/nonexistent', subgidFile: '/nonexistent' }, log),
+    checks: createReplyChecks(
+      { dataRoot: '/var/lib/sysbox', subuidFile: '/nonexistent', subgidFile: '/nonexistent' },
+      log,
+    ),
     facts: { linuxHeaderMounts: [HEADERS], libModMounts: [] },
     noInnerImgPreload: opts.noInnerImgPreload ?? false,
     log,
@@ -68,24 +88,48 @@ describe('volume creation', () => {
     const client = volMgr();
     const rec = aRecord({ id: 'c1', uidMappings: HOST_IDS, gidMappings: HOST_IDS });
     const { store, policy } = rig(client, rec);
-    await policy.create(rec, ShiftType.Chown, [{ kind: 'docker', dest: '/var/lib/docker' }, { kind: 'k3s', dest: '/var/lib/rancher/k3s' }]);
+    await policy.create(rec, ShiftType.Chown, [
+      { kind: 'docker', dest: '/var/lib/docker' },
+      { kind: 'k3s', dest: '/var/lib/rancher/k3s' },
+    ]);
     expect(client.calls[0]).toEqual({
       op: 'vol.docker-create',
-      req: { id: 'c1', rootfs: rec.rootfs, mountpoint: '/var/lib/docker', uid: 231072, gid: 231072, chownOnSync: true, perm: 0o700 },
+      req: {
+        id: 'c1',
+        rootfs: rec.rootfs,
+        mountpoint: '/var/lib/docker',
+        uid: 231072,
+        gid: 231072,
+        chownOnSync: true,
+        perm: 0o700,
+      },
     });
     expect(client.ops()).toEqual(['vol.docker-create', 'vol.k3s-create']);
     const stored = store.snapshot().get('c1')!;
     expect(stored.volumeKinds).toEqual(['docker', 'k3s']);
-    expect(stored.containerMounts.map((m) => m.source)).toEqual(['/var/lib/sysbox/docker/c1', '/var/lib/sysbox/rancher-k3s/c1', '/usr/src/h']);
+    expect(stored.containerMounts.map((m) => m.source)).toEqual([
+      '/var/lib/sysbox/docker/c1',
+      '/var/lib/sysbox/rancher-k3s/c1',
+      '/usr/src/h',
+    ]);
     expect(hasVolumeMount(stored, 'k3s')).toBe(true);
     expect(hasVolumeMount(stored, 'kubelet')).toBe(false);
   });
 
   it('records the kinds before creating, and keeps the mounts made when one create fails', async () => {
-    const client = volMgr({ 'vol.kubelet-create': () => { throw new SysboxError('internal', 'disk full'); } });
+    const client = volMgr({
+      'vol.kubelet-create': () => {
+        throw new SysboxError('internal', 'disk full');
+      },
+    });
     const rec = aRecord({ id: 'c1' });
     const { store, policy } = rig(client, rec);
-    await expect(policy.create(rec, ShiftType.IDMappedMount, [{ kind: 'docker', dest: '/var/lib/docker' }, { kind: 'kubelet', dest: '/var/lib/kubelet' }])).rejects.toMatchObject({
+    await expect(
+      policy.create(rec, ShiftType.IDMappedMount, [
+        { kind: 'docker', dest: '/var/lib/docker' },
+        { kind: 'kubelet', dest: '/var/lib/kubelet' },
+      ]),
+    ).rejects.toMatchObject({
       code: 'internal',
       message: 'container c1: failed to setup mounts backing /var/lib/kubelet: disk full',
     });
@@ -98,7 +142,9 @@ describe('volume creation', () => {
     const client = volMgr();
     const rec = aRecord({ id: 'c1' });
     const { store, policy } = rig(client, rec);
-    await expect(policy.create(rec, 3, [{ kind: 'docker', dest: '/var/lib/docker' }])).rejects.toMatchObject({ code: 'invalid-request' });
+    await expect(policy.create(rec, 3, [{ kind: 'docker', dest: '/var/lib/docker' }])).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
     expect(client.calls).toEqual([]);
     expect(store.snapshot().get('c1')!.volumeKinds).toEqual([]);
   });
@@ -108,7 +154,9 @@ describe('volume creation', () => {
   };
 
   it('adopts a volume an earlier, unanswered call made (its kind recorded, no mount on record)', async () => {
-    const client = volMgr({ 'vol.docker-create': exists }, [{ id: 'c1', path: '/var/lib/sysbox/docker/c1', mountpoint: '/var/lib/docker' }]);
+    const client = volMgr({ 'vol.docker-create': exists }, [
+      { id: 'c1', path: '/var/lib/sysbox/docker/c1', mountpoint: '/var/lib/docker' },
+    ]);
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker'] });
     const { store, policy } = rig(client, rec);
     await policy.create(rec, ShiftType.IDMappedMount, [{ kind: 'docker', dest: '/var/lib/docker' }]);
@@ -126,21 +174,43 @@ describe('volume creation', () => {
     const listed = [{ id: 'c1', path: '/var/lib/sysbox/docker/c1', mountpoint: '/var/lib/docker' }];
     for (const [rec, dest] of [
       [aRecord({ id: 'c1' }), '/var/lib/docker'],
-      [aRecord({ id: 'c1', volumeKinds: ['docker'], containerMounts: [{ source: '/var/lib/sysbox/docker/c1', destination: '/var/lib/docker', type: 'bind', options: [] }] }), '/var/lib/docker'],
+      [
+        aRecord({
+          id: 'c1',
+          volumeKinds: ['docker'],
+          containerMounts: [
+            {
+              source: '/var/lib/sysbox/docker/c1',
+              destination: '/var/lib/docker',
+              type: 'bind',
+              options: [],
+            },
+          ],
+        }),
+        '/var/lib/docker',
+      ],
       [aRecord({ id: 'c1', volumeKinds: ['docker'] }), '/elsewhere'],
     ] as const) {
       const client = volMgr({ 'vol.docker-create': exists }, listed);
       const { policy } = rig(client, rec);
-      await expect(policy.create(rec, ShiftType.IDMappedMount, [{ kind: 'docker', dest }])).rejects.toMatchObject({ code: 'already-exists' });
+      await expect(
+        policy.create(rec, ShiftType.IDMappedMount, [{ kind: 'docker', dest }]),
+      ).rejects.toMatchObject({ code: 'already-exists' });
       expect(client.ops().filter((op) => op === 'vol.list')).toHaveLength(dest === '/elsewhere' ? 1 : 0);
     }
   });
 
   it('refuses a created or adopted mount outside vol-mgr’s dir', async () => {
-    const client = volMgr({ 'vol.docker-create': (p) => ({ mounts: [{ source: '/etc', destination: p.mountpoint, type: 'bind', options: [] }] }) });
+    const client = volMgr({
+      'vol.docker-create': (p) => ({
+        mounts: [{ source: '/etc', destination: p.mountpoint, type: 'bind', options: [] }],
+      }),
+    });
     const rec = aRecord({ id: 'c1' });
     const { store, policy } = rig(client, rec);
-    await expect(policy.create(rec, ShiftType.IDMappedMount, [{ kind: 'docker', dest: '/var/lib/docker' }])).rejects.toMatchObject({ code: 'internal' });
+    await expect(
+      policy.create(rec, ShiftType.IDMappedMount, [{ kind: 'docker', dest: '/var/lib/docker' }]),
+    ).rejects.toMatchObject({ code: 'internal' });
     expect(store.snapshot().get('c1')!.containerMounts).toEqual([HEADERS]);
   });
 });
@@ -161,12 +231,21 @@ describe('volume sync-out', () => {
 
   it('gives up after the second attempt, and never retries another failure; the other kinds still sync', async () => {
     const client = volMgr({
-      'vol.docker-sync-out': () => { throw new SysboxError('timeout', 'slow'); },
-      'vol.kubelet-sync-out': () => { throw new SysboxError('internal', 'rsync failed'); },
+      'vol.docker-sync-out': () => {
+        throw new SysboxError('timeout', 'slow');
+      },
+      'vol.kubelet-sync-out': () => {
+        throw new SysboxError('internal', 'rsync failed');
+      },
     });
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker', 'kubelet', 'k0s'] });
     expect(await rig(client, rec).policy.syncOut(rec)).toEqual(['docker', 'kubelet']);
-    expect(client.ops()).toEqual(['vol.docker-sync-out', 'vol.docker-sync-out', 'vol.kubelet-sync-out', 'vol.k0s-sync-out']);
+    expect(client.ops()).toEqual([
+      'vol.docker-sync-out',
+      'vol.docker-sync-out',
+      'vol.kubelet-sync-out',
+      'vol.k0s-sync-out',
+    ]);
   });
 
   it('does nothing with inner-image preload off', async () => {

@@ -4,7 +4,15 @@
  * ReqMounts made, and sync-out retried once when vol-mgr died in the middle of a copy.
  */
 import { posix } from 'node:path';
-import { SysboxError, VOLUME_LAYOUT, isSysboxError, volByKind, volList, type OciMount, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import {
+  SysboxError,
+  VOLUME_LAYOUT,
+  isSysboxError,
+  volByKind,
+  volList,
+  type OciMount,
+  type VolumeKind,
+} from '@sysbox-mgr-ts/contracts';
 import { allPages, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { HostFacts } from './probes.js';
 import { ShiftType, firstMapping, type ContainerRecord } from './record.js';
@@ -35,14 +43,19 @@ export function volumeOwnership(rec: ContainerRecord, rootfsUidShiftType: number
     case ShiftType.NoShift:
       return { owner: firstMapping(rec, 'volume ownership'), chownOnSync: false };
     default:
-      throw new SysboxError('invalid-request', `container ${rec.id}: unexpected rootfs ID shift type ${rootfsUidShiftType}`);
+      throw new SysboxError(
+        'invalid-request',
+        `container ${rec.id}: unexpected rootfs ID shift type ${rootfsUidShiftType}`,
+      );
   }
 }
 
 /** Whether the record holds the mount of its `kind` volume (vol-mgr's `<data root>/<hostDir>/<id>`). */
 export function hasVolumeMount(rec: ContainerRecord, kind: VolumeKind): boolean {
   return rec.containerMounts.some(
-    (m) => posix.basename(m.source) === rec.id && posix.basename(posix.dirname(m.source)) === VOLUME_LAYOUT[kind].hostDir,
+    (m) =>
+      posix.basename(m.source) === rec.id &&
+      posix.basename(posix.dirname(m.source)) === VOLUME_LAYOUT[kind].hostDir,
   );
 }
 
@@ -55,7 +68,11 @@ export interface VolumePolicy {
    * earlier unanswered call made, and saves the record's mounts (those made, plus the host's
    * kernel-header and module mounts) even when one fails.
    */
-  create(rec: ContainerRecord, rootfsUidShiftType: number, requests: { kind: VolumeKind; dest: string }[]): Promise<void>;
+  create(
+    rec: ContainerRecord,
+    rootfsUidShiftType: number,
+    requests: { kind: VolumeKind; dest: string }[],
+  ): Promise<void>;
   /** Syncs every volume out to its host dir (unless inner-image preload is off); answers the kinds that failed. */
   syncOut(rec: ContainerRecord): Promise<VolumeKind[]>;
 }
@@ -75,11 +92,18 @@ export function createVolumePolicy(deps: {
    * same mountpoint. Undefined when it is not there as asked (then already-exists stands).
    */
   async function adopt(rec: ContainerRecord, kind: VolumeKind, dest: string): Promise<OciMount | undefined> {
-    const pages = await allPages((cursor) => call(rec.id, `listing the ${kind} volume`, volList, { kind, cursor }));
+    const pages = await allPages((cursor) =>
+      call(rec.id, `listing the ${kind} volume`, volList, { kind, cursor }),
+    );
     const vol = pages.flatMap((p) => p.volumes).find((v) => v.id === rec.id && v.mountpoint === dest);
     if (!vol) return undefined;
-    const [mount] = checks.volumeMounts(rec.id, kind, [{ source: vol.path, destination: dest, type: 'bind', options: ['rbind', 'rprivate'] }]);
-    log.info({ id: rec.id, kind, path: vol.path }, 'adopted a volume created by an earlier, unanswered ReqMounts');
+    const [mount] = checks.volumeMounts(rec.id, kind, [
+      { source: vol.path, destination: dest, type: 'bind', options: ['rbind', 'rprivate'] },
+    ]);
+    log.info(
+      { id: rec.id, kind, path: vol.path },
+      'adopted a volume created by an earlier, unanswered ReqMounts',
+    );
     return mount;
   }
 
@@ -101,14 +125,35 @@ export function createVolumePolicy(deps: {
           // One volume per kind and container, as upstream: a second request of a kind fails as
           // its second create did there (vol-mgr answers an identical create the same, for
           // callers whose answer was lost, so the duplicate is caught here).
-          if (made.has(kind)) throw new SysboxError('already-exists', `container ${id}: a ${kind} volume was already requested (for ${dest} too)`);
+          if (made.has(kind))
+            throw new SysboxError(
+              'already-exists',
+              `container ${id}: a ${kind} volume was already requested (for ${dest} too)`,
+            );
           made.add(kind);
-          const create = { id, rootfs: rec.rootfs, mountpoint: dest, uid: owner.uid, gid: owner.gid, chownOnSync, perm: VOLUME_LAYOUT[kind].perm };
+          const create = {
+            id,
+            rootfs: rec.rootfs,
+            mountpoint: dest,
+            uid: owner.uid,
+            gid: owner.gid,
+            chownOnSync,
+            perm: VOLUME_LAYOUT[kind].perm,
+          };
           try {
-            const created = await call(id, `failed to setup mounts backing ${dest}`, volByKind[kind].create, create, 'unbounded');
+            const created = await call(
+              id,
+              `failed to setup mounts backing ${dest}`,
+              volByKind[kind].create,
+              create,
+              'unbounded',
+            );
             mounts.push(...checks.volumeMounts(id, kind, created.mounts));
           } catch (err) {
-            const adopted = isSysboxError(err, 'already-exists') && unanswered.has(kind) ? await adopt(rec, kind, dest) : undefined;
+            const adopted =
+              isSysboxError(err, 'already-exists') && unanswered.has(kind)
+                ? await adopt(rec, kind, dest)
+                : undefined;
             if (!adopted) throw err;
             mounts.push(adopted);
           }
@@ -127,11 +172,22 @@ export function createVolumePolicy(deps: {
         // try reaches its restarted instance (or a replica), which copies the whole volume again.
         for (let attempt = 1; ; attempt++) {
           try {
-            await call(rec.id, `sync-out of the ${kind} volume`, volByKind[kind].syncOut, { id: rec.id }, true);
+            await call(
+              rec.id,
+              `sync-out of the ${kind} volume`,
+              volByKind[kind].syncOut,
+              { id: rec.id },
+              true,
+            );
             break;
           } catch (err) {
-            const retry = attempt < SYNC_OUT_ATTEMPTS && (isSysboxError(err, 'timeout') || isSysboxError(err, 'unavailable'));
-            log.warn({ id: rec.id, kind, err, attempt }, retry ? 'volume sync-out failed; retrying' : 'volume sync-out failed');
+            const retry =
+              attempt < SYNC_OUT_ATTEMPTS &&
+              (isSysboxError(err, 'timeout') || isSysboxError(err, 'unavailable'));
+            log.warn(
+              { id: rec.id, kind, err, attempt },
+              retry ? 'volume sync-out failed; retrying' : 'volume sync-out failed',
+            );
             if (retry) continue;
             failed.push(kind);
             break;

@@ -115,7 +115,10 @@ describe('removal watcher', () => {
     watcher.watch('new', '/new');
     watcher.unwatch('old');
     // The table read began before both changes and still lists 'old', not 'new'.
-    answer!([{ id: 'old', path: '/old' }, { id: 'other-gateway', path: '/other' }]);
+    answer!([
+      { id: 'old', path: '/old' },
+      { id: 'other-gateway', path: '/other' },
+    ]);
     await watcher.stop();
     expect(watcher.watching().sort((a, b) => a.id.localeCompare(b.id))).toEqual([
       { id: 'new', path: '/new' },

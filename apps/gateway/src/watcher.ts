@@ -51,8 +51,10 @@ export function createRemovalWatcher(opts: RemovalWatcherOptions): RemovalWatche
   const reload = async (listed?: WatchedPath[]): Promise<void> => {
     changedDuringReload.clear();
     const list = new Map((listed ?? (await opts.list())).map((w) => [w.id, w.path]));
-    for (const id of [...watched.keys()]) if (!list.has(id) && !changedDuringReload.has(id)) watched.delete(id);
-    for (const [id, path] of list) if (!changedDuringReload.has(id) && !releasing.has(id)) watched.set(id, path);
+    for (const id of [...watched.keys()])
+      if (!list.has(id) && !changedDuringReload.has(id)) watched.delete(id);
+    for (const [id, path] of list)
+      if (!changedDuringReload.has(id) && !releasing.has(id)) watched.set(id, path);
   };
   const startReload = (): void => {
     reloading ??= reload()

@@ -18,7 +18,11 @@ import {
 
 /** IDMapping as the .proto spells it, checked field by field with the contract's rules. */
 const WireIdMapping = z
-  .object({ containerID: IdMapping.shape.containerId, hostID: IdMapping.shape.hostId, size: IdMapping.shape.size })
+  .object({
+    containerID: IdMapping.shape.containerId,
+    hostID: IdMapping.shape.hostId,
+    size: IdMapping.shape.size,
+  })
   .transform((m): IdMapping => ({ containerId: m.containerID, hostId: m.hostID, size: m.size }));
 export type WireIdMapping = z.input<typeof WireIdMapping>;
 
@@ -27,7 +31,8 @@ const Mappings = z.array(WireIdMapping).default([]);
 /** A namespace path: empty (none given) or a host path. */
 const NsPath = z.string().superRefine((p, ctx) => {
   if (p === '') return;
-  for (const issue of HostPath.safeParse(p).error?.issues ?? []) ctx.addIssue({ code: 'custom', message: issue.message });
+  for (const issue of HostPath.safeParse(p).error?.issues ?? [])
+    ctx.addIssue({ code: 'custom', message: issue.message });
 });
 
 const MountKind = z
@@ -114,12 +119,15 @@ function shown(value: unknown, max = 200): string {
 }
 
 function fieldName(path: readonly PropertyKey[]): string {
-  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${String(p)}`)).join('');
+  return path
+    .map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${String(p)}`))
+    .join('');
 }
 
 function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
   let v = root;
-  for (const p of path) v = v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[p] : undefined;
+  for (const p of path)
+    v = v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[p] : undefined;
   return v;
 }
 
@@ -187,4 +195,9 @@ export const containerConfigToWire = (cfg: ContainerConfig) => ({
   gidMappings: mappingsToWire(cfg.gidMappings),
 });
 
-export const mountToWire = (m: OciMount) => ({ source: m.source, dest: m.destination, type: m.type, opt: m.options });
+export const mountToWire = (m: OciMount) => ({
+  source: m.source,
+  dest: m.destination,
+  type: m.type,
+  opt: m.options,
+});

@@ -18,7 +18,11 @@ export const rootfsClonerApp = defineApp({
   about: 'overlayfs metacopy clones of container rootfs: create, chown, revert, remove',
   options: {
     ...hostGuardOptions,
-    cleanupOnStop: boolOption('cleanup-on-stop', 'SYSBOX_ROOTFS_CLEANUP_ON_STOP', 'remove every clone when the daemon stops (upstream behaviour)'),
+    cleanupOnStop: boolOption(
+      'cleanup-on-stop',
+      'SYSBOX_ROOTFS_CLEANUP_ON_STOP',
+      'remove every clone when the daemon stops (upstream behaviour)',
+    ),
     mountTimeoutMs: option({
       flag: 'mount-timeout-ms',
       env: 'SYSBOX_ROOTFS_MOUNT_TIMEOUT_MS',
@@ -48,7 +52,13 @@ export const rootfsClonerApp = defineApp({
     });
     const report = await cloner.reconcile();
     log.info(
-      { adopted: report.adopted.length, reestablished: report.reestablished, dropped: report.dropped, failed: report.failed, finished: report.finished },
+      {
+        adopted: report.adopted.length,
+        reestablished: report.reestablished,
+        dropped: report.dropped,
+        failed: report.failed,
+        finished: report.finished,
+      },
       'clones reconciled',
     );
     const svc = serve({

@@ -78,7 +78,12 @@ async function main(): Promise<void> {
     pageSize: 4096,
     shiftTimeoutMs: TIMEOUT,
     readMounts: () => readMountInfo(),
-    guard: createHostGuard({ dataRoot: join(base, 'data'), allowedRootfsRoots: [base], subuidFile: join(base, 'subid'), subgidFile: join(base, 'subid') }),
+    guard: createHostGuard({
+      dataRoot: join(base, 'data'),
+      allowedRootfsRoots: [base],
+      subuidFile: join(base, 'subid'),
+      subgidFile: join(base, 'subid'),
+    }),
   });
 
   const createMs: number[] = [];
@@ -95,9 +100,17 @@ async function main(): Promise<void> {
     createMs.push(performance.now() - t0);
     const plain = join(base, 'plain');
     await rm(join(base, 'plain-up'), { recursive: true, force: true });
-    for (const d of [plain, join(base, 'plain-up', 'fs'), join(base, 'plain-up', 'work')]) await mkdir(d, { recursive: true });
+    for (const d of [plain, join(base, 'plain-up', 'fs'), join(base, 'plain-up', 'work')])
+      await mkdir(d, { recursive: true });
     t0 = performance.now();
-    await sh('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowers.join(':')},upperdir=${base}/plain-up/fs,workdir=${base}/plain-up/work`, plain]);
+    await sh('mount', [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lowers.join(':')},upperdir=${base}/plain-up/fs,workdir=${base}/plain-up/work`,
+      plain,
+    ]);
     plainMountMs.push(performance.now() - t0);
     await sh('umount', [plain]);
 
@@ -156,7 +169,10 @@ async function main(): Promise<void> {
       name: `create-clone + chown-clone, ${entries} entries`,
       value: create.median + clone.median,
       unit: 'ms',
-      baseline: { name: 'cp -a of the rootfs + the same id-shift', value: summarize(copyMs).median + full.median },
+      baseline: {
+        name: 'cp -a of the rootfs + the same id-shift',
+        value: summarize(copyMs).median + full.median,
+      },
       ratio: (create.median + clone.median) / (summarize(copyMs).median + full.median),
       runs: clone.runs,
       goal: '< 1: cheaper than a full copy',
@@ -168,7 +184,8 @@ async function main(): Promise<void> {
 try {
   await main();
 } finally {
-  for (const m of mountsUnder(await readMountInfo(), base)) await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
+  for (const m of mountsUnder(await readMountInfo(), base))
+    await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
   await rm(base, { recursive: true, force: true });
   await nc.close();
   await ns.stop();

@@ -1,7 +1,18 @@
 /**
  * The cloner against real overlay mounts (root in a VM) and a real nats-server for its state.
  */
-import { access, chown, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import {
+  access,
+  chown,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
@@ -15,11 +26,21 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner, type Cloner, type ShiftIds } from './cloner.js';
 import { createMounter } from './mounter.js';
 import { shift } from '@sysbox-mgr-ts/id-shift';
-import { buildRuntimeRootfs, owners, testGuard, unmountAllUnder, type RuntimeRootfs } from './rootfs-fixture.test-util.js';
+import {
+  buildRuntimeRootfs,
+  owners,
+  testGuard,
+  unmountAllUnder,
+  type RuntimeRootfs,
+} from './rootfs-fixture.test-util.js';
 
 const OFFSET = 165536;
 const silent = silentLogger();
-const exists = (p: string) => access(p).then(() => true, () => false);
+const exists = (p: string) =>
+  access(p).then(
+    () => true,
+    () => false,
+  );
 
 describe('rootfs cloner on real overlay mounts', () => {
   let ns: NatsServer;
@@ -105,9 +126,18 @@ describe('rootfs cloner on real overlay mounts', () => {
     const mounts = await readMountInfo();
     const [clone] = mountsAt(mounts, merged);
     expect(clone?.fsType).toBe('overlay');
-    expect(clone?.superOptions).toEqual(expect.arrayContaining(['metacopy=on', 'index=on', `upperdir=${join(dataRoot, 'rootfs/c1/overlay2/diff')}`]));
+    expect(clone?.superOptions).toEqual(
+      expect.arrayContaining([
+        'metacopy=on',
+        'index=on',
+        `upperdir=${join(dataRoot, 'rootfs/c1/overlay2/diff')}`,
+      ]),
+    );
     // The clone's overlay is mounted twice (its merged dir and the original rootfs) ...
-    expect(mounts.filter((m) => m.majorMinor === clone!.majorMinor && m.root === '/' && m.mountPoint !== fx.rootfs).length).toBe(1);
+    expect(
+      mounts.filter((m) => m.majorMinor === clone!.majorMinor && m.root === '/' && m.mountPoint !== fx.rootfs)
+        .length,
+    ).toBe(1);
     // ... and the original rootfs holds three stacked mounts: the runtime's, the clone, the bind-to-self.
     const stacked = mountsAt(mounts, fx.rootfs);
     expect(stacked.length).toBe(3);
@@ -120,10 +150,15 @@ describe('rootfs cloner on real overlay mounts', () => {
 
     // The same create again (a reply lost to a reconnect) is answered the same and mounts nothing
     // more; another rootfs for the same container is refused.
-    await expect(cloner.createClone('c1', fx.rootfs)).resolves.toEqual({ rootfs: merged, origWorkDir: fx.workDir });
+    await expect(cloner.createClone('c1', fx.rootfs)).resolves.toEqual({
+      rootfs: merged,
+      origWorkDir: fx.workDir,
+    });
     expect(mountsAt(await readMountInfo(), fx.rootfs).length).toBe(3);
     await expect(cloner.createClone('c1', fx.upperDir)).rejects.toMatchObject({ code: 'already-exists' });
-    expect((await cloner.list()).clones).toEqual([expect.objectContaining({ id: 'c1', mounted: true, chowned: false, cloneRootfs: merged })]);
+    expect((await cloner.list()).clones).toEqual([
+      expect.objectContaining({ id: 'c1', mounted: true, chowned: false, cloneRootfs: merged }),
+    ]);
     await cloner.removeClone('c1');
   });
 
@@ -222,7 +257,10 @@ describe('rootfs cloner on real overlay mounts', () => {
     await mkdir(plain);
     await expect(cloner.createClone('c5', plain)).rejects.toMatchObject({ code: 'unsupported' });
     await run('mount', ['-t', 'tmpfs', 'tmpfs', plain], { timeout: 10_000 });
-    await expect(cloner.createClone('c5', plain)).rejects.toMatchObject({ code: 'unsupported', message: /tmpfs/ });
+    await expect(cloner.createClone('c5', plain)).rejects.toMatchObject({
+      code: 'unsupported',
+      message: /tmpfs/,
+    });
     expect(await exists(join(dataRoot, 'rootfs', 'c5'))).toBe(false);
     expect((await cloner.list()).clones).toEqual([]);
   });
@@ -236,7 +274,8 @@ describe('rootfs cloner on real overlay mounts', () => {
     await chown(join(fx.rootfs, 'etc', 'hostname'), OFFSET, OFFSET); // as the container's root would own it
 
     // The clone's mounts, top first: bind-to-self, clone over rootfs, upper and work binds, the overlay.
-    for (const target of [fx.rootfs, fx.rootfs, fx.upperDir, fx.workDir, merged]) await run('umount', [target], { timeout: 10_000 });
+    for (const target of [fx.rootfs, fx.rootfs, fx.upperDir, fx.workDir, merged])
+      await run('umount', [target], { timeout: 10_000 });
     expect(mountsUnder(await readMountInfo(), dataRoot)).toEqual([]);
     expect(await exists(join(fx.rootfs, 'etc', 'hostname'))).toBe(false);
 
@@ -248,7 +287,13 @@ describe('rootfs cloner on real overlay mounts', () => {
     expect(mountsAt(await readMountInfo(), fx.rootfs).length).toBe(3);
 
     // A second start finds everything in place.
-    expect(await (await makeCloner()).reconcile()).toEqual({ adopted: ['c6'], reestablished: [], dropped: [], failed: [], finished: [] });
+    expect(await (await makeCloner()).reconcile()).toEqual({
+      adopted: ['c6'],
+      reestablished: [],
+      dropped: [],
+      failed: [],
+      finished: [],
+    });
     await second.revertChown('c6');
     expect((await stat(join(fx.rootfs, 'etc', 'passwd'))).uid).toBe(0);
     await second.removeClone('c6');
@@ -267,8 +312,12 @@ describe('rootfs cloner on real overlay mounts', () => {
     // The same shift again changes nothing; another one is refused.
     await first.shiftUpper('u1', upper, OFFSET, OFFSET);
     expect((await stat(join(upper, 'etc', 'motd'))).uid).toBe(OFFSET);
-    await expect(first.shiftUpper('u1', upper, OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({ code: 'already-exists' });
-    expect((await first.list()).uppers).toEqual([{ id: 'u1', upperDir: upper, uidOffset: OFFSET, gidOffset: OFFSET, shifted: true }]);
+    await expect(first.shiftUpper('u1', upper, OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({
+      code: 'already-exists',
+    });
+    expect((await first.list()).uppers).toEqual([
+      { id: 'u1', upperDir: upper, uidOffset: OFFSET, gidOffset: OFFSET, shifted: true },
+    ]);
 
     // A restarted daemon knows the upper is shifted and reverts it exactly once.
     const second = await makeCloner();
@@ -286,7 +335,9 @@ describe('rootfs cloner on real overlay mounts', () => {
     await second.revertUpper('u1');
     expect(await owners(upper)).toEqual(before);
 
-    await expect(second.shiftUpper('u2', join(base, 'no-such-upper'), 1, 1)).rejects.toMatchObject({ code: 'invalid-request' });
+    await expect(second.shiftUpper('u2', join(base, 'no-such-upper'), 1, 1)).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
     expect((await second.list()).uppers).toEqual([]);
   });
 
@@ -299,13 +350,22 @@ describe('rootfs cloner on real overlay mounts', () => {
       const before = await owners(merged);
 
       // What chown-clone leaves when killed mid-walk: the intent recorded, part of the tree shifted.
-      await clones.mutate('k1', (cur) => cur && { ...cur, pending: 'chown', uidOffset: OFFSET, gidOffset: OFFSET });
+      await clones.mutate(
+        'k1',
+        (cur) => cur && { ...cur, pending: 'chown', uidOffset: OFFSET, gidOffset: OFFSET },
+      );
       await shift(join(merged, 'usr'), OFFSET, OFFSET);
       await shift(join(merged, 'etc'), OFFSET, OFFSET);
       expectMixed(before, await owners(merged));
 
       const second = await makeCloner();
-      expect(await second.reconcile()).toEqual({ adopted: ['k1'], reestablished: [], dropped: [], failed: [], finished: [{ id: 'k1', operation: 'chown' }] });
+      expect(await second.reconcile()).toEqual({
+        adopted: ['k1'],
+        reestablished: [],
+        dropped: [],
+        failed: [],
+        finished: [{ id: 'k1', operation: 'chown' }],
+      });
       expectShiftedBy(before, await owners(merged), OFFSET);
       expect((await clones.get('k1'))?.value).toMatchObject({ chowned: true });
       expect((await clones.get('k1'))?.value.pending).toBeUndefined();
@@ -319,7 +379,13 @@ describe('rootfs cloner on real overlay mounts', () => {
       expectMixed(before, await owners(merged));
 
       const third = await makeCloner();
-      expect(await third.reconcile()).toEqual({ adopted: [], reestablished: ['k1'], dropped: [], failed: [], finished: [{ id: 'k1', operation: 'revert' }] });
+      expect(await third.reconcile()).toEqual({
+        adopted: [],
+        reestablished: ['k1'],
+        dropped: [],
+        failed: [],
+        finished: [{ id: 'k1', operation: 'revert' }],
+      });
       expect(await owners(merged)).toEqual(before);
       expect((await clones.get('k1'))?.value).toMatchObject({ chowned: false });
       expect((await clones.get('k1'))?.value.pending).toBeUndefined();
@@ -334,10 +400,15 @@ describe('rootfs cloner on real overlay mounts', () => {
       const cloner = await makeCloner();
       const { rootfs: merged } = await cloner.createClone('k2', fx.rootfs);
       const before = await owners(merged);
-      await clones.mutate('k2', (cur) => cur && { ...cur, pending: 'chown', uidOffset: OFFSET, gidOffset: OFFSET });
+      await clones.mutate(
+        'k2',
+        (cur) => cur && { ...cur, pending: 'chown', uidOffset: OFFSET, gidOffset: OFFSET },
+      );
       await shift(join(merged, 'home'), OFFSET, OFFSET);
 
-      await expect(cloner.chownClone('k2', OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({ code: 'failed-precondition' });
+      await expect(cloner.chownClone('k2', OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({
+        code: 'failed-precondition',
+      });
       await cloner.chownClone('k2', OFFSET, OFFSET);
       expectShiftedBy(before, await owners(merged), OFFSET);
       await cloner.chownClone('k2', OFFSET, OFFSET);
@@ -368,10 +439,19 @@ describe('rootfs cloner on real overlay mounts', () => {
       await chown(join(upper, 'home', 'user', 'notes'), 1000, 1000);
       const before = await owners(upper);
 
-      await uppers.create('u9', { id: 'u9', upperDir: upper, uidOffset: OFFSET, gidOffset: OFFSET, shifted: false, pending: 'shift' });
+      await uppers.create('u9', {
+        id: 'u9',
+        upperDir: upper,
+        uidOffset: OFFSET,
+        gidOffset: OFFSET,
+        shifted: false,
+        pending: 'shift',
+      });
       await shift(join(upper, 'etc'), OFFSET, OFFSET);
       expectMixed(before, await owners(upper));
-      expect((await (await makeCloner()).reconcile()).finished).toEqual([{ id: 'u9', operation: 'shift-upper' }]);
+      expect((await (await makeCloner()).reconcile()).finished).toEqual([
+        { id: 'u9', operation: 'shift-upper' },
+      ]);
       expectShiftedBy(before, await owners(upper), OFFSET);
       expect((await uppers.get('u9'))?.value).toMatchObject({ shifted: true });
       expect((await uppers.get('u9'))?.value.pending).toBeUndefined();
@@ -379,14 +459,25 @@ describe('rootfs cloner on real overlay mounts', () => {
       await uppers.mutate('u9', (cur) => cur && { ...cur, pending: 'revert' });
       await shift(join(upper, 'home'), -OFFSET, -OFFSET);
       expectMixed(before, await owners(upper));
-      expect((await (await makeCloner()).reconcile()).finished).toEqual([{ id: 'u9', operation: 'revert-upper' }]);
+      expect((await (await makeCloner()).reconcile()).finished).toEqual([
+        { id: 'u9', operation: 'revert-upper' },
+      ]);
       expect(await owners(upper)).toEqual(before);
       expect(await uppers.get('u9')).toBeUndefined();
 
       const cloner = await makeCloner();
-      await uppers.create('u9', { id: 'u9', upperDir: upper, uidOffset: OFFSET, gidOffset: OFFSET, shifted: false, pending: 'shift' });
+      await uppers.create('u9', {
+        id: 'u9',
+        upperDir: upper,
+        uidOffset: OFFSET,
+        gidOffset: OFFSET,
+        shifted: false,
+        pending: 'shift',
+      });
       await shift(join(upper, 'home'), OFFSET, OFFSET);
-      await expect(cloner.shiftUpper('u9', upper, OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({ code: 'already-exists' });
+      await expect(cloner.shiftUpper('u9', upper, OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({
+        code: 'already-exists',
+      });
       await cloner.shiftUpper('u9', upper, OFFSET, OFFSET);
       expectShiftedBy(before, await owners(upper), OFFSET);
       await cloner.revertUpper('u9');
@@ -410,8 +501,22 @@ describe('rootfs cloner on real overlay mounts', () => {
         await mkdir(merged, { recursive: true });
         await mkdir(join(base, 'sneaky/upper'));
         await mkdir(join(base, 'sneaky/work'));
-        await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${foreign.lowerDirs[0]},upperdir=${join(base, 'sneaky/upper')},workdir=${join(base, 'sneaky/work')}`, merged], { timeout: 10_000 });
-        await expect(cloner.createClone('h2', merged)).rejects.toMatchObject({ code: 'invalid-request', message: expect.stringContaining('lower dir') });
+        await run(
+          'mount',
+          [
+            '-t',
+            'overlay',
+            'overlay',
+            '-o',
+            `lowerdir=${foreign.lowerDirs[0]},upperdir=${join(base, 'sneaky/upper')},workdir=${join(base, 'sneaky/work')}`,
+            merged,
+          ],
+          { timeout: 10_000 },
+        );
+        await expect(cloner.createClone('h2', merged)).rejects.toMatchObject({
+          code: 'invalid-request',
+          message: expect.stringContaining('lower dir'),
+        });
         expect(await exists(join(dataRoot, 'rootfs', 'h1'))).toBe(false);
         expect(await exists(join(dataRoot, 'rootfs', 'h2'))).toBe(false);
         expect((await cloner.list()).clones).toEqual([]);
@@ -427,11 +532,23 @@ describe('rootfs cloner on real overlay mounts', () => {
       const cloner = await makeCloner();
       const { rootfs } = await cloner.createClone('h3', fx.rootfs);
       const before = await owners(rootfs);
-      for (const [u, g] of [[0, 0], [1000, 1000], [-OFFSET, -OFFSET], [OFFSET, 1000], [OFFSET + 15 * 65536 + 1, OFFSET]] as const) {
-        await expect(cloner.chownClone('h3', u, g), `${u}:${g}`).rejects.toMatchObject({ code: 'invalid-request' });
-        await expect(cloner.shiftUpper('h3', fx.upperDir, u, g), `${u}:${g}`).rejects.toMatchObject({ code: 'invalid-request' });
+      for (const [u, g] of [
+        [0, 0],
+        [1000, 1000],
+        [-OFFSET, -OFFSET],
+        [OFFSET, 1000],
+        [OFFSET + 15 * 65536 + 1, OFFSET],
+      ] as const) {
+        await expect(cloner.chownClone('h3', u, g), `${u}:${g}`).rejects.toMatchObject({
+          code: 'invalid-request',
+        });
+        await expect(cloner.shiftUpper('h3', fx.upperDir, u, g), `${u}:${g}`).rejects.toMatchObject({
+          code: 'invalid-request',
+        });
       }
-      await expect(cloner.shiftUpper('h3', '/etc', OFFSET, OFFSET)).rejects.toMatchObject({ code: 'invalid-request' });
+      await expect(cloner.shiftUpper('h3', '/etc', OFFSET, OFFSET)).rejects.toMatchObject({
+        code: 'invalid-request',
+      });
       expect(await owners(rootfs)).toEqual(before);
       expect((await cloner.list()).clones).toMatchObject([{ id: 'h3', chowned: false, uidOffset: 0 }]);
       expect((await cloner.list()).uppers).toEqual([]);
@@ -447,31 +564,70 @@ describe('rootfs cloner on real overlay mounts', () => {
       const clones = createStateStore(kv, { node: 'forged', namespace: 'clone', schema: CloneRecord });
       const uppers = createStateStore(kv, { node: 'forged', namespace: 'upper', schema: UpperRecord });
       const forged: CloneRecord = {
-        id: 'f1', origRootfs: fx.rootfs, cloneDir: decoy, mergedDir: join(decoy, 'overlay2/merged'), diffDir: join(decoy, 'overlay2/diff'),
-        workDir: join(decoy, 'overlay2/work'), origUpperDir: fx.upperDir, origWorkDir: fx.workDir, lowerDirs: fx.lowerDirs,
+        id: 'f1',
+        origRootfs: fx.rootfs,
+        cloneDir: decoy,
+        mergedDir: join(decoy, 'overlay2/merged'),
+        diffDir: join(decoy, 'overlay2/diff'),
+        workDir: join(decoy, 'overlay2/work'),
+        origUpperDir: fx.upperDir,
+        origWorkDir: fx.workDir,
+        lowerDirs: fx.lowerDirs,
         mountOptions: `lowerdir=${fx.lowerDirs.join(':')},upperdir=${join(decoy, 'overlay2/diff')},workdir=${join(decoy, 'overlay2/work')}`,
-        propagation: 'private', uidOffset: OFFSET, gidOffset: OFFSET, chowned: true, bindToSelfActive: true, createdAt: new Date().toISOString(),
+        propagation: 'private',
+        uidOffset: OFFSET,
+        gidOffset: OFFSET,
+        chowned: true,
+        bindToSelfActive: true,
+        createdAt: new Date().toISOString(),
       };
       await clones.create('f1', forged);
       // Right dirs, but a revert that would shift the clone down past root.
       const derived = join(dataRoot, 'rootfs', 'f2', 'overlay2');
       await clones.create('f2', {
-        ...forged, id: 'f2', cloneDir: join(dataRoot, 'rootfs', 'f2'), mergedDir: join(derived, 'merged'), diffDir: join(derived, 'diff'), workDir: join(derived, 'work'),
-        mountOptions: `lowerdir=${fx.lowerDirs.join(':')},upperdir=${join(derived, 'diff')},workdir=${join(derived, 'work')}`, uidOffset: -OFFSET, gidOffset: -OFFSET,
+        ...forged,
+        id: 'f2',
+        cloneDir: join(dataRoot, 'rootfs', 'f2'),
+        mergedDir: join(derived, 'merged'),
+        diffDir: join(derived, 'diff'),
+        workDir: join(derived, 'work'),
+        mountOptions: `lowerdir=${fx.lowerDirs.join(':')},upperdir=${join(derived, 'diff')},workdir=${join(derived, 'work')}`,
+        uidOffset: -OFFSET,
+        gidOffset: -OFFSET,
       });
       // An upper-dir shift on record for a dir outside every rootfs root.
       const outside = await mkdtemp(join(tmpdir(), 'rfc-upper-decoy-'));
-      await uppers.create('f3', { id: 'f3', upperDir: outside, uidOffset: OFFSET, gidOffset: OFFSET, shifted: true });
+      await uppers.create('f3', {
+        id: 'f3',
+        upperDir: outside,
+        uidOffset: OFFSET,
+        gidOffset: OFFSET,
+        shifted: true,
+      });
       try {
         const cloner = createCloner({
-          dataRoot, clones, uppers, mounter: createMounter({ timeoutMs: 10_000 }), shiftIds, log: silent, pageSize: 4096,
-          shiftTimeoutMs: 20_000, readMounts: () => readMountInfo(), guard: await testGuard(base, dataRoot),
+          dataRoot,
+          clones,
+          uppers,
+          mounter: createMounter({ timeoutMs: 10_000 }),
+          shiftIds,
+          log: silent,
+          pageSize: 4096,
+          shiftTimeoutMs: 20_000,
+          readMounts: () => readMountInfo(),
+          guard: await testGuard(base, dataRoot),
         });
         const decoyOwners = await owners(decoy);
         const rootfsOwners = await owners(fx.rootfs);
-        await expect(cloner.removeClone('f1')).rejects.toMatchObject({ code: 'internal', message: expect.stringContaining('cloneDir') });
+        await expect(cloner.removeClone('f1')).rejects.toMatchObject({
+          code: 'internal',
+          message: expect.stringContaining('cloneDir'),
+        });
         await expect(cloner.revertChown('f1')).rejects.toMatchObject({ code: 'internal' });
-        await expect(cloner.revertChown('f2')).rejects.toMatchObject({ code: 'invalid-request', message: expect.stringContaining('negative offset') });
+        await expect(cloner.revertChown('f2')).rejects.toMatchObject({
+          code: 'invalid-request',
+          message: expect.stringContaining('negative offset'),
+        });
         await expect(cloner.revertUpper('f3')).rejects.toMatchObject({ code: 'invalid-request' });
         // At start the forged clone is refused; the other names nothing to bring back and is dropped.
         const report = await cloner.reconcile();

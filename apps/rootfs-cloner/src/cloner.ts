@@ -100,7 +100,13 @@ export interface ReconcileReport {
 
 export interface Cloner extends RootfsCloner {
   /** `alreadyShifted`: the runtime chowned the dir itself; only record the shift. */
-  shiftUpper(id: string, upperDir: string, uidOffset: number, gidOffset: number, alreadyShifted?: boolean): Promise<void>;
+  shiftUpper(
+    id: string,
+    upperDir: string,
+    uidOffset: number,
+    gidOffset: number,
+    alreadyShifted?: boolean,
+  ): Promise<void>;
   revertUpper(id: string): Promise<void>;
   list(): Promise<{ clones: CloneInfo[]; uppers: z.infer<typeof UpperShiftInfo>[] }>;
   /**
@@ -122,7 +128,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
   /** Where a container's clone lives: derived from the id alone, never read from a record. */
   const cloneDirsOf = (id: string) => {
     const cloneDir = join(deps.dataRoot, CLONER_DIR, id);
-    if (dirname(cloneDir) !== join(deps.dataRoot, CLONER_DIR)) throw new SysboxError('invalid-request', `container id ${id} is not a single path token`);
+    if (dirname(cloneDir) !== join(deps.dataRoot, CLONER_DIR))
+      throw new SysboxError('invalid-request', `container id ${id} is not a single path token`);
     return {
       cloneDir,
       mergedDir: join(cloneDir, 'overlay2', 'merged'),
@@ -140,13 +147,25 @@ export function createCloner(deps: ClonerDeps): Cloner {
     const want = { id, ...cloneDirsOf(id) };
     const opts = overlayOptions(rec.mountOptions.split(/(?<!\\),/));
     const unescaped = (v: string | undefined) => v?.replace(/\\(.)/g, '$1');
-    const got = { id: rec.id, cloneDir: rec.cloneDir, mergedDir: rec.mergedDir, diffDir: rec.diffDir, workDir: rec.workDir };
+    const got = {
+      id: rec.id,
+      cloneDir: rec.cloneDir,
+      mergedDir: rec.mergedDir,
+      diffDir: rec.diffDir,
+      workDir: rec.workDir,
+    };
     const bad = Object.entries(want).filter(([k, v]) => got[k as keyof typeof got] !== v);
     if (unescaped(opts.upperDir) !== want.diffDir) bad.push(['upperdir', want.diffDir]);
     if (unescaped(opts.workDir) !== want.workDir) bad.push(['workdir', want.workDir]);
     if (bad.length > 0) {
-      log.error({ id, record: rec, mismatched: bad.map(([k]) => k) }, 'clone record does not match the dirs derived from its id: refused');
-      throw new SysboxError('internal', `record of clone ${id} names foreign paths (${bad.map(([k, v]) => `${k} should be ${v}`).join(', ')}): refusing to use it`);
+      log.error(
+        { id, record: rec, mismatched: bad.map(([k]) => k) },
+        'clone record does not match the dirs derived from its id: refused',
+      );
+      throw new SysboxError(
+        'internal',
+        `record of clone ${id} names foreign paths (${bad.map(([k, v]) => `${k} should be ${v}`).join(', ')}): refusing to use it`,
+      );
     }
     return rec;
   };
@@ -167,7 +186,10 @@ export function createCloner(deps: ClonerDeps): Cloner {
   /** Positive offsets into a delegated range; undoing one is revert-chown's job, from the record. */
   const checkOffsets = async (uidOffset: number, gidOffset: number, what: string): Promise<void> => {
     if (uidOffset < 0 || gidOffset < 0) {
-      throw new SysboxError('invalid-request', `${what}: negative offset ${uidOffset}:${gidOffset} is refused; only a revert undoes a recorded shift`);
+      throw new SysboxError(
+        'invalid-request',
+        `${what}: negative offset ${uidOffset}:${gidOffset} is refused; only a revert undoes a recorded shift`,
+      );
     }
     await deps.guard.idsDelegated({ uid: uidOffset, gid: gidOffset }, what);
   };
@@ -206,7 +228,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
       [rec.origWorkDir, rec.workDir],
     ] as const) {
       // Bounded: the bind plus the bind-to-self is two; more means someone stacked copies.
-      for (let i = 0; i < 8 && (await showsDir(target, source)); i++) await mounter.unmount(target, { lazy: true });
+      for (let i = 0; i < 8 && (await showsDir(target, source)); i++)
+        await mounter.unmount(target, { lazy: true });
     }
   };
 
@@ -229,7 +252,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
         done.push(target);
       }
     } catch (err) {
-      for (const target of done.reverse()) await mounter.unmount(target, { lazy: true }).catch(() => undefined);
+      for (const target of done.reverse())
+        await mounter.unmount(target, { lazy: true }).catch(() => undefined);
       throw err;
     }
   };
@@ -247,7 +271,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
   /** Takes down everything the clone mounted; safe to call on a half-made clone. */
   const teardown = async (rec: CloneRecord): Promise<void> => {
     await liftBinds(rec);
-    for (const m of mountsUnder(await deps.readMounts(), rec.cloneDir)) await mounter.unmount(m.mountPoint, { lazy: true });
+    for (const m of mountsUnder(await deps.readMounts(), rec.cloneDir))
+      await mounter.unmount(m.mountPoint, { lazy: true });
     const left = mountsUnder(await deps.readMounts(), rec.cloneDir);
     if (left.length > 0) {
       // Never rm -rf through a live overlay: it would write whiteouts, or worse, delete lower files.
@@ -262,27 +287,62 @@ export function createCloner(deps: ClonerDeps): Cloner {
    * mounts. (Upstream lifts and places them again around every chown and revert: eight mount
    * calls, measured as the largest part of a revert on tmpfs, for no change the walk can see.)
    */
-  const shiftClone = (rec: CloneRecord, uidOffset: number, gidOffset: number, finishing: boolean): Promise<void> =>
-    runShift(rec.mergedDir, uidOffset, gidOffset, finishing);
+  const shiftClone = (
+    rec: CloneRecord,
+    uidOffset: number,
+    gidOffset: number,
+    finishing: boolean,
+  ): Promise<void> => runShift(rec.mergedDir, uidOffset, gidOffset, finishing);
 
   /**
    * `finishing`: the dir is partly shifted by an earlier walk that was cut short, so only the ids
    * still on the source side move (id-shift's unfinishedIds), which also makes a retry harmless.
    */
-  const runShift = async (root: string, uidOffset: number, gidOffset: number, finishing: boolean): Promise<void> => {
+  const runShift = async (
+    root: string,
+    uidOffset: number,
+    gidOffset: number,
+    finishing: boolean,
+  ): Promise<void> => {
     const signal = AbortSignal.timeout(deps.shiftTimeoutMs);
     // A revert moves only the container's ids back: a file the host or the runtime made there as
     // a host user meanwhile stays as it is (it used to make the whole revert refuse).
     const revert = uidOffset < 0 && gidOffset < 0;
-    const only = revert ? { only: containerIds(-uidOffset, -gidOffset) } : finishing ? { only: unfinishedIds(uidOffset, gidOffset) } : {};
+    const only = revert
+      ? { only: containerIds(-uidOffset, -gidOffset) }
+      : finishing
+        ? { only: unfinishedIds(uidOffset, gidOffset) }
+        : {};
     try {
-      const r = await deps.shiftIds(root, uidOffset, gidOffset, { signal, logger: log, crossMounts: false, ...only });
+      const r = await deps.shiftIds(root, uidOffset, gidOffset, {
+        signal,
+        logger: log,
+        crossMounts: false,
+        ...only,
+      });
       const left = revert ? (r.scanned ?? r.entries) - r.entries : 0;
-      if (finishing) log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: r.ms }, 'finished an interrupted id shift');
-      else log.info({ root, uidOffset, gidOffset, entries: r.entries, ms: Math.round(r.ms), ...(left > 0 ? { leftAsTheyWere: left } : {}) }, 'shifted ids');
+      if (finishing)
+        log.info(
+          { root, uidOffset, gidOffset, entries: r.entries, ms: r.ms },
+          'finished an interrupted id shift',
+        );
+      else
+        log.info(
+          {
+            root,
+            uidOffset,
+            gidOffset,
+            entries: r.entries,
+            ms: Math.round(r.ms),
+            ...(left > 0 ? { leftAsTheyWere: left } : {}),
+          },
+          'shifted ids',
+        );
     } catch (err) {
       if (signal.aborted) {
-        throw new SysboxError('timeout', `shifting ${root} took over ${deps.shiftTimeoutMs} ms`, { cause: err });
+        throw new SysboxError('timeout', `shifting ${root} took over ${deps.shiftTimeoutMs} ms`, {
+          cause: err,
+        });
       }
       throw SysboxError.from(err);
     }
@@ -298,17 +358,28 @@ export function createCloner(deps: ClonerDeps): Cloner {
     const existing = (await deps.clones.get(id))?.value;
     if (existing) {
       if (existing.origRootfs !== origRootfs || existing.pending !== undefined) {
-        throw new SysboxError('already-exists', `container ${id} already has a rootfs clone (of ${existing.origRootfs})`);
+        throw new SysboxError(
+          'already-exists',
+          `container ${id} already has a rootfs clone (of ${existing.origRootfs})`,
+        );
       }
       const rec = checkRecord(id, existing);
       return { rootfs: rec.mergedDir, origWorkDir: rec.origWorkDir };
     }
     const orig = topMountAt(await deps.readMounts(), origRootfs);
-    if (!orig) throw new SysboxError('unsupported', `rootfs cloning needs an overlayfs mount; ${requestedRootfs} is not a mount point`);
+    if (!orig)
+      throw new SysboxError(
+        'unsupported',
+        `rootfs cloning needs an overlayfs mount; ${requestedRootfs} is not a mount point`,
+      );
     const plan = planClone(orig, dirs, deps.pageSize);
     // We bind over the rootfs and its upper and work dirs and mount its layers: all must be a runtime's.
     await deps.guard.allowedRootfs(origRootfs, `rootfs of ${id}`);
-    for (const [path, what] of [[plan.origUpperDir, 'upper dir'], [plan.origWorkDir, 'work dir'], ...plan.lowerDirs.map((d) => [d, 'lower dir'])] as const) {
+    for (const [path, what] of [
+      [plan.origUpperDir, 'upper dir'],
+      [plan.origWorkDir, 'work dir'],
+      ...plan.lowerDirs.map((d) => [d, 'lower dir']),
+    ] as const) {
       await deps.guard.allowedRootfs(path, `overlay ${what} of the rootfs of ${id}`);
     }
     const rec: CloneRecord = {
@@ -369,7 +440,8 @@ export function createCloner(deps: ClonerDeps): Cloner {
   const chownClone = async (id: string, uidOffset: number, gidOffset: number): Promise<void> => {
     const rec = await mustGet(id);
     const finishing = halfShifted(rec);
-    if (rec.pending === 'create') throw new SysboxError('failed-precondition', `clone of ${id} has an unfinished create`);
+    if (rec.pending === 'create')
+      throw new SysboxError('failed-precondition', `clone of ${id} has an unfinished create`);
     if (finishing && (uidOffset !== rec.uidOffset || gidOffset !== rec.gidOffset)) {
       throw new SysboxError(
         'failed-precondition',
@@ -404,25 +476,43 @@ export function createCloner(deps: ClonerDeps): Cloner {
     await update(id, { pending: undefined, chowned: false });
   };
 
-  const shiftUpper = async (id: string, requestedDir: string, uidOffset: number, gidOffset: number, alreadyShifted: boolean): Promise<void> => {
+  const shiftUpper = async (
+    id: string,
+    requestedDir: string,
+    uidOffset: number,
+    gidOffset: number,
+    alreadyShifted: boolean,
+  ): Promise<void> => {
     const cur = (await deps.uppers.get(id))?.value;
-    if (!(await exists(requestedDir))) throw new SysboxError('invalid-request', `upper dir ${requestedDir} does not exist`);
+    if (!(await exists(requestedDir)))
+      throw new SysboxError('invalid-request', `upper dir ${requestedDir} does not exist`);
     await checkOffsets(uidOffset, gidOffset, `shift of the upper dir of ${id}`);
     const upperDir = await deps.guard.allowedRootfs(requestedDir, `upper dir of ${id}`);
     // A shift or revert cut short is finished by a retry with the same dir and offsets; the
     // filtered walk moves only what is left, whether or not the runtime chowned the dir meanwhile.
     const finishing = cur?.pending !== undefined;
-    const sameShift = cur?.upperDir === upperDir && cur.uidOffset === uidOffset && cur.gidOffset === gidOffset;
+    const sameShift =
+      cur?.upperDir === upperDir && cur.uidOffset === uidOffset && cur.gidOffset === gidOffset;
     // The same shift again (an answer lost to a reconnect) has nothing left to do.
     if (cur?.shifted && sameShift) return;
     if (cur?.shifted || (finishing && !sameShift)) {
-      throw new SysboxError('already-exists', `upper dir of ${id} is already shifted (${cur.upperDir}${finishing ? `, ${cur.pending} unfinished` : ''})`);
+      throw new SysboxError(
+        'already-exists',
+        `upper dir of ${id} is already shifted (${cur.upperDir}${finishing ? `, ${cur.pending} unfinished` : ''})`,
+      );
     }
     if (alreadyShifted && !finishing) {
       await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: true }));
       return;
     }
-    await deps.uppers.mutate(id, () => ({ id, upperDir, uidOffset, gidOffset, shifted: false, pending: 'shift' }));
+    await deps.uppers.mutate(id, () => ({
+      id,
+      upperDir,
+      uidOffset,
+      gidOffset,
+      shifted: false,
+      pending: 'shift',
+    }));
     await runShift(upperDir, uidOffset, gidOffset, finishing);
     await deps.uppers.mutate(id, (c) => (c ? { ...c, shifted: true, pending: undefined } : undefined));
   };
@@ -459,7 +549,10 @@ export function createCloner(deps: ClonerDeps): Cloner {
   /** Brings one clone back (mounts, binds), then finishes a chown or revert that a kill cut short. */
   const reconcileOne = async (
     rec: CloneRecord,
-  ): Promise<{ outcome: 'adopted' | 'reestablished'; finished?: 'chown' | 'revert' } | { outcome: 'dropped'; reason: string }> => {
+  ): Promise<
+    | { outcome: 'adopted' | 'reestablished'; finished?: 'chown' | 'revert' }
+    | { outcome: 'dropped'; reason: string }
+  > => {
     checkRecord(rec.id, rec);
     await checkRecordedRuntimeDirs(rec);
     if (rec.pending === 'create') {
@@ -470,17 +563,24 @@ export function createCloner(deps: ClonerDeps): Cloner {
     if (!(await exists(rec.origRootfs)) || !(await exists(rec.origWorkDir))) {
       await teardown(rec);
       await deps.clones.delete(rec.id);
-      return { outcome: 'dropped', reason: 'the container was removed while the daemon was down; clone removed' };
+      return {
+        outcome: 'dropped',
+        reason: 'the container was removed while the daemon was down; clone removed',
+      };
     }
     let mounts = await deps.readMounts();
     let remounted = false;
     if (!isOverlayMounted(mounts, rec.mergedDir)) {
       const missing = [];
-      for (const d of [...rec.lowerDirs, rec.diffDir, rec.workDir, rec.mergedDir]) if (!(await exists(d))) missing.push(d);
+      for (const d of [...rec.lowerDirs, rec.diffDir, rec.workDir, rec.mergedDir])
+        if (!(await exists(d))) missing.push(d);
       if (missing.length > 0) {
         await liftBinds(rec);
         await deps.clones.delete(rec.id);
-        return { outcome: 'dropped', reason: `cannot mount it again: missing ${missing.join(', ')}; its dir ${rec.cloneDir} is left as it is` };
+        return {
+          outcome: 'dropped',
+          reason: `cannot mount it again: missing ${missing.join(', ')}; its dir ${rec.cloneDir} is left as it is`,
+        };
       }
       await mountOverlay(rec);
       remounted = true;
@@ -558,7 +658,13 @@ export function createCloner(deps: ClonerDeps): Cloner {
     },
 
     async reconcile() {
-      const report: ReconcileReport = { adopted: [], reestablished: [], dropped: [], failed: [], finished: [] };
+      const report: ReconcileReport = {
+        adopted: [],
+        reestablished: [],
+        dropped: [],
+        failed: [],
+        finished: [],
+      };
       for (const { value: rec } of await deps.clones.list()) {
         try {
           const r = await serialized(rec.id, () => reconcileOne(rec));
@@ -569,12 +675,18 @@ export function createCloner(deps: ClonerDeps): Cloner {
             report[r.outcome].push(rec.id);
             if (r.finished) {
               report.finished.push({ id: rec.id, operation: r.finished });
-              log.warn({ id: rec.id, operation: r.finished, uidOffset: rec.uidOffset, gidOffset: rec.gidOffset }, 'finished a clone chown the daemon was killed in');
+              log.warn(
+                { id: rec.id, operation: r.finished, uidOffset: rec.uidOffset, gidOffset: rec.gidOffset },
+                'finished a clone chown the daemon was killed in',
+              );
             }
           }
         } catch (err) {
           report.failed.push({ id: rec.id, reason: (err as Error).message });
-          log.error({ err, id: rec.id, pending: rec.pending }, 'clone could not be re-established; its record is kept');
+          log.error(
+            { err, id: rec.id, pending: rec.pending },
+            'clone could not be re-established; its record is kept',
+          );
         }
       }
       for (const { value: rec } of await deps.uppers.list()) {
@@ -582,10 +694,22 @@ export function createCloner(deps: ClonerDeps): Cloner {
         try {
           const operation = await serialized(`upper:${rec.id}`, () => finishUpper(rec));
           report.finished.push({ id: rec.id, operation });
-          log.warn({ id: rec.id, operation, upperDir: rec.upperDir, uidOffset: rec.uidOffset, gidOffset: rec.gidOffset }, 'finished an upper-dir shift the daemon was killed in');
+          log.warn(
+            {
+              id: rec.id,
+              operation,
+              upperDir: rec.upperDir,
+              uidOffset: rec.uidOffset,
+              gidOffset: rec.gidOffset,
+            },
+            'finished an upper-dir shift the daemon was killed in',
+          );
         } catch (err) {
           report.failed.push({ id: rec.id, reason: `upper dir ${rec.upperDir}: ${(err as Error).message}` });
-          log.error({ err, id: rec.id, pending: rec.pending }, 'could not finish an interrupted upper-dir shift; its record is kept');
+          log.error(
+            { err, id: rec.id, pending: rec.pending },
+            'could not finish an interrupted upper-dir shift; its record is kept',
+          );
         }
       }
       return report;

@@ -11,7 +11,16 @@ import { run, type DebugLogger } from '@sysbox-mgr-ts/exec/run';
 import { withinTime } from '@sysbox-mgr-ts/service-kit';
 // The addon alone: the package index also loads the user-namespace helpers and, through them,
 // execa (3 MB of idle RSS a daemon that only mounts does not need).
-import { MNT_DETACH, MS_BIND, MS_PRIVATE, MS_REC, MS_SHARED, MS_SLAVE, MS_UNBINDABLE, loadAddon } from '@sysbox-mgr-ts/host-native/addon';
+import {
+  MNT_DETACH,
+  MS_BIND,
+  MS_PRIVATE,
+  MS_REC,
+  MS_SHARED,
+  MS_SLAVE,
+  MS_UNBINDABLE,
+  loadAddon,
+} from '@sysbox-mgr-ts/host-native/addon';
 import type { Propagation } from '@sysbox-mgr-ts/mountinfo';
 import { MOUNT_FLAG_OPTIONS } from './overlay-plan.js';
 
@@ -63,10 +72,20 @@ export function createMounter(opts: { timeoutMs: number; logger?: DebugLogger })
             const { flags, data } = splitMountOptions(options);
             return addon.mountAsync('overlay', target, 'overlay', flags, data);
           })
-        : run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], { timeout: opts.timeoutMs, cwd, logger: opts.logger }).then(() => undefined),
+        : run('mount', ['-t', 'overlay', 'overlay', '-o', options, target], {
+            timeout: opts.timeoutMs,
+            cwd,
+            logger: opts.logger,
+          }).then(() => undefined),
     setPropagation: (target, propagation) =>
-      bounded(`make ${target} ${propagation}`, () => addon.mountAsync('', target, '', PROPAGATION_FLAG[propagation], '')),
-    rbind: (source, target) => bounded(`rbind ${source} on ${target}`, () => addon.mountAsync(source, target, '', MS_BIND | MS_REC, '')),
-    unmount: (target, o) => bounded(`unmount ${target}`, () => addon.umountAsync(target, o?.lazy ? MNT_DETACH : 0)),
+      bounded(`make ${target} ${propagation}`, () =>
+        addon.mountAsync('', target, '', PROPAGATION_FLAG[propagation], ''),
+      ),
+    rbind: (source, target) =>
+      bounded(`rbind ${source} on ${target}`, () =>
+        addon.mountAsync(source, target, '', MS_BIND | MS_REC, ''),
+      ),
+    unmount: (target, o) =>
+      bounded(`unmount ${target}`, () => addon.umountAsync(target, o?.lazy ? MNT_DETACH : 0)),
   };
 }

@@ -73,11 +73,17 @@ export function maxOptionBytes(pageSize: number): number {
 
 export function planClone(orig: MountEntry, dirs: CloneDirs, pageSize: number): ClonePlan {
   if (orig.fsType !== 'overlay') {
-    throw new SysboxError('unsupported', `rootfs cloning needs overlayfs; ${orig.mountPoint} is ${orig.fsType}`);
+    throw new SysboxError(
+      'unsupported',
+      `rootfs cloning needs overlayfs; ${orig.mountPoint} is ${orig.fsType}`,
+    );
   }
   const parsed = overlayOptions(orig.superOptions);
   if (!parsed.upperDir || !parsed.workDir || parsed.lowerDirs.length === 0) {
-    throw new SysboxError('unsupported', `overlay at ${orig.mountPoint} has no upperdir, workdir or lowerdir`);
+    throw new SysboxError(
+      'unsupported',
+      `overlay at ${orig.mountPoint} has no upperdir, workdir or lowerdir`,
+    );
   }
   const origUpperDir = parsed.upperDir;
   const base = relativeLowerBase(parsed.lowerDirs, origUpperDir);
@@ -117,7 +123,14 @@ export function planClone(orig: MountEntry, dirs: CloneDirs, pageSize: number): 
       `clone of ${orig.mountPoint} needs ${bytes} bytes of mount options (${lowerDirs.length} layers); the kernel takes at most ${limit}`,
     );
   }
-  return { origUpperDir, origWorkDir: parsed.workDir, lowerDirs, mountOptions, cwd, propagation: propagationOf(orig) };
+  return {
+    origUpperDir,
+    origWorkDir: parsed.workDir,
+    lowerDirs,
+    mountOptions,
+    cwd,
+    propagation: propagationOf(orig),
+  };
 }
 
 /**

@@ -31,7 +31,10 @@ export interface RuntimeRootfs {
 }
 
 /** Lower layers: 1 (bottom) to 3 (top); files in each, hard links in two, a non-root owner. */
-export async function buildRuntimeRootfs(base: string, opts: { relativeLowerDirs?: boolean } = {}): Promise<RuntimeRootfs> {
+export async function buildRuntimeRootfs(
+  base: string,
+  opts: { relativeLowerDirs?: boolean } = {},
+): Promise<RuntimeRootfs> {
   const snapshots = join(base, 'snapshots');
   const layer = (n: number) => join(snapshots, String(n), 'fs');
   for (const n of [1, 2, 3, 4]) await mkdir(layer(n), { recursive: true });
@@ -65,10 +68,21 @@ export async function buildRuntimeRootfs(base: string, opts: { relativeLowerDirs
   await mkdir(rootfs, { recursive: true });
   const lowerDirs = [3, 2, 1].map(layer);
   const lowerOpt = opts.relativeLowerDirs ? '3/fs:2/fs:1/fs' : lowerDirs.join(':');
-  await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lowerOpt},upperdir=${layer(4)},workdir=${workDir}`, rootfs], {
-    timeout: 10_000,
-    cwd: snapshots,
-  });
+  await run(
+    'mount',
+    [
+      '-t',
+      'overlay',
+      'overlay',
+      '-o',
+      `lowerdir=${lowerOpt},upperdir=${layer(4)},workdir=${workDir}`,
+      rootfs,
+    ],
+    {
+      timeout: 10_000,
+      cwd: snapshots,
+    },
+  );
   return {
     snapshots,
     lowerDirs,
@@ -88,7 +102,8 @@ export async function unmountAllUnder(dir: string): Promise<void> {
   for (let round = 0; round < 10; round++) {
     const mounts = mountsUnder(await readMountInfo(), dir);
     if (mounts.length === 0) return;
-    for (const m of mounts) await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
+    for (const m of mounts)
+      await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
   }
 }
 
@@ -98,7 +113,8 @@ export async function owners(root: string): Promise<Map<string, string>> {
   const walk = async (rel: string): Promise<void> => {
     const st = await lstat(join(root, rel));
     out.set(rel || '.', `${st.uid}:${st.gid}`);
-    if (st.isDirectory()) for (const name of await readdir(join(root, rel))) await walk(rel ? `${rel}/${name}` : name);
+    if (st.isDirectory())
+      for (const name of await readdir(join(root, rel))) await walk(rel ? `${rel}/${name}` : name);
   };
   await walk('');
   return out;
@@ -108,7 +124,11 @@ export async function owners(root: string): Promise<Map<string, string>> {
  * A minimal shifter with id-shift's hard-link rule (each inode shifted once, by dev:ino), used
  * where a test needs that rule in isolation.
  */
-export async function shiftOncePerInode(root: string, uidOffset: number, gidOffset: number): Promise<{ entries: number; ms: number }> {
+export async function shiftOncePerInode(
+  root: string,
+  uidOffset: number,
+  gidOffset: number,
+): Promise<{ entries: number; ms: number }> {
   const seen = new Set<string>();
   let entries = 0;
   const t0 = performance.now();

@@ -6,11 +6,25 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { rootfsChownClone, rootfsCreateClone, rootfsList, rootfsRemoveClone, rootfsRevertChown, rootfsService } from '@sysbox-mgr-ts/contracts';
+import {
+  rootfsChownClone,
+  rootfsCreateClone,
+  rootfsList,
+  rootfsRemoveClone,
+  rootfsRevertChown,
+  rootfsService,
+} from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { silentLogger, createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
+import {
+  silentLogger,
+  createServiceClient,
+  decodeJson,
+  encodeJson,
+  serve,
+  ERROR_CODE_HEADER,
+} from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
@@ -63,7 +77,14 @@ describe('rootfs service over NATS', () => {
       readMounts: () => readMountInfo(),
       guard: await testGuard(base, join(base, 'data')),
     });
-    const svc = serve({ nc, service: rootfsService, node: 'svc', version: '0', log: silent, bindings: createBindings(cloner) });
+    const svc = serve({
+      nc,
+      service: rootfsService,
+      node: 'svc',
+      version: '0',
+      log: silent,
+      bindings: createBindings(cloner),
+    });
     try {
       const client = createServiceClient(nc, { node: 'svc', timeoutMs: 20_000 });
       const { rootfs } = await client.call(rootfsCreateClone, { id: 'web', origRootfs: fx.rootfs });
@@ -72,11 +93,19 @@ describe('rootfs service over NATS', () => {
       expect((await client.call(rootfsList, {})).clones).toMatchObject([{ id: 'web', chowned: true }]);
 
       // What `nats req sysbox.svc.rootfs.create-clone '{...}'` shows for a plain directory.
-      const raw = await nc.request('sysbox.svc.rootfs.create-clone', encodeJson({ id: 'x', origRootfs: base }), { timeout: 5000 });
+      const raw = await nc.request(
+        'sysbox.svc.rootfs.create-clone',
+        encodeJson({ id: 'x', origRootfs: base }),
+        { timeout: 5000 },
+      );
       expect(raw.headers?.get(ERROR_CODE_HEADER)).toBe('501');
       expect((decodeJson(raw.data) as { error: { code: string } }).error.code).toBe('unsupported');
-      await expect(client.call(rootfsRevertChown, { id: 'nope' })).rejects.toMatchObject({ code: 'not-found' });
-      await expect(client.call(rootfsCreateClone, { id: '../x', origRootfs: fx.rootfs })).rejects.toMatchObject({ code: 'invalid-request' });
+      await expect(client.call(rootfsRevertChown, { id: 'nope' })).rejects.toMatchObject({
+        code: 'not-found',
+      });
+      await expect(
+        client.call(rootfsCreateClone, { id: '../x', origRootfs: fx.rootfs }),
+      ).rejects.toMatchObject({ code: 'invalid-request' });
 
       await client.call(rootfsRemoveClone, { id: 'web' });
       expect(mountsUnder(await readMountInfo(), join(base, 'data'))).toEqual([]);
@@ -92,17 +121,35 @@ describe('rootfs service over NATS', () => {
     const appDir = resolve(import.meta.dirname, '..');
     const start = () =>
       // node with tsx's loader, not the tsx CLI: SIGKILL must hit the daemon itself, not a wrapper.
-      startProcess(process.execPath, ['--conditions=@sysbox-mgr-ts/source', '--import', 'tsx', 'src/main.ts'], {
-        cwd: appDir,
-        env: { NATS_URL: ns.url, NATS_CREDS: ns.credentials('rootfs-cloner'), SYSBOX_NODE: 'kill', SYSBOX_DATA_ROOT: join(base, 'data'), LOG_LEVEL: 'warn',
-          // The test's own rootfs root and delegation (testGuard wrote the file), not the host's.
-          SYSBOX_ALLOWED_ROOTFS_ROOTS: base, SYSBOX_SUBUID_FILE: join(base, 'subid'), SYSBOX_SUBGID_FILE: join(base, 'subid') },
-        output: { file: join(base, 'daemon.log') },
-      });
+      startProcess(
+        process.execPath,
+        ['--conditions=@sysbox-mgr-ts/source', '--import', 'tsx', 'src/main.ts'],
+        {
+          cwd: appDir,
+          env: {
+            NATS_URL: ns.url,
+            NATS_CREDS: ns.credentials('rootfs-cloner'),
+            SYSBOX_NODE: 'kill',
+            SYSBOX_DATA_ROOT: join(base, 'data'),
+            LOG_LEVEL: 'warn',
+            // The test's own rootfs root and delegation (testGuard wrote the file), not the host's.
+            SYSBOX_ALLOWED_ROOTFS_ROOTS: base,
+            SYSBOX_SUBUID_FILE: join(base, 'subid'),
+            SYSBOX_SUBGID_FILE: join(base, 'subid'),
+          },
+          output: { file: join(base, 'daemon.log') },
+        },
+      );
     const client = createServiceClient(nc, { node: 'kill', timeoutMs: 20_000 });
     const ready = async () => {
       for (let i = 0; i < 40; i++) {
-        if (await client.call(rootfsList, {}, { timeoutMs: 500 }).then(() => true, () => false)) return;
+        if (
+          await client.call(rootfsList, {}, { timeoutMs: 500 }).then(
+            () => true,
+            () => false,
+          )
+        )
+          return;
         await new Promise((r) => setTimeout(r, 100));
       }
       throw new Error('daemon did not answer');
@@ -121,7 +168,9 @@ describe('rootfs service over NATS', () => {
     await client.call(rootfsChownClone, { id: 'k', uidOffset: OFFSET, gidOffset: OFFSET });
     expect((await stat(join(fx.rootfs, 'etc/passwd'))).uid).toBe(OFFSET);
     expect((await stat(join(rootfs, 'usr/lib/lib2.so'))).uid).toBe(OFFSET);
-    expect((await client.call(rootfsList, {})).clones).toMatchObject([{ id: 'k', chowned: true, mounted: true }]);
+    expect((await client.call(rootfsList, {})).clones).toMatchObject([
+      { id: 'k', chowned: true, mounted: true },
+    ]);
     await client.call(rootfsRemoveClone, { id: 'k' });
   });
 });

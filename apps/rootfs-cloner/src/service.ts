@@ -43,7 +43,10 @@ export function createBindings(cloner: Cloner): Binding[] {
     }),
     handle(rootfsList, async (req) => {
       const { clones, uppers } = await cloner.list();
-      const entries = [...clones.map((clone) => ({ key: `c/${clone.id}`, clone })), ...uppers.map((upper) => ({ key: `u/${upper.id}`, upper }))];
+      const entries = [
+        ...clones.map((clone) => ({ key: `c/${clone.id}`, clone })),
+        ...uppers.map((upper) => ({ key: `u/${upper.id}`, upper })),
+      ];
       const page = pageOf(entries, (e) => e.key, req);
       return {
         clones: page.items.flatMap((e) => ('clone' in e ? [e.clone] : [])),

@@ -14,7 +14,12 @@ export const shiftfsMgrApp = defineApp({
   identity: 'shiftfs-mgr',
   about: 'reference-counted shiftfs marks on host paths, served over NATS',
   options: {
-    modprobe: boolOption('modprobe', 'SYSBOX_SHIFTFS_MODPROBE', 'run `modprobe shiftfs` before probing /proc/filesystems', true),
+    modprobe: boolOption(
+      'modprobe',
+      'SYSBOX_SHIFTFS_MODPROBE',
+      'run `modprobe shiftfs` before probing /proc/filesystems',
+      true,
+    ),
     // Upstream's sysbox-mgr flag, with the gateway's environment variable: one setting for both.
     disableShiftfsPrecheck: boolOption(
       'disable-shiftfs-precheck',
@@ -24,7 +29,12 @@ export const shiftfsMgrApp = defineApp({
   },
   async start({ config, nc, log, version }) {
     const workDir = await makeWorkDir(join(config.dataRoot, 'shiftfs'));
-    const probe = await probeShiftfs({ modprobe: config.modprobe, precheck: !config.disableShiftfsPrecheck, checkDir: workDir, log });
+    const probe = await probeShiftfs({
+      modprobe: config.modprobe,
+      precheck: !config.disableShiftfsPrecheck,
+      checkDir: workDir,
+      log,
+    });
     log.info({ shiftfs: probe.supported, inKernel: probe.inKernel }, probe.reason);
     log.info({ shiftfsOnOverlayfs: probe.onOverlayfs.supported }, probe.onOverlayfs.reason);
     const marks = await createShiftfsMarks({
@@ -37,7 +47,10 @@ export const shiftfsMgrApp = defineApp({
       log,
     });
     const report = await marks.reconcile();
-    log.info({ kept: report.kept, dropped: report.dropped.length, removedDirs: report.removedDirs.length }, 'shiftfs marks reconciled');
+    log.info(
+      { kept: report.kept, dropped: report.dropped.length, removedDirs: report.removedDirs.length },
+      'shiftfs marks reconciled',
+    );
     const svc = serve({
       nc,
       service: shiftfsService,

@@ -30,7 +30,21 @@ describe('sysbox-shiftfs-mgr process', () => {
     // node itself (no npx/tsx wrapper process), so SIGKILL hits the daemon and nothing is orphaned.
     const proc = startProcess(
       process.execPath,
-      ['--import', 'tsx', '--conditions=@sysbox-mgr-ts/source', 'src/main.ts', '--nats-url', ns.url, '--nats-creds', ns.credentials('shiftfs-mgr'), '--node', 'd1', '--data-root', join(dir, 'root'), '--no-modprobe'],
+      [
+        '--import',
+        'tsx',
+        '--conditions=@sysbox-mgr-ts/source',
+        'src/main.ts',
+        '--nats-url',
+        ns.url,
+        '--nats-creds',
+        ns.credentials('shiftfs-mgr'),
+        '--node',
+        'd1',
+        '--data-root',
+        join(dir, 'root'),
+        '--no-modprobe',
+      ],
       { cwd: appDir, output: 'pipe' },
     );
     children.push(proc);
@@ -90,19 +104,32 @@ describe('sysbox-shiftfs-mgr process', () => {
     expect(dropped).toEqual([expect.objectContaining({ markpoint, holders: ['c1'] })]);
     await expect(stat(markpoint)).rejects.toMatchObject({ code: 'ENOENT' });
 
-    const info = decodeJson((await nc.request('$SRV.INFO.sysbox-shiftfs', undefined, { timeout: 2000 })).data) as {
+    const info = decodeJson(
+      (await nc.request('$SRV.INFO.sysbox-shiftfs', undefined, { timeout: 2000 })).data,
+    ) as {
       metadata: Record<string, string>;
     };
     const hostHasShiftfs = listsShiftfs(await readFile('/proc/filesystems', 'utf8'));
     expect(info.metadata).toMatchObject({ node: 'd1', shiftfs: String(hostHasShiftfs) });
 
     // Both answers are logged at start with their reasons, and listed.
-    const startLines = first.logs().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const startLines = first
+      .logs()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const plain = startLines.find((l) => 'shiftfs' in l)!;
     const overlay = startLines.find((l) => 'shiftfsOnOverlayfs' in l)!;
-    expect(plain).toMatchObject({ shiftfs: hostHasShiftfs, inKernel: hostHasShiftfs, msg: expect.any(String) });
+    expect(plain).toMatchObject({
+      shiftfs: hostHasShiftfs,
+      inKernel: hostHasShiftfs,
+      msg: expect.any(String),
+    });
     expect(overlay).toMatchObject({ shiftfsOnOverlayfs: expect.any(Boolean), msg: expect.any(String) });
-    if (!hostHasShiftfs) expect(plain.msg).toMatch(/^this kernel has no shiftfs \(not listed in \/proc\/filesystems; modprobe skipped/);
+    if (!hostHasShiftfs)
+      expect(plain.msg).toMatch(
+        /^this kernel has no shiftfs \(not listed in \/proc\/filesystems; modprobe skipped/,
+      );
     const client = createServiceClient(nc, { node: 'd1', timeoutMs: 3000 });
     expect(await client.call(shiftfsList, {})).toEqual({
       supported: plain.shiftfs,
@@ -113,7 +140,9 @@ describe('sysbox-shiftfs-mgr process', () => {
       marks: [],
     });
     if (!hostHasShiftfs) {
-      await expect(client.call(shiftfsMark, { id: 'c2', mounts: [{ source, readonly: false }], createMarkpoint: true })).rejects.toMatchObject({
+      await expect(
+        client.call(shiftfsMark, { id: 'c2', mounts: [{ source, readonly: false }], createMarkpoint: true }),
+      ).rejects.toMatchObject({
         code: 'unsupported',
       });
     }

@@ -23,7 +23,13 @@ export interface MarkStoreOptions {
   replicas?: number;
 }
 
-export async function openMarkStore(nc: NatsConnection, opts: MarkStoreOptions): Promise<StateStore<MarkRecord>> {
-  const kv = await openBucket(nc, opts.bucket ?? shiftfsService.bucket, { replicas: opts.replicas, description: 'shiftfs marks and holders' });
+export async function openMarkStore(
+  nc: NatsConnection,
+  opts: MarkStoreOptions,
+): Promise<StateStore<MarkRecord>> {
+  const kv = await openBucket(nc, opts.bucket ?? shiftfsService.bucket, {
+    replicas: opts.replicas,
+    description: 'shiftfs marks and holders',
+  });
   return createStateStore(kv, { node: opts.node, namespace: NAMESPACE, schema: MarkRecord });
 }

@@ -131,7 +131,12 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   });
 
   it('on the unsupported kernel of this machine, mark answers unsupported and changes nothing', async (ctx) => {
-    const probe = await probeShiftfs({ modprobe: true, precheck: true, checkDir: dir, log: captureLogger().log });
+    const probe = await probeShiftfs({
+      modprobe: true,
+      precheck: true,
+      checkDir: dir,
+      log: captureLogger().log,
+    });
     if (probe.inKernel) ctx.skip(); // this test is about hosts without shiftfs
     const marks = await open({ probe });
     const err = await marks.mark('c1', [rw(srcA)], true).catch((e: unknown) => e);
@@ -143,7 +148,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     await expect(marks.unmark('c1', [rw(join(workDir, 'unknown'))])).resolves.toBeUndefined();
   });
 
-  it('marks where shiftfs is in the kernel but failed the functional check: whether to use it is the runtime\'s call', async () => {
+  it("marks where shiftfs is in the kernel but failed the functional check: whether to use it is the runtime's call", async () => {
     const failedCheck: ShiftfsProbe = {
       inKernel: true,
       supported: false,
@@ -170,7 +175,9 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     await symlink('/etc', join(dir, 'etc-link'));
     for (const source of ['/etc', '/usr/lib', '/', join(dir, 'etc-link'), dir, join(dir, 'data')]) {
       await mkdir(join(dir, 'data'), { recursive: true });
-      await expect(marks.mark('c1', [rw(srcA), rw(source)], true), source).rejects.toMatchObject({ code: 'invalid-request' });
+      await expect(marks.mark('c1', [rw(srcA), rw(source)], true), source).rejects.toMatchObject({
+        code: 'invalid-request',
+      });
     }
     expect(kernel.markCalls).toEqual([]);
     expect(await marks.list()).toEqual([]);
@@ -181,9 +188,19 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     const store = await openMarkStore(nc, { node, bucket: 'sysbox-shiftfs-test' });
     const since = new Date().toISOString();
     await store.create(markKey(srcA), {
-      source: srcA, markpoint: '/etc', createdMarkpoint: true, holders: ['c1'], state: 'mounted', markedAt: since, since, claimId: 'forged',
+      source: srcA,
+      markpoint: '/etc',
+      createdMarkpoint: true,
+      holders: ['c1'],
+      state: 'mounted',
+      markedAt: since,
+      since,
+      claimId: 'forged',
     });
-    await expect(marks.unmark('c1', [rw('/etc')])).rejects.toMatchObject({ code: 'internal', message: expect.stringContaining('/etc') });
+    await expect(marks.unmark('c1', [rw('/etc')])).rejects.toMatchObject({
+      code: 'internal',
+      message: expect.stringContaining('/etc'),
+    });
     expect(kernel.unmountCalls).toEqual([]);
     await store.delete(markKey(srcA));
   });
@@ -238,10 +255,16 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     const report = await restarted.reconcile();
     expect(report).toEqual({
       kept: 1,
-      dropped: [{ source: srcA, markpoint: a!.source, holders: ['c1'], reason: 'mount is gone from mountinfo' }],
+      dropped: [
+        { source: srcA, markpoint: a!.source, holders: ['c1'], reason: 'mount is gone from mountinfo' },
+      ],
       removedDirs: [],
     });
-    expect(lines().some((l) => l.msg === 'dropped a shiftfs mark whose mount is gone' && l.markpoint === a!.source)).toBe(true);
+    expect(
+      lines().some(
+        (l) => l.msg === 'dropped a shiftfs mark whose mount is gone' && l.markpoint === a!.source,
+      ),
+    ).toBe(true);
     await expect(stat(a!.source)).rejects.toMatchObject({ code: 'ENOENT' });
     expect((await restarted.list()).map((m) => m.markpoint)).toEqual([b!.source]);
   });
@@ -254,9 +277,20 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     await mkdir(markpoint, { mode: 0o700 });
     await kernel.mounter.mark(srcA, markpoint); // the crash came after the mount
     const since = new Date(clock).toISOString();
-    const base = { createdMarkpoint: true, holders: ['c1'], state: 'mounting' as const, markedAt: since, since };
+    const base = {
+      createdMarkpoint: true,
+      holders: ['c1'],
+      state: 'mounting' as const,
+      markedAt: since,
+      since,
+    };
     await store.create(markKey(srcA), { ...base, source: srcA, markpoint, claimId: 'x1' });
-    await store.create(markKey(srcB), { ...base, source: srcB, markpoint: join(workDir, 'in-flight'), claimId: 'x2' });
+    await store.create(markKey(srcB), {
+      ...base,
+      source: srcB,
+      markpoint: join(workDir, 'in-flight'),
+      claimId: 'x2',
+    });
 
     expect(await marks.reconcile()).toEqual({ kept: 2, dropped: [], removedDirs: [] });
     clock += 5000;
@@ -282,7 +316,9 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     kernel.foreign.add(busy);
     const report = await marks.reconcile();
     expect(report.removedDirs).toEqual([stray]);
-    expect((await readdir(workDir)).sort()).toEqual([live!.source.split('/').pop(), busy.split('/').pop(), 'operator-notes'].sort());
+    expect((await readdir(workDir)).sort()).toEqual(
+      [live!.source.split('/').pop(), busy.split('/').pop(), 'operator-notes'].sort(),
+    );
   });
 
   it('a mark waiting on an abandoned claim takes it over and mounts afresh', async () => {
@@ -359,7 +395,9 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     kernel.failUnmountOf.add(b!.source);
     const reply = await marks.unmarkAll();
     expect(reply.unmarked).toEqual([a!.source]);
-    expect(reply.failures).toEqual([{ markpoint: b!.source, error: expect.stringMatching(/unmount of .* fails/) }]);
+    expect(reply.failures).toEqual([
+      { markpoint: b!.source, error: expect.stringMatching(/unmount of .* fails/) },
+    ]);
     expect((await marks.list()).map((m) => [m.markpoint, m.state])).toEqual([[b!.source, 'unmounting']]);
     await expect(stat(a!.source)).rejects.toMatchObject({ code: 'ENOENT' });
   });

@@ -149,7 +149,10 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     const ours = rec.createdMarkpoint ? dirname(rec.markpoint) === workDir : rec.markpoint === rec.source;
     if (!ours) {
       log.error({ record: rec, workDir }, 'mark record names a markpoint we never make: refused');
-      throw new SysboxError('internal', `mark record of ${rec.source} names markpoint ${rec.markpoint}, which is not ours: refusing to unmount it`);
+      throw new SysboxError(
+        'internal',
+        `mark record of ${rec.source} names markpoint ${rec.markpoint}, which is not ours: refusing to unmount it`,
+      );
     }
   }
 
@@ -170,7 +173,8 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     let took = false;
     const taken = await store.mutate(key, (cur) => {
       took = false;
-      if (!cur || cur.claimId !== seen.claimId || cur.state !== seen.state || cur.since !== seen.since) return undefined;
+      if (!cur || cur.claimId !== seen.claimId || cur.state !== seen.state || cur.since !== seen.since)
+        return undefined;
       took = true;
       return { ...cur, holders: [], state: 'unmounting', since: stamp() };
     });
@@ -184,7 +188,8 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     let emptied = false;
     const after = await store.mutate(key, (cur) => {
       emptied = false;
-      if (!cur || cur.markpoint !== markpoint || cur.state !== 'mounted' || !cur.holders.includes(id)) return undefined;
+      if (!cur || cur.markpoint !== markpoint || cur.state !== 'mounted' || !cur.holders.includes(id))
+        return undefined;
       const holders = cur.holders.filter((h) => h !== id);
       if (holders.length > 0) return { ...cur, holders };
       emptied = true;
@@ -237,14 +242,18 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
       }
       await mounter.mark(source, markpoint);
     } catch (err) {
-      await removeMarkpointDir(markpoint).catch((e: unknown) => log.warn({ err: e, markpoint }, 'markpoint not removed'));
+      await removeMarkpointDir(markpoint).catch((e: unknown) =>
+        log.warn({ err: e, markpoint }, 'markpoint not removed'),
+      );
       await store
         .mutate(key, (cur) => (cur?.claimId === claimId && cur.state === 'mounting' ? REMOVE : undefined))
         .catch((e: unknown) => log.warn({ err: e, source }, 'claim not released; reconcile will'));
       throw err;
     }
     const committed = await store.mutate(key, (cur) =>
-      cur?.claimId === claimId && cur.state === 'mounting' ? { ...cur, state: 'mounted', since: stamp() } : undefined,
+      cur?.claimId === claimId && cur.state === 'mounting'
+        ? { ...cur, state: 'mounted', since: stamp() }
+        : undefined,
     );
     if (committed?.claimId !== claimId || committed.state !== 'mounted') {
       // Someone judged our claim abandoned and took it over; the mount is theirs to remove now.
@@ -281,7 +290,10 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
       }
       if (found) {
         if (isStale(found.value)) {
-          log.warn({ source, state: found.value.state, since: found.value.since }, 'taking over an abandoned shiftfs claim');
+          log.warn(
+            { source, state: found.value.state, since: found.value.since },
+            'taking over an abandoned shiftfs claim',
+          );
           await takeOverAndTeardown(key, found.value, log);
           continue;
         }
@@ -314,7 +326,10 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
           real = await realpath(source);
           if (!(await stat(real)).isDirectory()) throw new Error('not a directory');
         } catch (err) {
-          throw new SysboxError('invalid-request', `mark: source ${source} is not a directory: ${(err as Error).message}`);
+          throw new SysboxError(
+            'invalid-request',
+            `mark: source ${source} is not a directory: ${(err as Error).message}`,
+          );
         }
         // A shiftfs mark on a host dir lets a container's root write it as host root.
         return assertNotSystemDir(real, { dataRoot: deps.dataRoot, what: 'mark source' });
@@ -371,7 +386,8 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
         }
         try {
           if (await takeOverAndTeardown(key, rec, log)) reply.unmarked.push(rec.markpoint);
-          else reply.failures.push({ markpoint: rec.markpoint, error: 'changed by another request meanwhile' });
+          else
+            reply.failures.push({ markpoint: rec.markpoint, error: 'changed by another request meanwhile' });
         } catch (err) {
           log.warn({ err, markpoint: rec.markpoint }, 'unmark-all: unmount failed');
           reply.failures.push({ markpoint: rec.markpoint, error: (err as Error).message });
@@ -410,12 +426,22 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
               log.warn({ err, markpoint: rec.markpoint }, 'markpoint of a dropped mark not removed'),
             );
           }
-          const dropped = { source: rec.source, markpoint: rec.markpoint, holders: rec.holders, reason: 'mount is gone from mountinfo' };
+          const dropped = {
+            source: rec.source,
+            markpoint: rec.markpoint,
+            holders: rec.holders,
+            reason: 'mount is gone from mountinfo',
+          };
           log.warn(dropped, 'dropped a shiftfs mark whose mount is gone');
           report.dropped.push(dropped);
         } else if (isStale(rec)) {
           if (await takeOverAndTeardown(key, rec, log)) {
-            const dropped = { source: rec.source, markpoint: rec.markpoint, holders: rec.holders, reason: `abandoned while ${rec.state}` };
+            const dropped = {
+              source: rec.source,
+              markpoint: rec.markpoint,
+              holders: rec.holders,
+              reason: `abandoned while ${rec.state}`,
+            };
             log.warn(dropped, 'tore down an abandoned shiftfs claim');
             report.dropped.push(dropped);
           }
@@ -435,7 +461,8 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
           log.warn({ err, path }, 'stray markpoint dir not removed');
         }
       }
-      if (report.removedDirs.length > 0) log.warn({ dirs: report.removedDirs }, 'removed stray markpoint dirs');
+      if (report.removedDirs.length > 0)
+        log.warn({ dirs: report.removedDirs }, 'removed stray markpoint dirs');
       return report;
     },
   };

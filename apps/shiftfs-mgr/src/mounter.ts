@@ -17,7 +17,10 @@ const MOUNT_TIMEOUT_MS = 10_000;
 export function createShiftfsMounter(log: Logger): Mounter {
   return {
     async mark(source, markpoint) {
-      await run('mount', ['-t', 'shiftfs', '-o', 'mark', '--', source, markpoint], { timeout: MOUNT_TIMEOUT_MS, logger: log });
+      await run('mount', ['-t', 'shiftfs', '-o', 'mark', '--', source, markpoint], {
+        timeout: MOUNT_TIMEOUT_MS,
+        logger: log,
+      });
     },
     async unmount(markpoint) {
       await run('umount', ['-l', '--', markpoint], { timeout: MOUNT_TIMEOUT_MS, logger: log });

@@ -73,7 +73,8 @@ const unchecked = (inKernel: boolean, reason: string): ShiftfsProbe => ({
 
 export async function probeShiftfs(opts: ProbeOptions): Promise<ShiftfsProbe> {
   const filesystemsPath = opts.filesystemsPath ?? '/proc/filesystems';
-  const runCommand = opts.runCommand ?? ((file, args) => run(file, args, { timeout: MODPROBE_TIMEOUT_MS, logger: opts.log }));
+  const runCommand =
+    opts.runCommand ?? ((file, args) => run(file, args, { timeout: MODPROBE_TIMEOUT_MS, logger: opts.log }));
   let modprobeNote = 'modprobe skipped (--no-modprobe)';
   if (opts.modprobe) {
     try {
@@ -97,16 +98,26 @@ export async function probeShiftfs(opts: ProbeOptions): Promise<ShiftfsProbe> {
       `this kernel has no shiftfs (not listed in ${filesystemsPath}; ${modprobeNote}); shiftfs is an Ubuntu-only module, use ID-mapped mounts instead`,
     );
   }
-  if (!opts.precheck) return unchecked(true, `shiftfs is listed in ${filesystemsPath}; not tried (--disable-shiftfs-precheck)`);
+  if (!opts.precheck)
+    return unchecked(true, `shiftfs is listed in ${filesystemsPath}; not tried (--disable-shiftfs-precheck)`);
 
   const checks = opts.checks ?? hostChecks;
   // Each check has its own dir and namespaces, so they run at once.
-  const [plain, overlay] = await Promise.all([checks.shiftfs(opts.checkDir), checks.onOverlayfs(opts.checkDir)]);
+  const [plain, overlay] = await Promise.all([
+    checks.shiftfs(opts.checkDir),
+    checks.onOverlayfs(opts.checkDir),
+  ]);
   const answer = (r: ProbeResult, where: string): ShiftfsAnswer => {
     const ms = `${r.ms.toFixed(1)} ms`;
     return r.ok
-      ? { supported: true, reason: `shiftfs works${where}: a file on it was created and renamed in a user namespace (${ms})` }
-      : { supported: false, reason: `shiftfs is listed in ${filesystemsPath} but does not work${where}: ${r.reason} (${ms})` };
+      ? {
+          supported: true,
+          reason: `shiftfs works${where}: a file on it was created and renamed in a user namespace (${ms})`,
+        }
+      : {
+          supported: false,
+          reason: `shiftfs is listed in ${filesystemsPath} but does not work${where}: ${r.reason} (${ms})`,
+        };
   };
   return { inKernel: true, ...answer(plain, ''), onOverlayfs: answer(overlay, ' on overlayfs') };
 }

@@ -20,7 +20,9 @@ if (!hostHasShiftfs) process.stderr.write(`real shiftfs mount tests skipped: ${S
 const log = captureLogger().log;
 
 async function shiftfsMountsUnder(dir: string): Promise<string[]> {
-  return (await readMountInfo()).filter((m) => m.fsType === 'shiftfs' && m.mountPoint.startsWith(dir)).map((m) => m.mountPoint);
+  return (await readMountInfo())
+    .filter((m) => m.fsType === 'shiftfs' && m.mountPoint.startsWith(dir))
+    .map((m) => m.mountPoint);
 }
 
 describe('shiftfs on the real kernel', () => {
@@ -33,7 +35,9 @@ describe('shiftfs on the real kernel', () => {
   afterEach(async () => {
     // Whatever a failed test left mounted goes before the dir does.
     for (const mp of (await readMountInfo()).filter((m) => m.mountPoint.startsWith(dir)).reverse()) {
-      await createShiftfsMounter(log).unmount(mp.mountPoint).catch(() => undefined);
+      await createShiftfsMounter(log)
+        .unmount(mp.mountPoint)
+        .catch(() => undefined);
     }
     await rm(dir, { recursive: true, force: true });
   });
@@ -46,27 +50,30 @@ describe('shiftfs on the real kernel', () => {
     expect(mountsAt(await readMountInfo(), join(dir, 'mp'))).toEqual([]);
   });
 
-  describe.skipIf(!hostHasShiftfs)(`marks and unmarks with the module${hostHasShiftfs ? '' : ` (skipped: ${SKIP_REASON})`}`, () => {
-    const nats = useNatsServer();
+  describe.skipIf(!hostHasShiftfs)(
+    `marks and unmarks with the module${hostHasShiftfs ? '' : ` (skipped: ${SKIP_REASON})`}`,
+    () => {
+      const nats = useNatsServer();
 
-    it('two holders share one real mark; the last unmark removes mount and markpoint', async () => {
-      const marks = await createShiftfsMarks({
-        store: await openMarkStore(nats.nc, { node: 'real', bucket: 'sysbox-shiftfs-real' }),
-        mounter: createShiftfsMounter(log),
-        readMounts: () => readMountInfo(),
-        workDir: join(dir, 'data', 'shiftfs'),
-        dataRoot: join(dir, 'data'),
-        probe: await probeShiftfs({ modprobe: true, precheck: true, checkDir: dir, log }),
-        log,
+      it('two holders share one real mark; the last unmark removes mount and markpoint', async () => {
+        const marks = await createShiftfsMarks({
+          store: await openMarkStore(nats.nc, { node: 'real', bucket: 'sysbox-shiftfs-real' }),
+          mounter: createShiftfsMounter(log),
+          readMounts: () => readMountInfo(),
+          workDir: join(dir, 'data', 'shiftfs'),
+          dataRoot: join(dir, 'data'),
+          probe: await probeShiftfs({ modprobe: true, precheck: true, checkDir: dir, log }),
+          log,
+        });
+        const [m] = await marks.mark('c1', [{ source: join(dir, 'src'), readonly: false }], true);
+        await marks.mark('c2', [{ source: join(dir, 'src'), readonly: false }], true);
+        expect(await shiftfsMountsUnder(dir)).toEqual([m!.source]);
+        await marks.unmark('c1', [m!]);
+        expect(await shiftfsMountsUnder(dir)).toEqual([m!.source]);
+        await marks.unmark('c2', [m!]);
+        expect(await shiftfsMountsUnder(dir)).toEqual([]);
+        await expect(stat(m!.source)).rejects.toMatchObject({ code: 'ENOENT' });
       });
-      const [m] = await marks.mark('c1', [{ source: join(dir, 'src'), readonly: false }], true);
-      await marks.mark('c2', [{ source: join(dir, 'src'), readonly: false }], true);
-      expect(await shiftfsMountsUnder(dir)).toEqual([m!.source]);
-      await marks.unmark('c1', [m!]);
-      expect(await shiftfsMountsUnder(dir)).toEqual([m!.source]);
-      await marks.unmark('c2', [m!]);
-      expect(await shiftfsMountsUnder(dir)).toEqual([]);
-      await expect(stat(m!.source)).rejects.toMatchObject({ code: 'ENOENT' });
-    });
-  });
+    },
+  );
 });

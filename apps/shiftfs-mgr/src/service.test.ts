@@ -2,8 +2,20 @@ import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { shiftfsList, shiftfsMark, shiftfsService, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
-import { createServiceClient, decodeJson, encodeJson, serve, ERROR_CODE_HEADER } from '@sysbox-mgr-ts/service-kit';
+import {
+  shiftfsList,
+  shiftfsMark,
+  shiftfsService,
+  shiftfsUnmark,
+  shiftfsUnmarkAll,
+} from '@sysbox-mgr-ts/contracts';
+import {
+  createServiceClient,
+  decodeJson,
+  encodeJson,
+  serve,
+  ERROR_CODE_HEADER,
+} from '@sysbox-mgr-ts/service-kit';
 import type { MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -35,7 +47,15 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     });
     await marks.reconcile();
     services.push(
-      serve({ nc, service: shiftfsService, node, version: '0.1.0', log, bindings: createShiftfsBindings(marks, probe), metadata: shiftfsMetadata(probe) }),
+      serve({
+        nc,
+        service: shiftfsService,
+        node,
+        version: '0.1.0',
+        log,
+        bindings: createShiftfsBindings(marks, probe),
+        metadata: shiftfsMetadata(probe),
+      }),
     );
   }
 
@@ -44,7 +64,12 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     nc = await ns.connect();
     dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-svc-'));
     await mkdir(join(dir, 'src'));
-    hostProbe = await probeShiftfs({ modprobe: true, precheck: true, checkDir: dir, log: captureLogger().log });
+    hostProbe = await probeShiftfs({
+      modprobe: true,
+      precheck: true,
+      checkDir: dir,
+      log: captureLogger().log,
+    });
     await startReplica('host', hostProbe);
     await startReplica('fake', WORKING_SHIFTFS);
     await startReplica('fake', WORKING_SHIFTFS);
@@ -61,7 +86,9 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     for await (const m of await nc.requestMany('$SRV.INFO.sysbox-shiftfs', undefined, { maxWait: 500 })) {
       infos.push(decodeJson(m.data) as { metadata: Record<string, string> });
     }
-    const byNode = infos.map((i) => [i.metadata.node, i.metadata.shiftfs, i.metadata.shiftfsOnOverlayfs]).sort();
+    const byNode = infos
+      .map((i) => [i.metadata.node, i.metadata.shiftfs, i.metadata.shiftfsOnOverlayfs])
+      .sort();
     expect(byNode).toEqual([
       ['fake', 'true', 'true'],
       ['fake', 'true', 'true'],
@@ -73,7 +100,11 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     if (hostProbe.supported) ctx.skip(); // this host has shiftfs
     const msg = await nc.request(
       shiftfsMark.subject('host'),
-      encodeJson({ id: 'c1', mounts: [{ source: join(dir, 'src'), readonly: false }], createMarkpoint: true }),
+      encodeJson({
+        id: 'c1',
+        mounts: [{ source: join(dir, 'src'), readonly: false }],
+        createMarkpoint: true,
+      }),
       { timeout: 5000 },
     );
     expect(msg.headers?.get(ERROR_CODE_HEADER)).toBe('501');
@@ -89,14 +120,27 @@ describe('sysbox-shiftfs over a real nats-server', () => {
       reasonOnOverlayfs: hostProbe.reason,
       marks: [],
     });
-    expect(await client.call(shiftfsUnmark, { id: 'c1', mounts: [{ source: '/var/lib/sysbox/shiftfs/x', readonly: false }] })).toEqual({});
+    expect(
+      await client.call(shiftfsUnmark, {
+        id: 'c1',
+        mounts: [{ source: '/var/lib/sysbox/shiftfs/x', readonly: false }],
+      }),
+    ).toEqual({});
   });
 
   it('marks, lists, unmarks and unmarks all through two replicas', async () => {
     const client = createServiceClient(nc, { node: 'fake' });
     const source = join(dir, 'src');
-    const first = await client.call(shiftfsMark, { id: 'c1', mounts: [{ source, readonly: true }], createMarkpoint: true });
-    const second = await client.call(shiftfsMark, { id: 'c2', mounts: [{ source, readonly: false }], createMarkpoint: true });
+    const first = await client.call(shiftfsMark, {
+      id: 'c1',
+      mounts: [{ source, readonly: true }],
+      createMarkpoint: true,
+    });
+    const second = await client.call(shiftfsMark, {
+      id: 'c2',
+      mounts: [{ source, readonly: false }],
+      createMarkpoint: true,
+    });
     expect(second.mounts[0]!.source).toBe(first.mounts[0]!.source);
     expect(first.mounts[0]!.readonly).toBe(true);
     expect(kernel.markCalls).toHaveLength(1);
@@ -104,14 +148,24 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     const listed = await client.call(shiftfsList, {});
     expect(listed.supported).toBe(true);
     expect(listed.marks).toEqual([
-      expect.objectContaining({ source, markpoint: first.mounts[0]!.source, holders: ['c1', 'c2'], state: 'mounted', createdMarkpoint: true }),
+      expect.objectContaining({
+        source,
+        markpoint: first.mounts[0]!.source,
+        holders: ['c1', 'c2'],
+        state: 'mounted',
+        createdMarkpoint: true,
+      }),
     ]);
 
     await client.call(shiftfsUnmark, { id: 'c1', mounts: first.mounts });
     expect(kernel.unmountCalls).toEqual([]);
     const other = join(dir, 'src2');
     await mkdir(other);
-    await client.call(shiftfsMark, { id: 'c3', mounts: [{ source: other, readonly: false }], createMarkpoint: false });
+    await client.call(shiftfsMark, {
+      id: 'c3',
+      mounts: [{ source: other, readonly: false }],
+      createMarkpoint: false,
+    });
 
     const all = await client.call(shiftfsUnmarkAll, {});
     expect(all.unmarked.sort()).toEqual([first.mounts[0]!.source, other].sort());
@@ -123,7 +177,11 @@ describe('sysbox-shiftfs over a real nats-server', () => {
   it('rejects a relative source before touching anything', async () => {
     const client = createServiceClient(nc, { node: 'fake' });
     await expect(
-      client.call(shiftfsMark, { id: 'c1', mounts: [{ source: 'relative/path', readonly: false }], createMarkpoint: true }),
+      client.call(shiftfsMark, {
+        id: 'c1',
+        mounts: [{ source: 'relative/path', readonly: false }],
+        createMarkpoint: true,
+      }),
     ).rejects.toMatchObject({ code: 'invalid-request' });
   });
 });

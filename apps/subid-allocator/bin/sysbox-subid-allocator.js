@@ -2,4 +2,4 @@
 // A 1 MB young generation keeps an idle daemon about 6 MB smaller; these daemons wait on I/O, not on GC.
 // Optimizing on the main thread keeps the compiler's memory out of worker threads' malloc arenas,
 // which glibc never returns: 1-7 MB less idle RSS (tools/rss); each compile (~1 ms) blocks once.
-import "../dist/main.js";
+import '../dist/main.js';

@@ -5,7 +5,13 @@
  */
 import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { SUBID_BLOCK, SUBID_LIST_DEFAULT_LIMIT, subidList, subidService, type SubidAllocReply } from '@sysbox-mgr-ts/contracts';
+import {
+  SUBID_BLOCK,
+  SUBID_LIST_DEFAULT_LIMIT,
+  subidList,
+  subidService,
+  type SubidAllocReply,
+} from '@sysbox-mgr-ts/contracts';
 import { createLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +21,13 @@ import { LEGACY_TABLE_KEY, openSubidStores, type SubidStores } from './subid-sto
 
 const B = SUBID_BLOCK;
 const silent = () =>
-  createLogger({ service: 't', node: 'n', version: '0', level: 'warn', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+  createLogger({
+    service: 't',
+    node: 'n',
+    version: '0',
+    level: 'warn',
+    destination: new Writable({ write: (_c, _e, cb) => cb() }),
+  });
 const START = 100000;
 
 function overlaps(ranges: readonly { uid: number; size: number }[]): number {
@@ -43,19 +55,26 @@ describe('per-key subid state on a real nats-server', () => {
     connections.push(nc);
     return openSubidStores(nc, { node });
   };
-  const allocator = async (node: string, poolBlocks: number, mode: SubidMode = 'exclusive'): Promise<SubidAllocator> =>
+  const allocator = async (
+    node: string,
+    poolBlocks: number,
+    mode: SubidMode = 'exclusive',
+  ): Promise<SubidAllocator> =>
     createSubidAlloc({ mode, pool: { start: START, size: poolBlocks * B }, stores: await stores(node) });
 
   it('two allocators on two connections: 200 concurrent allocs give 200 distinct blocks, then exhausted on both', async () => {
     const [a, b] = [await allocator('race', 200), await allocator('race', 200)];
-    const replies = await Promise.all(Array.from({ length: 200 }, (_, i) => (i % 2 ? a : b).alloc(`c${i}`, B)));
+    const replies = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => (i % 2 ? a : b).alloc(`c${i}`, B)),
+    );
     expect(new Set(replies.map((r) => r.uid)).size).toBe(200);
     expect(overlaps(replies)).toBe(0);
     await expect(a.alloc('c200', B)).rejects.toMatchObject({ code: 'exhausted' });
     await expect(b.alloc('c201', B)).rejects.toMatchObject({ code: 'exhausted' });
     // Each block's claim names the container that got it.
     const view = await stores('race');
-    for (const [i, r] of replies.entries()) expect((await view.blocks.get(String(r.uid)))?.value.id).toBe(`c${i}`);
+    for (const [i, r] of replies.entries())
+      expect((await view.blocks.get(String(r.uid)))?.value.id).toBe(`c${i}`);
   });
 
   it('the same id asked of two allocators at once gets one range; free then alloc again', async () => {
@@ -80,7 +99,8 @@ describe('per-key subid state on a real nats-server', () => {
     const view = await stores('multi');
     for (const [i, r] of replies.entries()) {
       expect(r.size).toBe(sizes[i]! * B);
-      for (let k = 0; k < sizes[i]!; k++) expect((await view.blocks.get(String(r.uid + k * B)))?.value.id).toBe(`m${i}`);
+      for (let k = 0; k < sizes[i]!; k++)
+        expect((await view.blocks.get(String(r.uid + k * B)))?.value.id).toBe(`m${i}`);
     }
     // Only blocks of granted runs are claimed: claims rolled back on conflict are gone.
     const claimed = [];
@@ -109,7 +129,13 @@ describe('per-key subid state on a real nats-server', () => {
 
     it('record without its claim (killed after the intent): the next alloc of that id carries it on', async () => {
       const s = await stores('intent');
-      await s.ids.create('web', { start: START + B, size: B, allocatedAt: new Date().toISOString(), token: 'attempt1', claimed: false });
+      await s.ids.create('web', {
+        start: START + B,
+        size: B,
+        allocatedAt: new Date().toISOString(),
+        token: 'attempt1',
+        claimed: false,
+      });
       const a = await allocator('intent', 4);
       expect(await a.reconcile()).toMatchObject({ staleAttempts: 0 });
       expect((await a.list()).allocations).toEqual([]);
@@ -120,7 +146,13 @@ describe('per-key subid state on a real nats-server', () => {
 
     it('record and claim but no confirm (killed before the last write): the next alloc of that id hands out that range', async () => {
       const s = await stores('unconfirmed');
-      await s.ids.create('web', { start: START + 2 * B, size: 2 * B, allocatedAt: new Date().toISOString(), token: 'attempt1', claimed: false });
+      await s.ids.create('web', {
+        start: START + 2 * B,
+        size: 2 * B,
+        allocatedAt: new Date().toISOString(),
+        token: 'attempt1',
+        claimed: false,
+      });
       await s.blocks.create(String(START + 2 * B), { id: 'web', token: 'attempt1' });
       await s.blocks.create(String(START + 3 * B), { id: 'web', token: 'attempt1' });
       const a = await allocator('unconfirmed', 4);
@@ -130,7 +162,13 @@ describe('per-key subid state on a real nats-server', () => {
 
     it('an attempt nobody came back for: the start reconcile releases its record and claims once stale', async () => {
       const s = await stores('stale');
-      await s.ids.create('gone', { start: START, size: B, allocatedAt: '2026-01-01T00:00:00.000Z', token: 'attempt1', claimed: false });
+      await s.ids.create('gone', {
+        start: START,
+        size: B,
+        allocatedAt: '2026-01-01T00:00:00.000Z',
+        token: 'attempt1',
+        claimed: false,
+      });
       await s.blocks.create(String(START), { id: 'gone', token: 'attempt1' });
       const a = await allocator('stale', 1);
       expect(await a.reconcile()).toMatchObject({ staleAttempts: 1, orphanClaims: 1, claimedBlocks: 0 });
@@ -140,7 +178,12 @@ describe('per-key subid state on a real nats-server', () => {
 
   describe('migration from the single-key table', () => {
     const legacy = (n: number) => ({
-      allocations: Array.from({ length: n }, (_, i) => ({ id: `old${i}`, start: START + 2 * i * B, size: B, allocatedAt: '2026-01-01T00:00:00.000Z' })),
+      allocations: Array.from({ length: n }, (_, i) => ({
+        id: `old${i}`,
+        start: START + 2 * i * B,
+        size: B,
+        allocatedAt: '2026-01-01T00:00:00.000Z',
+      })),
     });
 
     it('two allocators starting together migrate each allocation once, keep its range, and remove the table', async () => {
@@ -152,9 +195,12 @@ describe('per-key subid state on a real nats-server', () => {
       expect(await s.legacyTable.get(LEGACY_TABLE_KEY)).toBeUndefined();
       const listed = (await a.list()).allocations;
       expect(listed).toHaveLength(50);
-      for (let i = 0; i < 50; i++) expect(await b.alloc(`old${i}`, B)).toMatchObject({ uid: START + 2 * i * B });
+      for (let i = 0; i < 50; i++)
+        expect(await b.alloc(`old${i}`, B)).toMatchObject({ uid: START + 2 * i * B });
       // New allocations fill the holes between migrated ranges, never a migrated block.
-      const fresh = await Promise.all(Array.from({ length: 78 }, (_, i) => (i % 2 ? a : b).alloc(`new${i}`, B)));
+      const fresh = await Promise.all(
+        Array.from({ length: 78 }, (_, i) => (i % 2 ? a : b).alloc(`new${i}`, B)),
+      );
       expect(overlaps([...listed, ...fresh])).toBe(0);
       await expect(a.alloc('one-more', B)).rejects.toMatchObject({ code: 'exhausted' });
     });
@@ -176,14 +222,25 @@ describe('per-key subid state on a real nats-server', () => {
   describe('list pages', () => {
     it('walks more than one page with cursors; the default page is bounded and says where to go on', async () => {
       const a = await allocator('pages', 1, 'shared');
-      const ids = Array.from({ length: SUBID_LIST_DEFAULT_LIMIT + 250 }, (_, i) => `container-${String(i).padStart(5, '0')}`);
-      for (let i = 0; i < ids.length; i += 200) await Promise.all(ids.slice(i, i + 200).map((id) => a.alloc(id, B)));
+      const ids = Array.from(
+        { length: SUBID_LIST_DEFAULT_LIMIT + 250 },
+        (_, i) => `container-${String(i).padStart(5, '0')}`,
+      );
+      for (let i = 0; i < ids.length; i += 200)
+        await Promise.all(ids.slice(i, i + 200).map((id) => a.alloc(id, B)));
       await a.free('container-00010');
 
       const nc = await ns.connect();
       connections.push(nc);
       services.push(
-        serve({ nc, service: subidService, node: 'pages', version: '0', log: silent(), bindings: createSubidBindings({ allocator: a }) }),
+        serve({
+          nc,
+          service: subidService,
+          node: 'pages',
+          version: '0',
+          log: silent(),
+          bindings: createSubidBindings({ allocator: a }),
+        }),
       );
       const client = createServiceClient(nc, { node: 'pages' });
       // An old caller: `{}` gets the first page of the default size, and the raw reply stays far under max_payload.
@@ -203,7 +260,9 @@ describe('per-key subid state on a real nats-server', () => {
       }
       expect(pages).toBeGreaterThanOrEqual(5);
       expect(seen).toEqual(ids.filter((id) => id !== 'container-00010'));
-      await expect(client.call(subidList, { limit: 0 } as never)).rejects.toMatchObject({ code: 'invalid-request' });
+      await expect(client.call(subidList, { limit: 0 } as never)).rejects.toMatchObject({
+        code: 'invalid-request',
+      });
     });
   });
 });

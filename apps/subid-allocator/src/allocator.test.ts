@@ -10,7 +10,11 @@ const START = 165536;
 function memoryStores(): SubidStores & { writes: number } {
   const counter = { writes: 0 };
   const memoryStore = <T>() => createMemoryStore<T>({ onWrite: () => void counter.writes++ });
-  return Object.assign(counter, { ids: memoryStore(), blocks: memoryStore(), legacyTable: memoryStore() }) as SubidStores & {
+  return Object.assign(counter, {
+    ids: memoryStore(),
+    blocks: memoryStore(),
+    legacyTable: memoryStore(),
+  }) as SubidStores & {
     writes: number;
   };
 }
@@ -84,14 +88,19 @@ describe('createSubidAlloc, exclusive mode', () => {
     ['more than 2^32', 2 ** 32 + B],
   ])('refuses a size that is %s with invalid-size and changes nothing', async (_name, size) => {
     const stores = memoryStores();
-    await expect(allocator('exclusive', 4, stores).alloc('c', size)).rejects.toMatchObject({ code: 'invalid-size' });
+    await expect(allocator('exclusive', 4, stores).alloc('c', size)).rejects.toMatchObject({
+      code: 'invalid-size',
+    });
     expect(stores.writes).toBe(0);
   });
 
   it('refuses a second alloc of an id with another size', async () => {
     const a = allocator('exclusive');
     await a.alloc('c', B);
-    await expect(a.alloc('c', 2 * B)).rejects.toMatchObject({ code: 'invalid-size', message: /already holds 65536 ids/ });
+    await expect(a.alloc('c', 2 * B)).rejects.toMatchObject({
+      code: 'invalid-size',
+      message: /already holds 65536 ids/,
+    });
   });
 
   it('unknown id on free is not-found', async () => {
@@ -127,7 +136,7 @@ describe('createSubidAlloc, exclusive mode', () => {
     expect(first.allocations.length).toBeLessThan(5);
     expect(JSON.stringify(first).length).toBeLessThanOrEqual(600);
     const seen = [...first.allocations];
-    for (let next = first.next; next !== undefined; ) {
+    for (let next = first.next; next !== undefined;) {
       const page = await a.list({ cursor: next });
       seen.push(...page.allocations);
       next = page.next;
@@ -154,22 +163,28 @@ describe('createSubidAlloc, exclusive mode', () => {
 });
 
 describe('createSubidAlloc, records read back from KV', () => {
-  it.each(['shared', 'exclusive'] as const)('%s: refuses and never lists a forged range outside the pool (root, a host user, past its end)', async (mode) => {
-    const stores = memoryStores();
-    const at = '2026-11-29T00:00:00.000Z';
-    await stores.legacyTable.create(LEGACY_TABLE_KEY, {
-      allocations: [
-        { id: 'root', start: 0, size: B, allocatedAt: at },
-        { id: 'user', start: 1000, size: B, allocatedAt: at },
-        { id: 'straddle', start: START + 4 * B - 1, size: B, allocatedAt: at },
-        { id: 'fine', start: START, size: B, allocatedAt: at },
-      ],
-    });
-    const a = allocator(mode, 4, stores);
-    for (const id of ['root', 'user', 'straddle']) {
-      await expect(a.alloc(id, B), id).rejects.toMatchObject({ code: 'internal', message: expect.stringContaining('outside the pool') });
-    }
-    expect(await a.alloc('fine', B)).toEqual({ uid: START, gid: START, size: B });
-    expect((await a.list()).allocations.map((r) => r.id)).toEqual(['fine']);
-  });
+  it.each(['shared', 'exclusive'] as const)(
+    '%s: refuses and never lists a forged range outside the pool (root, a host user, past its end)',
+    async (mode) => {
+      const stores = memoryStores();
+      const at = '2026-11-29T00:00:00.000Z';
+      await stores.legacyTable.create(LEGACY_TABLE_KEY, {
+        allocations: [
+          { id: 'root', start: 0, size: B, allocatedAt: at },
+          { id: 'user', start: 1000, size: B, allocatedAt: at },
+          { id: 'straddle', start: START + 4 * B - 1, size: B, allocatedAt: at },
+          { id: 'fine', start: START, size: B, allocatedAt: at },
+        ],
+      });
+      const a = allocator(mode, 4, stores);
+      for (const id of ['root', 'user', 'straddle']) {
+        await expect(a.alloc(id, B), id).rejects.toMatchObject({
+          code: 'internal',
+          message: expect.stringContaining('outside the pool'),
+        });
+      }
+      expect(await a.alloc('fine', B)).toEqual({ uid: START, gid: START, size: B });
+      expect((await a.list()).allocations.map((r) => r.id)).toEqual(['fine']);
+    },
+  );
 });

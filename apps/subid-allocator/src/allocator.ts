@@ -84,7 +84,10 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
   const staleAttemptMs = opts.staleAttemptMs ?? 60_000;
   const log = opts.log ?? silentLogger();
   if (pool.size < SUBID_BLOCK || pool.size % SUBID_BLOCK !== 0 || pool.start + pool.size - 1 > 2 ** 32 - 2) {
-    throw new SysboxError('invalid-request', `pool ${pool.start}+${pool.size} must be a multiple of ${SUBID_BLOCK} ids within 32 bits`);
+    throw new SysboxError(
+      'invalid-request',
+      `pool ${pool.start}+${pool.size} must be a multiple of ${SUBID_BLOCK} ids within 32 bits`,
+    );
   }
   const blockCount = pool.size / SUBID_BLOCK;
   const blockKey = (block: number): string => String(pool.start + block * SUBID_BLOCK);
@@ -108,9 +111,13 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
     if (size === 0 || size > MAX_SUBID_SIZE) {
       throw new SysboxError('invalid-size', `size ${size} is outside 1..${MAX_SUBID_SIZE}`);
     }
-    if (size > pool.size) throw new SysboxError('invalid-size', `size ${size} exceeds the pool of ${pool.size} ids`);
+    if (size > pool.size)
+      throw new SysboxError('invalid-size', `size ${size} exceeds the pool of ${pool.size} ids`);
     if (mode === 'exclusive' && size % SUBID_BLOCK !== 0) {
-      throw new SysboxError('invalid-size', `exclusive mode allocates multiples of ${SUBID_BLOCK} ids, not ${size}`);
+      throw new SysboxError(
+        'invalid-size',
+        `exclusive mode allocates multiples of ${SUBID_BLOCK} ids, not ${size}`,
+      );
     }
   };
 
@@ -131,7 +138,10 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
     const refused = outsidePool(id, r);
     if (refused) throw refused;
     if (r.size !== size) {
-      throw new SysboxError('invalid-size', `container ${id} already holds ${r.size} ids at ${r.start}; free it before asking for ${size}`);
+      throw new SysboxError(
+        'invalid-size',
+        `container ${id} already holds ${r.size} ids at ${r.start}; free it before asking for ${size}`,
+      );
     }
   };
 
@@ -155,7 +165,7 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
 
   /** First fit in the hint: the first run of `count` blocks not seen taken. */
   const findRun = (count: number): number | undefined => {
-    for (let first = searchFrom; first + count <= blockCount; ) {
+    for (let first = searchFrom; first + count <= blockCount;) {
       let length = 0;
       while (length < count && !taken[first + length]) length++;
       if (length === count) return first;
@@ -209,7 +219,10 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
       lastCount = claimed;
     }
     if (first === undefined) {
-      throw new SysboxError('exhausted', `no free range of ${count * SUBID_BLOCK} ids left in the pool ${pool.start}+${pool.size}`);
+      throw new SysboxError(
+        'exhausted',
+        `no free range of ${count * SUBID_BLOCK} ids left in the pool ${pool.start}+${pool.size}`,
+      );
     }
     const run = Array.from({ length: count }, (_, i) => first + i);
     for (const block of run) {
@@ -342,19 +355,27 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
         const heldByAnother = attemptBlocks.filter((_, i) => !claims[i]);
         if (heldByAnother.length === 0) {
           for (const block of attemptBlocks) markTaken(block);
-          record = await ids.mutate(id, (current) => (current?.token === attempt.token && !current.claimed ? { ...current, claimed: true } : undefined));
+          record = await ids.mutate(id, (current) =>
+            current?.token === attempt.token && !current.claimed ? { ...current, claimed: true } : undefined,
+          );
         } else {
           for (const block of heldByAnother) markTaken(block);
           // Give the attempt up (compare-and-set on its token) and start afresh. The record goes
           // before the claims, so a crash in between leaves orphans, never a record whose
           // blocks are half released; and the claims go before the search for a new range, so
           // a pool that is nearly full is not held up by them.
-          record = await ids.mutate(id, (current) => (current?.token === attempt.token && !current.claimed ? REMOVE : undefined));
+          record = await ids.mutate(id, (current) =>
+            current?.token === attempt.token && !current.claimed ? REMOVE : undefined,
+          );
         }
         if (record?.token !== attempt.token) {
           settle(run, (block) => heldByAnother.includes(block));
           run = [];
-          await releaseQuietly(id, attempt.token, attemptBlocks.filter((block) => !heldByAnother.includes(block)));
+          await releaseQuietly(
+            id,
+            attempt.token,
+            attemptBlocks.filter((block) => !heldByAnother.includes(block)),
+          );
         }
       }
     } finally {
@@ -365,13 +386,29 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
   const allocShared = async (id: string, size: number): Promise<IdRecord> => {
     const record =
       (await ids.get(id))?.value ??
-      (await createOrRead(id, { start: pool.start, size, allocatedAt: now().toISOString(), token: newToken(), claimed: true }));
-    if (record === undefined) throw new SysboxError('unavailable', `container ${id}'s record vanished while it was being allocated; retry`);
+      (await createOrRead(id, {
+        start: pool.start,
+        size,
+        allocatedAt: now().toISOString(),
+        token: newToken(),
+        claimed: true,
+      }));
+    if (record === undefined)
+      throw new SysboxError(
+        'unavailable',
+        `container ${id}'s record vanished while it was being allocated; retry`,
+      );
     checkRecord(id, record, size);
     if (record.claimed) return record;
     // A record an exclusive-mode allocator left unfinished: in shared mode it needs no claims.
-    const stored = await ids.mutate(id, (current) => (current && !current.claimed ? { ...current, claimed: true } : undefined));
-    if (stored === undefined) throw new SysboxError('unavailable', `container ${id}'s record vanished while it was being allocated; retry`);
+    const stored = await ids.mutate(id, (current) =>
+      current && !current.claimed ? { ...current, claimed: true } : undefined,
+    );
+    if (stored === undefined)
+      throw new SysboxError(
+        'unavailable',
+        `container ${id}'s record vanished while it was being allocated; retry`,
+      );
     return stored;
   };
 
@@ -398,13 +435,22 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
       if (mode === 'exclusive') {
         for (const block of blocksOf(stored)) {
           if (await claimBlock(id, stored.token, block)) markTaken(block);
-          else log.warn({ id, range: { start, size }, block: blockKey(block) }, 'migrated range overlaps another recorded range');
+          else
+            log.warn(
+              { id, range: { start, size }, block: blockKey(block) },
+              'migrated range overlaps another recorded range',
+            );
         }
       }
-      await ids.mutate(id, (current) => (current?.token === stored.token && !current.claimed ? { ...current, claimed: true } : undefined));
+      await ids.mutate(id, (current) =>
+        current?.token === stored.token && !current.claimed ? { ...current, claimed: true } : undefined,
+      );
     });
     await legacyTable.mutate(LEGACY_TABLE_KEY, (current) => (current ? REMOVE : undefined));
-    log.info({ migrated, inTable: table.allocations.length }, 'migrated the legacy allocation table to one key per container');
+    log.info(
+      { migrated, inTable: table.allocations.length },
+      'migrated the legacy allocation table to one key per container',
+    );
     return migrated;
   };
 
@@ -481,7 +527,9 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
     async alloc(id, size) {
       checkSize(size);
       await reconcile();
-      return replyOf(await serialized(id, () => (mode === 'shared' ? allocShared(id, size) : allocExclusive(id, size))));
+      return replyOf(
+        await serialized(id, () => (mode === 'shared' ? allocShared(id, size) : allocExclusive(id, size))),
+      );
     },
     async free(id) {
       await reconcile();
@@ -500,7 +548,11 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
     async list(page = {}): Promise<SubidListReply> {
       await reconcile();
       const limit = page.limit ?? SUBID_LIST_DEFAULT_LIMIT;
-      const reply: SubidListReply = { mode, pool: { uid: pool.start, gid: pool.start, size: pool.size }, allocations: [] };
+      const reply: SubidListReply = {
+        mode,
+        pool: { uid: pool.start, gid: pool.start, size: pool.size },
+        allocations: [],
+      };
       // Room for `next`, a container id of up to 128 characters.
       let bytes = JSON.stringify(reply).length + 160;
       const keys = (await ids.keys()).filter((id) => page.cursor === undefined || id > page.cursor);
@@ -531,7 +583,11 @@ function isAlreadyExists(err: unknown): boolean {
 }
 
 /** Runs `fn` over `items`, at most `limit` at a time. */
-async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+async function forEachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < items.length) await fn(items[next++]!);

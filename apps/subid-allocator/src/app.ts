@@ -33,10 +33,23 @@ const options = {
     flag: 'user',
     env: 'SYSBOX_SUBID_USER',
     description: 'user whose /etc/subuid and /etc/subgid entry holds the pool',
-    schema: z.string().regex(/^[a-z_][a-z0-9_.-]*\$?$/i, 'not a valid user name').default('sysbox'),
+    schema: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_.-]*\$?$/i, 'not a valid user name')
+      .default('sysbox'),
   }),
-  subuidFile: option({ flag: 'subuid-file', env: 'SYSBOX_SUBUID_FILE', description: 'subordinate uid file', schema: HostPath.default('/etc/subuid') }),
-  subgidFile: option({ flag: 'subgid-file', env: 'SYSBOX_SUBGID_FILE', description: 'subordinate gid file', schema: HostPath.default('/etc/subgid') }),
+  subuidFile: option({
+    flag: 'subuid-file',
+    env: 'SYSBOX_SUBUID_FILE',
+    description: 'subordinate uid file',
+    schema: HostPath.default('/etc/subuid'),
+  }),
+  subgidFile: option({
+    flag: 'subgid-file',
+    env: 'SYSBOX_SUBGID_FILE',
+    description: 'subordinate gid file',
+    schema: HostPath.default('/etc/subgid'),
+  }),
   loginDefs: option({
     flag: 'login-defs',
     description: 'source of SUB_UID_MIN/MAX and SUB_GID_MIN/MAX (shadow defaults when absent)',
@@ -54,7 +67,13 @@ export const subidAllocatorApp = defineApp({
     const pool = await setupSubidPool({ ...config, size });
     log.info({ pool, mode: config.mode, user: config.user }, 'subid pool ready');
     const stores = await openSubidStores(nc, { node: config.node, replicas: config.kvReplicas });
-    const allocator = createSubidAlloc({ mode: config.mode, pool, stores, log, maxListBytes: nc.info ? nc.info.max_payload - 4096 : undefined });
+    const allocator = createSubidAlloc({
+      mode: config.mode,
+      pool,
+      stores,
+      log,
+      maxListBytes: nc.info ? nc.info.max_payload - 4096 : undefined,
+    });
     // Before serving: a legacy table is migrated and what a crash left is released first.
     log.info(await allocator.reconcile(), 'subid state reconciled');
     const svc = serve({

@@ -15,7 +15,14 @@
 import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { compareRuns, percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
-import { SUBID_BLOCK, subidAlloc, subidFree, subidList, subidService, type SubidAlloc } from '@sysbox-mgr-ts/contracts';
+import {
+  SUBID_BLOCK,
+  subidAlloc,
+  subidFree,
+  subidList,
+  subidService,
+  type SubidAlloc,
+} from '@sysbox-mgr-ts/contracts';
 import { createLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { createSubidAlloc, type SubidAllocator } from './allocator.js';
@@ -58,13 +65,27 @@ try {
     return nc;
   };
   const allocatorFor = async (node: string, poolOf = pool): Promise<SubidAllocator> =>
-    createSubidAlloc({ mode: 'exclusive', pool: poolOf, stores: await openSubidStores(await connection(), { node }), log });
+    createSubidAlloc({
+      mode: 'exclusive',
+      pool: poolOf,
+      stores: await openSubidStores(await connection(), { node }),
+      log,
+    });
   /** `replicas` services of one node, each on its own connection with its own allocator; answers a client. */
   const serveNode = async (node: string, replicas: number, poolOf = pool) => {
     for (let i = 0; i < replicas; i++) {
       const allocator = await allocatorFor(node, poolOf);
       await allocator.reconcile();
-      services.push(serve({ nc: await connection(), service: subidService, node, version: '0', log, bindings: createSubidBindings({ allocator }) }));
+      services.push(
+        serve({
+          nc: await connection(),
+          service: subidService,
+          node,
+          version: '0',
+          log,
+          bindings: createSubidBindings({ allocator }),
+        }),
+      );
     }
     return createServiceClient(await connection(), { node, timeoutMs: 30_000 });
   };
@@ -85,7 +106,8 @@ try {
         await burst(ALLOCS, (i) => client.call(subidFree, { id: previous[i]! }).catch(() => undefined));
         await burst(ALLOCS, (i) => inProcess.free(previous[i]!).catch(() => undefined));
       },
-      candidate: () => burst(ALLOCS, (i) => client.call(subidAlloc, { id: `c${round}-${i}`, size: SUBID_BLOCK })),
+      candidate: () =>
+        burst(ALLOCS, (i) => client.call(subidAlloc, { id: `c${round}-${i}`, size: SUBID_BLOCK })),
       baseline: () => burst(ALLOCS, (i) => inProcess.alloc(`c${round}-${i}`, SUBID_BLOCK)),
     });
     const perSecond = (ms: number) => (ALLOCS * 1000) / ms;
@@ -134,16 +156,24 @@ try {
   const full = await serveNode('full', 1, fullPool);
   const failures: unknown[] = [];
   const t0 = performance.now();
-  await burst(FULL_POOL_BLOCKS, (i) => full.call(subidAlloc, { id: `f${i}`, size: SUBID_BLOCK }).catch((err: unknown) => void failures.push(err)));
+  await burst(FULL_POOL_BLOCKS, (i) =>
+    full
+      .call(subidAlloc, { id: `f${i}`, size: SUBID_BLOCK })
+      .catch((err: unknown) => void failures.push(err)),
+  );
   const fillMs = performance.now() - t0;
-  if (failures.length > 0) throw new Error(`${failures.length} of ${FULL_POOL_BLOCKS} allocations failed, first: ${String(failures[0])}`);
+  if (failures.length > 0)
+    throw new Error(
+      `${failures.length} of ${FULL_POOL_BLOCKS} allocations failed, first: ${String(failures[0])}`,
+    );
   const t1 = performance.now();
   const refused = await full.call(subidAlloc, { id: 'one-too-many', size: SUBID_BLOCK }).then(
     () => 'granted',
     (err: { code?: string }) => err.code,
   );
   const exhaustedMs = performance.now() - t1;
-  if (refused !== 'exhausted') throw new Error(`allocation past a full pool answered ${refused}, not exhausted`);
+  if (refused !== 'exhausted')
+    throw new Error(`allocation past a full pool answered ${refused}, not exhausted`);
   const t2 = performance.now();
   const firstPage = await full.call(subidList, {});
   const listMs = performance.now() - t2;
@@ -151,7 +181,8 @@ try {
   const t3 = performance.now();
   const report = await freshReplica.reconcile();
   const reconcileMs = performance.now() - t3;
-  if (report.claimedBlocks !== FULL_POOL_BLOCKS) throw new Error(`reconcile read ${report.claimedBlocks} claims, not ${FULL_POOL_BLOCKS}`);
+  if (report.claimedBlocks !== FULL_POOL_BLOCKS)
+    throw new Error(`reconcile read ${report.claimedBlocks} claims, not ${FULL_POOL_BLOCKS}`);
   const baselineRate = figures[0]!.value;
   figures.push(
     {
@@ -162,8 +193,16 @@ try {
       ratio: (FULL_POOL_BLOCKS * 1000) / fillMs / baselineRate,
       better: 'higher',
     },
-    { name: `one alloc answered exhausted on the full node (reads ${FULL_POOL_BLOCKS} claims)`, value: exhaustedMs, unit: 'ms' },
-    { name: `first list page (${firstPage.allocations.length} allocations) on the full node`, value: listMs, unit: 'ms' },
+    {
+      name: `one alloc answered exhausted on the full node (reads ${FULL_POOL_BLOCKS} claims)`,
+      value: exhaustedMs,
+      unit: 'ms',
+    },
+    {
+      name: `first list page (${firstPage.allocations.length} allocations) on the full node`,
+      value: listMs,
+      unit: 'ms',
+    },
     { name: `start reconcile of a new replica on the full node`, value: reconcileMs, unit: 'ms' },
   );
   process.stdout.write(`filled ${FULL_POOL_BLOCKS} blocks in ${(fillMs / 1000).toFixed(1)} s\n`);

@@ -16,7 +16,11 @@ const B = 65536;
 
 describe('parseLoginDefs', () => {
   it.each([
-    ['empty file: upstream sysbox-mgr defaults (100000 to the top of the 32-bit id space)', '', { uidMin: 100000, uidMax: 2 ** 32 - 2, gidMin: 100000, gidMax: 2 ** 32 - 2 }],
+    [
+      'empty file: upstream sysbox-mgr defaults (100000 to the top of the 32-bit id space)',
+      '',
+      { uidMin: 100000, uidMax: 2 ** 32 - 2, gidMin: 100000, gidMax: 2 ** 32 - 2 },
+    ],
     [
       'overrides with comments and tabs',
       '# SUB_UID_MIN 1\nSUB_UID_MIN\t200000\n  SUB_UID_MAX 300000\nSUB_GID_MIN 400000\nSUB_GID_MAX 900000\nUID_MIN 1000\n',
@@ -46,15 +50,26 @@ describe('parseSubidFile', () => {
     ]);
   });
 
-  it.each(['alice:100000', 'alice:x:65536', 'alice:1:0', 'alice:4294967295:10'])('refuses "%s" with its line number', (line) => {
-    expect(() => parseSubidFile(`ok:1:1\n${line}\n`, '/etc/subuid')).toThrow(/\/etc\/subuid:2: expected name:start:count/);
-  });
+  it.each(['alice:100000', 'alice:x:65536', 'alice:1:0', 'alice:4294967295:10'])(
+    'refuses "%s" with its line number',
+    (line) => {
+      expect(() => parseSubidFile(`ok:1:1\n${line}\n`, '/etc/subuid')).toThrow(
+        /\/etc\/subuid:2: expected name:start:count/,
+      );
+    },
+  );
 });
 
 describe('planSubidPool', () => {
   const limits: SubidLimits = { uidMin: 100000, uidMax: 600100000, gidMin: 100000, gidMax: 600100000 };
   const plan = (uid: string, gid: string, size = B, l = limits) =>
-    planSubidPool({ user: 'sysbox', size, limits: l, uidLines: parseSubidFile(uid), gidLines: parseSubidFile(gid) });
+    planSubidPool({
+      user: 'sysbox',
+      size,
+      limits: l,
+      uidLines: parseSubidFile(uid),
+      gidLines: parseSubidFile(gid),
+    });
 
   it.each([
     { name: 'empty files', uid: '', gid: '', start: 100000, uidText: 'sysbox:100000:65536\n' },
@@ -128,7 +143,9 @@ describe('planSubidPool', () => {
   });
 
   it('respects the limits of login.defs', () => {
-    expect(plan('', '', B, { uidMin: 200000, uidMax: 900000, gidMin: 300000, gidMax: 900000 }).start).toBe(300000);
+    expect(plan('', '', B, { uidMin: 200000, uidMax: 900000, gidMin: 300000, gidMax: 900000 }).start).toBe(
+      300000,
+    );
   });
 
   it('says what to fix when no common range fits', () => {
@@ -144,7 +161,11 @@ describe('setupSubidPool on temp files', () => {
   let files: { subuidFile: string; subgidFile: string; loginDefs: string };
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'subid-alloc-hostfiles-'));
-    files = { subuidFile: join(dir, 'subuid'), subgidFile: join(dir, 'subgid'), loginDefs: join(dir, 'login.defs') };
+    files = {
+      subuidFile: join(dir, 'subuid'),
+      subgidFile: join(dir, 'subgid'),
+      loginDefs: join(dir, 'login.defs'),
+    };
   });
   afterEach(async () => {
     await rm(dir, { recursive: true, force: true });
@@ -172,7 +193,9 @@ describe('setupSubidPool on temp files', () => {
     const grown = await setupSubidPool({ ...files, user: 'sysbox', size: 4096 * B });
     expect(grown.start).toBe(1265536);
     expect(await readFile(files.subuidFile, 'utf8')).toBe('alice:1000000:65536\nsysbox:1265536:268435456\n');
-    expect(await readFile(files.subgidFile, 'utf8')).toBe('alice:1000000:65536\nsysbox:1265536:268435456\nbob:1200000:65536\n');
+    expect(await readFile(files.subgidFile, 'utf8')).toBe(
+      'alice:1000000:65536\nsysbox:1265536:268435456\nbob:1200000:65536\n',
+    );
     expect((await stat(files.subuidFile)).mode & 0o777).toBe(0o600);
     expect((await readdir(dir)).sort()).toEqual(['login.defs', 'subgid', 'subuid']);
   });
@@ -180,7 +203,9 @@ describe('setupSubidPool on temp files', () => {
   it('changes nothing when the pool cannot be placed', async () => {
     await writeFile(files.loginDefs, 'SUB_UID_MAX 200000\n');
     await writeFile(files.subuidFile, 'alice:100000:65536\n');
-    await expect(setupSubidPool({ ...files, user: 'sysbox', size: B })).rejects.toMatchObject({ code: 'failed-precondition' });
+    await expect(setupSubidPool({ ...files, user: 'sysbox', size: B })).rejects.toMatchObject({
+      code: 'failed-precondition',
+    });
     expect(await readFile(files.subuidFile, 'utf8')).toBe('alice:100000:65536\n');
     await expect(stat(files.subgidFile)).rejects.toThrow();
   });

@@ -30,7 +30,12 @@ export const DEFAULT_LIMITS: SubidLimits = {
   gidMax: MAX_ID,
 };
 
-const LIMIT_KEYS = { SUB_UID_MIN: 'uidMin', SUB_UID_MAX: 'uidMax', SUB_GID_MIN: 'gidMin', SUB_GID_MAX: 'gidMax' } as const;
+const LIMIT_KEYS = {
+  SUB_UID_MIN: 'uidMin',
+  SUB_UID_MAX: 'uidMax',
+  SUB_GID_MIN: 'gidMin',
+  SUB_GID_MAX: 'gidMax',
+} as const;
 
 export function parseLoginDefs(text: string, path = 'login.defs'): SubidLimits {
   const limits = { ...DEFAULT_LIMITS };
@@ -40,12 +45,18 @@ export function parseLoginDefs(text: string, path = 'login.defs'): SubidLimits {
     if (!Object.hasOwn(LIMIT_KEYS, key)) return;
     const value = fields[1];
     if (value === undefined || !/^\d+$/.test(value) || Number(value) > MAX_ID) {
-      throw new SysboxError('failed-precondition', `${path}:${i + 1}: ${key} needs a number from 0 to ${MAX_ID}, found "${raw.trim()}"`);
+      throw new SysboxError(
+        'failed-precondition',
+        `${path}:${i + 1}: ${key} needs a number from 0 to ${MAX_ID}, found "${raw.trim()}"`,
+      );
     }
     limits[LIMIT_KEYS[key]] = Number(value);
   });
   if (limits.uidMin > limits.uidMax || limits.gidMin > limits.gidMax) {
-    throw new SysboxError('failed-precondition', `${path}: SUB_UID_MIN/SUB_GID_MIN must not exceed SUB_UID_MAX/SUB_GID_MAX`);
+    throw new SysboxError(
+      'failed-precondition',
+      `${path}: SUB_UID_MIN/SUB_GID_MIN must not exceed SUB_UID_MAX/SUB_GID_MAX`,
+    );
   }
   return limits;
 }
@@ -61,14 +72,19 @@ export function parseSubidFile(text: string, path = 'subid file'): SubidLine[] {
     if (line === '' || line.startsWith('#')) return { verbatim: raw };
     const m = /^([^:\s]+):(\d+):(\d+)$/.exec(line);
     if (!m || Number(m[2]) > MAX_ID || Number(m[3]) < 1 || Number(m[2]) + Number(m[3]) - 1 > MAX_ID) {
-      throw new SysboxError('failed-precondition', `${path}:${i + 1}: expected name:start:count, found "${line}"`);
+      throw new SysboxError(
+        'failed-precondition',
+        `${path}:${i + 1}: expected name:start:count, found "${line}"`,
+      );
     }
     return { name: m[1]!, start: Number(m[2]), count: Number(m[3]) };
   });
 }
 
 export function renderSubidFile(lines: readonly SubidLine[]): string {
-  return lines.map((l) => ('verbatim' in l ? l.verbatim : `${l.name}:${l.start}:${l.count}`)).join('\n') + '\n';
+  return (
+    lines.map((l) => ('verbatim' in l ? l.verbatim : `${l.name}:${l.start}:${l.count}`)).join('\n') + '\n'
+  );
 }
 
 export interface PoolPlanInput {

@@ -8,9 +8,22 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { SUBID_BLOCK, subidAlloc, subidFree, subidList, subidService, type SubidAllocReply } from '@sysbox-mgr-ts/contracts';
+import {
+  SUBID_BLOCK,
+  subidAlloc,
+  subidFree,
+  subidList,
+  subidService,
+  type SubidAllocReply,
+} from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
-import { createLogger, createServiceClient, serve, type Binding, type MicroService } from '@sysbox-mgr-ts/service-kit';
+import {
+  createLogger,
+  createServiceClient,
+  serve,
+  type Binding,
+  type MicroService,
+} from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSubidAlloc, type SubidMode } from './allocator.js';
@@ -20,7 +33,13 @@ import { openSubidStores } from './subid-store.js';
 
 const B = SUBID_BLOCK;
 const silent = () =>
-  createLogger({ service: 't', node: 'n', version: '0', level: 'warn', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
+  createLogger({
+    service: 't',
+    node: 'n',
+    version: '0',
+    level: 'warn',
+    destination: new Writable({ write: (_c, _e, cb) => cb() }),
+  });
 
 /** Every pair of ranges is disjoint. */
 function overlaps(ranges: readonly { uid: number; size: number }[]): number {
@@ -59,7 +78,9 @@ describe('subid service on a real nats-server', () => {
     const nc = await connection();
     const stores = await openSubidStores(nc, { node });
     const counted = { n: 0 };
-    const bindings: Binding[] = createSubidBindings({ allocator: createSubidAlloc({ mode, pool, stores }) }).map((b) => ({
+    const bindings: Binding[] = createSubidBindings({
+      allocator: createSubidAlloc({ mode, pool, stores }),
+    }).map((b) => ({
       contract: b.contract,
       handler: (req, ctx) => {
         counted.n++;
@@ -71,19 +92,31 @@ describe('subid service on a real nats-server', () => {
   };
 
   it('200 concurrent allocs over two replicas: 200 distinct, non-overlapping blocks filling the pool, then exhausted', async () => {
-    const hostFiles = { subuidFile: join(dir, 'subuid'), subgidFile: join(dir, 'subgid'), loginDefs: join(dir, 'none') };
+    const hostFiles = {
+      subuidFile: join(dir, 'subuid'),
+      subgidFile: join(dir, 'subgid'),
+      loginDefs: join(dir, 'none'),
+    };
     const pool = await setupSubidPool({ ...hostFiles, user: 'sysbox', size: 200 * B });
     expect(await readFile(hostFiles.subuidFile, 'utf8')).toBe(`sysbox:100000:${200 * B}\n`);
     const [r1, r2] = [await replica('two', 'exclusive', pool), await replica('two', 'exclusive', pool)];
     const client = createServiceClient(await connection(), { node: 'two', timeoutMs: 15_000 });
 
-    const replies = await Promise.all(Array.from({ length: 200 }, (_, i) => client.call(subidAlloc, { id: `c${i}`, size: B })));
+    const replies = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => client.call(subidAlloc, { id: `c${i}`, size: B })),
+    );
     expect(new Set(replies.map((r) => r.uid)).size).toBe(200);
     expect(overlaps(replies)).toBe(0);
-    expect(replies.every((r) => r.uid === r.gid && r.uid >= pool.start && r.uid + r.size <= pool.start + pool.size)).toBe(true);
+    expect(
+      replies.every(
+        (r) => r.uid === r.gid && r.uid >= pool.start && r.uid + r.size <= pool.start + pool.size,
+      ),
+    ).toBe(true);
     expect(r1.n).toBeGreaterThan(0);
     expect(r2.n).toBeGreaterThan(0);
-    await expect(client.call(subidAlloc, { id: 'c200', size: B })).rejects.toMatchObject({ code: 'exhausted' });
+    await expect(client.call(subidAlloc, { id: 'c200', size: B })).rejects.toMatchObject({
+      code: 'exhausted',
+    });
 
     const list = await client.call(subidList, {});
     expect(list.allocations).toHaveLength(200);
@@ -97,7 +130,9 @@ describe('subid service on a real nats-server', () => {
     const client = createServiceClient(await connection(), { node: 'over', timeoutMs: 15_000 });
     // 60 singles and 30 doubles: 120 blocks wanted, 100 available.
     const sizes = Array.from({ length: 90 }, (_, i) => (i % 3 === 2 ? 2 * B : B));
-    const results = await Promise.allSettled(sizes.map((size, i) => client.call(subidAlloc, { id: `m${i}`, size })));
+    const results = await Promise.allSettled(
+      sizes.map((size, i) => client.call(subidAlloc, { id: `m${i}`, size })),
+    );
     const granted = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     const refused = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as { code: string }] : []));
     expect(refused.every((e) => e.code === 'exhausted')).toBe(true);
@@ -117,7 +152,9 @@ describe('subid service on a real nats-server', () => {
     const first = await client.call(subidAlloc, { id: 'web', size: B });
     expect(await client.call(subidAlloc, { id: 'web', size: B })).toEqual(first);
     for (const size of [0, B / 2, 3 * B, 2 ** 32 + B]) {
-      await expect(client.call(subidAlloc, { id: 'x', size })).rejects.toMatchObject({ code: 'invalid-size' });
+      await expect(client.call(subidAlloc, { id: 'x', size })).rejects.toMatchObject({
+        code: 'invalid-size',
+      });
     }
     await client.call(subidAlloc, { id: 'db', size: B });
     await expect(client.call(subidAlloc, { id: 'x', size: B })).rejects.toMatchObject({ code: 'exhausted' });
@@ -135,7 +172,9 @@ describe('subid service on a real nats-server', () => {
     const client = createServiceClient(await connection(), { node: 'shared' });
     const replies = await Promise.all(['a', 'b', 'c'].map((id) => client.call(subidAlloc, { id, size: B })));
     expect(replies).toEqual(Array(3).fill({ uid: 165536, gid: 165536, size: B }));
-    await expect(client.call(subidAlloc, { id: 'd', size: 2 * B })).rejects.toMatchObject({ code: 'invalid-size' });
+    await expect(client.call(subidAlloc, { id: 'd', size: 2 * B })).rejects.toMatchObject({
+      code: 'invalid-size',
+    });
     await client.call(subidFree, { id: 'b' });
     await expect(client.call(subidFree, { id: 'b' })).rejects.toMatchObject({ code: 'not-found' });
     expect(await client.call(subidList, {})).toMatchObject({
@@ -197,10 +236,18 @@ describe('subid service on a real nats-server', () => {
     const client = createServiceClient(await connection(), { node: 'kill', timeoutMs: 5_000 });
     const ready = async () => {
       for (let i = 0; i < 150; i++) {
-        if (await client.call(subidList, {}, { timeoutMs: 500 }).then(() => true, () => false)) return;
+        if (
+          await client.call(subidList, {}, { timeoutMs: 500 }).then(
+            () => true,
+            () => false,
+          )
+        )
+          return;
         await new Promise((r) => setTimeout(r, 100));
       }
-      throw new Error(`daemon did not answer:\n${await readFile(join(dir, 'daemon.log'), 'utf8').catch(() => '')}`);
+      throw new Error(
+        `daemon did not answer:\n${await readFile(join(dir, 'daemon.log'), 'utf8').catch(() => '')}`,
+      );
     };
 
     let daemon = start();
@@ -235,7 +282,9 @@ describe('subid service on a real nats-server', () => {
       expect(overlaps(after)).toBe(0);
       // Retrying every id (as sysbox-runc would) yields one block each; freeing them all leaves
       // nothing listed and no block claimed.
-      const retried = await Promise.all(Array.from({ length: N }, (_, i) => client.call(subidAlloc, { id: `k${i}`, size: B })));
+      const retried = await Promise.all(
+        Array.from({ length: N }, (_, i) => client.call(subidAlloc, { id: `k${i}`, size: B })),
+      );
       expect(overlaps(retried)).toBe(0);
       await Promise.all(Array.from({ length: N }, (_, i) => client.call(subidFree, { id: `k${i}` })));
       expect((await client.call(subidList, {})).allocations).toEqual([]);

@@ -51,7 +51,10 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
   const { nc, log } = deps;
   await prepareDataRoot(config.dataRoot);
   const guard = createHostGuard(config);
-  const kv = await openBucket(nc, volService.bucket, { replicas: config.kvReplicas, description: 'volumes and mount preps' });
+  const kv = await openBucket(nc, volService.bucket, {
+    replicas: config.kvReplicas,
+    description: 'volumes and mount preps',
+  });
   const volumes = Object.fromEntries(
     VOLUME_KINDS.map((kind) => [
       kind,
@@ -76,7 +79,8 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
     log,
   });
   const reconciled: ReconcileReport[] = [];
-  for (const kind of VOLUME_KINDS) reconciled.push(await volumes[kind].reconcile({ removeOrphans: config.removeOrphans }));
+  for (const kind of VOLUME_KINDS)
+    reconciled.push(await volumes[kind].reconcile({ removeOrphans: config.removeOrphans }));
   log.info({ volumes: reconciled.reduce((n, r) => n + r.kept.length, 0) }, 'volumes reconciled');
   // A prep or revert-prep cut short by a kill is finished before any request can see its source.
   const prepReport = await prep.reconcile();
@@ -108,18 +112,37 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
 export const volMgrApp = defineApp({
   name: 'sysbox-vol-mgr',
   identity: 'vol-mgr',
-  about: 'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation, served over NATS',
+  about:
+    'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation, served over NATS',
   options: {
     ...hostGuardOptions,
-    sync: boolOption('sync', 'SYSBOX_VOL_SYNC', 'copy volumes back into the rootfs on sync-out (--no-sync: upstream disable-inner-image-preload; sync-in on create always runs)', true),
+    sync: boolOption(
+      'sync',
+      'SYSBOX_VOL_SYNC',
+      'copy volumes back into the rootfs on sync-out (--no-sync: upstream disable-inner-image-preload; sync-in on create always runs)',
+      true,
+    ),
     syncTimeoutMs: option({
       flag: 'sync-timeout-ms',
       env: 'SYSBOX_VOL_SYNC_TIMEOUT_MS',
-      description: 'time bound of one rsync (sync-in or sync-out); past it the copy is killed and the request fails with timeout',
-      schema: z.coerce.number().int().min(1000).default(30 * 60 * 1000),
+      description:
+        'time bound of one rsync (sync-in or sync-out); past it the copy is killed and the request fails with timeout',
+      schema: z.coerce
+        .number()
+        .int()
+        .min(1000)
+        .default(30 * 60 * 1000),
     }),
-    removeOrphans: boolOption('remove-orphans', 'SYSBOX_VOL_REMOVE_ORPHANS', 'on start, remove volume dirs that no record owns (else only report them)'),
-    cleanupOnStop: boolOption('cleanup-on-stop', 'SYSBOX_VOL_CLEANUP_ON_STOP', "on stop, sync out and destroy every volume (upstream's behaviour)"),
+    removeOrphans: boolOption(
+      'remove-orphans',
+      'SYSBOX_VOL_REMOVE_ORPHANS',
+      'on start, remove volume dirs that no record owns (else only report them)',
+    ),
+    cleanupOnStop: boolOption(
+      'cleanup-on-stop',
+      'SYSBOX_VOL_CLEANUP_ON_STOP',
+      "on stop, sync out and destroy every volume (upstream's behaviour)",
+    ),
     stopGraceMs: option({
       flag: 'stop-grace-ms',
       env: 'SYSBOX_VOL_STOP_GRACE_MS',

@@ -37,7 +37,8 @@ async function buildTree(rootfs: string): Promise<number> {
     await mkdir(dir, { recursive: true });
     entries++;
     if (d % 10 === 0) await chown(dir, 1000, 1000);
-    for (let f = 0; f < 100 && entries < ENTRIES; f++, entries++) writes.push(writeFile(join(dir, `f${f}`), 'layer data'));
+    for (let f = 0; f < 100 && entries < ENTRIES; f++, entries++)
+      writes.push(writeFile(join(dir, `f${f}`), 'layer data'));
     if (writes.length > 2000) await Promise.all(writes.splice(0));
   }
   await Promise.all(writes);
@@ -50,9 +51,23 @@ try {
   const dataRoot = join(base, 'data');
   // The bench's own delegation, so it runs on hosts whose /etc/subuid does not hold OFFSET.
   await writeFile(join(base, 'subid'), `bench:${OFFSET}:65536\n`);
-  const delegation = { allowedRootfsRoots: [base], subuidFile: join(base, 'subid'), subgidFile: join(base, 'subid') };
+  const delegation = {
+    allowedRootfsRoots: [base],
+    subuidFile: join(base, 'subid'),
+    subgidFile: join(base, 'subid'),
+  };
   const app = await startVolApp(
-    { node: 'bench', dataRoot, kvReplicas: 1, sync: true, syncTimeoutMs: TIMEOUT, removeOrphans: false, cleanupOnStop: false, stopGraceMs: 0, ...delegation },
+    {
+      node: 'bench',
+      dataRoot,
+      kvReplicas: 1,
+      sync: true,
+      syncTimeoutMs: TIMEOUT,
+      removeOrphans: false,
+      cleanupOnStop: false,
+      stopGraceMs: 0,
+      ...delegation,
+    },
     { nc, log, version: '0', idShift: { shift, scanIds, needsShift } },
   );
   const client = createServiceClient(nc, { node: 'bench', timeoutMs: TIMEOUT });
@@ -77,7 +92,15 @@ try {
       await rm(rawDest, { recursive: true, force: true });
       await mkdir(rawDest);
     },
-    candidate: () => client.call(docker.create, { id: 'bench', rootfs, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true }),
+    candidate: () =>
+      client.call(docker.create, {
+        id: 'bench',
+        rootfs,
+        mountpoint: '/var/lib/docker',
+        uid: OFFSET,
+        gid: OFFSET,
+        chownOnSync: true,
+      }),
     baseline: () => run('rsync', rawArgs, { timeout: TIMEOUT }),
   });
   await app.stop();

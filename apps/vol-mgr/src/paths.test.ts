@@ -46,10 +46,16 @@ describe('path guards', () => {
   it('resolves container paths inside the rootfs and refuses symlinks that lead out', async () => {
     const root = join(base, 'root');
     await expect(resolveInside(root, '/var/lib/docker', 'p')).resolves.toBe(join(root, 'var/lib/docker'));
-    await expect(resolveInside(root, '/var/lib/escape', 'p')).rejects.toMatchObject({ code: 'invalid-request' });
-    await expect(resolveInside(root, '/var/lib/escape/deeper', 'p')).rejects.toMatchObject({ code: 'invalid-request' });
+    await expect(resolveInside(root, '/var/lib/escape', 'p')).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
+    await expect(resolveInside(root, '/var/lib/escape/deeper', 'p')).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
     // A symlink that stays inside still changes where the write lands: refused as well.
-    await expect(resolveInside(root, '/var/lib/inside/x', 'p')).rejects.toMatchObject({ code: 'invalid-request' });
+    await expect(resolveInside(root, '/var/lib/inside/x', 'p')).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
   });
 
   it('makes a dir chain with the given modes and never walks through a symlink', async () => {
@@ -57,7 +63,9 @@ describe('path guards', () => {
     await mkdirChainInside(root, '/opt/a/b', 0o700);
     expect((await stat(join(root, 'opt/a'))).mode & 0o7777).toBe(0o755);
     expect((await stat(join(root, 'opt/a/b'))).mode & 0o7777).toBe(0o700);
-    await expect(mkdirChainInside(root, '/var/lib/escape/new', 0o700)).rejects.toMatchObject({ code: 'invalid-request' });
+    await expect(mkdirChainInside(root, '/var/lib/escape/new', 0o700)).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
     await expect(stat(join(base, 'elsewhere/new'))).rejects.toThrow(/ENOENT/);
   });
 });
@@ -84,6 +92,9 @@ describe('prepareDataRoot', () => {
     const root = join(base, 'tmpfs');
     await mkdir(root);
     await run('mount', ['-t', 'tmpfs', 'tmpfs', root], { timeout: 10_000 });
-    await expect(prepareDataRoot(root)).rejects.toMatchObject({ code: 'failed-precondition', message: expect.stringMatching(/is on tmpfs/) });
+    await expect(prepareDataRoot(root)).rejects.toMatchObject({
+      code: 'failed-precondition',
+      message: expect.stringMatching(/is on tmpfs/),
+    });
   });
 });

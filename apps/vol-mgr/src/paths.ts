@@ -31,7 +31,10 @@ export async function resolveInside(base: string, containerPath: string, what: s
   const real = await realpathOfExistingPrefix(joined);
   const expected = join(realBase, relative(base, real.existing));
   if (real.resolved !== expected || !isUnder(realBase, real.resolved)) {
-    throw new SysboxError('invalid-request', `${what} ${joined} resolves outside ${base} (a symlink in the way)`);
+    throw new SysboxError(
+      'invalid-request',
+      `${what} ${joined} resolves outside ${base} (a symlink in the way)`,
+    );
   }
   return joined;
 }
@@ -66,7 +69,12 @@ export async function exists(path: string): Promise<boolean> {
  * overlay upper layer does not mask the lower layer's permissions), else 0755 root; the last
  * component gets `perm`.
  */
-export async function mkdirChainInside(base: string, rel: string, perm: number, modelBase?: string): Promise<void> {
+export async function mkdirChainInside(
+  base: string,
+  rel: string,
+  perm: number,
+  modelBase?: string,
+): Promise<void> {
   const parts = rel.split('/').filter(Boolean);
   let cur = base;
   for (let i = 0; i < parts.length; i++) {
@@ -78,11 +86,15 @@ export async function mkdirChainInside(base: string, rel: string, perm: number, 
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
     }
     if (st) {
-      if (!st.isDirectory()) throw new SysboxError('invalid-request', `${cur} is not a directory (a symlink or file in the way)`);
+      if (!st.isDirectory())
+        throw new SysboxError('invalid-request', `${cur} is not a directory (a symlink or file in the way)`);
       continue;
     }
     const last = i === parts.length - 1;
-    const model = !last && modelBase ? await stat(join(modelBase, ...parts.slice(0, i + 1))).catch(() => undefined) : undefined;
+    const model =
+      !last && modelBase
+        ? await stat(join(modelBase, ...parts.slice(0, i + 1))).catch(() => undefined)
+        : undefined;
     await mkdir(cur);
     await chmod(cur, last ? perm : (model?.mode ?? 0o755) & 0o7777);
     if (model) await chown(cur, model.uid, model.gid);
@@ -90,7 +102,11 @@ export async function mkdirChainInside(base: string, rel: string, perm: number, 
 }
 
 /** Filesystems an inner store's host dir cannot be on: the inner Docker or kubelet mounts overlayfs over it. */
-const UNSUPPORTED_FS: Record<string, number> = { tmpfs: 0x01021994, overlayfs: 0x794c7630, shiftfs: 0x6a656a62 };
+const UNSUPPORTED_FS: Record<string, number> = {
+  tmpfs: 0x01021994,
+  overlayfs: 0x794c7630,
+  shiftfs: 0x6a656a62,
+};
 
 /**
  * The data root as upstream's manager leaves it: 0710 root:root (sysbox-runc, as root, walks into
@@ -103,7 +119,10 @@ export async function prepareDataRoot(dataRoot: string): Promise<void> {
   const { type } = await statfs(dataRoot);
   const fs = Object.entries(UNSUPPORTED_FS).find(([, magic]) => magic === type)?.[0];
   if (fs) {
-    throw new SysboxError('failed-precondition', `data root ${dataRoot} is on ${fs}: inner Docker and kubelet cannot use volumes there; put it on a disk filesystem`);
+    throw new SysboxError(
+      'failed-precondition',
+      `data root ${dataRoot} is on ${fs}: inner Docker and kubelet cannot use volumes there; put it on a disk filesystem`,
+    );
   }
   await chown(dataRoot, 0, 0);
   await chmod(dataRoot, 0o710);

@@ -19,7 +19,8 @@ async function ownersOf(root: string): Promise<Map<string, { uid: number; gid: n
   const walk = async (rel: string): Promise<void> => {
     const st = await lstat(join(root, rel));
     out.set(rel || '.', { uid: st.uid, gid: st.gid, mode: st.mode });
-    if (st.isDirectory()) for (const name of await readdir(join(root, rel))) await walk(rel ? `${rel}/${name}` : name);
+    if (st.isDirectory())
+      for (const name of await readdir(join(root, rel))) await walk(rel ? `${rel}/${name}` : name);
   };
   await walk('');
   return out;
@@ -35,7 +36,12 @@ describe('mount prep bookkeeping (fake shifter)', () => {
     a = await mkdtemp(join(base, 'a-'));
     b = await mkdtemp(join(base, 'b-'));
     await writeFile(join(base, 'subid'), `sysbox:${OFFSET}:${16 * 65536}\n`);
-    guard = createHostGuard({ dataRoot: join(base, 'data'), allowedRootfsRoots: [], subuidFile: join(base, 'subid'), subgidFile: join(base, 'subid') });
+    guard = createHostGuard({
+      dataRoot: join(base, 'data'),
+      allowedRootfsRoots: [],
+      subuidFile: join(base, 'subid'),
+      subgidFile: join(base, 'subid'),
+    });
   });
   afterAll(() => rm(base, { recursive: true, force: true }));
 
@@ -52,7 +58,15 @@ describe('mount prep bookkeeping (fake shifter)', () => {
     };
     const store = memoryStore<PrepRecord>();
     const prep = createMountPrep({ store, shifter, guard, log });
-    const req = { id: 'c1', uid: OFFSET, gid: OFFSET + 65536, sources: [{ source: a, exclusive: false }, { source: b, exclusive: false }] };
+    const req = {
+      id: 'c1',
+      uid: OFFSET,
+      gid: OFFSET + 65536,
+      sources: [
+        { source: a, exclusive: false },
+        { source: b, exclusive: false },
+      ],
+    };
     await expect(prep.prep(req)).rejects.toMatchObject({ code: 'internal' });
     expect(calls).toEqual([
       [a, OFFSET, OFFSET + 65536, false],
@@ -67,36 +81,84 @@ describe('mount prep bookkeeping (fake shifter)', () => {
     calls.length = 0;
     failWith = new SysboxError('invalid-request', 'an id would overflow');
     await expect(prep.prep(req)).rejects.toMatchObject({ code: 'invalid-request' });
-    expect(calls.map(([root, u]) => [root, u])).toEqual([[a, OFFSET], [b, OFFSET], [a, -OFFSET]]);
+    expect(calls.map(([root, u]) => [root, u])).toEqual([
+      [a, OFFSET],
+      [b, OFFSET],
+      [a, -OFFSET],
+    ]);
     expect(await prep.list()).toEqual([]);
   });
 
   it('at start, finishes a shift or shift back left pending, and leaves one with a negative offset to an operator', async () => {
     const calls: [string, number, number, unknown][] = [];
-    const shifter: IdShifter = { needsShift: async () => true, shift: async (root, u, g, opts) => (calls.push([root, u, g, opts?.only]), { entries: 1, ms: 0 }) };
+    const shifter: IdShifter = {
+      needsShift: async () => true,
+      shift: async (root, u, g, opts) => (calls.push([root, u, g, opts?.only]), { entries: 1, ms: 0 }),
+    };
     const store = memoryStore<PrepRecord>();
     const c = await mkdtemp(join(base, 'c-'));
-    await store.create(prepKey(a), { id: 'c1', source: a, exclusive: false, uidOffset: OFFSET, gidOffset: OFFSET, holders: ['c1'], pending: 'shift' });
-    await store.create(prepKey(b), { id: 'c2', source: b, exclusive: false, uidOffset: OFFSET, gidOffset: OFFSET, holders: [], pending: 'revert' });
-    await store.create(prepKey(c), { id: 'c3', source: c, exclusive: false, uidOffset: -5, gidOffset: 0, holders: ['c3'], pending: 'shift' });
+    await store.create(prepKey(a), {
+      id: 'c1',
+      source: a,
+      exclusive: false,
+      uidOffset: OFFSET,
+      gidOffset: OFFSET,
+      holders: ['c1'],
+      pending: 'shift',
+    });
+    await store.create(prepKey(b), {
+      id: 'c2',
+      source: b,
+      exclusive: false,
+      uidOffset: OFFSET,
+      gidOffset: OFFSET,
+      holders: [],
+      pending: 'revert',
+    });
+    await store.create(prepKey(c), {
+      id: 'c3',
+      source: c,
+      exclusive: false,
+      uidOffset: -5,
+      gidOffset: 0,
+      holders: ['c3'],
+      pending: 'shift',
+    });
     const prep = createMountPrep({ store, shifter, guard, log });
 
     const report = await prep.reconcile();
 
-    expect(report.finished).toEqual(expect.arrayContaining([{ source: a, operation: 'shift' }, { source: b, operation: 'revert' }]));
-    expect(report.failed).toEqual([{ source: c, reason: expect.stringContaining('cannot be finished safely') }]);
-    expect(calls).toEqual(expect.arrayContaining([
-      [a, OFFSET, OFFSET, unfinishedIds(OFFSET, OFFSET)],
-      [b, -OFFSET, -OFFSET, unfinishedIds(-OFFSET, -OFFSET)],
-    ]));
+    expect(report.finished).toEqual(
+      expect.arrayContaining([
+        { source: a, operation: 'shift' },
+        { source: b, operation: 'revert' },
+      ]),
+    );
+    expect(report.failed).toEqual([
+      { source: c, reason: expect.stringContaining('cannot be finished safely') },
+    ]);
+    expect(calls).toEqual(
+      expect.arrayContaining([
+        [a, OFFSET, OFFSET, unfinishedIds(OFFSET, OFFSET)],
+        [b, -OFFSET, -OFFSET, unfinishedIds(-OFFSET, -OFFSET)],
+      ]),
+    );
     expect(calls).toHaveLength(2);
-    expect((await prep.list()).map((r) => [r.source, r.pending])).toEqual(expect.arrayContaining([[a, undefined], [c, 'shift']]));
+    expect((await prep.list()).map((r) => [r.source, r.pending])).toEqual(
+      expect.arrayContaining([
+        [a, undefined],
+        [c, 'shift'],
+      ]),
+    );
     expect(await prep.list()).toHaveLength(2);
   });
 
   it('is idempotent for a container that preps the same source twice', async () => {
     let shifts = 0;
-    const shifter: IdShifter = { needsShift: async () => shifts === 0, shift: async () => ({ entries: ++shifts, ms: 0 }) };
+    const shifter: IdShifter = {
+      needsShift: async () => shifts === 0,
+      shift: async () => ({ entries: ++shifts, ms: 0 }),
+    };
     const prep = createMountPrep({ store: memoryStore<PrepRecord>(), shifter, guard, log });
     const req = { id: 'c1', uid: OFFSET, gid: OFFSET, sources: [{ source: a, exclusive: true }] };
     expect(await prep.prep(req)).toEqual({ prepared: [a], skipped: [] });
@@ -111,18 +173,27 @@ describe('mount prep bookkeeping (fake shifter)', () => {
   describe('hostile requests and records (nothing shifted, nothing recorded)', () => {
     const watching = () => {
       const calls: [string, number, number][] = [];
-      const shifter: IdShifter = { needsShift: async () => true, shift: async (root, u, g) => (calls.push([root, u, g]), { entries: 1, ms: 0 }) };
+      const shifter: IdShifter = {
+        needsShift: async () => true,
+        shift: async (root, u, g) => (calls.push([root, u, g]), { entries: 1, ms: 0 }),
+      };
       return { calls, shifter };
     };
 
     it.each([
       ['root ids', { uid: 0, gid: 0 }, /uid 0\.\./],
       ['a host user', { uid: 1000, gid: 1000 }, /uid 1000\.\./],
-      ['a gid range straddling the end of the delegated one', { uid: OFFSET, gid: OFFSET + 15 * 65536 + 1 }, /gid/],
+      [
+        'a gid range straddling the end of the delegated one',
+        { uid: OFFSET, gid: OFFSET + 15 * 65536 + 1 },
+        /gid/,
+      ],
     ])('refuses %s', async (_name, ids, message) => {
       const { calls, shifter } = watching();
       const prep = createMountPrep({ store: memoryStore<PrepRecord>(), shifter, guard, log });
-      await expect(prep.prep({ id: 'h', ...ids, sources: [{ source: a, exclusive: false }] })).rejects.toMatchObject({
+      await expect(
+        prep.prep({ id: 'h', ...ids, sources: [{ source: a, exclusive: false }] }),
+      ).rejects.toMatchObject({
         code: 'invalid-request',
         message: expect.stringMatching(message),
       });
@@ -136,7 +207,18 @@ describe('mount prep bookkeeping (fake shifter)', () => {
       const { calls, shifter } = watching();
       const prep = createMountPrep({ store: memoryStore<PrepRecord>(), shifter, guard, log });
       for (const source of ['/etc', '/usr/lib', link, base]) {
-        await expect(prep.prep({ id: 'h', uid: OFFSET, gid: OFFSET, sources: [{ source: a, exclusive: false }, { source, exclusive: false }] }), source).rejects.toMatchObject({ code: 'invalid-request' });
+        await expect(
+          prep.prep({
+            id: 'h',
+            uid: OFFSET,
+            gid: OFFSET,
+            sources: [
+              { source: a, exclusive: false },
+              { source, exclusive: false },
+            ],
+          }),
+          source,
+        ).rejects.toMatchObject({ code: 'invalid-request' });
       }
       expect(calls).toEqual([]);
       expect(await prep.list()).toEqual([]);
@@ -145,9 +227,19 @@ describe('mount prep bookkeeping (fake shifter)', () => {
     it('does not shift back a forged record whose source is a system dir', async () => {
       const { calls, shifter } = watching();
       const store = memoryStore<PrepRecord>();
-      await store.create(prepKey('/etc'), { id: 'h', source: '/etc', exclusive: false, uidOffset: -OFFSET, gidOffset: -OFFSET, holders: ['h'] });
+      await store.create(prepKey('/etc'), {
+        id: 'h',
+        source: '/etc',
+        exclusive: false,
+        uidOffset: -OFFSET,
+        gidOffset: -OFFSET,
+        holders: ['h'],
+      });
       const prep = createMountPrep({ store, shifter, guard, log });
-      await expect(prep.revertPrep('h')).rejects.toMatchObject({ code: 'invalid-request', message: expect.stringContaining('/etc') });
+      await expect(prep.revertPrep('h')).rejects.toMatchObject({
+        code: 'invalid-request',
+        message: expect.stringContaining('/etc'),
+      });
       expect(calls).toEqual([]);
     });
   });
@@ -160,7 +252,12 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
   beforeAll(async () => {
     base = await mkdtemp(join(tmpdir(), 'volmgr-prep-kill-'));
     await writeFile(join(base, 'subid'), `sysbox:${OFFSET}:${16 * 65536}\n`);
-    guard = createHostGuard({ dataRoot: join(base, 'data'), allowedRootfsRoots: [], subuidFile: join(base, 'subid'), subgidFile: join(base, 'subid') });
+    guard = createHostGuard({
+      dataRoot: join(base, 'data'),
+      allowedRootfsRoots: [],
+      subuidFile: join(base, 'subid'),
+      subgidFile: join(base, 'subid'),
+    });
   });
   afterAll(() => rm(base, { recursive: true, force: true }));
 
@@ -180,10 +277,15 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     return src;
   };
 
-  const expectShiftedBy = async (src: string, before: Map<string, { uid: number; gid: number; mode: number }>, offset: number) => {
+  const expectShiftedBy = async (
+    src: string,
+    before: Map<string, { uid: number; gid: number; mode: number }>,
+    offset: number,
+  ) => {
     const now = await ownersOf(src);
     expect(now.size).toBe(before.size);
-    for (const [path, st] of before) expect([path, now.get(path)]).toEqual([path, { ...st, uid: st.uid + offset, gid: st.gid + offset }]);
+    for (const [path, st] of before)
+      expect([path, now.get(path)]).toEqual([path, { ...st, uid: st.uid + offset, gid: st.gid + offset }]);
   };
 
   it('a prep and a revert-prep cut short are finished at start: exactly original + offset, then exactly the original', async () => {
@@ -192,11 +294,22 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     const offset = OFFSET - 1000;
     const store = memoryStore<PrepRecord>();
     // What prep leaves when killed mid-walk: its record saying a shift is under way, one subdir shifted.
-    await store.create(prepKey(src), { id: 'c1', source: src, exclusive: false, uidOffset: offset, gidOffset: offset, holders: ['c1'], pending: 'shift' });
+    await store.create(prepKey(src), {
+      id: 'c1',
+      source: src,
+      exclusive: false,
+      uidOffset: offset,
+      gidOffset: offset,
+      holders: ['c1'],
+      pending: 'shift',
+    });
     await shift(join(src, 'one'), offset, offset);
 
     const afterKill = createMountPrep({ store, shifter: realShifter, guard, log });
-    expect(await afterKill.reconcile()).toEqual({ finished: [{ source: src, operation: 'shift' }], failed: [] });
+    expect(await afterKill.reconcile()).toEqual({
+      finished: [{ source: src, operation: 'shift' }],
+      failed: [],
+    });
     await expectShiftedBy(src, before, offset);
     expect((await afterKill.list())[0]).toMatchObject({ holders: ['c1'] });
     expect((await afterKill.list())[0]?.pending).toBeUndefined();
@@ -206,7 +319,10 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     // revert-prep killed mid-walk: the last holder gone, the record kept saying a shift back is under way.
     await store.mutate(prepKey(src), (cur) => cur && { ...cur, holders: [], pending: 'revert' });
     await shift(join(src, 'two'), -offset, -offset);
-    expect(await createMountPrep({ store, shifter: realShifter, guard, log }).reconcile()).toEqual({ finished: [{ source: src, operation: 'revert' }], failed: [] });
+    expect(await createMountPrep({ store, shifter: realShifter, guard, log }).reconcile()).toEqual({
+      finished: [{ source: src, operation: 'revert' }],
+      failed: [],
+    });
     expect(await ownersOf(src)).toEqual(before);
     expect(await store.list()).toEqual([]);
   });
@@ -217,11 +333,21 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     const offset = OFFSET - 1000;
     const store = memoryStore<PrepRecord>();
     const prep = createMountPrep({ store, shifter: realShifter, guard, log });
-    await store.create(prepKey(src), { id: 'c1', source: src, exclusive: false, uidOffset: offset, gidOffset: offset, holders: ['c1'], pending: 'shift' });
+    await store.create(prepKey(src), {
+      id: 'c1',
+      source: src,
+      exclusive: false,
+      uidOffset: offset,
+      gidOffset: offset,
+      holders: ['c1'],
+      pending: 'shift',
+    });
     await shift(join(src, 'two'), offset, offset);
 
     // Answered as the prep that was cut short would have been.
-    expect(await prep.prep({ id: 'c1', uid: OFFSET, gid: OFFSET, sources: [{ source: src, exclusive: false }] })).toEqual({ prepared: [src], skipped: [] });
+    expect(
+      await prep.prep({ id: 'c1', uid: OFFSET, gid: OFFSET, sources: [{ source: src, exclusive: false }] }),
+    ).toEqual({ prepared: [src], skipped: [] });
     await expectShiftedBy(src, before, offset);
 
     await store.mutate(prepKey(src), (cur) => cur && { ...cur, pending: 'shift' });
@@ -231,7 +357,9 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     expect(await store.list()).toEqual([]);
 
     // And the plain path still records, shifts, clears the marker, and shifts back.
-    expect(await prep.prep({ id: 'c2', uid: OFFSET, gid: OFFSET, sources: [{ source: src, exclusive: false }] })).toEqual({ prepared: [src], skipped: [] });
+    expect(
+      await prep.prep({ id: 'c2', uid: OFFSET, gid: OFFSET, sources: [{ source: src, exclusive: false }] }),
+    ).toEqual({ prepared: [src], skipped: [] });
     await expectShiftedBy(src, before, offset);
     expect((await store.list())[0]?.value.pending).toBeUndefined();
     expect(await prep.revertPrep('c2')).toEqual({ reverted: [src] });

@@ -75,7 +75,10 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
   const checkRecordedSource = async (key: string, rec: PrepRecord, log: Logger): Promise<void> => {
     if (prepKey(rec.source) !== key) {
       log.error({ record: rec, key }, 'prep record does not match its key: not shifted');
-      throw new SysboxError('invalid-request', `recorded mount source ${rec.source} is not the one its key names: not shifted`);
+      throw new SysboxError(
+        'invalid-request',
+        `recorded mount source ${rec.source} is not the one its key names: not shifted`,
+      );
     }
     const real = await resolveSource(rec.source).catch((err: unknown) => {
       log.error({ err, record: rec }, 'prep record names a source that is refused: not shifted');
@@ -83,7 +86,10 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
     });
     if (real !== rec.source) {
       log.error({ record: rec, resolved: real }, 'prep record does not match its source: not shifted');
-      throw new SysboxError('invalid-request', `recorded mount source ${rec.source} resolves to ${real}: not shifted`);
+      throw new SysboxError(
+        'invalid-request',
+        `recorded mount source ${rec.source} resolves to ${real}: not shifted`,
+      );
     }
   };
 
@@ -93,17 +99,33 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
    * is safe when the source's own ids lay below the offset: host ids below the container's
    * subordinate range, a positive offset. A negative one is left to an operator.
    */
-  const finishPending = async (key: string, rec: PrepRecord, log: Logger): Promise<PrepRecord | undefined> => {
+  const finishPending = async (
+    key: string,
+    rec: PrepRecord,
+    log: Logger,
+  ): Promise<PrepRecord | undefined> => {
     const sign = rec.pending === 'shift' ? 1 : -1;
     if (rec.uidOffset < 0 || rec.gidOffset < 0) {
-      log.error({ record: rec }, 'a shift of this mount source was cut short and its offset is negative: left partly shifted for an operator');
-      throw new SysboxError('internal', `mount source ${rec.source} is partly shifted by ${rec.uidOffset}:${rec.gidOffset} and cannot be finished safely`);
+      log.error(
+        { record: rec },
+        'a shift of this mount source was cut short and its offset is negative: left partly shifted for an operator',
+      );
+      throw new SysboxError(
+        'internal',
+        `mount source ${rec.source} is partly shifted by ${rec.uidOffset}:${rec.gidOffset} and cannot be finished safely`,
+      );
     }
     await checkRecordedSource(key, rec, log);
     const uidOffset = sign * rec.uidOffset;
     const gidOffset = sign * rec.gidOffset;
-    const r = await deps.shifter.shift(rec.source, uidOffset, gidOffset, { logger: log, only: unfinishedIds(uidOffset, gidOffset) });
-    log.warn({ source: rec.source, operation: rec.pending, uidOffset, gidOffset, holders: rec.holders, ...r }, 'finished a mount-source shift that was cut short');
+    const r = await deps.shifter.shift(rec.source, uidOffset, gidOffset, {
+      logger: log,
+      only: unfinishedIds(uidOffset, gidOffset),
+    });
+    log.warn(
+      { source: rec.source, operation: rec.pending, uidOffset, gidOffset, holders: rec.holders, ...r },
+      'finished a mount-source shift that was cut short',
+    );
     if (rec.pending === 'revert') {
       await deps.store.delete(key);
       return undefined;
@@ -111,7 +133,14 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
     return deps.store.mutate(key, (cur) => (cur ? { ...cur, pending: undefined } : undefined));
   };
 
-  const prepOne = async (id: string, uid: number, gid: number, source: string, exclusive: boolean, log: Logger): Promise<boolean> =>
+  const prepOne = async (
+    id: string,
+    uid: number,
+    gid: number,
+    source: string,
+    exclusive: boolean,
+    log: Logger,
+  ): Promise<boolean> =>
     locked(source, async () => {
       const key = prepKey(source);
       const found = await deps.store.get(key);
@@ -120,16 +149,25 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
       const held = found?.value.pending ? await finishPending(key, found.value, log) : found?.value;
       if (held) {
         // The same prep again (its answer lost to a reconnect) answers as the first did.
-        if (held.holders.includes(id)) return held.id === id && (held.uidOffset !== 0 || held.gidOffset !== 0);
+        if (held.holders.includes(id))
+          return held.id === id && (held.uidOffset !== 0 || held.gidOffset !== 0);
         const others = held.holders.join(', ');
         if (exclusive || held.exclusive) {
-          log.warn({ source, container: id, holders: held.holders }, `exclusive mount source ${source} of ${id} is already in use by ${others}: not shifted again`);
+          log.warn(
+            { source, container: id, holders: held.holders },
+            `exclusive mount source ${source} of ${id} is already in use by ${others}: not shifted again`,
+          );
         }
         if (await deps.shifter.needsShift(source, uid, gid)) {
-          log.warn({ source, container: id, holders: held.holders }, `mount source ${source} is owned for ${others}, not for ${id}: left as is`);
+          log.warn(
+            { source, container: id, holders: held.holders },
+            `mount source ${source} is owned for ${others}, not for ${id}: left as is`,
+          );
         }
         await deps.store.mutate(key, (cur) =>
-          cur ? { ...cur, exclusive: cur.exclusive || exclusive, holders: [...new Set([...cur.holders, id])] } : undefined,
+          cur
+            ? { ...cur, exclusive: cur.exclusive || exclusive, holders: [...new Set([...cur.holders, id])] }
+            : undefined,
         );
         return false;
       }
@@ -150,7 +188,10 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
       if (!needs) return false;
       try {
         const r = await deps.shifter.shift(source, record.uidOffset, record.gidOffset, { logger: log });
-        log.info({ source, container: id, uidOffset: record.uidOffset, gidOffset: record.gidOffset, ...r }, 'mount source shifted');
+        log.info(
+          { source, container: id, uidOffset: record.uidOffset, gidOffset: record.gidOffset, ...r },
+          'mount source shifted',
+        );
       } catch (err) {
         await undoFailedShift(key, record, err, log);
         throw err;
@@ -164,8 +205,14 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
    * may come part way through the walk, so what moved is moved back. If that fails too, the
    * record stays, saying a shift back is under way, for the next start to finish.
    */
-  const undoFailedShift = async (key: string, record: PrepRecord, err: unknown, log: Logger): Promise<void> => {
-    const untouched = err instanceof SysboxError && (err.code === 'invalid-request' || err.code === 'not-found');
+  const undoFailedShift = async (
+    key: string,
+    record: PrepRecord,
+    err: unknown,
+    log: Logger,
+  ): Promise<void> => {
+    const untouched =
+      err instanceof SysboxError && (err.code === 'invalid-request' || err.code === 'not-found');
     const reverting: PrepRecord = { ...record, holders: [], pending: 'revert' };
     try {
       if (untouched) await deps.store.delete(key);
@@ -174,7 +221,10 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
         await finishPending(key, reverting, log);
       }
     } catch (undoErr) {
-      log.error({ err: undoErr, source: record.source }, 'moving back a failed mount-source shift failed; the next start finishes it');
+      log.error(
+        { err: undoErr, source: record.source },
+        'moving back a failed mount-source shift failed; the next start finishes it',
+      );
     }
   };
 
@@ -206,9 +256,15 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
       await checkRecordedSource(key, shiftBack, log);
       // Only the container's ids move back: what the host made there meanwhile stays as it is.
       const only = containerIds(shiftBack.uidOffset, shiftBack.gidOffset);
-      const r = await deps.shifter.shift(rec.source, -shiftBack.uidOffset, -shiftBack.gidOffset, { logger: log, only });
+      const r = await deps.shifter.shift(rec.source, -shiftBack.uidOffset, -shiftBack.gidOffset, {
+        logger: log,
+        only,
+      });
       await deps.store.delete(key);
-      log.info({ source: rec.source, container: id, ...r, leftAsTheyWere: (r.scanned ?? r.entries) - r.entries }, 'mount source shifted back');
+      log.info(
+        { source: rec.source, container: id, ...r, leftAsTheyWere: (r.scanned ?? r.entries) - r.entries },
+        'mount source shifted back',
+      );
       return true;
     });
 
@@ -218,7 +274,8 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
     async prep(req, log = deps.log) {
       await deps.guard.idsDelegated({ uid: req.uid, gid: req.gid }, `prep for ${req.id}`);
       const sources: { source: string; exclusive: boolean }[] = [];
-      for (const s of req.sources) sources.push({ source: await resolveSource(s.source), exclusive: s.exclusive });
+      for (const s of req.sources)
+        sources.push({ source: await resolveSource(s.source), exclusive: s.exclusive });
       const prepared: string[] = [];
       const skipped: string[] = [];
       const done: string[] = [];
@@ -232,7 +289,10 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
         // Leave nothing half-done: release what this request took, newest first.
         for (const source of done.reverse()) {
           const rec = (await deps.store.get(prepKey(source)))?.value;
-          if (rec) await releaseOne(req.id, rec, log).catch((e: unknown) => log.warn({ err: e, source }, 'undoing prep failed'));
+          if (rec)
+            await releaseOne(req.id, rec, log).catch((e: unknown) =>
+              log.warn({ err: e, source }, 'undoing prep failed'),
+            );
         }
         throw err;
       }
@@ -258,7 +318,10 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
           report.finished.push({ source: rec.source, operation: rec.pending });
         } catch (err) {
           report.failed.push({ source: rec.source, reason: (err as Error).message });
-          deps.log.error({ err, record: rec }, 'could not finish a mount-source shift that was cut short; its record is kept');
+          deps.log.error(
+            { err, record: rec },
+            'could not finish a mount-source shift that was cut short; its record is kept',
+          );
         }
       }
       return report;

@@ -85,15 +85,31 @@ export async function rsyncTree(plan: RsyncPlan): Promise<RsyncOutcome> {
       }, WATCH_INTERVAL_MS)
     : undefined;
   const progressTimer = setInterval(
-    () => plan.log.info({ what: plan.what, entries, elapsedMs: Math.round(performance.now() - started) }, 'rsync still running'),
+    () =>
+      plan.log.info(
+        { what: plan.what, entries, elapsedMs: Math.round(performance.now() - started) },
+        'rsync still running',
+      ),
     PROGRESS_INTERVAL_MS,
   );
-  plan.log.info({ what: plan.what, src: plan.src, dest: plan.dest, entries, shift: plan.shift?.direction }, 'rsync started');
+  plan.log.info(
+    { what: plan.what, src: plan.src, dest: plan.dest, entries, shift: plan.shift?.direction },
+    'rsync started',
+  );
   try {
-    await run('rsync', args, { timeout: plan.timeoutMs, signal: abort.signal, okExitCodes: [24], logger: plan.log, dieWithParent: true });
+    await run('rsync', args, {
+      timeout: plan.timeoutMs,
+      signal: abort.signal,
+      okExitCodes: [24],
+      logger: plan.log,
+      dieWithParent: true,
+    });
   } catch (err) {
     if (targetGone || (plan.watch && !(await exists(plan.watch)))) {
-      plan.log.info({ what: plan.what, watch: plan.watch }, 'rsync stopped: its target vanished (container being removed)');
+      plan.log.info(
+        { what: plan.what, watch: plan.watch },
+        'rsync stopped: its target vanished (container being removed)',
+      );
       return { completed: false, ms: Math.round(performance.now() - started), entries };
     }
     throw err instanceof SysboxError ? err : SysboxError.from(err);

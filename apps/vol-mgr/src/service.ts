@@ -1,5 +1,12 @@
 /** The vol service's handlers: four per volume kind, plus prep, revert-prep and list. */
-import { VOLUME_KINDS, volByKind, volList, volPrep, volRevertPrep, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import {
+  VOLUME_KINDS,
+  volByKind,
+  volList,
+  volPrep,
+  volRevertPrep,
+  type VolumeKind,
+} from '@sysbox-mgr-ts/contracts';
 import { pageOf } from '@sysbox-mgr-ts/service-kit';
 import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
 import type { MountPrep } from './prep.js';

@@ -3,11 +3,32 @@
  * JetStream for state, requests through the NATS client.
  */
 import { Writable } from 'node:stream';
-import { link, lstat, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile, chown, chmod } from 'node:fs/promises';
+import {
+  link,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+  chown,
+  chmod,
+} from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { VOLUME_KINDS, VOLUME_LAYOUT, SysboxError, volByKind, volList, volPrep, volRevertPrep, volService } from '@sysbox-mgr-ts/contracts';
+import {
+  VOLUME_KINDS,
+  VOLUME_LAYOUT,
+  SysboxError,
+  volByKind,
+  volList,
+  volPrep,
+  volRevertPrep,
+  volService,
+} from '@sysbox-mgr-ts/contracts';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
@@ -29,7 +50,8 @@ function capturingLogger() {
     level: 'info',
     destination: new Writable({
       write: (chunk, _e, cb) => {
-        for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+        for (const l of String(chunk).split('\n'))
+          if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
         cb();
       },
     }),
@@ -105,7 +127,13 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     ...over,
   });
   const start = async (over: Partial<VolAppConfig> = {}, rsyncExtraArgs?: string[]): Promise<VolApp> => {
-    const app = await startVolApp(config(over), { nc, log: capture.log, version: '0.0.0', idShift, rsyncExtraArgs });
+    const app = await startVolApp(config(over), {
+      nc,
+      log: capture.log,
+      version: '0.0.0',
+      idShift,
+      rsyncExtraArgs,
+    });
     apps.push(app);
     return app;
   };
@@ -142,10 +170,17 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     const docker = volByKind.docker;
 
     const created = await client.call(docker.create, {
-      id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true,
+      id: 'c1',
+      rootfs: rootfs.merged,
+      mountpoint: '/var/lib/docker',
+      uid: OFFSET,
+      gid: OFFSET,
+      chownOnSync: true,
     });
     const volPath = join(data, 'docker/c1');
-    expect(created.mounts).toEqual([{ source: volPath, destination: '/var/lib/docker', type: 'bind', options: ['rbind', 'rprivate'] }]);
+    expect(created.mounts).toEqual([
+      { source: volPath, destination: '/var/lib/docker', type: 'bind', options: ['rbind', 'rprivate'] },
+    ]);
     const imageTree = await snapshotTree(join(rootfs.lower, 'var/lib/docker'));
     // The copy holds exactly the image's tree, every owner shifted up by the offset.
     expect(await snapshotTree(volPath, OFFSET)).toEqual(imageTree);
@@ -153,10 +188,26 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     expect((await stat(join(volPath, 'volumes/owned-by-user'))).gid).toBe(OFFSET + 1001);
     // The same create again (an answer lost in a reconnect) gets the same answer; another one is refused.
     expect(
-      (await client.call(docker.create, { id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true })).mounts,
+      (
+        await client.call(docker.create, {
+          id: 'c1',
+          rootfs: rootfs.merged,
+          mountpoint: '/var/lib/docker',
+          uid: OFFSET,
+          gid: OFFSET,
+          chownOnSync: true,
+        })
+      ).mounts,
     ).toEqual(created.mounts);
     await expectCode(
-      client.call(docker.create, { id: 'c1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker2', uid: OFFSET, gid: OFFSET, chownOnSync: true }),
+      client.call(docker.create, {
+        id: 'c1',
+        rootfs: rootfs.merged,
+        mountpoint: '/var/lib/docker2',
+        uid: OFFSET,
+        gid: OFFSET,
+        chownOnSync: true,
+      }),
       'already-exists',
     );
 
@@ -177,7 +228,12 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     expect(second.reconciled.find((r) => r.kind === 'docker')?.kept).toEqual(['c1']);
     const listed = await client.call(volList, { kind: 'docker' });
     expect(listed.volumes).toHaveLength(1);
-    expect(listed.volumes[0]).toMatchObject({ id: 'c1', path: volPath, syncOutTarget: join(rootfs.upper, 'var/lib/docker'), uid: OFFSET });
+    expect(listed.volumes[0]).toMatchObject({
+      id: 'c1',
+      path: volPath,
+      syncOutTarget: join(rootfs.upper, 'var/lib/docker'),
+      uid: OFFSET,
+    });
     expect(listed.volumes[0]!.sizeBytes).toBeGreaterThan(0);
 
     await client.call(docker.syncOut, { id: 'c1' });
@@ -201,12 +257,23 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     rootfses.push(rootfs);
     await start({ sync: false });
     const docker = volByKind.docker;
-    await client.call(docker.create, { id: 'n1', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true });
+    await client.call(docker.create, {
+      id: 'n1',
+      rootfs: rootfs.merged,
+      mountpoint: '/var/lib/docker',
+      uid: OFFSET,
+      gid: OFFSET,
+      chownOnSync: true,
+    });
     const volPath = join(data, 'docker/n1');
-    expect(await snapshotTree(volPath, OFFSET)).toEqual(await snapshotTree(join(rootfs.lower, 'var/lib/docker')));
+    expect(await snapshotTree(volPath, OFFSET)).toEqual(
+      await snapshotTree(join(rootfs.lower, 'var/lib/docker')),
+    );
     await writeFile(join(volPath, 'pulled'), 'an image the inner docker pulled');
     await client.call(docker.syncOut, { id: 'n1' });
-    await expect(stat(join(rootfs.upper, 'var/lib/docker', 'pulled'))).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(stat(join(rootfs.upper, 'var/lib/docker', 'pulled'))).rejects.toMatchObject({
+      code: 'ENOENT',
+    });
   });
 
   it('lays out every kind with its host dir (0700, as upstream) and each volume with its perm; sync-out-and-destroy-all empties it', async () => {
@@ -216,9 +283,21 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
       const { hostDir, perm, mountpoint } = VOLUME_LAYOUT[kind];
       expect((await stat(join(data, hostDir))).mode & 0o7777, kind).toBe(0o700);
       const [uid, gid] = [OFFSET + 65536, OFFSET + 2 * 65536];
-      const r = await client.call(volByKind[kind].create, { id: `k-${kind}`, rootfs: plainRootfs, mountpoint, uid, gid, chownOnSync: false });
+      const r = await client.call(volByKind[kind].create, {
+        id: `k-${kind}`,
+        rootfs: plainRootfs,
+        mountpoint,
+        uid,
+        gid,
+        chownOnSync: false,
+      });
       const st = await stat(r.mounts[0]!.source);
-      expect([r.mounts[0]!.source, st.mode & 0o7777, st.uid, st.gid]).toEqual([join(data, hostDir, `k-${kind}`), perm, uid, gid]);
+      expect([r.mounts[0]!.source, st.mode & 0o7777, st.uid, st.gid]).toEqual([
+        join(data, hostDir, `k-${kind}`),
+        perm,
+        uid,
+        gid,
+      ]);
     }
     for (const kind of VOLUME_KINDS) {
       const r = await client.call(volByKind[kind].syncOutAndDestroyAll, {});
@@ -230,7 +309,15 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   it('on start drops volumes whose dir vanished and reports orphan dirs, removing them only when asked', async () => {
     const app = await start();
     const plainRootfs = await mkdtemp(join(base, 'plain-'));
-    const mk = (id: string) => client.call(volByKind.kubelet.create, { id, rootfs: plainRootfs, mountpoint: '/var/lib/kubelet', uid: OFFSET, gid: OFFSET, chownOnSync: false });
+    const mk = (id: string) =>
+      client.call(volByKind.kubelet.create, {
+        id,
+        rootfs: plainRootfs,
+        mountpoint: '/var/lib/kubelet',
+        uid: OFFSET,
+        gid: OFFSET,
+        chownOnSync: false,
+      });
     await mk('keep');
     await mk('gone');
     await rm(join(data, 'kubelet/gone'), { recursive: true });
@@ -238,13 +325,21 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     await stopApp(app);
 
     const again = await start();
-    expect(again.reconciled.find((r) => r.kind === 'kubelet')).toMatchObject({ kept: ['keep'], vanished: ['gone'], orphans: ['stray'], removedOrphans: [] });
+    expect(again.reconciled.find((r) => r.kind === 'kubelet')).toMatchObject({
+      kept: ['keep'],
+      vanished: ['gone'],
+      orphans: ['stray'],
+      removedOrphans: [],
+    });
     expect((await client.call(volList, { kind: 'kubelet' })).volumes.map((v) => v.id)).toEqual(['keep']);
     expect(capture.lines.some((l) => String(l.msg).includes('orphan volume dirs'))).toBe(true);
     await stopApp(again);
 
     const cleaning = await start({ removeOrphans: true });
-    expect(cleaning.reconciled.find((r) => r.kind === 'kubelet')).toMatchObject({ orphans: ['stray'], removedOrphans: ['stray'] });
+    expect(cleaning.reconciled.find((r) => r.kind === 'kubelet')).toMatchObject({
+      orphans: ['stray'],
+      removedOrphans: ['stray'],
+    });
     expect(await readdir(join(data, 'kubelet'))).toEqual(['keep']);
     // Stopping does not destroy volumes; --cleanup-on-stop does.
     await stopApp(cleaning);
@@ -254,14 +349,25 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   });
 
   it('ends a sync-out promptly and without error when the target is removed mid-copy; bounds every copy in time', async () => {
-    const rootfs = await makeOverlayRootfs('volmgr-ovl-', async (lower) => {
-      await mkdir(join(lower, 'var/lib'), { recursive: true });
-    }, base);
+    const rootfs = await makeOverlayRootfs(
+      'volmgr-ovl-',
+      async (lower) => {
+        await mkdir(join(lower, 'var/lib'), { recursive: true });
+      },
+      base,
+    );
     rootfses.push(rootfs);
     // 1 MB/s: the 8 MB file below would take 8 s to copy.
     await start({ syncTimeoutMs: 2500 }, ['--bwlimit=1000']);
     const docker = volByKind.docker;
-    const { mounts } = await client.call(docker.create, { id: 'slow', rootfs: rootfs.merged, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true });
+    const { mounts } = await client.call(docker.create, {
+      id: 'slow',
+      rootfs: rootfs.merged,
+      mountpoint: '/var/lib/docker',
+      uid: OFFSET,
+      gid: OFFSET,
+      chownOnSync: true,
+    });
     await writeFile(join(mounts[0]!.source, 'big.layer'), Buffer.alloc(8 * 1024 * 1024, 7));
 
     const target = join(rootfs.upper, 'var/lib/docker');
@@ -274,8 +380,12 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
 
     // Left alone, the same copy runs into its time bound: a typed timeout, and rsync is gone.
     await expectCode(client.call(docker.syncOut, { id: 'slow' }), 'timeout');
-    const ps = await import('@sysbox-mgr-ts/exec').then(({ run }) => run('ps', ['-eo', 'args'], { timeout: 5000 }));
-    expect(ps.stdout.split('\n').filter((l) => l.startsWith('rsync') && l.includes(mounts[0]!.source))).toEqual([]);
+    const ps = await import('@sysbox-mgr-ts/exec').then(({ run }) =>
+      run('ps', ['-eo', 'args'], { timeout: 5000 }),
+    );
+    expect(
+      ps.stdout.split('\n').filter((l) => l.startsWith('rsync') && l.includes(mounts[0]!.source)),
+    ).toEqual([]);
   });
 
   it('answers hostile ids and paths with typed errors and creates nothing outside the data root', async () => {
@@ -293,14 +403,51 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
       for (const id of ['..', '.', '../escape', 'a/b', '', 'x'.repeat(129), 'nul\u0000']) {
         await expectCode(client.call(docker.create, { ...good, id }), 'invalid-request');
       }
-      for (const bad of [{ rootfs: '/tmp/../etc' }, { rootfs: 'relative/dir' }, { mountpoint: 'var/lib/docker' }, { mountpoint: '/var/lib/../../../etc' }, { uid: -1 }, { uid: 2 ** 32 }]) {
-        await expectCode(client.call(docker.create, { ...good, id: 'h1', ...bad } as never), 'invalid-request');
+      for (const bad of [
+        { rootfs: '/tmp/../etc' },
+        { rootfs: 'relative/dir' },
+        { mountpoint: 'var/lib/docker' },
+        { mountpoint: '/var/lib/../../../etc' },
+        { uid: -1 },
+        { uid: 2 ** 32 },
+      ]) {
+        await expectCode(
+          client.call(docker.create, { ...good, id: 'h1', ...bad } as never),
+          'invalid-request',
+        );
       }
       await expectCode(client.call(docker.create, { ...good, id: 'h1' }), 'invalid-request');
-      await expectCode(client.call(docker.create, { ...good, id: 'h2', rootfs: join(base, 'no-such-rootfs') }), 'invalid-request');
-      await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source: '/', exclusive: false }] }), 'invalid-request');
-      await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source: base, exclusive: false }] }), 'invalid-request');
-      await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source: join(base, 'nope'), exclusive: false }] }), 'not-found');
+      await expectCode(
+        client.call(docker.create, { ...good, id: 'h2', rootfs: join(base, 'no-such-rootfs') }),
+        'invalid-request',
+      );
+      await expectCode(
+        client.call(volPrep, {
+          id: 'h1',
+          uid: OFFSET,
+          gid: OFFSET,
+          sources: [{ source: '/', exclusive: false }],
+        }),
+        'invalid-request',
+      );
+      await expectCode(
+        client.call(volPrep, {
+          id: 'h1',
+          uid: OFFSET,
+          gid: OFFSET,
+          sources: [{ source: base, exclusive: false }],
+        }),
+        'invalid-request',
+      );
+      await expectCode(
+        client.call(volPrep, {
+          id: 'h1',
+          uid: OFFSET,
+          gid: OFFSET,
+          sources: [{ source: join(base, 'nope'), exclusive: false }],
+        }),
+        'not-found',
+      );
       expect(await listAll(base)).toEqual(before);
       expect((await client.call(volList, {})).volumes).toEqual([]);
 
@@ -329,7 +476,15 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     const owned = await mkdtemp(join(base, 'owned-'));
     await chown(owned, OFFSET, OFFSET);
     const original = await snapshotTree(src);
-    const req = (id: string) => ({ id, uid: OFFSET, gid: OFFSET, sources: [{ source: src, exclusive: true }, { source: owned, exclusive: false }] });
+    const req = (id: string) => ({
+      id,
+      uid: OFFSET,
+      gid: OFFSET,
+      sources: [
+        { source: src, exclusive: true },
+        { source: owned, exclusive: false },
+      ],
+    });
 
     expect(await client.call(volPrep, req('ca'))).toEqual({ prepared: [src], skipped: [owned] });
     expect(await snapshotTree(src, OFFSET)).toEqual(original);
@@ -337,10 +492,24 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
 
     capture.lines.length = 0;
     expect(await client.call(volPrep, req('cb'))).toEqual({ prepared: [], skipped: [src, owned] });
-    expect(capture.lines.some((l) => l.level === 40 && String(l.msg).includes('ca') && String(l.msg).includes('cb') && String(l.msg).includes(src))).toBe(true);
+    expect(
+      capture.lines.some(
+        (l) =>
+          l.level === 40 &&
+          String(l.msg).includes('ca') &&
+          String(l.msg).includes('cb') &&
+          String(l.msg).includes(src),
+      ),
+    ).toBe(true);
     expect(await snapshotTree(src, OFFSET)).toEqual(original);
     const preps = (await client.call(volList, {})).preps;
-    expect(preps.find((p) => p.source === src)).toMatchObject({ id: 'ca', holders: ['ca', 'cb'], uidOffset: OFFSET, gidOffset: OFFSET, exclusive: true });
+    expect(preps.find((p) => p.source === src)).toMatchObject({
+      id: 'ca',
+      holders: ['ca', 'cb'],
+      uidOffset: OFFSET,
+      gidOffset: OFFSET,
+      exclusive: true,
+    });
 
     // The first container leaves while the second still uses the source: nothing moves.
     expect(await client.call(volRevertPrep, { id: 'ca' })).toEqual({ reverted: [] });
@@ -365,22 +534,51 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     try {
       await mkdir(join(outside, 'var/lib/docker'), { recursive: true });
       const before = await listAll(base);
-      for (const ids of [{ uid: 0, gid: 0 }, { uid: 1000, gid: 1000 }, { uid: OFFSET, gid: 0 }, { uid: OFFSET + 15 * 65536 + 1, gid: OFFSET }]) {
-        await expectCode(client.call(volPrep, { id: 'h1', ...ids, sources: [{ source: decoy, exclusive: false }] }), 'invalid-request');
+      for (const ids of [
+        { uid: 0, gid: 0 },
+        { uid: 1000, gid: 1000 },
+        { uid: OFFSET, gid: 0 },
+        { uid: OFFSET + 15 * 65536 + 1, gid: OFFSET },
+      ]) {
+        await expectCode(
+          client.call(volPrep, { id: 'h1', ...ids, sources: [{ source: decoy, exclusive: false }] }),
+          'invalid-request',
+        );
       }
       for (const source of ['/etc', '/usr', '/lib', '/proc/self']) {
-        await expectCode(client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source, exclusive: false }] }), 'invalid-request');
+        await expectCode(
+          client.call(volPrep, {
+            id: 'h1',
+            uid: OFFSET,
+            gid: OFFSET,
+            sources: [{ source, exclusive: false }],
+          }),
+          'invalid-request',
+        );
       }
       const good = { mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: true };
       await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: outside }), 'invalid-request');
       await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: '/etc' }), 'invalid-request');
-      await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: decoy, uid: 1000, gid: 1000 }), 'invalid-request');
-      await expectCode(client.call(docker.create, { ...good, id: 'h1', rootfs: decoy, uid: 0, gid: 0 }), 'invalid-request');
+      await expectCode(
+        client.call(docker.create, { ...good, id: 'h1', rootfs: decoy, uid: 1000, gid: 1000 }),
+        'invalid-request',
+      );
+      await expectCode(
+        client.call(docker.create, { ...good, id: 'h1', rootfs: decoy, uid: 0, gid: 0 }),
+        'invalid-request',
+      );
       expect(await snapshotTree(decoy)).toEqual(decoySnapshot);
       expect(await listAll(base)).toEqual(before);
       expect(await client.call(volList, {})).toEqual({ volumes: [], preps: [] });
       // A root-owned volume without a sync shift is upstream's volume for an ID-mapped rootfs.
-      await client.call(docker.create, { ...good, id: 'idmapped', rootfs: decoy, uid: 0, gid: 0, chownOnSync: false });
+      await client.call(docker.create, {
+        ...good,
+        id: 'idmapped',
+        rootfs: decoy,
+        uid: 0,
+        gid: 0,
+        chownOnSync: false,
+      });
       await client.call(docker.destroy, { id: 'idmapped' });
     } finally {
       await rm(outside, { recursive: true, force: true });
@@ -395,10 +593,25 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     const outside = await mkdtemp(join(tmpdir(), 'volmgr-outside-'));
     try {
       const rootfs = await mkdtemp(join(base, 'rootfs-'));
-      const store = createStateStore(await openBucket(nc, volService.bucket), { node: `t${testNo}`, namespace: 'docker', schema: VolumeRecord });
+      const store = createStateStore(await openBucket(nc, volService.bucket), {
+        node: `t${testNo}`,
+        namespace: 'docker',
+        schema: VolumeRecord,
+      });
       const record = (id: string, over: Partial<VolumeRecord>): VolumeRecord => ({
-        kind: 'docker', id, path: join(data, 'docker', id), rootfs, mountpoint: '/var/lib/docker', syncOutBase: rootfs,
-        uid: OFFSET, gid: OFFSET, chownOnSync: false, perm: 0o700, createdAt: new Date().toISOString(), state: 'ready', ...over,
+        kind: 'docker',
+        id,
+        path: join(data, 'docker', id),
+        rootfs,
+        mountpoint: '/var/lib/docker',
+        syncOutBase: rootfs,
+        uid: OFFSET,
+        gid: OFFSET,
+        chownOnSync: false,
+        perm: 0o700,
+        createdAt: new Date().toISOString(),
+        state: 'ready',
+        ...over,
       });
       await store.create('f1', record('f1', { path: decoy }));
       await expectCode(client.call(docker.destroy, { id: 'f1' }), 'internal');
@@ -407,11 +620,21 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
       expect((await client.call(volList, { kind: 'docker' })).volumes[0]?.path).toBe(join(data, 'docker/f1'));
 
       // The right path, but a sync-out base outside every rootfs root, or a host user as owner.
-      await client.call(docker.create, { id: 'f2', rootfs, mountpoint: '/var/lib/docker', uid: OFFSET, gid: OFFSET, chownOnSync: false });
+      await client.call(docker.create, {
+        id: 'f2',
+        rootfs,
+        mountpoint: '/var/lib/docker',
+        uid: OFFSET,
+        gid: OFFSET,
+        chownOnSync: false,
+      });
       await writeFile(join(data, 'docker/f2/planted'), 'x');
       await store.mutate('f2', (cur) => cur && { ...cur, syncOutBase: outside, rootfs: outside });
       await expectCode(client.call(docker.syncOut, { id: 'f2' }), 'invalid-request');
-      await store.mutate('f2', (cur) => cur && { ...cur, syncOutBase: rootfs, rootfs, uid: 0, gid: 0, chownOnSync: true });
+      await store.mutate(
+        'f2',
+        (cur) => cur && { ...cur, syncOutBase: rootfs, rootfs, uid: 0, gid: 0, chownOnSync: true },
+      );
       await expectCode(client.call(docker.syncOut, { id: 'f2' }), 'invalid-request');
       expect(await readdir(outside)).toEqual([]);
       expect(await readdir(rootfs)).toEqual([]);

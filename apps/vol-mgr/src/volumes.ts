@@ -102,7 +102,8 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
   const volPathOf = (id: string): string => {
     const path = join(hostDir, id);
     // Ids are validated tokens; this catches any that slipped through (`..`, `a/b`).
-    if (join(path, '..') !== hostDir) throw new SysboxError('invalid-request', `volume id ${id} is not a single path token`);
+    if (join(path, '..') !== hostDir)
+      throw new SysboxError('invalid-request', `volume id ${id} is not a single path token`);
     assertStrictlyUnder(deps.dataRoot, path, 'volume path');
     return path;
   };
@@ -129,7 +130,12 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
    * A root-owned volume is what upstream makes for an ID-mapped rootfs (the mount maps it); any
    * other owner, and every id a sync shifts to, must be subordinate, never a host user.
    */
-  const checkOwner = async (v: { id: string; uid: number; gid: number; chownOnSync: boolean }): Promise<void> => {
+  const checkOwner = async (v: {
+    id: string;
+    uid: number;
+    gid: number;
+    chownOnSync: boolean;
+  }): Promise<void> => {
     if (v.uid === 0 && v.gid === 0 && !v.chownOnSync) return;
     await deps.guard.idsDelegated({ uid: v.uid, gid: v.gid }, `owner of the ${deps.kind} volume of ${v.id}`);
   };
@@ -138,8 +144,14 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
   const checkRecordPath = (rec: VolumeRecord, log: Logger): string => {
     const path = volPathOf(rec.id);
     if (rec.path !== path) {
-      log.error({ kind: deps.kind, id: rec.id, recorded: rec.path, expected: path }, 'volume record names a foreign path: refused');
-      throw new SysboxError('internal', `record of ${rec.id} names ${rec.path}, not ${path}: refusing to use it`);
+      log.error(
+        { kind: deps.kind, id: rec.id, recorded: rec.path, expected: path },
+        'volume record names a foreign path: refused',
+      );
+      throw new SysboxError(
+        'internal',
+        `record of ${rec.id} names ${rec.path}, not ${path}: refusing to use it`,
+      );
     }
     return path;
   };
@@ -161,12 +173,17 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     const path = volPathOf(req.id);
     const perm = req.perm ?? layout.perm;
     const rootfsStat = await stat(req.rootfs).catch(() => undefined);
-    if (!rootfsStat?.isDirectory()) throw new SysboxError('invalid-request', `rootfs ${req.rootfs} is not a directory`);
+    if (!rootfsStat?.isDirectory())
+      throw new SysboxError('invalid-request', `rootfs ${req.rootfs} is not a directory`);
     await checkOwner(req);
     // Sync-in reads from it and sync-out writes into it: it must be a runtime's rootfs, not a host tree.
-    const rootfs = await deps.guard.allowedRootfs(req.rootfs, `rootfs of the ${deps.kind} volume of ${req.id}`);
+    const rootfs = await deps.guard.allowedRootfs(
+      req.rootfs,
+      `rootfs of the ${deps.kind} volume of ${req.id}`,
+    );
     const upper = await overlayUpperOf(rootfs);
-    const syncOutBase = upper === undefined ? rootfs : await deps.guard.allowedRootfs(upper, `overlay upper dir of ${rootfs}`);
+    const syncOutBase =
+      upper === undefined ? rootfs : await deps.guard.allowedRootfs(upper, `overlay upper dir of ${rootfs}`);
     const record: VolumeRecord = {
       kind: deps.kind,
       id: req.id,
@@ -199,7 +216,10 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     let madeDir = false;
     try {
       if (await exists(path)) {
-        throw new SysboxError('already-exists', `${path} already exists and no record owns it (an orphan: see --remove-orphans)`);
+        throw new SysboxError(
+          'already-exists',
+          `${path} already exists and no record owns it (an orphan: see --remove-orphans)`,
+        );
       }
       await mkdir(path);
       madeDir = true;
@@ -212,7 +232,9 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
         await rsyncTree({
           src: source,
           dest: path,
-          shift: req.chownOnSync ? { uid: req.uid, gid: req.gid, direction: 'up', scanIds: deps.scanIds } : undefined,
+          shift: req.chownOnSync
+            ? { uid: req.uid, gid: req.gid, direction: 'up', scanIds: deps.scanIds }
+            : undefined,
           timeoutMs: deps.syncTimeoutMs,
           signal: inFlight.signal,
           extraArgs: deps.rsyncExtraArgs,
@@ -222,8 +244,13 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       }
       await deps.store.mutate(req.id, (cur) => (cur ? { ...cur, state: 'ready' } : undefined));
     } catch (err) {
-      if (madeDir) await removeVolDir(path).catch((e: unknown) => log.warn({ err: e, path }, 'cleanup after failed create'));
-      await deps.store.delete(req.id).catch((e: unknown) => log.warn({ err: e }, 'dropping record after failed create'));
+      if (madeDir)
+        await removeVolDir(path).catch((e: unknown) =>
+          log.warn({ err: e, path }, 'cleanup after failed create'),
+        );
+      await deps.store
+        .delete(req.id)
+        .catch((e: unknown) => log.warn({ err: e }, 'dropping record after failed create'));
       throw err;
     }
     log.info({ kind: deps.kind, id: req.id, path, syncOutBase }, 'volume created');
@@ -241,7 +268,10 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     // The record says where to write and as whom; a forged one must not turn that at the host.
     await checkOwner(rec);
     await deps.guard.allowedRootfs(rec.rootfs, `recorded rootfs of the ${deps.kind} volume of ${id}`);
-    await deps.guard.allowedRootfs(rec.syncOutBase, `recorded sync-out base of the ${deps.kind} volume of ${id}`);
+    await deps.guard.allowedRootfs(
+      rec.syncOutBase,
+      `recorded sync-out base of the ${deps.kind} volume of ${id}`,
+    );
     const target = await resolveInside(rec.syncOutBase, rec.mountpoint, 'sync-out target');
     if (!(await exists(target))) {
       if ((await readdir(path)).length === 0) return;
@@ -250,7 +280,9 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     await rsyncTree({
       src: path,
       dest: target,
-      shift: rec.chownOnSync ? { uid: rec.uid, gid: rec.gid, direction: 'down', scanIds: deps.scanIds } : undefined,
+      shift: rec.chownOnSync
+        ? { uid: rec.uid, gid: rec.gid, direction: 'down', scanIds: deps.scanIds }
+        : undefined,
       timeoutMs: deps.syncTimeoutMs,
       signal: inFlight.signal,
       watch: target,
@@ -262,14 +294,17 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
 
   const destroyVol = async (id: string, log = deps.log): Promise<void> => {
     const rec = await getRecord(id);
-    if (rec.id !== id) throw new SysboxError('internal', `record under ${id} is for ${rec.id}: refusing to use it`);
+    if (rec.id !== id)
+      throw new SysboxError('internal', `record under ${id} is for ${rec.id}: refusing to use it`);
     await removeVolDir(checkRecordPath(rec, log));
     await deps.store.mutate(id, () => REMOVE);
     log.info({ kind: deps.kind, id }, 'volume destroyed');
   };
 
-  const guarded = <A extends unknown[], R>(fn: (id: string, ...rest: A) => Promise<R>) =>
-    (id: string, ...rest: A): Promise<R> => inFlight.track(locked(id, () => fn(id, ...rest)));
+  const guarded =
+    <A extends unknown[], R>(fn: (id: string, ...rest: A) => Promise<R>) =>
+    (id: string, ...rest: A): Promise<R> =>
+      inFlight.track(locked(id, () => fn(id, ...rest)));
 
   const mgr: VolumeManager = {
     kind: deps.kind,
@@ -316,7 +351,14 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     },
     async reconcile({ removeOrphans }) {
       await ensureHostDir();
-      const report: ReconcileReport = { kind: deps.kind, kept: [], vanished: [], unfinished: [], orphans: [], removedOrphans: [] };
+      const report: ReconcileReport = {
+        kind: deps.kind,
+        kept: [],
+        vanished: [],
+        unfinished: [],
+        orphans: [],
+        removedOrphans: [],
+      };
       const owned = new Set<string>();
       for (const { value } of await deps.store.list()) {
         if (value.state === 'creating') {
@@ -339,12 +381,19 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
           report.removedOrphans.push(name);
         }
       }
-      if (report.vanished.length) deps.log.warn({ kind: deps.kind, ids: report.vanished }, 'volumes whose dir vanished: records dropped');
-      if (report.unfinished.length) deps.log.warn({ kind: deps.kind, ids: report.unfinished }, 'half-created volumes removed');
+      if (report.vanished.length)
+        deps.log.warn(
+          { kind: deps.kind, ids: report.vanished },
+          'volumes whose dir vanished: records dropped',
+        );
+      if (report.unfinished.length)
+        deps.log.warn({ kind: deps.kind, ids: report.unfinished }, 'half-created volumes removed');
       if (report.orphans.length) {
         deps.log.warn(
           { kind: deps.kind, dirs: report.orphans.map((n) => join(hostDir, n)), removed: removeOrphans },
-          removeOrphans ? 'orphan volume dirs removed' : 'orphan volume dirs no record owns (--remove-orphans removes them)',
+          removeOrphans
+            ? 'orphan volume dirs removed'
+            : 'orphan volume dirs no record owns (--remove-orphans removes them)',
         );
       }
       return report;

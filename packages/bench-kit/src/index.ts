@@ -31,7 +31,11 @@ export function percentile(values: readonly number[], p: number): number {
 }
 
 /** Times `fn` `runs` times (after `warmup` untimed runs), in milliseconds. */
-export async function timeRuns(fn: () => Promise<unknown> | unknown, runs: number, warmup = 1): Promise<Sample> {
+export async function timeRuns(
+  fn: () => Promise<unknown> | unknown,
+  runs: number,
+  warmup = 1,
+): Promise<Sample> {
   for (let i = 0; i < warmup; i++) await fn();
   const values: number[] = [];
   for (let i = 0; i < runs; i++) {
@@ -56,8 +60,14 @@ export async function compareRuns(opts: {
   const b: number[] = [];
   for (let i = 0; i < opts.runs; i++) {
     for (const [fn, out] of i % 2 === 0
-      ? ([[opts.candidate, c], [opts.baseline, b]] as const)
-      : ([[opts.baseline, b], [opts.candidate, c]] as const)) {
+      ? ([
+          [opts.candidate, c],
+          [opts.baseline, b],
+        ] as const)
+      : ([
+          [opts.baseline, b],
+          [opts.candidate, c],
+        ] as const)) {
       await opts.setup?.();
       const t0 = performance.now();
       await fn();
@@ -90,7 +100,11 @@ export function benchOutDir(): string {
 }
 
 /** Writes one suite's figures as JSON for the report and prints them as a table. */
-export async function writeFigures(suite: string, figures: Figure[], log: (line: string) => void): Promise<void> {
+export async function writeFigures(
+  suite: string,
+  figures: Figure[],
+  log: (line: string) => void,
+): Promise<void> {
   const dir = benchOutDir();
   await mkdir(dir, { recursive: true });
   const doc = { suite, date: new Date().toISOString(), figures };
@@ -108,7 +122,11 @@ export function formatTable(figures: readonly Figure[]): string[] {
     f.goal ?? '',
   ]);
   const head = ['figure', 'value', 'baseline (same run)', 'ratio', 'spread', 'goal'];
-  return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)];
+  return [
+    `| ${head.join(' | ')} |`,
+    `|${head.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ];
 }
 
 function round(n: number): string {

@@ -5,7 +5,12 @@ import { shiftfsService } from './shiftfs.js';
 import { subidService } from './subid.js';
 import { volService } from './vol.js';
 
-export const ALL_SERVICES: readonly ServiceContract[] = [subidService, volService, shiftfsService, rootfsService];
+export const ALL_SERVICES: readonly ServiceContract[] = [
+  subidService,
+  volService,
+  shiftfsService,
+  rootfsService,
+];
 
 /**
  * One JSON Schema document per subject (node shown as `{node}`), for operators and non-TS clients.

@@ -77,7 +77,11 @@ export type OciMount = z.infer<typeof OciMount>;
 export const IdMapping = z.object({
   containerId: Id,
   hostId: Id,
-  size: z.number().int().min(1).max(2 ** 32),
+  size: z
+    .number()
+    .int()
+    .min(1)
+    .max(2 ** 32),
 });
 export type IdMapping = z.infer<typeof IdMapping>;
 

@@ -20,8 +20,31 @@ import {
   volByKind,
 } from './index.js';
 
-const hostileIds = ['', '.', '..', '/', '../../etc', 'a/b', 'a\0b', 'a\nb', 'tab\there', 'x'.repeat(129), ' ', 'é'];
-const hostilePaths = ['', 'relative/path', '/a/../b', '/a/./b', '/a//b', '/a/', '/a\0b', '/a\nb', `/${'x'.repeat(4100)}`];
+const hostileIds = [
+  '',
+  '.',
+  '..',
+  '/',
+  '../../etc',
+  'a/b',
+  'a\0b',
+  'a\nb',
+  'tab\there',
+  'x'.repeat(129),
+  ' ',
+  'é',
+];
+const hostilePaths = [
+  '',
+  'relative/path',
+  '/a/../b',
+  '/a/./b',
+  '/a//b',
+  '/a/',
+  '/a\0b',
+  '/a\nb',
+  `/${'x'.repeat(4100)}`,
+];
 
 describe('ContainerId', () => {
   it.each(hostileIds)('rejects %j', (id) => {
@@ -146,7 +169,8 @@ describe('error codes', () => {
     expect(SysboxError.from(e)).toBe(e);
   });
   it('every contract lists only known codes', () => {
-    for (const s of ALL_SERVICES) for (const c of s.contracts) for (const e of c.errors) expect(ERROR_CODES).toContain(e);
+    for (const s of ALL_SERVICES)
+      for (const c of s.contracts) for (const e of c.errors) expect(ERROR_CODES).toContain(e);
   });
 });
 

@@ -9,7 +9,7 @@ export const rootfsCreateClone = defineContract({
   endpoint: 'create-clone',
   idempotent: true,
   subject: subjectOf('rootfs', 'create-clone'),
-  description: "clone an overlayfs rootfs onto a metacopy overlay and stack it over the original",
+  description: 'clone an overlayfs rootfs onto a metacopy overlay and stack it over the original',
   request: z.object({ id: ContainerId, origRootfs: HostPath }),
   reply: z.object({
     /** The clone's merged dir. */
@@ -36,7 +36,7 @@ export const rootfsChownClone = defineContract({
   endpoint: 'chown-clone',
   idempotent: true,
   subject: subjectOf('rootfs', 'chown-clone'),
-  description: "shift the ownership of a clone by an offset",
+  description: 'shift the ownership of a clone by an offset',
   request: z.object({ id: ContainerId, uidOffset: Offset, gidOffset: Offset }),
   reply: Empty,
   errors: ['invalid-request', 'not-found', 'failed-precondition', 'internal', 'timeout'],
@@ -71,7 +71,10 @@ export const rootfsRemoveAll = defineContract({
   subject: subjectOf('rootfs', 'remove-all'),
   description: 'remove every clone of this node, best effort',
   request: Empty,
-  reply: z.object({ removed: z.array(ContainerId), failures: z.array(z.object({ id: ContainerId, error: z.string() })) }),
+  reply: z.object({
+    removed: z.array(ContainerId),
+    failures: z.array(z.object({ id: ContainerId, error: z.string() })),
+  }),
   errors: [],
 });
 
@@ -101,7 +104,7 @@ export const rootfsRevertUpper = defineContract({
   endpoint: 'revert-upper',
   idempotent: true,
   subject: subjectOf('rootfs', 'revert-upper'),
-  description: "undo shift-upper; a no-op when the upper dir is not shifted",
+  description: 'undo shift-upper; a no-op when the upper dir is not shifted',
   request: ById,
   reply: Empty,
   errors: ['invalid-request', 'internal', 'timeout'],

@@ -11,7 +11,11 @@ export const shiftfsMark = defineContract({
   idempotent: true,
   subject: subjectOf('shiftfs', 'mark'),
   description: 'mark host paths with shiftfs for a container; answers the markpoints in request order',
-  request: z.object({ id: ContainerId, mounts: z.array(ShiftfsMount).max(1024), createMarkpoint: z.boolean() }),
+  request: z.object({
+    id: ContainerId,
+    mounts: z.array(ShiftfsMount).max(1024),
+    createMarkpoint: z.boolean(),
+  }),
   reply: z.object({ mounts: z.array(ShiftfsMount) }),
   errors: ['invalid-request', 'unsupported', 'unavailable', 'internal'],
 });
@@ -34,7 +38,10 @@ export const shiftfsUnmarkAll = defineContract({
   subject: subjectOf('shiftfs', 'unmark-all'),
   description: 'unmount every mark of this node, best effort',
   request: Empty,
-  reply: z.object({ unmarked: z.array(HostPath), failures: z.array(z.object({ markpoint: HostPath, error: z.string() })) }),
+  reply: z.object({
+    unmarked: z.array(HostPath),
+    failures: z.array(z.object({ markpoint: HostPath, error: z.string() })),
+  }),
   errors: [],
 });
 
@@ -57,7 +64,8 @@ export const shiftfsList = defineContract({
   endpoint: 'list',
   readOnly: true,
   subject: subjectOf('shiftfs', 'list'),
-  description: 'the marks of this node with their holders, a page at a time, and whether shiftfs works here (on overlayfs too)',
+  description:
+    'the marks of this node with their holders, a page at a time, and whether shiftfs works here (on overlayfs too)',
   request: z.object({ ...PageRequest }).strict(),
   reply: z.object({
     /** shiftfs works here: tried at start (or in the kernel, with --disable-shiftfs-precheck). */

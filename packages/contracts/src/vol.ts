@@ -1,5 +1,16 @@
 import { z } from 'zod';
-import { ContainerId, ContainerPath, Empty, FileMode, HostPath, Id, OciMount, NextCursor, PageRequest, Timestamp } from './common.js';
+import {
+  ContainerId,
+  ContainerPath,
+  Empty,
+  FileMode,
+  HostPath,
+  Id,
+  OciMount,
+  NextCursor,
+  PageRequest,
+  Timestamp,
+} from './common.js';
 import { defineContract, subjectOf, type ServiceContract } from './contract.js';
 
 /** The inner stores upstream backs with host volumes, in sysbox-runc's MntKind order (0..6). */
@@ -47,7 +58,7 @@ function volContracts(kind: VolumeKind) {
     destroy: defineContract({
       service: 'vol',
       endpoint: `${kind}-destroy`,
-  idempotent: true,
+      idempotent: true,
       subject: subjectOf('vol', kind, 'destroy'),
       description: `remove a container's ${kind} volume`,
       request: z.object({ id: ContainerId }),
@@ -57,7 +68,7 @@ function volContracts(kind: VolumeKind) {
     syncOut: defineContract({
       service: 'vol',
       endpoint: `${kind}-sync-out`,
-  idempotent: true,
+      idempotent: true,
       subject: subjectOf('vol', kind, 'sync-out'),
       description: `copy a container's ${kind} volume back into its rootfs`,
       request: z.object({ id: ContainerId }),
@@ -149,7 +160,8 @@ export const volService = {
   service: 'vol',
   name: 'sysbox-vol',
   bucket: 'sysbox-vol',
-  description: 'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation',
+  description:
+    'inner-store volumes (docker, kubelet, k0s, k3s, rke2, buildkit, containerd) and mount-source preparation',
   contracts: [
     ...VOLUME_KINDS.flatMap((kind) => Object.values(volByKind[kind])),
     volPrep,

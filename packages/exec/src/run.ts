@@ -63,7 +63,10 @@ export async function run(file: string, args: readonly string[], opts: RunOption
     if (r.failed && !(opts.okExitCodes?.includes(exitCode) && !r.timedOut && !r.isCanceled)) {
       throw toSysboxError(file, args, opts.timeout, r as unknown as ExecaError);
     }
-    opts.logger?.debug({ argv: [file, ...args], exitCode, ms: Math.round(performance.now() - started) }, 'exec done');
+    opts.logger?.debug(
+      { argv: [file, ...args], exitCode, ms: Math.round(performance.now() - started) },
+      'exec done',
+    );
     return { stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), exitCode };
   } catch (err) {
     if (err instanceof SysboxError) throw err;
@@ -86,10 +89,16 @@ function toSysboxError(file: string, args: readonly string[], timeout: number, e
     code = 'unsupported';
     why = `${file} is not installed`;
   } else {
-    const stderr = String(err.stderr ?? '').trim().split('\n').slice(-3).join(' | ');
+    const stderr = String(err.stderr ?? '')
+      .trim()
+      .split('\n')
+      .slice(-3)
+      .join(' | ');
     why = `exit ${err.exitCode ?? err.signal ?? '?'}${stderr ? `: ${stderr}` : ''}`;
   }
-  return new SysboxError(code, `${argv.length > 300 ? `${argv.slice(0, 300)}…` : argv}: ${why}`, { cause: err });
+  return new SysboxError(code, `${argv.length > 300 ? `${argv.slice(0, 300)}…` : argv}: ${why}`, {
+    cause: err,
+  });
 }
 
 /** True when `file` can be run (it is on PATH or an executable path). */

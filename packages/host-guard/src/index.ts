@@ -10,4 +10,10 @@ export {
   type DelegatedRanges,
   type IdRange,
 } from './subid-ranges.js';
-export { DEFAULT_STATE_DIRS, SYSTEM_DIRS, SYSTEM_TREES, assertNotSystemDir, type SystemDirContext } from './system-dirs.js';
+export {
+  DEFAULT_STATE_DIRS,
+  SYSTEM_DIRS,
+  SYSTEM_TREES,
+  assertNotSystemDir,
+  type SystemDirContext,
+} from './system-dirs.js';

@@ -10,13 +10,19 @@ const configOf = (argv: string[], env: Record<string, string> = {}) => {
 };
 
 describe('hostGuardOptions', () => {
-  it('defaults to the runtimes\' stores and the host subid files', () => {
-    expect(configOf([])).toEqual({ allowedRootfsRoots: [...DEFAULT_ROOTFS_ROOTS], subuidFile: '/etc/subuid', subgidFile: '/etc/subgid' });
+  it("defaults to the runtimes' stores and the host subid files", () => {
+    expect(configOf([])).toEqual({
+      allowedRootfsRoots: [...DEFAULT_ROOTFS_ROOTS],
+      subuidFile: '/etc/subuid',
+      subgidFile: '/etc/subgid',
+    });
   });
 
   it('takes comma-separated roots from a flag or the environment', () => {
     expect(configOf(['--allowed-rootfs-roots', '/a, /b/c']).allowedRootfsRoots).toEqual(['/a', '/b/c']);
-    expect(configOf([], { SYSBOX_ALLOWED_ROOTFS_ROOTS: '/x', SYSBOX_SUBUID_FILE: '/t/subuid' })).toMatchObject({ allowedRootfsRoots: ['/x'], subuidFile: '/t/subuid' });
+    expect(
+      configOf([], { SYSBOX_ALLOWED_ROOTFS_ROOTS: '/x', SYSBOX_SUBUID_FILE: '/t/subuid' }),
+    ).toMatchObject({ allowedRootfsRoots: ['/x'], subuidFile: '/t/subuid' });
   });
 
   it('refuses relative or unnormalized roots', () => {

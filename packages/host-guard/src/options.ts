@@ -7,7 +7,12 @@ import { DEFAULT_ROOTFS_ROOTS } from './rootfs-roots.js';
 const CommaPaths = z
   .string()
   .default(DEFAULT_ROOTFS_ROOTS.join(','))
-  .transform((s) => s.split(',').map((p) => p.trim()).filter(Boolean))
+  .transform((s) =>
+    s
+      .split(',')
+      .map((p) => p.trim())
+      .filter(Boolean),
+  )
   .pipe(z.array(HostPath).min(1, 'name at least one root'));
 
 export const subidFileOptions = {

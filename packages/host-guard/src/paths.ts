@@ -10,7 +10,7 @@ export function isAtOrBelow(base: string, path: string): boolean {
 /** `path` and each of its parents up to `/`, nearest first. */
 export function selfAndAncestors(path: string): string[] {
   const out = [path];
-  for (let p = path; p !== dirname(p); ) out.push((p = dirname(p)));
+  for (let p = path; p !== dirname(p);) out.push((p = dirname(p)));
   return out;
 }
 

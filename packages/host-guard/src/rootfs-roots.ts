@@ -21,7 +21,11 @@ export const DEFAULT_ROOTFS_ROOTS: readonly string[] = [
  * Throws `invalid-request` unless the realpath of `path` lies strictly below the realpath of one
  * of `roots` (roots that do not exist are skipped). Answers the realpath.
  */
-export async function assertRootfsAllowed(path: string, roots: readonly string[], what = 'rootfs'): Promise<string> {
+export async function assertRootfsAllowed(
+  path: string,
+  roots: readonly string[],
+  what = 'rootfs',
+): Promise<string> {
   let real: string;
   try {
     real = await realpath(path);

@@ -75,7 +75,9 @@ export async function assertNotSystemDir(path: string, ctx: SystemDirContext): P
   const tree = SYSTEM_TREES.find((t) => isAtOrBelow(t, real));
   if (tree) refuse(what, path, real, `it lies in the system tree ${tree}`);
 
-  const stateDirs = ctx.stateDir ? [...DEFAULT_STATE_DIRS, await realpathAllowingMissing(ctx.stateDir)] : DEFAULT_STATE_DIRS;
+  const stateDirs = ctx.stateDir
+    ? [...DEFAULT_STATE_DIRS, await realpathAllowingMissing(ctx.stateDir)]
+    : DEFAULT_STATE_DIRS;
   const state = stateDirs.find((s) => isAtOrBelow(s, real));
   if (state) refuse(what, path, real, `it lies in the state dir ${state}`);
   for (const held of [await realpathAllowingMissing(ctx.dataRoot), ...stateDirs]) {
@@ -89,7 +91,8 @@ export async function assertNotSystemDir(path: string, ctx: SystemDirContext): P
     const st = await stat(p);
     const same = (i: DirIdentity) => i.dev === st.dev && i.ino === st.ino;
     const hit = treeIds.find(same) ?? (p === real ? dirIds.find(same) : undefined);
-    if (hit) refuse(what, path, real, `${p === real ? 'it' : p} is a bind mount of the system directory ${hit.dir}`);
+    if (hit)
+      refuse(what, path, real, `${p === real ? 'it' : p} is a bind mount of the system directory ${hit.dir}`);
   }
   return real;
 }

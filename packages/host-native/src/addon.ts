@@ -33,7 +33,10 @@ let addon: HostNativeAddon | undefined;
 export function loadAddon(): HostNativeAddon {
   if (addon) return addon;
   const tried: string[] = [];
-  for (const rel of [`../prebuilds/${process.platform}-${process.arch}/host_native.node`, '../build/Release/host_native.node']) {
+  for (const rel of [
+    `../prebuilds/${process.platform}-${process.arch}/host_native.node`,
+    '../build/Release/host_native.node',
+  ]) {
     const path = fileURLToPath(new URL(rel, import.meta.url));
     if (!existsSync(path)) {
       tried.push(`${path} (missing)`);

@@ -4,7 +4,12 @@ import { join } from 'node:path';
 import { readMountInfo, mountsUnder } from '@sysbox-mgr-ts/mountinfo';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MNT_DETACH, loadAddon } from './addon.js';
-import { idMapMountSupported, idMapMountSupportedOnPath, kernelAtLeast, overlayfsOnIdMapMountSupported } from './idmap.js';
+import {
+  idMapMountSupported,
+  idMapMountSupportedOnPath,
+  kernelAtLeast,
+  overlayfsOnIdMapMountSupported,
+} from './idmap.js';
 import { spawnUserNamespace } from './userns.js';
 
 const root = process.getuid?.() === 0;
@@ -32,7 +37,9 @@ describe.skipIf(!root)('ID-mapped mount probes (upstream idMap.IDMapMountSupport
     mkdirSync(d);
     const idmap = await idMapMountSupported(d);
     const ovfs = await overlayfsOnIdMapMountSupported(d);
-    console.log(`probe times: IDMapMountSupported ${idmap.ms.toFixed(1)} ms, OverlayfsOnIDMapMountSupported ${ovfs.ms.toFixed(1)} ms`);
+    console.log(
+      `probe times: IDMapMountSupported ${idmap.ms.toFixed(1)} ms, OverlayfsOnIDMapMountSupported ${ovfs.ms.toFixed(1)} ms`,
+    );
     expect(idmap).toMatchObject({ ok: true });
     expect(ovfs).toMatchObject({ ok: true });
     await expectClean(d);
@@ -57,7 +64,10 @@ describe.skipIf(!root)('ID-mapped mount probes (upstream idMap.IDMapMountSupport
       const r = await idMapMountSupported(d);
       const o = await overlayfsOnIdMapMountSupported(d);
       console.log(`on ramfs: ${r.reason}`);
-      expect(r).toMatchObject({ ok: false, reason: expect.stringMatching(/^mount_setattr\(MOUNT_ATTR_IDMAP\).*EINVAL/) });
+      expect(r).toMatchObject({
+        ok: false,
+        reason: expect.stringMatching(/^mount_setattr\(MOUNT_ATTR_IDMAP\).*EINVAL/),
+      });
       expect(o.ok).toBe(false);
       expect(readdirSync(d)).toEqual([]);
     } finally {
@@ -69,8 +79,14 @@ describe.skipIf(!root)('ID-mapped mount probes (upstream idMap.IDMapMountSupport
   it('gates on the kernel version first (5.12, overlayfs 5.19), touching nothing', async () => {
     const d = join(dir, 'old');
     mkdirSync(d);
-    expect(await idMapMountSupported(d, { kernelRelease: '5.11.0' })).toMatchObject({ ok: false, reason: 'kernel 5.11.0 is older than 5.12' });
-    expect(await overlayfsOnIdMapMountSupported(d, { kernelRelease: '5.18.9' })).toMatchObject({ ok: false, reason: 'kernel 5.18.9 is older than 5.19' });
+    expect(await idMapMountSupported(d, { kernelRelease: '5.11.0' })).toMatchObject({
+      ok: false,
+      reason: 'kernel 5.11.0 is older than 5.12',
+    });
+    expect(await overlayfsOnIdMapMountSupported(d, { kernelRelease: '5.18.9' })).toMatchObject({
+      ok: false,
+      reason: 'kernel 5.18.9 is older than 5.19',
+    });
     expect(readdirSync(d)).toEqual([]);
     expect(kernelAtLeast('6.18.44-fc-v509', 5, 19)).toBe(true);
   });
@@ -125,7 +141,9 @@ describe.skipIf(!root)('IDMapMountSupportedOnPath (statfs deny-list, for PrepMou
   });
 
   it('no on a real overlay mount, yes on tmpfs (kernel >= 6.3, no before), yes on the root fs, no for /dev/null', async () => {
-    const [lower, upper, work, merged, tmpfs] = ['lower', 'upper', 'work', 'merged', 'tmpfs'].map((d) => join(dir, d)) as [string, string, string, string, string];
+    const [lower, upper, work, merged, tmpfs] = ['lower', 'upper', 'work', 'merged', 'tmpfs'].map((d) =>
+      join(dir, d),
+    ) as [string, string, string, string, string];
     for (const d of [lower, upper, work, merged, tmpfs]) mkdirSync(d);
     addon.mount('overlay', merged, 'overlay', 0, `lowerdir=${lower},upperdir=${upper},workdir=${work}`);
     addon.mount('tmpfs', tmpfs, 'tmpfs', 0, 'size=1m');

@@ -41,13 +41,20 @@ export function idMapMountSupported(dir: string, opts: IdMapProbeOptions = {}): 
 }
 
 /** overlayfs mounts with an ID-mapped lower layer under dir (kernel >= 5.19 and it works). */
-export function overlayfsOnIdMapMountSupported(dir: string, opts: IdMapProbeOptions = {}): Promise<ProbeResult> {
+export function overlayfsOnIdMapMountSupported(
+  dir: string,
+  opts: IdMapProbeOptions = {},
+): Promise<ProbeResult> {
   return probe(dir, true, opts);
 }
 
 async function probe(dir: string, onOverlayfs: boolean, opts: IdMapProbeOptions): Promise<ProbeResult> {
   const started = performance.now();
-  const done = (ok: boolean, reason?: string): ProbeResult => ({ ok, ...(reason ? { reason } : {}), ms: performance.now() - started });
+  const done = (ok: boolean, reason?: string): ProbeResult => ({
+    ok,
+    ...(reason ? { reason } : {}),
+    ms: performance.now() - started,
+  });
   const rel = opts.kernelRelease ?? release();
   const [major, minor] = onOverlayfs ? [5, 19] : [5, 12];
   if (!kernelAtLeast(rel, major, minor)) return done(false, `kernel ${rel} is older than ${major}.${minor}`);
@@ -68,7 +75,11 @@ async function probe(dir: string, onOverlayfs: boolean, opts: IdMapProbeOptions)
       if (leftovers.length === 0) await rm(tmp, { recursive: true, force: true });
     });
     const merged = join(tmp, 'merged');
-    const [lower, upper, work] = ['lower', 'upper', 'work'].map((d) => join(tmp, d)) as [string, string, string];
+    const [lower, upper, work] = ['lower', 'upper', 'work'].map((d) => join(tmp, d)) as [
+      string,
+      string,
+      string,
+    ];
     for (const d of onOverlayfs ? [merged, lower, upper, work] : [merged]) await mkdir(d, { mode: 0o700 });
 
     let usernsFd: number;
@@ -122,7 +133,10 @@ const DEV_DENY_LIST = ['/dev/null'];
  * FUSE or Docker Desktop's fakeowner, tmpfs only on kernels >= 6.3; never /dev/null (upstream's
  * IDMapMountSupportedOnPath). Throws when path cannot be statfs'd.
  */
-export async function idMapMountSupportedOnPath(path: string, kernelRelease: string = release()): Promise<boolean> {
+export async function idMapMountSupportedOnPath(
+  path: string,
+  kernelRelease: string = release(),
+): Promise<boolean> {
   if (DEV_DENY_LIST.includes(path)) return false;
   const { type } = await statfs(path);
   if (FS_DENY_LIST.includes(type)) return false;

@@ -49,7 +49,9 @@ describe.runIf(process.getuid?.() === 0)('mountAsync / umountAsync (syscalls on 
       message: expect.stringContaining(`on ${join(dir, 'missing')}`),
     });
     await expect(addon.umountAsync(source, 0)).rejects.toMatchObject({ code: 'EINVAL', syscall: 'umount2' });
-    await expect(addon.mountAsync(source, source, 'no-such-fs', 0, '')).rejects.toMatchObject({ code: 'ENODEV' });
+    await expect(addon.mountAsync(source, source, 'no-such-fs', 0, '')).rejects.toMatchObject({
+      code: 'ENODEV',
+    });
     expect(mountsUnder(await readMountInfo(), dir)).toEqual([]);
   });
 

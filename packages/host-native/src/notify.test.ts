@@ -34,7 +34,9 @@ describe('sd_notify over a unix datagram socket', () => {
 
   it('does nothing without NOTIFY_SOCKET, and throws a typed error when nobody listens', async () => {
     expect(sdNotify('READY=1', {})).toBe(false);
-    expect(() => notify(join(dir, 'nobody.sock'), 'READY=1')).toThrow(expect.objectContaining({ code: 'ENOENT', syscall: 'sendto' }));
+    expect(() => notify(join(dir, 'nobody.sock'), 'READY=1')).toThrow(
+      expect.objectContaining({ code: 'ENOENT', syscall: 'sendto' }),
+    );
     expect(() => notify('relative.sock', 'READY=1')).toThrow(TypeError);
     const l = listenDatagram(join(dir, 'slow.sock'));
     l.close();

@@ -27,7 +27,9 @@ const bindMark: Pick<ShiftfsCheckSteps, 'mark'> = { mark: (d) => loadAddon().mou
 const tmpfsInNamespace: Pick<ShiftfsCheckSteps, 'mountInUserNamespace'> = {
   mountInUserNamespace: (ns, name) => ns.run('mount', ['--no-canonicalize', '-t', 'tmpfs', 'tmpfs', name]),
 };
-const overflow = Object.assign(new Error('rename(2): Value too large for defined data type (EOVERFLOW)'), { code: 'EOVERFLOW' });
+const overflow = Object.assign(new Error('rename(2): Value too large for defined data type (EOVERFLOW)'), {
+  code: 'EOVERFLOW',
+});
 
 describe.skipIf(!root)('shiftfs checks (upstream ShiftfsSupported, ShiftfsSupportedOnOverlayfs)', () => {
   let dir: string;
@@ -64,63 +66,91 @@ describe.skipIf(!root)('shiftfs checks (upstream ShiftfsSupported, ShiftfsSuppor
     expect(inside).toEqual([]);
   }
 
-  it.skipIf(kernelHasShiftfs).each(checks)('%s on this kernel: no, at the real shiftfs mark (ENODEV), nothing left', async (name, check) => {
-    const d = freshDir();
-    const r = await check(d);
-    console.log(`${name} on this kernel: ${r.reason} (${r.ms.toFixed(1)} ms)`);
-    expect(r).toMatchObject({ ok: false, reason: expect.stringMatching(/^shiftfs mark: mount shiftfs on .*\/test \(mark\): .*\(ENODEV\)$/) });
-    await expectClean(d);
-  });
+  it.skipIf(kernelHasShiftfs).each(checks)(
+    '%s on this kernel: no, at the real shiftfs mark (ENODEV), nothing left',
+    async (name, check) => {
+      const d = freshDir();
+      const r = await check(d);
+      console.log(`${name} on this kernel: ${r.reason} (${r.ms.toFixed(1)} ms)`);
+      expect(r).toMatchObject({
+        ok: false,
+        reason: expect.stringMatching(/^shiftfs mark: mount shiftfs on .*\/test \(mark\): .*\(ENODEV\)$/),
+      });
+      await expectClean(d);
+    },
+  );
 
-  it.each(checks)('%s: a failing mark means no, and the overlay (if any) is unmounted', async (_name, check) => {
-    const d = freshDir();
-    const r = await check(d, {
-      steps: {
-        mark: () => {
-          throw Object.assign(new Error('mount shiftfs (mark): Operation not permitted (EPERM)'), { code: 'EPERM' });
+  it.each(checks)(
+    '%s: a failing mark means no, and the overlay (if any) is unmounted',
+    async (_name, check) => {
+      const d = freshDir();
+      const r = await check(d, {
+        steps: {
+          mark: () => {
+            throw Object.assign(new Error('mount shiftfs (mark): Operation not permitted (EPERM)'), {
+              code: 'EPERM',
+            });
+          },
         },
-      },
-    });
-    expect(r).toMatchObject({ ok: false, reason: 'shiftfs mark: mount shiftfs (mark): Operation not permitted (EPERM)' });
-    await expectClean(d);
-  });
+      });
+      expect(r).toMatchObject({
+        ok: false,
+        reason: 'shiftfs mark: mount shiftfs (mark): Operation not permitted (EPERM)',
+      });
+      await expectClean(d);
+    },
+  );
 
-  it.each(checks)('%s: the real shiftfs mount in the user namespace fails here, and everything is undone', async (name, check) => {
-    const d = freshDir();
-    const r = await check(d, { steps: bindMark });
-    console.log(`${name}, mount in the namespace: ${r.reason}`);
-    expect(r.ok).toBe(false);
-    // Without shiftfs the type is unknown; with it, a shiftfs mount over a non-mark is refused.
-    expect(r.reason).toMatch(/^shiftfs mount in a user namespace: nsenter .* mount --no-canonicalize -t shiftfs -- test test: exit 32: mount: test: /);
-    await expectClean(d);
-  });
+  it.each(checks)(
+    '%s: the real shiftfs mount in the user namespace fails here, and everything is undone',
+    async (name, check) => {
+      const d = freshDir();
+      const r = await check(d, { steps: bindMark });
+      console.log(`${name}, mount in the namespace: ${r.reason}`);
+      expect(r.ok).toBe(false);
+      // Without shiftfs the type is unknown; with it, a shiftfs mount over a non-mark is refused.
+      expect(r.reason).toMatch(
+        /^shiftfs mount in a user namespace: nsenter .* mount --no-canonicalize -t shiftfs -- test test: exit 32: mount: test: /,
+      );
+      await expectClean(d);
+    },
+  );
 
-  it.each(checks)('%s: a rename that fails (the EOVERFLOW kernel bug) means no, after a real create, and everything is undone', async (_name, check) => {
-    const d = freshDir();
-    const created: string[] = [];
-    const r = await check(d, {
-      steps: {
-        ...bindMark,
-        ...tmpfsInNamespace,
-        createFile: async (ns, path) => {
-          await ns.run('touch', ['--', path]);
-          created.push((await ns.run('ls', ['--', path])).stdout);
+  it.each(checks)(
+    '%s: a rename that fails (the EOVERFLOW kernel bug) means no, after a real create, and everything is undone',
+    async (_name, check) => {
+      const d = freshDir();
+      const created: string[] = [];
+      const r = await check(d, {
+        steps: {
+          ...bindMark,
+          ...tmpfsInNamespace,
+          createFile: async (ns, path) => {
+            await ns.run('touch', ['--', path]);
+            created.push((await ns.run('ls', ['--', path])).stdout);
+          },
+          renameFile: () => Promise.reject(overflow),
         },
-        renameFile: () => Promise.reject(overflow),
-      },
-    });
-    expect(created).toEqual(['test/testfile']);
-    expect(r).toMatchObject({ ok: false, reason: expect.stringMatching(/^file rename on shiftfs .*: rename\(2\): .*\(EOVERFLOW\)$/) });
-    await expectClean(d);
-  });
+      });
+      expect(created).toEqual(['test/testfile']);
+      expect(r).toMatchObject({
+        ok: false,
+        reason: expect.stringMatching(/^file rename on shiftfs .*: rename\(2\): .*\(EOVERFLOW\)$/),
+      });
+      await expectClean(d);
+    },
+  );
 
-  it.each(checks)('%s with stand-ins for shiftfs runs every step, says yes, and leaves nothing', async (name, check) => {
-    const d = freshDir();
-    const r = await check(d, { steps: { ...bindMark, ...tmpfsInNamespace } });
-    console.log(`${name} with stand-ins, every step run: ${r.ms.toFixed(1)} ms`);
-    expect(r).toEqual({ ok: true, ms: expect.any(Number) });
-    await expectClean(d);
-  });
+  it.each(checks)(
+    '%s with stand-ins for shiftfs runs every step, says yes, and leaves nothing',
+    async (name, check) => {
+      const d = freshDir();
+      const r = await check(d, { steps: { ...bindMark, ...tmpfsInNamespace } });
+      console.log(`${name} with stand-ins, every step run: ${r.ms.toFixed(1)} ms`);
+      expect(r).toEqual({ ok: true, ms: expect.any(Number) });
+      await expectClean(d);
+    },
+  );
 
   it('says no on tmpfs, where upstream refuses to check, touching nothing', async () => {
     const d = freshDir();
@@ -149,8 +179,16 @@ describe.skipIf(!root)('spawnUserMountNamespace', () => {
     mkdirSync(join(cwd, 'mnt'));
     const ns = await spawnUserMountNamespace({ ids: { inside: 0, outside: 165536, size: 65536 }, cwd });
     try {
-      expect(readFileSync(`/proc/${ns.pid}/uid_map`, 'utf8').trim().split(/\s+/)).toEqual(['0', '165536', '65536']);
-      expect(readFileSync(`/proc/${ns.pid}/gid_map`, 'utf8').trim().split(/\s+/)).toEqual(['0', '165536', '65536']);
+      expect(readFileSync(`/proc/${ns.pid}/uid_map`, 'utf8').trim().split(/\s+/)).toEqual([
+        '0',
+        '165536',
+        '65536',
+      ]);
+      expect(readFileSync(`/proc/${ns.pid}/gid_map`, 'utf8').trim().split(/\s+/)).toEqual([
+        '0',
+        '165536',
+        '65536',
+      ]);
       expect((await ns.run('id', ['-u'])).stdout).toBe('0');
       // Its root is host uid 165536: a root-owned dir is not writable without shiftfs.
       await expect(ns.run('touch', ['owned-by-host-root/f'])).rejects.toThrow(/Permission denied/);

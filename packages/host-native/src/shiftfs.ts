@@ -31,7 +31,8 @@ export const kernelShiftfsSteps: ShiftfsCheckSteps = {
   mark: (dir) => loadAddon().mount(dir, dir, 'shiftfs', 0, 'mark'),
   // Relative paths, kept relative (--no-canonicalize): the namespace's root may not search the
   // data root above the check dir, and needs not (upstream opened the data root to 0777 instead).
-  mountInUserNamespace: (ns, name) => ns.run('mount', ['--no-canonicalize', '-t', 'shiftfs', '--', name, name]),
+  mountInUserNamespace: (ns, name) =>
+    ns.run('mount', ['--no-canonicalize', '-t', 'shiftfs', '--', name, name]),
   createFile: (ns, path) => ns.run('touch', ['--', path]),
   renameFile: (ns, from, to) => ns.run('mv', ['--no-target-directory', '--', from, to]),
 };
@@ -53,7 +54,10 @@ export function shiftfsSupported(dir: string, opts: ShiftfsCheckOptions = {}): P
 }
 
 /** The same with the mark on an overlayfs mount (upstream ShiftfsSupportedOnOverlayfs). */
-export function shiftfsOnOverlayfsSupported(dir: string, opts: ShiftfsCheckOptions = {}): Promise<ProbeResult> {
+export function shiftfsOnOverlayfsSupported(
+  dir: string,
+  opts: ShiftfsCheckOptions = {},
+): Promise<ProbeResult> {
   return check(dir, true, opts);
 }
 
@@ -75,7 +79,9 @@ async function check(dir: string, onOverlayfs: boolean, opts: ShiftfsCheckOption
     // As upstream: overlayfs cannot be an overlay's upper layer, and tmpfs is not where marks go.
     const { type } = await statfs(dir);
     if (type === OVERLAYFS_SUPER_MAGIC || type === TMPFS_MAGIC) {
-      throw new Error(`${dir} is on ${type === TMPFS_MAGIC ? 'tmpfs' : 'overlayfs'}; the check needs a disk filesystem`);
+      throw new Error(
+        `${dir} is on ${type === TMPFS_MAGIC ? 'tmpfs' : 'overlayfs'}; the check needs a disk filesystem`,
+      );
     }
     const addon = loadAddon();
     const tmp = await mkdtemp(join(dir, 'sysbox-shiftfs-check'));
@@ -95,9 +101,15 @@ async function check(dir: string, onOverlayfs: boolean, opts: ShiftfsCheckOption
       }
     };
     if (onOverlayfs) {
-      const [lower, upper, work] = ['lower', 'upper', 'work'].map((d) => join(tmp, d)) as [string, string, string];
+      const [lower, upper, work] = ['lower', 'upper', 'work'].map((d) => join(tmp, d)) as [
+        string,
+        string,
+        string,
+      ];
       for (const d of [lower, upper, work]) await mkdir(d, { mode: 0o755 });
-      await step('overlayfs mount', () => addon.mount('overlay', test, 'overlay', 0, `lowerdir=${lower},upperdir=${upper},workdir=${work}`));
+      await step('overlayfs mount', () =>
+        addon.mount('overlay', test, 'overlay', 0, `lowerdir=${lower},upperdir=${upper},workdir=${work}`),
+      );
       cleanup.push(unmount(test));
     }
     await step('shiftfs mark', () => steps.mark(test));

@@ -73,14 +73,20 @@ async function spawnHolder(
   const argv = `unshare ${unshareFlags.join(' ')}`;
   if (pid === undefined) {
     await proc;
-    throw new SysboxError('unsupported', 'cannot create a user namespace: unshare (util-linux) is not installed');
+    throw new SysboxError(
+      'unsupported',
+      'cannot create a user namespace: unshare (util-linux) is not installed',
+    );
   }
   const own = readlinkSync('/proc/self/ns/user');
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     if (proc.exitCode !== null) {
       await proc;
-      throw new SysboxError('unsupported', `cannot create a user namespace: ${argv} exited ${proc.exitCode}: ${stderr.trim()}`);
+      throw new SysboxError(
+        'unsupported',
+        `cannot create a user namespace: ${argv} exited ${proc.exitCode}: ${stderr.trim()}`,
+      );
     }
     const ns = readOr(`/proc/${pid}/ns/user`, readlinkSync);
     if (ns && ns !== own && ready(pid)) return { pid, kill };
@@ -98,14 +104,17 @@ async function spawnHolder(
  */
 export async function spawnUserNamespace(timeoutMs = 2000): Promise<UserNamespace> {
   const mapped = (pid: number) =>
-    readOr(`/proc/${pid}/uid_map`, readText).trim() !== '' && readOr(`/proc/${pid}/gid_map`, readText).trim() !== '';
+    readOr(`/proc/${pid}/uid_map`, readText).trim() !== '' &&
+    readOr(`/proc/${pid}/gid_map`, readText).trim() !== '';
   const holder = await spawnHolder(['--user', '--map-root-user'], undefined, mapped, timeoutMs);
   let fd: number;
   try {
     fd = openSync(`/proc/${holder.pid}/ns/user`, 'r');
   } catch (err) {
     await holder.kill();
-    throw new SysboxError('internal', `cannot open /proc/${holder.pid}/ns/user: ${(err as Error).message}`, { cause: err });
+    throw new SysboxError('internal', `cannot open /proc/${holder.pid}/ns/user: ${(err as Error).message}`, {
+      cause: err,
+    });
   }
   return {
     fd,
@@ -125,23 +134,39 @@ const NSENTER_TIMEOUT_MS = 10_000;
  * unshare's own options would do through newuidmap); mounts made inside never reach the host and
  * end with close(). Throws like spawnUserNamespace.
  */
-export async function spawnUserMountNamespace(opts: { ids: IdRange; cwd: string; timeoutMs?: number }): Promise<UserMountNamespace> {
+export async function spawnUserMountNamespace(opts: {
+  ids: IdRange;
+  cwd: string;
+  timeoutMs?: number;
+}): Promise<UserMountNamespace> {
   // Wait for the exec of sleep: by then unshare has made the mount namespace private.
   const execed = (pid: number) => readOr(`/proc/${pid}/comm`, readText).trim() === 'sleep';
-  const holder = await spawnHolder(['--user', '--mount', '--propagation', 'private'], opts.cwd, execed, opts.timeoutMs ?? 2000);
+  const holder = await spawnHolder(
+    ['--user', '--mount', '--propagation', 'private'],
+    opts.cwd,
+    execed,
+    opts.timeoutMs ?? 2000,
+  );
   const { inside, outside, size } = opts.ids;
   try {
     // One write each, as the kernel requires.
-    for (const map of ['uid_map', 'gid_map']) writeFileSync(`/proc/${holder.pid}/${map}`, `${inside} ${outside} ${size}\n`);
+    for (const map of ['uid_map', 'gid_map'])
+      writeFileSync(`/proc/${holder.pid}/${map}`, `${inside} ${outside} ${size}\n`);
   } catch (err) {
     await holder.kill();
-    throw new SysboxError('unsupported', `cannot map ids ${outside}-${outside + size - 1} into a user namespace: ${(err as Error).message}`, { cause: err });
+    throw new SysboxError(
+      'unsupported',
+      `cannot map ids ${outside}-${outside + size - 1} into a user namespace: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
   return {
     pid: holder.pid,
     // nsenter's bare --wd takes the holder's working directory as the namespace sees it.
     run: (file, args) =>
-      run('nsenter', ['--target', String(holder.pid), '--user', '--mount', '--wd', '--', file, ...args], { timeout: NSENTER_TIMEOUT_MS }),
+      run('nsenter', ['--target', String(holder.pid), '--user', '--mount', '--wd', '--', file, ...args], {
+        timeout: NSENTER_TIMEOUT_MS,
+      }),
     close: () => holder.kill(),
   };
 }

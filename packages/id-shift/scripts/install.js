@@ -23,7 +23,8 @@ if (existsSync(prebuilt)) {
   }
 }
 
-const onPath = (cmd) => (process.env.PATH ?? '').split(delimiter).some((dir) => dir && existsSync(join(dir, cmd)));
+const onPath = (cmd) =>
+  (process.env.PATH ?? '').split(delimiter).some((dir) => dir && existsSync(join(dir, cmd)));
 const cc = (process.env.CC || 'cc').trim().split(/\s+/)[0];
 const missing = [
   [cc, 'a C compiler'],
@@ -42,7 +43,9 @@ if (missing.length > 0) {
 console.error(`@sysbox-mgr-ts/id-shift: ${why}; compiling native/id_shift.c with node-gyp`);
 // npm puts its own node-gyp on PATH for install scripts and names it in npm_config_node_gyp.
 const gyp = process.env.npm_config_node_gyp;
-const run = gyp ? spawnSync(process.execPath, [gyp, 'rebuild'], { cwd: pkg, stdio: 'inherit' }) : spawnSync('node-gyp', ['rebuild'], { cwd: pkg, stdio: 'inherit' });
+const run = gyp
+  ? spawnSync(process.execPath, [gyp, 'rebuild'], { cwd: pkg, stdio: 'inherit' })
+  : spawnSync('node-gyp', ['rebuild'], { cwd: pkg, stdio: 'inherit' });
 if (run.status !== 0) {
   console.error(
     `@sysbox-mgr-ts/id-shift: ${why}, and node-gyp failed (${run.error?.message ?? `exit ${run.status}`}): see its output above ` +

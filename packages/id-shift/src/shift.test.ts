@@ -1,4 +1,15 @@
-import { chmodSync, linkSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  linkSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -19,7 +30,8 @@ beforeAll(() => {
   base = mkdtempSync(join(tmpdir(), 'id-shift-test-'));
 });
 afterEach(async () => {
-  for (const m of mounts.splice(0).reverse()) await run('umount', ['-l', m], { timeout: 10_000 }).catch(() => undefined);
+  for (const m of mounts.splice(0).reverse())
+    await run('umount', ['-l', m], { timeout: 10_000 }).catch(() => undefined);
 });
 afterAll(() => rmSync(base, { recursive: true, force: true }));
 
@@ -36,7 +48,8 @@ function owner(path: string): string {
 }
 
 async function getfacl(path: string): Promise<string> {
-  return (await run('getfacl', ['--numeric', '--omit-header', '--physical', path], { timeout: 10_000 })).stdout;
+  return (await run('getfacl', ['--numeric', '--omit-header', '--physical', path], { timeout: 10_000 }))
+    .stdout;
 }
 
 describe.skipIf(!isRoot)('shift (as root, real trees)', () => {
@@ -76,7 +89,12 @@ describe.skipIf(!isRoot)('shift (as root, real trees)', () => {
 
   it('keeps setuid and setgid bits that chown clears', async () => {
     const root = freshDir();
-    for (const [name, mode] of [['suid', 0o4755], ['sgid', 0o2750], ['both', 0o6711], ['plain', 0o640]] as const) {
+    for (const [name, mode] of [
+      ['suid', 0o4755],
+      ['sgid', 0o2750],
+      ['both', 0o6711],
+      ['plain', 0o640],
+    ] as const) {
       writeFileSync(join(root, name), '');
       chmodSync(join(root, name), mode);
     }
@@ -93,93 +111,116 @@ describe.skipIf(!isRoot)('shift (as root, real trees)', () => {
     expect(owner(join(root, 'suid'))).toBe('165536:165536');
   });
 
-  it.skipIf(!canAcl)('shifts the ids in access and default ACLs, and keeps a setuid bit on an ACL file', async () => {
-    const root = freshDir();
-    mkdirSync(join(root, 'shared'));
-    writeFileSync(join(root, 'shared', 'f'), '');
-    writeFileSync(join(root, 'shared', 'odd\nname'), '');
-    chmodSync(join(root, 'shared', 'f'), 0o4750);
-    await run('setfacl', ['-m', 'u:1234:rw,g:55:r', join(root, 'shared', 'f'), join(root, 'shared', 'odd\nname')], { timeout: 10_000 });
-    await run('setfacl', ['-d', '-m', 'u:777:rwx,g:88:rx', join(root, 'shared')], { timeout: 10_000 });
-    const modeBefore = lstatSync(join(root, 'shared', 'f')).mode;
+  it.skipIf(!canAcl)(
+    'shifts the ids in access and default ACLs, and keeps a setuid bit on an ACL file',
+    async () => {
+      const root = freshDir();
+      mkdirSync(join(root, 'shared'));
+      writeFileSync(join(root, 'shared', 'f'), '');
+      writeFileSync(join(root, 'shared', 'odd\nname'), '');
+      chmodSync(join(root, 'shared', 'f'), 0o4750);
+      await run(
+        'setfacl',
+        ['-m', 'u:1234:rw,g:55:r', join(root, 'shared', 'f'), join(root, 'shared', 'odd\nname')],
+        { timeout: 10_000 },
+      );
+      await run('setfacl', ['-d', '-m', 'u:777:rwx,g:88:rx', join(root, 'shared')], { timeout: 10_000 });
+      const modeBefore = lstatSync(join(root, 'shared', 'f')).mode;
 
-    await shift(root, 100_000, 200_000);
+      await shift(root, 100_000, 200_000);
 
-    const fileAcl = await getfacl(join(root, 'shared', 'f'));
-    expect(fileAcl).toContain('user:101234:rw-');
-    expect(fileAcl).toContain('group:200055:r--');
-    expect(fileAcl).not.toContain('user:1234:');
-    expect(await getfacl(join(root, 'shared', 'odd\nname'))).toContain('user:101234:rw-');
-    const dirAcl = await getfacl(join(root, 'shared'));
-    expect(dirAcl).toContain('default:user:100777:rwx');
-    expect(dirAcl).toContain('default:group:200088:r-x');
-    expect(lstatSync(join(root, 'shared', 'f')).mode).toBe(modeBefore);
-    expect(owner(join(root, 'shared', 'f'))).toBe('100000:200000');
+      const fileAcl = await getfacl(join(root, 'shared', 'f'));
+      expect(fileAcl).toContain('user:101234:rw-');
+      expect(fileAcl).toContain('group:200055:r--');
+      expect(fileAcl).not.toContain('user:1234:');
+      expect(await getfacl(join(root, 'shared', 'odd\nname'))).toContain('user:101234:rw-');
+      const dirAcl = await getfacl(join(root, 'shared'));
+      expect(dirAcl).toContain('default:user:100777:rwx');
+      expect(dirAcl).toContain('default:group:200088:r-x');
+      expect(lstatSync(join(root, 'shared', 'f')).mode).toBe(modeBefore);
+      expect(owner(join(root, 'shared', 'f'))).toBe('100000:200000');
 
-    await shift(root, -100_000, -200_000);
-    expect(await getfacl(join(root, 'shared', 'f'))).toContain('user:1234:rw-');
-  });
+      await shift(root, -100_000, -200_000);
+      expect(await getfacl(join(root, 'shared', 'f'))).toContain('user:1234:rw-');
+    },
+  );
 
-  it.skipIf(!canAcl)('shifts ACLs on tmpfs and on a hard-linked file, and entries whose names are not UTF-8', async () => {
-    const root = freshDir();
-    await run('mount', ['-t', 'tmpfs', 'id-shift-test', root], { timeout: 10_000 });
-    mounts.push(root);
-    writeFileSync(join(root, 'f'), '');
-    linkSync(join(root, 'f'), join(root, 'f-link'));
-    const latin1Name = Buffer.from(join(root, 'caf\xe9'), 'latin1');
-    writeFileSync(latin1Name, '');
-    await run('setfacl', ['-m', 'u:1234:rw,g:55:r', join(root, 'f')], { timeout: 10_000 });
+  it.skipIf(!canAcl)(
+    'shifts ACLs on tmpfs and on a hard-linked file, and entries whose names are not UTF-8',
+    async () => {
+      const root = freshDir();
+      await run('mount', ['-t', 'tmpfs', 'id-shift-test', root], { timeout: 10_000 });
+      mounts.push(root);
+      writeFileSync(join(root, 'f'), '');
+      linkSync(join(root, 'f'), join(root, 'f-link'));
+      const latin1Name = Buffer.from(join(root, 'caf\xe9'), 'latin1');
+      writeFileSync(latin1Name, '');
+      await run('setfacl', ['-m', 'u:1234:rw,g:55:r', join(root, 'f')], { timeout: 10_000 });
 
-    await shift(root, 100_000, 100_000);
+      await shift(root, 100_000, 100_000);
 
-    for (const name of ['f', 'f-link']) expect(await getfacl(join(root, name))).toContain('user:101234:rw-');
-    expect(await getfacl(join(root, 'f'))).toContain('group:100055:r--');
-    expect(lstatSync(latin1Name)).toMatchObject({ uid: 100_000, gid: 100_000 });
-    expect(owner(join(root, 'f-link'))).toBe('100000:100000');
-  });
+      for (const name of ['f', 'f-link'])
+        expect(await getfacl(join(root, name))).toContain('user:101234:rw-');
+      expect(await getfacl(join(root, 'f'))).toContain('group:100055:r--');
+      expect(lstatSync(latin1Name)).toMatchObject({ uid: 100_000, gid: 100_000 });
+      expect(owner(join(root, 'f-link'))).toBe('100000:100000');
+    },
+  );
 
   // The addon asks for xattr names and values with a small buffer first (the kernel allocates what
   // is asked for) and retries with the exact size: cover the retry on both kinds of filesystem.
   for (const fs of ['disk', 'tmpfs'] as const) {
-    it.skipIf(!canAcl || !hasPython)(`shifts ACLs past the first xattr buffer on ${fs}: long name lists and values, hard links, setuid bits`, async () => {
-      const root = freshDir();
-      if (fs === 'tmpfs') {
-        await run('mount', ['-t', 'tmpfs', 'id-shift-test', root], { timeout: 10_000 });
-        mounts.push(root);
-      }
-      mkdirSync(join(root, 'shared'));
-      const file = join(root, 'shared', 'f');
-      writeFileSync(file, '');
-      chmodSync(file, 0o4750);
-      linkSync(file, join(root, 'f-link'));
-      // 40 user xattrs of 30-byte names: a listing of about 1.2 KiB.
-      await run('python3', ['-c', 'import os, sys\nfor i in range(40): os.setxattr(sys.argv[1], "user.padding-%022d" % i, b"x")', file], { timeout: 10_000 });
-      // 70 named entries: ACL values of about 600 bytes.
-      const many = (kind: 'u' | 'g', from: number): string => Array.from({ length: 70 }, (_, i) => `${kind}:${from + i}:r`).join(',');
-      await run('setfacl', ['-m', `${many('u', 2000)},g:55:r`, file], { timeout: 10_000 });
-      await run('setfacl', ['-d', '-m', many('g', 3000), join(root, 'shared')], { timeout: 10_000 });
-      const modeBefore = lstatSync(file).mode;
+    it.skipIf(!canAcl || !hasPython)(
+      `shifts ACLs past the first xattr buffer on ${fs}: long name lists and values, hard links, setuid bits`,
+      async () => {
+        const root = freshDir();
+        if (fs === 'tmpfs') {
+          await run('mount', ['-t', 'tmpfs', 'id-shift-test', root], { timeout: 10_000 });
+          mounts.push(root);
+        }
+        mkdirSync(join(root, 'shared'));
+        const file = join(root, 'shared', 'f');
+        writeFileSync(file, '');
+        chmodSync(file, 0o4750);
+        linkSync(file, join(root, 'f-link'));
+        // 40 user xattrs of 30-byte names: a listing of about 1.2 KiB.
+        await run(
+          'python3',
+          [
+            '-c',
+            'import os, sys\nfor i in range(40): os.setxattr(sys.argv[1], "user.padding-%022d" % i, b"x")',
+            file,
+          ],
+          { timeout: 10_000 },
+        );
+        // 70 named entries: ACL values of about 600 bytes.
+        const many = (kind: 'u' | 'g', from: number): string =>
+          Array.from({ length: 70 }, (_, i) => `${kind}:${from + i}:r`).join(',');
+        await run('setfacl', ['-m', `${many('u', 2000)},g:55:r`, file], { timeout: 10_000 });
+        await run('setfacl', ['-d', '-m', many('g', 3000), join(root, 'shared')], { timeout: 10_000 });
+        const modeBefore = lstatSync(file).mode;
 
-      await shift(root, 100_000, 200_000);
+        await shift(root, 100_000, 200_000);
 
-      for (const name of [file, join(root, 'f-link')]) {
-        const acl = await getfacl(name);
-        expect(acl).toContain('user:102000:r--');
-        expect(acl).toContain('user:102069:r--');
-        expect(acl).toContain('group:200055:r--');
-        expect(acl).not.toContain('user:2000:');
-        expect(owner(name)).toBe('100000:200000');
-      }
-      expect(lstatSync(file).mode).toBe(modeBefore);
-      const dirAcl = await getfacl(join(root, 'shared'));
-      expect(dirAcl).toContain('default:group:203000:r--');
-      expect(dirAcl).toContain('default:group:203069:r--');
+        for (const name of [file, join(root, 'f-link')]) {
+          const acl = await getfacl(name);
+          expect(acl).toContain('user:102000:r--');
+          expect(acl).toContain('user:102069:r--');
+          expect(acl).toContain('group:200055:r--');
+          expect(acl).not.toContain('user:2000:');
+          expect(owner(name)).toBe('100000:200000');
+        }
+        expect(lstatSync(file).mode).toBe(modeBefore);
+        const dirAcl = await getfacl(join(root, 'shared'));
+        expect(dirAcl).toContain('default:group:203000:r--');
+        expect(dirAcl).toContain('default:group:203069:r--');
 
-      await shift(root, -100_000, -200_000);
-      expect(await getfacl(file)).toContain('user:2069:r--');
-      expect(await getfacl(join(root, 'shared'))).toContain('default:group:3069:r--');
-      expect(lstatSync(file)).toMatchObject({ mode: modeBefore, uid: 0, gid: 0 });
-    });
+        await shift(root, -100_000, -200_000);
+        expect(await getfacl(file)).toContain('user:2069:r--');
+        expect(await getfacl(join(root, 'shared'))).toContain('default:group:3069:r--');
+        expect(lstatSync(file)).toMatchObject({ mode: modeBefore, uid: 0, gid: 0 });
+      },
+    );
   }
 
   it('shift then shift back returns exactly the original owners and modes (random trees)', async () => {
@@ -187,7 +228,14 @@ describe.skipIf(!isRoot)('shift (as root, real trees)', () => {
     for (let round = 0; round < 4; round++) {
       const root = freshDir();
       const seed = Math.floor(rand() * 1e9);
-      buildTree(root, { top: 2, sub: 3, perDir: 12, owners: [0, 1, 33, 1000, 65534], outside: '/etc/hostname', seed });
+      buildTree(root, {
+        top: 2,
+        sub: 3,
+        perDir: 12,
+        owners: [0, 1, 33, 1000, 65534],
+        outside: '/etc/hostname',
+        seed,
+      });
       const before = snapshotOwners(root);
       const uidOffset = Math.floor(rand() * 1_000_000);
       const gidOffset = Math.floor(rand() * 1_000_000);
@@ -304,13 +352,21 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
   function expectShiftedBy(before: Map<string, EntryState>, root: string, offset: number): void {
     const now = snapshotOwners(root);
     expect(now.size).toBe(before.size);
-    for (const [path, st] of before) expect(now.get(path), path).toEqual({ ...st, uid: st.uid + offset, gid: st.gid + offset });
+    for (const [path, st] of before)
+      expect(now.get(path), path).toEqual({ ...st, uid: st.uid + offset, gid: st.gid + offset });
   }
 
   /** A tree with hard links, setuid/setgid files and (where setfacl exists) access and default ACLs. */
   async function aclTree(): Promise<{ root: string; aclFile: string; aclDir: string }> {
     const root = freshDir();
-    buildTree(root, { top: 3, sub: 4, perDir: 30, owners: [0, 33, 1000, 65534], outside: '/etc/hostname', seed: 7 });
+    buildTree(root, {
+      top: 3,
+      sub: 4,
+      perDir: 30,
+      owners: [0, 33, 1000, 65534],
+      outside: '/etc/hostname',
+      seed: 7,
+    });
     const aclFile = join(root, 'd2', 's1', 'f0');
     const aclDir = join(root, 'd2', 's3');
     if (canAcl) {
@@ -353,7 +409,14 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
   it('runs many shifts at once within the process budget of walker threads, each one complete', async () => {
     const roots = Array.from({ length: 2 * availableParallelism() + 2 }, (_, i) => {
       const root = freshDir();
-      buildTree(root, { top: 2, sub: 4, perDir: 20, owners: [0, 1000], outside: '/etc/hostname', seed: 10 + i });
+      buildTree(root, {
+        top: 2,
+        sub: 4,
+        perDir: 20,
+        owners: [0, 1000],
+        outside: '/etc/hostname',
+        seed: 10 + i,
+      });
       return root;
     });
     const before = roots.map((r) => snapshotOwners(r));
@@ -373,14 +436,20 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
     const smallBefore = snapshotOwners(small);
     // Idle walker threads for every walk below, so none of them pays a thread start (tens of ms).
     const warm = [freshDir(), freshDir()];
-    for (const r of warm) buildTree(r, { top: 1, sub: 1, perDir: 1, owners: [0], outside: '/etc/hostname', seed: 6 });
-    await Promise.all([shift(warm[0]!, O, O, { workers: big.length }), shift(warm[1]!, O, O, { workers: 1 })]);
+    for (const r of warm)
+      buildTree(r, { top: 1, sub: 1, perDir: 1, owners: [0], outside: '/etc/hostname', seed: 6 });
+    await Promise.all([
+      shift(warm[0]!, O, O, { workers: big.length }),
+      shift(warm[1]!, O, O, { workers: 1 }),
+    ]);
     const finished: string[] = [];
     let applying!: () => void;
     const bigsApplying = new Promise<void>((r) => (applying = r));
     let progressed = 0;
     const busy = big.map((r, i) =>
-      shift(r, O, O, { workers: 1, onProgress: () => ++progressed === big.length && applying() }).then(() => finished.push(`big${i}`)),
+      shift(r, O, O, { workers: 1, onProgress: () => ++progressed === big.length && applying() }).then(() =>
+        finished.push(`big${i}`),
+      ),
     );
     // Every thread is busy with a long walk now; queued behind them (first come, first served,
     // as the budget used to be) the short one would finish after one of them.
@@ -395,10 +464,21 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
   it('finishes a shift cancelled part way through its apply phase', async () => {
     const root = freshDir();
     // Large enough that the walker is still applying when the abort reaches it (it acts on the first batch of 512).
-    buildTree(root, { top: 10, sub: 20, perDir: 40, owners: [0, 1000, 65534], outside: '/etc/hostname', seed: 3 });
+    buildTree(root, {
+      top: 10,
+      sub: 20,
+      perDir: 40,
+      owners: [0, 1000, 65534],
+      outside: '/etc/hostname',
+      seed: 3,
+    });
     const before = snapshotOwners(root);
     const ac = new AbortController();
-    const cut = await shift(root, O, O, { workers: 1, signal: ac.signal, onProgress: () => ac.abort() }).catch((e: unknown) => e);
+    const cut = await shift(root, O, O, {
+      workers: 1,
+      signal: ac.signal,
+      onProgress: () => ac.abort(),
+    }).catch((e: unknown) => e);
     expect(cut).toMatchObject({ code: 'timeout', message: expect.stringContaining('partly shifted') });
     const halfway = [...snapshotOwners(root).values()];
     expect(halfway.some((e) => e.uid >= O)).toBe(true);
@@ -436,8 +516,12 @@ describe.skipIf(!isRoot)('finishing a shift cut short (only: unfinishedIds)', ()
     expect(owner(join(root, 'far'))).toBe(`${MAX_ID - 5}:${O + 7}`);
     expect(owner(join(root, 'near'))).toBe(`15:${O + 7}`);
     expect(owner(root)).toBe(`10:${O}`);
-    await expect(shift(root, 10, 0, { only: { uid: [0, 2 ** 32], gid: [0, 0] } })).rejects.toMatchObject({ code: 'invalid-request' });
-    await expect(shift(root, 1, 1, { only: { uid: [5, 1], gid: [0, 0] } })).rejects.toMatchObject({ code: 'invalid-request' });
+    await expect(shift(root, 10, 0, { only: { uid: [0, 2 ** 32], gid: [0, 0] } })).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
+    await expect(shift(root, 1, 1, { only: { uid: [5, 1], gid: [0, 0] } })).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
   });
 
   it('unfinishedIds: the source range of a shift by +d is [0, d), of a revert by -d it is [d, 2d)', () => {
@@ -450,7 +534,11 @@ describe.skipIf(!isRoot)('scanIds and needsShift', () => {
   it('lists the distinct uids and gids present, sorted, without crossing mounts', async () => {
     const root = freshDir();
     lchownSync(root, 5, 6);
-    for (const [name, uid, gid] of [['a', 1000, 100], ['b', 0, 100], ['c', 1000, 7]] as const) {
+    for (const [name, uid, gid] of [
+      ['a', 1000, 100],
+      ['b', 0, 100],
+      ['c', 1000, 7],
+    ] as const) {
       writeFileSync(join(root, name), '');
       lchownSync(join(root, name), uid, gid);
     }

@@ -66,18 +66,32 @@ const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const SETID_BITS = 0o6000;
 
-export async function shift(root: string, uidOffset: number, gidOffset: number, opts: ShiftOptions = {}): Promise<ShiftResult> {
+export async function shift(
+  root: string,
+  uidOffset: number,
+  gidOffset: number,
+  opts: ShiftOptions = {},
+): Promise<ShiftResult> {
   const started = performance.now();
-  for (const [name, offset] of [['uidOffset', uidOffset], ['gidOffset', gidOffset]] as const) {
+  for (const [name, offset] of [
+    ['uidOffset', uidOffset],
+    ['gidOffset', gidOffset],
+  ] as const) {
     if (!Number.isInteger(offset) || Math.abs(offset) > MAX_ID) {
       throw new SysboxError('invalid-request', `${name} must be an integer within ±${MAX_ID}, got ${offset}`);
     }
   }
   const only = opts.only ?? ALL_IDS;
-  for (const [name, range] of [['only.uid', only.uid], ['only.gid', only.gid]] as const) {
+  for (const [name, range] of [
+    ['only.uid', only.uid],
+    ['only.gid', only.gid],
+  ] as const) {
     const [min, max] = range;
     if (!Number.isInteger(min) || !Number.isInteger(max) || min < 0 || min > max || max > ID_LIMIT) {
-      throw new SysboxError('invalid-request', `${name} must be a range [min, max) within 0..${ID_LIMIT}, got [${min}, ${max})`);
+      throw new SysboxError(
+        'invalid-request',
+        `${name} must be a range [min, max) within 0..${ID_LIMIT}, got [${min}, ${max})`,
+      );
     }
   }
   const absRoot = resolve(root);
@@ -88,25 +102,33 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
   let scanned = 0;
   let done = 0;
   let phase = 'scan';
-  const progress = startProgressLog(opts, absRoot, () => ({ phase, entriesScanned: scanned, entriesDone: done }));
-  const pool = startPool(() => openWalkPool({
-    task: 'shift',
-    ...devNumbers(rootStat.dev),
-    crossMounts: opts.crossMounts ?? false,
-    uidOffset,
-    gidOffset,
-    only,
-    acls: opts.acls ?? true,
-    workers: opts.workers ?? availableParallelism(),
-    onProgress: (delta) => {
-      if (phase === 'scan') {
-        scanned += delta;
-        return;
-      }
-      done += delta;
-      opts.onProgress?.(done);
-    },
-  }), () => clearInterval(progress));
+  const progress = startProgressLog(opts, absRoot, () => ({
+    phase,
+    entriesScanned: scanned,
+    entriesDone: done,
+  }));
+  const pool = startPool(
+    () =>
+      openWalkPool({
+        task: 'shift',
+        ...devNumbers(rootStat.dev),
+        crossMounts: opts.crossMounts ?? false,
+        uidOffset,
+        gidOffset,
+        only,
+        acls: opts.acls ?? true,
+        workers: opts.workers ?? availableParallelism(),
+        onProgress: (delta) => {
+          if (phase === 'scan') {
+            scanned += delta;
+            return;
+          }
+          done += delta;
+          opts.onProgress?.(done);
+        },
+      }),
+    () => clearInterval(progress),
+  );
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);
   try {
@@ -124,7 +146,10 @@ export async function shift(root: string, uidOffset: number, gidOffset: number, 
     phase = 'apply';
     await pool.apply();
     await pool.applyList(hardLinkTargets(scan.hardLinks));
-    throwIfAborted(opts.signal, 'part way through; the tree is partly shifted (the same shift with only: unfinishedIds() finishes it)');
+    throwIfAborted(
+      opts.signal,
+      'part way through; the tree is partly shifted (the same shift with only: unfinishedIds() finishes it)',
+    );
     const result = { entries: done, scanned, ms: performance.now() - started };
     opts.logger?.debug?.({ root: absRoot, uidOffset, gidOffset, ...result }, 'id shift done');
     return result;
@@ -147,22 +172,27 @@ function startPool(open: () => WalkPool, undo?: () => void): WalkPool {
   }
 }
 
-export async function scanIds(root: string, opts: { crossMounts?: boolean; signal?: AbortSignal; workers?: number } = {}): Promise<IdScan> {
+export async function scanIds(
+  root: string,
+  opts: { crossMounts?: boolean; signal?: AbortSignal; workers?: number } = {},
+): Promise<IdScan> {
   const absRoot = resolve(root);
   const rootStat = await lstatOrNotFound(absRoot);
   throwIfAborted(opts.signal, 'before it started');
   if (!rootStat.isDirectory()) return { uids: [rootStat.uid], gids: [rootStat.gid], entries: 1 };
-  const pool = startPool(() => openWalkPool({
-    task: 'scan-ids',
-    ...devNumbers(rootStat.dev),
-    crossMounts: opts.crossMounts ?? false,
-    uidOffset: 0,
-    gidOffset: 0,
-    only: ALL_IDS,
-    acls: false,
-    workers: opts.workers ?? availableParallelism(),
-    onProgress: () => undefined,
-  }));
+  const pool = startPool(() =>
+    openWalkPool({
+      task: 'scan-ids',
+      ...devNumbers(rootStat.dev),
+      crossMounts: opts.crossMounts ?? false,
+      uidOffset: 0,
+      gidOffset: 0,
+      only: ALL_IDS,
+      acls: false,
+      workers: opts.workers ?? availableParallelism(),
+      onProgress: () => undefined,
+    }),
+  );
   const cancel = (): void => pool.cancel();
   opts.signal?.addEventListener('abort', cancel);
   try {
@@ -182,7 +212,8 @@ export async function scanIds(root: string, opts: { crossMounts?: boolean; signa
 export async function needsShift(source: string, uid: number, gid: number): Promise<boolean> {
   // stat, not lstat: a bind mount of a symlink mounts its target, whose owner is what counts.
   const st = await stat(source).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new SysboxError('not-found', `${source} does not exist`, { cause: err });
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR')
+      throw new SysboxError('not-found', `${source} does not exist`, { cause: err });
     throw SysboxError.from(err);
   });
   return st.uid !== uid || st.gid !== gid;
@@ -206,7 +237,8 @@ function sourceRange(offset: number): IdRange {
 
 async function lstatOrNotFound(path: string) {
   return lstat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new SysboxError('not-found', `${path} does not exist`, { cause: err });
+    if (err.code === 'ENOENT' || err.code === 'ENOTDIR')
+      throw new SysboxError('not-found', `${path} does not exist`, { cause: err });
     throw SysboxError.from(err);
   });
 }
@@ -214,7 +246,9 @@ async function lstatOrNotFound(path: string) {
 /** The root as an entry of its parent, in the walkers' byte strings ("/" is "." in itself). */
 function rootEntry(absRoot: string): RootEntry {
   const latin1 = (s: string): string => Buffer.from(s, 'utf8').toString('latin1');
-  return absRoot === '/' ? { dir: '/', name: '.' } : { dir: latin1(dirname(absRoot)), name: latin1(basename(absRoot)) };
+  return absRoot === '/'
+    ? { dir: '/', name: '.' }
+    : { dir: latin1(dirname(absRoot)), name: latin1(basename(absRoot)) };
 }
 
 /** glibc's major()/minor() of the st_dev Node reports, to compare with statx's dev fields. */
@@ -239,7 +273,13 @@ function hardLinkTargets(seen: readonly HardLinkSeen[]): ListItem[] {
       owner = { uid: h.toUid, gid: h.toGid };
       first.set(h.key, owner);
     }
-    return { path: h.path, uid: owner.uid, gid: owner.gid, restoreMode: restoreModeOf(h.mode), ...(h.acl ? { acl: h.acl } : {}) };
+    return {
+      path: h.path,
+      uid: owner.uid,
+      gid: owner.gid,
+      restoreMode: restoreModeOf(h.mode),
+      ...(h.acl ? { acl: h.acl } : {}),
+    };
   });
 }
 
@@ -247,11 +287,13 @@ function restoreModeOf(mode: number): number {
   return (mode & S_IFMT) === S_IFREG && (mode & SETID_BITS) !== 0 ? mode & 0o7777 : -1;
 }
 
-
 function startProgressLog(opts: ShiftOptions, root: string, state: () => object): NodeJS.Timeout {
   const started = performance.now();
   const timer = setInterval(() => {
-    opts.logger?.info({ root, ...state(), ms: Math.round(performance.now() - started) }, 'id shift in progress');
+    opts.logger?.info(
+      { root, ...state(), ms: Math.round(performance.now() - started) },
+      'id shift in progress',
+    );
   }, opts.logEveryMs ?? 5000);
   timer.unref();
   return timer;
@@ -273,5 +315,8 @@ function asSysboxError(err: unknown): SysboxError {
  * it is harmless too: ids already moved back lie below the offsets.
  */
 export function containerIds(uidOffset: number, gidOffset: number, size = 65536): ShiftOnly {
-  return { uid: [uidOffset, Math.min(uidOffset + size, ID_LIMIT)], gid: [gidOffset, Math.min(gidOffset + size, ID_LIMIT)] };
+  return {
+    uid: [uidOffset, Math.min(uidOffset + size, ID_LIMIT)],
+    gid: [gidOffset, Math.min(gidOffset + size, ID_LIMIT)],
+  };
 }

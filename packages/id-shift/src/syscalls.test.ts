@@ -1,4 +1,15 @@
-import { chmodSync, linkSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  linkSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -67,13 +78,28 @@ describe.skipIf(!isRoot)('native walker addon (real files, as root)', () => {
   let dev: { major: number; minor: number };
 
   /** Entries scanned in dir by name: [uid, gid, mode, nlink, ino]. */
-  function scanned(acls = false): Map<string, { uid: number; gid: number; mode: number; nlink: number; ino: bigint }> {
-    const [count, meta, names, , failure] = native.scanDir(cstr(dir), null, dev.major, dev.minor, false, acls);
+  function scanned(
+    acls = false,
+  ): Map<string, { uid: number; gid: number; mode: number; nlink: number; ino: bigint }> {
+    const [count, meta, names, , failure] = native.scanDir(
+      cstr(dir),
+      null,
+      dev.major,
+      dev.minor,
+      false,
+      acls,
+    );
     expect(failure).toBeNull();
     const out = new Map();
     for (let i = 0, m = 0; i < count; i++, m += META_FIELDS) {
       const name = names.toString('latin1', meta[m]!, meta[m]! + meta[m + 1]!);
-      out.set(name, { uid: meta[m + 2], gid: meta[m + 3], mode: meta[m + 4], nlink: meta[m + 5], ino: (BigInt(meta[m + 7]!) << 32n) | BigInt(meta[m + 6]!) });
+      out.set(name, {
+        uid: meta[m + 2],
+        gid: meta[m + 3],
+        mode: meta[m + 4],
+        nlink: meta[m + 5],
+        ino: (BigInt(meta[m + 7]!) << 32n) | BigInt(meta[m + 6]!),
+      });
     }
     return out;
   }
@@ -91,7 +117,10 @@ describe.skipIf(!isRoot)('native walker addon (real files, as root)', () => {
     writeFileSync(Buffer.from(join(dir, 'caf\xe9'), 'latin1'), '');
     const d = BigInt(statSync(dir, { bigint: true }).dev);
     // glibc's major()/minor(), as Node packs st_dev.
-    dev = { major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)), minor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)) };
+    dev = {
+      major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)),
+      minor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)),
+    };
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -100,7 +129,13 @@ describe.skipIf(!isRoot)('native walker addon (real files, as root)', () => {
     expect([...entries.keys()].sort()).toEqual(['caf\xe9', 'file', 'link', 'sub', 'sym']);
     for (const name of ['file', 'sym', 'sub']) {
       const want = lstatSync(join(dir, name), { bigint: true });
-      expect(entries.get(name), name).toEqual({ uid: Number(want.uid), gid: Number(want.gid), mode: Number(want.mode), nlink: Number(want.nlink), ino: want.ino });
+      expect(entries.get(name), name).toEqual({
+        uid: Number(want.uid),
+        gid: Number(want.gid),
+        mode: Number(want.mode),
+        nlink: Number(want.nlink),
+        ino: want.ino,
+      });
     }
     const [count, , names] = native.scanDir(cstr(dir), cstr('sub'), dev.major, dev.minor, false, false);
     expect([count, names.toString()]).toEqual([1, 'sub\0']);
@@ -115,36 +150,90 @@ describe.skipIf(!isRoot)('native walker addon (real files, as root)', () => {
     const names = Buffer.from('sym\0file\0missing\0');
     const starts = Uint32Array.of(0, 4, 9);
     const modes = Uint32Array.of(0o120777, 0o104751, 0o100644);
-    expect(native.applyDir(cstr(dir), names, starts, Uint32Array.of(42, 1234, 1), Uint32Array.of(43, 5678, 1), modes, 0, 3, 100, -40, null)).toBeNull();
+    expect(
+      native.applyDir(
+        cstr(dir),
+        names,
+        starts,
+        Uint32Array.of(42, 1234, 1),
+        Uint32Array.of(43, 5678, 1),
+        modes,
+        0,
+        3,
+        100,
+        -40,
+        null,
+      ),
+    ).toBeNull();
     expect(lstatSync(join(dir, 'sym'))).toMatchObject({ uid: 142, gid: 3 });
     expect(lstatSync(join(dir, 'link'))).toMatchObject({ uid: 1334, gid: 5638 });
     expect(lstatSync(join(dir, 'file')).mode & 0o7777).toBe(0o4751);
     // Absolute paths with no directory: the hard-link list.
     const abs = Buffer.from(`${join(dir, 'file')}\0`);
-    expect(native.applyDir(null, abs, Uint32Array.of(0), Uint32Array.of(1234), Uint32Array.of(5678), Uint32Array.of(0o104751), 0, 1, 0, 0, null)).toBeNull();
+    expect(
+      native.applyDir(
+        null,
+        abs,
+        Uint32Array.of(0),
+        Uint32Array.of(1234),
+        Uint32Array.of(5678),
+        Uint32Array.of(0o104751),
+        0,
+        1,
+        0,
+        0,
+        null,
+      ),
+    ).toBeNull();
     expect(lstatSync(join(dir, 'file'))).toMatchObject({ uid: 1234, gid: 5678, mode: 0o104751 });
-    expect(native.applyDir(cstr(join(dir, 'file')), names, starts, starts, starts, modes, 0, 1, 0, 0, null)).toBeNull();
+    expect(
+      native.applyDir(cstr(join(dir, 'file')), names, starts, starts, starts, modes, 0, 1, 0, 0, null),
+    ).toBeNull();
   });
 
-  it.skipIf(!canAcl)('reads raw ACL values in the scan and writes shifted ones that getfacl then shows', async () => {
-    const path = join(dir, 'sub');
-    await run('setfacl', ['-m', 'u:1234:rw,g:55:r', '-d', '-m', 'u:777:rwx', path], { timeout: 10_000 });
-    const [count, meta, names, acls, failure] = native.scanDir(cstr(dir), null, dev.major, dev.minor, false, true);
-    expect(failure).toBeNull();
-    expect(acls).toHaveLength(1);
-    const [index, access, dflt] = acls![0]!;
-    expect(names.toString('latin1', meta[index * META_FIELDS]!, meta[index * META_FIELDS]! + 3)).toBe('sub');
-    expect(count).toBe(5);
-    expect(dflt).not.toBeNull();
-    const shifted = shiftAclXattr(access!, 100_000, 200_000, ALL_IDS) as Buffer;
-    expect(Buffer.isBuffer(shifted)).toBe(true);
-    const result = native.applyDir(cstr(dir), Buffer.from('sub\0'), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0o40755), 0, 1, 0, 0, [[0, shifted, null]]);
-    expect(result).toBeNull();
-    const acl = (await run('getfacl', ['--numeric', '--omit-header', path], { timeout: 10_000 })).stdout;
-    expect(acl).toContain('user:101234:rw-');
-    expect(acl).toContain('group:200055:r--');
-    expect(acl).toContain('default:user:777:rwx');
-  });
+  it.skipIf(!canAcl)(
+    'reads raw ACL values in the scan and writes shifted ones that getfacl then shows',
+    async () => {
+      const path = join(dir, 'sub');
+      await run('setfacl', ['-m', 'u:1234:rw,g:55:r', '-d', '-m', 'u:777:rwx', path], { timeout: 10_000 });
+      const [count, meta, names, acls, failure] = native.scanDir(
+        cstr(dir),
+        null,
+        dev.major,
+        dev.minor,
+        false,
+        true,
+      );
+      expect(failure).toBeNull();
+      expect(acls).toHaveLength(1);
+      const [index, access, dflt] = acls![0]!;
+      expect(names.toString('latin1', meta[index * META_FIELDS]!, meta[index * META_FIELDS]! + 3)).toBe(
+        'sub',
+      );
+      expect(count).toBe(5);
+      expect(dflt).not.toBeNull();
+      const shifted = shiftAclXattr(access!, 100_000, 200_000, ALL_IDS) as Buffer;
+      expect(Buffer.isBuffer(shifted)).toBe(true);
+      const result = native.applyDir(
+        cstr(dir),
+        Buffer.from('sub\0'),
+        Uint32Array.of(0),
+        Uint32Array.of(0),
+        Uint32Array.of(0),
+        Uint32Array.of(0o40755),
+        0,
+        1,
+        0,
+        0,
+        [[0, shifted, null]],
+      );
+      expect(result).toBeNull();
+      const acl = (await run('getfacl', ['--numeric', '--omit-header', path], { timeout: 10_000 })).stdout;
+      expect(acl).toContain('user:101234:rw-');
+      expect(acl).toContain('group:200055:r--');
+      expect(acl).toContain('default:user:777:rwx');
+    },
+  );
 
   it('reports failures with the call, errno and entry', () => {
     const long = Buffer.from(`${'x'.repeat(300)}\0`);
@@ -152,6 +241,20 @@ describe.skipIf(!isRoot)('native walker addon (real files, as root)', () => {
     expect(failure?.[0]).toBe('statx');
     expect(failure?.[1]).toBe(36); // ENAMETOOLONG
     expect(failure?.[2].toString()).toBe('x'.repeat(300));
-    expect(native.applyDir(cstr(dir), long, Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0), Uint32Array.of(0), 0, 1, 0, 0, null)).toEqual(['fchownat', 36, 0]);
+    expect(
+      native.applyDir(
+        cstr(dir),
+        long,
+        Uint32Array.of(0),
+        Uint32Array.of(0),
+        Uint32Array.of(0),
+        Uint32Array.of(0),
+        0,
+        1,
+        0,
+        0,
+        null,
+      ),
+    ).toEqual(['fchownat', 36, 0]);
   });
 });

@@ -27,7 +27,13 @@ export const META_FIELDS = 10;
  * meta holds META_FIELDS per entry: name start (in names), name length, uid, gid, mode, nlink,
  * ino low, ino high, dev major, dev minor.
  */
-export type ScanResult = [count: number, meta: Uint32Array, names: Buffer, acls: AclRow[] | null, failure: ScanFailure | null];
+export type ScanResult = [
+  count: number,
+  meta: Uint32Array,
+  names: Buffer,
+  acls: AclRow[] | null,
+  failure: ScanFailure | null,
+];
 
 export interface NativeWalker {
   /**
@@ -36,7 +42,14 @@ export interface NativeWalker {
    * xattrs of every non-symlink and reads the POSIX ACL values listed. A vanished or replaced
    * directory gives no entries and no failure.
    */
-  scanDir(dir: Buffer, only: Buffer | null, rootDevMajor: number, rootDevMinor: number, crossMounts: boolean, acls: boolean): ScanResult;
+  scanDir(
+    dir: Buffer,
+    only: Buffer | null,
+    rootDevMajor: number,
+    rootDevMinor: number,
+    crossMounts: boolean,
+    acls: boolean,
+  ): ScanResult;
   /**
    * For entries from..to-1 of the parallel arrays (names NUL-terminated at nameStarts): lchown to
    * the scanned owner plus the offsets, write the ACL values given (sorted by index), then restore
@@ -69,7 +82,10 @@ let addonPath: string | undefined;
 export function nativeWalkerPath(): string {
   if (addonPath) return addonPath;
   const tried: string[] = [];
-  for (const rel of [`../prebuilds/${process.platform}-${process.arch}/id_shift.node`, '../build/Release/id_shift.node']) {
+  for (const rel of [
+    `../prebuilds/${process.platform}-${process.arch}/id_shift.node`,
+    '../build/Release/id_shift.node',
+  ]) {
     const path = fileURLToPath(new URL(rel, import.meta.url));
     if (!existsSync(path)) {
       tried.push(`${path} (missing)`);
@@ -112,7 +128,12 @@ export const ALL_IDS: ShiftOnly = { uid: [0, 2 ** 32], gid: [0, 2 ** 32] };
  * the shifted copy, or a description of the first entry whose shifted id would leave 0..2^32-2, or
  * of a malformed value.
  */
-export function shiftAclXattr(value: Uint8Array, uidOffset: number, gidOffset: number, only: ShiftOnly): Buffer | string {
+export function shiftAclXattr(
+  value: Uint8Array,
+  uidOffset: number,
+  gidOffset: number,
+  only: ShiftOnly,
+): Buffer | string {
   const POSIX_ACL_XATTR_VERSION = 2;
   const ACL_USER = 0x02;
   const ACL_GROUP = 0x08;

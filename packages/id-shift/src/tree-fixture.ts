@@ -4,7 +4,16 @@
  * Not part of the package's API.
  */
 import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
-import { chmodSync, linkSync, lstatSync, lchownSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  linkSync,
+  lstatSync,
+  lchownSync,
+  mkdirSync,
+  readdirSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 
 export interface TreeSpec {
@@ -22,7 +31,12 @@ export interface TreeSpec {
 }
 
 /** The 100,000-entry tree of the bench: 40 × 50 directories of 49 entries (+ the directories). */
-export const BENCH_TREE: Omit<TreeSpec, 'outside'> = { top: 40, sub: 50, perDir: 49, owners: [0, 33, 1000, 1001, 65534] };
+export const BENCH_TREE: Omit<TreeSpec, 'outside'> = {
+  top: 40,
+  sub: 50,
+  perDir: 49,
+  owners: [0, 33, 1000, 1001, 65534],
+};
 
 /** Builds the tree under `root` (created) and returns its entry count, the root included. */
 export function buildTree(root: string, spec: TreeSpec): number {

@@ -86,7 +86,11 @@ let idleTimer: NodeJS.Timeout | undefined;
 function acquireWalkers(count: number): Worker[] {
   const taken = idleWalkers.splice(0, count);
   while (taken.length < count) {
-    const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { addonPath: nativeWalkerPath() } satisfies WalkerStart });
+    const w = new Worker(WORKER_SOURCE, {
+      eval: true,
+      execArgv: [],
+      workerData: { addonPath: nativeWalkerPath() } satisfies WalkerStart,
+    });
     // A thread that dies while idle just leaves the idle list; busy ones are watched per operation.
     w.on('error', () => undefined);
     w.on('exit', () => {
@@ -288,7 +292,8 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
           if (msg.t !== 'collected') return;
           for (const u of msg.uids) uids.add(u);
           for (const g of msg.gids) gids.add(g);
-          if (--pending === 0) resolve({ uids: [...uids].sort((a, b) => a - b), gids: [...gids].sort((a, b) => a - b) });
+          if (--pending === 0)
+            resolve({ uids: [...uids].sort((a, b) => a - b), gids: [...gids].sort((a, b) => a - b) });
         };
       });
     },
@@ -310,8 +315,7 @@ export function createWalkPool(opts: PoolOptions): WalkPool {
       if (broken || phase || Atomics.load(control, CONTROL_CANCELLED)) {
         Atomics.store(control, CONTROL_CANCELLED, 1);
         await Promise.all(workers.map((w) => w.terminate()));
-      }
-      else releaseWalkers(workers);
+      } else releaseWalkers(workers);
       broken ??= new Error('pool closed');
     },
   };

@@ -193,7 +193,8 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
 
   const bytes = (path: string): Buffer => Buffer.from(`${path}\0`, 'latin1');
   const display = (path: string): string => Buffer.from(path, 'latin1').toString('utf8');
-  const joinPath = (dir: string, name: string): string => (name === '.' ? dir : dir === '/' ? `/${name}` : `${dir}/${name}`);
+  const joinPath = (dir: string, name: string): string =>
+    name === '.' ? dir : dir === '/' ? `/${name}` : `${dir}/${name}`;
 
   const outOfRange = (id: number): boolean => id < 0 || id > MAX_ID;
   const moves = (id: number, [min, max]: readonly [number, number]): boolean => id >= min && id < max;
@@ -203,7 +204,12 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
   function fail(errno: number, call: string, path: string): never {
     const code = ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
     const shown = display(path);
-    port.postMessage({ t: 'error', message: `${call} ${shown}: ${code}`, code, path: shown } satisfies FromWalker);
+    port.postMessage({
+      t: 'error',
+      message: `${call} ${shown}: ${code}`,
+      code,
+      path: shown,
+    } satisfies FromWalker);
     throw new Reported();
   }
 
@@ -246,7 +252,8 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
         const mode = meta[m + 4]!;
         const isDir = (mode & S_IFMT) === S_IFDIR;
         // Built only when needed: most entries are neither directories, hard links nor failures.
-        const pathOf = (): string => joinPath(dir, names.toString('latin1', meta[m]!, meta[m]! + meta[m + 1]!));
+        const pathOf = (): string =>
+          joinPath(dir, names.toString('latin1', meta[m]!, meta[m]! + meta[m + 1]!));
         scannedSinceIdle++;
         sinceBatch++;
         if (!shifting) {
@@ -255,7 +262,8 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
         } else {
           const toUid = moves(uid, data.only.uid) ? uid + data.uidOffset : uid;
           const toGid = moves(gid, data.only.gid) ? gid + data.gidOffset : gid;
-          if (overflow === undefined && (outOfRange(toUid) || outOfRange(toGid))) overflow = `${display(pathOf())} (owner ${uid}:${gid})`;
+          if (overflow === undefined && (outOfRange(toUid) || outOfRange(toGid)))
+            overflow = `${display(pathOf())} (owner ${uid}:${gid})`;
           let entryAcls: EntryAcls | undefined;
           if (rawAcls !== null && aclAt < rawAcls.length && rawAcls[aclAt]![0] === i) {
             const [, access, dflt] = rawAcls[aclAt++]!;
@@ -267,7 +275,14 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
           const changes = toUid !== uid || toGid !== gid || entryAcls !== undefined;
           if (changes && meta[m + 5]! > 1 && !isDir) {
             const key = `${meta[m + 8]}:${meta[m + 9]}:${meta[m + 7]}:${meta[m + 6]}`;
-            hardLinks.push({ path: pathOf(), key, toUid, toGid, mode, ...(entryAcls?.access ? { acl: entryAcls.access } : {}) });
+            hardLinks.push({
+              path: pathOf(),
+              key,
+              toUid,
+              toGid,
+              mode,
+              ...(entryAcls?.access ? { acl: entryAcls.access } : {}),
+            });
           } else if (changes) {
             const index = store(dirIndex, base + meta[m]!, toUid, toGid, mode);
             if (entryAcls) acls.set(index, entryAcls);
@@ -290,7 +305,12 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
       }
     }
     if (sinceBatch > 0) port.postMessage({ t: 'progress', done: sinceBatch } satisfies FromWalker);
-    port.postMessage({ t: 'idle', scanned: scannedSinceIdle, hardLinks, ...(overflow === undefined ? {} : { overflow }) } satisfies FromWalker);
+    port.postMessage({
+      t: 'idle',
+      scanned: scannedSinceIdle,
+      hardLinks,
+      ...(overflow === undefined ? {} : { overflow }),
+    } satisfies FromWalker);
     scannedSinceIdle = 0;
     hardLinks = [];
   }
@@ -313,13 +333,25 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
   function apply(): void {
     let sinceBatch = 0;
     let done = 0;
-    for (let from = 0; from < stored; ) {
+    for (let from = 0; from < stored;) {
       const parent = parents[from]!;
       let to = from + 1;
       while (to < stored && parents[to] === parent) to++;
       const dir = dirPaths[parent]!;
       // The kept owners are the targets already (only some ids move), so no offset is added.
-      const failure = native.applyDir(bytes(dir), arena, nameStarts, toUids, toGids, modes, from, to, 0, 0, aclRows(from, to));
+      const failure = native.applyDir(
+        bytes(dir),
+        arena,
+        nameStarts,
+        toUids,
+        toGids,
+        modes,
+        from,
+        to,
+        0,
+        0,
+        aclRows(from, to),
+      );
       if (failure) {
         const [call, errno, index] = failure;
         fail(errno, call, index < 0 ? dir : joinPath(dir, nameAt(nameStarts[index]!)));
@@ -356,7 +388,19 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
       listModes[i] = item.restoreMode >= 0 ? S_IFREG | item.restoreMode : 0;
       if (item.acl) rows.push([i, item.acl, null]);
     });
-    const failure = native.applyDir(null, paths, starts, listUids, listGids, listModes, 0, items.length, 0, 0, rows.length === 0 ? null : rows);
+    const failure = native.applyDir(
+      null,
+      paths,
+      starts,
+      listUids,
+      listGids,
+      listModes,
+      0,
+      items.length,
+      0,
+      0,
+      rows.length === 0 ? null : rows,
+    );
     if (failure) fail(failure[1], failure[0], items[Math.max(0, failure[2])]!.path);
     port.postMessage({ t: 'progress', done: items.length } satisfies FromWalker);
     port.postMessage({ t: 'applied', done: items.length } satisfies FromWalker);
@@ -372,7 +416,8 @@ export function walkWorkerMain(shiftAcl: typeof shiftAclXattr): void {
       else port.postMessage({ t: 'collected', uids: [...uidSet], gids: [...gidSet] } satisfies FromWalker);
     } catch (err) {
       // The coordinator tears the pool down on the first error.
-      if (!(err instanceof Reported)) port.postMessage({ t: 'error', message: String(err) } satisfies FromWalker);
+      if (!(err instanceof Reported))
+        port.postMessage({ t: 'error', message: String(err) } satisfies FromWalker);
     }
   });
 }

@@ -15,7 +15,11 @@ const nats = useNatsServer();
 let bucketSeq = 0;
 
 const stores: [string, () => Promise<KvStateStore<Rec>>][] = [
-  ['JetStream', async () => createStateStore(await openBucket(nats.nc, `rules-${++bucketSeq}`), { node: 'n1', schema: Rec })],
+  [
+    'JetStream',
+    async () =>
+      createStateStore(await openBucket(nats.nc, `rules-${++bucketSeq}`), { node: 'n1', schema: Rec }),
+  ],
   ['in memory', async () => createMemoryStore<Rec>()],
 ];
 

@@ -56,7 +56,10 @@ export const DEFAULT_MAX_VALUE_SIZE = 1024 * 1024;
  */
 export async function openBucket(nc: NatsConnection, name: string, opts: BucketOptions = {}): Promise<KV> {
   // A daemon that starts during an election waits for JetStream instead of failing its start.
-  return retryTransient(() => openBucketOnce(nc, name, opts), { idempotent: true, deadline: Date.now() + (opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS) });
+  return retryTransient(() => openBucketOnce(nc, name, opts), {
+    idempotent: true,
+    deadline: Date.now() + (opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS),
+  });
 }
 
 async function openBucketOnce(nc: NatsConnection, name: string, opts: BucketOptions): Promise<KV> {
@@ -114,7 +117,10 @@ export interface StateStore<T> {
    * Reads, applies `mutate`, writes with CAS; on a conflict reads again and retries.
    * Returns the stored value after the write (undefined when absent).
    */
-  mutate(key: string, mutate: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>): Promise<T | undefined>;
+  mutate(
+    key: string,
+    mutate: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>,
+  ): Promise<T | undefined>;
   /**
    * Deletes the entry; with `revision`, only if it is still at that revision (compare-and-set:
    * `failed-precondition` when someone wrote since). Deleting an absent entry is not an error.
@@ -149,7 +155,10 @@ export interface KvStateStore<T> extends StateStore<T> {
    */
   peek(key: string): Versioned<T> | undefined;
   /** mutate(), telling whether it wrote and at which revision (no flag set from inside the callback). */
-  change(key: string, mutate: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>): Promise<Change<T>>;
+  change(
+    key: string,
+    mutate: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>,
+  ): Promise<Change<T>>;
 }
 
 export interface StoreOptions<S extends z.ZodType> {
@@ -163,19 +172,26 @@ export interface StoreOptions<S extends z.ZodType> {
   retryWindowMs?: number;
 }
 
-export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions<S>): KvStateStore<z.infer<S>> {
+export function createStateStore<S extends z.ZodType>(
+  kv: KV,
+  opts: StoreOptions<S>,
+): KvStateStore<z.infer<S>> {
   type T = z.infer<S>;
   const prefix = opts.namespace ? `${opts.node}.${opts.namespace}.` : `${opts.node}.`;
   const maxRetries = opts.maxRetries ?? 50;
   const retryWindowMs = opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS;
   /** Reads may run twice; a write is retried only when it surely did not land (see nats-retry). */
-  const kvRead = <R>(fn: () => Promise<R>): Promise<R> => kvCall(() => retryTransient(fn, { idempotent: true, deadline: Date.now() + retryWindowMs }));
+  const kvRead = <R>(fn: () => Promise<R>): Promise<R> =>
+    kvCall(() => retryTransient(fn, { idempotent: true, deadline: Date.now() + retryWindowMs }));
   const fullKey = (key: string): string => prefix + encodeKeyToken(key);
 
   const decode = (entry: KvEntry): T => {
     const parsed = opts.schema.safeParse(entry.json());
     if (!parsed.success) {
-      throw new SysboxError('internal', `state entry ${entry.key} does not match its schema: ${parsed.error.message}`);
+      throw new SysboxError(
+        'internal',
+        `state entry ${entry.key} does not match its schema: ${parsed.error.message}`,
+      );
     }
     return parsed.data as T;
   };
@@ -209,7 +225,8 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     try {
       const rev = await writeSurely(key, attempt, (entry) => {
         const live = entry !== null && entry.operation === 'PUT';
-        if (live && entry.string() === data && (revision === 'never-written' || entry.revision > revision)) return 'landed';
+        if (live && entry.string() === data && (revision === 'never-written' || entry.revision > revision))
+          return 'landed';
         if (revision === 0) return live ? 'conflict' : 'not-landed';
         if (revision === 'never-written') return entry === null ? 'not-landed' : 'conflict';
         return entry?.revision === revision ? 'not-landed' : 'conflict';
@@ -274,7 +291,11 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
         if (m.deleted) continue;
         const key = decodeKeyToken(m.subject.slice(`${(kv as Bucket).prefix}.${prefix}`.length));
         const parsed = opts.schema.safeParse(m.json());
-        if (!parsed.success) throw new SysboxError('internal', `state entry ${key} does not match its schema: ${parsed.error.message}`);
+        if (!parsed.success)
+          throw new SysboxError(
+            'internal',
+            `state entry ${key} does not match its schema: ${parsed.error.message}`,
+          );
         known.set(key, { value: parsed.data as T, revision: m.revision });
         out.push({ key, value: structuredClone(parsed.data as T), revision: m.revision });
       }
@@ -285,7 +306,9 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
     },
     peek(key) {
       const snap = known.get(key);
-      return snap?.value === undefined ? undefined : { key, value: structuredClone(snap.value), revision: snap.revision };
+      return snap?.value === undefined
+        ? undefined
+        : { key, value: structuredClone(snap.value), revision: snap.revision };
     },
     async create(key, value) {
       // kv.create fails on a live key and succeeds over a tombstone: no read needed.
@@ -301,7 +324,8 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
       try {
         return await write(key, value, 'never-written');
       } catch (err) {
-        if (isConflict(err)) throw new SysboxError('already-exists', `${key} was written before`, { cause: err });
+        if (isConflict(err))
+          throw new SysboxError('already-exists', `${key} was written before`, { cause: err });
         throw asUnavailable(err);
       }
     },
@@ -347,13 +371,21 @@ export function createStateStore<S extends z.ZodType>(kv: KV, opts: StoreOptions
       known.delete(key);
       if (opts.revision === undefined) {
         // An unconditional delete may run twice: it ends the same.
-        await kvCall(() => retryTransient(() => kv.delete(fullKey(key)), { idempotent: true, deadline: Date.now() + retryWindowMs }));
+        await kvCall(() =>
+          retryTransient(() => kv.delete(fullKey(key)), {
+            idempotent: true,
+            deadline: Date.now() + retryWindowMs,
+          }),
+        );
         return;
       }
       try {
         await casDelete(key, opts.revision);
       } catch (err) {
-        if (isConflict(err)) throw new SysboxError('failed-precondition', `${key} changed since revision ${opts.revision}`, { cause: err });
+        if (isConflict(err))
+          throw new SysboxError('failed-precondition', `${key} changed since revision ${opts.revision}`, {
+            cause: err,
+          });
         throw asUnavailable(err);
       }
     },
@@ -420,7 +452,12 @@ async function lastMessages(kv: Bucket, prefix: string): Promise<LastMessage[]> 
       let n = 0;
       for await (const m of messages) {
         if ((newest.get(m.subject)?.revision ?? 0) < m.seq) {
-          newest.set(m.subject, { subject: m.subject, revision: m.seq, deleted: isDeleteMarker(m.headers), json: () => m.json() });
+          newest.set(m.subject, {
+            subject: m.subject,
+            revision: m.seq,
+            deleted: isDeleteMarker(m.headers),
+            json: () => m.json(),
+          });
         }
         if (++n >= info.num_pending) break;
       }
@@ -433,7 +470,13 @@ async function lastMessages(kv: Bucket, prefix: string): Promise<LastMessage[]> 
     const subject = subjectPrefix + encodeKeyToken(key);
     if (newest.has(subject)) continue;
     const m = await kv.jsm.streams.getMessage(kv.stream, { last_by_subj: subject }).catch(() => undefined);
-    if (m) newest.set(subject, { subject, revision: m.seq, deleted: isDeleteMarker(m.header), json: () => m.json() });
+    if (m)
+      newest.set(subject, {
+        subject,
+        revision: m.seq,
+        deleted: isDeleteMarker(m.header),
+        json: () => m.json(),
+      });
   }
   return [...newest.values()];
 }
@@ -447,7 +490,8 @@ function isConflict(err: unknown): boolean {
 }
 
 /** JetStream's refusals of a write that does not fit: the bucket's or the account's limits. */
-const FULL = /maximum (bytes|messages|message size)|message size exceeds|insufficient resources|storage limit|resource limits exceeded/i;
+const FULL =
+  /maximum (bytes|messages|message size)|message size exceeds|insufficient resources|storage limit|resource limits exceeded/i;
 
 function asUnavailable(err: unknown): SysboxError {
   if (err instanceof SysboxError) return err;

@@ -27,7 +27,8 @@ export interface MemoryStore<T> extends KvStateStore<T> {
 export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemoryStore<T> {
   const slots = new Map<string, Slot<T>>();
   let lastRevision = 0;
-  for (const [key, value] of Object.entries(opts.initial ?? {})) slots.set(key, { value: structuredClone(value), revision: ++lastRevision });
+  for (const [key, value] of Object.entries(opts.initial ?? {}))
+    slots.set(key, { value: structuredClone(value), revision: ++lastRevision });
   const copy = (v: T | undefined): T | undefined => (v === undefined ? undefined : structuredClone(v));
   const put = (key: string, value: T | undefined): number => {
     opts.onWrite?.(key);
@@ -37,11 +38,17 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
 
   const store: MemoryStore<T> = {
     snapshot() {
-      return new Map([...slots].flatMap(([key, slot]) => (slot.value === undefined ? [] : [[key, copy(slot.value)!] as const])));
+      return new Map(
+        [...slots].flatMap(([key, slot]) =>
+          slot.value === undefined ? [] : [[key, copy(slot.value)!] as const],
+        ),
+      );
     },
     async get(key) {
       const slot = slots.get(key);
-      return slot?.value === undefined ? undefined : { key, value: copy(slot.value)!, revision: slot.revision };
+      return slot?.value === undefined
+        ? undefined
+        : { key, value: copy(slot.value)!, revision: slot.revision };
     },
     async list() {
       const out: Versioned<T>[] = [];
@@ -57,10 +64,13 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
     // One process's memory of the entry: here always the stored one.
     peek(key) {
       const slot = slots.get(key);
-      return slot?.value === undefined ? undefined : { key, value: copy(slot.value)!, revision: slot.revision };
+      return slot?.value === undefined
+        ? undefined
+        : { key, value: copy(slot.value)!, revision: slot.revision };
     },
     async create(key, value) {
-      if (slots.get(key)?.value !== undefined) throw new SysboxError('already-exists', `${key} already exists`);
+      if (slots.get(key)?.value !== undefined)
+        throw new SysboxError('already-exists', `${key} already exists`);
       return put(key, value);
     },
     async createFirst(key, value) {
@@ -70,14 +80,19 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
     async mutate(key, fn) {
       return (await store.change(key, fn)).value;
     },
-    async change(key, fn: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>): Promise<Change<T>> {
+    async change(
+      key,
+      fn: (current: T | undefined) => Mutation<T> | Promise<Mutation<T>>,
+    ): Promise<Change<T>> {
       const before = slots.get(key);
       const next = await fn(copy(before?.value));
       // Another write while fn ran would fail the CAS write of the real store: apply fn again.
       if (slots.get(key) !== before) return store.change(key, fn);
-      if (next === undefined) return { value: copy(before?.value), wrote: false, revision: before?.revision ?? 0 };
+      if (next === undefined)
+        return { value: copy(before?.value), wrote: false, revision: before?.revision ?? 0 };
       if (next === REMOVE) {
-        if (before?.value === undefined) return { value: undefined, wrote: false, revision: before?.revision ?? 0 };
+        if (before?.value === undefined)
+          return { value: undefined, wrote: false, revision: before?.revision ?? 0 };
         put(key, undefined);
         return { value: undefined, wrote: true, revision: 0 };
       }
@@ -85,7 +100,11 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
     },
     async delete(key, deleteOpts = {}) {
       const slot = slots.get(key);
-      if (deleteOpts.revision !== undefined && slot?.value !== undefined && slot.revision !== deleteOpts.revision) {
+      if (
+        deleteOpts.revision !== undefined &&
+        slot?.value !== undefined &&
+        slot.revision !== deleteOpts.revision
+      ) {
         throw new SysboxError('failed-precondition', `${key} changed since revision ${deleteOpts.revision}`);
       }
       if (slot?.value !== undefined) put(key, undefined);

@@ -72,14 +72,22 @@ try {
     port: Number(values.port),
     storeDir: values['store-dir'],
     serverName: values['server-name'],
-    tls: values['tls-cert'] ? { certFile: values['tls-cert'], keyFile: values['tls-key']!, caFile: values['tls-ca'] } : undefined,
+    tls: values['tls-cert']
+      ? { certFile: values['tls-cert'], keyFile: values['tls-key']!, caFile: values['tls-ca'] }
+      : undefined,
     cluster: values['cluster-name']
-      ? { name: values['cluster-name'], port: Number(values['cluster-port']), routes: values.route ?? [], host: values.host }
+      ? {
+          name: values['cluster-name'],
+          port: Number(values['cluster-port']),
+          routes: values.route ?? [],
+          host: values.host,
+        }
       : undefined,
     configName: values['config-name'],
   });
   process.stdout.write(`server configuration: ${setup.configFile}\n`);
-  for (const id of setup.identities) process.stdout.write(`${id.name.padEnd(16)} ${id.file}  ${id.publicKey}\n`);
+  for (const id of setup.identities)
+    process.stdout.write(`${id.name.padEnd(16)} ${id.file}  ${id.publicKey}\n`);
 } catch (err) {
   process.stderr.write(`sysbox-nats-auth: ${(err as Error).message}\n`);
   process.exit(1);

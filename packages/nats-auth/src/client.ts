@@ -21,7 +21,9 @@ export interface ClientAuth {
   tls?: ClientTls | undefined;
 }
 
-export function clientAuthOptions(auth: ClientAuth): Pick<ConnectionOptions, 'authenticator' | 'inboxPrefix' | 'tls'> {
+export function clientAuthOptions(
+  auth: ClientAuth,
+): Pick<ConnectionOptions, 'authenticator' | 'inboxPrefix' | 'tls'> {
   const tls = auth.tls && (auth.tls.caFile || auth.tls.certFile) ? { ...auth.tls } : undefined;
   return {
     inboxPrefix: inboxPrefixOf(auth.identity),

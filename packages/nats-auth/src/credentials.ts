@@ -5,7 +5,16 @@
  * Debian takes them as they are. A JWT `.creds` file is accepted too, for deployments that
  * already run decentralized auth.
  */
-import { closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { credsAuthenticator, nkeyAuthenticator, nkeys, type Authenticator } from '@nats-io/nats-core';
 import { IDENTITY_NAMES, type IdentityName } from '@sysbox-mgr-ts/contracts';
@@ -33,7 +42,10 @@ export class CredentialsError extends Error {
  * Makes the directory and a seed per identity where none exists yet; keeps existing ones (their
  * permissions checked). Returns every identity with its public key.
  */
-export function ensureCredentials(dir: string, identities: readonly IdentityName[] = IDENTITY_NAMES): Identity[] {
+export function ensureCredentials(
+  dir: string,
+  identities: readonly IdentityName[] = IDENTITY_NAMES,
+): Identity[] {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   checkPrivate(dir, statSync(dir), 'directory');
   return identities.map((name) => {
@@ -84,7 +96,9 @@ function checkPrivate(path: string, st: { mode: number; uid: number }, what: str
   }
   const euid = process.geteuid?.();
   if (euid !== undefined && st.uid !== euid) {
-    throw new CredentialsError(`credentials ${what} ${path} belongs to uid ${st.uid}, not to this process (uid ${euid})`);
+    throw new CredentialsError(
+      `credentials ${what} ${path} belongs to uid ${st.uid}, not to this process (uid ${euid})`,
+    );
   }
 }
 

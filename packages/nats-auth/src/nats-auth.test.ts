@@ -1,4 +1,13 @@
-import { chmodSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  lstatSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -83,18 +92,39 @@ describe('permissionsFor', () => {
   it('lets a service subscribe to its own subjects only, and use only its own bucket', () => {
     const p = permissionsFor('vol-mgr', ['host1']);
     expect(p.subscribe.allow).toContain('sysbox.host1.vol.>');
-    expect(p.subscribe.allow.some((s) => s.includes('subid') || s === '>' || s.startsWith('_INBOX.'))).toBe(false);
+    expect(p.subscribe.allow.some((s) => s.includes('subid') || s === '>' || s.startsWith('_INBOX.'))).toBe(
+      false,
+    );
     expect(p.publish.allow).toContain('$KV.sysbox-vol.host1.>');
-    expect(p.publish.allow.filter((s) => s.includes('STREAM.DELETE') || s.includes('PURGE') || s.includes('STREAM.NAMES'))).toEqual([]);
-    expect(p.publish.allow.filter((s) => s.includes('CONSUMER') && !s.includes('.KV_sysbox-vol'))).toEqual([]);
-    expect(p.publish.allow.every((s) => s === '$JS.API.INFO' || s.includes('sysbox-vol') || /^_INBOX_(gateway|operator|monitor)\.>$/.test(s))).toBe(true);
+    expect(
+      p.publish.allow.filter(
+        (s) => s.includes('STREAM.DELETE') || s.includes('PURGE') || s.includes('STREAM.NAMES'),
+      ),
+    ).toEqual([]);
+    expect(p.publish.allow.filter((s) => s.includes('CONSUMER') && !s.includes('.KV_sysbox-vol'))).toEqual(
+      [],
+    );
+    expect(
+      p.publish.allow.every(
+        (s) =>
+          s === '$JS.API.INFO' ||
+          s.includes('sysbox-vol') ||
+          /^_INBOX_(gateway|operator|monitor)\.>$/.test(s),
+      ),
+    ).toBe(true);
     expect(p.allow_responses).toBe(true);
   });
 
   it('gives the monitor discovery and list subjects, and no mutating subject', () => {
     const p = permissionsFor('monitor', ['host1']);
     expect(p.publish.allow).toEqual(
-      expect.arrayContaining(['$SRV.>', 'sysbox.host1.subid.list', 'sysbox.host1.vol.list', 'sysbox.host1.rootfs.list', 'sysbox.host1.shiftfs.list']),
+      expect.arrayContaining([
+        '$SRV.>',
+        'sysbox.host1.subid.list',
+        'sysbox.host1.vol.list',
+        'sysbox.host1.rootfs.list',
+        'sysbox.host1.shiftfs.list',
+      ]),
     );
     expect(p.publish.allow.filter((s) => s.startsWith('sysbox.') && !s.endsWith('.list'))).toEqual([]);
   });
@@ -124,9 +154,16 @@ describe('server configuration', () => {
 
   it('renders TLS with client verification only when a client CA is given', () => {
     const users = usersFor([], ['n1']);
-    const noCa = JSON.parse(renderServerConfig({ users, tls: { certFile: '/c', keyFile: '/k' } }).replace(/^#.*\n/, ''));
+    const noCa = JSON.parse(
+      renderServerConfig({ users, tls: { certFile: '/c', keyFile: '/k' } }).replace(/^#.*\n/, ''),
+    );
     expect(noCa.tls).toEqual({ cert_file: '/c', key_file: '/k' });
-    const withCa = JSON.parse(renderServerConfig({ users, tls: { certFile: '/c', keyFile: '/k', caFile: '/ca' } }).replace(/^#.*\n/, ''));
+    const withCa = JSON.parse(
+      renderServerConfig({ users, tls: { certFile: '/c', keyFile: '/k', caFile: '/ca' } }).replace(
+        /^#.*\n/,
+        '',
+      ),
+    );
     expect(withCa.tls.verify).toBe(true);
   });
 });

@@ -103,7 +103,9 @@ export function permissionsFor(identity: IdentityName, nodes: NodeScope): UserPe
         publish: {
           allow: [
             ...bucketPermissions(GATEWAY_BUCKET, nodes),
-            ...Object.values(SERVICE_IDENTITIES).flatMap((svc) => nodes.map((node) => `sysbox.${node}.${svc.service}.>`)),
+            ...Object.values(SERVICE_IDENTITIES).flatMap((svc) =>
+              nodes.map((node) => `sysbox.${node}.${svc.service}.>`),
+            ),
             '$SRV.>',
           ],
         },

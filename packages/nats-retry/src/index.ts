@@ -21,7 +21,8 @@ const TRANSIENT_JS_CODES = new Set([
   10076, // JetStream not enabled
   10023, // insufficient resources: no current peers (cluster shrinking or restarting)
 ]);
-const TRANSIENT_TEXT = /jetstream (is )?not enabled|temporarily unavailable|no (suitable )?peers|no responders|leader|not current|stream is offline|cluster/i;
+const TRANSIENT_TEXT =
+  /jetstream (is )?not enabled|temporarily unavailable|no (suitable )?peers|no responders|leader|not current|stream is offline|cluster/i;
 
 export function isTransient(err: unknown, how: Classification): boolean {
   for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
@@ -53,7 +54,10 @@ export interface RetryOptions extends Classification {
  * time left, to bound its own request. Waits grow from 25 ms to 500 ms (an election takes a few
  * seconds; a restarting daemon about one).
  */
-export async function retryTransient<T>(attempt: (remainingMs: number) => Promise<T>, opts: RetryOptions): Promise<T> {
+export async function retryTransient<T>(
+  attempt: (remainingMs: number) => Promise<T>,
+  opts: RetryOptions,
+): Promise<T> {
   for (let n = 1; ; n++) {
     const remaining = opts.deadline - Date.now();
     try {

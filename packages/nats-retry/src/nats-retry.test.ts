@@ -4,7 +4,11 @@ import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { isTransient, retryTransient } from './index.js';
 
 /** The error a promise rejects with. */
-const failureOf = (p: Promise<unknown>): Promise<unknown> => p.then(() => new Error('did not fail'), (err: unknown) => err);
+const failureOf = (p: Promise<unknown>): Promise<unknown> =>
+  p.then(
+    () => new Error('did not fail'),
+    (err: unknown) => err,
+  );
 
 describe('isTransient, on errors a real nats-server produces', () => {
   const nats = useNatsServer();
@@ -36,7 +40,10 @@ describe('isTransient, on errors a real nats-server produces', () => {
     const kv = await new Kvm(nats.nc).create('retry-restart', { allow_direct: false });
     await kv.put('k', 'v');
     const restarted = nats.ns.restart();
-    const value = await retryTransient(() => kv.get('k'), { idempotent: true, deadline: Date.now() + 15_000 });
+    const value = await retryTransient(() => kv.get('k'), {
+      idempotent: true,
+      deadline: Date.now() + 15_000,
+    });
     await restarted;
     expect(value?.string()).toBe('v');
   });
@@ -47,13 +54,23 @@ describe('retryTransient', () => {
     let calls = 0;
     const transient = Object.assign(new Error('503 no responders'), {});
     const t0 = Date.now();
-    await expect(retryTransient(async () => (calls++, Promise.reject(transient)), { idempotent: false, deadline: Date.now() + 300 })).rejects.toBe(transient);
+    await expect(
+      retryTransient(async () => (calls++, Promise.reject(transient)), {
+        idempotent: false,
+        deadline: Date.now() + 300,
+      }),
+    ).rejects.toBe(transient);
     // Without the deadline it would retry forever; the margin is for a loaded machine.
     expect(Date.now() - t0).toBeLessThan(3000);
     expect(calls).toBeGreaterThan(2);
     calls = 0;
     const permanent = new Error('Permissions Violation for Publish to "x"');
-    await expect(retryTransient(async () => (calls++, Promise.reject(permanent)), { idempotent: true, deadline: Date.now() + 5000 })).rejects.toBe(permanent);
+    await expect(
+      retryTransient(async () => (calls++, Promise.reject(permanent)), {
+        idempotent: true,
+        deadline: Date.now() + 5000,
+      }),
+    ).rejects.toBe(permanent);
     expect(calls).toBe(1);
   });
 });

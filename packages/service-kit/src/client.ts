@@ -70,7 +70,11 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
    * one sent after a reconnect), since a speculative copy reaching another replica mid-operation
    * may see the work half done.
    */
-  const replyOfIdempotent = async (send: () => Promise<Msg>, subject: string, deadline: number): Promise<Msg> => {
+  const replyOfIdempotent = async (
+    send: () => Promise<Msg>,
+    subject: string,
+    deadline: number,
+  ): Promise<Msg> => {
     type Outcome = { copy: number; msg?: Msg; err?: unknown };
     let resendIn = opts.resendAfterMs ?? DEFAULT_RESEND_AFTER_MS;
     const pending = new Map<number, Promise<Outcome>>();
@@ -78,7 +82,13 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
     let copies = 0;
     const sendCopy = (): number => {
       const copy = copies++;
-      pending.set(copy, send().then((msg) => ({ copy, msg }), (err: unknown) => ({ copy, err })));
+      pending.set(
+        copy,
+        send().then(
+          (msg) => ({ copy, msg }),
+          (err: unknown) => ({ copy, err }),
+        ),
+      );
       return copy;
     };
     let wake: () => void = () => undefined;
@@ -88,7 +98,13 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
         const lost = new Promise<'lost'>((resolve) => (wake = () => resolve('lost')));
         waitingForReply.add(wake);
         let timer: NodeJS.Timeout | undefined;
-        const due = new Promise<'due'>((resolve) => (timer = setTimeout(() => resolve('due'), Math.max(1, Math.min(resendIn, deadline - Date.now())))));
+        const due = new Promise<'due'>(
+          (resolve) =>
+            (timer = setTimeout(
+              () => resolve('due'),
+              Math.max(1, Math.min(resendIn, deadline - Date.now())),
+            )),
+        );
         const r = await Promise.race([...pending.values(), lost, due]);
         clearTimeout(timer);
         waitingForReply.delete(wake);
@@ -99,7 +115,10 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
             throw r.err;
           }
           pending.delete(r.copy);
-          opts.log?.debug({ subject, err: (failure as Error).message }, 'a repeated request failed; waiting for the first');
+          opts.log?.debug(
+            { subject, err: (failure as Error).message },
+            'a repeated request failed; waiting for the first',
+          );
           continue;
         }
         if (Date.now() >= deadline) throw new TimeoutError();
@@ -124,7 +143,9 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
       const subject = contract.subject(opts.node);
       const parsed = contract.request.safeParse(payload);
       if (!parsed.success) {
-        const why = parsed.error.issues.map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`).join('; ');
+        const why = parsed.error.issues
+          .map((i) => `${i.path.join('.') || '(body)'}: ${i.message}`)
+          .join('; ');
         throw new SysboxError('invalid-request', `${contract.endpoint}: ${why}`);
       }
       const h = headers();
@@ -139,11 +160,18 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
       // Only the wait for a responder is retried (idempotent: false): a request that timed out
       // may have been carried out, and the caller decides whether to send it again.
       const send = (): Promise<Msg> =>
-        retryTransient(() => nc.request(subject, data, { timeout: Math.max(1, deadline - Date.now()), headers: h }), {
-          idempotent: false,
-          deadline: Math.min(deadline, started + (opts.waitForResponderMs ?? 0)),
-          onRetry: (err, attempt, waitMs) => opts.log?.debug({ subject, attempt, waitMs, err: (err as Error).message }, 'no responder yet; waiting'),
-        });
+        retryTransient(
+          () => nc.request(subject, data, { timeout: Math.max(1, deadline - Date.now()), headers: h }),
+          {
+            idempotent: false,
+            deadline: Math.min(deadline, started + (opts.waitForResponderMs ?? 0)),
+            onRetry: (err, attempt, waitMs) =>
+              opts.log?.debug(
+                { subject, attempt, waitMs, err: (err as Error).message },
+                'no responder yet; waiting',
+              ),
+          },
+        );
       let msg: Msg;
       try {
         if (contract.idempotent || contract.readOnly) {
@@ -174,8 +202,11 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
 function transportError(subject: string, timeout: number, err: unknown): SysboxError {
   const noResponders =
     err instanceof NoRespondersError || (err instanceof RequestError && err.isNoResponders?.());
-  if (noResponders) return new SysboxError('unavailable', `${subject}: no service is running for it`, { cause: err });
-  const timedOut = err instanceof TimeoutError || (err instanceof RequestError && err.cause instanceof TimeoutError);
-  if (timedOut) return new SysboxError('timeout', `${subject}: no reply within ${timeout} ms`, { cause: err });
+  if (noResponders)
+    return new SysboxError('unavailable', `${subject}: no service is running for it`, { cause: err });
+  const timedOut =
+    err instanceof TimeoutError || (err instanceof RequestError && err.cause instanceof TimeoutError);
+  if (timedOut)
+    return new SysboxError('timeout', `${subject}: no reply within ${timeout} ms`, { cause: err });
   return new SysboxError('unavailable', `${subject}: ${(err as Error).message}`, { cause: err });
 }

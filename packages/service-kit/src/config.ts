@@ -54,7 +54,7 @@ export const commonOptions = {
   natsTlsCa: option({
     flag: 'nats-tls-ca',
     env: 'NATS_TLS_CA',
-    description: 'CA file that signed the NATS servers\' certificates: connect with TLS and verify them',
+    description: "CA file that signed the NATS servers' certificates: connect with TLS and verify them",
     schema: HostPath.optional(),
   }),
   natsTlsCert: option({
@@ -152,18 +152,24 @@ export function parseConfig<O extends OptionSpecs>(
   for (const [key, s] of Object.entries(specs)) {
     const r = s.schema.safeParse(raw[key]);
     if (r.success) out[key] = r.data;
-    else problems.push(`--${s.flag}${s.env ? ` (${s.env})` : ''}: ${r.error.issues.map((i) => i.message).join('; ')}`);
+    else
+      problems.push(
+        `--${s.flag}${s.env ? ` (${s.env})` : ''}: ${r.error.issues.map((i) => i.message).join('; ')}`,
+      );
   }
-  if (problems.length > 0) throw new SysboxError('invalid-request', `bad configuration: ${problems.join(', ')}`);
+  if (problems.length > 0)
+    throw new SysboxError('invalid-request', `bad configuration: ${problems.join(', ')}`);
   return { config: out as ConfigOf<O> };
 }
 
 export function helpText(specs: OptionSpecs, about: string): string {
-  const rows = Object.values(specs).filter((s) => !s.hidden).map((s) => {
-    const def = defaultOf(s.schema);
-    const flag = `${s.short ? `-${s.short}, ` : ''}${s.boolean ? `--[no-]${s.flag}` : `--${s.flag} <value>`}`;
-    return `  ${flag.padEnd(34)} ${s.description}${s.env ? ` [${s.env}]` : ''}${def === undefined ? '' : ` (default: ${JSON.stringify(def)})`}`;
-  });
+  const rows = Object.values(specs)
+    .filter((s) => !s.hidden)
+    .map((s) => {
+      const def = defaultOf(s.schema);
+      const flag = `${s.short ? `-${s.short}, ` : ''}${s.boolean ? `--[no-]${s.flag}` : `--${s.flag} <value>`}`;
+      return `  ${flag.padEnd(34)} ${s.description}${s.env ? ` [${s.env}]` : ''}${def === undefined ? '' : ` (default: ${JSON.stringify(def)})`}`;
+    });
   return `${about ? `${about}\n\n` : ''}Options:\n${rows.join('\n')}\n  --help                             show this help\n`;
 }
 

@@ -23,7 +23,12 @@ describe('connectNats', () => {
   });
 
   it('connects as its identity with an owner-only credentials file, replies under its own inbox', async () => {
-    const nc = await connectNats({ natsUrl: ns.url, natsCreds: ns.credentials('gateway') }, 'gateway', 'test', silentLogger());
+    const nc = await connectNats(
+      { natsUrl: ns.url, natsCreds: ns.credentials('gateway') },
+      'gateway',
+      'test',
+      silentLogger(),
+    );
     // The gateway may subscribe only under _INBOX_gateway: a 503 coming back proves replies arrive there.
     await expect(nc.request('$SRV.PING', '', { timeout: 2000 })).rejects.toThrow(/no responders/i);
     await nc.close();
@@ -33,19 +38,23 @@ describe('connectNats', () => {
     const file = join(dir, 'gateway.nk');
     copyFileSync(ns.credentials('gateway'), file);
     chmodSync(file, 0o644);
-    await expect(connectNats({ natsUrl: ns.url, natsCreds: file }, 'gateway', 'test', silentLogger())).rejects.toThrow(
-      /open to group or others \(mode 0644\)/,
-    );
+    await expect(
+      connectNats({ natsUrl: ns.url, natsCreds: file }, 'gateway', 'test', silentLogger()),
+    ).rejects.toThrow(/open to group or others \(mode 0644\)/);
   });
 
   it('without credentials, the authenticated server refuses the connection', async () => {
     await expect(
-      connectNats({ natsUrl: ns.url, natsCreds: 'none' }, 'gateway', 'test', silentLogger()).then((nc) => nc.close()),
+      connectNats({ natsUrl: ns.url, natsCreds: 'none' }, 'gateway', 'test', silentLogger()).then((nc) =>
+        nc.close(),
+      ),
     ).rejects.toThrow(/Authorization Violation/);
   });
 
   it('a missing default credentials file is an error that names it', async () => {
-    await expect(connectNats({ natsUrl: ns.url, natsCreds: join(dir, 'absent.nk') }, 'gateway', 'test', silentLogger())).rejects.toThrow(/absent\.nk/);
+    await expect(
+      connectNats({ natsUrl: ns.url, natsCreds: join(dir, 'absent.nk') }, 'gateway', 'test', silentLogger()),
+    ).rejects.toThrow(/absent\.nk/);
   });
 });
 
@@ -74,7 +83,9 @@ describe('a reply lost to a reconnect', () => {
   async function responder(subject: string): Promise<{ seen: () => number; close: () => Promise<void> }> {
     const nc = await ns.connect();
     let seen = 0;
-    nc.subscribe(subject, { callback: (_e, m) => void (++seen > 1 && m.respond(JSON.stringify({ answer: seen }))) });
+    nc.subscribe(subject, {
+      callback: (_e, m) => void (++seen > 1 && m.respond(JSON.stringify({ answer: seen }))),
+    });
     await nc.flush();
     return { seen: () => seen, close: () => nc.close() };
   }

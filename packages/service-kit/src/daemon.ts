@@ -8,7 +8,12 @@ import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import type { IdentityName } from '@sysbox-mgr-ts/contracts';
 import { sdNotify } from '@sysbox-mgr-ts/host-native/notify';
-import { DEFAULT_CREDENTIALS_DIR, clientAuthOptions, credentialsFile, readPrivateFile } from '@sysbox-mgr-ts/nats-auth';
+import {
+  DEFAULT_CREDENTIALS_DIR,
+  clientAuthOptions,
+  credentialsFile,
+  readPrivateFile,
+} from '@sysbox-mgr-ts/nats-auth';
 import { commonOptions, parseConfig, type ConfigOf, type OptionSpecs } from './config.js';
 import { createLogger, type LoggerSettings } from './logger.js';
 
@@ -75,8 +80,16 @@ export interface NatsClientConfig {
  * Connects as `identity`. Refuses (throws) a credentials file that others can read or that is
  * missing; 'none' is the only way to connect without credentials, and it is logged.
  */
-export async function connectNats(config: NatsClientConfig, identity: IdentityName, name: string, log: Logger): Promise<NatsConnection> {
-  const creds = config.natsCreds === 'none' ? undefined : (config.natsCreds ?? credentialsFile(DEFAULT_CREDENTIALS_DIR, identity));
+export async function connectNats(
+  config: NatsClientConfig,
+  identity: IdentityName,
+  name: string,
+  log: Logger,
+): Promise<NatsConnection> {
+  const creds =
+    config.natsCreds === 'none'
+      ? undefined
+      : (config.natsCreds ?? credentialsFile(DEFAULT_CREDENTIALS_DIR, identity));
   if (creds === undefined) log.warn('connecting to NATS without credentials (--nats-creds none)');
   // The key file is a secret like the seed: same owner-only rule.
   if (config.natsTlsKey) readPrivateFile(config.natsTlsKey);
@@ -97,7 +110,8 @@ export async function connectNats(config: NatsClientConfig, identity: IdentityNa
   });
   void (async () => {
     for await (const s of nc.status()) {
-      if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') log.warn({ nats: s }, `nats ${s.type}`);
+      if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error')
+        log.warn({ nats: s }, `nats ${s.type}`);
     }
   })();
   return nc;
@@ -107,7 +121,11 @@ export async function connectNats(config: NatsClientConfig, identity: IdentityNa
  * sd_notify(3) to the supervisor named in NOTIFY_SOCKET (systemd's Type=notify units), if any. A
  * failure to tell it is logged, never fatal: the daemon serves either way.
  */
-export function notifySupervisor(message: string, env: Record<string, string | undefined>, log: Logger): void {
+export function notifySupervisor(
+  message: string,
+  env: Record<string, string | undefined>,
+  log: Logger,
+): void {
   try {
     if (sdNotify(message, env)) log.debug({ notifySocket: env.NOTIFY_SOCKET }, `sd_notify ${message}`);
   } catch (err) {
@@ -126,7 +144,12 @@ export async function runDaemon<O extends OptionSpecs>(
   }
   let parsed;
   try {
-    parsed = parseConfig({ ...commonOptions, ...spec.options }, argv, env, `${spec.name} ${spec.version}: ${spec.about}`);
+    parsed = parseConfig(
+      { ...commonOptions, ...spec.options },
+      argv,
+      env,
+      `${spec.name} ${spec.version}: ${spec.about}`,
+    );
   } catch (err) {
     process.stderr.write(`${spec.name}: ${(err as Error).message}\nTry --help.\n`);
     process.exit(2);
@@ -185,5 +208,6 @@ export async function runDaemon<O extends OptionSpecs>(
     log.flush(() => process.exit());
   };
   // As upstream's manager: each of these stops it gracefully, exit 0.
-  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'] as const) process.once(signal, () => void stop(signal));
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT'] as const)
+    process.once(signal, () => void stop(signal));
 }

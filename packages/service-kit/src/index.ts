@@ -10,7 +10,12 @@ export {
   type OptionSpecs,
 } from './config.js';
 export { createLogger, silentLogger, type Logger, type LoggerSettings } from './logger.js';
-export { startMicroService, type MicroEndpoint, type MicroService, type MicroServiceConfig } from './micro.js';
+export {
+  startMicroService,
+  type MicroEndpoint,
+  type MicroService,
+  type MicroServiceConfig,
+} from './micro.js';
 export {
   handle,
   processRequest,

@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { allPages, pageOf } from './page.js';
 
-const items = Array.from({ length: 25 }, (_, i) => ({ id: `c${String(i).padStart(2, '0')}`, pad: 'x'.repeat(100) }));
+const items = Array.from({ length: 25 }, (_, i) => ({
+  id: `c${String(i).padStart(2, '0')}`,
+  pad: 'x'.repeat(100),
+}));
 
 describe('pageOf', () => {
   it('walks a list in key order, a page at a time, each item exactly once', async () => {

@@ -21,7 +21,9 @@ export function pageOf<T>(
   maxBytes = LIST_MAX_BYTES,
 ): { items: T[]; next?: string } {
   const limit = Math.min(req.limit ?? LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT);
-  const sorted = items.map((item) => ({ key: keyOf(item), item })).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  const sorted = items
+    .map((item) => ({ key: keyOf(item), item }))
+    .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   const after = req.cursor === undefined ? sorted : sorted.filter((x) => x.key > req.cursor!);
   const out: T[] = [];
   let bytes = 0;
@@ -36,7 +38,9 @@ export function pageOf<T>(
 }
 
 /** Reads every page of a paged list, in order. */
-export async function allPages<R extends { next?: string | undefined }>(page: (cursor: string | undefined) => Promise<R>): Promise<R[]> {
+export async function allPages<R extends { next?: string | undefined }>(
+  page: (cursor: string | undefined) => Promise<R>,
+): Promise<R[]> {
   const out: R[] = [];
   let cursor: string | undefined;
   do {

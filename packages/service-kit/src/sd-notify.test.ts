@@ -36,8 +36,23 @@ interface Child {
 function startDaemon(ns: NatsServer, env: Record<string, string>): Child {
   const proc = spawn(
     process.execPath,
-    ['--conditions=@sysbox-mgr-ts/source', '--import', 'tsx', '--input-type=module', '-e', daemonScript, '--',
-      '--nats-url', ns.url, '--nats-creds', ns.credentials('subid-allocator'), '--node', node, '--log-level', 'debug'],
+    [
+      '--conditions=@sysbox-mgr-ts/source',
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '-e',
+      daemonScript,
+      '--',
+      '--nats-url',
+      ns.url,
+      '--nats-creds',
+      ns.credentials('subid-allocator'),
+      '--node',
+      node,
+      '--log-level',
+      'debug',
+    ],
     { cwd: pkgDir, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';
@@ -70,7 +85,9 @@ describe('runDaemon and sd_notify', () => {
       expect(ready).toEqual({ message: 'READY=1', pid: d.proc.pid });
       // When the supervisor hears READY=1, the daemon has said started and answers at once.
       expect(d.output()).toMatch(/"msg":"started"/);
-      expect(new TextDecoder().decode((await nc.request(`sysbox.${node}.subid.ping`, '', { timeout: 1000 })).data)).toBe('pong');
+      expect(
+        new TextDecoder().decode((await nc.request(`sysbox.${node}.subid.ping`, '', { timeout: 1000 })).data),
+      ).toBe('pong');
 
       d.proc.kill('SIGTERM');
       const stopping = await listener.next(5000);
@@ -92,10 +109,13 @@ describe('runDaemon and sd_notify', () => {
     const d = startDaemon(ns, env);
     try {
       const deadline = Date.now() + 20_000;
-      while (!/"msg":"started"/.test(d.output()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      while (!/"msg":"started"/.test(d.output()) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 20));
       await new Promise((r) => setTimeout(r, 50));
       expect(d.output()).toMatch(/"msg":"sd_notify READY=1 failed"/);
-      expect(new TextDecoder().decode((await nc.request(`sysbox.${node}.subid.ping`, '', { timeout: 1000 })).data)).toBe('pong');
+      expect(
+        new TextDecoder().decode((await nc.request(`sysbox.${node}.subid.ping`, '', { timeout: 1000 })).data),
+      ).toBe('pong');
       d.proc.kill('SIGTERM');
       expect(await d.exited).toBe(0);
     } finally {

@@ -41,13 +41,20 @@ let requestCounter = 0;
  * Runs one request through validation, the handler and reply validation, with no network:
  * the path every NATS request takes, callable from tests as fastify's inject is.
  */
-export async function processRequest(binding: Binding, data: Uint8Array, ctx: RequestContext): Promise<Outcome> {
+export async function processRequest(
+  binding: Binding,
+  data: Uint8Array,
+  ctx: RequestContext,
+): Promise<Outcome> {
   const { contract } = binding;
   let payload: unknown;
   try {
     payload = data.length === 0 ? {} : decodeJson(data);
   } catch {
-    return { ok: false, error: new SysboxError('invalid-request', `${contract.endpoint}: body is not valid JSON`) };
+    return {
+      ok: false,
+      error: new SysboxError('invalid-request', `${contract.endpoint}: body is not valid JSON`),
+    };
   }
   const parsed = contract.request.safeParse(payload);
   if (!parsed.success) {
@@ -60,7 +67,10 @@ export async function processRequest(binding: Binding, data: Uint8Array, ctx: Re
     if (!checked.success) {
       return {
         ok: false,
-        error: new SysboxError('internal', `${contract.endpoint}: reply failed its schema: ${checked.error.message}`),
+        error: new SysboxError(
+          'internal',
+          `${contract.endpoint}: reply failed its schema: ${checked.error.message}`,
+        ),
       };
     }
     return { ok: true, reply: checked.data };
@@ -119,7 +129,8 @@ const RECENT_CALLS_MAX = 10_000;
 function sharedOutcome(key: string, data: Uint8Array, run: () => Promise<Outcome>): Promise<Outcome> {
   const now = Date.now();
   const known = recentCalls.get(key);
-  if (known && now - known.at < RECENT_CALL_MS) return Buffer.from(known.data).equals(data) ? known.outcome : run();
+  if (known && now - known.at < RECENT_CALL_MS)
+    return Buffer.from(known.data).equals(data) ? known.outcome : run();
   for (const [k, v] of recentCalls) {
     if (recentCalls.size < RECENT_CALLS_MAX && now - v.at < RECENT_CALL_MS) break;
     recentCalls.delete(k);
@@ -148,7 +159,8 @@ async function respond(b: Binding, subject: string, msg: Msg, root: Logger): Pro
   const { error } = outcome;
   const r = errorReply(error);
   msg.respond(r.data, { headers: r.headers });
-  if (error.code === 'internal') log.error({ id: containerId, ms, code: error.code, err: error }, error.message);
+  if (error.code === 'internal')
+    log.error({ id: containerId, ms, code: error.code, err: error }, error.message);
   else log.warn({ id: containerId, ms, code: error.code }, error.message);
   return { error: `${error.code}: ${error.message}` };
 }

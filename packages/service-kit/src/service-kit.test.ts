@@ -81,8 +81,22 @@ describe('service kit on a real nats-server', () => {
     ns = await startNatsServer({ jetstream: false });
     nc = await ns.connect();
     ncB = await ns.connect();
-    a = serve({ nc, service: testService, node: 'n1', version: '1.2.3', log: silent(), bindings: bindings('a') });
-    b = serve({ nc: ncB, service: testService, node: 'n1', version: '1.2.3', log: silent(), bindings: bindings('b') });
+    a = serve({
+      nc,
+      service: testService,
+      node: 'n1',
+      version: '1.2.3',
+      log: silent(),
+      bindings: bindings('a'),
+    });
+    b = serve({
+      nc: ncB,
+      service: testService,
+      node: 'n1',
+      version: '1.2.3',
+      log: silent(),
+      bindings: bindings('b'),
+    });
     await nc.flush();
     await ncB.flush();
   });
@@ -108,25 +122,37 @@ describe('service kit on a real nats-server', () => {
     expect(body.error.code).toBe('invalid-request');
     expect(body.error.message).toMatch(/id/);
     expect(body.error.message).toMatch(/n/);
-    const notJson = await nc.request('sysbox.n1.subid.echo', new TextEncoder().encode('{oops'), { timeout: 2000 });
+    const notJson = await nc.request('sysbox.n1.subid.echo', new TextEncoder().encode('{oops'), {
+      timeout: 2000,
+    });
     expect((decodeJson(notJson.data) as any).error.message).toMatch(/not valid JSON/);
     expect(handled.length).toBe(before);
   });
 
   it('turns async and sync failures into typed replies, counted in $SRV.STATS', async () => {
     const client = createServiceClient(nc, { node: 'n1' });
-    await expect(client.call(fail, { kind: 'typed' })).rejects.toMatchObject({ code: 'exhausted', message: 'pool is empty' });
+    await expect(client.call(fail, { kind: 'typed' })).rejects.toMatchObject({
+      code: 'exhausted',
+      message: 'pool is empty',
+    });
     await expect(client.call(fail, { kind: 'sync' })).rejects.toMatchObject({ code: 'exhausted' });
-    const unknown = await nc.request('sysbox.n1.subid.fail', encodeJson({ kind: 'unknown' }), { timeout: 2000 });
+    const unknown = await nc.request('sysbox.n1.subid.fail', encodeJson({ kind: 'unknown' }), {
+      timeout: 2000,
+    });
     expect(unknown.headers?.get(ERROR_CODE_HEADER)).toBe('500');
-    expect((decodeJson(unknown.data) as any).error).toEqual({ code: 'internal', message: 'cannot read x of undefined' });
+    expect((decodeJson(unknown.data) as any).error).toEqual({
+      code: 'internal',
+      message: 'cannot read x of undefined',
+    });
 
     const stats = await gather(nc, '$SRV.STATS.sysbox-test');
     const failEndpoints = stats.flatMap((s: any) => s.endpoints.filter((e: any) => e.name === 'fail'));
     const total = failEndpoints.reduce((n: number, e: any) => n + e.num_errors, 0);
     expect(total).toBe(3);
     // Whichever replica answered the last request holds its error as last_error.
-    expect(failEndpoints.some((e: any) => e.last_error === 'internal: cannot read x of undefined')).toBe(true);
+    expect(failEndpoints.some((e: any) => e.last_error === 'internal: cannot read x of undefined')).toBe(
+      true,
+    );
   });
 
   it('$SRV.PING and $SRV.INFO list both replicas with their endpoints', async () => {
@@ -135,7 +161,10 @@ describe('service kit on a real nats-server', () => {
     expect(pings[0]).toMatchObject({ type: 'io.nats.micro.v1.ping_response', version: '1.2.3' });
     const infos = await gather(nc, '$SRV.INFO.sysbox-test');
     expect(infos).toHaveLength(2);
-    expect(infos[0].endpoints.map((e: any) => e.subject).sort()).toEqual(['sysbox.n1.subid.echo', 'sysbox.n1.subid.fail']);
+    expect(infos[0].endpoints.map((e: any) => e.subject).sort()).toEqual([
+      'sysbox.n1.subid.echo',
+      'sysbox.n1.subid.fail',
+    ]);
     expect(infos[0].endpoints[0].queue_group).toBe('sysbox-test');
     const one = await gather(nc, `$SRV.INFO.sysbox-test.${a.id}`);
     expect(one.map((i: any) => i.id)).toEqual([a.id]);
@@ -163,8 +192,19 @@ describe('service kit on a real nats-server', () => {
 
   /** One more service of a single echo-shaped endpoint, on the shared connection. */
   const serveOne = (contract: typeof echo, handler: Handler<typeof echo>): MicroService => {
-    const service = { ...testService, name: `sysbox-${contract.endpoint}`, contracts: [contract] } as const satisfies ServiceContract;
-    return serve({ nc, service, node: 'n1', version: '0.0.1', log: silent(), bindings: [handle(contract, handler)] });
+    const service = {
+      ...testService,
+      name: `sysbox-${contract.endpoint}`,
+      contracts: [contract],
+    } as const satisfies ServiceContract;
+    return serve({
+      nc,
+      service,
+      node: 'n1',
+      version: '0.0.1',
+      log: silent(),
+      bindings: [handle(contract, handler)],
+    });
   };
 
   it('stop waits for requests in flight', async () => {
@@ -184,7 +224,12 @@ describe('service kit on a real nats-server', () => {
   });
 
   it('runs a call once when the client sends copies of it (a reply that may have been lost)', async () => {
-    const long = defineContract({ ...echo, endpoint: 'long', subject: subjectOf('subid', 'long'), idempotent: true });
+    const long = defineContract({
+      ...echo,
+      endpoint: 'long',
+      subject: subjectOf('subid', 'long'),
+      idempotent: true,
+    });
     let runs = 0;
     const s = serveOne(long, async (req) => {
       runs++;
@@ -201,7 +246,11 @@ describe('service kit on a real nats-server', () => {
     // A call id reused with another body is not a copy: it runs, and gets its own answer.
     const h = headers();
     h.set(CALL_ID_HEADER, 'reused');
-    const ask = async (n: number) => decodeJson((await nc.request(long.subject('n1'), encodeJson({ id: 'c', n }), { headers: h, timeout: 5000 })).data);
+    const ask = async (n: number) =>
+      decodeJson(
+        (await nc.request(long.subject('n1'), encodeJson({ id: 'c', n }), { headers: h, timeout: 5000 }))
+          .data,
+      );
     expect(await ask(1)).toMatchObject({ n: 3 });
     expect(await ask(2)).toMatchObject({ n: 4 });
     await s.stop();
@@ -217,7 +266,10 @@ async function gather(nc: NatsConnection, subject: string): Promise<any[]> {
 
 describe('config', () => {
   it('reads flags over env over defaults and lists problems', () => {
-    const r = parseConfig(commonOptions, ['--node', 'h1', '--no-log-pretty'], { NATS_URL: 'nats://x:1', LOG_PRETTY: '1' });
+    const r = parseConfig(commonOptions, ['--node', 'h1', '--no-log-pretty'], {
+      NATS_URL: 'nats://x:1',
+      LOG_PRETTY: '1',
+    });
     expect('config' in r && r.config).toMatchObject({
       node: 'h1',
       natsUrl: 'nats://x:1',
@@ -225,7 +277,9 @@ describe('config', () => {
       logPretty: false,
       kvReplicas: 1,
     });
-    expect(() => parseConfig(commonOptions, ['--node', 'Bad.Node', '--bogus'], {})).toThrow(/--node.*|unknown option --bogus/);
+    expect(() => parseConfig(commonOptions, ['--node', 'Bad.Node', '--bogus'], {})).toThrow(
+      /--node.*|unknown option --bogus/,
+    );
     expect(() => parseConfig(commonOptions, ['--data-root', 'relative'], {})).toThrow(SysboxError);
   });
   it('answers --help with every option', () => {
@@ -241,8 +295,17 @@ describe('config', () => {
       log: option({ flag: 'log', short: 'l', description: 'log file', schema: z.string().default('') }),
       cpuProfiling: { ...boolOption('cpu-profiling', undefined, 'no effect'), hidden: true },
     };
-    const r = parseConfig(specs, ['-log-level', 'debug', '-l', '/var/log/x.log', '-cpu-profiling', '-data-root=/srv/s'], {});
-    expect('config' in r && r.config).toMatchObject({ logLevel: 'debug', log: '/var/log/x.log', cpuProfiling: true, dataRoot: '/srv/s' });
+    const r = parseConfig(
+      specs,
+      ['-log-level', 'debug', '-l', '/var/log/x.log', '-cpu-profiling', '-data-root=/srv/s'],
+      {},
+    );
+    expect('config' in r && r.config).toMatchObject({
+      logLevel: 'debug',
+      log: '/var/log/x.log',
+      cpuProfiling: true,
+      dataRoot: '/srv/s',
+    });
     const help = (parseConfig(specs, ['--help'], {}) as { help: string }).help;
     expect(help).toContain('-l, --log');
     expect(help).not.toContain('cpu-profiling');
@@ -262,17 +325,36 @@ describe('logger', () => {
   };
   it('writes JSON with the daemon base fields by default', () => {
     const out = capture();
-    createLogger({ service: 'svc', node: 'n1', version: '1.0.0', level: 'info', destination: out.stream }).info({ id: 'c1' }, 'hello');
+    createLogger({
+      service: 'svc',
+      node: 'n1',
+      version: '1.0.0',
+      level: 'info',
+      destination: out.stream,
+    }).info({ id: 'c1' }, 'hello');
     const rec = JSON.parse(out.text());
-    expect(rec).toMatchObject({ service: 'svc', node: 'n1', version: '1.0.0', id: 'c1', msg: 'hello', level: 30 });
+    expect(rec).toMatchObject({
+      service: 'svc',
+      node: 'n1',
+      version: '1.0.0',
+      id: 'c1',
+      msg: 'hello',
+      level: 30,
+    });
   });
   it('writes one uncoloured text line per record with --log-format text', () => {
     const out = capture();
-    const log = createLogger({ service: 'svc', node: 'n1', version: '1.0.0', level: 'info', destination: out.stream, format: 'text' });
+    const log = createLogger({
+      service: 'svc',
+      node: 'n1',
+      version: '1.0.0',
+      level: 'info',
+      destination: out.stream,
+      format: 'text',
+    });
     log.warn({ id: 'c1' }, 'hello');
     expect(out.text()).toMatch(/WARN.*hello/);
     expect(out.text()).not.toMatch(/^\{/);
     expect(out.text()).not.toMatch(/\u001b\[/);
   });
 });
-

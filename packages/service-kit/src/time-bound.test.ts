@@ -17,7 +17,10 @@ describe('withinTime', () => {
     vi.useFakeTimers();
     try {
       const late = withinTime(new Promise(() => undefined), 250, 'mount overlay on /m');
-      const seen = expect(late).rejects.toMatchObject({ code: 'timeout', message: 'mount overlay on /m: no answer within 250 ms' });
+      const seen = expect(late).rejects.toMatchObject({
+        code: 'timeout',
+        message: 'mount overlay on /m: no answer within 250 ms',
+      });
       await vi.advanceTimersByTimeAsync(249);
       expect(vi.getTimerCount()).toBe(1);
       await vi.advanceTimersByTimeAsync(1);

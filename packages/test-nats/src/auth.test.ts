@@ -35,9 +35,9 @@ describe('authenticated nats-server', () => {
 
   it('refuses a key the configuration does not list', async () => {
     const stranger = nkeys.createUser().getSeed();
-    await expect(connect({ servers: ns.url, reconnect: false, authenticator: nkeyAuthenticator(stranger) })).rejects.toThrow(
-      /Authorization Violation/,
-    );
+    await expect(
+      connect({ servers: ns.url, reconnect: false, authenticator: nkeyAuthenticator(stranger) }),
+    ).rejects.toThrow(/Authorization Violation/);
   });
 
   it('lets a service serve its own subjects and nobody else serve them', async () => {
@@ -59,16 +59,26 @@ describe('authenticated nats-server', () => {
     const sub = vol.subscribe('sysbox.n1.vol.list', { callback: (_, m) => void m.respond('{"volumes":[]}') });
     await vol.flush();
     const monitor = await as('monitor');
-    expect((await monitor.request('sysbox.n1.vol.list', '{}', { timeout: 2000 })).string()).toBe('{"volumes":[]}');
-    await expect(vol.request('sysbox.n1.subid.alloc', '{}', { timeout: 1000 })).rejects.toThrow(/Permissions Violation/);
+    expect((await monitor.request('sysbox.n1.vol.list', '{}', { timeout: 2000 })).string()).toBe(
+      '{"volumes":[]}',
+    );
+    await expect(vol.request('sysbox.n1.subid.alloc', '{}', { timeout: 1000 })).rejects.toThrow(
+      /Permissions Violation/,
+    );
     sub.unsubscribe();
   });
 
   it('keeps the monitor to discovery and read-only subjects', async () => {
     const monitor = await as('monitor');
-    await expect(monitor.request('sysbox.n1.vol.prep', '{}', { timeout: 1000 })).rejects.toThrow(/Permissions Violation/);
-    await expect(monitor.request('sysbox.n1.subid.alloc', '{}', { timeout: 1000 })).rejects.toThrow(/Permissions Violation/);
-    await expect(monitor.request('$JS.API.STREAM.NAMES', '{}', { timeout: 1000 })).rejects.toThrow(/Permissions Violation/);
+    await expect(monitor.request('sysbox.n1.vol.prep', '{}', { timeout: 1000 })).rejects.toThrow(
+      /Permissions Violation/,
+    );
+    await expect(monitor.request('sysbox.n1.subid.alloc', '{}', { timeout: 1000 })).rejects.toThrow(
+      /Permissions Violation/,
+    );
+    await expect(monitor.request('$JS.API.STREAM.NAMES', '{}', { timeout: 1000 })).rejects.toThrow(
+      /Permissions Violation/,
+    );
   });
 
   it('keeps every daemon to its own bucket, against the KV client and the raw JetStream API', async () => {
@@ -95,14 +105,16 @@ describe('authenticated nats-server', () => {
       ['$JS.API.STREAM.PURGE.KV_sysbox-vol', ''],
     ] as const;
     for (const [subject, body] of raw) {
-      await expect(vol.request(subject, body, { timeout: 1000 }), subject).rejects.toThrow(/Permissions Violation/);
+      await expect(vol.request(subject, body, { timeout: 1000 }), subject).rejects.toThrow(
+        /Permissions Violation/,
+      );
     }
     // The subid record is as the operator wrote it.
     const op = await as('operator');
     expect((await (await new Kvm(op).open('sysbox-subid')).get('n1.c1'))?.string()).toBe('{"base":100000}');
   });
 
-  it('keeps each identity to its own inbox: no one reads another identity\'s replies', async () => {
+  it("keeps each identity to its own inbox: no one reads another identity's replies", async () => {
     const gateway = await as('gateway');
     for (const subject of ['_INBOX.>', '_INBOX_vol-mgr.>', '>']) {
       expect(await gateway.subscribe(subject).closed, subject).toBeInstanceOf(Error);

@@ -22,7 +22,9 @@ describe('startNatsCluster', () => {
 
   it('runs three authenticated members that hold an R3 bucket together', async () => {
     expect(cluster.servers).toHaveLength(3);
-    await expect(connect({ servers: cluster.servers[1]!.url, reconnect: false })).rejects.toThrow(/Authorization Violation/);
+    await expect(connect({ servers: cluster.servers[1]!.url, reconnect: false })).rejects.toThrow(
+      /Authorization Violation/,
+    );
     const nc = await cluster.connect();
     const kv = await new Kvm(nc).create('r3', { replicas: 3 });
     await kv.put('k', 'v');
@@ -34,10 +36,17 @@ describe('startNatsCluster', () => {
 
   it('only members holding the route secret join: the routes are authenticated', async () => {
     // A server with its own (other) secret pointed at the members' route ports.
-    const routes = cluster.servers.map((s) => s.logs().match(/Listening for route connections on ([\d.]+:\d+)/)![1]!);
-    const intruder = await startNatsServer({ jetstream: false, cluster: { name: 'sysbox', port: -1, routes, serverName: 'intruder' } });
+    const routes = cluster.servers.map(
+      (s) => s.logs().match(/Listening for route connections on ([\d.]+:\d+)/)![1]!,
+    );
+    const intruder = await startNatsServer({
+      jetstream: false,
+      cluster: { name: 'sysbox', port: -1, routes, serverName: 'intruder' },
+    });
     try {
-      await until(() => cluster.servers.some((s) => /Router connection closed: Authentication Failure/.test(s.logs())));
+      await until(() =>
+        cluster.servers.some((s) => /Router connection closed: Authentication Failure/.test(s.logs())),
+      );
       expect(intruder.logs()).toMatch(/Route Error 'Authorization Violation'/);
     } finally {
       await intruder.stop();

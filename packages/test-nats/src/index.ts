@@ -12,7 +12,13 @@ import type { ConnectionOptions, NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { IdentityName } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
-import { clientAuthOptions, credentialsFile, writeServerSetup, type NodeScope, type TlsFiles } from '@sysbox-mgr-ts/nats-auth';
+import {
+  clientAuthOptions,
+  credentialsFile,
+  writeServerSetup,
+  type NodeScope,
+  type TlsFiles,
+} from '@sysbox-mgr-ts/nats-auth';
 
 export interface NatsServerOptions {
   jetstream?: boolean;
@@ -72,7 +78,8 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const jetstream = opts.jetstream ?? true;
   const tempStore = jetstream && !opts.storeDir ? await mkdtemp(join(tmpdir(), 'nats-js-')) : undefined;
   const storeDir = opts.storeDir ?? tempStore;
-  const tempCredentials = opts.auth !== false && !opts.auth?.dir ? await mkdtemp(join(tmpdir(), 'nats-creds-')) : undefined;
+  const tempCredentials =
+    opts.auth !== false && !opts.auth?.dir ? await mkdtemp(join(tmpdir(), 'nats-creds-')) : undefined;
   const credentialsDir = opts.auth === false ? undefined : (opts.auth?.dir ?? tempCredentials);
   const configFile = credentialsDir
     ? writeServerSetup({
@@ -82,7 +89,12 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
         storeDir: jetstream ? storeDir : undefined,
         tls: opts.tls,
         serverName: opts.cluster?.serverName,
-        cluster: opts.cluster && { name: opts.cluster.name, port: opts.cluster.port, routes: opts.cluster.routes, host },
+        cluster: opts.cluster && {
+          name: opts.cluster.name,
+          port: opts.cluster.port,
+          routes: opts.cluster.routes,
+          host,
+        },
         configName: opts.cluster ? `nats-server-${opts.cluster.serverName}.conf` : undefined,
       }).configFile
     : undefined;
@@ -92,15 +104,25 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
 
   const launch = async (): Promise<void> => {
     // Flags win over the configuration file: the port is chosen here (and kept across restarts).
-    const args = [...(configFile ? ['-c', configFile] : []), '-a', host, '-p', port === 0 ? '-1' : String(port)];
+    const args = [
+      ...(configFile ? ['-c', configFile] : []),
+      '-a',
+      host,
+      '-p',
+      port === 0 ? '-1' : String(port),
+    ];
     // With a configuration file, JetStream and its store are in it.
     if (jetstream && !configFile) args.push('-js', '-sd', storeDir!);
     args.push(...(opts.args ?? []));
-    const proc = startProcess(opts.binary ?? 'nats-server', args, { output: 'pipe', ownProcessGroup: opts.ownProcessGroup });
+    const proc = startProcess(opts.binary ?? 'nats-server', args, {
+      output: 'pipe',
+      ownProcessGroup: opts.ownProcessGroup,
+    });
     child = proc;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`nats-server did not start within ${opts.startTimeoutMs ?? 10_000} ms:\n${log}`)),
+        () =>
+          reject(new Error(`nats-server did not start within ${opts.startTimeoutMs ?? 10_000} ms:\n${log}`)),
         opts.startTimeoutMs ?? 10_000,
       );
       const onData = (chunk: Buffer): void => {
@@ -116,7 +138,11 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       proc.stdout?.on('data', onData);
       void proc.then((r) => {
         clearTimeout(timer);
-        reject(new Error(`nats-server exited (${r.exitCode ?? r.signal}) before it was ready:\n${log}${r.shortMessage ?? ''}`));
+        reject(
+          new Error(
+            `nats-server exited (${r.exitCode ?? r.signal}) before it was ready:\n${log}${r.shortMessage ?? ''}`,
+          ),
+        );
       });
     });
   };
@@ -147,7 +173,9 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       return credentialsFile(credentialsDir, identity);
     },
     connect(identity = 'operator', options = {}) {
-      const auth = credentialsDir ? clientAuthOptions({ identity, credentialsFile: credentialsFile(credentialsDir, identity) }) : {};
+      const auth = credentialsDir
+        ? clientAuthOptions({ identity, credentialsFile: credentialsFile(credentialsDir, identity) })
+        : {};
       return connect({ ...DAEMON_LIKE, ...options, ...auth, servers: `nats://${host}:${port}` });
     },
     get pid() {
@@ -197,7 +225,9 @@ export interface NatsCluster {
  * identities on every member, a store per member. Resolves once JetStream answers (a meta leader
  * is elected).
  */
-export async function startNatsCluster(opts: { size?: number; auth?: { nodes?: NodeScope }; name?: string } = {}): Promise<NatsCluster> {
+export async function startNatsCluster(
+  opts: { size?: number; auth?: { nodes?: NodeScope }; name?: string } = {},
+): Promise<NatsCluster> {
   const size = opts.size ?? 3;
   const credentialsDir = await mkdtemp(join(tmpdir(), 'nats-cluster-creds-'));
   const clientPorts = await freePorts(size);
@@ -223,7 +253,10 @@ export async function startNatsCluster(opts: { size?: number; auth?: { nodes?: N
     credentialsDir,
     credentials: (identity) => credentialsFile(credentialsDir, identity),
     connect(identity = 'operator', options = {}) {
-      const auth = clientAuthOptions({ identity, credentialsFile: credentialsFile(credentialsDir, identity) });
+      const auth = clientAuthOptions({
+        identity,
+        credentialsFile: credentialsFile(credentialsDir, identity),
+      });
       return connect({ ...DAEMON_LIKE, ...options, ...auth, servers: servers.map((s) => s.url) });
     },
     async stop() {
@@ -247,7 +280,8 @@ async function waitForJetStream(cluster: NatsCluster): Promise<void> {
         });
         return;
       } catch (err) {
-        if (Date.now() > deadline) throw new Error(`JetStream cluster not ready in 30 s: ${(err as Error).message}`);
+        if (Date.now() > deadline)
+          throw new Error(`JetStream cluster not ready in 30 s: ${(err as Error).message}`);
         await delay(200);
       }
     }
@@ -258,10 +292,14 @@ async function waitForJetStream(cluster: NatsCluster): Promise<void> {
 
 async function freePorts(n: number): Promise<number[]> {
   const servers = await Promise.all(
-    Array.from({ length: n }, () => new Promise<Server>((resolve) => {
-      const s = createServer();
-      s.listen(0, '127.0.0.1', () => resolve(s));
-    })),
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<Server>((resolve) => {
+          const s = createServer();
+          s.listen(0, '127.0.0.1', () => resolve(s));
+        }),
+    ),
   );
   const ports = servers.map((s) => (s.address() as AddressInfo).port);
   await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));

@@ -15,18 +15,68 @@ const openssl = (args: string[]) => run('openssl', args, { timeout: 30_000 });
 async function makeCa(dir: string, name: string): Promise<{ cert: string; key: string }> {
   const key = join(dir, `${name}.key`);
   const cert = join(dir, `${name}.pem`);
-  await openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', `/CN=${name}`]);
+  await openssl([
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+    '-days',
+    '1',
+    '-subj',
+    `/CN=${name}`,
+  ]);
   return { cert, key };
 }
 
-async function makeLeaf(dir: string, name: string, ca: { cert: string; key: string }, ext: string): Promise<{ cert: string; key: string }> {
+async function makeLeaf(
+  dir: string,
+  name: string,
+  ca: { cert: string; key: string },
+  ext: string,
+): Promise<{ cert: string; key: string }> {
   const key = join(dir, `${name}.key`);
   const csr = join(dir, `${name}.csr`);
   const cert = join(dir, `${name}.pem`);
   const extFile = join(dir, `${name}.ext`);
   writeFileSync(extFile, `${ext}\n`);
-  await openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', csr, '-subj', `/CN=${name}`]);
-  await openssl(['x509', '-req', '-in', csr, '-CA', ca.cert, '-CAkey', ca.key, '-CAcreateserial', '-out', cert, '-days', '1', '-extfile', extFile]);
+  await openssl([
+    'req',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    key,
+    '-out',
+    csr,
+    '-subj',
+    `/CN=${name}`,
+  ]);
+  await openssl([
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    ca.cert,
+    '-CAkey',
+    ca.key,
+    '-CAcreateserial',
+    '-out',
+    cert,
+    '-days',
+    '1',
+    '-extfile',
+    extFile,
+  ]);
   return { cert, key };
 }
 
@@ -49,7 +99,10 @@ describe('TLS between daemons and nats-server', () => {
   });
 
   it('verifies the server against the given CA, and refuses a server it cannot verify', async () => {
-    const ns = await startNatsServer({ jetstream: false, tls: { certFile: server.cert, keyFile: server.key } });
+    const ns = await startNatsServer({
+      jetstream: false,
+      tls: { certFile: server.cert, keyFile: server.key },
+    });
     servers.push(ns);
     const nc = await ns.connect('operator', { tls: { caFile: ca.cert } });
     expect(nc.info?.tls_required).toBe(true);
@@ -59,10 +112,15 @@ describe('TLS between daemons and nats-server', () => {
   });
 
   it('with a client CA, admits only clients with a certificate it signed (and their nkey still checked)', async () => {
-    const ns = await startNatsServer({ jetstream: false, tls: { certFile: server.cert, keyFile: server.key, caFile: ca.cert } });
+    const ns = await startNatsServer({
+      jetstream: false,
+      tls: { certFile: server.cert, keyFile: server.key, caFile: ca.cert },
+    });
     servers.push(ns);
     await expect(ns.connect('operator', { tls: { caFile: ca.cert }, reconnect: false })).rejects.toThrow();
-    const nc = await ns.connect('gateway', { tls: { caFile: ca.cert, certFile: client.cert, keyFile: client.key } });
+    const nc = await ns.connect('gateway', {
+      tls: { caFile: ca.cert, certFile: client.cert, keyFile: client.key },
+    });
     expect(nc.isClosed()).toBe(false);
     await nc.close();
   });

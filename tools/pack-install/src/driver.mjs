@@ -15,16 +15,31 @@ if (cmd === 'lifecycle') {
   const grpc = gatewayRequire('@grpc/grpc-js');
   const protoLoader = gatewayRequire('@grpc/proto-loader');
   const proto = gatewayRequire.resolve('@sysbox-mgr-ts/gateway/proto/sysboxMgr.proto');
-  const def = protoLoader.loadSync(proto, { keepCase: true, longs: Number, enums: Number, defaults: true, oneofs: true });
+  const def = protoLoader.loadSync(proto, {
+    keepCase: true,
+    longs: Number,
+    enums: Number,
+    defaults: true,
+    oneofs: true,
+  });
   const Client = grpc.loadPackageDefinition(def).protobuf.sysboxMgrStateChannel;
   const client = new Client(`unix:${socket}`, grpc.credentials.createInsecure());
   const rpc = (method, req) =>
     new Promise((resolve, reject) =>
-      client[method](req, { deadline: Date.now() + 30_000 }, (err, res) => (err ? reject(new Error(`${method}: ${err.message}`)) : resolve(res))),
+      client[method](req, { deadline: Date.now() + 30_000 }, (err, res) =>
+        err ? reject(new Error(`${method}: ${err.message}`)) : resolve(res),
+      ),
     );
   const id = 'pack-install-c1';
   const out = {};
-  out.register = await rpc('Register', { id, rootfs, userns: '', netns: '', uidMappings: [], gidMappings: [] });
+  out.register = await rpc('Register', {
+    id,
+    rootfs,
+    userns: '',
+    netns: '',
+    uidMappings: [],
+    gidMappings: [],
+  });
   out.subidAlloc = await rpc('SubidAlloc', { id, size: 65536 });
   out.unregister = await rpc('Unregister', { id });
   client.close();

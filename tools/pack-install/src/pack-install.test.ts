@@ -8,7 +8,19 @@
  * load its prebuilt addon (no compiler run at install), and, without it, say what is missing or
  * compile from source. Prints each package's installed size.
  */
-import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -16,7 +28,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, startProcess } from '@sysbox-mgr-ts/exec';
 
 const repoRoot = resolve(import.meta.dirname, '../../..');
-const PACKAGES = ['bench-kit', 'contracts', 'exec', 'host-guard', 'host-native', 'id-shift', 'kv-state', 'mountinfo', 'nats-auth', 'nats-retry', 'service-kit', 'test-nats'];
+const PACKAGES = [
+  'bench-kit',
+  'contracts',
+  'exec',
+  'host-guard',
+  'host-native',
+  'id-shift',
+  'kv-state',
+  'mountinfo',
+  'nats-auth',
+  'nats-retry',
+  'service-kit',
+  'test-nats',
+];
 const APPS = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner', 'gateway'] as const;
 type App = (typeof APPS)[number];
 const BIN: Record<App, string> = {
@@ -49,17 +74,39 @@ describe('packed packages installed outside the repository', () => {
   beforeAll(async () => {
     mkdirSync(tarballs);
     mkdirSync(install);
-    const workspaces = [...PACKAGES.map((p) => `packages/${p}`), ...[...APPS, 'all-in-one'].map((a) => `apps/${a}`)];
-    const pack = await run('npm', ['pack', '--json', '--pack-destination', tarballs, ...workspaces.flatMap((w) => ['-w', w])], { cwd: repoRoot, timeout: 60_000 });
+    const workspaces = [
+      ...PACKAGES.map((p) => `packages/${p}`),
+      ...[...APPS, 'all-in-one'].map((a) => `apps/${a}`),
+    ];
+    const pack = await run(
+      'npm',
+      ['pack', '--json', '--pack-destination', tarballs, ...workspaces.flatMap((w) => ['-w', w])],
+      { cwd: repoRoot, timeout: 60_000 },
+    );
     packed = JSON.parse(pack.stdout);
-    expect(packed.map((p) => p.name).sort()).toEqual(workspaces.map((w) => `@sysbox-mgr-ts/${w.split('/')[1]}`).sort());
+    expect(packed.map((p) => p.name).sort()).toEqual(
+      workspaces.map((w) => `@sysbox-mgr-ts/${w.split('/')[1]}`).sort(),
+    );
 
     // An empty project of its own: no workspace above it, nothing from the repository but tarballs.
-    writeFileSync(join(install, 'package.json'), JSON.stringify({ name: 'pack-install-probe', private: true }));
-    await run('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error', ...packed.map((p) => join(tarballs, p.filename))], {
-      cwd: install,
-      timeout: 150_000,
-    });
+    writeFileSync(
+      join(install, 'package.json'),
+      JSON.stringify({ name: 'pack-install-probe', private: true }),
+    );
+    await run(
+      'npm',
+      [
+        'install',
+        '--no-audit',
+        '--no-fund',
+        '--loglevel=error',
+        ...packed.map((p) => join(tarballs, p.filename)),
+      ],
+      {
+        cwd: install,
+        timeout: 150_000,
+      },
+    );
     cpSync(join(import.meta.dirname, 'driver.mjs'), join(install, 'driver.mjs'));
   }, 240_000);
 
@@ -82,7 +129,9 @@ describe('packed packages installed outside the repository', () => {
       const short = p.name.split('/')[1]!;
       const own = duBytes(installedPkg(short));
       const closure = closureBytes(installedPkg(short));
-      rows.push(`${p.name.padEnd(32)} ${kib(p.size).padStart(9)} ${kib(own).padStart(10)} ${kib(closure).padStart(12)}`);
+      rows.push(
+        `${p.name.padEnd(32)} ${kib(p.size).padStart(9)} ${kib(own).padStart(10)} ${kib(closure).padStart(12)}`,
+      );
     }
     const total = duBytes(join(install, 'node_modules'));
     process.stdout.write(
@@ -108,7 +157,11 @@ describe('packed packages installed outside the repository', () => {
     cpSync(installedPkg('id-shift'), copy, { recursive: true });
     rmSync(join(copy, 'prebuilds'), { recursive: true });
 
-    const missing = (await driver(['shift', copy, makeTree('tree-missing')])) as { ok: boolean; code: string; message: string };
+    const missing = (await driver(['shift', copy, makeTree('tree-missing')])) as {
+      ok: boolean;
+      code: string;
+      message: string;
+    };
     expect(missing).toMatchObject({ ok: false, code: 'internal' });
     expect(missing.message).toMatch(/no prebuilt binary for linux-x64 loads here and none was compiled/);
 
@@ -142,15 +195,28 @@ describe('packed packages installed outside the repository', () => {
   }, 200_000);
 
   /** The host as the split daemons and the all-in-one both run on it. */
-  let host: { creds: string; port: number; own: Record<App, string[]>; common: (app: App) => string[]; socket: string; rootfsRoot: string; subuid: string };
+  let host: {
+    creds: string;
+    port: number;
+    own: Record<App, string[]>;
+    common: (app: App) => string[];
+    socket: string;
+    rootfsRoot: string;
+    subuid: string;
+  };
 
   it('runs nats-server and every daemon from the installed bins through one container lifecycle', async () => {
     const creds = join(dir, 'nats');
     const port = await freePort();
-    await run(installedBin('sysbox-nats-auth'), ['init', '--dir', creds, '--node', node, '--port', String(port), '--store-dir', join(dir, 'jetstream')], {
-      timeout: 30_000,
-    });
-    for (const id of [...APPS, 'operator', 'monitor']) expect(lstatSync(join(creds, `${id}.nk`)).mode & 0o777).toBe(0o600);
+    await run(
+      installedBin('sysbox-nats-auth'),
+      ['init', '--dir', creds, '--node', node, '--port', String(port), '--store-dir', join(dir, 'jetstream')],
+      {
+        timeout: 30_000,
+      },
+    );
+    for (const id of [...APPS, 'operator', 'monitor'])
+      expect(lstatSync(join(creds, `${id}.nk`)).mode & 0o777).toBe(0o600);
 
     mkdirSync(join(dir, 'logs'));
     start('nats-server', 'nats-server', ['-c', join(creds, 'nats-server.conf')]);
@@ -163,7 +229,10 @@ describe('packed packages installed outside the repository', () => {
     const loginDefs = join(etc, 'login.defs');
     writeFileSync(subuid, 'alice:100000:65536\n');
     writeFileSync(subgid, 'alice:100000:65536\n');
-    writeFileSync(loginDefs, 'SUB_UID_MIN 100000\nSUB_UID_MAX 600100000\nSUB_GID_MIN 100000\nSUB_GID_MAX 600100000\n');
+    writeFileSync(
+      loginDefs,
+      'SUB_UID_MIN 100000\nSUB_UID_MAX 600100000\nSUB_GID_MIN 100000\nSUB_GID_MAX 600100000\n',
+    );
     const dataRoot = join(dir, 'data');
     const rootfsRoot = join(dir, 'containers');
     mkdirSync(dataRoot);
@@ -177,7 +246,16 @@ describe('packed packages installed outside the repository', () => {
       'rootfs-cloner': ['--allowed-rootfs-roots', rootfsRoot, ...subidFiles],
       gateway: ['--socket', socket, ...subidFiles, '--disable-ovfs-on-idmapped-mount'],
     };
-    const common = (app: App) => ['--nats-url', `nats://127.0.0.1:${port}`, '--nats-creds', join(creds, `${app}.nk`), '--node', node, '--data-root', dataRoot];
+    const common = (app: App) => [
+      '--nats-url',
+      `nats://127.0.0.1:${port}`,
+      '--nats-creds',
+      join(creds, `${app}.nk`),
+      '--node',
+      node,
+      '--data-root',
+      dataRoot,
+    ];
     host = { creds, port, own, common, socket, rootfsRoot, subuid };
     for (const app of APPS) {
       start(app, installedBin(BIN[app]), [...common(app), ...own[app]]);
@@ -192,8 +270,14 @@ describe('packed packages installed outside the repository', () => {
     // A 65536-id range the allocator's subuid/subgid files delegate (it adds its own pool there).
     const { uid, gid } = out.subidAlloc;
     expect(uid).toBe(gid);
-    const delegated = readFileSync(subuid, 'utf8').split('\n').filter(Boolean).map((l) => l.split(':').map(Number) as [number, number, number]);
-    expect(delegated.some(([, start, count]) => uid >= start && uid + 65536 <= start + count), `${uid} in ${readFileSync(subuid, 'utf8')}`).toBe(true);
+    const delegated = readFileSync(subuid, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => l.split(':').map(Number) as [number, number, number]);
+    expect(
+      delegated.some(([, start, count]) => uid >= start && uid + 65536 <= start + count),
+      `${uid} in ${readFileSync(subuid, 'utf8')}`,
+    ).toBe(true);
 
     // Clean stop: daemons (exit 0) before the server they drain to (which exits 1 on SIGTERM), each within 10 s.
     for (const p of [...procs].reverse()) {
@@ -209,10 +293,22 @@ describe('packed packages installed outside the repository', () => {
     start('nats-server-2', 'nats-server', ['-c', join(creds, 'nats-server.conf')]);
     await waitFor('nats-server-2', (log) => /Server is ready/.test(log));
     mkdirSync(join(rootfsRoot, 'c2', 'rootfs'), { recursive: true });
-    const args = ['--nats-url', `nats://127.0.0.1:${port}`, '--creds-dir', creds, '--node', node, '--data-root', join(dir, 'data'), ...APPS.flatMap((a) => own[a])];
+    const args = [
+      '--nats-url',
+      `nats://127.0.0.1:${port}`,
+      '--creds-dir',
+      creds,
+      '--node',
+      node,
+      '--data-root',
+      join(dir, 'data'),
+      ...APPS.flatMap((a) => own[a]),
+    ];
     start('all-in-one', installedBin('sysbox-mgr-ts'), args);
     await waitFor('all-in-one', (log) => /"apps":\[[^\]]*\],"msg":"started"/.test(log));
-    const out = (await driver(['lifecycle', socket, join(rootfsRoot, 'c2', 'rootfs')])) as { subidAlloc: { uid: number } };
+    const out = (await driver(['lifecycle', socket, join(rootfsRoot, 'c2', 'rootfs')])) as {
+      subidAlloc: { uid: number };
+    };
     expect(out.subidAlloc.uid).toBeGreaterThanOrEqual(100000);
     for (const name of ['all-in-one', 'nats-server-2']) {
       const p = procs.find((x) => x.name === name)!;
@@ -242,7 +338,10 @@ async function waitFor(name: string, ready: (log: string) => boolean): Promise<v
 
 /** Runs the driver with node from the install directory, so it resolves only installed packages. */
 async function driver(args: string[]): Promise<unknown> {
-  const r = await run(process.execPath, [join(install, 'driver.mjs'), ...args], { cwd: install, timeout: 60_000 });
+  const r = await run(process.execPath, [join(install, 'driver.mjs'), ...args], {
+    cwd: install,
+    timeout: 60_000,
+  });
   return JSON.parse(r.stdout);
 }
 
@@ -285,7 +384,10 @@ function closureBytes(pkgDir: string): number {
   const visit = (d: string): void => {
     if (seen.has(d)) return;
     seen.add(d);
-    const pj = JSON.parse(readFileSync(join(d, 'package.json'), 'utf8')) as { dependencies?: object; optionalDependencies?: object };
+    const pj = JSON.parse(readFileSync(join(d, 'package.json'), 'utf8')) as {
+      dependencies?: object;
+      optionalDependencies?: object;
+    };
     for (const dep of Object.keys({ ...pj.dependencies, ...pj.optionalDependencies })) {
       const found = locate(d, dep);
       if (found) visit(found);

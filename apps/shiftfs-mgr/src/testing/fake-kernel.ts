@@ -77,7 +77,13 @@ export function captureLogger(): { log: Logger; lines: () => Record<string, unkn
       done();
     },
   });
-  const log = createLogger({ service: 'shiftfs-test', node: 'test', version: '0', level: 'debug', destination });
+  const log = createLogger({
+    service: 'shiftfs-test',
+    node: 'test',
+    version: '0',
+    level: 'debug',
+    destination,
+  });
   return {
     log,
     lines: () =>

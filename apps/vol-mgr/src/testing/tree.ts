@@ -32,13 +32,16 @@ export async function snapshotTree(root: string, idOffset = 0): Promise<Record<s
       gid: shiftId(st.gid),
     };
     if (st.isFile()) {
-      e.content = createHash('sha256').update(await readFile(abs)).digest('hex');
+      e.content = createHash('sha256')
+        .update(await readFile(abs))
+        .digest('hex');
       e.mtimeMs = Math.floor(st.mtimeMs / 1000);
       if (st.nlink > 1) byInode.set(st.ino, [...(byInode.get(st.ino) ?? []), rel]);
     }
     if (st.isSymbolicLink()) e.content = await readlink(abs);
     out[rel || '.'] = e;
-    if (st.isDirectory()) for (const name of (await readdir(abs)).sort()) await walk(rel ? `${rel}/${name}` : name);
+    if (st.isDirectory())
+      for (const name of (await readdir(abs)).sort()) await walk(rel ? `${rel}/${name}` : name);
   };
   await walk('');
   for (const paths of byInode.values()) for (const p of paths) out[p]!.links = [...paths].sort();
@@ -54,12 +57,25 @@ export interface OverlayRootfs {
 }
 
 /** mkdtemp dir (in `parent`) with lower/ (filled by `fill`), upper/, work/ and merged/ = a real overlay mount. */
-export async function makeOverlayRootfs(prefix: string, fill: (lower: string) => Promise<void>, parent = tmpdir()): Promise<OverlayRootfs> {
+export async function makeOverlayRootfs(
+  prefix: string,
+  fill: (lower: string) => Promise<void>,
+  parent = tmpdir(),
+): Promise<OverlayRootfs> {
   const base = await mkdtemp(join(parent, prefix));
-  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => join(base, d)) as [string, string, string, string];
+  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => join(base, d)) as [
+    string,
+    string,
+    string,
+    string,
+  ];
   for (const d of [lower, upper, work, merged]) await mkdir(d);
   await fill(lower);
-  await run('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged], { timeout: 10_000 });
+  await run(
+    'mount',
+    ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged],
+    { timeout: 10_000 },
+  );
   return {
     base,
     lower,

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command (README, .ci/run): installs what is missing, type-checks and builds every
+# The one test command (README, .ci/run): installs what is missing, lints and checks the format
+# (eslint, prettier: CONTRIBUTING.md), type-checks and builds every
 # project (the e2e suite runs the built daemons), runs every project's tests one project at a time
 # (mount tests and benchmarks of a 2-core machine should not race each other), and prints a total.
 set -uo pipefail
@@ -7,6 +8,7 @@ cd "$(dirname "$0")/.."
 bash tools/install-deps.sh || exit 1
 
 export NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false FORCE_COLOR=0
+npm run --silent lint || { echo "lint or format check failed (npm run format fixes the format)"; exit 1; }
 npx nx run-many -t typecheck build --output-style=static || { echo "typecheck/build failed"; exit 1; }
 
 log=$(mktemp)

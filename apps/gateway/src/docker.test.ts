@@ -22,15 +22,13 @@ describe('dockerAutoRemove', () => {
           .end(JSON.stringify({ message: `No such container: ${id}` }));
         return;
       }
-      res
-        .writeHead(200, { 'Content-Type': 'application/json' })
-        .end(
-          JSON.stringify({
-            Id: id,
-            Name: `/${id}`,
-            HostConfig: { AutoRemove: id === 'rm1', NetworkMode: 'bridge' },
-          }),
-        );
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(
+        JSON.stringify({
+          Id: id,
+          Name: `/${id}`,
+          HostConfig: { AutoRemove: id === 'rm1', NetworkMode: 'bridge' },
+        }),
+      );
     });
     await new Promise<void>((r) => server.listen(socket, r));
   });

@@ -158,6 +158,7 @@ export async function startGateway(opts: {
   });
   const checks = opts.checks ?? hostChecks(facts.kernelRelease);
 
+  // eslint-disable-next-line prefer-const -- the watcher and the manager call each other
   let manager: Manager | undefined;
   const watcher = createRemovalWatcher({
     intervalMs: s.watchIntervalMs,

@@ -37,5 +37,5 @@ export function sysboxMgrClientConstructor(pkg: PackageDefinition = loadPackage(
     address: string,
     credentials: import('@grpc/grpc-js').ChannelCredentials,
     options?: import('@grpc/grpc-js').ChannelOptions,
-  ) => import('@grpc/grpc-js').Client & Record<string, Function>;
+  ) => import('@grpc/grpc-js').Client & Record<string, (...args: never[]) => unknown>;
 }

@@ -11,7 +11,7 @@ import {
   SysboxError,
   type CloneInfo,
   type RootfsCloner,
-  UpperShiftInfo,
+  type UpperShiftInfo,
   type rootfsCreateClone,
   type rootfsRemoveAll,
 } from '@sysbox-mgr-ts/contracts';

@@ -25,6 +25,7 @@ export type Handler<C extends Contract> = (req: RequestOf<C>, ctx: RequestContex
 
 export interface Binding {
   contract: Contract;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a list of handlers of different contracts
   handler: (req: any, ctx: RequestContext) => Promise<unknown>;
 }
 

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MNT_DETACH, loadAddon } from '@sysbox-mgr-ts/host-native';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   askUntilAnswered,
   distroFromOsRelease,
@@ -246,29 +246,27 @@ describe.skipIf(!root)('functional ID-mapped mount probes (upstream checkIDMapMo
 });
 
 describe('asking a silent shiftfs-mgr again', () => {
+  afterEach(() => void vi.useRealTimers());
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
   it('asks after firstMs, then at doubling intervals up to maxMs, until an answer, which it hands over once', async () => {
+    vi.useFakeTimers();
     const asks: number[] = [];
     const answers: string[] = [];
-    const started = performance.now();
+    const started = Date.now();
     const watch = askUntilAnswered(
       async () => {
-        asks.push(performance.now() - started);
+        asks.push(Date.now() - started);
         return asks.length < 7 ? undefined : 'yes';
       },
       (a) => answers.push(a),
       { firstMs: 10, maxMs: 20 },
     );
-    for (let waited = 0; answers.length === 0 && waited < 5000; waited += 10) await sleep(10);
-    await sleep(100);
+    await vi.advanceTimersByTimeAsync(1000);
     expect(answers).toEqual(['yes']);
     expect(asks).toHaveLength(7);
-    const gaps = asks.map((t, i) => t - (asks[i - 1] ?? 0));
-    // 10, 20, 20, ... ms: timers fire late, never early.
-    [10, 20, 20, 20, 20, 20, 20].forEach((want, i) => expect(gaps[i]).toBeGreaterThanOrEqual(want - 1));
-    // Capped: without maxMs the seventh would come 640 ms after the sixth (a wide margin for a loaded machine).
-    expect(gaps[6]).toBeLessThan(400);
+    // 10, then doubling but capped at 20: without maxMs the seventh would come 640 ms after the sixth.
+    expect(asks.map((t, i) => t - (asks[i - 1] ?? 0))).toEqual([10, 20, 20, 20, 20, 20, 20]);
     await watch.stop();
   });
 

@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { isInstalled, run } from './index.js';
 
@@ -15,10 +18,16 @@ describe('run', () => {
     expect(err.cause).toBeDefined();
   });
   it('maps a time-out to timeout and kills the child', async () => {
-    const started = Date.now();
-    const err = await run('sleep', ['10'], { timeout: 200 }).catch((e) => e);
+    const dir = await mkdtemp(join(tmpdir(), 'exec-timeout-'));
+    const pidFile = join(dir, 'pid');
+    // The child writes its pid, then becomes the sleep (exec keeps the pid).
+    const err = await run('sh', ['-c', 'echo $$ > "$0"; exec sleep 10', pidFile], { timeout: 200 }).catch(
+      (e) => e,
+    );
     expect(err.code).toBe('timeout');
-    expect(Date.now() - started).toBeLessThan(5000);
+    const pid = Number(await readFile(pidFile, 'utf8'));
+    expect(() => process.kill(pid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }));
+    await rm(dir, { recursive: true, force: true });
   });
   it('maps cancellation to timeout', async () => {
     const ac = new AbortController();

@@ -53,15 +53,13 @@ describe('retryTransient', () => {
   it('stops at the deadline with the last error, and never retries a permanent one', async () => {
     let calls = 0;
     const transient = Object.assign(new Error('503 no responders'), {});
-    const t0 = Date.now();
+    // Without the deadline it would retry forever and the test would hit its own time-out.
     await expect(
       retryTransient(async () => (calls++, Promise.reject(transient)), {
         idempotent: false,
         deadline: Date.now() + 300,
       }),
     ).rejects.toBe(transient);
-    // Without the deadline it would retry forever; the margin is for a loaded machine.
-    expect(Date.now() - t0).toBeLessThan(3000);
     expect(calls).toBeGreaterThan(2);
     calls = 0;
     const permanent = new Error('Permissions Violation for Publish to "x"');

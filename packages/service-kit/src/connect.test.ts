@@ -94,12 +94,12 @@ describe('a reply lost to a reconnect', () => {
     const r = await responder('sysbox.n1.subid.again');
     const nc = await ns.connect('operator', { reconnectTimeWait: 50 });
     const client = createServiceClient(nc, { node: 'n1', timeoutMs: 20_000 });
-    const t0 = Date.now();
     const call = client.call(contract(true), {});
     await new Promise((res) => setTimeout(res, 200));
     await nc.reconnect();
+    // The second copy answered: the request was sent again, not left to wait out its 20 s bound
+    // (which would also outlast this test's own time-out).
     expect(await call).toEqual({ answer: 2 });
-    expect(Date.now() - t0).toBeLessThan(5000);
     expect(r.seen()).toBe(2);
     await nc.close();
     await r.close();
@@ -109,9 +109,8 @@ describe('a reply lost to a reconnect', () => {
     const r = await responder('sysbox.n1.subid.again');
     const nc = await ns.connect('operator');
     const client = createServiceClient(nc, { node: 'n1', timeoutMs: 20_000, resendAfterMs: 200 });
-    const t0 = Date.now();
     expect(await client.call(contract(true), {})).toEqual({ answer: 2 });
-    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(r.seen()).toBe(2);
     await nc.close();
     await r.close();
   });

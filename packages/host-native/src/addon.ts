@@ -1,13 +1,10 @@
 /**
- * The native addon (native/host_native.c): the prebuilt binary shipped for this platform
- * (prebuilds/<platform>-<arch>/, linux-x64 glibc), else the one node-gyp compiled here (build/Release/,
- * by the install script or the nx build). Loaded on first use, so importing this package never fails;
- * a call on a host where no binary loads throws an `unsupported` SysboxError naming what is missing.
+ * The native addon (native/host_native.c), found by native-addon: the prebuilt binary for this
+ * platform, else the one node-gyp compiled here. Loaded on first use, so importing this package never
+ * fails; a call on a host where no binary loads throws an `unsupported` SysboxError naming what is
+ * missing.
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { loadAddon as loadPackageAddon } from '@sysbox-mgr-ts/native-addon';
 
 /** The addon's functions. Each throws an Error with `code` (errno name), `errno` and `syscall` on failure. */
 export interface HostNativeAddon {
@@ -31,28 +28,11 @@ export interface HostNativeAddon {
 let addon: HostNativeAddon | undefined;
 
 export function loadAddon(): HostNativeAddon {
-  if (addon) return addon;
-  const tried: string[] = [];
-  for (const rel of [
-    `../prebuilds/${process.platform}-${process.arch}/host_native.node`,
-    '../build/Release/host_native.node',
-  ]) {
-    const path = fileURLToPath(new URL(rel, import.meta.url));
-    if (!existsSync(path)) {
-      tried.push(`${path} (missing)`);
-      continue;
-    }
-    try {
-      return (addon = createRequire(import.meta.url)(path) as HostNativeAddon);
-    } catch (err) {
-      tried.push(`${path} (${(err as Error).message.split('\n')[0]})`);
-    }
-  }
-  throw new SysboxError(
-    'unsupported',
-    `host-native addon: no prebuilt binary for ${process.platform}-${process.arch} loads here and none was compiled; tried ${tried.join(', ')}. ` +
-      'Compile it (needs a C compiler, make and python3): `npm rebuild @sysbox-mgr-ts/host-native` where it is installed, `npx nx build @sysbox-mgr-ts/host-native` in the repository',
-  );
+  return (addon ??= loadPackageAddon<HostNativeAddon>({
+    packageName: '@sysbox-mgr-ts/host-native',
+    packageRoot: new URL('..', import.meta.url),
+    file: 'host_native.node',
+  }));
 }
 
 /** mount(2) and umount2(2) flags the callers use (<linux/mount.h>, <sys/mount.h>). */

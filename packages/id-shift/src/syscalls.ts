@@ -8,10 +8,8 @@
  * self-contained: no imports, no module-scope names. Paths and names are bytes (Buffers ending in a
  * NUL), so names that are not UTF-8 survive unchanged.
  */
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { addonPath } from '@sysbox-mgr-ts/native-addon';
 
 /** A failure reported by the addon: the call, its errno, and the entry's name (empty: the directory). */
 export type ScanFailure = [call: string, errno: number, name: Buffer];
@@ -70,42 +68,20 @@ export interface NativeWalker {
   ): ApplyFailure | null;
 }
 
-/** The addon path that loaded in this process, once found. */
-let addonPath: string | undefined;
-
 /**
- * Where the addon is, relative to the package (the same from src/ under tests and from dist/): the
- * prebuilt binary shipped for this platform (prebuilds/<platform>-<arch>/, linux-x64 glibc), else the
- * one compiled here by node-gyp (build/Release/, the install script or the nx build). The first that
- * loads in this process wins; an `internal` SysboxError naming what is missing when none does.
+ * Where the addon is (native-addon: the prebuilt binary for this platform, else the one node-gyp
+ * compiled here); an `unsupported` SysboxError naming what is missing when none loads. Walker threads
+ * load it themselves from this path.
  */
 export function nativeWalkerPath(): string {
-  if (addonPath) return addonPath;
-  const tried: string[] = [];
-  for (const rel of [
-    `../prebuilds/${process.platform}-${process.arch}/id_shift.node`,
-    '../build/Release/id_shift.node',
-  ]) {
-    const path = fileURLToPath(new URL(rel, import.meta.url));
-    if (!existsSync(path)) {
-      tried.push(`${path} (missing)`);
-      continue;
-    }
-    try {
-      createRequire(import.meta.url)(path);
-      return (addonPath = path);
-    } catch (err) {
-      tried.push(`${path} (${(err as Error).message.split('\n')[0]})`);
-    }
-  }
-  throw new SysboxError(
-    'internal',
-    `id-shift native addon: no prebuilt binary for ${process.platform}-${process.arch} loads here and none was compiled; tried ${tried.join(', ')}. ` +
-      'Compile it (needs a C compiler, make and python3): `npm rebuild @sysbox-mgr-ts/id-shift` where it is installed, `npx nx build @sysbox-mgr-ts/id-shift` in the repository',
-  );
+  return addonPath({
+    packageName: '@sysbox-mgr-ts/id-shift',
+    packageRoot: new URL('..', import.meta.url),
+    file: 'id_shift.node',
+  });
 }
 
-/** Loads the addon in this thread (walker threads load it themselves from nativeWalkerPath()). */
+/** Loads the addon in this thread. */
 export function loadNativeWalker(): NativeWalker {
   return createRequire(import.meta.url)(nativeWalkerPath()) as NativeWalker;
 }

@@ -39,6 +39,7 @@ const PACKAGES = [
   'mountinfo',
   'nats-auth',
   'nats-retry',
+  'native-addon',
   'service-kit',
   'test-nats',
 ];
@@ -154,6 +155,7 @@ describe('packed packages installed outside the repository', () => {
   it('id-shift without a loadable prebuilt: names what is missing, else compiles from source', async () => {
     // A copy inside the install's node_modules (so its own imports resolve) with no prebuilt.
     const copy = join(install, 'node_modules', 'id-shift-no-prebuilt');
+    const installScript = join(installedPkg('native-addon'), 'bin', 'install.js');
     cpSync(installedPkg('id-shift'), copy, { recursive: true });
     rmSync(join(copy, 'prebuilds'), { recursive: true });
 
@@ -162,14 +164,16 @@ describe('packed packages installed outside the repository', () => {
       code: string;
       message: string;
     };
-    expect(missing).toMatchObject({ ok: false, code: 'internal' });
-    expect(missing.message).toMatch(/no prebuilt binary for linux-x64 loads here and none was compiled/);
+    expect(missing).toMatchObject({ ok: false, code: 'unsupported' });
+    expect(missing.message).toMatch(
+      /no prebuilt id_shift.node for linux-x64 loads here and none was compiled/,
+    );
 
     // No compiler, make or python3 on PATH (only node): the install script fails and names them.
     const bare = join(dir, 'bare-bin');
     mkdirSync(bare);
     symlinkSync(process.execPath, join(bare, 'node'));
-    const noCc = await run(join(bare, 'node'), [join(copy, 'scripts', 'install.js')], {
+    const noCc = await run(join(bare, 'node'), [installScript, 'id_shift.node'], {
       cwd: copy,
       timeout: 30_000,
       env: { PATH: bare, CC: '', npm_config_node_gyp: '' },
@@ -180,7 +184,7 @@ describe('packed packages installed outside the repository', () => {
 
     // With a compiler: the install script compiles with node-gyp (npm's, against node's headers).
     const npmRoot = (await run('npm', ['root', '-g'], { timeout: 30_000 })).stdout.trim();
-    await run(process.execPath, [join(copy, 'scripts', 'install.js')], {
+    await run(process.execPath, [installScript, 'id_shift.node'], {
       cwd: copy,
       timeout: 180_000,
       env: {

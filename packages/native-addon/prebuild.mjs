@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Part of the nx build of the packages with a C addon (not shipped), run in the package's folder
-// with the addon's file name: `node ../../tools/native-prebuild/prebuild.mjs id_shift.node`.
+// with the addon's file name: `node ../native-addon/prebuild.mjs id_shift.node`.
 // Copies the addon node-gyp just compiled into prebuilds/linux-x64/, the binary the package ships
 // and loads first, when this host is linux-x64 with glibc (the platform the prebuilt covers) and
 // the binary changed. The build is reproducible (same compiler, same bytes), so an unchanged source

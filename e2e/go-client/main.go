@@ -3,7 +3,7 @@
 // and calling it in sysbox-runc's order for one container. Written for the e2e suite; the
 // gRPC code is generated at build time from apps/gateway/proto/sysboxMgr.proto (build.sh).
 //
-//	sysbox-mgr-go-client lifecycle -socket S -id ID -rootfs R [-authority localhost] [-bind SRC:DEST]... [-hold-after CALL]
+//	sysbox-mgr-go-client lifecycle -socket S -id ID -rootfs R [-upper DIR] [-authority localhost] [-bind SRC:DEST]... [-hold-after CALL]
 //	sysbox-mgr-go-client authority -socket S [-authority localhost]
 //
 // `lifecycle` prints a JSON summary on stdout and exits 1 with the failing call named when any
@@ -22,6 +22,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -42,8 +43,11 @@ const callTimeout = 10 * time.Minute
 // runc's IdRangeMin: the subid range sysbox-runc asks for.
 const subidRange = 65536
 
-// sysbox-libs' idShiftUtils.IDShiftType for chown mode.
-const shiftChown = 4
+// sysbox-libs' idShiftUtils.IDShiftType: the two modes this client drives.
+const (
+	shiftIDMapped = 2
+	shiftChown    = 4
+)
 
 // The dirs sysbox-runc backs with sysbox-mgr volumes (libsysbox/syscont getSpecialDirs), by
 // the kind number sysbox-ipc's MntKind gives each.
@@ -165,12 +169,30 @@ func (b *bindList) Set(v string) error {
 	return nil
 }
 
+// shiftUpper is what sysbox-runc's rootfs init does to an overlayfs rootfs in ID-mapped mode
+// (overlayfs cannot ID-map its upper layer): every entry's owner shifted by the offset, links
+// not followed. A runtime's work, not a manager call; Update then records it.
+func shiftUpper(dir string, uid, gid uint32) error {
+	return filepath.Walk(dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: no owner", path)
+		}
+		return os.Lchown(path, int(st.Uid+uid), int(st.Gid+gid))
+	})
+}
+
 // lifecycle drives one container as sysbox-runc does: `create` (run.go/create.go: Register;
 // ConvertSpec: SubidAlloc, ReqCloneRootfs in chown mode, PrepMounts for host binds over
 // special dirs, ReqMounts for the others; createContainer: ReqFsState), `start`
-// (ChownClonedRootfs before the init process runs, Update once it does), `pause`, `resume`,
-// and Destroy on stop (RevertClonedRootfsChown, Unregister).
-func lifecycle(c *client, id, rootfs string, binds bindList) error {
+// (ChownClonedRootfs before the init process runs, or the upper-layer chown in ID-mapped mode;
+// Update once it runs), `pause`, `resume`, and Destroy on stop (RevertClonedRootfsChown,
+// Unregister). The mode follows Register's answer, as runc's CheckUidShifting does for an
+// overlayfs rootfs without metacopy.
+func lifecycle(c *client, id, rootfs, upper string, binds bindList) error {
 	s := c.sum
 	err := c.call("Register", true, func(ctx context.Context, ch pb.SysboxMgrStateChannelClient) error {
 		// Docker without userns-remap: no namespace paths, no mappings in the spec.
@@ -186,13 +208,15 @@ func lifecycle(c *client, id, rootfs string, binds bindList) error {
 	cfg := s.Config
 	switch {
 	case cfg.GetIDMapMountOk() && cfg.GetOverlayfsOnIDMapMountOk():
-		// sysbox-runc chowns the rootfs' upper dir itself in this mode: a runtime's work,
-		// not a manager call, so this client does not emulate it.
-		return errors.New("the gateway offers ID-mapped mounts on overlayfs; this client drives chown mode only (run the gateway with --disable-ovfs-on-idmapped-mount)")
+		if upper == "" {
+			return errors.New("ID-mapped mode: give the rootfs' upper dir (-upper), which sysbox-runc chowns")
+		}
+		s.ShiftType = shiftIDMapped
 	case cfg.GetShiftfsOk() && cfg.GetShiftfsOnOverlayfsOk():
-		return errors.New("the gateway offers shiftfs; this client drives chown mode only")
+		return errors.New("the gateway offers shiftfs; this client drives ID-mapped and chown modes only")
+	default:
+		s.ShiftType = shiftChown
 	}
-	s.ShiftType = shiftChown
 
 	err = c.call("SubidAlloc", true, func(ctx context.Context, ch pb.SysboxMgrStateChannelClient) error {
 		resp, err := ch.SubidAlloc(ctx, &pb.SubidAllocReq{Id: id, Size: subidRange})
@@ -209,7 +233,7 @@ func lifecycle(c *client, id, rootfs string, binds bindList) error {
 	// asks for a clone unless the manager says not to.
 	s.Rootfs = rootfs
 	cloned := false
-	if !cfg.GetNoRootfsCloning() {
+	if s.ShiftType == shiftChown && !cfg.GetNoRootfsCloning() {
 		err = c.call("ReqCloneRootfs", true, func(ctx context.Context, ch pb.SysboxMgrStateChannelClient) error {
 			resp, err := ch.ReqCloneRootfs(ctx, &pb.CloneRootfsReq{Id: id})
 			if err == nil {
@@ -281,6 +305,12 @@ func lifecycle(c *client, id, rootfs string, binds bindList) error {
 		})
 		if err != nil {
 			return err
+		}
+	}
+
+	if s.ShiftType == shiftIDMapped {
+		if err := shiftUpper(upper, s.UID, s.GID); err != nil {
+			return fmt.Errorf("the upper-layer chown sysbox-runc makes: %w", err)
 		}
 	}
 
@@ -395,7 +425,7 @@ func sentAuthority(o dialOptions) (string, error) {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: sysbox-mgr-go-client lifecycle -socket S -id ID -rootfs R [-authority A] [-bind SRC:DEST]... [-hold-after CALL]")
+	fmt.Fprintln(os.Stderr, "usage: sysbox-mgr-go-client lifecycle -socket S -id ID -rootfs R [-upper DIR] [-authority A] [-bind SRC:DEST]... [-hold-after CALL]")
 	fmt.Fprintln(os.Stderr, "       sysbox-mgr-go-client authority -socket S [-authority A]")
 	os.Exit(2)
 }
@@ -409,6 +439,7 @@ func main() {
 	authority := fs.String("authority", "", "override :authority (grpc.WithAuthority); default: grpc-go's own, the target")
 	id := fs.String("id", "", "container id")
 	rootfs := fs.String("rootfs", "", "the container's rootfs (its mounted overlay)")
+	upper := fs.String("upper", "", "the rootfs overlay's upper dir (chowned as sysbox-runc does in ID-mapped mode)")
 	var binds bindList
 	fs.Var(&binds, "bind", "a host bind mount SOURCE:DEST in the container's spec (repeatable)")
 	holdAfter := fs.String("hold-after", "", "after this call succeeds, say so on stderr and wait for SIGUSR1")
@@ -438,7 +469,7 @@ func main() {
 		s := &summary{GoVersion: runtime.Version(), GrpcVersion: grpc.Version, Authority: shown, ID: *id, Calls: []callRecord{}}
 		c := &client{dial: o, sum: s, holdAfter: *holdAfter, resume: make(chan os.Signal, 1)}
 		signal.Notify(c.resume, syscall.SIGUSR1)
-		err := lifecycle(c, *id, *rootfs, binds)
+		err := lifecycle(c, *id, *rootfs, *upper, binds)
 		s.OK = err == nil
 		if err != nil {
 			s.Error = err.Error()

@@ -106,6 +106,15 @@ const AUTHORITIES = [
 
 let bin: string;
 
+/**
+ * The socket-path authority is what grpc-go < 1.57 sends (Debian 12 ships 1.33.3); a newer
+ * grpc-go would make the first authority case test nothing, so it fails here instead.
+ */
+function expectOldGrpcGo(version: string): void {
+  const [major, minor] = version.split('.').map(Number);
+  expect(major === 1 && minor! < 57, `grpc-go ${version}: the field client's grpc-go is < 1.57`).toBe(true);
+}
+
 beforeAll(async () => {
   // Built once per run; the Go build cache (e2e/go-client/.build) makes a rebuild ~2 s.
   // A missing toolchain fails here, naming the Debian packages (tools/install-deps.sh).
@@ -154,9 +163,10 @@ describe('Go client (grpc-go 1.33) on the wire', () => {
     };
     try {
       const byDefault = await probe('probe-default.sock', []);
-      expect(byDefault.sent).toEqual({ authority: byDefault.socket, grpcVersion: '1.33.3' });
+      expectOldGrpcGo(byDefault.sent.grpcVersion);
+      expect(byDefault.sent.authority).toBe(byDefault.socket);
       const withAuthority = await probe('probe-localhost.sock', ['-authority', 'localhost']);
-      expect(withAuthority.sent).toEqual({ authority: 'localhost', grpcVersion: '1.33.3' });
+      expect(withAuthority.sent.authority).toBe('localhost');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -258,7 +268,7 @@ for (const hostMode of HOST_MODES) {
           // The client's own message names the failing call and grpc-go's status.
           expect(s.error ?? '', stderr).toBe('');
           expect(s.ok).toBe(true);
-          expect(s.grpcVersion).toBe('1.33.3');
+          expectOldGrpcGo(s.grpcVersion);
           expect(s.rootfsUidShiftType).toBe(hostMode.shiftType);
           expect(s.calls.map((c) => c.method)).toEqual(hostMode.calls);
 

@@ -8,8 +8,9 @@
 //
 // `lifecycle` prints a JSON summary on stdout and exits 1 with the failing call named when any
 // call fails; with -hold-after it stops after that call, says `held after CALL` on stderr and
-// goes on when it gets SIGUSR1 (the test checks the host meanwhile). `authority` listens on S itself, dials it as `lifecycle` would and prints the
-// HTTP/2 :authority the client sent (what Node's http2 sees on the gateway's socket).
+// goes on when it gets SIGUSR1 (the test checks the host meanwhile). `authority` listens on S
+// itself, dials it as `lifecycle` would and prints the HTTP/2 :authority the client sent (what
+// Node's http2 sees on the gateway's socket).
 package main
 
 import (
@@ -71,8 +72,8 @@ type dialOptions struct {
 
 // dial opens one connection for one call, as sysbox-ipc's connect() does: the socket path is
 // the dial target, a dialer that ignores the resolver and connects the unix socket, no TLS.
-// grpc-go < 1.57 then sends the target, the path, as :authority; `authority` overrides it as
-// newer builds do (they send "localhost" for unix targets).
+// grpc-go < 1.57 then sends the target, the path, as :authority; `authority` overrides it
+// (grpc.WithAuthority) with what newer builds send instead, e.g. "localhost".
 func dial(o dialOptions) (*grpc.ClientConn, error) {
 	unixDialer := func(addr string, timeout time.Duration) (net.Conn, error) {
 		return net.DialTimeout("unix", o.socket, timeout)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the daemons and tests need on a Debian/Ubuntu host: the Debian packages
-# (nats-server, rsync, acl, util-linux, python3-grpcio for an independent gRPC client) and the npm packages.
+# (nats-server, rsync, acl, util-linux, python3-grpcio for an independent gRPC client; Go, grpc-go
+# 1.33, protoc and protoc-gen-go for e2e's Go client, built offline from Debian's sources) and the
+# npm packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +12,11 @@ command -v rsync >/dev/null || need+=(rsync)
 command -v setfacl >/dev/null || need+=(acl)
 command -v mount >/dev/null || need+=(mount)
 /usr/bin/python3 -c 'import grpc' 2>/dev/null || need+=(python3-grpcio)
+# e2e/go-client/build.sh: GOPATH mode against /usr/share/gocode, no module proxy.
+command -v go >/dev/null || need+=(golang-go)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v protoc-gen-go >/dev/null || need+=(golang-goprotobuf-dev)
+[ -d /usr/share/gocode/src/google.golang.org/grpc ] || need+=(golang-google-grpc-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing Debian packages: ${need[*]} (run as root, or install them)" >&2

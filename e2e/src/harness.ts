@@ -264,8 +264,9 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     bootId: () => bootFile && readFileSync(bootFile, 'utf8').trim(),
     async reboot() {
       if (!bootFile) throw new Error('reboot() needs startSystem({ boots: true })');
-      const ran = [...new Set(procs.filter((p) => p.proc.exitCode === null).map((p) => p.app))];
-      for (const p of procs.filter((x) => x.proc.exitCode === null)) {
+      const alive = procs.filter((p) => p.proc.exitCode === null && p.proc.signalCode === null);
+      const ran = [...new Set(alive.map((p) => p.app))];
+      for (const p of alive) {
         p.proc.kill('SIGKILL');
         await p.proc;
       }

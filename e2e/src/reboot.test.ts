@@ -8,9 +8,11 @@
  * removed; the other is never started again and Docker deletes its rootfs. Once both are gone,
  * nothing of the earlier boot is left: no record in any bucket, no dir, no mount, no subid range.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { jetstreamManager } from '@nats-io/jetstream';
+import { run } from '@sysbox-mgr-ts/exec';
+import { BOOT_ID_FILE } from '@sysbox-mgr-ts/kv-state';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import {
   GATEWAY_BUCKET,
@@ -90,12 +92,29 @@ describe('a reboot with two containers running (issue #25)', () => {
     const pulled = join(dockerVolume(keep), 'image', 'pulled', 'layer.tar');
     expect(await text(pulled)).toBe('pulled by keep\n');
     const bootBefore = sys.bootId();
+    const hostBoot = readFileSync(BOOT_ID_FILE, 'utf8');
 
     // Power lost; the host boots.
     client.close();
     const boot = await sys.reboot();
     client = connectGateway(sys.socket);
     expect(boot).not.toBe(bootBefore);
+    // Every daemon sees the new boot; the host's own boot id is untouched.
+    const running = sys.procs.filter((p) => p.proc.exitCode === null && p.proc.signalCode === null);
+    expect(running.map((p) => p.app).sort()).toEqual([
+      'gateway',
+      'rootfs-cloner',
+      'shiftfs-mgr',
+      'subid-allocator',
+      'vol-mgr',
+    ]);
+    for (const p of running) {
+      const seen = await run('nsenter', ['-t', String(p.proc.pid), '-m', 'cat', BOOT_ID_FILE], {
+        timeout: 5000,
+      });
+      expect([p.app, seen.stdout.trim()]).toEqual([p.app, boot]);
+    }
+    expect(readFileSync(BOOT_ID_FILE, 'utf8')).toBe(hostBoot);
     expect(await mountsBelow(join(sys.dir, 'docker'))).toEqual([]);
     expect(await mountsBelow(sys.dataRoot)).toEqual([]);
 

@@ -5,6 +5,7 @@
  * when a test fails. `stop()` checks that the host is clean.
  */
 import { appendFileSync, mkdtempSync, readFileSync, readdirSync, writeFileSync, mkdirSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -12,7 +13,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { SERVICE_IDENTITIES, inboxPrefixOf, type IdentityName } from '@sysbox-mgr-ts/contracts';
 import { run, startProcess } from '@sysbox-mgr-ts/exec';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
-import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import type { RawCredentials } from './raw-nats.js';
 
 export const repoRoot = resolve(import.meta.dirname, '../..');
@@ -68,6 +69,15 @@ export interface System {
   start(app: AppName, extraArgs?: string[]): Promise<Proc>;
   kill(app: AppName, signal?: NodeJS.Signals): Promise<void>;
   logs(): string;
+  /**
+   * A power loss and a boot (startSystem({ boots: true }) only): every daemon and the nats-server
+   * SIGKILLed (its JetStream store kept), every mount under the temp root gone as a reboot takes
+   * them, a new boot id, then the nats-server and the daemons that ran started again, in their
+   * order. Answers the new boot id.
+   */
+  reboot(): Promise<string>;
+  /** The boot id the daemons started from now on see (boots: true), else undefined. */
+  bootId(): string | undefined;
   stop(): Promise<void>;
 }
 
@@ -82,6 +92,14 @@ export interface SystemOptions {
   /** Run on this bus (left running at stop) instead of starting a nats-server of its own. */
   nats?: Bus;
   node?: string;
+  /**
+   * Runs every daemon in a mount namespace of its own where a file of the test is bound over
+   * /proc/sys/kernel/random/boot_id, so that reboot() can give them a new boot. The temp root is
+   * made a shared mount first, so mounts under it (the runtime's, the daemons') are seen by
+   * the test and by every daemon, as on a host; /proc is made private inside each namespace, so
+   * the bound boot id never reaches the host.
+   */
+  boots?: boolean;
 }
 
 export async function startSystem(opts: SystemOptions = {}): Promise<System> {
@@ -110,6 +128,24 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
   const natsPort = Number(new URL(nats.url.split(',')[0]!).port);
   const nc = await nats.connect('operator');
   const procs: Proc[] = [];
+  /** The boot id file daemons started now bind over /proc's (boots: true). */
+  let bootFile: string | undefined;
+  const newBoot = (): string => {
+    const id = randomUUID();
+    bootFile = join(dir, 'boot', `boot_id.${id}`);
+    mkdirSync(dirname(bootFile), { recursive: true });
+    writeFileSync(bootFile, `${id}\n`);
+    return id;
+  };
+  if (opts.boots) {
+    if (opts.nats) throw new Error('boots: true needs the system to own its nats-server');
+    await run('mount', ['--bind', dir, dir], { timeout: 10_000 });
+    await run('mount', ['--make-shared', dir], { timeout: 10_000 });
+    newBoot();
+  }
+  /** The runtime's and the daemons' mounts under the temp root, deepest first (not the root's own bind). */
+  const mountsInside = async () =>
+    mountsUnder(await readMountInfo(), dir).filter((m) => m.mountPoint !== dir);
 
   const subidFiles = ['--subuid-file', etc.subuid, '--subgid-file', etc.subgid];
   const guard = ['--allowed-rootfs-roots', dir, ...subidFiles];
@@ -164,7 +200,25 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     const logFile = join(dir, 'logs', `${app}.${replica}.log`);
     const bin = binOf(app).path;
     // The bin itself, as an operator runs it (its shebang carries the node flags).
-    const proc = startProcess(bin, [...baseArgs(app), ...extraArgs], { output: { file: logFile } });
+    const argv = [...baseArgs(app), ...extraArgs];
+    const proc = bootFile
+      ? startProcess(
+          'unshare',
+          [
+            '--mount',
+            '--propagation',
+            'unchanged',
+            '--',
+            'sh',
+            '-c',
+            'mount --make-rprivate /proc && mount --bind "$0" /proc/sys/kernel/random/boot_id && exec "$@"',
+            bootFile,
+            bin,
+            ...argv,
+          ],
+          { output: { file: logFile } },
+        )
+      : startProcess(bin, argv, { output: { file: logFile } });
     const p: Proc = { app, replica, proc, logFile };
     procs.push(p);
     await waitReady(p);
@@ -207,6 +261,23 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     logs() {
       return procs.map((p) => `==== ${p.app}#${p.replica} ====\n${safeRead(p.logFile)}`).join('\n');
     },
+    bootId: () => bootFile && readFileSync(bootFile, 'utf8').trim(),
+    async reboot() {
+      if (!bootFile) throw new Error('reboot() needs startSystem({ boots: true })');
+      const alive = procs.filter((p) => p.proc.exitCode === null && p.proc.signalCode === null);
+      const ran = [...new Set(alive.map((p) => p.app))];
+      for (const p of alive) {
+        p.proc.kill('SIGKILL');
+        await p.proc;
+      }
+      await (ownNats as NatsServer).crash();
+      for (const m of await mountsInside())
+        await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
+      const id = newBoot();
+      await (ownNats as NatsServer).start();
+      for (const app of ran) await start(app);
+      return id;
+    },
     async stop() {
       for (const p of [...procs].reverse()) {
         if (p.proc.exitCode !== null) continue;
@@ -222,9 +293,10 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
       await ownNats?.stop();
       const strays = straysUnder(dir);
       // Whatever a test left mounted under the temp root is lifted before the dir goes.
-      const left = mountsUnder(await readMountInfo(), dir);
+      const left = opts.boots ? await mountsInside() : mountsUnder(await readMountInfo(), dir);
       for (const m of left)
         await run('umount', ['-l', m.mountPoint], { timeout: 10_000 }).catch(() => undefined);
+      if (opts.boots) await run('umount', ['-l', dir], { timeout: 10_000 });
       await rm(dir, { recursive: true, force: true });
       if (left.length > 0)
         throw new Error(`mounts left under ${dir}: ${left.map((m) => m.mountPoint).join(', ')}`);

@@ -24,6 +24,7 @@ import {
 import { ContainerRecord } from './record.js';
 import { dockerAutoRemove } from './docker.js';
 import { createOrphanCollector, type OrphanCollector } from './orphans.js';
+import type { StartReconcile } from './start-reconcile.js';
 import type { SubidReconcile } from './subid-reconcile.js';
 import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
 
@@ -33,8 +34,11 @@ import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
  */
 const SHIFTFS_RETRY: RetrySchedule = { firstMs: 1000, maxMs: 30_000 };
 
-/** An allocator that did not answer the start-up adoption of lost subid ranges is asked again every 5 s. */
-const SUBID_RECONCILE_RETRY: RetrySchedule = { firstMs: 5000, maxMs: 5000 };
+/**
+ * A start-up repair a service did not answer (the adoption of lost subid ranges, the settle of a
+ * container of an earlier boot) is tried again every 5 s.
+ */
+const START_RECONCILE_RETRY: RetrySchedule = { firstMs: 5000, maxMs: 5000 };
 
 export interface GatewaySettings extends GatewayFlags {
   node: string;
@@ -48,6 +52,8 @@ export interface Gateway {
   orphans: OrphanCollector;
   /** The adoption of subid ranges a lost gateway held unwritten. */
   subidReconcile: SubidReconcile;
+  /** Records of an earlier boot turned into stopped containers of this one, unstamped ones stamped. */
+  bootReconcile: StartReconcile;
   grpc: GrpcServerHandle;
   config: MgrConfig;
   facts: HostFacts;
@@ -102,8 +108,10 @@ export async function startGateway(opts: {
   clock?: () => Date;
   /** When to ask a silent shiftfs-mgr again (tests shorten it). */
   shiftfsRetry?: RetrySchedule;
-  /** When to ask an allocator that did not answer again for lost subid ranges (tests shorten it). */
+  /** When to try a start-up repair a service did not answer again (tests shorten it). */
   subidReconcileRetry?: RetrySchedule;
+  /** The kernel's boot id; read from /proc/sys/kernel/random/boot_id when left out. */
+  bootId?: string;
 }): Promise<Gateway> {
   const { nc, settings: s, log } = opts;
   const services = createServiceClient(nc, {
@@ -180,6 +188,7 @@ export async function startGateway(opts: {
     replyChecks: { dataRoot: s.dataRoot, subuidFile: s.subuidFile, subgidFile: s.subgidFile },
     onWatch: (id, path) => (path === undefined ? watcher.unwatch(id) : watcher.watch(id, path)),
     autoRemove: s.dockerSocket ? (id) => dockerAutoRemove(id, s.dockerSocket) : undefined,
+    bootId: opts.bootId,
   });
   // One read of the table at start serves the removal watch and the subid adoption below.
   const records = await manager.list();
@@ -200,8 +209,10 @@ export async function startGateway(opts: {
     log,
   });
   if (s.orphanScanMs > 0) orphans.start(s.orphanScanMs);
-  // Before the socket opens: a call for a container whose range is being adopted waits for it.
-  const subidReconcile = manager.reconcileSubids(records, opts.subidReconcileRetry ?? SUBID_RECONCILE_RETRY);
+  // Before the socket opens: a call for a container of an earlier boot, or whose range is being
+  // adopted, waits for that (boot first: a container that stopped with the host needs no range).
+  const bootReconcile = manager.reconcileBoot(records, opts.subidReconcileRetry ?? START_RECONCILE_RETRY);
+  const subidReconcile = manager.reconcileSubids(records, opts.subidReconcileRetry ?? START_RECONCILE_RETRY);
 
   const grpc = await startGrpcServer({
     socketPath: s.socket,
@@ -238,10 +249,12 @@ export async function startGateway(opts: {
     facts,
     orphans,
     subidReconcile,
+    bootReconcile,
     async stop() {
       await shiftfsWatch?.stop();
       await grpc.stop();
       await subidReconcile.stop();
+      await bootReconcile.stop();
       await orphans.stop();
       await watcher.stop();
     },

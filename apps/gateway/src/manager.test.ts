@@ -40,6 +40,9 @@ const host: HostChecks = {
   exists: async () => true,
 };
 
+const BOOT_1 = '11111111-1111-4111-8111-111111111111';
+const BOOT_2 = '22222222-2222-4222-8222-222222222222';
+
 interface Rig {
   manager: Manager;
   client: FakeClient;
@@ -52,6 +55,8 @@ function rig(
   autoRemove?: (id: string) => Promise<boolean>,
   /** Stands for a gateway that remembers nothing (a standby just started): every read goes to the store. */
   memory?: { forgetful: true; reads: string[] },
+  /** The boot the manager runs in, and the table it finds (another boot's, for a reboot). */
+  boot: { bootId?: string; containers?: MemoryStore<ContainerRecord> } = {},
 ): Rig {
   const client = fakeClient({
     'subid.alloc': (p) => ({ uid: 165536, gid: 165536, size: p.size }),
@@ -59,6 +64,7 @@ function rig(
       rootfs: `/var/lib/sysbox/rootfs/${p.id}/overlay2/merged`,
       origWorkDir: '/var/lib/docker/overlay2/x',
     }),
+    'shiftfs.mark': (p) => ({ mounts: p.mounts }),
     'vol.docker-create': (p) => ({
       mounts: [
         { source: `/var/lib/sysbox/docker/${p.id}`, destination: p.mountpoint, type: 'bind', options: [] },
@@ -66,7 +72,7 @@ function rig(
     }),
     ...handlers,
   });
-  const containers = createMemoryStore<ContainerRecord>();
+  const containers = boot.containers ?? createMemoryStore<ContainerRecord>();
   const watches: [string, string | undefined][] = [];
   const manager = createManager({
     services: client,
@@ -91,6 +97,7 @@ function rig(
     },
     onWatch: (id, path) => void watches.push([id, path]),
     autoRemove,
+    bootId: boot.bootId ?? BOOT_1,
   });
   return { manager, client, containers, watches };
 }
@@ -243,5 +250,131 @@ describe('lifecycle', () => {
     await expect(manager.get('../x')).rejects.toMatchObject({ code: 'invalid-request' });
     expect(await manager.get('nope')).toBeUndefined();
     expect(await manager.removeContainer('nope')).toBe(false);
+  });
+});
+
+describe('after a reboot (issue #25)', () => {
+  const DOCKER = [{ kind: 'docker' as const, dest: '/var/lib/docker' }];
+  /** A container running in boot 1 with a range, a docker volume, a clone and a shiftfs mark. */
+  const runningInBoot1 = async (id: string) => {
+    const before = rig();
+    await register(before.manager, id);
+    await before.manager.subidAlloc({ id, size: 65536 });
+    await before.manager.cloneRootfs({ id });
+    const mounts = await before.manager.reqMounts({ id, rootfsUidShiftType: 4, reqList: DOCKER });
+    await before.manager.reqShiftfsMark({
+      id,
+      shiftfsMarks: [{ source: '/lib/modules/6.8.0', readonly: true }],
+    });
+    return { containers: before.containers, mounts };
+  };
+
+  it('Register of a container that ran in the earlier boot restarts it with its volume and range, and a new clone', async () => {
+    const { containers, mounts } = await runningInBoot1('c1');
+    const after = rig({}, undefined, undefined, { bootId: BOOT_2, containers });
+    await register(after.manager, 'c1');
+    expect(containers.snapshot().get('c1')).toMatchObject({
+      state: 'restarted',
+      boot: BOOT_2,
+      rootfs: '/var/lib/docker/overlay2/c1/merged',
+      rmWatchPath: '/var/lib/docker/overlay2/c1',
+      rootfsCloned: false,
+      requested: { clone: true, shiftfs: [] },
+      shiftfsMarks: [],
+      subidAllocated: true,
+    });
+    // Kept: the range and the volume, without asking their services again.
+    expect(await after.manager.subidAlloc({ id: 'c1', size: 65536 })).toEqual({ uid: 165536, gid: 165536 });
+    expect(await after.manager.reqMounts({ id: 'c1', rootfsUidShiftType: 4, reqList: DOCKER })).toEqual(
+      mounts,
+    );
+    expect(after.client.ops()).toEqual([]);
+    // Mounts are not kept: a new clone, a new mark.
+    await after.manager.cloneRootfs({ id: 'c1' });
+    await after.manager.reqShiftfsMark({
+      id: 'c1',
+      shiftfsMarks: [{ source: '/lib/modules/6.8.0', readonly: true }],
+    });
+    expect(after.client.ops()).toEqual(['rootfs.create-clone', 'shiftfs.mark']);
+    // And it lives on as any container: a second Register is redundant, Unregister stops it.
+    await expect(register(after.manager, 'c1')).rejects.toMatchObject({ code: 'failed-precondition' });
+    await after.manager.unregister({ id: 'c1' });
+    expect(containers.snapshot().get('c1')?.state).toBe('stopped');
+  });
+
+  it('at start, every container of the earlier boot is stopped and watched; what Unregister undoes on disk is undone', async () => {
+    const { containers } = await runningInBoot1('c1');
+    await containers.mutate('c1', (r) => r && { ...r, rootfsOvfsUpperChowned: true, mountsPrepped: true });
+    const stopped = rig();
+    await register(stopped.manager, 'c2');
+    await stopped.manager.unregister({ id: 'c2' });
+    await containers.create('c2', stopped.containers.snapshot().get('c2')!);
+
+    const after = rig({}, undefined, undefined, { bootId: BOOT_2, containers });
+    const settle = after.manager.reconcileBoot(await after.manager.list(), { firstMs: 10, maxMs: 10 });
+    await settle.done;
+    expect(after.client.ops().sort()).toEqual(['rootfs.revert-upper', 'vol.revert-prep']);
+    for (const id of ['c1', 'c2'])
+      expect(containers.snapshot().get(id)).toMatchObject({
+        state: 'stopped',
+        boot: BOOT_2,
+        shiftfsMarks: [],
+      });
+    expect(containers.snapshot().get('c1')).toMatchObject({
+      rootfsOvfsUpperChowned: false,
+      mountsPrepped: false,
+      rootfsCloned: false,
+      requested: { clone: true },
+    });
+    expect(after.watches.sort()).toEqual([
+      ['c1', '/var/lib/docker/overlay2/x/work'],
+      ['c2', '/var/lib/docker/overlay2/c2'],
+    ]);
+    // Removal then releases what the container kept, the clone included (not-found = gone).
+    after.client.calls.length = 0;
+    expect(await after.manager.removeContainer('c1')).toBe(true);
+    expect(after.client.ops().sort()).toEqual(['rootfs.remove-clone', 'subid.free', 'vol.docker-destroy']);
+    expect(containers.snapshot().has('c1')).toBe(false);
+    await settle.stop();
+  });
+
+  it('a settle that a service refuses is tried again, and Register waits for it', async () => {
+    const { containers } = await runningInBoot1('c1');
+    await containers.mutate('c1', (r) => r && { ...r, rootfsOvfsUpperChowned: true });
+    let refuse = true;
+    const after = rig(
+      {
+        'rootfs.revert-upper': () => {
+          if (refuse) throw new SysboxError('unavailable', 'not up yet');
+          return {};
+        },
+      },
+      undefined,
+      undefined,
+      { bootId: BOOT_2, containers },
+    );
+    const settle = after.manager.reconcileBoot(await after.manager.list(), { firstMs: 10, maxMs: 10 });
+    await expect(register(after.manager, 'c1')).rejects.toMatchObject({ code: 'unavailable' });
+    expect(containers.snapshot().get('c1')).toMatchObject({ state: 'started', boot: BOOT_1 });
+    refuse = false;
+    await settle.done;
+    expect(containers.snapshot().get('c1')).toMatchObject({ state: 'stopped', boot: BOOT_2 });
+    await register(after.manager, 'c1');
+    expect(containers.snapshot().get('c1')?.state).toBe('restarted');
+    await settle.stop();
+  });
+
+  it('a record an older gateway wrote (no boot) is taken for this boot and stamped', async () => {
+    const { containers } = await runningInBoot1('c1');
+    await containers.mutate('c1', (r) => r && { ...r, boot: undefined });
+    const after = rig({}, undefined, undefined, { bootId: BOOT_2, containers });
+    await after.manager.reconcileBoot(await after.manager.list(), { firstMs: 10, maxMs: 10 }).done;
+    expect(containers.snapshot().get('c1')).toMatchObject({
+      state: 'started',
+      boot: BOOT_2,
+      rootfsCloned: true,
+    });
+    expect(after.client.ops()).toEqual([]);
+    await expect(register(after.manager, 'c1')).rejects.toMatchObject({ code: 'failed-precondition' });
   });
 });

@@ -23,8 +23,9 @@ import {
   type OciMount,
   type ShiftfsMount,
 } from '@sysbox-mgr-ts/contracts';
-import type { KvStateStore, StateStore } from '@sysbox-mgr-ts/kv-state';
+import { readBootId, type KvStateStore, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
+import { bootDecision } from './boot.js';
 import { createNetnsSharing, type NetnsMembers } from './netns.js';
 import { linuxHeaderPath, type HostChecks, type HostFacts, type RetrySchedule } from './probes.js';
 import {
@@ -38,6 +39,7 @@ import {
 import { createRemoval } from './removal.js';
 import { createReplyChecks, type ReplyCheckOptions } from './reply-checks.js';
 import { serviceCaller, type ServiceCall } from './service-call.js';
+import { startReconcile, type StartReconcile } from './start-reconcile.js';
 import { startSubidReconcile, type SubidReconcile } from './subid-reconcile.js';
 import { createContainerTable } from './table.js';
 import { createVolumePolicy } from './volumes.js';
@@ -104,6 +106,8 @@ export interface ManagerDeps {
   onWatch?: (id: string, path: string | undefined) => void;
   /** Whether the container runtime removes the container when it stops (Docker's `--rm`). */
   autoRemove?: (id: string) => Promise<boolean>;
+  /** The kernel's boot id, stamped on records (boot.ts); read from /proc when left out. */
+  bootId?: string;
 }
 
 export interface Manager {
@@ -132,6 +136,12 @@ export interface Manager {
   get(id: string): Promise<ContainerRecord | undefined>;
   /** Starts adopting the subid ranges a lost gateway held unwritten, `records` being the table just read (subid-reconcile.ts). */
   reconcileSubids(records: ContainerRecord[], retry: RetrySchedule): SubidReconcile;
+  /**
+   * Starts turning the records of an earlier boot among `records` (the table just read) into
+   * stopped containers of this boot, and stamping unstamped ones (boot.ts); each is queued on
+   * its container's lock at once, so call it before the socket opens.
+   */
+  reconcileBoot(records: ContainerRecord[], retry: RetrySchedule): StartReconcile;
 }
 
 const BINFMT_MISC_MOUNT: OciMount = {
@@ -238,6 +248,49 @@ export function createManager(deps: ManagerDeps): Manager {
   });
   const removeContainer = createRemoval({ table, call, netns, log, onWatch: deps.onWatch });
   const notRegistered = (id: string): string => `container ${id} is not registered`;
+  const bootId = deps.bootId ?? readBootId();
+
+  /**
+   * The record as this boot sees it (boot.ts): unchanged when it is of this boot; stamped when it
+   * predates stamps; of an earlier boot, stopped as the reboot left it, after what Unregister
+   * would have undone on disk. Runs under the container's lock. A failed revert of the upper dir
+   * throws (the record stays of the earlier boot and is tried again); a failed revert of the mount
+   * preparation is left on the record, where the removal retries it, as Unregister does.
+   */
+  const settleBoot = async (rec: ContainerRecord): Promise<ContainerRecord> => {
+    const decision = bootDecision(rec, bootId);
+    if (decision.kind === 'this-boot') return rec;
+    if (decision.kind === 'stamp') {
+      await table.save(decision.record);
+      return decision.record;
+    }
+    const { plan } = decision;
+    const { id } = rec;
+    const next = { ...plan.record, requested: { ...plan.record.requested } };
+    if (plan.revertUpper)
+      await call(id, 'revert of the rootfs upper-dir chown after a reboot', rootfsRevertUpper, { id }, true);
+    if (plan.revertPrep) {
+      try {
+        await call(id, 'revert of mount preparation after a reboot', volRevertPrep, { id }, true);
+      } catch (err) {
+        log.warn({ id, err }, 'failed to revert mount preparation after a reboot; the removal retries it');
+        next.mountsPrepped = true;
+      }
+    }
+    if (plan.untrackNetns !== 0)
+      await netns
+        .untrack(id, plan.untrackNetns)
+        .catch((err: unknown) => log.warn({ id, err }, 'netns untrack failed'));
+    await table.save(next, rec.state);
+    deps.onWatch?.(id, next.rmWatchPath);
+    log.info(
+      { id, was: rec.state, boot: rec.boot, watch: next.rmWatchPath },
+      'container of an earlier boot: stopped, its mounts forgotten, its volumes and subid range kept',
+    );
+    return next;
+  };
+  const thisBoot = async (rec: ContainerRecord | undefined): Promise<ContainerRecord | undefined> =>
+    rec && settleBoot(rec);
 
   return {
     get: async (id) => table.get(parseContainerId(id)),
@@ -245,6 +298,19 @@ export function createManager(deps: ManagerDeps): Manager {
     list: () => table.list(),
     reconcileSubids: (records, retry) =>
       startSubidReconcile({ records, table, services: deps.services, checks, retry, log }),
+    reconcileBoot: (records, retry) =>
+      startReconcile({
+        ids: records.filter((r) => bootDecision(r, bootId).kind !== 'this-boot').map((r) => r.id),
+        pass: (ids) =>
+          ids.map((id) =>
+            table.serialized(id, async () => {
+              await thisBoot(await table.get(id));
+            }),
+          ),
+        retry,
+        log,
+        what: 'could not settle a container of an earlier boot yet',
+      }),
 
     register({ id, rootfs, userns, netns: netnsPath, uidMappings, gidMappings }) {
       const registerOver = async (existing: ContainerRecord | undefined): Promise<ContainerConfig> => {
@@ -259,7 +325,10 @@ export function createManager(deps: ManagerDeps): Manager {
               `container ${id}: rootfs ${rootfs}: ${(err as Error).message}`,
             );
           }
-          rec = newRecord(id, rootfs, rootfsOnOvfs, removalWatchPath(rootfs), table.now());
+          rec = {
+            ...newRecord(id, rootfs, rootfsOnOvfs, removalWatchPath(rootfs), table.now()),
+            boot: bootId,
+          };
         } else {
           if (existing.state !== 'stopped') {
             throw new SysboxError(
@@ -268,6 +337,12 @@ export function createManager(deps: ManagerDeps): Manager {
             );
           }
           rec = { ...existing, state: 'restarted' };
+          // The runtime's rootfs, unless a clone stands in its place (a clone of an earlier boot
+          // is gone, and the restart's ReqCloneRootfs makes a new one over this rootfs).
+          if (!existing.rootfsCloned) {
+            rec.rootfs = rootfs;
+            rec.rmWatchPath = removalWatchPath(rootfs);
+          }
         }
         rec.netns = netnsPath;
         rec.userns = userns;
@@ -290,15 +365,16 @@ export function createManager(deps: ManagerDeps): Manager {
         // A new container is the common case: an id this gateway does not remember goes straight
         // to a create, which KV refuses when a record exists; only then is the record read (the
         // stopped record of a restart, or a redundant registration).
+        // A record of an earlier boot is a stopped container by now (settleBoot).
         const remembered = table.remembered(id);
-        if (remembered) return registerOver(remembered);
+        if (remembered) return registerOver(await thisBoot(remembered));
         try {
           return await registerOver(undefined);
         } catch (err) {
           if (!isSysboxError(err, 'already-exists')) throw err;
           // Removed between the create and this read: a new container after all.
           const stored = await table.get(id);
-          return registerOver(stored);
+          return registerOver(await thisBoot(stored));
         }
       });
     },

@@ -67,6 +67,12 @@ export const ContainerRecord = z.object({
   containerMounts: z.array(OciMount),
   shiftfsMarks: z.array(ShiftfsMount),
   autoRemove: z.boolean(),
+  /**
+   * The kernel boot id of the boot this record describes (kv-state readBootId). A record of an
+   * earlier boot describes a container that no longer runs, whose mounts are gone (boot.ts).
+   * Records of older gateways have none: taken for this boot and stamped at start.
+   */
+  boot: z.string().optional(),
   registeredAt: z.string(),
   updatedAt: z.string(),
 });

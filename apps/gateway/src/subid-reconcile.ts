@@ -14,16 +14,13 @@
  */
 import { subidList, type SubidAllocation } from '@sysbox-mgr-ts/contracts';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
-import { askUntilAnswered, type RetrySchedule } from './probes.js';
+import type { RetrySchedule } from './probes.js';
 import { withSubidRange, type ContainerRecord } from './record.js';
 import type { ReplyChecks } from './reply-checks.js';
+import { startReconcile, type StartReconcile } from './start-reconcile.js';
 import type { ContainerTable } from './table.js';
 
-export interface SubidReconcile {
-  /** Settles when every candidate is adopted or found to hold no range (never, once stopped before that). */
-  readonly done: Promise<void>;
-  stop(): Promise<void>;
-}
+export type SubidReconcile = StartReconcile;
 
 export function startSubidReconcile(opts: {
   /** The table as just read at start. */
@@ -36,14 +33,14 @@ export function startSubidReconcile(opts: {
 }): SubidReconcile {
   const { table, services, checks, log } = opts;
 
-  /** One pass: the allocator's list once, then each candidate under its lock; answers those left. */
-  const pass = async (ids: string[]): Promise<string[]> => {
+  /** One pass: the allocator's list once, then each candidate under its lock. */
+  const pass = (ids: string[]): Promise<void>[] => {
     const held = allPages((cursor) => services.call(subidList, { cursor })).then(
       (pages) => new Map<string, SubidAllocation>(pages.flatMap((p) => p.allocations).map((a) => [a.id, a])),
     );
     // Awaited inside each adoption, which may start only after earlier calls on its container.
     held.catch(() => undefined);
-    const adoptions = ids.map((id) =>
+    return ids.map((id) =>
       table.serialized(id, async () => {
         const range = (await held).get(id);
         const rec = await table.get(id);
@@ -56,45 +53,13 @@ export function startSubidReconcile(opts: {
         );
       }),
     );
-    const outcomes = await Promise.allSettled(adoptions);
-    const left = ids.filter((_, i) => outcomes[i]!.status === 'rejected');
-    for (const [i, o] of outcomes.entries()) {
-      if (o.status === 'rejected')
-        log.warn(
-          { id: ids[i], err: o.reason as Error },
-          'could not adopt the subid range of a container yet; trying again',
-        );
-    }
-    return left;
   };
 
-  const candidates = opts.records.filter((r) => r.state !== 'stopped' && !r.subidAllocated).map((r) => r.id);
-  if (candidates.length === 0) return { done: Promise.resolve(), stop: async () => undefined };
-  // Queues the first pass's adoptions now, before the caller opens the socket.
-  const first = pass(candidates);
-  let stopped = false;
-  let retries: { stop(): Promise<void> } | undefined;
-  const done = first.then(
-    (left) =>
-      new Promise<void>((resolve) => {
-        if (left.length === 0) return resolve();
-        if (stopped) return;
-        retries = askUntilAnswered(
-          async () => {
-            left = await pass(left);
-            return left.length === 0 ? true : undefined;
-          },
-          () => resolve(),
-          opts.retry,
-        );
-      }),
-  );
-  return {
-    done,
-    async stop() {
-      stopped = true;
-      await first;
-      await retries?.stop();
-    },
-  };
+  return startReconcile({
+    ids: opts.records.filter((r) => r.state !== 'stopped' && !r.subidAllocated).map((r) => r.id),
+    pass,
+    retry: opts.retry,
+    log,
+    what: 'could not adopt the subid range of a container yet',
+  });
 }

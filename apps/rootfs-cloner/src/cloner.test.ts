@@ -23,7 +23,14 @@ import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { run } from '@sysbox-mgr-ts/exec';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CloneRecord, UpperRecord, createCloner, type Cloner, type ShiftIds } from './cloner.js';
+import {
+  CloneRecord,
+  UpperRecord,
+  cloneAtStart,
+  createCloner,
+  type Cloner,
+  type ShiftIds,
+} from './cloner.js';
 import { createMounter } from './mounter.js';
 import { shift } from '@sysbox-mgr-ts/id-shift';
 import {
@@ -35,6 +42,8 @@ import {
 } from './rootfs-fixture.test-util.js';
 
 const OFFSET = 165536;
+const BOOT_1 = '11111111-1111-4111-8111-111111111111';
+const BOOT_2 = '22222222-2222-4222-8222-222222222222';
 const silent = silentLogger();
 const exists = (p: string) =>
   access(p).then(
@@ -49,7 +58,7 @@ describe('rootfs cloner on real overlay mounts', () => {
   let dataRoot: string;
   let shiftIds: ShiftIds;
 
-  const makeCloner = async (node = 'n1'): Promise<Cloner> => {
+  const makeCloner = async (node = 'n1', bootId = BOOT_1): Promise<Cloner> => {
     const kv = await openBucket(nc, rootfsService.bucket);
     return createCloner({
       dataRoot,
@@ -62,6 +71,7 @@ describe('rootfs cloner on real overlay mounts', () => {
       shiftTimeoutMs: 20_000,
       readMounts: () => readMountInfo(),
       guard: await testGuard(base, dataRoot),
+      bootId,
     });
   };
 
@@ -265,7 +275,7 @@ describe('rootfs cloner on real overlay mounts', () => {
     expect((await cloner.list()).clones).toEqual([]);
   });
 
-  it('after a simulated reboot (every clone mount gone) a new daemon re-establishes the clone with its changes', async () => {
+  it('every clone mount lifted in the same boot: a new daemon re-establishes the clone with its changes', async () => {
     await setup();
     const first = await makeCloner();
     const { rootfs: merged } = await first.createClone('c6', fx.rootfs);
@@ -297,6 +307,50 @@ describe('rootfs cloner on real overlay mounts', () => {
     await second.revertChown('c6');
     expect((await stat(join(fx.rootfs, 'etc', 'passwd'))).uid).toBe(0);
     await second.removeClone('c6');
+  });
+
+  it('after a reboot (issue #25) a clone of the earlier boot is removed, not brought back over the runtime dirs', async () => {
+    await setup();
+    const first = await makeCloner('n1', BOOT_1);
+    const { rootfs: merged } = await first.createClone('c7', fx.rootfs);
+    await first.chownClone('c7', OFFSET, OFFSET);
+    const cloneDir = join(dataRoot, 'rootfs', 'c7');
+    // Power lost: every mount of the clone is gone.
+    for (const target of [fx.rootfs, fx.rootfs, fx.upperDir, fx.workDir, merged])
+      await run('umount', [target], { timeout: 10_000 });
+    const upperBefore = await readdir(fx.upperDir);
+
+    const report = await (await makeCloner('n1', BOOT_2)).reconcile();
+    expect(report.dropped).toEqual([{ id: 'c7', reason: expect.stringMatching(/earlier boot/) }]);
+    expect(report.reestablished).toEqual([]);
+    expect(mountsUnder(await readMountInfo(), dataRoot)).toEqual([]);
+    expect(await exists(cloneDir)).toBe(false);
+    expect((await first.list()).clones).toEqual([]);
+    // The runtime's own dirs are as the runtime left them: its upper dir, its rootfs mount point.
+    expect(await readdir(fx.upperDir)).toEqual(upperBefore);
+    expect(await exists(fx.rootfs)).toBe(true);
+  });
+
+  it('an unstamped clone (an older version wrote it) is taken for this boot and stamped', async () => {
+    await setup();
+    const first = await makeCloner('n1', BOOT_1);
+    await first.createClone('c8', fx.rootfs);
+    const { clones } = await storesOf();
+    await clones.mutate('c8', (cur) => cur && { ...cur, boot: undefined });
+    expect(await (await makeCloner('n1', BOOT_1)).reconcile()).toMatchObject({
+      adopted: ['c8'],
+      dropped: [],
+    });
+    expect((await clones.get('c8'))?.value.boot).toBe(BOOT_1);
+    await first.removeClone('c8');
+  });
+
+  it.each([
+    { boot: BOOT_1, want: 'reconcile' },
+    { boot: BOOT_2, want: 'remove' },
+    { boot: undefined, want: 'stamp' },
+  ] as const)('at start in boot 1, a clone of boot $boot: $want', ({ boot, want }) => {
+    expect(cloneAtStart({ boot }, BOOT_1)).toBe(want);
   });
 
   it('shift-upper chowns an upper dir (or only records a runtime chown), revert-upper restores it, both survive a restart', async () => {

@@ -2,7 +2,10 @@
  * Rootfs clones (upstream rootfsCloner): a metacopy overlay over the original rootfs' lower layers,
  * bind-mounted over the original rootfs, upper and work dirs, so a chown of the clone copies
  * metadata only. Every clone and upper-dir shift is recorded in KV before the host is touched,
- * so a restarted daemon (or a rebooted host) finds and re-establishes them.
+ * so a restarted daemon finds and re-establishes them. A clone of an earlier boot is not brought
+ * back: its mounts went with the reboot, its container no longer runs, and its binds over the
+ * runtime's upper and work dirs would keep the runtime from mounting the rootfs again; it is
+ * removed at start (cloneAtStart), and a restarted container gets a new clone.
  */
 import { access, mkdir, realpath, rm, rmdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -17,7 +20,7 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { containerIds, unfinishedIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
-import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { REMOVE, bootOf, readBootId, type StateStore } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import { createKeyedLock, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { Mounter } from './mounter.js';
@@ -48,6 +51,8 @@ export const CloneRecord = z.object({
    * original + offset; the next chown-clone or revert-chown (or the next start) finishes it.
    */
   pending: z.enum(['create', 'chown', 'revert']).optional(),
+  /** The kernel boot id of the boot that mounted it (none from older versions: taken for this boot). */
+  boot: z.string().optional(),
   createdAt: z.string(),
 });
 export type CloneRecord = z.infer<typeof CloneRecord>;
@@ -85,6 +90,22 @@ export interface ClonerDeps {
   /** Rootfs roots and delegated ids: checked on requests and again on records read back from KV. */
   guard: HostGuard;
   now?: () => Date;
+  /** The kernel's boot id, stamped on clone records; read from /proc when left out. */
+  bootId?: string;
+}
+
+/**
+ * What start-up does with a clone record: a clone of an earlier boot is removed (its mounts are
+ * gone and its container no longer runs; its dirs are deleted), an unstamped one (an older
+ * version's) is stamped with this boot and reconciled, a clone of this boot is reconciled
+ * (adopted, or re-established when its mounts were lifted without a reboot).
+ */
+export function cloneAtStart(
+  rec: Pick<CloneRecord, 'boot'>,
+  bootId: string,
+): 'remove' | 'stamp' | 'reconcile' {
+  const of = bootOf(rec.boot, bootId);
+  return of === 'earlier-boot' ? 'remove' : of === 'unstamped' ? 'stamp' : 'reconcile';
 }
 
 export interface ReconcileReport {
@@ -122,6 +143,7 @@ type RemoveAllReply = z.infer<typeof rootfsRemoveAll.reply>;
 export function createCloner(deps: ClonerDeps): Cloner {
   const { mounter, log } = deps;
   const now = deps.now ?? (() => new Date());
+  const bootId = deps.bootId ?? readBootId();
   /** One operation per container at a time; different containers run in parallel. */
   const serialized = createKeyedLock();
 
@@ -398,6 +420,7 @@ export function createCloner(deps: ClonerDeps): Cloner {
       chowned: false,
       bindToSelfActive: true,
       pending: 'create',
+      boot: bootId,
       createdAt: now().toISOString(),
     };
     await deps.clones.create(id, rec);
@@ -560,6 +583,17 @@ export function createCloner(deps: ClonerDeps): Cloner {
       await deps.clones.delete(rec.id);
       return { outcome: 'dropped', reason: 'the daemon stopped while creating it; unwound' };
     }
+    const atStart = cloneAtStart(rec, bootId);
+    if (atStart === 'remove') {
+      // Nothing of it is mounted after a reboot; teardown lifts only what is ours, if anything.
+      await teardown(rec);
+      await deps.clones.delete(rec.id);
+      return {
+        outcome: 'dropped',
+        reason: `a clone of an earlier boot (${rec.boot}): its mounts went with the reboot; its dir is removed`,
+      };
+    }
+    if (atStart === 'stamp') await update(rec.id, { boot: bootId });
     if (!(await exists(rec.origRootfs)) || !(await exists(rec.origWorkDir))) {
       await teardown(rec);
       await deps.clones.delete(rec.id);

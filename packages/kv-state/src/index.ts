@@ -513,3 +513,5 @@ function jitter(attempt: number): Promise<void> {
   const ms = Math.min(50, 1 + Math.random() * 2 ** Math.min(attempt, 5));
   return new Promise((r) => setTimeout(r, ms));
 }
+
+export { BOOT_ID_FILE, bootOf, readBootId, type BootOf } from './boot.js';

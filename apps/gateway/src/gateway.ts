@@ -128,6 +128,7 @@ export async function startGateway(opts: {
       kernel: facts.kernelRelease,
       hostDistro: facts.hostDistro,
       kernelHeaders: facts.linuxHeaderMounts.length > 0 ? facts.hostKernelHdrPath : null,
+      binfmtMisc: facts.binfmtMiscReason,
       ...config,
     },
     `shiftfs ok: ${config.shiftfsOk ? 'yes' : 'no'}; ID-mapped mounts: ${config.idMapMountOk ? 'yes' : 'no'}; ` +

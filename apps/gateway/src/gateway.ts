@@ -207,7 +207,6 @@ export async function startGateway(opts: {
   const grpc = await startGrpcServer({
     socketPath: s.socket,
     manager,
-    handlerTimeoutMs: s.longOpTimeoutMs + s.opTimeoutMs,
     log,
   });
   // shiftfs-mgr may come up after the gateway (started by hand or another supervisor, or down

@@ -225,7 +225,7 @@ describe('volume sync-out', () => {
       },
     });
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker', 'kubelet'] });
-    expect(await rig(client, rec).policy.syncOut(rec)).toEqual([]);
+    expect(await rig(client, rec).policy.syncOut(rec, 'Unregister')).toEqual([]);
     expect(client.ops()).toEqual(['vol.docker-sync-out', 'vol.docker-sync-out', 'vol.kubelet-sync-out']);
   });
 
@@ -239,7 +239,7 @@ describe('volume sync-out', () => {
       },
     });
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker', 'kubelet', 'k0s'] });
-    expect(await rig(client, rec).policy.syncOut(rec)).toEqual(['docker', 'kubelet']);
+    expect(await rig(client, rec).policy.syncOut(rec, 'Unregister')).toEqual(['docker', 'kubelet']);
     expect(client.ops()).toEqual([
       'vol.docker-sync-out',
       'vol.docker-sync-out',
@@ -251,7 +251,7 @@ describe('volume sync-out', () => {
   it('does nothing with inner-image preload off', async () => {
     const client = volMgr();
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker'] });
-    expect(await rig(client, rec, { noInnerImgPreload: true }).policy.syncOut(rec)).toEqual([]);
+    expect(await rig(client, rec, { noInnerImgPreload: true }).policy.syncOut(rec, 'Unregister')).toEqual([]);
     expect(client.calls).toEqual([]);
   });
 });

@@ -74,7 +74,8 @@ export interface VolumePolicy {
     requests: { kind: VolumeKind; dest: string }[],
   ): Promise<void>;
   /** Syncs every volume out to its host dir (unless inner-image preload is off); answers the kinds that failed. */
-  syncOut(rec: ContainerRecord): Promise<VolumeKind[]>;
+  /** `rpc`: the call it serves, whose time limit bounds each sync-out (rpc-limits.ts). */
+  syncOut(rec: ContainerRecord, rpc: 'Unregister' | 'Pause'): Promise<VolumeKind[]>;
 }
 
 export function createVolumePolicy(deps: {
@@ -146,7 +147,7 @@ export function createVolumePolicy(deps: {
               `failed to setup mounts backing ${dest}`,
               volByKind[kind].create,
               create,
-              'unbounded',
+              'ReqMounts',
             );
             mounts.push(...checks.volumeMounts(id, kind, created.mounts));
           } catch (err) {
@@ -164,7 +165,7 @@ export function createVolumePolicy(deps: {
       }
     },
 
-    async syncOut(rec) {
+    async syncOut(rec, rpc) {
       if (deps.noInnerImgPreload) return [];
       const failed: VolumeKind[] = [];
       for (const kind of rec.volumeKinds) {
@@ -177,7 +178,7 @@ export function createVolumePolicy(deps: {
               `sync-out of the ${kind} volume`,
               volByKind[kind].syncOut,
               { id: rec.id },
-              true,
+              rpc,
             );
             break;
           } catch (err) {

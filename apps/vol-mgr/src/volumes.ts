@@ -29,7 +29,7 @@ import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/moun
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
 import { createInFlight } from './in-flight.js';
-import { assertStrictlyUnder, exists, mkdirChainInside, resolveInside } from './paths.js';
+import { assertStrictlyUnder, exists, mkdirChainInside, resolveInRoot, resolveInside } from './paths.js';
 import { rsyncTree, type ScanIds } from './rsync.js';
 
 export const VolumeRecord = z.object({
@@ -38,6 +38,11 @@ export const VolumeRecord = z.object({
   path: HostPath,
   rootfs: HostPath,
   mountpoint: ContainerPath,
+  /**
+   * The mountpoint with the image's symlinks resolved within the rootfs (`/var/lib/docker` ->
+   * `/data/docker`): where sync-in reads and sync-out writes. Absent in records from before it.
+   */
+  resolvedMountpoint: ContainerPath.optional(),
   /** Where sync-out copies to: the overlay upper dir when the rootfs is overlayfs, else the rootfs. */
   syncOutBase: HostPath,
   uid: Id,
@@ -184,12 +189,16 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     const upper = await overlayUpperOf(rootfs);
     const syncOutBase =
       upper === undefined ? rootfs : await deps.guard.allowedRootfs(upper, `overlay upper dir of ${rootfs}`);
+    // The image may link the mountpoint elsewhere (/var/lib/docker -> /data/docker): followed
+    // within the rootfs, as sysbox-runc mounts the volume there.
+    const resolvedMountpoint = await resolveInRoot(rootfs, req.mountpoint);
     const record: VolumeRecord = {
       kind: deps.kind,
       id: req.id,
       path,
       rootfs,
       mountpoint: req.mountpoint,
+      resolvedMountpoint,
       syncOutBase,
       uid: req.uid,
       gid: req.gid,
@@ -227,7 +236,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       await chown(path, req.uid, req.gid);
       // Sync-in always: an image's preloaded inner images live there (--no-sync stops only
       // sync-out, as upstream's disable-inner-image-preload).
-      const source = await resolveInside(rootfs, req.mountpoint, 'volume source');
+      const source = await resolveInside(rootfs, resolvedMountpoint, 'volume source');
       if (await exists(source)) {
         await rsyncTree({
           src: source,
@@ -272,10 +281,11 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       rec.syncOutBase,
       `recorded sync-out base of the ${deps.kind} volume of ${id}`,
     );
-    const target = await resolveInside(rec.syncOutBase, rec.mountpoint, 'sync-out target');
+    const inner = rec.resolvedMountpoint ?? rec.mountpoint;
+    const target = await resolveInside(rec.syncOutBase, inner, 'sync-out target');
     if (!(await exists(target))) {
       if ((await readdir(path)).length === 0) return;
-      await mkdirChainInside(rec.syncOutBase, rec.mountpoint, rec.perm, rec.rootfs);
+      await mkdirChainInside(rec.syncOutBase, inner, rec.perm, rec.rootfs);
     }
     await rsyncTree({
       src: path,
@@ -339,7 +349,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
           id: value.id,
           path: volPathOf(value.id),
           mountpoint: value.mountpoint,
-          syncOutTarget: join(value.syncOutBase, value.mountpoint),
+          syncOutTarget: join(value.syncOutBase, value.resolvedMountpoint ?? value.mountpoint),
           uid: value.uid,
           gid: value.gid,
           chownOnSync: value.chownOnSync,

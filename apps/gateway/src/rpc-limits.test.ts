@@ -1,7 +1,7 @@
-import { volByKind } from '@sysbox-mgr-ts/contracts';
+import { UNBOUNDED_MS, volByKind } from '@sysbox-mgr-ts/contracts';
 import type { ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { describe, expect, it } from 'vitest';
-import { RPC_TIME_LIMITS, UNBOUNDED_MS } from './rpc-limits.js';
+import { RPC_TIME_LIMITS } from './rpc-limits.js';
 import { serviceCaller } from './service-call.js';
 import type { RpcName } from './wire.js';
 

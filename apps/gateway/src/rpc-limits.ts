@@ -1,7 +1,8 @@
 /**
  * How long the gateway lets each RPC sysbox-runc makes run, decided here and nowhere else: the
- * handler's bound (grpc-server.ts) and the bound of the long service calls made while serving it
- * (service-call.ts: chown, rsync, clone), so no work sysbox-runc still waits for is cut short.
+ * handler's bound (grpc-server.ts), the bound of the long service calls made while serving it
+ * (service-call.ts: chown, rsync, clone), and the limit handed to vol-mgr for its rsync (the
+ * requests' timeLimit), so no work sysbox-runc still waits for is cut short.
  *
  * sysbox-ipc's client (sysboxMgrGrpc/grpcClient.go) gives every call a 10 min deadline
  * (grpcTimeout), except ReqMounts, which it never cuts (a sync-in of a preloaded inner image takes
@@ -9,10 +10,8 @@
  * so work running when the client gives up still finishes, for the retry to adopt; none where it
  * has none. rpc-limits.test.ts holds the client's numbers and checks every entry against them.
  */
+import type { TimeLimit } from '@sysbox-mgr-ts/contracts';
 import type { RpcName } from './wire.js';
-
-/** Milliseconds, or no bound at all. */
-export type TimeLimit = number | 'unbounded';
 
 /** The client's 10 min and one more. */
 const BEYOND_CLIENT_DEADLINE_MS = 11 * 60_000;
@@ -32,9 +31,3 @@ export const RPC_TIME_LIMITS: Readonly<Record<RpcName, TimeLimit>> = {
   ChownClonedRootfs: BEYOND_CLIENT_DEADLINE_MS,
   RevertClonedRootfsChown: BEYOND_CLIENT_DEADLINE_MS,
 };
-
-/** NATS requests need some bound: a day stands for none. */
-export const UNBOUNDED_MS = 24 * 3600 * 1000;
-
-/** The limit as milliseconds, a day standing for none. */
-export const limitMs = (limit: TimeLimit): number => (limit === 'unbounded' ? UNBOUNDED_MS : limit);

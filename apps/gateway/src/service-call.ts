@@ -2,9 +2,15 @@
  * The gateway's one way to ask a service: the short or long bound, and a failure's message
  * prefixed with the container and what was being done (sysbox-runc shows it as the gRPC status).
  */
-import { SysboxError, type Contract, type ReplyOf, type RequestInputOf } from '@sysbox-mgr-ts/contracts';
+import {
+  SysboxError,
+  limitMs,
+  type Contract,
+  type ReplyOf,
+  type RequestInputOf,
+} from '@sysbox-mgr-ts/contracts';
 import type { ServiceClient } from '@sysbox-mgr-ts/service-kit';
-import { RPC_TIME_LIMITS, limitMs } from './rpc-limits.js';
+import { RPC_TIME_LIMITS } from './rpc-limits.js';
 import type { RpcName } from './wire.js';
 
 /**

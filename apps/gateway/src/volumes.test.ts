@@ -102,6 +102,7 @@ describe('volume creation', () => {
         gid: 231072,
         chownOnSync: true,
         perm: 0o700,
+        timeLimit: 'unbounded',
       },
     });
     expect(client.ops()).toEqual(['vol.docker-create', 'vol.k3s-create']);

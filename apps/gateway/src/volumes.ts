@@ -17,6 +17,7 @@ import { allPages, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { HostFacts } from './probes.js';
 import { ShiftType, firstMapping, type ContainerRecord } from './record.js';
 import type { ReplyChecks } from './reply-checks.js';
+import { RPC_TIME_LIMITS } from './rpc-limits.js';
 import type { ServiceCall } from './service-call.js';
 import type { ContainerTable } from './table.js';
 
@@ -140,6 +141,7 @@ export function createVolumePolicy(deps: {
             gid: owner.gid,
             chownOnSync,
             perm: VOLUME_LAYOUT[kind].perm,
+            timeLimit: RPC_TIME_LIMITS.ReqMounts,
           };
           try {
             const created = await call(
@@ -177,7 +179,7 @@ export function createVolumePolicy(deps: {
               rec.id,
               `sync-out of the ${kind} volume`,
               volByKind[kind].syncOut,
-              { id: rec.id },
+              { id: rec.id, timeLimit: RPC_TIME_LIMITS[rpc] },
               rpc,
             );
             break;

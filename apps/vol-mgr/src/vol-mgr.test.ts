@@ -389,6 +389,38 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     ).toEqual([]);
   });
 
+  // Issue #24: ReqMounts' sync-in was cut at --sync-timeout-ms (30 min) where sysbox-runc waits
+  // as long as it takes; the gateway now hands each copy the limit of the RPC it serves.
+  it("bounds a copy by the caller's timeLimit, else by --sync-timeout-ms", async () => {
+    const size = 3 * 1024 * 1024;
+    const rootfs = await makeOverlayRootfs(
+      'volmgr-ovl-',
+      async (lower) => {
+        await mkdir(join(lower, 'var/lib/docker'), { recursive: true });
+        await writeFile(join(lower, 'var/lib/docker/layer'), Buffer.alloc(size, 7));
+      },
+      base,
+    );
+    rootfses.push(rootfs);
+    // 1 MB/s: the 3 MB layer takes 3 s to copy, past the 1 s --sync-timeout-ms.
+    await start({ syncTimeoutMs: 1000 }, ['--bwlimit=1000']);
+    const docker = volByKind.docker;
+    const req = {
+      rootfs: rootfs.merged,
+      mountpoint: '/var/lib/docker',
+      uid: OFFSET,
+      gid: OFFSET,
+      chownOnSync: false,
+    };
+    await expectCode(client.call(docker.create, { ...req, id: 'cut' }), 'timeout');
+    const { mounts } = await client.call(docker.create, { ...req, id: 'whole', timeLimit: 'unbounded' });
+    expect((await stat(join(mounts[0]!.source, 'layer'))).size).toBe(size);
+    await rm(join(rootfs.upper, 'var'), { recursive: true, force: true });
+    await expectCode(client.call(docker.syncOut, { id: 'whole' }), 'timeout');
+    await client.call(docker.syncOut, { id: 'whole', timeLimit: 60_000 });
+    expect((await stat(join(rootfs.upper, 'var/lib/docker/layer'))).size).toBe(size);
+  });
+
   it('answers hostile ids and paths with typed errors and creates nothing outside the data root', async () => {
     await start();
     const docker = volByKind.docker;

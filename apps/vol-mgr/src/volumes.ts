@@ -14,6 +14,8 @@ import {
   Id,
   SysboxError,
   Timestamp,
+  limitMs,
+  type TimeLimit,
   VOLUME_LAYOUT,
   VolumeKindSchema,
   type VolCreateReply,
@@ -89,7 +91,8 @@ export interface VolumeManager extends VolMgr {
   readonly hostDir: string;
   createVol(req: VolCreateRequest, log?: Logger): Promise<VolCreateReply>;
   destroyVol(id: string, log?: Logger): Promise<void>;
-  syncOut(id: string, log?: Logger): Promise<void>;
+  /** `timeLimit`: the caller's bound of the copy (absent: --sync-timeout-ms). */
+  syncOut(id: string, log?: Logger, timeLimit?: TimeLimit): Promise<void>;
   list(): Promise<VolumeInfo[]>;
   reconcile(opts: { removeOrphans: boolean }): Promise<ReconcileReport>;
   /** Waits for operations in flight (up to graceMs), then cancels the rest. */
@@ -169,6 +172,13 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     return overlayOptions(top.superOptions).upperDir;
   };
 
+  /**
+   * A copy's bound: the caller's (the gateway's, from the RPC it serves: none for ReqMounts'
+   * sync-in, as sysbox-runc waits for it as long as it takes), else --sync-timeout-ms.
+   */
+  const boundOf = (limit: TimeLimit | undefined): number =>
+    limit === undefined ? deps.syncTimeoutMs : limitMs(limit);
+
   /** What a create answers, the first time and for an identical repeat alike: the volume's bind mount. */
   const createReply = (path: string, mountpoint: string): VolCreateReply => ({
     mounts: [{ source: path, destination: mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }],
@@ -244,7 +254,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
           shift: req.chownOnSync
             ? { uid: req.uid, gid: req.gid, direction: 'up', scanIds: deps.scanIds }
             : undefined,
-          timeoutMs: deps.syncTimeoutMs,
+          timeoutMs: boundOf(req.timeLimit),
           signal: inFlight.signal,
           extraArgs: deps.rsyncExtraArgs,
           log,
@@ -266,7 +276,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     return createReply(path, req.mountpoint);
   };
 
-  const syncOut = async (id: string, log = deps.log): Promise<void> => {
+  const syncOut = async (id: string, log = deps.log, timeLimit?: TimeLimit): Promise<void> => {
     const rec = await getRecord(id);
     if (!deps.sync) return;
     const path = checkRecordPath(rec, log);
@@ -293,7 +303,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       shift: rec.chownOnSync
         ? { uid: rec.uid, gid: rec.gid, direction: 'down', scanIds: deps.scanIds }
         : undefined,
-      timeoutMs: deps.syncTimeoutMs,
+      timeoutMs: boundOf(timeLimit),
       signal: inFlight.signal,
       watch: target,
       extraArgs: deps.rsyncExtraArgs,

@@ -44,7 +44,7 @@ export function createHostGuard(config: HostGuardConfig): HostGuard {
   const read = async (): Promise<RootsInForce> => {
     const runtime = await readRuntimeRoots(config);
     const all: RootfsRoot[] = [
-      ...config.allowedRootfsRoots.map((path) => ({ path, source: ROOTS_FLAG.split(' ')[0]! })),
+      ...config.allowedRootfsRoots.map((path) => ({ path, source: ROOTS_FLAG })),
       ...runtime.roots,
       SYSBOX_ROOTFS_ROOT,
       { path: config.dataRoot, source: 'the data root' },

@@ -10,8 +10,9 @@ import type { RootfsRoot } from './runtime-roots.js';
 /** sysbox's own store, always allowed; the runtimes' stores come from the host's config (runtime-roots.ts). */
 export const SYSBOX_ROOTFS_ROOT: RootfsRoot = { path: '/var/lib/sysbox', source: "sysbox's own store" };
 
-/** What to add when a rootfs is refused: named in every refusal. */
-export const ROOTS_FLAG = '--allowed-rootfs-roots (SYSBOX_ALLOWED_ROOTFS_ROOTS)';
+/** The flag that adds roots; named, with its variable, in every refusal. */
+export const ROOTS_FLAG = '--allowed-rootfs-roots';
+const ROOTS_FLAG_AND_ENV = `${ROOTS_FLAG} (SYSBOX_ALLOWED_ROOTFS_ROOTS)`;
 
 const describe = (r: string | RootfsRoot) => (typeof r === 'string' ? r : `${r.path} (${r.source})`);
 
@@ -51,7 +52,7 @@ export function rootfsRefusal(
   const noted = notes.length > 0 ? `; note: ${notes.join('; ')}` : '';
   return new SysboxError(
     'invalid-request',
-    `${what} ${shown} is refused: it does not lie below an allowed rootfs root. Roots in force: ${roots.map(describe).join(', ')}${noted}. To allow it, add its store with ${ROOTS_FLAG}`,
+    `${what} ${shown} is refused: it does not lie below an allowed rootfs root. Roots in force: ${roots.map(describe).join(', ')}${noted}. To allow it, add its store with ${ROOTS_FLAG_AND_ENV}`,
   );
 }
 

@@ -100,6 +100,12 @@ export interface SystemOptions {
    * the bound boot id never reaches the host.
    */
   boots?: boolean;
+  /**
+   * How vol-mgr and rootfs-cloner learn where container rootfs may live: `--allowed-rootfs-roots
+   * <dir>` (the default), or as a host with Docker's data-root moved declares it: no flag, and
+   * `<dir>/etc/daemon.json` naming `<dir>/docker` as data-root.
+   */
+  rootfsRoots?: 'flag' | 'daemon-json';
 }
 
 export async function startSystem(opts: SystemOptions = {}): Promise<System> {
@@ -148,7 +154,22 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     mountsUnder(await readMountInfo(), dir).filter((m) => m.mountPoint !== dir);
 
   const subidFiles = ['--subuid-file', etc.subuid, '--subgid-file', etc.subgid];
-  const guard = ['--allowed-rootfs-roots', dir, ...subidFiles];
+  // The runtimes' config files are the test's own (missing ones count with their runtime's
+  // default store), never the host's.
+  const runtimeConfigs = [
+    ['--docker-config', 'daemon.json'],
+    ['--containerd-config', 'containerd.toml'],
+    ['--containers-storage-config', 'storage.conf'],
+    ['--k3s-config', 'k3s.yaml'],
+    ['--rke2-config', 'rke2.yaml'],
+  ].flatMap(([flag, file]) => [flag!, join(etcDir, file!)]);
+  if (opts.rootfsRoots === 'daemon-json')
+    writeFileSync(join(etcDir, 'daemon.json'), JSON.stringify({ 'data-root': join(dir, 'docker') }));
+  const guard = [
+    ...(opts.rootfsRoots === 'daemon-json' ? [] : ['--allowed-rootfs-roots', dir]),
+    ...runtimeConfigs,
+    ...subidFiles,
+  ];
   const baseArgs = (app: AppName): string[] => {
     const creds =
       app === 'all-in-one'

@@ -61,7 +61,7 @@ export const gatewayOptions = {
     flag: 'long-op-timeout-ms',
     env: 'SYSBOX_MGR_LONG_OP_TIMEOUT_MS',
     description:
-      "time bound of a long service call (chown, rsync, clone); below sysbox-runc's 10 min deadline",
+      "time bound of a long background service call no client waits for (removal, orphan release); calls made while serving sysbox-runc are bounded by its RPC's limit, never shorter than its client waits",
     schema: ms(540_000, 100),
   }),
   watchIntervalMs: option({

@@ -285,6 +285,7 @@ describe('sysbox-runc call order', () => {
       gid: ids.gid,
       chownOnSync: true,
       perm: 0o700,
+      timeLimit: 'unbounded',
     });
     expect((await rpc(client, 'ReqFsState', { id, rootfs: clone.rootfs })).fsEntries).toEqual([]);
     await rpc(client, 'ChownClonedRootfs', { id, uidOffset: ids.uid, gidOffset: ids.gid });

@@ -136,6 +136,7 @@ export async function startGateway(opts: {
       kernel: facts.kernelRelease,
       hostDistro: facts.hostDistro,
       kernelHeaders: facts.linuxHeaderMounts.length > 0 ? facts.hostKernelHdrPath : null,
+      binfmtMisc: facts.binfmtMiscReason,
       ...config,
     },
     `shiftfs ok: ${config.shiftfsOk ? 'yes' : 'no'}; ID-mapped mounts: ${config.idMapMountOk ? 'yes' : 'no'}; ` +
@@ -217,7 +218,6 @@ export async function startGateway(opts: {
   const grpc = await startGrpcServer({
     socketPath: s.socket,
     manager,
-    handlerTimeoutMs: s.longOpTimeoutMs + s.opTimeoutMs,
     log,
   });
   // shiftfs-mgr may come up after the gateway (started by hand or another supervisor, or down

@@ -24,6 +24,7 @@ import type { HealthImplementation } from 'grpc-health-check';
 import { sysboxMgrServiceDefinition } from './codec.js';
 import type { Manager } from './manager.js';
 import { SERVICE_NAME, loadPackage } from './proto.js';
+import { RPC_TIME_LIMITS } from './rpc-limits.js';
 import { containerConfigToWire, mountToWire, parseRequest, type RpcName } from './wire.js';
 
 const require = createRequire(import.meta.url);
@@ -64,17 +65,18 @@ export function rpcHandlers(manager: Manager): Record<RpcName, Rpc> {
 
 export function grpcServiceImplementation(
   manager: Manager,
-  opts: { handlerTimeoutMs: number; log: Logger },
+  opts: { log: Logger },
 ): UntypedServiceImplementation {
   const impl: UntypedServiceImplementation = {};
   for (const [name, rpc] of Object.entries(rpcHandlers(manager))) {
     impl[name] = (call: ServerUnaryCall<any, object>, callback: sendUnaryData<object>) => {
       const started = performance.now();
       const id = typeof call.request?.id === 'string' ? call.request.id.slice(0, 128) : undefined;
-      // ReqMounts is not bounded here: sysbox-runc waits for a long sync-in as long as it takes,
-      // and is told how it goes in the log; a client that goes away is logged (the work finishes,
-      // and its retry adopts what it made).
-      const unbounded = name === 'ReqMounts';
+      // Each RPC's bound is rpc-limits.ts's, never shorter than sysbox-runc's client waits. An
+      // unbounded one (ReqMounts: a long sync-in) tells how it goes in the log; a client that goes
+      // away is logged (the work finishes, and its retry adopts what it made).
+      const limit = RPC_TIME_LIMITS[name as RpcName];
+      const unbounded = limit === 'unbounded';
       const progress = unbounded
         ? setInterval(
             () =>
@@ -96,7 +98,7 @@ export function grpcServiceImplementation(
       });
       const reply = unbounded
         ? rpc(call.request)
-        : withinTime(rpc(call.request), opts.handlerTimeoutMs, `${name} for container ${id}`);
+        : withinTime(rpc(call.request), limit, `${name} for container ${id}`);
       const stopProgress = (): void => {
         answered = true;
         clearInterval(progress);
@@ -251,7 +253,6 @@ function addHealth(server: Server, initial: Record<string, ServingStatus>): Heal
 export async function startGrpcServer(opts: {
   socketPath: string;
   manager: Manager;
-  handlerTimeoutMs: number;
   log: Logger;
 }): Promise<GrpcServerHandle> {
   const dir = dirname(opts.socketPath);

@@ -447,12 +447,12 @@ export function createManager(deps: ManagerDeps): Manager {
           if (clone) adoptClone(rec, clone);
         }
         if (rec.rootfsOvfsUpperChowned && !rec.autoRemove) {
-          await call(id, 'revert of the rootfs upper-dir chown', rootfsRevertUpper, { id }, true);
+          await call(id, 'revert of the rootfs upper-dir chown', rootfsRevertUpper, { id }, 'Unregister');
           rec.rootfsOvfsUpperChowned = false;
         }
         if (rec.mountsPrepped) {
           try {
-            await call(id, 'revert of mount preparation', volRevertPrep, { id }, true);
+            await call(id, 'revert of mount preparation', volRevertPrep, { id }, 'Unregister');
             rec.mountsPrepped = false;
           } catch (err) {
             // Kept on the record: the removal retries it.
@@ -473,7 +473,7 @@ export function createManager(deps: ManagerDeps): Manager {
         await table.save(rec, before);
         try {
           if (!rec.autoRemove) {
-            const failed = await volumes.syncOut(rec);
+            const failed = await volumes.syncOut(rec, 'Unregister');
             if (failed.length > 0) log.warn({ id, failed }, 'sync-out failed for some volumes');
           }
           if (rec.rootfsCloned) await call(id, 'container-stopped notice', rootfsContainerStopped, { id });
@@ -519,7 +519,13 @@ export function createManager(deps: ManagerDeps): Manager {
           rec.mountsPrepped = true;
           await table.save(rec);
         }
-        await call(id, 'mount source preparation', volPrep, { id, uid, gid, sources: needPrep }, true);
+        await call(
+          id,
+          'mount source preparation',
+          volPrep,
+          { id, uid, gid, sources: needPrep },
+          'PrepMounts',
+        );
       });
     },
 
@@ -571,13 +577,13 @@ export function createManager(deps: ManagerDeps): Manager {
       return table.serialized(id, async () => {
         const rec = await table.mustGet(id, `can't pause container ${id}; not found in container table`);
         if (rec.rootfsOvfsUpperChowned) {
-          await call(id, 'revert of the rootfs upper-dir chown', rootfsRevertUpper, { id }, true);
+          await call(id, 'revert of the rootfs upper-dir chown', rootfsRevertUpper, { id }, 'Pause');
           rec.rootfsOvfsUpperChowned = false;
           await table.save(rec);
         } else if (rec.rootfsCloned && rec.rootfsUidShiftType === ShiftType.Chown) {
-          await call(id, 'revert of the clone chown', rootfsRevertChown, { id }, true);
+          await call(id, 'revert of the clone chown', rootfsRevertChown, { id }, 'Pause');
         }
-        const failed = await volumes.syncOut(rec);
+        const failed = await volumes.syncOut(rec, 'Pause');
         if (failed.length > 0) {
           throw new SysboxError(
             'internal',
@@ -607,7 +613,7 @@ export function createManager(deps: ManagerDeps): Manager {
           await table.save(rec);
         } else if (rec.rootfsCloned && rec.rootfsUidShiftType === ShiftType.Chown) {
           const { uid, gid } = firstMapping(rec, 'resume');
-          await call(id, 'clone chown', rootfsChownClone, { id, uidOffset: uid, gidOffset: gid }, true);
+          await call(id, 'clone chown', rootfsChownClone, { id, uidOffset: uid, gidOffset: gid }, 'Resume');
         }
       });
     },
@@ -620,7 +626,13 @@ export function createManager(deps: ManagerDeps): Manager {
           await table.recordIntent(rec, (r) => (r.clone = true));
           let clone: { rootfs: string; origWorkDir: string } | undefined;
           try {
-            clone = await call(id, 'rootfs clone', rootfsCreateClone, { id, origRootfs: rec.rootfs }, true);
+            clone = await call(
+              id,
+              'rootfs clone',
+              rootfsCreateClone,
+              { id, origRootfs: rec.rootfs },
+              'ReqCloneRootfs',
+            );
           } catch (err) {
             // An earlier ReqCloneRootfs whose reply was lost (this gateway died) made it already.
             clone =
@@ -641,14 +653,14 @@ export function createManager(deps: ManagerDeps): Manager {
     chownClonedRootfs({ id, uidOffset, gidOffset }) {
       return table.serialized(id, async () => {
         await table.mustGet(id, notRegistered(id));
-        await call(id, 'clone chown', rootfsChownClone, { id, uidOffset, gidOffset }, true);
+        await call(id, 'clone chown', rootfsChownClone, { id, uidOffset, gidOffset }, 'ChownClonedRootfs');
       });
     },
 
     revertClonedRootfsChown({ id }) {
       return table.serialized(id, async () => {
         await table.mustGet(id, notRegistered(id));
-        await call(id, 'revert of the clone chown', rootfsRevertChown, { id }, true);
+        await call(id, 'revert of the clone chown', rootfsRevertChown, { id }, 'RevertClonedRootfsChown');
       });
     },
 

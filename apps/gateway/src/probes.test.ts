@@ -1,11 +1,13 @@
-import { mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MNT_DETACH, loadAddon } from '@sysbox-mgr-ts/host-native';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   askUntilAnswered,
+  binfmtMiscNamespaced,
   distroFromOsRelease,
   hostChecks,
   kernelAtLeast,
@@ -77,6 +79,7 @@ describe('host probes', () => {
     await mkdir(join(root, 'lib/modules/5.15.0'), { recursive: true });
     await writeFile(join(root, 'etc/os-release'), 'ID=ubuntu\n');
     await writeFile(join(root, 'proc/filesystems'), 'nodev\tbinfmt_misc\n');
+    await writeFile(join(root, 'proc/modules'), 'binfmt_misc 24576 1 - Live 0x0000000000000000\n');
     const f = await probeHost({
       hostRoot: root,
       dataRoot,
@@ -121,6 +124,63 @@ describe('host probes', () => {
     });
     expect(old).toMatchObject({ idMapMountOk: false, overlayfsOnIDMapMountOk: false });
     expect(await readdir(dataRoot)).toEqual([]);
+  });
+
+  // Issue #24: upstream runs `modprobe binfmt_misc` and reads /proc/modules; reading
+  // /proc/filesystems decided yes for a built-in binfmt_misc, where upstream decides no.
+  it('decides binfmt_misc as upstream: modprobe, then a /proc/modules line, then kernel >= 6.7', async () => {
+    const host = async (name: string, files: Record<string, string>) => {
+      const root = join(dir, name);
+      await mkdir(join(root, 'proc'), { recursive: true });
+      for (const [f, text] of Object.entries(files)) await writeFile(join(root, 'proc', f), text);
+      return root;
+    };
+    const calls: string[][] = [];
+    const modprobe = async (file: string, args: readonly string[]) => void calls.push([file, ...args]);
+    const missing = async () => {
+      throw new Error('spawn modprobe ENOENT');
+    };
+    const loaded = await host('bf-loaded', {
+      modules: 'overlay 151552 0 - Live 0x0\nbinfmt_misc 24576 1 - Live 0x0\n',
+    });
+    const builtIn = await host('bf-builtin', {
+      filesystems: 'nodev\tbinfmt_misc\n',
+      modules: 'overlay 1 0 - Live 0x0\n',
+    });
+    const noModules = await host('bf-nomodules', { filesystems: 'nodev\tbinfmt_misc\n' });
+    expect(
+      await binfmtMiscNamespaced({ hostRoot: loaded, kernelRelease: '6.8.0', runCommand: modprobe }),
+    ).toMatchObject({ ok: true });
+    expect(calls).toEqual([['modprobe', 'binfmt_misc']]);
+    expect(
+      await binfmtMiscNamespaced({ hostRoot: loaded, kernelRelease: '6.8.0', runCommand: missing }),
+    ).toMatchObject({ ok: true });
+    expect(
+      await binfmtMiscNamespaced({ hostRoot: loaded, kernelRelease: '6.6.9', runCommand: modprobe }),
+    ).toMatchObject({ ok: false, reason: expect.stringContaining('before 6.7') });
+    for (const root of [builtIn, noModules]) {
+      expect(
+        await binfmtMiscNamespaced({ hostRoot: root, kernelRelease: '6.8.0', runCommand: missing }),
+      ).toMatchObject({ ok: false });
+      const f = await probeHost({
+        hostRoot: root,
+        dataRoot: join(dir, 'data-bf'),
+        kernelRelease: '6.8.0',
+        disableIdmappedMount: true,
+        disableOvfsOnIdmappedMount: true,
+        runCommand: modprobe,
+      });
+      expect(f.binfmtMiscNamespaced).toBe(false);
+    }
+    // One real read: this host's /proc/modules (absent on a kernel without module support) and
+    // its kernel, no modprobe: an answer with its reason, never a throw.
+    const real = await binfmtMiscNamespaced({ hostRoot: '/', kernelRelease: release() });
+    expect(real.reason).toMatch(/binfmt_misc|proc\/modules|kernel/);
+    expect(real.ok).toBe(
+      existsSync('/proc/modules') &&
+        kernelAtLeast(release(), 6, 7) &&
+        (await readFile('/proc/modules', 'utf8')).includes('binfmt_misc'),
+    );
   });
 
   it('watches a Docker overlay2 container at its layer dir, not merged', () => {

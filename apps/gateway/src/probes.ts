@@ -10,6 +10,7 @@ import { lstat, mkdir, readFile, readdir, readlink, stat, statfs } from 'node:fs
 import { release } from 'node:os';
 import { dirname, join, posix } from 'node:path';
 import { SysboxError, shiftfsList, type OciMount } from '@sysbox-mgr-ts/contracts';
+import { run } from '@sysbox-mgr-ts/exec/run';
 import {
   idMapMountSupported,
   idMapMountSupportedOnPath,
@@ -137,6 +138,8 @@ export interface HostFacts {
   idMapMountOk: boolean;
   overlayfsOnIDMapMountOk: boolean;
   binfmtMiscNamespaced: boolean;
+  /** Why binfmtMiscNamespaced is what it is (logged at start). */
+  binfmtMiscReason?: string;
 }
 
 export interface ProbeOptions {
@@ -151,6 +154,11 @@ export interface ProbeOptions {
   kernelRelease?: string;
   /** Passed to the ID-mapped mount probes (tests: a user namespace the kernel refuses). */
   idMapProbe?: Pick<IdMapProbeOptions, 'usernsPath'>;
+  /**
+   * Runs `modprobe binfmt_misc` (tests inject a fake). Default: the real one through
+   * packages/exec on the real host, none when `hostRoot` is a fixture.
+   */
+  runCommand?: (file: string, args: readonly string[]) => Promise<unknown>;
 }
 
 export interface ProbeLogger {
@@ -192,6 +200,39 @@ async function probeIdMapMounts(
   return { idMap: idMap.ok, ovfs: idMap.ok && ovfs.ok };
 }
 
+const MODPROBE_TIMEOUT_MS = 10_000;
+
+/**
+ * upstream's binfmt_misc decision (newSysboxMgr: linuxUtils.KernelModSupported("binfmt_misc"),
+ * then BinfmtMiscNamespacingSupported): `modprobe binfmt_misc`, its failure ignored (modprobe
+ * missing included); then a line of /proc/modules containing `binfmt_misc`; then a kernel >= 6.7
+ * (binfmt_misc sandboxed mounts, 21ca59b365c0). A binfmt_misc built into the kernel is in no
+ * /proc/modules line, so upstream decides no there, and so do we. Where /proc/modules cannot be
+ * read (a kernel without module support) upstream refuses to start; we answer no and say why.
+ */
+export async function binfmtMiscNamespaced(opts: {
+  hostRoot: string;
+  kernelRelease: string;
+  runCommand?: (file: string, args: readonly string[]) => Promise<unknown>;
+}): Promise<{ ok: boolean; reason: string }> {
+  const modprobe = await opts.runCommand?.('modprobe', ['binfmt_misc']).then(
+    () => 'modprobe binfmt_misc ran',
+    (err: unknown) => `modprobe binfmt_misc failed: ${(err as Error).message}`,
+  );
+  const modulesPath = join(opts.hostRoot, 'proc/modules');
+  let loaded: boolean;
+  try {
+    loaded = (await readFile(modulesPath, 'utf8')).split('\n').some((line) => line.includes('binfmt_misc'));
+  } catch (err) {
+    return { ok: false, reason: `cannot read ${modulesPath}: ${(err as Error).message}` };
+  }
+  const tail = modprobe === undefined ? '' : ` (${modprobe})`;
+  if (!loaded) return { ok: false, reason: `binfmt_misc is not a loaded module in ${modulesPath}${tail}` };
+  if (!kernelAtLeast(opts.kernelRelease, 6, 7))
+    return { ok: false, reason: `kernel ${opts.kernelRelease} is before 6.7 (no binfmt_misc namespacing)` };
+  return { ok: true, reason: `binfmt_misc module loaded and kernel ${opts.kernelRelease} >= 6.7` };
+}
+
 /** What upstream's newSysboxMgr learns about the host at start. */
 export async function probeHost(opts: ProbeOptions): Promise<HostFacts> {
   const root = opts.hostRoot ?? '/';
@@ -212,10 +253,13 @@ export async function probeHost(opts: ProbeOptions): Promise<HostFacts> {
   const idMapped = await probeIdMapMounts(opts, kernelRelease);
   const idMapMountOk = idMapped.idMap;
   const overlayfsOnIDMapMountOk = idMapped.ovfs;
-  const binfmtPresent = await readFile(join(root, 'proc/filesystems'), 'utf8').then(
-    (t) => /\bbinfmt_misc\b/.test(t),
-    () => false,
-  );
+  const binfmt = await binfmtMiscNamespaced({
+    hostRoot: root,
+    kernelRelease,
+    runCommand:
+      opts.runCommand ??
+      (root === '/' ? (file, args) => run(file, args, { timeout: MODPROBE_TIMEOUT_MS }) : undefined),
+  });
   return {
     kernelRelease,
     hostDistro,
@@ -224,7 +268,8 @@ export async function probeHost(opts: ProbeOptions): Promise<HostFacts> {
     libModMounts,
     idMapMountOk,
     overlayfsOnIDMapMountOk,
-    binfmtMiscNamespaced: binfmtPresent && kernelAtLeast(kernelRelease, 6, 7),
+    binfmtMiscNamespaced: binfmt.ok,
+    binfmtMiscReason: binfmt.reason,
   };
 }
 

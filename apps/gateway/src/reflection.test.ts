@@ -26,7 +26,6 @@ describe('reflection and health', () => {
     server = await startGrpcServer({
       socketPath: join(dir, 'm.sock'),
       manager: {} as Manager,
-      handlerTimeoutMs: 1000,
       log,
     });
   });

@@ -2,25 +2,30 @@
  * The gateway's one way to ask a service: the short or long bound, and a failure's message
  * prefixed with the container and what was being done (sysbox-runc shows it as the gRPC status).
  */
-import { SysboxError, type Contract, type ReplyOf, type RequestInputOf } from '@sysbox-mgr-ts/contracts';
+import {
+  SysboxError,
+  limitMs,
+  type Contract,
+  type ReplyOf,
+  type RequestInputOf,
+} from '@sysbox-mgr-ts/contracts';
 import type { ServiceClient } from '@sysbox-mgr-ts/service-kit';
+import { RPC_TIME_LIMITS } from './rpc-limits.js';
+import type { RpcName } from './wire.js';
 
 /**
- * How long a call may take: short, long (rsync, chown, clone, prep), or unbounded for what
- * sysbox-runc itself does not bound (ReqMounts' sync-in of an inner image can take many minutes;
- * upstream's client waits as long as it takes).
+ * How long a call may take: false, the short bound (--op-timeout-ms); an RPC's name, as long as
+ * that RPC may run (rpc-limits.ts: the long work done while serving sysbox-runc); true, the long
+ * bound of background work no client waits for (removal, orphans: --long-op-timeout-ms).
  */
-export type CallBound = boolean | 'unbounded';
-
-/** NATS requests need some bound: a day stands for none. */
-const UNBOUNDED_MS = 24 * 3600 * 1000;
+export type CallBound = boolean | RpcName;
 
 export type ServiceCall = <C extends Contract>(
   id: string,
   what: string,
   contract: C,
   payload: RequestInputOf<C>,
-  /** true: the long bound; 'unbounded': none. */
+  /** false: short; an RPC's name: that RPC's limit; true: the background bound. */
   bound?: CallBound,
 ) => Promise<ReplyOf<C>>;
 
@@ -29,7 +34,8 @@ export function serviceCaller(
   timeouts: { opMs: number; longOpMs: number },
 ): ServiceCall {
   return async (id, what, contract, payload, bound = false) => {
-    const timeoutMs = bound === 'unbounded' ? UNBOUNDED_MS : bound ? timeouts.longOpMs : timeouts.opMs;
+    const timeoutMs =
+      typeof bound === 'string' ? limitMs(RPC_TIME_LIMITS[bound]) : bound ? timeouts.longOpMs : timeouts.opMs;
     try {
       return await services.call(contract, payload, { timeoutMs });
     } catch (err) {

@@ -102,6 +102,7 @@ describe('volume creation', () => {
         gid: 231072,
         chownOnSync: true,
         perm: 0o700,
+        timeLimit: 'unbounded',
       },
     });
     expect(client.ops()).toEqual(['vol.docker-create', 'vol.k3s-create']);
@@ -225,7 +226,7 @@ describe('volume sync-out', () => {
       },
     });
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker', 'kubelet'] });
-    expect(await rig(client, rec).policy.syncOut(rec)).toEqual([]);
+    expect(await rig(client, rec).policy.syncOut(rec, 'Unregister')).toEqual([]);
     expect(client.ops()).toEqual(['vol.docker-sync-out', 'vol.docker-sync-out', 'vol.kubelet-sync-out']);
   });
 
@@ -239,7 +240,7 @@ describe('volume sync-out', () => {
       },
     });
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker', 'kubelet', 'k0s'] });
-    expect(await rig(client, rec).policy.syncOut(rec)).toEqual(['docker', 'kubelet']);
+    expect(await rig(client, rec).policy.syncOut(rec, 'Unregister')).toEqual(['docker', 'kubelet']);
     expect(client.ops()).toEqual([
       'vol.docker-sync-out',
       'vol.docker-sync-out',
@@ -251,7 +252,7 @@ describe('volume sync-out', () => {
   it('does nothing with inner-image preload off', async () => {
     const client = volMgr();
     const rec = aRecord({ id: 'c1', volumeKinds: ['docker'] });
-    expect(await rig(client, rec, { noInnerImgPreload: true }).policy.syncOut(rec)).toEqual([]);
+    expect(await rig(client, rec, { noInnerImgPreload: true }).policy.syncOut(rec, 'Unregister')).toEqual([]);
     expect(client.calls).toEqual([]);
   });
 });

@@ -17,6 +17,7 @@ import { allPages, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { HostFacts } from './probes.js';
 import { ShiftType, firstMapping, type ContainerRecord } from './record.js';
 import type { ReplyChecks } from './reply-checks.js';
+import { RPC_TIME_LIMITS } from './rpc-limits.js';
 import type { ServiceCall } from './service-call.js';
 import type { ContainerTable } from './table.js';
 
@@ -74,7 +75,8 @@ export interface VolumePolicy {
     requests: { kind: VolumeKind; dest: string }[],
   ): Promise<void>;
   /** Syncs every volume out to its host dir (unless inner-image preload is off); answers the kinds that failed. */
-  syncOut(rec: ContainerRecord): Promise<VolumeKind[]>;
+  /** `rpc`: the call it serves, whose time limit bounds each sync-out (rpc-limits.ts). */
+  syncOut(rec: ContainerRecord, rpc: 'Unregister' | 'Pause'): Promise<VolumeKind[]>;
 }
 
 export function createVolumePolicy(deps: {
@@ -139,6 +141,7 @@ export function createVolumePolicy(deps: {
             gid: owner.gid,
             chownOnSync,
             perm: VOLUME_LAYOUT[kind].perm,
+            timeLimit: RPC_TIME_LIMITS.ReqMounts,
           };
           try {
             const created = await call(
@@ -146,7 +149,7 @@ export function createVolumePolicy(deps: {
               `failed to setup mounts backing ${dest}`,
               volByKind[kind].create,
               create,
-              'unbounded',
+              'ReqMounts',
             );
             mounts.push(...checks.volumeMounts(id, kind, created.mounts));
           } catch (err) {
@@ -164,7 +167,7 @@ export function createVolumePolicy(deps: {
       }
     },
 
-    async syncOut(rec) {
+    async syncOut(rec, rpc) {
       if (deps.noInnerImgPreload) return [];
       const failed: VolumeKind[] = [];
       for (const kind of rec.volumeKinds) {
@@ -176,8 +179,8 @@ export function createVolumePolicy(deps: {
               rec.id,
               `sync-out of the ${kind} volume`,
               volByKind[kind].syncOut,
-              { id: rec.id },
-              true,
+              { id: rec.id, timeLimit: RPC_TIME_LIMITS[rpc] },
+              rpc,
             );
             break;
           } catch (err) {

@@ -38,6 +38,12 @@ export const rootfsClonerApp = defineApp({
   },
   async start({ config, nc, log, version }) {
     const kv = await openBucket(nc, rootfsService.bucket, { replicas: config.kvReplicas });
+    const guard = createHostGuard(config);
+    const inForce = await guard.rootsInForce();
+    log.info(
+      { roots: inForce.roots, notes: inForce.notes },
+      'allowed rootfs roots (read again before a refusal)',
+    );
     const cloner = createCloner({
       dataRoot: config.dataRoot,
       clones: createStateStore(kv, { node: config.node, namespace: 'clone', schema: CloneRecord }),
@@ -48,7 +54,7 @@ export const rootfsClonerApp = defineApp({
       pageSize: kernelPageSize(),
       shiftTimeoutMs: config.shiftTimeoutMs,
       readMounts: () => readMountInfo(),
-      guard: createHostGuard(config),
+      guard,
     });
     const report = await cloner.reconcile();
     log.info(

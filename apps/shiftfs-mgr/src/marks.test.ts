@@ -1,5 +1,6 @@
 import { mkdir, mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
+import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
@@ -170,12 +171,32 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     expect(await marks.list()).toEqual([]);
   });
 
-  it('refuses system dirs and the data root as sources, also through a symlink, and changes nothing', async () => {
+  // Issue #24: on shiftfs hosts the kernel headers and modules ReqMounts itself returns,
+  // -v /var/run/docker.sock (its dir is /run) and /etc/localtime were refused, so those containers
+  // failed. Upstream marks any source on a separate markpoint; a mark changes no ownership.
+  it('marks system dirs on a separate markpoint, as upstream: headers, modules, /run, /etc, /', async () => {
+    const marks = await open();
+    await symlink('/etc', join(dir, 'etc-link'));
+    const modules = `/lib/modules/${release()}`;
+    // /usr/lib stands for /lib/modules/<release> where this host has none (both system trees).
+    const sources = ['/usr/src', '/usr/lib', '/run', join(dir, 'etc-link'), '/'];
+    if (existsSync(modules)) sources.push(modules);
+    const got = await marks.mark('c1', sources.map(rw), true);
+    expect(kernel.markCalls.map((c) => c.source)).toEqual(
+      sources.map((s) => (s === join(dir, 'etc-link') ? '/etc' : s)),
+    );
+    for (const m of got) expect(m.source).toMatch(new RegExp(`^${workDir}/[0-9a-f-]{36}$`));
+    await marks.unmark('c1', got);
+    expect(kernel.marks.size).toBe(0);
+    expect(await marks.list()).toEqual([]);
+  });
+
+  it('refuses system dirs and the data root as in-place mark sources, also through a symlink, and changes nothing', async () => {
     const marks = await open();
     await symlink('/etc', join(dir, 'etc-link'));
     for (const source of ['/etc', '/usr/lib', '/', join(dir, 'etc-link'), dir, join(dir, 'data')]) {
       await mkdir(join(dir, 'data'), { recursive: true });
-      await expect(marks.mark('c1', [rw(srcA), rw(source)], true), source).rejects.toMatchObject({
+      await expect(marks.mark('c1', [rw(srcA), rw(source)], false), source).rejects.toMatchObject({
         code: 'invalid-request',
       });
     }

@@ -318,7 +318,10 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     }
   }
 
-  async function resolveSources(mounts: readonly ShiftfsMount[]): Promise<string[]> {
+  async function resolveSources(
+    mounts: readonly ShiftfsMount[],
+    createMarkpoint: boolean,
+  ): Promise<string[]> {
     return Promise.all(
       mounts.map(async ({ source }) => {
         let real: string;
@@ -331,8 +334,15 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
             `mark: source ${source} is not a directory: ${(err as Error).message}`,
           );
         }
-        // A shiftfs mark on a host dir lets a container's root write it as host root.
-        return assertNotSystemDir(real, { dataRoot: deps.dataRoot, what: 'mark source' });
+        // A mark changes no ownership, and one on a separate root-only markpoint (what the
+        // gateway always asks, as upstream's sysbox-mgr does) exposes the source to no one but
+        // the container that mounts it: every directory is marked, system dirs included (the
+        // kernel headers and modules ReqMounts returns, /run for a socket, /etc for a file), as
+        // upstream. A mark in place would let any user's own user namespace mount shiftfs over
+        // the source, so that one keeps host-guard's system-dir refusal.
+        return createMarkpoint
+          ? real
+          : assertNotSystemDir(real, { dataRoot: deps.dataRoot, what: 'in-place mark source' });
       }),
     );
   }
@@ -344,7 +354,7 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
       if (!probe.inKernel) {
         throw new SysboxError('unsupported', `shiftfs mark refused: ${probe.reason}`);
       }
-      const sources = await resolveSources(mounts);
+      const sources = await resolveSources(mounts, createMarkpoint);
       const joined: { key: string; markpoint: string }[] = [];
       const out: ShiftfsMount[] = [];
       try {

@@ -4,7 +4,7 @@
  */
 import type { NatsConnection } from '@nats-io/nats-core';
 import { VOLUME_KINDS, volService, type VolumeKind } from '@sysbox-mgr-ts/contracts';
-import { createHostGuard, hostGuardOptions } from '@sysbox-mgr-ts/host-guard';
+import { createHostGuard, hostGuardOptions, type RuntimeConfigPaths } from '@sysbox-mgr-ts/host-guard';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
@@ -17,7 +17,7 @@ import type { ScanIds } from './rsync.js';
 import { createVolBindings } from './service.js';
 import { createVolumeManager, VolumeRecord, type ReconcileReport, type VolumeManager } from './volumes.js';
 
-export interface VolAppConfig {
+export interface VolAppConfig extends RuntimeConfigPaths {
   node: string;
   dataRoot: string;
   kvReplicas: number;
@@ -26,7 +26,7 @@ export interface VolAppConfig {
   removeOrphans: boolean;
   cleanupOnStop: boolean;
   stopGraceMs: number;
-  /** Dirs a volume's source rootfs must lie below (the data root is added). */
+  /** Dirs a volume's source rootfs may lie below beyond the runtimes' declared stores (the data root is added). */
   allowedRootfsRoots: readonly string[];
   /** Volume owners and prep ids must lie in the ranges these files delegate. */
   subuidFile: string;
@@ -51,6 +51,11 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
   const { nc, log } = deps;
   await prepareDataRoot(config.dataRoot);
   const guard = createHostGuard(config);
+  const inForce = await guard.rootsInForce();
+  log.info(
+    { roots: inForce.roots, notes: inForce.notes },
+    'allowed rootfs roots (read again before a refusal)',
+  );
   const kv = await openBucket(nc, volService.bucket, {
     replicas: config.kvReplicas,
     description: 'volumes and mount preps',

@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
-import { assertStrictlyUnder, isUnder, mkdirChainInside, prepareDataRoot, resolveInside } from './paths.js';
+import {
+  assertStrictlyUnder,
+  isUnder,
+  mkdirChainInside,
+  prepareDataRoot,
+  resolveInRoot,
+  resolveInside,
+} from './paths.js';
 import { idMapOption } from './rsync.js';
 
 describe('idMapOption', () => {
@@ -56,6 +63,23 @@ describe('path guards', () => {
     await expect(resolveInside(root, '/var/lib/inside/x', 'p')).rejects.toMatchObject({
       code: 'invalid-request',
     });
+  });
+
+  it('resolves a container path as the container sees it, never leaving the rootfs (issue #24)', async () => {
+    const root = join(base, 'in-root');
+    await mkdir(join(root, 'var/lib'), { recursive: true });
+    await mkdir(join(root, 'data/docker'), { recursive: true });
+    await symlink('/data/docker', join(root, 'var/lib/docker'));
+    await symlink('../../data/docker', join(root, 'var/lib/rel'));
+    await symlink('../../../../../../etc', join(root, 'var/lib/climb'));
+    await symlink('/var/lib/loop', join(root, 'var/lib/loop'));
+    await symlink('/var/lib/docker/x/../../../..', join(root, 'var/lib/dots'));
+    expect(await resolveInRoot(root, '/var/lib/docker')).toBe('/data/docker');
+    expect(await resolveInRoot(root, '/var/lib/rel/sub/new')).toBe('/data/docker/sub/new');
+    expect(await resolveInRoot(root, '/var/lib/climb/passwd')).toBe('/etc/passwd');
+    expect(await resolveInRoot(root, '/var/lib/dots')).toBe('/');
+    expect(await resolveInRoot(root, '/var/lib/kubelet')).toBe('/var/lib/kubelet');
+    await expect(resolveInRoot(root, '/var/lib/loop')).rejects.toMatchObject({ code: 'invalid-request' });
   });
 
   it('makes a dir chain with the given modes and never walks through a symlink', async () => {

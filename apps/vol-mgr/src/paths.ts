@@ -3,8 +3,8 @@
  * content of its own rootfs (it can plant symlinks), so every path this service creates, removes
  * or writes into is checked again here against the directory it must stay inside.
  */
-import { chmod, chown, lstat, mkdir, realpath, stat, statfs } from 'node:fs/promises';
-import { join, relative, sep, isAbsolute } from 'node:path';
+import { chmod, chown, lstat, mkdir, readlink, realpath, stat, statfs } from 'node:fs/promises';
+import { join, posix, relative, sep, isAbsolute } from 'node:path';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 
 /** True when `path` is `base` or below it, comparing normalized strings. */
@@ -18,6 +18,46 @@ export function assertStrictlyUnder(base: string, path: string, what: string): v
   if (path === base || !isUnder(base, path)) {
     throw new SysboxError('invalid-request', `${what} ${path} is not below ${base}`);
   }
+}
+
+/** Symlinks followed in one resolution before it is refused (Linux's own limit, ELOOP). */
+const MAX_SYMLINKS = 40;
+
+/**
+ * A container path as the container sees it: every symlink in it resolved within `root`, an
+ * absolute link target taken from `root` and `..` never climbing above it (what sysbox-runc, through
+ * runc's securejoin, does with a mount destination). Answers the container path with no symlink
+ * in its existing part, e.g. `/var/lib/docker` -> `/data/docker` when the image links the one to
+ * the other; a missing tail is kept as spelled. Nothing is read outside `root`.
+ */
+export async function resolveInRoot(root: string, containerPath: string): Promise<string> {
+  const pending = containerPath.split('/').filter(Boolean);
+  const done: string[] = [];
+  let links = 0;
+  while (pending.length > 0) {
+    const part = pending.shift()!;
+    if (part === '.') continue;
+    if (part === '..') {
+      done.pop();
+      continue;
+    }
+    const hostPath = join(root, ...done, part);
+    const st = await lstat(hostPath).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR') return undefined;
+      throw err;
+    });
+    if (!st?.isSymbolicLink()) {
+      done.push(part);
+      if (st === undefined) return posix.join('/', ...done, ...pending);
+      continue;
+    }
+    if (++links > MAX_SYMLINKS)
+      throw new SysboxError('invalid-request', `${containerPath} in ${root}: too many levels of symlinks`);
+    const target = await readlink(hostPath);
+    if (target.startsWith('/')) done.length = 0;
+    pending.unshift(...target.split('/').filter(Boolean));
+  }
+  return `/${done.join('/')}`;
 }
 
 /**

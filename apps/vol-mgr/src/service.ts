@@ -23,7 +23,7 @@ export function createVolBindings(volumes: Record<VolumeKind, VolumeManager>, pr
         return {};
       }),
       handle(c.syncOut, async (req, ctx) => {
-        await mgr.syncOut(req.id, ctx.log);
+        await mgr.syncOut(req.id, ctx.log, req.timeLimit);
         return {};
       }),
       handle(c.syncOutAndDestroyAll, () => mgr.syncOutAndDestroyAll()),

@@ -9,6 +9,7 @@ import {
   mkdir,
   mkdtemp,
   readdir,
+  readFile,
   rm,
   stat,
   symlink,
@@ -388,6 +389,38 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     ).toEqual([]);
   });
 
+  // Issue #24: ReqMounts' sync-in was cut at --sync-timeout-ms (30 min) where sysbox-runc waits
+  // as long as it takes; the gateway now hands each copy the limit of the RPC it serves.
+  it("bounds a copy by the caller's timeLimit, else by --sync-timeout-ms", async () => {
+    const size = 3 * 1024 * 1024;
+    const rootfs = await makeOverlayRootfs(
+      'volmgr-ovl-',
+      async (lower) => {
+        await mkdir(join(lower, 'var/lib/docker'), { recursive: true });
+        await writeFile(join(lower, 'var/lib/docker/layer'), Buffer.alloc(size, 7));
+      },
+      base,
+    );
+    rootfses.push(rootfs);
+    // 1 MB/s: the 3 MB layer takes 3 s to copy, past the 1 s --sync-timeout-ms.
+    await start({ syncTimeoutMs: 1000 }, ['--bwlimit=1000']);
+    const docker = volByKind.docker;
+    const req = {
+      rootfs: rootfs.merged,
+      mountpoint: '/var/lib/docker',
+      uid: OFFSET,
+      gid: OFFSET,
+      chownOnSync: false,
+    };
+    await expectCode(client.call(docker.create, { ...req, id: 'cut' }), 'timeout');
+    const { mounts } = await client.call(docker.create, { ...req, id: 'whole', timeLimit: 'unbounded' });
+    expect((await stat(join(mounts[0]!.source, 'layer'))).size).toBe(size);
+    await rm(join(rootfs.upper, 'var'), { recursive: true, force: true });
+    await expectCode(client.call(docker.syncOut, { id: 'whole' }), 'timeout');
+    await client.call(docker.syncOut, { id: 'whole', timeLimit: 60_000 });
+    expect((await stat(join(rootfs.upper, 'var/lib/docker/layer'))).size).toBe(size);
+  });
+
   it('answers hostile ids and paths with typed errors and creates nothing outside the data root', async () => {
     await start();
     const docker = volByKind.docker;
@@ -416,7 +449,6 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
           'invalid-request',
         );
       }
-      await expectCode(client.call(docker.create, { ...good, id: 'h1' }), 'invalid-request');
       await expectCode(
         client.call(docker.create, { ...good, id: 'h2', rootfs: join(base, 'no-such-rootfs') }),
         'invalid-request',
@@ -451,6 +483,12 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
       expect(await listAll(base)).toEqual(before);
       expect((await client.call(volList, {})).volumes).toEqual([]);
 
+      // The planted symlink is followed within the rootfs, as the container sees it: the host dir
+      // it names is never read (its secret is not synced in).
+      await client.call(docker.create, { ...good, id: 'h1' });
+      expect(await readdir(join(data, 'docker/h1'))).toEqual([]);
+      await client.call(docker.destroy, { id: 'h1' });
+
       // A container that swaps its sync-out target for a symlink cannot make us write through it.
       await rm(join(rootfs, 'var/lib/docker'));
       await client.call(docker.create, { ...good, id: 'h3' });
@@ -464,6 +502,46 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
       await rm(outside, { recursive: true, force: true });
     }
   });
+
+  // Issue #24: an image that links an inner store's mountpoint elsewhere (/var/lib/docker ->
+  // /data/docker) made create fail. sysbox-runc mounts the volume where the link leads within the
+  // rootfs (runc's securejoin); sync-in reads from there and sync-out writes back there.
+  it.each([
+    ['absolute', '/data/docker'],
+    ['relative', '../../data/docker'],
+  ])(
+    'follows an %s symlink in the mountpoint within the rootfs, for sync-in and sync-out',
+    async (_k, link) => {
+      await start();
+      const docker = volByKind.docker;
+      const rootfs = await mkdtemp(join(base, 'linked-'));
+      await mkdir(join(rootfs, 'var/lib'), { recursive: true });
+      await mkdir(join(rootfs, 'data/docker/image'), { recursive: true });
+      await writeFile(join(rootfs, 'data/docker/image/repositories.json'), '{"busybox":1}');
+      await symlink(link, join(rootfs, 'var/lib/docker'));
+      const id = `ln-${link.startsWith('/') ? 'abs' : 'rel'}`;
+      const reply = await client.call(docker.create, {
+        id,
+        rootfs,
+        mountpoint: '/var/lib/docker',
+        uid: OFFSET,
+        gid: OFFSET,
+        chownOnSync: true,
+      });
+      expect(reply.mounts[0]).toMatchObject({
+        source: join(data, 'docker', id),
+        destination: '/var/lib/docker',
+      });
+      const inVol = join(data, 'docker', id, 'image/repositories.json');
+      expect(await readFile(inVol, 'utf8')).toBe('{"busybox":1}');
+      expect((await stat(inVol)).uid).toBe(OFFSET);
+      await writeFile(join(data, 'docker', id, 'pulled'), 'by the container');
+      await client.call(docker.syncOut, { id });
+      expect(await readFile(join(rootfs, 'data/docker/pulled'), 'utf8')).toBe('by the container');
+      expect((await lstat(join(rootfs, 'var/lib/docker'))).isSymbolicLink()).toBe(true);
+      await client.call(docker.destroy, { id });
+    },
+  );
 
   it('prep shifts mismatched sources once, shares an exclusive source with a warning, revert-prep restores the exact owners', async () => {
     await start();

@@ -14,6 +14,8 @@ import {
   Id,
   SysboxError,
   Timestamp,
+  limitMs,
+  type TimeLimit,
   VOLUME_LAYOUT,
   VolumeKindSchema,
   type VolCreateReply,
@@ -29,7 +31,7 @@ import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/moun
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
 import { createInFlight } from './in-flight.js';
-import { assertStrictlyUnder, exists, mkdirChainInside, resolveInside } from './paths.js';
+import { assertStrictlyUnder, exists, mkdirChainInside, resolveInRoot, resolveInside } from './paths.js';
 import { rsyncTree, type ScanIds } from './rsync.js';
 
 export const VolumeRecord = z.object({
@@ -38,6 +40,11 @@ export const VolumeRecord = z.object({
   path: HostPath,
   rootfs: HostPath,
   mountpoint: ContainerPath,
+  /**
+   * The mountpoint with the image's symlinks resolved within the rootfs (`/var/lib/docker` ->
+   * `/data/docker`): where sync-in reads and sync-out writes. Absent in records from before it.
+   */
+  resolvedMountpoint: ContainerPath.optional(),
   /** Where sync-out copies to: the overlay upper dir when the rootfs is overlayfs, else the rootfs. */
   syncOutBase: HostPath,
   uid: Id,
@@ -84,7 +91,8 @@ export interface VolumeManager extends VolMgr {
   readonly hostDir: string;
   createVol(req: VolCreateRequest, log?: Logger): Promise<VolCreateReply>;
   destroyVol(id: string, log?: Logger): Promise<void>;
-  syncOut(id: string, log?: Logger): Promise<void>;
+  /** `timeLimit`: the caller's bound of the copy (absent: --sync-timeout-ms). */
+  syncOut(id: string, log?: Logger, timeLimit?: TimeLimit): Promise<void>;
   list(): Promise<VolumeInfo[]>;
   reconcile(opts: { removeOrphans: boolean }): Promise<ReconcileReport>;
   /** Waits for operations in flight (up to graceMs), then cancels the rest. */
@@ -164,6 +172,13 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     return overlayOptions(top.superOptions).upperDir;
   };
 
+  /**
+   * A copy's bound: the caller's (the gateway's, from the RPC it serves: none for ReqMounts'
+   * sync-in, as sysbox-runc waits for it as long as it takes), else --sync-timeout-ms.
+   */
+  const boundOf = (limit: TimeLimit | undefined): number =>
+    limit === undefined ? deps.syncTimeoutMs : limitMs(limit);
+
   /** What a create answers, the first time and for an identical repeat alike: the volume's bind mount. */
   const createReply = (path: string, mountpoint: string): VolCreateReply => ({
     mounts: [{ source: path, destination: mountpoint, type: 'bind', options: ['rbind', 'rprivate'] }],
@@ -184,12 +199,16 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     const upper = await overlayUpperOf(rootfs);
     const syncOutBase =
       upper === undefined ? rootfs : await deps.guard.allowedRootfs(upper, `overlay upper dir of ${rootfs}`);
+    // The image may link the mountpoint elsewhere (/var/lib/docker -> /data/docker): followed
+    // within the rootfs, as sysbox-runc mounts the volume there.
+    const resolvedMountpoint = await resolveInRoot(rootfs, req.mountpoint);
     const record: VolumeRecord = {
       kind: deps.kind,
       id: req.id,
       path,
       rootfs,
       mountpoint: req.mountpoint,
+      resolvedMountpoint,
       syncOutBase,
       uid: req.uid,
       gid: req.gid,
@@ -227,7 +246,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       await chown(path, req.uid, req.gid);
       // Sync-in always: an image's preloaded inner images live there (--no-sync stops only
       // sync-out, as upstream's disable-inner-image-preload).
-      const source = await resolveInside(rootfs, req.mountpoint, 'volume source');
+      const source = await resolveInside(rootfs, resolvedMountpoint, 'volume source');
       if (await exists(source)) {
         await rsyncTree({
           src: source,
@@ -235,7 +254,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
           shift: req.chownOnSync
             ? { uid: req.uid, gid: req.gid, direction: 'up', scanIds: deps.scanIds }
             : undefined,
-          timeoutMs: deps.syncTimeoutMs,
+          timeoutMs: boundOf(req.timeLimit),
           signal: inFlight.signal,
           extraArgs: deps.rsyncExtraArgs,
           log,
@@ -257,7 +276,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
     return createReply(path, req.mountpoint);
   };
 
-  const syncOut = async (id: string, log = deps.log): Promise<void> => {
+  const syncOut = async (id: string, log = deps.log, timeLimit?: TimeLimit): Promise<void> => {
     const rec = await getRecord(id);
     if (!deps.sync) return;
     const path = checkRecordPath(rec, log);
@@ -272,10 +291,11 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       rec.syncOutBase,
       `recorded sync-out base of the ${deps.kind} volume of ${id}`,
     );
-    const target = await resolveInside(rec.syncOutBase, rec.mountpoint, 'sync-out target');
+    const inner = rec.resolvedMountpoint ?? rec.mountpoint;
+    const target = await resolveInside(rec.syncOutBase, inner, 'sync-out target');
     if (!(await exists(target))) {
       if ((await readdir(path)).length === 0) return;
-      await mkdirChainInside(rec.syncOutBase, rec.mountpoint, rec.perm, rec.rootfs);
+      await mkdirChainInside(rec.syncOutBase, inner, rec.perm, rec.rootfs);
     }
     await rsyncTree({
       src: path,
@@ -283,7 +303,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       shift: rec.chownOnSync
         ? { uid: rec.uid, gid: rec.gid, direction: 'down', scanIds: deps.scanIds }
         : undefined,
-      timeoutMs: deps.syncTimeoutMs,
+      timeoutMs: boundOf(timeLimit),
       signal: inFlight.signal,
       watch: target,
       extraArgs: deps.rsyncExtraArgs,
@@ -339,7 +359,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
           id: value.id,
           path: volPathOf(value.id),
           mountpoint: value.mountpoint,
-          syncOutTarget: join(value.syncOutBase, value.mountpoint),
+          syncOutTarget: join(value.syncOutBase, value.resolvedMountpoint ?? value.mountpoint),
           uid: value.uid,
           gid: value.gid,
           chownOnSync: value.chownOnSync,

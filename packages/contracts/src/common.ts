@@ -118,3 +118,16 @@ export const PageRequest = {
 /** Present when more may follow: pass it back as `cursor`. */
 export const NextCursor = z.string().optional();
 export const Timestamp = z.string().datetime();
+
+/** NATS requests and child processes need some bound: a day stands for none. */
+export const UNBOUNDED_MS = 24 * 3600 * 1000;
+
+/**
+ * How long a service may work on a request, as the caller decides it (the gateway: from the RPC
+ * the request serves): milliseconds, or 'unbounded' where that RPC's client never gives up.
+ */
+export const TimeLimit = z.union([z.number().int().min(1).max(UNBOUNDED_MS), z.literal('unbounded')]);
+export type TimeLimit = z.infer<typeof TimeLimit>;
+
+/** The limit as milliseconds, a day standing for none. */
+export const limitMs = (limit: TimeLimit): number => (limit === 'unbounded' ? UNBOUNDED_MS : limit);

@@ -26,7 +26,10 @@ export {
   OciMount,
   Offset,
   PageRequest,
+  TimeLimit,
   Timestamp,
+  UNBOUNDED_MS,
+  limitMs,
   nodeNameFromHost,
 } from './common.js';
 export {

@@ -9,6 +9,7 @@ import {
   OciMount,
   NextCursor,
   PageRequest,
+  TimeLimit,
   Timestamp,
 } from './common.js';
 import { defineContract, subjectOf, type ServiceContract } from './contract.js';
@@ -51,6 +52,8 @@ function volContracts(kind: VolumeKind) {
         gid: Id,
         chownOnSync: z.boolean(),
         perm: FileMode.optional(),
+        /** Bound of the sync-in (absent: the service's --sync-timeout-ms). */
+        timeLimit: TimeLimit.optional(),
       }),
       reply: z.object({ mounts: z.array(OciMount) }),
       errors: ['invalid-request', 'already-exists', 'internal', 'timeout'],
@@ -71,7 +74,8 @@ function volContracts(kind: VolumeKind) {
       idempotent: true,
       subject: subjectOf('vol', kind, 'sync-out'),
       description: `copy a container's ${kind} volume back into its rootfs`,
-      request: z.object({ id: ContainerId }),
+      /** timeLimit: bound of the copy (absent: the service's --sync-timeout-ms). */
+      request: z.object({ id: ContainerId, timeLimit: TimeLimit.optional() }),
       reply: Empty,
       errors: ['invalid-request', 'not-found', 'internal', 'timeout'],
     }),

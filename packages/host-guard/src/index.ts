@@ -1,6 +1,13 @@
-export { createHostGuard, type HostGuard, type HostGuardConfig } from './guard.js';
-export { hostGuardOptions, subidFileOptions } from './options.js';
-export { DEFAULT_ROOTFS_ROOTS, assertRootfsAllowed } from './rootfs-roots.js';
+export { createHostGuard, type HostGuard, type HostGuardConfig, type RootsInForce } from './guard.js';
+export { hostGuardOptions, runtimeConfigOptions, subidFileOptions } from './options.js';
+export { ROOTS_FLAG, SYSBOX_ROOTFS_ROOT, assertRootfsAllowed } from './rootfs-roots.js';
+export {
+  RUNTIME_DEFAULT_ROOTS,
+  dockerdDataRoots,
+  readRuntimeRoots,
+  type RootfsRoot,
+  type RuntimeConfigPaths,
+} from './runtime-roots.js';
 export {
   MAPPED_RANGE,
   assertIdsDelegated,

@@ -1,7 +1,6 @@
 import { parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { describe, expect, it } from 'vitest';
 import { hostGuardOptions } from './options.js';
-import { DEFAULT_ROOTFS_ROOTS } from './rootfs-roots.js';
 
 const configOf = (argv: string[], env: Record<string, string> = {}) => {
   const r = parseConfig(hostGuardOptions, argv, env);
@@ -10,12 +9,19 @@ const configOf = (argv: string[], env: Record<string, string> = {}) => {
 };
 
 describe('hostGuardOptions', () => {
-  it("defaults to the runtimes' stores and the host subid files", () => {
+  it("defaults to no extra root, the runtimes' own config files and the host subid files", () => {
     expect(configOf([])).toEqual({
-      allowedRootfsRoots: [...DEFAULT_ROOTFS_ROOTS],
+      allowedRootfsRoots: [],
+      dockerConfig: '/etc/docker/daemon.json',
+      containerdConfig: '/etc/containerd/config.toml',
+      containersStorageConfig: '/etc/containers/storage.conf',
+      k3sConfig: '/etc/rancher/k3s/config.yaml',
+      rke2Config: '/etc/rancher/rke2/config.yaml',
+      procDir: '/proc',
       subuidFile: '/etc/subuid',
       subgidFile: '/etc/subgid',
     });
+    expect(configOf(['--docker-config', '/t/daemon.json']).dockerConfig).toBe('/t/daemon.json');
   });
 
   it('takes comma-separated roots from a flag or the environment', () => {

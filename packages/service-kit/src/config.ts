@@ -88,6 +88,16 @@ export const commonOptions = {
     schema: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
   }),
   logPretty: boolOption('log-pretty', 'LOG_PRETTY', 'human-readable logs when stdout is a terminal'),
+  metricsAddress: option({
+    flag: 'metrics-address',
+    env: 'SYSBOX_METRICS_ADDRESS',
+    description:
+      'serve Prometheus metrics at http://<host:port>/metrics (off when unset; bind 127.0.0.1 unless a scraper elsewhere must reach it)',
+    schema: z
+      .string()
+      .regex(/^(\[[0-9a-fA-F:.]+\]|[^:[\]\s]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:9464')
+      .optional(),
+  }),
   kvReplicas: option({
     flag: 'kv-replicas',
     env: 'SYSBOX_KV_REPLICAS',

@@ -237,3 +237,11 @@ export function timedShift<A extends unknown[], R extends { entries: number }>(
     return r;
   };
 }
+
+/** `host:port` or `[v6]:port` (the --metrics-address syntax); port 0 picks a free one (tests). */
+export function parseListenAddress(address: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(address);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new Error(`${address} is not host:port`);
+  return { host: m[1] ?? m[2]!, port };
+}

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { METRICS, timedShift } from './index.js';
-import { createMetricsRegistry, parseListenAddress, startMetricsServer } from './prometheus.js';
+import { METRICS, parseListenAddress, timedShift } from './index.js';
+import { createMetricsRegistry, startMetricsServer } from './prometheus.js';
 import { parseExposition, scrape } from './testing.js';
 
 describe('metrics registry', () => {

@@ -14,6 +14,7 @@ import {
   METRICS,
   WORK_BUCKETS,
   cached,
+  parseListenAddress,
   type AppMetrics,
   type BucketStatus,
   type StateGauge,
@@ -186,14 +187,6 @@ export function createMetricsRegistry(opts: RegistryOptions = {}): MetricsRegist
       };
     },
   };
-}
-
-/** `host:port` or `[v6]:port`; port 0 picks a free one (tests). */
-export function parseListenAddress(address: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(address);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || port > 65535) throw new Error(`${address} is not host:port`);
-  return { host: m[1] ?? m[2]!, port };
 }
 
 export interface MetricsServer {

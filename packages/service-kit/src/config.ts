@@ -5,6 +5,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { HostPath, NodeName, SysboxError, nodeNameFromHost } from '@sysbox-mgr-ts/contracts';
+import { parseListenAddress } from '@sysbox-mgr-ts/metrics';
 
 export interface OptionSpec<S extends z.ZodType = z.ZodType> {
   /** Long flag name without dashes, e.g. `nats-url`. */
@@ -95,7 +96,13 @@ export const commonOptions = {
       'serve Prometheus metrics at http://<host:port>/metrics (off when unset; bind 127.0.0.1 unless a scraper elsewhere must reach it)',
     schema: z
       .string()
-      .regex(/^(\[[0-9a-fA-F:.]+\]|[^:[\]\s]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:9464')
+      .refine((s) => {
+        try {
+          return parseListenAddress(s) !== undefined;
+        } catch {
+          return false;
+        }
+      }, 'must be host:port, e.g. 127.0.0.1:9464')
       .optional(),
   }),
   kvReplicas: option({

@@ -16,6 +16,7 @@ import {
   parseConfig,
   type AppSpec,
   type Logger,
+  type MetricsEndpoint,
   type OptionSpecs,
   type Stoppable,
 } from '@sysbox-mgr-ts/service-kit';
@@ -80,28 +81,30 @@ export function configure(argv: readonly string[], env: Record<string, string | 
   const split = splitArgv(argv, allInOneOptions, specs);
   if (split.unknown.length > 0)
     throw new Error(`unknown option ${split.unknown.join(', ')} for ${chosen.join(', ')}`);
-  return {
-    credsDir: own.config.credsDir,
-    apps: chosen.map((name, i) => {
-      const parsed = parseConfig(specs[i]!, split.perApp[i]!, env);
-      if ('help' in parsed) throw new Error('unreachable: --help is handled before');
-      return {
-        name,
-        config: parsed.config as Record<string, unknown> & {
-          natsUrl: string;
-          node: string;
-          logLevel: LogLevel;
-          natsCreds?: string;
-        },
-      };
-    }),
-  };
+  const apps = chosen.map((name, i) => {
+    const parsed = parseConfig(specs[i]!, split.perApp[i]!, env);
+    if ('help' in parsed) throw new Error('unreachable: --help is handled before');
+    return {
+      name,
+      config: parsed.config as Record<string, unknown> & {
+        natsUrl: string;
+        node: string;
+        logLevel: LogLevel;
+        natsCreds?: string;
+        metricsAddress?: string;
+      },
+    };
+  });
+  // A common flag: every app has the same value, and the process serves one endpoint for all.
+  return { credsDir: own.config.credsDir, metricsAddress: apps[0]!.config.metricsAddress, apps };
 }
 
 export async function startApps(
   plan: ReturnType<typeof configure>,
   log: Logger,
   version: string,
+  /** The process's one metrics endpoint: each app records into it under its own `app` label. */
+  metrics?: MetricsEndpoint,
 ): Promise<StartedApps> {
   const started: { name: AppName; nc: NatsConnection; app: Stoppable; log: Logger }[] = [];
   const stopAll = async (): Promise<void> => {
@@ -125,7 +128,13 @@ export async function startApps(
         `${spec.name}@${config.node}`,
         appLog,
       );
-      const app = await spec.start({ config: config as never, nc, log: appLog, version });
+      const app = await spec.start({
+        config: config as never,
+        nc,
+        log: appLog,
+        version,
+        metrics: metrics?.forApp(name),
+      });
       await nc.flush();
       started.push({ name, nc, app, log: appLog });
       appLog.info('started');

@@ -4,6 +4,8 @@ import {
   helpText,
   notifySupervisor,
   packageVersion,
+  serveMetrics,
+  type MetricsEndpoint,
 } from '@sysbox-mgr-ts/service-kit';
 import { APPS, allInOneOptions, configure, startApps } from './all-in-one.js';
 
@@ -27,8 +29,11 @@ const first = plan.apps[0]!.config;
 const log = createLogger({ service: 'sysbox-mgr-ts', node: first.node, version, level: first.logLevel });
 process.on('unhandledRejection', (err) => log.error({ err }, 'unhandled rejection'));
 let running;
+let metrics: MetricsEndpoint | undefined;
 try {
-  running = await startApps(plan, log, version);
+  // One registry and one listener for every app (--metrics-address is common to all of them).
+  if (plan.metricsAddress) metrics = await serveMetrics(plan.metricsAddress, log);
+  running = await startApps(plan, log, version, metrics);
 } catch (err) {
   log.fatal({ err }, 'start failed');
   log.flush();
@@ -44,6 +49,7 @@ if (running) {
     log.info({ signal }, 'stopping');
     notifySupervisor('STOPPING=1', process.env, log);
     await running.stop();
+    await metrics?.stop();
     log.info('stopped');
     log.flush(() => process.exit());
   };

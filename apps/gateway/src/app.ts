@@ -8,5 +8,5 @@ export const gatewayApp = defineApp({
   identity: 'gateway',
   about: "sysbox-mgr's gRPC protocol for sysbox-runc, coordinating the sysbox services over NATS",
   options: gatewayOptions,
-  start: ({ config, nc, log }) => startGateway({ nc, settings: config, log }),
+  start: ({ config, nc, log, metrics }) => startGateway({ nc, settings: config, log, metrics }),
 });

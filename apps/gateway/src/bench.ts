@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Server, ServerCredentials, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
+import { createMetricsRegistry } from '@sysbox-mgr-ts/metrics/prometheus';
 import { commonOptions, silentLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { startFakeServices } from './fake-services.js';
@@ -34,8 +35,16 @@ interface GatewayRig {
   stop(): Promise<void>;
 }
 
-/** A gateway and a fake allocator on a nats-server of their own, authenticated or open. */
-async function gatewayRig(dir: string, name: string, auth: boolean): Promise<GatewayRig> {
+/**
+ * A gateway and a fake allocator on a nats-server of their own, authenticated or open; with
+ * `metrics`, the gateway records into a registry as with --metrics-address (scraped between rounds).
+ */
+async function gatewayRig(
+  dir: string,
+  name: string,
+  auth: boolean,
+  metrics?: ReturnType<typeof createMetricsRegistry>,
+): Promise<GatewayRig> {
   const ns = await startNatsServer({ jetstream: true, ...(auth ? {} : { auth: false }) });
   const nc = await ns.connect(auth ? 'gateway' : undefined);
   // The fakes serve subid as the allocator would, on a connection of its own identity.
@@ -57,7 +66,12 @@ async function gatewayRig(dir: string, name: string, auth: boolean): Promise<Gat
     {},
   );
   if ('help' in parsed) throw new Error('help');
-  const gw = await startGateway({ nc, settings: parsed.config as GatewaySettings, log });
+  const gw = await startGateway({
+    nc,
+    settings: parsed.config as GatewaySettings,
+    log,
+    metrics: metrics?.forApp('gateway'),
+  });
   const client = grpcClient(join(dir, `${name}.sock`));
   let n = 0;
   const registered: string[] = [];
@@ -96,6 +110,8 @@ async function main(): Promise<void> {
   await writeFile(join(dir, 'subid'), `bench:165536:${2 ** 28}\n`);
   const authed = await gatewayRig(dir, 'auth', true);
   const open = await gatewayRig(dir, 'open', false);
+  const registry = createMetricsRegistry();
+  const metered = await gatewayRig(dir, 'metered', true, registry);
   const ns = await startNatsServer({ jetstream: false });
   const nc = await ns.connect();
 
@@ -128,6 +144,8 @@ async function main(): Promise<void> {
     subid: () => authed.subid(),
     openRegister: () => open.register(),
     openSubid: () => open.subid(),
+    meteredRegister: () => metered.register(),
+    meteredSubid: () => metered.subid(),
     bareGrpc: () => rpc(bareClient, 'SubidAlloc', { id: 'bench-container-0000', size: 65536 }),
     bareNats: () => nc.request('bench.echo', natsBody, { timeout: 5000 }),
   };
@@ -151,16 +169,46 @@ async function main(): Promise<void> {
     await ops.subid();
     await ops.openRegister();
     await ops.openSubid();
+    await ops.meteredRegister();
+    await ops.meteredSubid();
     await ops.bareGrpc();
     await ops.bareNats();
   }
 
   const samples = {
-    seq: { register: [], subid: [], grpc: [], nats: [], openRegister: [], openSubid: [] },
-    conc: { register: [], subid: [], grpc: [], nats: [], openRegister: [], openSubid: [] },
+    seq: {
+      register: [],
+      subid: [],
+      grpc: [],
+      nats: [],
+      openRegister: [],
+      openSubid: [],
+      meteredRegister: [],
+      meteredSubid: [],
+    },
+    conc: {
+      register: [],
+      subid: [],
+      grpc: [],
+      nats: [],
+      openRegister: [],
+      openSubid: [],
+      meteredRegister: [],
+      meteredSubid: [],
+    },
   } as Record<
     'seq' | 'conc',
-    Record<'register' | 'subid' | 'grpc' | 'nats' | 'openRegister' | 'openSubid', number[]>
+    Record<
+      | 'register'
+      | 'subid'
+      | 'grpc'
+      | 'nats'
+      | 'openRegister'
+      | 'openSubid'
+      | 'meteredRegister'
+      | 'meteredSubid',
+      number[]
+    >
   >;
   for (let round = 0; round < ROUNDS; round++) {
     const per = Math.ceil(SEQUENTIAL / ROUNDS);
@@ -171,6 +219,10 @@ async function main(): Promise<void> {
     await sequential(ops.bareNats, per, samples.seq.nats);
     await sequential(ops.openRegister, per, samples.seq.openRegister);
     await sequential(ops.openSubid, per, samples.seq.openSubid);
+    await sequential(ops.meteredRegister, per, samples.seq.meteredRegister);
+    await sequential(ops.meteredSubid, per, samples.seq.meteredSubid);
+    // A scrape per round, as Prometheus would every 15 s: its cost lands in the run.
+    await registry.text();
     await concurrent(ops.register, batches, samples.conc.register);
     await concurrent(ops.bareGrpc, batches, samples.conc.grpc);
     await concurrent(ops.subid, batches, samples.conc.subid);
@@ -217,6 +269,26 @@ async function main(): Promise<void> {
       });
     }
   }
+  // What metrics cost (issue #28): the same authenticated gateway recording into a registry.
+  for (const p of [50, 99]) {
+    for (const [op, off] of [
+      ['meteredRegister', 'register'],
+      ['meteredSubid', 'subid'],
+    ] as const) {
+      const value = percentile(samples.seq[op], p);
+      const base = percentile(samples.seq[off], p);
+      figures.push({
+        name: `${op === 'meteredRegister' ? 'Register' : 'SubidAlloc'} p${p}, sequential, metrics on`,
+        value,
+        unit: 'ms',
+        baseline: { name: `same gateway without metrics p${p}`, value: base },
+        ratio: value / base,
+        better: 'lower',
+        runs: samples.seq[op].length,
+        goal: p === 50 ? '<= 1.05x' : '',
+      });
+    }
+  }
   figures.push(...(await probeFigures(dir, quick ? 5 : 30)));
   await writeFigures('gateway', figures, (l) => process.stdout.write(`${l}\n`));
 
@@ -225,6 +297,7 @@ async function main(): Promise<void> {
   echo.unsubscribe();
   await authed.stop();
   await open.stop();
+  await metered.stop();
   await nc.drain();
   await ns.stop();
   await rm(dir, { recursive: true, force: true });

@@ -5,6 +5,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { GATEWAY_BUCKET, isSysboxError } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
+import { STATE_READ_CACHE_MS, cached, type AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { createServiceClient, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 import type { GatewayFlags } from './flags.js';
@@ -112,8 +113,10 @@ export async function startGateway(opts: {
   subidReconcileRetry?: RetrySchedule;
   /** The kernel's boot id; read from /proc/sys/kernel/random/boot_id when left out. */
   bootId?: string;
+  /** Records gRPC calls, KV operations and the table's size (--metrics-address). */
+  metrics?: AppMetrics;
 }): Promise<Gateway> {
-  const { nc, settings: s, log } = opts;
+  const { nc, settings: s, log, metrics } = opts;
   const services = createServiceClient(nc, {
     node: s.node,
     timeoutMs: s.opTimeoutMs,
@@ -158,11 +161,18 @@ export async function startGateway(opts: {
   const kv = await openBucket(nc, GATEWAY_BUCKET, {
     replicas: s.kvReplicas,
     description: 'sysbox gateway container table',
+    metrics,
   });
-  const containers = createStateStore(kv, { node: s.node, namespace: 'containers', schema: ContainerRecord });
+  const containers = createStateStore(kv, {
+    node: s.node,
+    namespace: 'containers',
+    schema: ContainerRecord,
+    metrics,
+  });
   const netns = createStateStore(kv, {
     node: s.node,
     namespace: 'netns',
+    metrics,
     schema: z.object({ ids: z.array(z.string()) }) satisfies z.ZodType<NetnsMembers>,
   });
   const checks = opts.checks ?? hostChecks(facts.kernelRelease);
@@ -219,7 +229,12 @@ export async function startGateway(opts: {
     socketPath: s.socket,
     manager,
     log,
+    metrics,
   });
+  metrics?.state(
+    'containers',
+    cached(async () => (await manager.list()).length, STATE_READ_CACHE_MS),
+  );
   // shiftfs-mgr may come up after the gateway (started by hand or another supervisor, or down
   // while systemd started the gateway). Calls never wait for it: ContainerConfig says no until it
   // answers. The manager reads this config object at every Register, so the answer is filled in

@@ -10,6 +10,7 @@ import { basename, dirname, join } from 'node:path';
 import {
   Server,
   ServerCredentials,
+  status as grpcStatusName,
   type MethodDefinition,
   type ServerUnaryCall,
   type ServiceDefinition,
@@ -19,6 +20,7 @@ import {
 } from '@grpc/grpc-js';
 import type { ReflectionService } from '@grpc/reflection';
 import { GRPC_STATUS, SysboxError } from '@sysbox-mgr-ts/contracts';
+import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { withinTime, type Logger } from '@sysbox-mgr-ts/service-kit';
 import type { HealthImplementation } from 'grpc-health-check';
 import { sysboxMgrServiceDefinition } from './codec.js';
@@ -65,12 +67,13 @@ export function rpcHandlers(manager: Manager): Record<RpcName, Rpc> {
 
 export function grpcServiceImplementation(
   manager: Manager,
-  opts: { log: Logger },
+  opts: { log: Logger; metrics?: AppMetrics },
 ): UntypedServiceImplementation {
   const impl: UntypedServiceImplementation = {};
   for (const [name, rpc] of Object.entries(rpcHandlers(manager))) {
     impl[name] = (call: ServerUnaryCall<any, object>, callback: sendUnaryData<object>) => {
       const started = performance.now();
+      const finish = opts.metrics?.grpcCall(name);
       const id = typeof call.request?.id === 'string' ? call.request.id.slice(0, 128) : undefined;
       // Each RPC's bound is rpc-limits.ts's, never shorter than sysbox-runc's client waits. An
       // unbounded one (ReqMounts: a long sync-in) tells how it goes in the log; a client that goes
@@ -107,12 +110,14 @@ export function grpcServiceImplementation(
       reply.then(
         (reply) => {
           opts.log.debug({ rpc: name, id, ms: performance.now() - started }, 'ok');
+          finish?.('OK');
           callback(null, reply);
         },
         (err: unknown) => {
           const e = SysboxError.from(err);
           const log = e.code === 'internal' ? opts.log.error.bind(opts.log) : opts.log.warn.bind(opts.log);
           log({ rpc: name, id, code: e.code, err: e }, e.message);
+          finish?.(grpcStatusName[GRPC_STATUS[e.code]] ?? String(GRPC_STATUS[e.code]));
           callback({ code: GRPC_STATUS[e.code], details: e.message, name: e.code, message: e.message });
         },
       );
@@ -254,6 +259,7 @@ export async function startGrpcServer(opts: {
   socketPath: string;
   manager: Manager;
   log: Logger;
+  metrics?: AppMetrics;
 }): Promise<GrpcServerHandle> {
   const dir = dirname(opts.socketPath);
   // Only a dir we create is forced to 0700: --socket may point into a shared dir.

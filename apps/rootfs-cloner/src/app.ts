@@ -6,6 +6,7 @@ import { createHostGuard, hostGuardOptions } from '@sysbox-mgr-ts/host-guard';
 import { shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+import { STATE_READ_CACHE_MS, cached, timedShift } from '@sysbox-mgr-ts/metrics';
 import { boolOption, option, serve, defineApp } from '@sysbox-mgr-ts/service-kit';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
 import { createMounter } from './mounter.js';
@@ -36,8 +37,8 @@ export const rootfsClonerApp = defineApp({
       schema: z.coerce.number().int().min(1000).default(600_000),
     }),
   },
-  async start({ config, nc, log, version }) {
-    const kv = await openBucket(nc, rootfsService.bucket, { replicas: config.kvReplicas });
+  async start({ config, nc, log, version, metrics }) {
+    const kv = await openBucket(nc, rootfsService.bucket, { replicas: config.kvReplicas, metrics });
     const guard = createHostGuard(config);
     const inForce = await guard.rootsInForce();
     log.info(
@@ -46,10 +47,10 @@ export const rootfsClonerApp = defineApp({
     );
     const cloner = createCloner({
       dataRoot: config.dataRoot,
-      clones: createStateStore(kv, { node: config.node, namespace: 'clone', schema: CloneRecord }),
-      uppers: createStateStore(kv, { node: config.node, namespace: 'upper', schema: UpperRecord }),
+      clones: createStateStore(kv, { node: config.node, namespace: 'clone', schema: CloneRecord, metrics }),
+      uppers: createStateStore(kv, { node: config.node, namespace: 'upper', schema: UpperRecord, metrics }),
       mounter: createMounter({ timeoutMs: config.mountTimeoutMs, logger: log }),
-      shiftIds: shift,
+      shiftIds: timedShift(shift, metrics),
       log,
       pageSize: kernelPageSize(),
       shiftTimeoutMs: config.shiftTimeoutMs,
@@ -75,7 +76,12 @@ export const rootfsClonerApp = defineApp({
       log,
       bindings: createBindings(cloner),
       metadata: { dataRoot: join(config.dataRoot, 'rootfs') },
+      metrics,
     });
+    metrics?.state(
+      'clones',
+      cached(async () => (await cloner.list()).clones.length, STATE_READ_CACHE_MS),
+    );
     return {
       async stop() {
         await svc.stop();

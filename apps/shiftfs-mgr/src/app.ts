@@ -2,6 +2,7 @@
 import { join } from 'node:path';
 import { shiftfsService } from '@sysbox-mgr-ts/contracts';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
+import { STATE_READ_CACHE_MS, cached } from '@sysbox-mgr-ts/metrics';
 import { boolOption, serve, defineApp } from '@sysbox-mgr-ts/service-kit';
 import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks, makeWorkDir } from './marks.js';
@@ -27,7 +28,7 @@ export const shiftfsMgrApp = defineApp({
       'do not try shiftfs at start (a mount in a user namespace, a file created and renamed): trust /proc/filesystems',
     ),
   },
-  async start({ config, nc, log, version }) {
+  async start({ config, nc, log, version, metrics }) {
     const workDir = await makeWorkDir(join(config.dataRoot, 'shiftfs'));
     const probe = await probeShiftfs({
       modprobe: config.modprobe,
@@ -38,7 +39,7 @@ export const shiftfsMgrApp = defineApp({
     log.info({ shiftfs: probe.supported, inKernel: probe.inKernel }, probe.reason);
     log.info({ shiftfsOnOverlayfs: probe.onOverlayfs.supported }, probe.onOverlayfs.reason);
     const marks = await createShiftfsMarks({
-      store: await openMarkStore(nc, { node: config.node, replicas: config.kvReplicas }),
+      store: await openMarkStore(nc, { node: config.node, replicas: config.kvReplicas, metrics }),
       mounter: createShiftfsMounter(log),
       readMounts: () => readMountInfo(),
       workDir,
@@ -59,7 +60,12 @@ export const shiftfsMgrApp = defineApp({
       log,
       bindings: createShiftfsBindings(marks, probe),
       metadata: shiftfsMetadata(probe),
+      metrics,
     });
+    metrics?.state(
+      'marks',
+      cached(async () => (await marks.list()).length, STATE_READ_CACHE_MS),
+    );
     return { stop: () => svc.stop() };
   },
 });

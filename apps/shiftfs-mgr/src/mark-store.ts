@@ -5,6 +5,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { MarkInfo, Timestamp, shiftfsService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { z } from 'zod';
 
 export const MarkRecord = MarkInfo.extend({
@@ -21,6 +22,7 @@ export interface MarkStoreOptions {
   node: string;
   bucket?: string;
   replicas?: number;
+  metrics?: AppMetrics;
 }
 
 export async function openMarkStore(
@@ -30,6 +32,12 @@ export async function openMarkStore(
   const kv = await openBucket(nc, opts.bucket ?? shiftfsService.bucket, {
     replicas: opts.replicas,
     description: 'shiftfs marks and holders',
+    metrics: opts.metrics,
   });
-  return createStateStore(kv, { node: opts.node, namespace: NAMESPACE, schema: MarkRecord });
+  return createStateStore(kv, {
+    node: opts.node,
+    namespace: NAMESPACE,
+    schema: MarkRecord,
+    metrics: opts.metrics,
+  });
 }

@@ -12,6 +12,7 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import { ContainerId, Id, MAX_SUBID_SIZE, Timestamp, subidService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket, type KvStateStore, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { z } from 'zod';
 
 /** Names one placement attempt of a container; the blocks that attempt claimed carry it too. */
@@ -59,14 +60,15 @@ export interface SubidStoreOptions {
   node: string;
   /** Replicas of the bucket when this call creates it. */
   replicas?: number;
+  metrics?: AppMetrics;
 }
 
 export async function openSubidStores(nc: NatsConnection, opts: SubidStoreOptions): Promise<SubidStores> {
-  const kv = await openBucket(nc, subidService.bucket, { replicas: opts.replicas });
-  const { node } = opts;
+  const { node, metrics } = opts;
+  const kv = await openBucket(nc, subidService.bucket, { replicas: opts.replicas, metrics });
   return {
-    ids: createStateStore(kv, { node, namespace: 'id', schema: IdRecord }),
-    blocks: createStateStore(kv, { node, namespace: 'block', schema: BlockClaim }),
-    legacyTable: createStateStore(kv, { node, schema: AllocationTable }),
+    ids: createStateStore(kv, { node, namespace: 'id', schema: IdRecord, metrics }),
+    blocks: createStateStore(kv, { node, namespace: 'block', schema: BlockClaim, metrics }),
+    legacyTable: createStateStore(kv, { node, schema: AllocationTable, metrics }),
   };
 }

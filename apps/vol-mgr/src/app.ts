@@ -7,6 +7,7 @@ import { VOLUME_KINDS, volService, type VolumeKind } from '@sysbox-mgr-ts/contra
 import { createHostGuard, hostGuardOptions, type RuntimeConfigPaths } from '@sysbox-mgr-ts/host-guard';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
+import { STATE_READ_CACHE_MS, cached, timedShift, type AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { boolOption, defineApp, option, serve } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
@@ -39,6 +40,7 @@ export interface VolAppDeps {
   version: string;
   idShift: IdShifter & { scanIds: ScanIds };
   rsyncExtraArgs?: readonly string[];
+  metrics?: AppMetrics;
 }
 
 export interface VolApp {
@@ -48,7 +50,7 @@ export interface VolApp {
 }
 
 export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promise<VolApp> {
-  const { nc, log } = deps;
+  const { nc, log, metrics } = deps;
   await prepareDataRoot(config.dataRoot);
   const guard = createHostGuard(config);
   const inForce = await guard.rootsInForce();
@@ -59,6 +61,7 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
   const kv = await openBucket(nc, volService.bucket, {
     replicas: config.kvReplicas,
     description: 'volumes and mount preps',
+    metrics,
   });
   const volumes = Object.fromEntries(
     VOLUME_KINDS.map((kind) => [
@@ -66,7 +69,7 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
       createVolumeManager({
         kind,
         dataRoot: config.dataRoot,
-        store: createStateStore(kv, { node: config.node, namespace: kind, schema: VolumeRecord }),
+        store: createStateStore(kv, { node: config.node, namespace: kind, schema: VolumeRecord, metrics }),
         scanIds: (root) => deps.idShift.scanIds(root),
         readMounts: () => readMountInfo(),
         log,
@@ -74,12 +77,13 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
         sync: config.sync,
         syncTimeoutMs: config.syncTimeoutMs,
         rsyncExtraArgs: deps.rsyncExtraArgs,
+        metrics,
       }),
     ]),
   ) as Record<VolumeKind, VolumeManager>;
   const prep = createMountPrep({
-    store: createStateStore(kv, { node: config.node, namespace: 'prep', schema: PrepRecordSchema }),
-    shifter: deps.idShift,
+    store: createStateStore(kv, { node: config.node, namespace: 'prep', schema: PrepRecordSchema, metrics }),
+    shifter: { ...deps.idShift, shift: timedShift(deps.idShift.shift, metrics) },
     guard,
     log,
   });
@@ -99,7 +103,16 @@ export async function startVolApp(config: VolAppConfig, deps: VolAppDeps): Promi
     log,
     bindings: createVolBindings(volumes, prep),
     metadata: { sync: String(config.sync) },
+    metrics,
   });
+  // Volumes by kind on scrape: one list per kind, at most once per STATE_READ_CACHE_MS.
+  metrics?.state(
+    'volumes',
+    cached(async () => {
+      const counts = await Promise.all(VOLUME_KINDS.map(async (k) => [k, (await volumes[k].list()).length]));
+      return Object.fromEntries(counts) as Record<string, number>;
+    }, STATE_READ_CACHE_MS),
+  );
   return {
     volumes,
     reconciled,
@@ -155,7 +168,7 @@ export const volMgrApp = defineApp({
       schema: z.coerce.number().int().min(0).default(30_000),
     }),
   },
-  async start({ config, nc, log, version }) {
-    return startVolApp(config, { nc, log, version, idShift: { shift, scanIds, needsShift } });
+  async start({ config, nc, log, version, metrics }) {
+    return startVolApp(config, { nc, log, version, idShift: { shift, scanIds, needsShift }, metrics });
   },
 });

@@ -5,6 +5,7 @@
  */
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec/run';
+import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import type { Logger } from 'pino';
 import { exists } from './paths.js';
 
@@ -38,6 +39,9 @@ export interface RsyncPlan {
   extraArgs?: readonly string[];
   log: Logger;
   what: string;
+  /** Records the duration and entries of a completed copy under `op`. */
+  metrics?: AppMetrics;
+  op?: 'sync-in' | 'sync-out';
 }
 
 export interface RsyncOutcome {
@@ -52,6 +56,7 @@ const PROGRESS_INTERVAL_MS = 5000;
 
 export async function rsyncTree(plan: RsyncPlan): Promise<RsyncOutcome> {
   const started = performance.now();
+  const done = plan.op && plan.metrics?.work('rsync', plan.op);
   const args = ['-rauqlH', '--no-devices', '--delete'];
   let entries: number | undefined;
   if (plan.shift) {
@@ -120,5 +125,6 @@ export async function rsyncTree(plan: RsyncPlan): Promise<RsyncOutcome> {
   }
   const ms = Math.round(performance.now() - started);
   plan.log.info({ what: plan.what, entries, ms }, 'rsync done');
+  if (done) done(entries);
   return { completed: true, ms, entries };
 }

@@ -35,6 +35,8 @@ import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createMetricsRegistry, type MetricsRegistry } from '@sysbox-mgr-ts/metrics/prometheus';
+import { parseExposition } from '@sysbox-mgr-ts/metrics/testing';
 import { startVolApp, type VolApp, type VolAppConfig } from './app.js';
 import { VolumeRecord } from './volumes.js';
 import { makeOverlayRootfs, snapshotTree, type OverlayRootfs } from './testing/tree.js';
@@ -127,13 +129,18 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     subgidFile: join(base, 'subid'),
     ...over,
   });
-  const start = async (over: Partial<VolAppConfig> = {}, rsyncExtraArgs?: string[]): Promise<VolApp> => {
+  const start = async (
+    over: Partial<VolAppConfig> = {},
+    rsyncExtraArgs?: string[],
+    metrics?: MetricsRegistry,
+  ): Promise<VolApp> => {
     const app = await startVolApp(config(over), {
       nc,
       log: capture.log,
       version: '0.0.0',
       idShift,
       rsyncExtraArgs,
+      metrics: metrics?.forApp('vol-mgr'),
     });
     apps.push(app);
     return app;
@@ -167,7 +174,8 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   it('creates with chownOnSync, survives a restart, syncs out into the overlay upper dir shifted back, destroys', async () => {
     const rootfs = await makeOverlayRootfs('volmgr-ovl-', fillDockerStore, base);
     rootfses.push(rootfs);
-    const first = await start();
+    const firstMetrics = createMetricsRegistry();
+    const first = await start({}, undefined, firstMetrics);
     const docker = volByKind.docker;
 
     const created = await client.call(docker.create, {
@@ -187,6 +195,12 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     expect(await snapshotTree(volPath, OFFSET)).toEqual(imageTree);
     expect((await stat(join(volPath, 'engine-id'))).uid).toBe(OFFSET);
     expect((await stat(join(volPath, 'volumes/owned-by-user'))).gid).toBe(OFFSET + 1001);
+    // Issue #28: the sync-in is timed with the entries its id scan saw, the volume counted by kind.
+    const afterCreate = parseExposition(await firstMetrics.text());
+    expect(afterCreate.sum('sysbox_rsync_duration_seconds_count', { op: 'sync-in' })).toBe(1);
+    expect(afterCreate.sum('sysbox_rsync_entries_total', { op: 'sync-in' })).toBeGreaterThan(0);
+    expect(afterCreate.sum('sysbox_volumes', { app: 'vol-mgr', kind: 'docker' })).toBe(1);
+    expect(afterCreate.sum('sysbox_volumes', { kind: 'kubelet' })).toBe(0);
     // The same create again (an answer lost in a reconnect) gets the same answer; another one is refused.
     expect(
       (
@@ -225,7 +239,8 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
 
     // A restart of the daemon between create and sync-out forgets nothing.
     await stopApp(first);
-    const second = await start();
+    const secondMetrics = createMetricsRegistry();
+    const second = await start({}, undefined, secondMetrics);
     expect(second.reconciled.find((r) => r.kind === 'docker')?.kept).toEqual(['c1']);
     const listed = await client.call(volList, { kind: 'docker' });
     expect(listed.volumes).toHaveLength(1);
@@ -238,6 +253,11 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     expect(listed.volumes[0]!.sizeBytes).toBeGreaterThan(0);
 
     await client.call(docker.syncOut, { id: 'c1' });
+    expect(
+      parseExposition(await secondMetrics.text()).sum('sysbox_rsync_duration_seconds_count', {
+        op: 'sync-out',
+      }),
+    ).toBe(1);
     const target = join(rootfs.upper, 'var/lib/docker');
     // Content, modes, owners (back to root and 1000:1001), symlinks and hard links match exactly.
     expect(await snapshotTree(target)).toEqual(volTree);

@@ -32,6 +32,7 @@ import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
 import { createInFlight } from './in-flight.js';
 import { assertStrictlyUnder, exists, mkdirChainInside, resolveInRoot, resolveInside } from './paths.js';
+import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { rsyncTree, type ScanIds } from './rsync.js';
 
 export const VolumeRecord = z.object({
@@ -72,6 +73,7 @@ export interface VolumeDeps {
   /** Extra rsync flags; tests throttle copies with --bwlimit to catch them mid-way. */
   rsyncExtraArgs?: readonly string[];
   now?: () => Date;
+  metrics?: AppMetrics;
 }
 
 export interface ReconcileReport {
@@ -259,6 +261,8 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
           extraArgs: deps.rsyncExtraArgs,
           log,
           what: `${deps.kind} sync-in ${req.id}`,
+          metrics: deps.metrics,
+          op: 'sync-in',
         });
       }
       await deps.store.mutate(req.id, (cur) => (cur ? { ...cur, state: 'ready' } : undefined));
@@ -309,6 +313,8 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       extraArgs: deps.rsyncExtraArgs,
       log,
       what: `${deps.kind} sync-out ${id}`,
+      metrics: deps.metrics,
+      op: 'sync-out',
     });
   };
 

@@ -6,6 +6,7 @@ import { Kvm, type Bucket, type KV, type KvEntry } from '@nats-io/kv';
 import { AckPolicy, DeliverPolicy, JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { nanos, type MsgHdrs, type NatsConnection } from '@nats-io/nats-core';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import type { AppMetrics, KvOp } from '@sysbox-mgr-ts/metrics';
 import { isTransient, retryTransient } from '@sysbox-mgr-ts/nats-retry';
 import type { z } from 'zod';
 
@@ -19,6 +20,8 @@ export interface BucketOptions {
   maxValueSize?: number;
   /** How long to wait out a failover (see nats-retry) before giving up. */
   retryWindowMs?: number;
+  /** Exports the bucket's bytes, limit and fill on scrape (its stream info). */
+  metrics?: AppMetrics;
 }
 
 /**
@@ -56,10 +59,15 @@ export const DEFAULT_MAX_VALUE_SIZE = 1024 * 1024;
  */
 export async function openBucket(nc: NatsConnection, name: string, opts: BucketOptions = {}): Promise<KV> {
   // A daemon that starts during an election waits for JetStream instead of failing its start.
-  return retryTransient(() => openBucketOnce(nc, name, opts), {
+  const kv = await retryTransient(() => openBucketOnce(nc, name, opts), {
     idempotent: true,
     deadline: Date.now() + (opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS),
   });
+  opts.metrics?.bucket(name, async () => {
+    const s = await kv.status();
+    return { bytes: s.size, maxBytes: s.max_bytes, messages: s.values };
+  });
+  return kv;
 }
 
 async function openBucketOnce(nc: NatsConnection, name: string, opts: BucketOptions): Promise<KV> {
@@ -170,6 +178,8 @@ export interface StoreOptions<S extends z.ZodType> {
   maxRetries?: number;
   /** How long one operation waits out a failover before it fails with `unavailable`. */
   retryWindowMs?: number;
+  /** Records each operation's latency, errors and retries. */
+  metrics?: AppMetrics;
 }
 
 export function createStateStore<S extends z.ZodType>(
@@ -180,9 +190,28 @@ export function createStateStore<S extends z.ZodType>(
   const prefix = opts.namespace ? `${opts.node}.${opts.namespace}.` : `${opts.node}.`;
   const maxRetries = opts.maxRetries ?? 50;
   const retryWindowMs = opts.retryWindowMs ?? DEFAULT_RETRY_WINDOW_MS;
+  const bucket = (kv as Bucket).bucket;
+  const { metrics } = opts;
+  /** A transient failure waited out, counted against the operation that met it. */
+  const onRetry = (op: KvOp) => (metrics ? () => metrics.kvRetry(bucket, op, 'transient') : undefined);
+  /** Times one store operation, as the caller sees it (retries included), and counts its failure. */
+  const timed = async <R>(op: KvOp, fn: () => Promise<R>): Promise<R> => {
+    if (!metrics) return fn();
+    const finish = metrics.kvOp(bucket, op);
+    try {
+      const r = await fn();
+      finish('ok');
+      return r;
+    } catch (err) {
+      finish(err instanceof SysboxError ? err.code : 'internal');
+      throw err;
+    }
+  };
   /** Reads may run twice; a write is retried only when it surely did not land (see nats-retry). */
-  const kvRead = <R>(fn: () => Promise<R>): Promise<R> =>
-    kvCall(() => retryTransient(fn, { idempotent: true, deadline: Date.now() + retryWindowMs }));
+  const kvRead = <R>(fn: () => Promise<R>, op: KvOp): Promise<R> =>
+    kvCall(() =>
+      retryTransient(fn, { idempotent: true, deadline: Date.now() + retryWindowMs, onRetry: onRetry(op) }),
+    );
   const fullKey = (key: string): string => prefix + encodeKeyToken(key);
 
   const decode = (entry: KvEntry): T => {
@@ -203,8 +232,8 @@ export function createStateStore<S extends z.ZodType>(
    */
   const known = new Map<string, Snapshot<T>>();
 
-  const read = async (key: string): Promise<Snapshot<T>> => {
-    const entry = await kvRead(() => kv.get(fullKey(key)));
+  const read = async (key: string, op: KvOp = 'get'): Promise<Snapshot<T>> => {
+    const entry = await kvRead(() => kv.get(fullKey(key)), op);
     const snap =
       !entry || entry.operation !== 'PUT'
         ? { value: undefined, revision: entry?.revision ?? 0 }
@@ -223,14 +252,19 @@ export function createStateStore<S extends z.ZodType>(
       return kv.update(fullKey(key), data, revision);
     };
     try {
-      const rev = await writeSurely(key, attempt, (entry) => {
-        const live = entry !== null && entry.operation === 'PUT';
-        if (live && entry.string() === data && (revision === 'never-written' || entry.revision > revision))
-          return 'landed';
-        if (revision === 0) return live ? 'conflict' : 'not-landed';
-        if (revision === 'never-written') return entry === null ? 'not-landed' : 'conflict';
-        return entry?.revision === revision ? 'not-landed' : 'conflict';
-      });
+      const rev = await writeSurely(
+        key,
+        revision === 0 || revision === 'never-written' ? 'create' : 'update',
+        attempt,
+        (entry) => {
+          const live = entry !== null && entry.operation === 'PUT';
+          if (live && entry.string() === data && (revision === 'never-written' || entry.revision > revision))
+            return 'landed';
+          if (revision === 0) return live ? 'conflict' : 'not-landed';
+          if (revision === 'never-written') return entry === null ? 'not-landed' : 'conflict';
+          return entry?.revision === revision ? 'not-landed' : 'conflict';
+        },
+      );
       known.set(key, { value, revision: rev });
       return rev;
     } catch (err) {
@@ -247,18 +281,20 @@ export function createStateStore<S extends z.ZodType>(
    */
   const writeSurely = async (
     key: string,
+    op: KvOp,
     attempt: () => Promise<number | boolean>,
     judge: (entry: KvEntry | null) => 'landed' | 'not-landed' | 'conflict',
   ): Promise<number> => {
     const deadline = Date.now() + retryWindowMs;
     for (;;) {
       try {
-        const r = await retryTransient(attempt, { idempotent: false, deadline });
+        const r = await retryTransient(attempt, { idempotent: false, deadline, onRetry: onRetry(op) });
         return typeof r === 'number' ? r : 0;
       } catch (err) {
         const lostAnswer = isTransient(err, { idempotent: true }) && !isTransient(err, { idempotent: false });
         if (!lostAnswer || Date.now() >= deadline) throw err;
-        const entry = await kvRead(() => kv.get(fullKey(key)));
+        metrics?.kvRetry(bucket, op, 'transient');
+        const entry = await kvRead(() => kv.get(fullKey(key)), op);
         const verdict = judge(entry);
         if (verdict === 'landed') return entry!.revision;
         if (verdict === 'conflict') throw new LostWriteConflict(key, err);
@@ -270,6 +306,7 @@ export function createStateStore<S extends z.ZodType>(
   const casDelete = async (key: string, revision: number): Promise<number> => {
     const rev = await writeSurely(
       key,
+      'delete',
       () => kv.delete(fullKey(key), { previousSeq: revision }).then(() => true),
       (entry) => {
         if (entry?.revision === revision) return 'not-landed';
@@ -280,14 +317,14 @@ export function createStateStore<S extends z.ZodType>(
     return rev;
   };
 
-  return {
+  const store: KvStateStore<T> = {
     async get(key) {
       const { value, revision } = await read(key);
       return value === undefined ? undefined : { key, value: structuredClone(value), revision };
     },
     async list() {
       const out: Versioned<T>[] = [];
-      for (const m of await kvRead(() => lastMessages(kv as Bucket, prefix))) {
+      for (const m of await kvRead(() => lastMessages(kv as Bucket, prefix), 'list')) {
         if (m.deleted) continue;
         const key = decodeKeyToken(m.subject.slice(`${(kv as Bucket).prefix}.${prefix}`.length));
         const parsed = opts.schema.safeParse(m.json());
@@ -302,7 +339,7 @@ export function createStateStore<S extends z.ZodType>(
       return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     },
     async keys() {
-      return kvRead(() => listKeys(kv as Bucket, prefix));
+      return kvRead(() => listKeys(kv as Bucket, prefix), 'list');
     },
     peek(key) {
       const snap = known.get(key);
@@ -335,7 +372,7 @@ export function createStateStore<S extends z.ZodType>(
     async change(key, mutate) {
       for (let attempt = 0; ; attempt++) {
         const remembered = attempt === 0 ? known.get(key) : undefined;
-        const { value: stored, revision } = remembered ?? (await read(key));
+        const { value: stored, revision } = remembered ?? (await read(key, 'update'));
         // Callers may edit what they are given; the remembered snapshot must stay as stored.
         const current = stored === undefined ? undefined : structuredClone(stored);
         let next: Mutation<T>;
@@ -363,6 +400,7 @@ export function createStateStore<S extends z.ZodType>(
         } catch (err) {
           known.delete(key);
           if (!isConflict(err) || attempt >= maxRetries) throw asUnavailable(err);
+          metrics?.kvRetry(bucket, 'update', 'conflict');
           if (!remembered) await jitter(attempt);
         }
       }
@@ -375,6 +413,7 @@ export function createStateStore<S extends z.ZodType>(
           retryTransient(() => kv.delete(fullKey(key)), {
             idempotent: true,
             deadline: Date.now() + retryWindowMs,
+            onRetry: onRetry('delete'),
           }),
         );
         return;
@@ -389,6 +428,18 @@ export function createStateStore<S extends z.ZodType>(
         throw asUnavailable(err);
       }
     },
+  };
+  if (!metrics) return store;
+  // Each operation timed as its caller sees it; mutate is change (through `this`), timed once.
+  return {
+    ...store,
+    get: (key) => timed('get', () => store.get(key)),
+    list: () => timed('list', () => store.list()),
+    keys: () => timed('list', () => store.keys()),
+    create: (key, value) => timed('create', () => store.create(key, value)),
+    createFirst: (key, value) => timed('create', () => store.createFirst(key, value)),
+    change: (key, mutate) => timed('update', () => store.change(key, mutate)),
+    delete: (key, o) => timed('delete', () => store.delete(key, o)),
   };
 }
 

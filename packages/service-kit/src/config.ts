@@ -5,6 +5,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { HostPath, NodeName, SysboxError, nodeNameFromHost } from '@sysbox-mgr-ts/contracts';
+import { parseListenAddress } from '@sysbox-mgr-ts/metrics';
 
 export interface OptionSpec<S extends z.ZodType = z.ZodType> {
   /** Long flag name without dashes, e.g. `nats-url`. */
@@ -88,6 +89,22 @@ export const commonOptions = {
     schema: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'),
   }),
   logPretty: boolOption('log-pretty', 'LOG_PRETTY', 'human-readable logs when stdout is a terminal'),
+  metricsAddress: option({
+    flag: 'metrics-address',
+    env: 'SYSBOX_METRICS_ADDRESS',
+    description:
+      'serve Prometheus metrics at http://<host:port>/metrics (off when unset; bind 127.0.0.1 unless a scraper elsewhere must reach it)',
+    schema: z
+      .string()
+      .refine((s) => {
+        try {
+          return parseListenAddress(s) !== undefined;
+        } catch {
+          return false;
+        }
+      }, 'must be host:port, e.g. 127.0.0.1:9464')
+      .optional(),
+  }),
   kvReplicas: option({
     flag: 'kv-replicas',
     env: 'SYSBOX_KV_REPLICAS',

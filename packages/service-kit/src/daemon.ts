@@ -7,6 +7,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import type { Logger } from 'pino';
 import type { IdentityName } from '@sysbox-mgr-ts/contracts';
+import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { sdNotify } from '@sysbox-mgr-ts/host-native/notify';
 import {
   DEFAULT_CREDENTIALS_DIR,
@@ -34,6 +35,8 @@ export interface DaemonContext<O extends OptionSpecs> {
   nc: NatsConnection;
   log: Logger;
   version: string;
+  /** This app's recorder when the process serves metrics (--metrics-address), else undefined. */
+  metrics?: AppMetrics;
 }
 
 /**
@@ -133,6 +136,28 @@ export function notifySupervisor(
   }
 }
 
+export interface MetricsEndpoint {
+  /** The recorder of one app in this process's registry (label app=<name>). */
+  forApp(app: string): AppMetrics;
+  /** Where it listens, host:port. */
+  address: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * One registry and one /metrics listener for the process (the all-in-one's five apps share
+ * them). prom-client is loaded here, on demand: a daemon without --metrics-address never loads it.
+ */
+export async function serveMetrics(address: string, log: Logger): Promise<MetricsEndpoint> {
+  const { createMetricsRegistry, startMetricsServer } = await import('@sysbox-mgr-ts/metrics/prometheus');
+  const registry = createMetricsRegistry({
+    onReadError: (err, what) => log.warn({ err }, `metrics: reading ${what} failed`),
+  });
+  const server = await startMetricsServer(address, registry);
+  log.info({ metrics: `http://${server.address}/metrics` }, 'serving metrics');
+  return { forApp: (app) => registry.forApp(app), address: server.address, stop: () => server.stop() };
+}
+
 export async function runDaemon<O extends OptionSpecs>(
   spec: DaemonSpec<O>,
   argv: readonly string[] = process.argv.slice(2),
@@ -171,9 +196,18 @@ export async function runDaemon<O extends OptionSpecs>(
 
   let nc: NatsConnection;
   let app: Stoppable;
+  let metrics: MetricsEndpoint | undefined;
   try {
+    // First: a taken port fails the start before anything else is set up.
+    if (config.metricsAddress) metrics = await serveMetrics(config.metricsAddress, log);
     nc = await connectNats(config, spec.identity, `${spec.name}@${config.node}`, log);
-    app = await spec.start({ config, nc, log, version: spec.version });
+    app = await spec.start({
+      config,
+      nc,
+      log,
+      version: spec.version,
+      metrics: metrics?.forApp(spec.identity),
+    });
   } catch (err) {
     log.fatal({ err }, 'start failed');
     log.flush();
@@ -200,6 +234,7 @@ export async function runDaemon<O extends OptionSpecs>(
         log.warn({ ms: DRAIN_TIMEOUT_MS }, 'NATS drain did not finish; closing');
         await nc.close();
       }
+      await metrics?.stop();
     } catch (err) {
       log.error({ err }, 'stop failed');
       process.exitCode = 1;

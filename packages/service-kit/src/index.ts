@@ -34,6 +34,8 @@ export {
   type NatsClientConfig,
   packageVersion,
   runDaemon,
+  serveMetrics,
+  type MetricsEndpoint,
   type AppSpec,
   type DaemonConfig,
   type DaemonContext,

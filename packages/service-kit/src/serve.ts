@@ -11,6 +11,7 @@ import {
   type RequestOf,
   type ServiceContract,
 } from '@sysbox-mgr-ts/contracts';
+import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import type { Logger } from 'pino';
 import { startMicroService, type MicroService } from './micro.js';
 import { CALL_ID_HEADER, REQUEST_ID_HEADER, decodeJson, encodeJson, errorReply } from './wire.js';
@@ -88,6 +89,8 @@ export interface ServeOptions {
   log: Logger;
   bindings: Binding[];
   metadata?: Record<string, string>;
+  /** Records each request: count by outcome, latency, in flight (the app's DaemonContext.metrics). */
+  metrics?: AppMetrics;
 }
 
 /** Registers one micro service with an endpoint per binding, queue group = service name. */
@@ -110,7 +113,8 @@ export function serve(opts: ServeOptions): MicroService {
         name: b.contract.endpoint,
         subject,
         metadata: { description: b.contract.description },
-        handler: (msg: Msg) => respond(b, subject, msg, log),
+        handler: (msg: Msg) =>
+          respond(b, subject, msg, log, opts.metrics?.natsRequest(service.name, b.contract.endpoint)),
       };
     }),
   });
@@ -143,7 +147,13 @@ function sharedOutcome(key: string, data: Uint8Array, run: () => Promise<Outcome
   return outcome;
 }
 
-async function respond(b: Binding, subject: string, msg: Msg, root: Logger): Promise<{ error?: string }> {
+async function respond(
+  b: Binding,
+  subject: string,
+  msg: Msg,
+  root: Logger,
+  finish?: (code: string) => void,
+): Promise<{ error?: string }> {
   const reqId = msg.headers?.get(REQUEST_ID_HEADER) || `${process.pid}-${++requestCounter}`;
   const log = root.child({ subject, reqId });
   const started = performance.now();
@@ -152,6 +162,7 @@ async function respond(b: Binding, subject: string, msg: Msg, root: Logger): Pro
   const outcome = await (callId ? sharedOutcome(`${subject} ${callId}`, msg.data, run) : run());
   const ms = Math.round((performance.now() - started) * 1000) / 1000;
   const containerId = peekId(msg.data);
+  finish?.(outcome.ok ? 'ok' : outcome.error.code);
   if (outcome.ok) {
     msg.respond(encodeJson(outcome.reply));
     log.info({ id: containerId, ms }, 'ok');

@@ -280,6 +280,13 @@ describe('config', () => {
     );
     expect(() => parseConfig(commonOptions, ['--data-root', 'relative'], {})).toThrow(SysboxError);
   });
+  it('takes --metrics-address as host:port, off by default (issue #28)', () => {
+    const off = parseConfig(commonOptions, [], {});
+    expect('config' in off && off.config.metricsAddress).toBeUndefined();
+    const on = parseConfig(commonOptions, [], { SYSBOX_METRICS_ADDRESS: '127.0.0.1:9464' });
+    expect('config' in on && on.config.metricsAddress).toBe('127.0.0.1:9464');
+    expect(() => parseConfig(commonOptions, ['--metrics-address', '9464'], {})).toThrow(/--metrics-address/);
+  });
   it('answers --help with every option', () => {
     const r = parseConfig(commonOptions, ['--help'], {});
     expect('help' in r).toBe(true);

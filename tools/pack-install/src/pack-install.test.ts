@@ -36,6 +36,7 @@ const PACKAGES = [
   'host-native',
   'id-shift',
   'kv-state',
+  'metrics',
   'mountinfo',
   'nats-auth',
   'nats-retry',

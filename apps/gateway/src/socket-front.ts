@@ -3,6 +3,7 @@
  * gives each accepted connection to grpc-js through a connection injector, passing the client's
  * bytes through the authority rewrite (authority-rewrite.ts). Server-to-client bytes pass unchanged.
  */
+import { readFile, readlink } from 'node:fs/promises';
 import { Duplex } from 'node:stream';
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
@@ -99,6 +100,25 @@ class FrontedConnection extends Duplex {
   }
 }
 
+/**
+ * The path a unix socket fd is bound to, from /proc/net/unix by the socket's inode (Node's
+ * server.address() is null for a socket taken by fd); undefined where that cannot be read.
+ */
+export async function boundPathOf(fd: number): Promise<string | null | undefined> {
+  try {
+    const link = await readlink(`/proc/self/fd/${fd}`);
+    const inode = /^socket:\[(\d+)\]$/.exec(link)?.[1];
+    if (!inode) return null;
+    for (const line of (await readFile('/proc/net/unix', 'utf8')).split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[6] === inode) return f[7] ?? null;
+    }
+    return null;
+  } catch {
+    return undefined;
+  }
+}
+
 export interface SocketFront {
   /** True when the listening socket came from systemd (and is left in place at stop). */
   inherited: boolean;
@@ -139,12 +159,12 @@ export async function startSocketFront(opts: {
     });
   });
   if (opts.listenFd !== undefined) {
-    const address = server.address();
-    if (address !== opts.socketPath) {
+    const address = await boundPathOf(opts.listenFd);
+    if (address !== undefined && address !== opts.socketPath) {
       server.close();
       throw new SysboxError(
         'failed-precondition',
-        `the socket systemd handed over listens on ${JSON.stringify(address)}, not on --socket ${opts.socketPath}: ` +
+        `the socket systemd handed over (fd ${opts.listenFd}) is ${address === null ? 'no unix socket bound to a path' : `bound to ${address}`}, not to --socket ${opts.socketPath}: ` +
           'make ListenStream= in sysbox-gateway.socket and --socket the same path',
       );
     }

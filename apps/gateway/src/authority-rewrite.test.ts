@@ -2,9 +2,10 @@
  * The frame rewriter on bytes: a client's HPACK encoder (hpack.js with incremental indexing, as
  * grpc-go's) makes the header blocks; a fresh server-side decoder reads what comes out.
  */
-import hpack, { type HpackHeader } from 'hpack.js';
 import { describe, expect, it } from 'vitest';
 import {
+  hpack,
+  type HpackHeader,
   Http2FrameError,
   PREFACE_LENGTH,
   REPLACEMENT_AUTHORITY,

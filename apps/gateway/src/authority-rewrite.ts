@@ -12,7 +12,32 @@
  * literals that never enter the server's dynamic table, so the server's decoder state never depends
  * on the client's. Frames other than HEADERS and CONTINUATION pass unchanged, streamed as they come.
  */
-import hpack, { type Compressor, type Decompressor, type HpackHeader } from 'hpack.js';
+import { createRequire } from 'node:module';
+import type { Duplex } from 'node:stream';
+
+/** The part of hpack.js (RFC 7541; it ships no types) used here and in the tests. */
+export interface HpackHeader {
+  name: string;
+  value: string;
+  neverIndex?: boolean;
+  /** false: a literal without indexing (the peer's dynamic table is left alone). */
+  incremental?: boolean;
+  huffman?: boolean;
+}
+interface Decompressor extends Duplex {
+  write(chunk: Buffer): boolean;
+  execute(): void;
+  read(): HpackHeader | null;
+}
+interface Compressor extends Duplex {
+  write(headers: HpackHeader[]): boolean;
+  read(): Buffer | null;
+}
+export interface Hpack {
+  decompressor: { create(options: { table: { maxSize: number } }): Decompressor };
+  compressor: { create(options: { table: { maxSize: number } }): Compressor };
+}
+export const hpack = createRequire(import.meta.url)('hpack.js') as Hpack;
 
 /** The client connection preface (RFC 9113 3.4), passed as it is; nghttp2 checks it. */
 export const PREFACE_LENGTH = 24;

@@ -56,9 +56,7 @@ class FrontedConnection extends Duplex {
         this.destroy();
         return;
       }
-      if (rewriter.refused !== undefined && rewriter.mode === 'rewrite' && out.length > 0) {
-        onRefused(rewriter.refused);
-      }
+      if (rewriter.refused !== undefined) onRefused(rewriter.refused);
       let more = true;
       for (const b of out) more = this.push(b);
       if (!more) socket.pause();

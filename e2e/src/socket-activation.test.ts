@@ -13,6 +13,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { status } from '@grpc/grpc-js';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { connectGateway, rpc, statusOf } from './grpc.js';
@@ -165,12 +166,33 @@ describe('gateway restart under a held listening socket (systemd socket activati
     expect(
       outcome === undefined || retry === undefined || /redundant container registration/.test(retry.details),
     ).toBe(true);
+    // A long-lived client whose connection the dying gateway had accepted: its call is lost with
+    // the connection (UNAVAILABLE) unless it had not left the client yet; its retry reconnects to
+    // the held socket and is answered.
+    const kept = connectGateway(sys.socket);
+    let keptOutcome: Awaited<ReturnType<typeof statusOf>>;
+    let keptRetry: Awaited<ReturnType<typeof statusOf>>;
+    try {
+      await rpc(kept, 'Register', reg('d0'));
+      const sent = rpc(kept, 'Register', reg('d1'));
+      process.kill(spawned()[3]!, 'SIGKILL');
+      keptOutcome = await statusOf(sent);
+      keptRetry = keptOutcome ? await statusOf(rpc(kept, 'Register', reg('d1'))) : undefined;
+    } finally {
+      kept.close();
+    }
+    await startedCount(5);
+    expect(keptOutcome === undefined || keptOutcome.code === status.UNAVAILABLE).toBe(true);
+    expect(keptRetry === undefined || /redundant container registration/.test(keptRetry.details)).toBe(true);
+    console.log(
+      `long-lived connection, call in flight at SIGKILL: ${keptOutcome ? `failed (${keptOutcome.code}: ${keptOutcome.details}), retry ${keptRetry ? `${keptRetry.code}: ${keptRetry.details}` : 'ok'}` : 'answered by the next gateway'}`,
+    );
     console.log(
       `wait across a gateway restart (RestartSec=1, SIGKILL then one call): ${waitedMs.toFixed(0)} ms; ` +
         `4 calls at once: ${waitedManyMs.toFixed(0)} ms; ` +
         `call in flight at SIGKILL: ${outcome ? `failed (${outcome.code}: ${outcome.details}), retry ${retry ? `${retry.code}: ${retry.details}` : 'ok'}` : 'answered by the next gateway'}`,
     );
     // Every gateway took the socket from the supervisor.
-    expect(readFileSync(gwLog, 'utf8').match(/"fromSystemd":true/g)).toHaveLength(4);
+    expect(readFileSync(gwLog, 'utf8').match(/"fromSystemd":true/g)).toHaveLength(5);
   });
 });

@@ -113,7 +113,7 @@ describe('deploy/systemd units', () => {
       readdirSync(unitDir)
         .filter((f) => f.endsWith('.service'))
         .sort(),
-    ).toEqual(['sysbox-nats', ...Object.keys(DAEMONS)].map((u) => `${u}.service`).sort());
+    ).toEqual(['sysbox-nats', 'sysbox-mgr', ...Object.keys(DAEMONS)].map((u) => `${u}.service`).sort());
     const nats = unitKeys(readFileSync(join(unitDir, 'sysbox-nats.service'), 'utf8'));
     expect(nats.get('ExecStart')).toEqual(['nats-server -c /etc/sysbox-mgr-ts/nats/nats-server.conf']);
     for (const unit of Object.keys(DAEMONS)) {
@@ -122,7 +122,11 @@ describe('deploy/systemd units', () => {
       expect(k.get('NotifyAccess'), unit).toEqual(['main']);
       expect(k.get('Restart'), unit).toEqual(['on-failure']);
       expect(k.get('RestartSec'), unit).toEqual(['1']);
-      expect(k.get('Requires'), unit).toEqual(['sysbox-nats.service']);
+      expect(k.get('Requires'), unit).toEqual(
+        unit === 'sysbox-gateway'
+          ? ['sysbox-nats.service', 'sysbox-gateway.socket']
+          : ['sysbox-nats.service'],
+      );
       expect(k.get('After')?.[0]?.split(' '), unit).toContain('sysbox-nats.service');
       expect(k.get('ExecStart'), unit).toEqual([`/usr/local/bin/${unit}`]);
       expect(k.get('NoNewPrivileges'), unit).toEqual(['yes']);
@@ -143,6 +147,30 @@ describe('deploy/systemd units', () => {
     }
   });
 
+  it("holds the gateway's socket in a socket unit, and has a sysbox-mgr.service that starts the set for sysbox.service", () => {
+    const sock = unitKeys(readFileSync(join(unitDir, 'sysbox-gateway.socket'), 'utf8'));
+    // The path sysbox-runc calls and the gateway's default --socket, 0600 as the gateway makes it.
+    expect(sock.get('ListenStream')).toEqual(['/run/sysbox/sysmgr.sock']);
+    expect(sock.get('SocketMode')).toEqual(['0600']);
+    expect(sock.get('Accept') ?? ['no']).toEqual(['no']);
+    const gw = unitKeys(readFileSync(join(unitDir, 'sysbox-gateway.service'), 'utf8'));
+    expect(gw.get('After')?.[0]?.split(' ')).toContain('sysbox-gateway.socket');
+    // Upstream's sysbox.service BindsTo= sysbox-mgr.service; ours is part of it and pulls in the set.
+    const mgr = unitKeys(readFileSync(join(unitDir, 'sysbox-mgr.service'), 'utf8'));
+    expect(mgr.get('PartOf')).toEqual(['sysbox.service']);
+    expect(mgr.get('WantedBy')).toEqual(['sysbox.service']);
+    const set = [
+      'sysbox-nats.service',
+      ...Object.keys(DAEMONS).map((u) => `${u}.service`),
+      'sysbox-gateway.socket',
+    ];
+    expect(mgr.get('Wants')?.[0]?.split(' ').sort()).toEqual([...set].sort());
+    expect(mgr.get('After')?.[0]?.split(' ').sort()).toEqual([...set].sort());
+    // Requires= would carry a daemon's restart through sysbox.service's BindsTo= to sysbox-fs.
+    expect(mgr.has('Requires')).toBe(false);
+    expect(mgr.has('BindsTo')).toBe(false);
+  });
+
   it('pass systemd-analyze verify (daemon bins pointed at this checkout)', async (ctx) => {
     if (!(await isInstalled('systemd-analyze'))) {
       console.log('skipped: systemd-analyze is not installed (Debian: apt-get install systemd)');
@@ -160,9 +188,9 @@ describe('deploy/systemd units', () => {
     }
     rmSync(probe);
     const files: string[] = [];
-    for (const f of readdirSync(unitDir).filter((x) => x.endsWith('.service'))) {
+    for (const f of readdirSync(unitDir).filter((x) => x.endsWith('.service') || x.endsWith('.socket'))) {
       let text = readFileSync(join(unitDir, f), 'utf8');
-      const unit = f.replace(/\.service$/, '');
+      const unit = f.replace(/\.(service|socket)$/, '');
       if (unit in DAEMONS) {
         // The units name the installed bins; verify checks the command exists, so point it at this checkout's.
         const app = DAEMONS[unit as keyof typeof DAEMONS];

@@ -17,6 +17,7 @@ import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { startFakeServices } from './fake-services.js';
 import { gatewayOptions } from './flags.js';
 import { probeFigures } from './probe-bench.js';
+import { startSocketFront } from './socket-front.js';
 import { startGateway, type GatewaySettings } from './gateway.js';
 import { sysboxMgrServiceDefinition } from './codec.js';
 import { grpcClient, rpc } from './test-support.js';
@@ -131,6 +132,18 @@ async function main(): Promise<void> {
   );
   const bareClient = grpcClient(join(dir, 'bare.sock'));
 
+  // The same bare server behind the gateway's socket front (socket-front.ts): what the front costs.
+  const fronted = new Server();
+  fronted.addService(service, impl);
+  const injector = fronted.createConnectionInjector(ServerCredentials.createInsecure());
+  const front = await startSocketFront({
+    socketPath: join(dir, 'front.sock'),
+    listenFd: undefined,
+    inject: (c) => injector.injectConnection(c),
+    log,
+  });
+  const frontClient = grpcClient(join(dir, 'front.sock'));
+
   // Bare NATS: a request/reply echo of a subid-sized JSON body.
   const echo = nc.subscribe('bench.echo', {
     callback: (_e, m) => {
@@ -147,6 +160,7 @@ async function main(): Promise<void> {
     meteredRegister: () => metered.register(),
     meteredSubid: () => metered.subid(),
     bareGrpc: () => rpc(bareClient, 'SubidAlloc', { id: 'bench-container-0000', size: 65536 }),
+    frontGrpc: () => rpc(frontClient, 'SubidAlloc', { id: 'bench-container-0000', size: 65536 }),
     bareNats: () => nc.request('bench.echo', natsBody, { timeout: 5000 }),
   };
 
@@ -172,6 +186,7 @@ async function main(): Promise<void> {
     await ops.meteredRegister();
     await ops.meteredSubid();
     await ops.bareGrpc();
+    await ops.frontGrpc();
     await ops.bareNats();
   }
 
@@ -180,6 +195,7 @@ async function main(): Promise<void> {
       register: [],
       subid: [],
       grpc: [],
+      front: [],
       nats: [],
       openRegister: [],
       openSubid: [],
@@ -190,6 +206,7 @@ async function main(): Promise<void> {
       register: [],
       subid: [],
       grpc: [],
+      front: [],
       nats: [],
       openRegister: [],
       openSubid: [],
@@ -202,6 +219,7 @@ async function main(): Promise<void> {
       | 'register'
       | 'subid'
       | 'grpc'
+      | 'front'
       | 'nats'
       | 'openRegister'
       | 'openSubid'
@@ -215,6 +233,7 @@ async function main(): Promise<void> {
     const batches = Math.ceil(BATCHES / ROUNDS);
     await sequential(ops.register, per, samples.seq.register);
     await sequential(ops.bareGrpc, per, samples.seq.grpc);
+    await sequential(ops.frontGrpc, per, samples.seq.front);
     await sequential(ops.subid, per, samples.seq.subid);
     await sequential(ops.bareNats, per, samples.seq.nats);
     await sequential(ops.openRegister, per, samples.seq.openRegister);
@@ -225,6 +244,7 @@ async function main(): Promise<void> {
     await registry.text();
     await concurrent(ops.register, batches, samples.conc.register);
     await concurrent(ops.bareGrpc, batches, samples.conc.grpc);
+    await concurrent(ops.frontGrpc, batches, samples.conc.front);
     await concurrent(ops.subid, batches, samples.conc.subid);
     await concurrent(ops.bareNats, batches, samples.conc.nats);
   }
@@ -247,6 +267,23 @@ async function main(): Promise<void> {
           goal: '<= 2x',
         });
       }
+    }
+  }
+  // What the socket front (authority rewrite, pass-through for these clients) adds to a bare gRPC call.
+  for (const mode of ['seq', 'conc'] as const) {
+    for (const p of [50, 99]) {
+      const value = percentile(samples[mode].front, p);
+      const base = percentile(samples[mode].grpc, p);
+      figures.push({
+        name: `bare gRPC through the socket front p${p}, ${mode === 'seq' ? 'sequential' : `${CONCURRENCY} in flight`}`,
+        value,
+        unit: 'ms',
+        baseline: { name: `bare gRPC p${p}`, value: base },
+        ratio: value / base,
+        better: 'lower',
+        runs: samples[mode].front.length,
+        goal: p === 50 ? '<= 1.1x' : '',
+      });
     }
   }
   // What authentication and permission checks cost: the same calls on an open server, same run.
@@ -294,6 +331,9 @@ async function main(): Promise<void> {
 
   bareClient.close();
   bare.forceShutdown();
+  frontClient.close();
+  fronted.forceShutdown();
+  await front.close();
   echo.unsubscribe();
   await authed.stop();
   await open.stop();

@@ -3,6 +3,8 @@
  * real nats-server and in-memory fakes of the four services (the real services are e2e/'s).
  */
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { connect as connectHttp2, type ClientHttp2Session } from 'node:http2';
+import { connect as connectUnix } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -18,6 +20,7 @@ import { startFakeServices, type FakeOptions, type FakeServices } from './fake-s
 import { gatewayOptions } from './flags.js';
 import { startGateway, type Gateway, type GatewaySettings } from './gateway.js';
 import type { HostFacts } from './probes.js';
+import { sysboxMgrServiceDefinition } from './codec.js';
 import { ContainerRecord } from './record.js';
 import { grpcClient, rpc, statusOf, type GrpcClient } from './test-support.js';
 
@@ -179,6 +182,75 @@ describe('socket', () => {
     });
     cleanups.push(() => gw2.stop());
     expect((await stat(fresh)).mode & 0o777).toBe(0o700);
+  });
+});
+
+/**
+ * One unary call on a raw HTTP/2 session, as grpc-go 1.33 (sysbox-ipc's pinned 1.34) makes it: the
+ * dial target, the socket path, as :authority. Resolves the reply, the grpc-status and the RST code.
+ */
+function rawCall(
+  session: ClientHttp2Session,
+  authority: string,
+  rpcName: 'Register' | 'SubidAlloc',
+  req: object,
+): Promise<{ reply?: any; grpcStatus?: string; rstCode: number }> {
+  const def = sysboxMgrServiceDefinition()[rpcName]!;
+  const body = def.requestSerialize(req);
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  body.copy(frame, 5);
+  return new Promise((resolve) => {
+    const stream = session.request({
+      ':method': 'POST',
+      ':scheme': 'http',
+      ':path': def.path,
+      ':authority': authority,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'user-agent': 'grpc-go/1.33.3',
+    });
+    const chunks: Buffer[] = [];
+    let grpcStatus: string | undefined;
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('trailers', (t) => (grpcStatus = String(t['grpc-status'])));
+    stream.on('error', () => undefined);
+    stream.on('close', () => {
+      const all = Buffer.concat(chunks);
+      resolve({
+        reply: all.length >= 5 ? def.responseDeserialize(all.subarray(5)) : undefined,
+        grpcStatus,
+        rstCode: stream.rstCode ?? 0,
+      });
+    });
+    stream.end(frame);
+  });
+}
+
+describe('clients that send the socket path as :authority (grpc-go before 1.57)', () => {
+  it('are answered on the same socket, several calls on one connection, and beside grpc-js clients', async () => {
+    const { client, socket, gw } = await rig();
+    const session = connectHttp2('http://localhost', { createConnection: () => connectUnix(socket) });
+    cleanups.push(async () => session.close());
+    const SOCKET = '/run/sysbox/sysmgr.sock';
+    const reg = await rawCall(session, SOCKET, 'Register', emptyReg('auth1', work));
+    expect(reg).toMatchObject({ grpcStatus: '0', rstCode: 0 });
+    expect(reg.reply.containerConfig.syscontMode).toBe(true);
+    // The second and third calls' header blocks refer to the client's dynamic table.
+    const alloc = await rawCall(session, SOCKET, 'SubidAlloc', { id: 'auth1', size: 65536 });
+    expect(alloc).toMatchObject({ grpcStatus: '0', rstCode: 0, reply: { uid: 165536, gid: 165536 } });
+    const reg2 = await rawCall(session, SOCKET, 'Register', emptyReg('auth2', work));
+    expect(reg2).toMatchObject({ grpcStatus: '0', rstCode: 0 });
+    expect((await gw.manager.get('auth1'))?.uidMappings).toHaveLength(1);
+    // What newer clients send passes as it is, on connections of their own.
+    const other = connectHttp2('http://localhost', { createConnection: () => connectUnix(socket) });
+    cleanups.push(async () => other.close());
+    expect(
+      await rawCall(other, '%2Frun%2Fsysbox%2Fsysmgr.sock', 'Register', emptyReg('auth3', work)),
+    ).toMatchObject({
+      grpcStatus: '0',
+    });
+    expect((await rpc(client, 'Register', emptyReg('auth4', work))).containerConfig.syscontMode).toBe(true);
   });
 });
 

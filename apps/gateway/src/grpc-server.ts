@@ -27,6 +27,7 @@ import { sysboxMgrServiceDefinition } from './codec.js';
 import type { Manager } from './manager.js';
 import { SERVICE_NAME, loadPackage } from './proto.js';
 import { RPC_TIME_LIMITS } from './rpc-limits.js';
+import { listenFdFromSystemd, startSocketFront } from './socket-front.js';
 import { containerConfigToWire, mountToWire, parseRequest, type RpcName } from './wire.js';
 
 const require = createRequire(import.meta.url);
@@ -260,6 +261,11 @@ export async function startGrpcServer(opts: {
   manager: Manager;
   log: Logger;
   metrics?: AppMetrics;
+  /**
+   * The listening socket's fd when systemd handed one over; undefined: read LISTEN_FDS and
+   * LISTEN_PID (socket activation); null: bind the path whatever the environment says.
+   */
+  listenFd?: number | null;
 }): Promise<GrpcServerHandle> {
   const dir = dirname(opts.socketPath);
   // Only a dir we create is forced to 0700: --socket may point into a shared dir.
@@ -267,23 +273,32 @@ export async function startGrpcServer(opts: {
     await mkdir(dir, { recursive: true, mode: 0o700 });
     await chmod(dir, 0o700);
   }
-  await clearStaleSocket(opts.socketPath);
+  const listenFd = opts.listenFd === undefined ? listenFdFromSystemd() : (opts.listenFd ?? undefined);
+  // A socket systemd holds is never removed here: it queues the clients while the gateway restarts.
+  if (listenFd === undefined) await clearStaleSocket(opts.socketPath);
 
   const server = new Server();
   server.addService(sysboxMgrServiceDefinition(), grpcServiceImplementation(opts.manager, opts));
   addReflection(server);
   const health = addHealth(server, { '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
 
-  await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`unix:${opts.socketPath}`, ServerCredentials.createInsecure(), (err, port) =>
-      err ? reject(err) : resolve(port),
-    ),
-  );
-  await chmod(opts.socketPath, 0o600);
+  // The socket is ours, not grpc-js's: each connection passes the authority rewrite first
+  // (socket-front.ts), which lets grpc-go < 1.57 clients in.
+  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+  const front = await startSocketFront({
+    socketPath: opts.socketPath,
+    listenFd,
+    inject: (c) => injector.injectConnection(c),
+    log: opts.log,
+  });
+  if (!front.inherited) await chmod(opts.socketPath, 0o600);
   // A stale pid file from a crashed run is simply replaced: the socket check above is the liveness test.
   const pidFile = join(dir, `${basename(opts.socketPath).replace(/\.sock$/, '')}.pid`);
   await writeFile(pidFile, `${process.pid}\n`, { mode: 0o600 });
-  opts.log.info({ socket: opts.socketPath }, `listening on ${opts.socketPath}`);
+  opts.log.info(
+    { socket: opts.socketPath, fromSystemd: front.inherited },
+    `listening on ${opts.socketPath}${front.inherited ? ' (socket handed over by systemd)' : ''}`,
+  );
 
   return {
     socketPath: opts.socketPath,
@@ -292,6 +307,7 @@ export async function startGrpcServer(opts: {
     async stop(graceMs = 5000) {
       health.setStatus('', 'NOT_SERVING');
       health.setStatus(SERVICE_NAME, 'NOT_SERVING');
+      const closed = front.close();
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => {
           server.forceShutdown();
@@ -302,7 +318,8 @@ export async function startGrpcServer(opts: {
           resolve();
         });
       });
-      await unlink(opts.socketPath).catch(() => undefined);
+      await closed;
+      if (!front.inherited) await unlink(opts.socketPath).catch(() => undefined);
       await unlink(pidFile).catch(() => undefined);
     },
   };

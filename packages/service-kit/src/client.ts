@@ -33,12 +33,20 @@ export interface ServiceClientOptions {
   waitForResponderMs?: number;
   /** An idempotent call with no reply yet is sent again after this long, then at doubling intervals. */
   resendAfterMs?: number;
+  /**
+   * A repeat's error answers an idempotent call once its first request has gone this long without
+   * a reply: that request died with the service that took it (SIGKILLed mid-call), and waiting for
+   * it would hold the caller for the call's whole bound (11 min for an RPC of sysbox-runc's).
+   */
+  firstCopyLostAfterMs?: number;
   log?: Logger;
 }
 
 const DEFAULT_RESEND_AFTER_MS = 3000;
 /** Repeats of a long operation (a big sync-in) stay this far apart. */
 const MAX_RESEND_INTERVAL_MS = 60_000;
+/** Longer than a replica's half-done window for the operations that are repeated (KV writes, a sync-in's start). */
+const DEFAULT_FIRST_COPY_LOST_AFTER_MS = 30_000;
 
 export interface ServiceClient {
   readonly node: string;
@@ -68,7 +76,8 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
    * service for the first (its per-key lock) and is answered the same. Any copy's answer is the
    * answer; an error counts only from the copy that still speaks for the call (the first, or the
    * one sent after a reconnect), since a speculative copy reaching another replica mid-operation
-   * may see the work half done.
+   * may see the work half done; until the first has been silent for firstCopyLostAfterMs, when
+   * the last repeat's error is the answer (a first copy lost with its service never answers).
    */
   const replyOfIdempotent = async (
     send: () => Promise<Msg>,
@@ -77,6 +86,9 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
   ): Promise<Msg> => {
     type Outcome = { copy: number; msg?: Msg; err?: unknown };
     let resendIn = opts.resendAfterMs ?? DEFAULT_RESEND_AFTER_MS;
+    const firstLostAt = Date.now() + (opts.firstCopyLostAfterMs ?? DEFAULT_FIRST_COPY_LOST_AFTER_MS);
+    /** The last failure a repeat answered while the first copy stayed silent. */
+    let repeatFailure: Outcome | undefined;
     const pending = new Map<number, Promise<Outcome>>();
     let speaking = 0;
     let copies = 0;
@@ -98,22 +110,24 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
         const lost = new Promise<'lost'>((resolve) => (wake = () => resolve('lost')));
         waitingForReply.add(wake);
         let timer: NodeJS.Timeout | undefined;
+        // Wake for the next resend, or when the first copy counts as lost with a repeat's error in hand.
+        const wakeIn =
+          repeatFailure && Date.now() < firstLostAt ? Math.min(resendIn, firstLostAt - Date.now()) : resendIn;
         const due = new Promise<'due'>(
           (resolve) =>
-            (timer = setTimeout(
-              () => resolve('due'),
-              Math.max(1, Math.min(resendIn, deadline - Date.now())),
-            )),
+            (timer = setTimeout(() => resolve('due'), Math.max(1, Math.min(wakeIn, deadline - Date.now())))),
         );
         const r = await Promise.race([...pending.values(), lost, due]);
         clearTimeout(timer);
         waitingForReply.delete(wake);
+        const firstLost = speaking === 0 && Date.now() >= firstLostAt;
         if (typeof r === 'object') {
           const failure = r.msg ? errorFromReply(r.msg.data, r.msg.headers) : r.err;
-          if (!failure || r.copy === speaking) {
+          if (!failure || r.copy === speaking || firstLost) {
             if (r.msg) return r.msg;
             throw r.err;
           }
+          repeatFailure = r;
           pending.delete(r.copy);
           opts.log?.debug(
             { subject, err: (failure as Error).message },
@@ -122,6 +136,12 @@ export function createServiceClient(nc: NatsConnection, opts: ServiceClientOptio
           continue;
         }
         if (Date.now() >= deadline) throw new TimeoutError();
+        if (firstLost && repeatFailure) {
+          opts.log?.warn({ subject }, 'the first request went unanswered: the last repeat answers it');
+          if (repeatFailure.msg) return repeatFailure.msg;
+          throw repeatFailure.err;
+        }
+        if (Date.now() < firstLostAt && repeatFailure && wakeIn < resendIn) continue;
         opts.log?.warn(
           { subject, why: r === 'lost' ? 'connection came back' : `no reply after ${resendIn} ms` },
           'sending the (idempotent) request again: its reply may have been lost',

@@ -137,6 +137,33 @@ describe('a reply lost to a reconnect', () => {
     await nc.close();
   });
 
+  it("a first request lost with its service is answered by a repeat's error, not left to wait out its bound", async () => {
+    const nc = await ns.connect();
+    let seen = 0;
+    // The first request is never answered (its service was killed mid-call); the restarted
+    // service answers every repeat with not-found.
+    nc.subscribe('sysbox.n1.subid.again', {
+      callback: (_e, m) => {
+        if (++seen === 1) return;
+        const e = errorReply(new SysboxError('not-found', 'no such container'));
+        m.respond(e.data, { headers: e.headers });
+      },
+    });
+    await nc.flush();
+    const caller = await ns.connect('operator');
+    // A 60 s bound, past this test's own time-out: only the lost-first rule ends the call.
+    const client = createServiceClient(caller, {
+      node: 'n1',
+      timeoutMs: 60_000,
+      resendAfterMs: 100,
+      firstCopyLostAfterMs: 500,
+    });
+    await expect(client.call(contract(true), {})).rejects.toMatchObject({ code: 'not-found' });
+    expect(seen).toBeGreaterThan(1);
+    await caller.close();
+    await nc.close();
+  });
+
   it('never sends a non-idempotent request twice', async () => {
     const r = await responder('sysbox.n1.subid.once');
     const nc = await ns.connect('operator', { reconnectTimeWait: 50 });

@@ -300,7 +300,10 @@ export function createStateStore<S extends z.ZodType>(
             'internal',
             `state entry ${key} does not match its schema: ${parsed.error.message}`,
           );
-        known.set(key, { value: parsed.data as T, revision: m.revision });
+        // A list runs beside this store's own writes: one that landed after the list's pass read
+        // the key is newer than what the pass saw, and peek() must not go back to the older.
+        if ((known.get(key)?.revision ?? 0) <= m.revision)
+          known.set(key, { value: parsed.data as T, revision: m.revision });
         out.push({ key, value: structuredClone(parsed.data as T), revision: m.revision });
       }
       return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));

@@ -231,6 +231,20 @@ describe('kv-state remembered revisions', () => {
     expect((await other.get('k'))?.value.n).toBe(12);
   });
 
+  it("a list running beside this store's own writes never takes peek back to an older value", async () => {
+    const kv = await openBucket(nats.nc, 'list-beside-writes');
+    const s = createStateStore(kv, { node: 'n1', schema: Counter });
+    for (let i = 0; i < 300; i++) await s.create(`k${i}`, { n: 0 });
+    let stale = 0;
+    for (let round = 1; round <= 20; round++) {
+      const listing = s.list();
+      for (let i = 0; i < 300; i += 30) await s.mutate(`k${i}`, () => ({ n: round }));
+      await listing;
+      for (let i = 0; i < 300; i += 30) if (s.peek(`k${i}`)?.value.n !== round) stale++;
+    }
+    expect(stale).toBe(0);
+  });
+
   it('peek makes no request and may be stale; a write decided on it still compare-and-sets', async () => {
     const kv = await openBucket(nats.nc, 'peeked');
     const mine = createStateStore(kv, { node: 'n1', schema: Counter });

@@ -19,7 +19,7 @@ const quick = process.env.BENCH_QUICK === '1';
 const L = Number(process.env.HISTORY_BENCH_LIFECYCLES ?? (quick ? 2000 : 20_000));
 const LIVE = (process.env.HISTORY_BENCH_LIVE ?? '0,2000').split(',').map(Number);
 const CONCURRENCY = 8;
-const LIST_RUNS = 9;
+const LIST_RUNS = 21;
 const DAEMONS: AppName[] = ['subid-allocator', 'vol-mgr', 'shiftfs-mgr', 'rootfs-cloner', 'gateway'];
 const out = (l: string) => void process.stdout.write(`${l}\n`);
 
@@ -66,12 +66,14 @@ async function snapshot(sys: System, rig: HistoryRig): Promise<Snapshot> {
     rssMb: {},
     fds: {},
   };
+  out(`  buckets: ${s.bucketMessages} messages, ${s.bucketBytes} bytes`);
   for (const [name, subject] of [
     ['vol.list', volList.subject(sys.node)],
     ['subid.list', subidList.subject(sys.node)],
     ['rootfs.list', rootfsList.subject(sys.node)],
   ] as const)
     s.listMs[name] = await listP50(sys, subject);
+  out(`  list p50: ${JSON.stringify(s.listMs)}`);
   for (const app of DAEMONS) {
     const p = sys.procs.find((x) => x.app === app && x.proc.exitCode === null)!;
     const st = procStatus(p.proc.pid!);
@@ -102,7 +104,12 @@ const ratio = (name: string, unit: string, x10: number, x1: number, goal: string
 };
 
 for (const live of LIVE) {
-  const sys = await startSystem({ logLevel: 'warn', args: { gateway: HISTORY_GATEWAY_ARGS } });
+  // A range for every live container and every lifecycle in flight (the harness's pool is 64).
+  const pool = ['--pool-size', String((live + 4 * CONCURRENCY + 64) * 65536)];
+  const sys = await startSystem({
+    logLevel: 'info',
+    args: { gateway: HISTORY_GATEWAY_ARGS, 'subid-allocator': pool },
+  });
   const rig = historyRig(sys);
   try {
     const t0 = Date.now();

@@ -182,6 +182,11 @@ describe('an unprivileged local user against the authenticated system', () => {
         { request: `$JS.API.STREAM.DELETE.KV_${GATEWAY_BUCKET}` },
         { request: `$JS.API.STREAM.DELETE.KV_${volService.bucket}` },
         { request: `$JS.API.STREAM.PURGE.KV_${subidService.bucket}` },
+        // Deleting a record removes one message of the service's own stream (#25): never of
+        // another's, and never a purge, of its own stream either.
+        { request: `$JS.API.STREAM.MSG.DELETE.KV_${GATEWAY_BUCKET}`, body: '{"seq":1,"no_erase":true}' },
+        { request: `$JS.API.STREAM.MSG.DELETE.KV_${subidService.bucket}`, body: '{"seq":1,"no_erase":true}' },
+        { request: `$JS.API.STREAM.PURGE.KV_${volService.bucket}`, body: '{}' },
         { request: '$JS.API.STREAM.NAMES', body: '{}' },
         { subscribe: subidAlloc.subject(sys.node) },
         { subscribe: `${inboxPrefixOf('gateway')}.>` },

@@ -208,13 +208,25 @@ describe('per-key subid state on a real nats-server', () => {
     it('a replica that read the table late does not bring back an allocation freed since', async () => {
       const s = await stores('late');
       await s.legacyTable.create(LEGACY_TABLE_KEY, legacy(3));
+      const stale = await s.legacyTable.get(LEGACY_TABLE_KEY);
       const a = await allocator('late', 8);
       await a.reconcile();
       await a.free('old1');
-      // As if a second replica had read the table before the first removed it.
-      await s.legacyTable.create(LEGACY_TABLE_KEY, legacy(3));
-      const late = await allocator('late', 8);
+      // A second replica whose read of the table came before the first removed it (a delete
+      // leaves no trace in the bucket: its create of old1 succeeds, and must be undone).
+      const lateStores = await stores('late');
+      let reads = 0;
+      const legacyTable: typeof lateStores.legacyTable = {
+        ...lateStores.legacyTable,
+        get: (key) => (reads++ === 0 ? Promise.resolve(stale) : lateStores.legacyTable.get(key)),
+      };
+      const late = createSubidAlloc({
+        mode: 'exclusive',
+        pool: { start: START, size: 8 * B },
+        stores: { ...lateStores, legacyTable },
+      });
       expect(await late.reconcile()).toMatchObject({ migrated: 0 });
+      expect(reads).toBeGreaterThan(1);
       expect((await late.list()).allocations.map((r) => r.id)).toEqual(['old0', 'old2']);
     });
   });

@@ -414,17 +414,38 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
 
   // ---- Start: migration and reconcile. ----
 
+  /**
+   * Whether a record this replica just created from the table it read at `tableRevision` may be
+   * kept. A delete leaves no trace, so the create alone cannot tell a record never written from
+   * one a replica that migrated first has freed since. Frees are served only after the table is
+   * removed: while the table is still at the revision read, no free came before the create. Once
+   * it is gone, the create may bring back a freed range, and is undone, unless the replica that
+   * removed the table has finished the record (its claim moved the revision past `created`).
+   */
+  const stillMigrating = async (tableRevision: number, id: string, created: number): Promise<boolean> => {
+    if ((await legacyTable.get(LEGACY_TABLE_KEY))?.revision === tableRevision) return true;
+    try {
+      await ids.delete(id, { revision: created });
+      log.warn({ id }, 'the legacy table went while migrating it: did not bring back a range freed since');
+      return false;
+    } catch (err) {
+      if (err instanceof SysboxError && err.code === 'failed-precondition') return true;
+      throw err;
+    }
+  };
+
   /** Moves each allocation of the legacy table to its own record and claims, then removes the table. */
   const migrateLegacyTable = async (): Promise<number> => {
-    const table = (await legacyTable.get(LEGACY_TABLE_KEY))?.value;
-    if (!table) return 0;
+    const read = await legacyTable.get(LEGACY_TABLE_KEY);
+    if (!read) return 0;
+    const table = read.value;
     let migrated = 0;
     await forEachLimited(table.allocations, SCAN_CONCURRENCY, async (legacy) => {
       const { id, start, size, allocatedAt } = legacy;
       const record: IdRecord = { start, size, allocatedAt, token: newToken(), claimed: false };
       try {
-        // Never over a deleted key: a replica that migrated first may have freed it since.
-        await ids.createFirst(id, record);
+        const created = await ids.create(id, record);
+        if (!(await stillMigrating(read.revision, id, created))) return;
         migrated++;
       } catch (err) {
         if (!isAlreadyExists(err)) throw err;

@@ -12,6 +12,9 @@ import { handle, type Binding } from '@sysbox-mgr-ts/service-kit';
 import type { MountPrep } from './prep.js';
 import type { VolumeManager } from './volumes.js';
 
+/** `du` processes one list page runs at a time. */
+const LIST_SIZE_CONCURRENCY = 4;
+
 export function createVolBindings(volumes: Record<VolumeKind, VolumeManager>, prep: MountPrep): Binding[] {
   const perKind = VOLUME_KINDS.flatMap((kind) => {
     const c = volByKind[kind];
@@ -35,15 +38,23 @@ export function createVolBindings(volumes: Record<VolumeKind, VolumeManager>, pr
     handle(volRevertPrep, (req, ctx) => prep.revertPrep(req.id, ctx.log)),
     handle(volList, async (req) => {
       const kinds = req.kind ? [req.kind] : VOLUME_KINDS;
-      const lists = await Promise.all(kinds.map((k) => volumes[k].list()));
+      const lists = await Promise.all(kinds.map((k) => volumes[k].list({ sizes: false })));
       // One ordered stream for the pages: preps (p/<source>) then volumes (v/<kind>/<id>).
       const entries = [
         ...(await prep.list()).map((p) => ({ key: `p/${p.source}`, prep: p })),
         ...lists.flat().map((v) => ({ key: `v/${v.kind}/${v.id}`, volume: v })),
       ];
       const page = pageOf(entries, (e) => e.key, req);
+      const onPage = page.items.flatMap((e) => ('volume' in e ? [e.volume] : []));
+      // Sized here, for this page only, a few at a time (one `du` each).
+      for (let i = 0; i < onPage.length; i += LIST_SIZE_CONCURRENCY)
+        await Promise.all(
+          onPage
+            .slice(i, i + LIST_SIZE_CONCURRENCY)
+            .map(async (v) => (v.sizeBytes = await volumes[v.kind].sizeOf(v.id))),
+        );
       return {
-        volumes: page.items.flatMap((e) => ('volume' in e ? [e.volume] : [])),
+        volumes: onPage,
         preps: page.items.flatMap((e) => ('prep' in e ? [e.prep] : [])),
         next: page.next,
       };

@@ -44,16 +44,18 @@ describe.each(stores)('%s store', (_name, make) => {
     expect((await s.get('a'))!.value).toEqual({ n: 1, tags: ['x'] });
   });
 
-  it('create refuses a live key, succeeds over a deleted one; createFirst refuses any key ever written', async () => {
+  it('create refuses a live key, succeeds over a deleted one; a deleted key is no longer listed', async () => {
     const s = await make();
     await s.create('a', { n: 1, tags: [] });
     await expect(s.create('a', { n: 2, tags: [] })).rejects.toMatchObject({ code: 'already-exists' });
     await s.delete('a');
     await s.create('a', { n: 3, tags: [] });
     await s.delete('a');
-    await expect(s.createFirst('a', { n: 4, tags: [] })).rejects.toMatchObject({ code: 'already-exists' });
-    await s.createFirst('b', { n: 5, tags: [] });
+    await s.create('b', { n: 5, tags: [] });
+    await s.change('c', () => ({ n: 6, tags: [] }));
+    await s.change('c', () => REMOVE);
     expect((await s.list()).map((v) => v.key)).toEqual(['b']);
+    expect(await s.keys()).toEqual(['b']);
   });
 
   it('change tells whether it wrote, with the revision get then shows', async () => {

@@ -1,6 +1,13 @@
 /**
  * Durable service state in JetStream KV: one bucket per service, keys `<node>.<container id>`,
  * every write a compare-and-set on the entry's revision so replicas never overwrite each other.
+ *
+ * A delete leaves nothing behind: it removes the key's one message (history 1) by its sequence
+ * (STREAM.MSG.DELETE), which succeeds only while that message is still the key's value, so it is
+ * a compare-and-set too. No delete marker stays in the stream: the bucket's messages and bytes,
+ * its subject index and every list are bounded by the live records, not by all that ever existed.
+ * Markers a kv.delete() left (state written before this, or by the NATS CLI) are removed where a
+ * read or a list meets them.
  */
 import { Kvm, type Bucket, type KV, type KvEntry } from '@nats-io/kv';
 import { AckPolicy, DeliverPolicy, JetStreamApiError, jetstream } from '@nats-io/jetstream';
@@ -144,18 +151,14 @@ export interface Change<T> {
   revision: number;
 }
 
-/** What a KV-backed store offers beyond StateStore: keys without values, and a create that never revives a deleted key. */
+/** What a KV-backed store offers beyond StateStore: keys without values, a cached read. */
 export interface KvStateStore<T> extends StateStore<T> {
   /**
-   * The keys under this store's prefix, sorted, from one request: no value is read. Deleted keys
-   * are included (a delete leaves a tombstone that keeps its subject), so get() each one you use.
+   * The keys under this store's prefix, sorted, from one request: no value is read. A delete
+   * removes its key's subject, so only live keys are listed, but one deleted while this ran may
+   * still be: get() each one you use.
    */
   keys(): Promise<string[]>;
-  /**
-   * Creates the entry only if the key was never written: unlike create(), a deleted key answers
-   * `already-exists` too. For one-shot imports that must not bring back what was deleted since.
-   */
-  createFirst(key: string, value: T): Promise<number>;
   /**
    * The entry as this store last read or wrote it, without a request; undefined when it has not
    * seen the key live. Stale when another process wrote since: for a caller that is the key's only
@@ -234,37 +237,27 @@ export function createStateStore<S extends z.ZodType>(
 
   const read = async (key: string, op: KvOp = 'get'): Promise<Snapshot<T>> => {
     const entry = await kvRead(() => kv.get(fullKey(key)), op);
+    if (entry && entry.operation !== 'PUT') await sweepMarker(kv as Bucket, entry.revision);
     const snap =
       !entry || entry.operation !== 'PUT'
-        ? { value: undefined, revision: entry?.revision ?? 0 }
+        ? { value: undefined, revision: 0 }
         : { value: decode(entry), revision: entry.revision };
     known.set(key, snap);
     return snap;
   };
 
-  /** `revision` 0 creates (over a tombstone too); `'never-written'` creates only where no tombstone is. */
-  const write = async (key: string, value: T, revision: number | 'never-written'): Promise<number> => {
+  /** `revision` 0 creates (the key must be absent); otherwise updates the key if still at `revision`. */
+  const write = async (key: string, value: T, revision: number): Promise<number> => {
     const data = JSON.stringify(value);
-    const attempt = (): Promise<number> => {
-      if (revision === 0) return kv.create(fullKey(key), data);
-      // kv.update refuses revision 0; a put expecting subject sequence 0 is the same check.
-      if (revision === 'never-written') return kv.put(fullKey(key), data, { previousSeq: 0 });
-      return kv.update(fullKey(key), data, revision);
-    };
+    const attempt = (): Promise<number> =>
+      revision === 0 ? kv.create(fullKey(key), data) : kv.update(fullKey(key), data, revision);
     try {
-      const rev = await writeSurely(
-        key,
-        revision === 0 || revision === 'never-written' ? 'create' : 'update',
-        attempt,
-        (entry) => {
-          const live = entry !== null && entry.operation === 'PUT';
-          if (live && entry.string() === data && (revision === 'never-written' || entry.revision > revision))
-            return 'landed';
-          if (revision === 0) return live ? 'conflict' : 'not-landed';
-          if (revision === 'never-written') return entry === null ? 'not-landed' : 'conflict';
-          return entry?.revision === revision ? 'not-landed' : 'conflict';
-        },
-      );
+      const rev = await writeSurely(key, revision === 0 ? 'create' : 'update', attempt, (entry) => {
+        const live = entry !== null && entry.operation === 'PUT';
+        if (live && entry.string() === data && entry.revision > revision) return 'landed';
+        if (revision === 0) return live ? 'conflict' : 'not-landed';
+        return entry?.revision === revision ? 'not-landed' : 'conflict';
+      });
       known.set(key, { value, revision: rev });
       return rev;
     } catch (err) {
@@ -302,19 +295,22 @@ export function createStateStore<S extends z.ZodType>(
     }
   };
 
-  /** Deletes the entry if it is still at `revision`; answers the delete marker's revision. */
-  const casDelete = async (key: string, revision: number): Promise<number> => {
-    const rev = await writeSurely(
+  /**
+   * Deletes the entry if it is still at `revision`: removes the message at that stream sequence,
+   * which exists only while it is the key's value (history 1: a newer write replaces it). Nothing
+   * is left in the stream; a create after it starts from revision 0 as on a key never written.
+   */
+  const casDelete = async (key: string, revision: number): Promise<void> => {
+    await writeSurely(
       key,
       'delete',
-      () => kv.delete(fullKey(key), { previousSeq: revision }).then(() => true),
+      () => removeMessage(kv as Bucket, revision),
       (entry) => {
         if (entry?.revision === revision) return 'not-landed';
         return entry === null || entry.operation !== 'PUT' ? 'landed' : 'conflict';
       },
     );
     known.delete(key);
-    return rev;
   };
 
   const store: KvStateStore<T> = {
@@ -325,7 +321,10 @@ export function createStateStore<S extends z.ZodType>(
     async list() {
       const out: Versioned<T>[] = [];
       for (const m of await kvRead(() => lastMessages(kv as Bucket, prefix), 'list')) {
-        if (m.deleted) continue;
+        if (m.deleted) {
+          await sweepMarker(kv as Bucket, m.revision);
+          continue;
+        }
         const key = decodeKeyToken(m.subject.slice(`${(kv as Bucket).prefix}.${prefix}`.length));
         const parsed = opts.schema.safeParse(m.json());
         if (!parsed.success)
@@ -333,7 +332,10 @@ export function createStateStore<S extends z.ZodType>(
             'internal',
             `state entry ${key} does not match its schema: ${parsed.error.message}`,
           );
-        known.set(key, { value: parsed.data as T, revision: m.revision });
+        // A list runs beside this store's own writes: one that landed after the list's pass read
+        // the key is newer than what the pass saw, and peek() must not go back to the older.
+        if ((known.get(key)?.revision ?? 0) <= m.revision)
+          known.set(key, { value: parsed.data as T, revision: m.revision });
         out.push({ key, value: structuredClone(parsed.data as T), revision: m.revision });
       }
       return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
@@ -353,16 +355,6 @@ export function createStateStore<S extends z.ZodType>(
         return await write(key, value, 0);
       } catch (err) {
         if (isConflict(err)) throw new SysboxError('already-exists', `${key} already exists`, { cause: err });
-        throw asUnavailable(err);
-      }
-    },
-    async createFirst(key, value) {
-      // Expecting subject sequence 0 fails while any message, a tombstone included, holds the key.
-      try {
-        return await write(key, value, 'never-written');
-      } catch (err) {
-        if (isConflict(err))
-          throw new SysboxError('already-exists', `${key} was written before`, { cause: err });
         throw asUnavailable(err);
       }
     },
@@ -392,8 +384,8 @@ export function createStateStore<S extends z.ZodType>(
               if (remembered) continue;
               return { value: undefined, wrote: false, revision };
             }
-            const rev = await casDelete(key, revision);
-            return { value: undefined, wrote: true, revision: rev };
+            await casDelete(key, revision);
+            return { value: undefined, wrote: true, revision: 0 };
           }
           const rev = await write(key, next, revision);
           return { value: next, wrote: true, revision: rev };
@@ -408,14 +400,8 @@ export function createStateStore<S extends z.ZodType>(
     async delete(key, opts = {}) {
       known.delete(key);
       if (opts.revision === undefined) {
-        // An unconditional delete may run twice: it ends the same.
-        await kvCall(() =>
-          retryTransient(() => kv.delete(fullKey(key)), {
-            idempotent: true,
-            deadline: Date.now() + retryWindowMs,
-            onRetry: onRetry('delete'),
-          }),
-        );
+        // Whatever revision the key is at: removed at the one read, read again if it moved.
+        await this.change(key, (current) => (current === undefined ? undefined : REMOVE));
         return;
       }
       try {
@@ -437,7 +423,6 @@ export function createStateStore<S extends z.ZodType>(
     list: () => timed('list', () => store.list()),
     keys: () => timed('list', () => store.keys()),
     create: (key, value) => timed('create', () => store.create(key, value)),
-    createFirst: (key, value) => timed('create', () => store.createFirst(key, value)),
     change: (key, mutate) => timed('update', () => store.change(key, mutate)),
     delete: (key, o) => timed('delete', () => store.delete(key, o)),
   };
@@ -455,6 +440,24 @@ async function listKeys(kv: Bucket, prefix: string): Promise<string[]> {
   return Object.keys(info.state.subjects ?? {})
     .map((subject) => decodeKeyToken(subject.slice(subjectPrefix.length)))
     .sort();
+}
+
+/**
+ * Removes the message at `seq`: a key's value, or a delete marker. `no_erase`: the bytes are
+ * dropped from the index, not overwritten on disk (the file is compacted as blocks empty).
+ * A sequence that holds no message any more answers a conflict (see isConflict).
+ */
+async function removeMessage(kv: Bucket, seq: number): Promise<boolean> {
+  return kv.jsm.streams.deleteMessage(kv.stream, seq, false);
+}
+
+/**
+ * Removes a delete marker that kv.delete() left (before deletes removed their key's message, or
+ * from a hand-run `nats kv del`): the marker's own sequence, so a value written since is kept.
+ * Best effort: the next read or list that meets it tries again.
+ */
+async function sweepMarker(kv: Bucket, seq: number): Promise<void> {
+  await removeMessage(kv, seq).catch(() => undefined);
 }
 
 /** A write whose answer was lost, read back and found overwritten by someone else. */
@@ -536,7 +539,11 @@ function isConflict(err: unknown): boolean {
   return (
     err instanceof LostWriteConflict ||
     (err instanceof JetStreamApiError &&
-      (err.code === 10071 /* wrong last sequence */ || err.code === 10164)) /* wrong last sequence unknown */
+      (err.code === 10071 /* wrong last sequence */ ||
+        err.code === 10164 /* wrong last sequence unknown */ ||
+        // STREAM.MSG.DELETE of a sequence that holds no message: the key moved on, or is gone.
+        err.code === 10043 /* sequence not found */ ||
+        (err.code === 10057 && /no message found|EOF/i.test(err.message))))
   );
 }
 

@@ -96,7 +96,7 @@ describe('kv-state on a real nats-server', () => {
     expect(rejected.reason.code).toBe('already-exists');
   });
 
-  it('lists, deletes by mutation and recreates after a tombstone, scoped by node and namespace', async () => {
+  it('lists, deletes by mutation and recreates after a delete, scoped by node and namespace', async () => {
     const kv = await openBucket(nc1, 'scoped');
     const s = createStateStore(kv, { node: 'n1', namespace: 'docker', schema: Counter });
     const other = createStateStore(kv, { node: 'n2', namespace: 'docker', schema: Counter });
@@ -129,6 +129,53 @@ describe('kv-state on a real nats-server', () => {
     const listings = await Promise.all(Array.from({ length: 10 }, () => reader.list()));
     await writes;
     for (const l of listings) expect(l.map((v) => v.key)).toEqual(['k', 'other']);
+  });
+
+  it('a delete leaves nothing in the bucket: messages, bytes and subjects count live keys only (#25)', async () => {
+    const kv = await openBucket(nc1, 'no-tombstones');
+    const s = createStateStore(kv, { node: 'n1', namespace: 'ns', schema: Counter });
+    await s.create('live', { n: 1 });
+    const state = async () => (await kv.status()).streamInfo.state;
+    const one = await state();
+    for (let i = 0; i < 200; i++) {
+      await s.create(`c${i}`, { n: i });
+      await s.mutate(`c${i}`, (c) => ({ n: c!.n + 1 }));
+      if (i % 2) await s.delete(`c${i}`);
+      else await s.mutate(`c${i}`, () => REMOVE);
+    }
+    const after = await state();
+    expect([after.messages, after.bytes]).toEqual([one.messages, one.bytes]);
+    expect(await s.keys()).toEqual(['live']);
+    expect((await s.list()).map((v) => v.key)).toEqual(['live']);
+  });
+
+  it('a delete at a stale revision keeps a value written since; a create after a delete starts afresh', async () => {
+    const kv = await openBucket(nc1, 'cas-delete');
+    const a = createStateStore(kv, { node: 'n1', schema: Counter });
+    const b = createStateStore(await openBucket(nc2, 'cas-delete'), { node: 'n1', schema: Counter });
+    const r1 = await a.create('k', { n: 1 });
+    await b.delete('k', { revision: r1 });
+    const r2 = await b.create('k', { n: 2 });
+    await expect(a.delete('k', { revision: r1 })).rejects.toMatchObject({ code: 'failed-precondition' });
+    // a's remembered revision is stale: its removal reads again and removes what is there now.
+    expect(await a.mutate('k', (c) => (c?.n === 2 ? REMOVE : undefined))).toBeUndefined();
+    await expect(b.delete('k', { revision: r2 })).rejects.toMatchObject({ code: 'failed-precondition' });
+    expect(await b.get('k')).toBeUndefined();
+    await expect(b.create('k', { n: 3 })).resolves.toBeGreaterThan(r2);
+  });
+
+  it('delete markers kv.delete() left (older state, nats kv del) are removed by the list that meets them', async () => {
+    const kv = await openBucket(nc1, 'old-markers');
+    const s = createStateStore(kv, { node: 'n1', schema: Counter });
+    for (let i = 0; i < 20; i++) {
+      await kv.put(`n1.old${i}`, JSON.stringify({ n: i }));
+      await kv.delete(`n1.old${i}`);
+    }
+    await s.create('live', { n: 1 });
+    expect((await kv.status()).streamInfo.state.messages).toBe(21);
+    expect((await s.list()).map((v) => v.key)).toEqual(['live']);
+    expect((await kv.status()).streamInfo.state.messages).toBe(1);
+    expect(await s.keys()).toEqual(['live']);
   });
 
   it('a value that breaks the schema is an internal error, not a crash', async () => {
@@ -182,6 +229,20 @@ describe('kv-state remembered revisions', () => {
     got!.value.n = 999;
     expect(await mine.mutate('k', (c) => ({ n: c!.n + 1 }))).toEqual({ n: 12 });
     expect((await other.get('k'))?.value.n).toBe(12);
+  });
+
+  it("a list running beside this store's own writes never takes peek back to an older value", async () => {
+    const kv = await openBucket(nats.nc, 'list-beside-writes');
+    const s = createStateStore(kv, { node: 'n1', schema: Counter });
+    for (let i = 0; i < 300; i++) await s.create(`k${i}`, { n: 0 });
+    let stale = 0;
+    for (let round = 1; round <= 20; round++) {
+      const listing = s.list();
+      for (let i = 0; i < 300; i += 30) await s.mutate(`k${i}`, () => ({ n: round }));
+      await listing;
+      for (let i = 0; i < 300; i += 30) if (s.peek(`k${i}`)?.value.n !== round) stale++;
+    }
+    expect(stale).toBe(0);
   });
 
   it('peek makes no request and may be stale; a write decided on it still compare-and-sets', async () => {

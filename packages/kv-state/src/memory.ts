@@ -1,8 +1,8 @@
 /**
  * An in-memory KvStateStore for unit tests that behaves like the JetStream one: values are copied
  * in and out (nobody holds the stored object), every write gets a new revision from one counter,
- * a delete leaves a tombstone, create refuses a live key (and succeeds over a tombstone),
- * createFirst refuses any key ever written, and a delete with a revision is compare-and-set.
+ * a delete leaves nothing (keys() lists live keys only), create refuses a live key, and a delete
+ * with a revision is compare-and-set.
  */
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { REMOVE, type Change, type KvStateStore, type Mutation, type Versioned } from './index.js';
@@ -34,6 +34,10 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
     opts.onWrite?.(key);
     slots.set(key, { value: copy(value), revision: ++lastRevision });
     return lastRevision;
+  };
+  const remove = (key: string): void => {
+    opts.onWrite?.(key);
+    slots.delete(key);
   };
 
   const store: MemoryStore<T> = {
@@ -73,10 +77,6 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
         throw new SysboxError('already-exists', `${key} already exists`);
       return put(key, value);
     },
-    async createFirst(key, value) {
-      if (slots.has(key)) throw new SysboxError('already-exists', `${key} was written before`);
-      return put(key, value);
-    },
     async mutate(key, fn) {
       return (await store.change(key, fn)).value;
     },
@@ -93,7 +93,7 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
       if (next === REMOVE) {
         if (before?.value === undefined)
           return { value: undefined, wrote: false, revision: before?.revision ?? 0 };
-        put(key, undefined);
+        remove(key);
         return { value: undefined, wrote: true, revision: 0 };
       }
       return { value: copy(next), wrote: true, revision: put(key, next) };
@@ -107,7 +107,7 @@ export function createMemoryStore<T>(opts: MemoryStoreOptions<T> = {}): MemorySt
       ) {
         throw new SysboxError('failed-precondition', `${key} changed since revision ${deleteOpts.revision}`);
       }
-      if (slot?.value !== undefined) put(key, undefined);
+      if (slot?.value !== undefined) remove(key);
     },
   };
   return store;

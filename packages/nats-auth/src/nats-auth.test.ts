@@ -104,6 +104,10 @@ describe('permissionsFor', () => {
     expect(p.publish.allow.filter((s) => s.includes('CONSUMER') && !s.includes('.KV_sysbox-vol'))).toEqual(
       [],
     );
+    // A record's delete removes one message of its own stream, nothing else (#25).
+    expect(p.publish.allow.filter((s) => s.includes('MSG.DELETE'))).toEqual([
+      '$JS.API.STREAM.MSG.DELETE.KV_sysbox-vol',
+    ]);
     expect(
       p.publish.allow.every(
         (s) =>

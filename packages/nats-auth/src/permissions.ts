@@ -6,7 +6,8 @@
  *   publishes only replies: through `allow_responses`, and to its callers' inboxes (a reply after
  *   a failover to another cluster member);
  * - a daemon's state is its own bucket: the JetStream API subjects that name that bucket's stream
- *   (info, create, get, a consumer to list it) and writes under its node's keys; never delete or
+ *   (info, create, get, a consumer to list it, deleting one message by its sequence: how a
+ *   record is deleted without leaving a marker) and writes under its node's keys; never delete or
  *   purge a stream, never another stream;
  * - replies come back under the identity's own inbox prefix, which no other identity may
  *   subscribe to.
@@ -53,6 +54,11 @@ export function bucketPermissions(bucket: string, nodes: NodeScope): string[] {
     `$JS.API.CONSUMER.INFO.${stream}.>`,
     `$JS.API.CONSUMER.MSG.NEXT.${stream}.>`,
     `$JS.API.CONSUMER.DELETE.${stream}.>`,
+    // kv-state deletes a record by removing its message (a compare-and-set on its revision), so a
+    // delete leaves nothing behind. One message per request, never a purge of the stream. The
+    // server cannot scope it to a subject: on a cluster whose nodes' daemons have their own
+    // identities, this reaches the other nodes' records in the same bucket (as reads already do).
+    `$JS.API.STREAM.MSG.DELETE.${stream}`,
     ...nodes.map((node) => `$KV.${bucket}.${node}.>`),
   ];
 }

@@ -240,4 +240,53 @@ describe('authority rewrite', () => {
     const bad = Buffer.concat([PREFACE, frame(HEADERS, END_HEADERS, 1, Buffer.from([0xfe]))]);
     expect(() => run([bad])).toThrow(/bad HPACK/);
   });
+  it("takes out the client's ACK of the front's own SETTINGS, and passes everything after it", () => {
+    const enc = client();
+    const ack = frame(SETTINGS, 0x1, 0, Buffer.alloc(0));
+    const first = frame(HEADERS, END_HEADERS, 1, enc(request('/a', 'localhost')));
+    const second = frame(HEADERS, END_HEADERS, 3, enc(request('/b', 'localhost')));
+    const settings = frame(SETTINGS, 0, 0, Buffer.alloc(0));
+    for (const order of [
+      [settings, ack, first, second, ack],
+      [settings, first, ack, second, ack],
+    ]) {
+      const r = createAuthorityRewriter({ ownSettingsSent: true });
+      const out: Buffer[] = [];
+      // One byte at a time: the ACK is found across chunks too.
+      for (const b of Buffer.concat([PREFACE, ...order])) {
+        out.push(...r.push(Buffer.from([b])));
+        if (r.mode === 'pass') break;
+      }
+      expect(r.mode).toBe('pass');
+      const rest = Buffer.concat([PREFACE, ...order]).subarray(Buffer.concat(out).length + 9);
+      // Everything but the first ACK, in order; a later ACK (of the server's SETTINGS) stays.
+      const all = Buffer.concat([...out, ...r.push(rest)]);
+      const want = [...order];
+      want.splice(order.indexOf(ack), 1);
+      expect(all).toEqual(Buffer.concat([PREFACE, ...want]));
+    }
+  });
+
+  it('waits for the ACK before passing, and rewrites as before when the authority is refused', () => {
+    const enc = client();
+    const r = createAuthorityRewriter({ ownSettingsSent: true });
+    const out = r.push(
+      Buffer.concat([PREFACE, frame(HEADERS, END_HEADERS, 1, enc(request('/a', 'localhost')))]),
+    );
+    expect(r.mode).toBe('accepted');
+    expect(Buffer.concat(out).length).toBeGreaterThan(PREFACE_LENGTH);
+    r.push(frame(SETTINGS, 0x1, 0, Buffer.alloc(0)));
+    expect(r.mode).toBe('pass');
+
+    const refused = createAuthorityRewriter({ ownSettingsSent: true });
+    const enc2 = client();
+    const got = Buffer.concat([
+      ...refused.push(Buffer.concat([PREFACE, frame(SETTINGS, 0x1, 0, Buffer.alloc(0))])),
+      ...refused.push(frame(HEADERS, END_HEADERS, 1, enc2(request('/a', SOCKET)))),
+    ]);
+    expect(refused.mode).toBe('rewrite');
+    const frames = parseFrames(got);
+    expect(frames.some((f) => f.type === SETTINGS)).toBe(false);
+    expect(serverView(frames)[0]!.headers).toContainEqual([':authority', REPLACEMENT_AUTHORITY]);
+  });
 });

@@ -11,6 +11,10 @@
  * own HPACK decoder (hpack.js; the client's dynamic table lives there) and encoded again as
  * literals that never enter the server's dynamic table, so the server's decoder state never depends
  * on the client's. Frames other than HEADERS and CONTINUATION pass unchanged, streamed as they come.
+ *
+ * With `ownSettingsSent`, the front sent the client a SETTINGS frame of its own before any server
+ * (so that the client sends its first request before the connection is handed over): the client's
+ * first SETTINGS ACK answers it and is taken out, so the server sees exactly the ACKs of its own.
  */
 import { createRequire } from 'node:module';
 import type { Duplex } from 'node:stream';
@@ -43,7 +47,9 @@ export const hpack = createRequire(import.meta.url)('hpack.js') as Hpack;
 export const PREFACE_LENGTH = 24;
 const FRAME_HEADER = 9;
 const TYPE_HEADERS = 0x1;
+const TYPE_SETTINGS = 0x4;
 const TYPE_CONTINUATION = 0x9;
+const FLAG_ACK = 0x1;
 const FLAG_END_STREAM = 0x1;
 const FLAG_END_HEADERS = 0x4;
 const FLAG_PADDED = 0x8;
@@ -68,7 +74,14 @@ export function authorityAccepted(value: string): boolean {
   return ACCEPTED_AUTHORITY.test(value);
 }
 
-export type RewriteMode = 'deciding' | 'pass' | 'rewrite';
+/** An empty SETTINGS frame (all defaults): what the front sends before handing a connection over. */
+export const EMPTY_SETTINGS_FRAME = Buffer.from([0, 0, 0, TYPE_SETTINGS, 0, 0, 0, 0, 0]);
+
+/**
+ * deciding: before the first header block; accepted: its authority passes, waiting for the ACK of
+ * the front's SETTINGS; pass: nothing more to look at; rewrite: every header block is rewritten.
+ */
+export type RewriteMode = 'deciding' | 'accepted' | 'pass' | 'rewrite';
 
 export class Http2FrameError extends Error {}
 
@@ -147,8 +160,10 @@ function encodeBlock(encoder: Compressor, block: Block, headers: HpackHeader[]):
   return out;
 }
 
-export function createAuthorityRewriter(): AuthorityRewriter {
+export function createAuthorityRewriter(opts: { ownSettingsSent?: boolean } = {}): AuthorityRewriter {
   let mode: RewriteMode = 'deciding';
+  /** The client's ACK of the front's own SETTINGS, still to take out. */
+  let ackToDrop = opts.ownSettingsSent === true;
   let refused: string | undefined;
   let prefaceLeft = PREFACE_LENGTH;
   /** Payload bytes of a non-header frame still to pass through as they come. */
@@ -186,12 +201,17 @@ export function createAuthorityRewriter(): AuthorityRewriter {
     if (!(flags & FLAG_END_HEADERS)) return;
     const done = block;
     block = undefined;
+    if (mode === 'accepted') {
+      // Decided already; only the ACK is still awaited.
+      out.push(...done.raw);
+      return;
+    }
     const headers = decodeBlock(decoder!, Buffer.concat(done.fragments, done.size));
     const authority = headers.find((h) => h.name === ':authority')?.value;
     if (mode === 'deciding') {
       if (authority === undefined || authorityAccepted(authority)) {
         // Fast path: the client's own bytes, and no more decoding on this connection.
-        mode = 'pass';
+        mode = ackToDrop ? 'accepted' : 'pass';
         decoder = undefined;
         out.push(...done.raw);
         return;
@@ -221,6 +241,14 @@ export function createAuthorityRewriter(): AuthorityRewriter {
       if (buf.length - at < FRAME_HEADER) return buf.subarray(at);
       const length = buf.readUIntBE(at, 3);
       const type = buf[at + 3]!;
+      if (ackToDrop && type === TYPE_SETTINGS && buf[at + 4]! & FLAG_ACK) {
+        if (block) throw new Http2FrameError('SETTINGS inside a header block');
+        if (length !== 0) throw new Http2FrameError('SETTINGS ACK with a payload');
+        ackToDrop = false;
+        at += FRAME_HEADER;
+        if (mode === 'accepted') mode = 'pass';
+        continue;
+      }
       if (type !== TYPE_HEADERS && type !== TYPE_CONTINUATION) {
         if (block) throw new Http2FrameError(`frame type ${type} inside a header block`);
         const n = Math.min(FRAME_HEADER + length, buf.length - at);

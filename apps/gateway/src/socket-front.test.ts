@@ -1,11 +1,12 @@
 /** Socket activation's environment, and the bound path of a socket taken by fd. */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
+import { Socket, connect, createServer } from 'node:net';
 import { Writable, type Duplex } from 'node:stream';
-import { createLogger } from '@sysbox-mgr-ts/service-kit';
+import { createLogger, silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { hpack } from './authority-rewrite.js';
 import { boundPathOf, listenFdFromSystemd, startSocketFront } from './socket-front.js';
 
 describe('listenFdFromSystemd', () => {
@@ -48,7 +49,7 @@ describe('boundPathOf', () => {
 });
 
 describe('startSocketFront', () => {
-  it('hands each connection on, and closes one whose framing is broken with a warning in the log', async () => {
+  it('closes a connection whose framing is broken before handing it on, with a warning in the log', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'front-'));
     const lines: { level: number; msg: string }[] = [];
     const log = createLogger({
@@ -77,6 +78,8 @@ describe('startSocketFront', () => {
       const client = connect(join(dir, 's.sock'));
       const closed = new Promise<void>((r) => client.on('close', () => r()));
       client.on('error', () => undefined);
+      // Reads (and drops) the front's SETTINGS, so that the end after it is seen.
+      client.resume();
       // The preface, then a CONTINUATION that continues nothing.
       client.write(
         Buffer.concat([
@@ -85,11 +88,70 @@ describe('startSocketFront', () => {
         ]),
       );
       await closed;
-      expect(handed).toHaveLength(1);
-      expect(handed[0]!.destroyed).toBe(true);
+      expect(handed).toHaveLength(0);
       expect(lines.find((l) => l.level === 40)?.msg).toMatch(
         /closing a connection on the gRPC socket: CONTINUATION/,
       );
+    } finally {
+      await front.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+  it('hands a connection with an accepted authority over as the socket itself, less the ACK of its own SETTINGS', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'front-'));
+    const handed: Duplex[] = [];
+    const front = await startSocketFront({
+      socketPath: join(dir, 's.sock'),
+      listenFd: undefined,
+      inject: (c) => void handed.push(c),
+      log: silentLogger(),
+    });
+    const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(stream, 5);
+      return Buffer.concat([h, payload]);
+    };
+    const request = (authority: string) => {
+      const enc = hpack.compressor.create({ table: { maxSize: 4096 } });
+      enc.write([
+        { name: ':method', value: 'POST' },
+        { name: ':path', value: '/x' },
+        { name: ':authority', value: authority },
+      ]);
+      return frame(0x1, 0x4, 1, enc.read()!);
+    };
+    const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+    const settings = frame(0x4, 0, 0, Buffer.alloc(0));
+    const ack = frame(0x4, 0x1, 0, Buffer.alloc(0));
+    try {
+      for (const [authority, asSocket] of [
+        ['localhost', true],
+        ['/run/sysbox/sysmgr.sock', false],
+      ] as const) {
+        const client = connect(join(dir, 's.sock'));
+        // The front speaks first: an empty SETTINGS frame, what a client waits for.
+        const first = await new Promise<Buffer>((r) => client.once('data', r));
+        expect(first).toEqual(settings);
+        const headers = request(authority);
+        client.write(Buffer.concat([preface, settings, ack, headers]));
+        for (let i = 0; i < 200 && handed.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+        const c = handed.pop()!;
+        expect(c instanceof Socket).toBe(asSocket);
+        // What grpc-js reads: the client's bytes without the ACK of the front's SETTINGS.
+        const chunks: Buffer[] = [];
+        c.on('data', (b: Buffer) => chunks.push(b));
+        c.resume();
+        for (let i = 0; i < 200 && Buffer.concat(chunks).length < preface.length + 9; i++)
+          await new Promise((r) => setTimeout(r, 10));
+        const got = Buffer.concat(chunks);
+        expect(got.subarray(0, preface.length + 9)).toEqual(Buffer.concat([preface, settings]));
+        if (asSocket) expect(got).toEqual(Buffer.concat([preface, settings, headers]));
+        client.destroy();
+        c.destroy();
+      }
     } finally {
       await front.close();
       await rm(dir, { recursive: true, force: true });

@@ -8,10 +8,21 @@ import { Duplex } from 'node:stream';
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
-import { createAuthorityRewriter, REPLACEMENT_AUTHORITY } from './authority-rewrite.js';
+import {
+  createAuthorityRewriter,
+  EMPTY_SETTINGS_FRAME,
+  REPLACEMENT_AUTHORITY,
+  type AuthorityRewriter,
+} from './authority-rewrite.js';
 
 /** The first fd systemd passes (sd_listen_fds(3)). */
 const SD_LISTEN_FDS_START = 3;
+
+/**
+ * How long a new connection may take to show its first request's authority before it is handed
+ * over fronted anyway (a client that connects ahead of its first call).
+ */
+const DECIDE_WITHIN_MS = 1000;
 
 /**
  * The listening socket systemd handed this process (socket activation), or undefined: LISTEN_PID
@@ -42,11 +53,14 @@ export function listenFdFromSystemd(
 class FrontedConnection extends Duplex {
   constructor(
     private readonly socket: Socket,
+    rewriter: AuthorityRewriter,
+    /** Client bytes the rewriter already gave out while the connection was being decided. */
+    decided: Buffer[],
     onRefused: (authority: string) => void,
     log: Logger,
   ) {
     super({ allowHalfOpen: true });
-    const rewriter = createAuthorityRewriter();
+    for (const b of decided) this.push(b);
     socket.on('data', (chunk: Buffer) => {
       let out: Buffer[];
       try {
@@ -99,6 +113,65 @@ class FrontedConnection extends Duplex {
 }
 
 /**
+ * Decides a new connection before grpc-js sees it. The front sends an empty SETTINGS frame first,
+ * the server preface every client waits for before its first request, and reads the client's bytes
+ * up to that request's header block. An authority Node's http2 accepts (grpc-go >= 1.57, grpc-js,
+ * grpc C core): the socket itself goes to grpc-js with those bytes put back (less the ACK of the
+ * front's SETTINGS), and Node's http2 reads it natively from then on, at no cost per call. A
+ * refused one (grpc-go < 1.57), or no request within DECIDE_WITHIN_MS: grpc-js gets the socket
+ * through FrontedConnection, which rewrites every header block.
+ */
+function frontConnection(
+  socket: Socket,
+  inject: (connection: Duplex) => void,
+  onRefused: (authority: string) => void,
+  log: Logger,
+): void {
+  const rewriter = createAuthorityRewriter({ ownSettingsSent: true });
+  const decided: Buffer[] = [];
+  let handedOver = false;
+  const handOver = (as: 'socket' | 'fronted'): void => {
+    handedOver = true;
+    clearTimeout(timer);
+    socket.off('data', onData);
+    socket.off('error', onEarlyEnd);
+    socket.off('end', onEarlyEnd);
+    if (as === 'socket') {
+      socket.pause();
+      if (decided.length > 0) socket.unshift(Buffer.concat(decided));
+      inject(socket);
+    } else {
+      inject(new FrontedConnection(socket, rewriter, decided, onRefused, log));
+    }
+  };
+  const onData = (chunk: Buffer): void => {
+    try {
+      decided.push(...rewriter.push(chunk));
+    } catch (err) {
+      log.warn({ err }, `closing a connection on the gRPC socket: ${(err as Error).message}`);
+      clearTimeout(timer);
+      socket.destroy();
+      return;
+    }
+    if (rewriter.mode === 'pass') handOver('socket');
+    else if (rewriter.mode === 'rewrite') {
+      onRefused(rewriter.refused!);
+      handOver('fronted');
+    }
+  };
+  const onEarlyEnd = (): void => {
+    if (handedOver) return;
+    clearTimeout(timer);
+    socket.destroy();
+  };
+  const timer = setTimeout(() => handOver('fronted'), DECIDE_WITHIN_MS);
+  socket.on('data', onData);
+  socket.on('error', onEarlyEnd);
+  socket.on('end', onEarlyEnd);
+  socket.write(EMPTY_SETTINGS_FRAME);
+}
+
+/**
  * The path a unix socket fd is bound to, from /proc/net/unix by the socket's inode (Node's
  * server.address() is null for a socket taken by fd); undefined where that cannot be read.
  */
@@ -145,9 +218,9 @@ export async function startSocketFront(opts: {
         `(grpc-go before 1.57 sends the socket path); its connections are rewritten to ${REPLACEMENT_AUTHORITY}`,
     );
   };
-  const server: NetServer = createServer({ allowHalfOpen: true }, (socket) => {
-    opts.inject(new FrontedConnection(socket, onRefused, log));
-  });
+  const server: NetServer = createServer({ allowHalfOpen: true }, (socket) =>
+    frontConnection(socket, opts.inject, onRefused, log),
+  );
   server.on('error', (err) => log.error({ err }, 'the gRPC socket failed'));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

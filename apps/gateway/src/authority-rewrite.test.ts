@@ -12,6 +12,7 @@ import {
   authorityAccepted,
   createAuthorityRewriter,
 } from './authority-rewrite.js';
+import { http2Frame } from './test-support.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 const HEADERS = 0x1;
@@ -23,15 +24,6 @@ const END_HEADERS = 0x4;
 const PADDED = 0x8;
 const PRIORITY = 0x20;
 const SOCKET = '/run/sysbox/sysmgr.sock';
-
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return Buffer.concat([h, payload]);
-}
 
 interface Frame {
   type: number;
@@ -132,10 +124,10 @@ describe('authority rewrite', () => {
     const enc = client();
     const wire = Buffer.concat([
       PREFACE,
-      frame(SETTINGS, 0, 0, Buffer.alloc(6)),
-      frame(HEADERS, END_HEADERS, 1, enc(request('/p.S/Register', 'localhost'))),
-      frame(DATA, END_STREAM, 1, Buffer.from('00000000026869', 'hex')),
-      frame(HEADERS, END_HEADERS, 3, enc(request('/p.S/Update', 'localhost'))),
+      http2Frame(SETTINGS, 0, 0, Buffer.alloc(6)),
+      http2Frame(HEADERS, END_HEADERS, 1, enc(request('/p.S/Register', 'localhost'))),
+      http2Frame(DATA, END_STREAM, 1, Buffer.from('00000000026869', 'hex')),
+      http2Frame(HEADERS, END_HEADERS, 3, enc(request('/p.S/Update', 'localhost'))),
     ]);
     for (const n of [1, 7, 24, 50, wire.length]) {
       const r = run(splitEvery(wire, n));
@@ -156,11 +148,11 @@ describe('authority rewrite', () => {
     const blocks = reqs.map((h) => enc(h));
     // The later blocks are mostly indices into the client's dynamic table.
     expect(blocks[2]!.length).toBeLessThan(blocks[0]!.length / 2);
-    const data = frame(DATA, END_STREAM, 1, Buffer.from('0000000002080a', 'hex'));
+    const data = http2Frame(DATA, END_STREAM, 1, Buffer.from('0000000002080a', 'hex'));
     const wire = Buffer.concat([
       PREFACE,
-      frame(SETTINGS, 0, 0, Buffer.alloc(0)),
-      ...blocks.flatMap((b, i) => [frame(HEADERS, END_HEADERS, 2 * i + 1, b), data]),
+      http2Frame(SETTINGS, 0, 0, Buffer.alloc(0)),
+      ...blocks.flatMap((b, i) => [http2Frame(HEADERS, END_HEADERS, 2 * i + 1, b), data]),
     ]);
     for (const n of [1, 3, 9, 64, wire.length]) {
       const r = run(splitEvery(wire, n));
@@ -172,7 +164,7 @@ describe('authority rewrite', () => {
       expect(view.map((b) => b.stream)).toEqual([1, 3, 5, 7]);
       // Other frames pass as they were.
       expect(
-        frames.filter((f) => f.type === DATA).map((f) => frame(f.type, f.flags, f.stream, f.payload)),
+        frames.filter((f) => f.type === DATA).map((f) => http2Frame(f.type, f.flags, f.stream, f.payload)),
       ).toEqual([data, data, data, data]);
       expect(frames[0]).toMatchObject({ type: SETTINGS, payload: Buffer.alloc(0) });
     }
@@ -186,8 +178,10 @@ describe('authority rewrite', () => {
     const parts = splitEvery(block, 10_000);
     const wire = Buffer.concat([
       PREFACE,
-      frame(HEADERS, END_STREAM, 1, parts[0]!),
-      ...parts.slice(1).map((p, i) => frame(CONTINUATION, i === parts.length - 2 ? END_HEADERS : 0, 1, p)),
+      http2Frame(HEADERS, END_STREAM, 1, parts[0]!),
+      ...parts
+        .slice(1)
+        .map((p, i) => http2Frame(CONTINUATION, i === parts.length - 2 ? END_HEADERS : 0, 1, p)),
     ]);
     const r = run(splitEvery(wire, 4096));
     const frames = parseFrames(r.out);
@@ -205,7 +199,7 @@ describe('authority rewrite', () => {
     const payload = Buffer.concat([Buffer.from([pad.length]), prio, enc(headers), pad]);
     const wire = Buffer.concat([
       PREFACE,
-      frame(HEADERS, PADDED | PRIORITY | END_HEADERS | END_STREAM, 5, payload),
+      http2Frame(HEADERS, PADDED | PRIORITY | END_HEADERS | END_STREAM, 5, payload),
     ]);
     const frames = parseFrames(run([wire]).out);
     expect(frames).toHaveLength(1);
@@ -219,33 +213,33 @@ describe('authority rewrite', () => {
   it('streams a large DATA frame through as it comes, holding nothing back', () => {
     const enc = client();
     const r = createAuthorityRewriter();
-    r.push(Buffer.concat([PREFACE, frame(HEADERS, END_HEADERS, 1, enc(request('/p.S/X', SOCKET)))]));
+    r.push(Buffer.concat([PREFACE, http2Frame(HEADERS, END_HEADERS, 1, enc(request('/p.S/X', SOCKET)))]));
     const body = Buffer.alloc(20_000, 7);
-    const data = frame(DATA, END_STREAM, 1, body);
+    const data = http2Frame(DATA, END_STREAM, 1, body);
     const out = splitEvery(data, 1000).map((c) => Buffer.concat(r.push(c)));
     expect(out.every((o, i) => o.length === Math.min(1000, data.length - i * 1000))).toBe(true);
     expect(Buffer.concat(out)).toEqual(data);
   });
 
   it('refuses what is not HTTP/2 framing: a CONTINUATION alone, a frame inside a header block, bad HPACK', () => {
-    const cont = Buffer.concat([PREFACE, frame(CONTINUATION, END_HEADERS, 1, Buffer.from([0x82]))]);
+    const cont = Buffer.concat([PREFACE, http2Frame(CONTINUATION, END_HEADERS, 1, Buffer.from([0x82]))]);
     expect(() => run([cont])).toThrow(Http2FrameError);
     const inside = Buffer.concat([
       PREFACE,
-      frame(HEADERS, 0, 1, Buffer.from([0x82])),
-      frame(DATA, 0, 1, Buffer.alloc(1)),
+      http2Frame(HEADERS, 0, 1, Buffer.from([0x82])),
+      http2Frame(DATA, 0, 1, Buffer.alloc(1)),
     ]);
     expect(() => run([inside])).toThrow(Http2FrameError);
     // Index 126 of an empty dynamic table.
-    const bad = Buffer.concat([PREFACE, frame(HEADERS, END_HEADERS, 1, Buffer.from([0xfe]))]);
+    const bad = Buffer.concat([PREFACE, http2Frame(HEADERS, END_HEADERS, 1, Buffer.from([0xfe]))]);
     expect(() => run([bad])).toThrow(/bad HPACK/);
   });
   it("takes out the client's ACK of the front's own SETTINGS, and passes everything after it", () => {
     const enc = client();
-    const ack = frame(SETTINGS, 0x1, 0, Buffer.alloc(0));
-    const first = frame(HEADERS, END_HEADERS, 1, enc(request('/a', 'localhost')));
-    const second = frame(HEADERS, END_HEADERS, 3, enc(request('/b', 'localhost')));
-    const settings = frame(SETTINGS, 0, 0, Buffer.alloc(0));
+    const ack = http2Frame(SETTINGS, 0x1, 0, Buffer.alloc(0));
+    const first = http2Frame(HEADERS, END_HEADERS, 1, enc(request('/a', 'localhost')));
+    const second = http2Frame(HEADERS, END_HEADERS, 3, enc(request('/b', 'localhost')));
+    const settings = http2Frame(SETTINGS, 0, 0, Buffer.alloc(0));
     for (const order of [
       [settings, ack, first, second, ack],
       [settings, first, ack, second, ack],
@@ -271,18 +265,18 @@ describe('authority rewrite', () => {
     const enc = client();
     const r = createAuthorityRewriter({ ownSettingsSent: true });
     const out = r.push(
-      Buffer.concat([PREFACE, frame(HEADERS, END_HEADERS, 1, enc(request('/a', 'localhost')))]),
+      Buffer.concat([PREFACE, http2Frame(HEADERS, END_HEADERS, 1, enc(request('/a', 'localhost')))]),
     );
     expect(r.mode).toBe('accepted');
     expect(Buffer.concat(out).length).toBeGreaterThan(PREFACE_LENGTH);
-    r.push(frame(SETTINGS, 0x1, 0, Buffer.alloc(0)));
+    r.push(http2Frame(SETTINGS, 0x1, 0, Buffer.alloc(0)));
     expect(r.mode).toBe('pass');
 
     const refused = createAuthorityRewriter({ ownSettingsSent: true });
     const enc2 = client();
     const got = Buffer.concat([
-      ...refused.push(Buffer.concat([PREFACE, frame(SETTINGS, 0x1, 0, Buffer.alloc(0))])),
-      ...refused.push(frame(HEADERS, END_HEADERS, 1, enc2(request('/a', SOCKET)))),
+      ...refused.push(Buffer.concat([PREFACE, http2Frame(SETTINGS, 0x1, 0, Buffer.alloc(0))])),
+      ...refused.push(http2Frame(HEADERS, END_HEADERS, 1, enc2(request('/a', SOCKET)))),
     ]);
     expect(refused.mode).toBe('rewrite');
     const frames = parseFrames(got);

@@ -190,44 +190,20 @@ async function main(): Promise<void> {
     await ops.bareNats();
   }
 
-  const samples = {
-    seq: {
-      register: [],
-      subid: [],
-      grpc: [],
-      front: [],
-      nats: [],
-      openRegister: [],
-      openSubid: [],
-      meteredRegister: [],
-      meteredSubid: [],
-    },
-    conc: {
-      register: [],
-      subid: [],
-      grpc: [],
-      front: [],
-      nats: [],
-      openRegister: [],
-      openSubid: [],
-      meteredRegister: [],
-      meteredSubid: [],
-    },
-  } as Record<
-    'seq' | 'conc',
-    Record<
-      | 'register'
-      | 'subid'
-      | 'grpc'
-      | 'front'
-      | 'nats'
-      | 'openRegister'
-      | 'openSubid'
-      | 'meteredRegister'
-      | 'meteredSubid',
-      number[]
-    >
-  >;
+  const OPS = [
+    'register',
+    'subid',
+    'grpc',
+    'front',
+    'nats',
+    'openRegister',
+    'openSubid',
+    'meteredRegister',
+    'meteredSubid',
+  ] as const;
+  const noSamples = () =>
+    Object.fromEntries(OPS.map((op) => [op, []])) as unknown as Record<(typeof OPS)[number], number[]>;
+  const samples = { seq: noSamples(), conc: noSamples() };
   for (let round = 0; round < ROUNDS; round++) {
     const per = Math.ceil(SEQUENTIAL / ROUNDS);
     const batches = Math.ceil(BATCHES / ROUNDS);

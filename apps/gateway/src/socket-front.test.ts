@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hpack } from './authority-rewrite.js';
 import { boundPathOf, listenFdFromSystemd, startSocketFront } from './socket-front.js';
+import { http2Frame } from './test-support.js';
 
 describe('listenFdFromSystemd', () => {
   it('takes fd 3 only when LISTEN_PID names this process, and clears the variables for children', () => {
@@ -106,14 +107,6 @@ describe('startSocketFront', () => {
       inject: (c) => void handed.push(c),
       log: silentLogger(),
     });
-    const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
-      const h = Buffer.alloc(9);
-      h.writeUIntBE(payload.length, 0, 3);
-      h[3] = type;
-      h[4] = flags;
-      h.writeUInt32BE(stream, 5);
-      return Buffer.concat([h, payload]);
-    };
     const request = (authority: string) => {
       const enc = hpack.compressor.create({ table: { maxSize: 4096 } });
       enc.write([
@@ -121,11 +114,11 @@ describe('startSocketFront', () => {
         { name: ':path', value: '/x' },
         { name: ':authority', value: authority },
       ]);
-      return frame(0x1, 0x4, 1, enc.read()!);
+      return http2Frame(0x1, 0x4, 1, enc.read()!);
     };
     const preface = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-    const settings = frame(0x4, 0, 0, Buffer.alloc(0));
-    const ack = frame(0x4, 0x1, 0, Buffer.alloc(0));
+    const settings = http2Frame(0x4, 0, 0, Buffer.alloc(0));
+    const ack = http2Frame(0x4, 0x1, 0, Buffer.alloc(0));
     try {
       for (const [authority, asSocket] of [
         ['localhost', true],

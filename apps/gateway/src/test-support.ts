@@ -33,3 +33,13 @@ export async function statusOf(p: Promise<unknown>): Promise<{ code: number; det
     return { code: e.code, details: e.details };
   }
 }
+
+/** One HTTP/2 frame (RFC 9113 4.1) as a client writes it, for tests of the socket front. */
+export function http2Frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream, 5);
+  return Buffer.concat([h, payload]);
+}

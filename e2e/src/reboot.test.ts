@@ -39,6 +39,7 @@ import {
   removeLikeDocker,
   servicesState,
   text,
+  unmountAll,
   until,
 } from './runtime.js';
 
@@ -119,8 +120,17 @@ describe('a reboot with two containers running (issue #25)', () => {
     expect(await mountsBelow(sys.dataRoot)).toEqual([]);
 
     // Docker starts `keep` again: its overlay on the same rootfs, then sysbox-runc's calls. The
-    // restart step checks the same subid range, the same clone path and the same mounts.
+    // restart step checks the same subid range, the same clone path and the same mounts. Each
+    // mount of the overlay deletes and re-creates `work/work` in its work dir, where the clone's
+    // watch path was: mounted many times here (a start retried), so that a removal watch still
+    // looking there meets that instant and releases the container and its volumes.
+    for (let i = 0; i < 60; i++) {
+      await unmountAll((await mountContainerRootfs(o.overlay2, 'keep', o.image)).merged);
+      await new Promise((r) => setTimeout(r, 5));
+    }
     keep.rootfs = await mountContainerRootfs(o.overlay2, 'keep', o.image);
+    // Still the stopped container of the earlier boot, with its volume.
+    expect(await text(pulled)).toBe('pulled by keep\n');
     await runStep(o, keep, 'restart');
     // The inner Docker's image survived the reboot in the volume the container got back.
     expect(await text(pulled)).toBe('pulled by keep\n');

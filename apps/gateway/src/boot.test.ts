@@ -56,7 +56,7 @@ describe('bootDecision', () => {
         subidAllocated: true,
         rootfs: '/var/lib/sysbox/rootfs/c1/overlay2/merged',
         rootfsCloned: true,
-        rmWatchPath: '/var/lib/docker/overlay2/c1/work',
+        rmWatchPath: '/var/lib/docker/overlay2/c1/work/work',
         shiftfsMarks: [MARK],
         requested: { clone: false, shiftfs: [MARK] },
         rootfsOvfsUpperChowned: upper,
@@ -83,14 +83,22 @@ describe('bootDecision', () => {
         userns: '',
         netns: '',
         netnsInode: 0,
-        // Kept: the range (its volume's files are owned by it), the volume, the watch path.
+        // Kept: the range (its volume's files are owned by it), the volume.
         uidMappings: rec.uidMappings,
         gidMappings: rec.gidMappings,
         volumeKinds: ['docker'],
+        // Watched at the runtime's work dir, which a mount of its overlay leaves in place (the
+        // overlay's work/work inside it is deleted and made again by every mount).
         rmWatchPath: '/var/lib/docker/overlay2/c1/work',
       });
     },
   );
+
+  it('a container that had no clone keeps its watch path', () => {
+    const rec = aRecord({ id: 'c1', boot: BOOT_1, rmWatchPath: '/var/lib/docker/overlay2/c1' });
+    const d = bootDecision(rec, BOOT_2);
+    expect(d.kind === 'earlier-boot' && d.plan.record.rmWatchPath).toBe('/var/lib/docker/overlay2/c1');
+  });
 
   it('a container that ran without a range on record forgets the mappings the runtime gave it', () => {
     const d = bootDecision(aRecord({ id: 'c1', boot: BOOT_1, subidAllocated: false }), BOOT_2);

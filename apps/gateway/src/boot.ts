@@ -14,11 +14,17 @@
  *   when their mounts are gone) and the rootfs clone (rootfs-cloner drops clones of an earlier
  *   boot and deletes their dirs); the clone stays an intent (`requested.clone`), so a removal
  *   still asks for it to go and a restart's ReqCloneRootfs makes a new one over the new rootfs;
- * - not synced out: the rootfs the volumes would be copied into is not mounted after a reboot.
+ * - not synced out: the rootfs the volumes would be copied into is not mounted after a reboot;
+ * - watched at the runtime's own work dir when it had a clone: the clone's watch path, the
+ *   overlay's `work/work` shown through the clone's bind (manager.ts, adoptClone), is in the
+ *   runtime's own work dir once the bind is gone, and the runtime's mount of the overlay for the
+ *   restart deletes and re-creates it: a poll in that instant released the restarting container
+ *   and its volumes. The work dir itself goes only when the runtime removes the container.
  *
  * Pure: the manager runs the plan (manager.ts, `settleBoot`), the gateway at start for every record
  * and Register for the one it meets (startBootReconcile).
  */
+import { posix } from 'node:path';
 import { bootOf } from '@sysbox-mgr-ts/kv-state';
 import type { ContainerRecord } from './record.js';
 
@@ -52,6 +58,7 @@ export function bootDecision(rec: ContainerRecord, bootId: string): BootDecision
     boot: bootId,
     state: 'stopped',
     rootfsCloned: false,
+    rmWatchPath: rec.rootfsCloned ? posix.dirname(rec.rmWatchPath) : rec.rmWatchPath,
     requested: { clone: rec.requested.clone || rec.rootfsCloned, shiftfs: [] },
     shiftfsMarks: [],
     rootfsOvfsUpperChowned: revertUpper ? false : rec.rootfsOvfsUpperChowned,

@@ -285,6 +285,20 @@ describe.skipIf(!root)('functional ID-mapped mount probes (upstream checkIDMapMo
     expect(log.lines.map(([, m]) => m)).toEqual(['ID-mapped mounts: supported']);
   });
 
+  it('exists: false only for a path that is not there; an error that says nothing about it is true', async () => {
+    const checks = hostChecks('6.18.0');
+    const file = join(dir, 'exists-file');
+    await writeFile(file, '');
+    const loop = join(dir, 'exists-loop');
+    await symlink(loop, loop);
+    expect(await checks.exists(file)).toBe(true);
+    expect(await checks.exists(join(dir, 'exists-missing'))).toBe(false);
+    expect(await checks.exists(join(file, 'below-a-file'))).toBe(false);
+    // ELOOP and ENAMETOOLONG stand for EMFILE or EIO: the removal watch must not take them for gone.
+    expect(await checks.exists(join(loop, 'x'))).toBe(true);
+    expect(await checks.exists(join(dir, 'n'.repeat(300)))).toBe(true);
+  });
+
   it('PrepMounts check: a real overlay mount cannot be ID-mapped, a tmpfs can on >= 6.3, a plain dir can', async () => {
     const [lower, upper, work, merged, tmpfs] = ['lower', 'upper', 'work', 'merged', 'tmpfs'].map((d) =>
       join(dir, 'prep', d),

@@ -367,10 +367,12 @@ export function hostChecks(kernelRelease: string = release()): HostChecks {
     distroOf,
     // upstream's deny-list by filesystem type: overlayfs, FUSE, fakeowner; tmpfs before 6.3.
     idMapMountSupportedOnPath: (path) => idMapMountSupportedOnPath(path, kernelRelease),
+    // Only a path that is not there is gone: the removal watch releases a container on `false`,
+    // so an error that says nothing about the path (EMFILE, EACCES, EIO) must not answer it.
     async exists(path) {
       return lstat(path).then(
         () => true,
-        () => false,
+        (err: NodeJS.ErrnoException) => err.code !== 'ENOENT' && err.code !== 'ENOTDIR',
       );
     },
   };

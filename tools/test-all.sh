@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash tools/install-deps.sh || exit 1
 
 export NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false FORCE_COLOR=0
-npm run --silent lint || { echo "lint or format check failed (npm run format fixes the format)"; exit 1; }
+npm run --silent lint || { echo "lint, format or commit-subject check failed (npm run format fixes the format)"; exit 1; }
 npx nx run-many -t typecheck build --output-style=static || { echo "typecheck/build failed"; exit 1; }
 
 log=$(mktemp)

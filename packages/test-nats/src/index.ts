@@ -49,7 +49,7 @@ export interface NatsServerOptions {
    */
   hub?: { port?: number };
   /** A leaf host (`auth.nodes` is its one node, `auth.dir` the hub's credentials): see nats-auth. */
-  leaf?: { hubUrls: string[]; domain?: string };
+  leaf?: { hubUrls: string[]; domain?: string; hubTlsCa?: string };
 }
 
 export interface NatsServer {

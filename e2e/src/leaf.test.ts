@@ -20,7 +20,7 @@ import {
 } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { connectGateway, type SysboxMgrClient } from './grpc.js';
-import { sleep, startSystem, type System } from './harness.js';
+import { startSystem, type System } from './harness.js';
 import { cleanUpLikeARuntime, newChownContainer, runStep, type LifecycleOptions } from './lifecycle.js';
 import { buildImage, mountsBelow, servicesState, until } from './runtime.js';
 
@@ -43,18 +43,15 @@ interface Host {
 
 /** What the hub's monitor sees: every `$SRV.PING` answer within `ms`, as `<node> <service>`. */
 async function fleetView(monitor: NatsConnection, ms = 500): Promise<string[]> {
-  const inbox = `_INBOX_monitor.fleet.${Math.random().toString(36).slice(2)}`;
   const seen: string[] = [];
-  const sub = monitor.subscribe(inbox, {
-    callback: (_, m) => {
-      if (m.data.length === 0) return; // a 503 status: nobody answered
+  try {
+    for await (const m of await monitor.requestMany('$SRV.PING', '', { maxWait: ms })) {
       const ping = m.json<{ name: string; metadata?: { node?: string } }>();
       seen.push(`${ping.metadata?.node} ${ping.name}`);
-    },
-  });
-  monitor.publish('$SRV.PING', '', { reply: inbox });
-  await sleep(ms);
-  sub.unsubscribe();
+    }
+  } catch {
+    // No responders, or the hub is unreachable: nobody seen.
+  }
   return seen.sort();
 }
 

@@ -24,15 +24,14 @@ async function until(cond: () => Promise<boolean>, ms = 10_000): Promise<void> {
   }
 }
 
-/** Every reply to one request within `ms` (a `$SRV.PING` is answered by every instance). */
+/** Every answer to one request within `ms` (a `$SRV.PING` is answered by every instance). */
 async function replies(nc: NatsConnection, subject: string, ms: number): Promise<string[]> {
-  const inbox = `_INBOX_monitor.${Math.random().toString(36).slice(2)}`;
   const got: string[] = [];
-  // A 503 status (no responders) has no body: only answers count.
-  const sub = nc.subscribe(inbox, { callback: (_, m) => void (m.data.length > 0 && got.push(m.string())) });
-  nc.publish(subject, '', { reply: inbox });
-  await new Promise((r) => setTimeout(r, ms));
-  sub.unsubscribe();
+  try {
+    for await (const m of await nc.requestMany(subject, '{}', { maxWait: ms })) got.push(m.string());
+  } catch {
+    // No responders: no answer.
+  }
   return got;
 }
 

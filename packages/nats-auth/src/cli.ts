@@ -26,10 +26,21 @@ Options:
   --cluster-port <n>   route port of this server
   --route <host:port>  a member's route address; repeat for every member (this one included)
   --config-name <f>    configuration file name in --dir (default nats-server.conf)
+  --role <r>           single (default: one server or a cluster the daemons connect to), hub or leaf
+  --leaf-port <n>      hub: port leaf hosts connect to (default 7422)
+  --hub <host:port>    leaf: a hub member's leaf address; repeat for every member
+  --hub-tls-ca <file>  leaf: CA of the hub's certificate (the leaf connection then uses TLS)
+  --domain <name>      JetStream domain (leaf: default its --node; hub: none)
 
 On a cluster, run init on one host, copy --dir (seeds and route.secret, 0600) to the others,
 and run init there with that host's --server-name: the identities and the route secret must be
 the same on every member.
+
+Leaf hosts: run init --role hub on the hub with one --node per leaf host (it makes leaf-<node>.secret
+for each and admits only operator, monitor and the leaf connections), copy the seeds and that
+host's leaf-<node>.secret to each host, and run init --role leaf --node <host> --hub <addr> there:
+the host's own server keeps its buckets in its own JetStream domain, and the hub reaches only its
+discovery and list subjects.
 `;
 
 const { values, positionals } = parseArgs({
@@ -48,6 +59,11 @@ const { values, positionals } = parseArgs({
     'cluster-port': { type: 'string' },
     route: { type: 'string', multiple: true },
     'config-name': { type: 'string' },
+    role: { type: 'string', default: 'single' },
+    'leaf-port': { type: 'string', default: '7422' },
+    hub: { type: 'string', multiple: true },
+    'hub-tls-ca': { type: 'string' },
+    domain: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -62,6 +78,18 @@ if (Boolean(values['tls-cert']) !== Boolean(values['tls-key'])) {
 }
 if (values['cluster-name'] && (!values['server-name'] || !values['cluster-port'] || !values.route?.length)) {
   process.stderr.write('sysbox-nats-auth: --cluster-name needs --server-name, --cluster-port and --route\n');
+  process.exit(2);
+}
+if (!['single', 'hub', 'leaf'].includes(values.role)) {
+  process.stderr.write(`sysbox-nats-auth: --role is single, hub or leaf, not ${values.role}\n`);
+  process.exit(2);
+}
+if (values.role === 'leaf' && (values.node?.length !== 1 || !values.hub?.length)) {
+  process.stderr.write('sysbox-nats-auth: --role leaf needs one --node and at least one --hub\n');
+  process.exit(2);
+}
+if (values.role === 'hub' && !values.node?.length) {
+  process.stderr.write('sysbox-nats-auth: --role hub needs a --node per leaf host\n');
   process.exit(2);
 }
 try {
@@ -84,6 +112,14 @@ try {
         }
       : undefined,
     configName: values['config-name'],
+    hub:
+      values.role === 'hub'
+        ? { port: Number(values['leaf-port']), host: values.host, domain: values.domain }
+        : undefined,
+    leaf:
+      values.role === 'leaf'
+        ? { hubUrls: values.hub ?? [], domain: values.domain, hubTlsCa: values['hub-tls-ca'] }
+        : undefined,
   });
   process.stdout.write(`server configuration: ${setup.configFile}\n`);
   for (const id of setup.identities)

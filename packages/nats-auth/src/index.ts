@@ -1,4 +1,12 @@
-export { permissionsFor, bucketPermissions, type NodeScope, type UserPermissions } from './permissions.js';
+export {
+  permissionsFor,
+  bucketPermissions,
+  fleetSubjects,
+  leafPermissions,
+  readOnlySubjects,
+  type NodeScope,
+  type UserPermissions,
+} from './permissions.js';
 export {
   CredentialsError,
   DEFAULT_CREDENTIALS_DIR,
@@ -11,14 +19,25 @@ export {
 export {
   ACCOUNT,
   ACCOUNT_JETSTREAM_LIMITS,
+  FLEET_ACCOUNT,
+  leafUserOf,
   ROUTE_USER,
   SERVER_LIMITS,
   renderServerConfig,
   usersFor,
   type ClusterOptions,
+  type HubOptions,
+  type LeafOptions,
   type ServerConfigOptions,
   type TlsFiles,
   type User,
 } from './server-config.js';
 export { clientAuthOptions, type ClientAuth, type ClientTls } from './client.js';
-export { ensureRouteSecret, writeServerSetup, type ServerSetup, type ServerSetupOptions } from './setup.js';
+export {
+  ensureLeafSecret,
+  ensureRouteSecret,
+  leafSecretFile,
+  writeServerSetup,
+  type ServerSetup,
+  type ServerSetupOptions,
+} from './setup.js';

@@ -17,6 +17,9 @@ import {
   authenticatorFromFile,
   credentialsFile,
   ensureCredentials,
+  fleetSubjects,
+  leafPermissions,
+  leafSecretFile,
   permissionsFor,
   readPrivateFile,
   renderServerConfig,
@@ -169,5 +172,80 @@ describe('server configuration', () => {
       ),
     );
     expect(withCa.tls.verify).toBe(true);
+  });
+});
+
+describe('hub and leaf configurations', () => {
+  const configOf = (file: string) => {
+    const text = readFileSync(file, 'utf8');
+    return JSON.parse(text.slice(text.indexOf('{')));
+  };
+
+  it('leaves the single-server configuration as it was: no leaf connection, no domain, no FLEET', () => {
+    const json = configOf(
+      writeServerSetup({ dir: tempDir(), nodes: ['n1'], storeDir: '/tmp/js' }).configFile,
+    );
+    expect(json.leafnodes).toBeUndefined();
+    expect(json.jetstream.domain).toBeUndefined();
+    expect(Object.keys(json.accounts)).toEqual(['SYSBOX']);
+  });
+
+  it('admits on a hub only operator, monitor and one leaf user per host, each kept to its node', () => {
+    const dir = tempDir();
+    const setup = writeServerSetup({ dir, nodes: ['h1', 'h2'], storeDir: '/tmp/js', hub: { port: 7422 } });
+    const json = configOf(setup.configFile);
+    expect(json.leafnodes).toEqual({ host: '127.0.0.1', port: 7422 });
+    const users = json.accounts.SYSBOX.users as { nkey?: string; user?: string; permissions: unknown }[];
+    const byKey = new Map(setup.identities.map((i) => [i.publicKey, i.name]));
+    expect(users.filter((u) => u.nkey).map((u) => byKey.get(u.nkey!))).toEqual(['operator', 'monitor']);
+    const leafH1 = users.find((u) => u.user === 'leaf-h1')!;
+    expect(leafH1.permissions).toEqual(leafPermissions('h1'));
+    expect(leafPermissions('h1').publish.allow).toEqual(['_INBOX_monitor.>']);
+    expect(leafPermissions('h1').subscribe.allow).toEqual([
+      '$SRV.>',
+      'sysbox.h1.subid.list',
+      'sysbox.h1.vol.list',
+      'sysbox.h1.shiftfs.list',
+      'sysbox.h1.rootfs.list',
+    ]);
+    // Each host's password in a 0600 file of its own, to copy to that host only.
+    for (const node of ['h1', 'h2']) expect(lstatSync(leafSecretFile(dir, node)).mode & 0o777).toBe(0o600);
+    expect(() => writeServerSetup({ dir, nodes: ['*'], hub: { port: 7422 } })).toThrow(/node names/);
+  });
+
+  it('gives a leaf host its own domain and binds its leaf connection to an account that imports only its fleet subjects', () => {
+    const dir = tempDir();
+    expect(() =>
+      writeServerSetup({ dir, nodes: ['h1'], storeDir: '/tmp/js', leaf: { hubUrls: ['10.0.0.1:7422'] } }),
+    ).toThrow(/leaf-h1.secret is missing: copy it from the hub/);
+    writeServerSetup({ dir, nodes: ['h1', 'h2'], hub: { port: 7422 } });
+    const json = configOf(
+      writeServerSetup({
+        dir,
+        nodes: ['h1'],
+        storeDir: '/tmp/js',
+        leaf: { hubUrls: ['10.0.0.1:7422', '10.0.0.2:7422'] },
+        configName: 'leaf.conf',
+      }).configFile,
+    );
+    expect(json.jetstream.domain).toBe('h1');
+    const secret = readFileSync(leafSecretFile(dir, 'h1'), 'utf8').trim();
+    expect(json.leafnodes.remotes).toEqual([
+      {
+        urls: [`nats-leaf://leaf-h1:${secret}@10.0.0.1:7422`, `nats-leaf://leaf-h1:${secret}@10.0.0.2:7422`],
+        account: 'FLEET',
+      },
+    ]);
+    expect(json.accounts.FLEET.users).toBeUndefined();
+    expect(
+      json.accounts.FLEET.imports.map((i: { service: { subject: string } }) => i.service.subject),
+    ).toEqual(fleetSubjects('h1'));
+    expect(json.accounts.SYSBOX.exports[0]).toEqual({ service: '$SRV.>', response_type: 'stream' });
+    // The host's daemons are all admitted locally, scoped to its node.
+    expect(json.accounts.SYSBOX.users).toHaveLength(IDENTITY_NAMES.length);
+    expect(JSON.stringify(json.accounts.SYSBOX.users)).not.toContain('sysbox.h2.');
+    expect(() =>
+      writeServerSetup({ dir, nodes: ['h1', 'h2'], leaf: { hubUrls: ['10.0.0.1:7422'] } }),
+    ).toThrow(/exactly one node/);
   });
 });

@@ -95,7 +95,7 @@ function servicePermissions(identity: IdentityName, svc: ServiceContract, nodes:
 }
 
 /** The subjects of every read-only operation (`list`), for the monitor identity. */
-function readOnlySubjects(nodes: NodeScope): string[] {
+export function readOnlySubjects(nodes: NodeScope): string[] {
   return Object.values(SERVICE_IDENTITIES).flatMap((svc) =>
     svc.contracts.filter((c) => c.readOnly).flatMap((c) => nodes.map((node) => c.subject(node))),
   );
@@ -128,4 +128,26 @@ export function permissionsFor(identity: IdentityName, nodes: NodeScope): UserPe
     default:
       return servicePermissions(identity, SERVICE_IDENTITIES[identity], nodes);
   }
+}
+
+/**
+ * What a leaf host answers from the hub: `$SRV` discovery (PING, INFO, STATS: read-only by the
+ * protocol) and its own node's read-only subjects. Nothing else of the host is reachable from the
+ * hub: no mutating subject, no bucket, no JetStream API.
+ */
+export function fleetSubjects(node: string): string[] {
+  return ['$SRV.>', ...readOnlySubjects([node])];
+}
+
+/**
+ * The hub's user for a leaf host's connection, written as nats-server reads leaf users: from the
+ * leaf's side (`publish` is what the host may send into the hub, `subscribe` what the hub may
+ * send to it). The host sends only replies to the monitor's inbox, so it can reach no other
+ * host's subject through the hub; it receives only its own node's fleet subjects.
+ */
+export function leafPermissions(node: string): UserPermissions {
+  return {
+    publish: { allow: [`${inboxPrefixOf('monitor')}.>`] },
+    subscribe: { allow: fleetSubjects(node) },
+  };
 }

@@ -43,6 +43,13 @@ export interface NatsServerOptions {
   tls?: TlsFiles;
   /** Member of a cluster (see startNatsCluster). */
   cluster?: { name: string; port: number; routes: string[]; serverName: string };
+  /**
+   * A hub of leaf hosts (`auth.nodes` are the leaf nodes): admits only operator, monitor and the
+   * leaf connections, on `port` (a free one when left out, kept across restarts).
+   */
+  hub?: { port?: number };
+  /** A leaf host (`auth.nodes` is its one node, `auth.dir` the hub's credentials): see nats-auth. */
+  leaf?: { hubUrls: string[]; domain?: string; hubTlsCa?: string };
 }
 
 export interface NatsServer {
@@ -52,6 +59,8 @@ export interface NatsServer {
   pid: number;
   /** The credentials directory (undefined for an open server). */
   credentialsDir: string | undefined;
+  /** A hub's leaf address, `host:port` (undefined when the server is no hub). */
+  leafUrl: string | undefined;
   /** The credentials file of an identity. */
   credentials(identity: IdentityName): string;
   /** Connects as an identity (default `operator`, which may do everything). */
@@ -81,10 +90,12 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const tempCredentials =
     opts.auth !== false && !opts.auth?.dir ? await mkdtemp(join(tmpdir(), 'nats-creds-')) : undefined;
   const credentialsDir = opts.auth === false ? undefined : (opts.auth?.dir ?? tempCredentials);
+  const leafPort = opts.hub ? opts.hub.port || (await freePorts(1))[0]! : undefined;
+  const nodes = (opts.auth || undefined)?.nodes ?? ['*'];
   const configFile = credentialsDir
     ? writeServerSetup({
         dir: credentialsDir,
-        nodes: (opts.auth || undefined)?.nodes ?? ['*'],
+        nodes,
         host,
         storeDir: jetstream ? storeDir : undefined,
         tls: opts.tls,
@@ -95,7 +106,13 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
           routes: opts.cluster.routes,
           host,
         },
-        configName: opts.cluster ? `nats-server-${opts.cluster.serverName}.conf` : undefined,
+        configName: opts.cluster
+          ? `nats-server-${opts.cluster.serverName}.conf`
+          : opts.leaf
+            ? `nats-server-leaf-${nodes[0]}.conf`
+            : undefined,
+        hub: leafPort ? { port: leafPort, host } : undefined,
+        leaf: opts.leaf,
       }).configFile
     : undefined;
   let port = opts.port ?? 0;
@@ -168,6 +185,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     },
     storeDir,
     credentialsDir,
+    leafUrl: leafPort ? `${host}:${leafPort}` : undefined,
     credentials(identity) {
       if (!credentialsDir) throw new Error('this nats-server runs without authentication');
       return credentialsFile(credentialsDir, identity);
@@ -214,6 +232,8 @@ export interface NatsCluster {
   /** Every member's client URL, comma-separated (what `--nats-url` takes). */
   url: string;
   credentialsDir: string;
+  /** A hub's members' leaf addresses, `host:port` (empty when the cluster is no hub). */
+  leafUrls: string[];
   credentials(identity: IdentityName): string;
   /** Connects as an identity to every member (the client fails over between them). */
   connect(identity?: IdentityName, options?: Omit<ConnectionOptions, 'servers'>): Promise<NatsConnection>;
@@ -226,22 +246,34 @@ export interface NatsCluster {
  * is elected).
  */
 export async function startNatsCluster(
-  opts: { size?: number; auth?: { nodes?: NodeScope }; name?: string } = {},
+  opts: {
+    size?: number;
+    auth?: { nodes?: NodeScope };
+    name?: string;
+    /** A hub of leaf hosts (`auth.nodes` are the leaf nodes): every member listens for them. */
+    hub?: boolean;
+  } = {},
 ): Promise<NatsCluster> {
   const size = opts.size ?? 3;
   const credentialsDir = await mkdtemp(join(tmpdir(), 'nats-cluster-creds-'));
   const clientPorts = await freePorts(size);
   const routePorts = await freePorts(size);
+  const leafPorts = opts.hub ? await freePorts(size) : [];
   const routes = routePorts.map((p) => `127.0.0.1:${p}`);
   const name = opts.name ?? 'sysbox';
   // Seeds and the route secret first, once: the members then only read them.
-  writeServerSetup({ dir: credentialsDir, nodes: opts.auth?.nodes ?? ['*'] });
+  writeServerSetup({
+    dir: credentialsDir,
+    nodes: opts.auth?.nodes ?? ['*'],
+    hub: opts.hub ? { port: leafPorts[0]! } : undefined,
+  });
   const servers = await Promise.all(
     clientPorts.map((port, i) =>
       startNatsServer({
         port,
         auth: { dir: credentialsDir, nodes: opts.auth?.nodes },
         cluster: { name, port: routePorts[i]!, routes, serverName: `${name}-${i}` },
+        hub: opts.hub ? { port: leafPorts[i]! } : undefined,
         startTimeoutMs: 30_000,
       }),
     ),
@@ -251,6 +283,7 @@ export async function startNatsCluster(
     servers,
     url,
     credentialsDir,
+    leafUrls: servers.flatMap((s) => (s.leafUrl ? [s.leafUrl] : [])),
     credentials: (identity) => credentialsFile(credentialsDir, identity),
     connect(identity = 'operator', options = {}) {
       const auth = clientAuthOptions({
@@ -290,7 +323,7 @@ async function waitForJetStream(cluster: NatsCluster): Promise<void> {
   }
 }
 
-async function freePorts(n: number): Promise<number[]> {
+export async function freePorts(n: number): Promise<number[]> {
   const servers = await Promise.all(
     Array.from(
       { length: n },

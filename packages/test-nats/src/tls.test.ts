@@ -124,4 +124,39 @@ describe('TLS between daemons and nats-server', () => {
     expect(nc.isClosed()).toBe(false);
     await nc.close();
   });
+
+  it("carries a leaf host's connection to the hub over TLS, the hub verified against the given CA", async () => {
+    const hub = await startNatsServer({
+      jetstream: false,
+      tls: { certFile: server.cert, keyFile: server.key },
+      auth: { nodes: ['host-a'] },
+      hub: {},
+    });
+    servers.push(hub);
+    const leaf = await startNatsServer({
+      auth: { dir: hub.credentialsDir, nodes: ['host-a'] },
+      leaf: { hubUrls: [hub.leafUrl!], hubTlsCa: ca.cert },
+    });
+    servers.push(leaf);
+    const vol = await leaf.connect('vol-mgr');
+    vol.subscribe('sysbox.host-a.vol.list', { callback: (_, m) => void m.respond('{"volumes":[]}') });
+    await vol.flush();
+    const monitor = await hub.connect('monitor', { tls: { caFile: ca.cert } });
+    try {
+      // Until the leaf connection is up (bounded): before it, nobody answers on the hub.
+      let answer = '';
+      for (const end = Date.now() + 10_000; !answer && Date.now() < end;) {
+        answer = await monitor.request('sysbox.host-a.vol.list', '{}', { timeout: 500 }).then(
+          (m) => m.string(),
+          () => '',
+        );
+        if (!answer) await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(answer).toBe('{"volumes":[]}');
+      expect(leaf.logs()).toMatch(/Leafnode connection created/);
+    } finally {
+      await monitor.close();
+      await vol.close();
+    }
+  });
 });

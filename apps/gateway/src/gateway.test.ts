@@ -16,13 +16,13 @@ import { run } from '@sysbox-mgr-ts/exec';
 import { commonOptions, createLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeServices, type FakeOptions, type FakeServices } from './fake-services.js';
+import { startFakeServices, type FakeOptions, type FakeServices } from '../test/fake-services.js';
 import { gatewayOptions } from './flags.js';
 import { startGateway, type Gateway, type GatewaySettings } from './gateway.js';
 import type { HostFacts } from './probes.js';
 import { sysboxMgrServiceDefinition } from './codec.js';
 import { ContainerRecord } from './record.js';
-import { grpcClient, rpc, statusOf, type GrpcClient } from './test-support.js';
+import { grpcClient, rpc, statusOf, type GrpcClient } from '../test/test-support.js';
 
 const log = createLogger({
   service: 'gw-test',

@@ -9,7 +9,7 @@ import { createManager, type Manager, type MgrConfig } from './manager.js';
 import type { NetnsMembers } from './netns.js';
 import type { HostChecks, HostFacts } from './probes.js';
 import type { ContainerRecord } from './record.js';
-import { fakeClient, type FakeClient, type FakeHandler } from './testing/fake-client.js';
+import { fakeClient, type FakeClient, type FakeHandler } from '../test/fake-client.js';
 import { createMemoryStore, type MemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
 import { parseRequest } from './wire.js';
 

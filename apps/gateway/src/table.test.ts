@@ -6,7 +6,7 @@ import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { createContainerTable } from './table.js';
 import { ContainerRecord } from './record.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
-import { aRecord } from './testing/records.js';
+import { aRecord } from '../test/records.js';
 
 const clock = () => new Date('2026-02-03T04:05:06.000Z');
 

@@ -5,9 +5,9 @@ import { ShiftType, type ContainerRecord } from './record.js';
 import { createReplyChecks } from './reply-checks.js';
 import { serviceCaller } from './service-call.js';
 import { createContainerTable } from './table.js';
-import { fakeClient, type FakeClient } from './testing/fake-client.js';
+import { fakeClient, type FakeClient } from '../test/fake-client.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
-import { aRecord } from './testing/records.js';
+import { aRecord } from '../test/records.js';
 import { createVolumePolicy, hasVolumeMount, volumeOwnership } from './volumes.js';
 
 const HOST_IDS = [{ containerId: 0, hostId: 231072, size: 65536 }];

@@ -241,7 +241,7 @@ describe('clients that send the socket path as :authority (grpc-go before 1.57)'
     expect(alloc).toMatchObject({ grpcStatus: '0', rstCode: 0, reply: { uid: 165536, gid: 165536 } });
     const reg2 = await rawCall(session, SOCKET, 'Register', emptyReg('auth2', work));
     expect(reg2).toMatchObject({ grpcStatus: '0', rstCode: 0 });
-    expect((await gw.manager.get('auth1'))?.uidMappings).toHaveLength(1);
+    expect((await gw.table.get('auth1'))?.uidMappings).toHaveLength(1);
     // What newer clients send passes as it is, on connections of their own.
     const other = connectHttp2('http://localhost', { createConnection: () => connectUnix(socket) });
     cleanups.push(async () => other.close());
@@ -266,7 +266,7 @@ describe('replies from services are checked before sysbox-runc sees them', () =>
     const alloc = await statusOf(rpc(client, 'SubidAlloc', { id: 'h1', size: 65536 }));
     expect(alloc?.code).toBe(status.INTERNAL);
     expect(alloc?.details).toMatch(/uid 165536\.\..*subid-elsewhere/);
-    expect((await gw.manager.get('h1'))?.uidMappings).toEqual([]);
+    expect((await gw.table.get('h1'))?.uidMappings).toEqual([]);
     // The fake vol-mgr answers /var/lib/sysbox/docker/h1, not below this gateway's data root.
     const mounts = await statusOf(
       rpc(client, 'ReqMounts', {
@@ -277,9 +277,7 @@ describe('replies from services are checked before sysbox-runc sees them', () =>
     );
     expect(mounts?.code).toBe(status.INTERNAL);
     expect(mounts?.details).toContain('/srv/sysbox/docker/h1');
-    expect((await gw.manager.get('h1'))?.containerMounts.some((m) => m.source.includes('docker'))).toBe(
-      false,
-    );
+    expect((await gw.table.get('h1'))?.containerMounts.some((m) => m.source.includes('docker'))).toBe(false);
   });
 });
 
@@ -408,7 +406,7 @@ describe('sysbox-runc call order', () => {
     await rpc(client, 'Unregister', { id });
     fakes.calls.length = 0;
     await rm(join(origWorkDir, 'work'), { recursive: true });
-    await until(async () => (await gw.manager.get(id)) === undefined);
+    await until(async () => (await gw.table.get(id)) === undefined);
     expect(fakes.ops()).toEqual(['vol.docker-destroy', 'subid.free', 'rootfs.remove-clone']);
     expect(gw.watcher.watching()).toEqual([]);
     expect((await statusOf(rpc(client, 'Pause', { id })))?.code).toBe(status.NOT_FOUND);
@@ -553,8 +551,8 @@ describe('errors', () => {
     ] as const) {
       expect((await statusOf(rpc(client, method, req)))?.code).toBe(status.INVALID_ARGUMENT);
     }
-    expect(await gw.manager.get('ok2')).toBeUndefined();
-    expect((await gw.manager.get('ok'))?.volumeKinds).toEqual([]);
+    expect(await gw.table.get('ok2')).toBeUndefined();
+    expect((await gw.table.get('ok'))?.volumeKinds).toEqual([]);
   });
 
   it('a stopped service answers UNAVAILABLE once the service wait runs out, not before', async () => {
@@ -658,16 +656,16 @@ describe('durability', () => {
     await rpc(client, 'Unregister', { id: 'rel-1' });
     await fakes.stop('vol');
 
-    await expect(gw.manager.removeContainer('rel-1')).rejects.toMatchObject({ code: 'unavailable' });
-    expect((await gw.manager.get('rel-1'))?.state).toBe('stopped');
+    await expect(gw.removeContainer('rel-1')).rejects.toMatchObject({ code: 'unavailable' });
+    expect((await gw.table.get('rel-1'))?.state).toBe('stopped');
     expect(fakes.ops()).toContain('subid.free');
 
     const vol = startFakeServices(nc, node, log, { only: ['vol'] });
     cleanups.push(() => vol.stopAll());
     await nc.flush();
-    expect(await gw.manager.removeContainer('rel-1')).toBe(true);
+    expect(await gw.removeContainer('rel-1')).toBe(true);
     expect(vol.ops()).toEqual(['vol.docker-destroy']);
-    expect(await gw.manager.get('rel-1')).toBeUndefined();
+    expect(await gw.table.get('rel-1')).toBeUndefined();
   });
 
   it('a SubidAlloc whose reply never came is still released at removal (freed by container id)', async () => {
@@ -684,13 +682,13 @@ describe('durability', () => {
     );
     silent.unsubscribe();
     expect(taken).toHaveLength(1);
-    expect((await gw.manager.get('lost-1'))?.subidAllocated).toBe(false);
+    expect((await gw.table.get('lost-1'))?.subidAllocated).toBe(false);
 
     fakes.start('subid');
     await nc.flush();
     await rpc(client, 'Unregister', { id: 'lost-1' });
     fakes.calls.length = 0;
-    expect(await gw.manager.removeContainer('lost-1')).toBe(true);
+    expect(await gw.removeContainer('lost-1')).toBe(true);
     expect(fakes.ops()).toEqual(['subid.free']);
   });
 
@@ -800,7 +798,7 @@ describe('durability', () => {
     // The watch resumed by the second gateway releases the stopped one.
     fakes.calls.length = 0;
     await rm(rootfsA, { recursive: true });
-    await until(async () => (await second.manager.get('dur-a')) === undefined);
+    await until(async () => (await second.table.get('dur-a')) === undefined);
     expect(fakes.ops()).toEqual(['vol.docker-destroy', 'subid.free']);
     expect(fakes.calls[1]!.req).toEqual({ id: 'dur-a' });
     expect(ids.uid).toBeGreaterThan(0);

@@ -37,8 +37,8 @@ function rig(rec: ContainerRecord | undefined, handlers: Record<string, FakeHand
     call: serviceCaller(client, { opMs: 100, longOpMs: 1000 }),
     netns: createNetnsSharing({ store: netnsStore, table, host: { inodeOf: async () => 0 } }),
     log: silentLogger(),
-    onWatch: (id, path) => void watches.push([id, path]),
   });
+  table.onWatchChange((id, path) => void watches.push([id, path]));
   return { client, store, netnsStore, remove, watches };
 }
 

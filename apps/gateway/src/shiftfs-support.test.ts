@@ -21,7 +21,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeServices } from '../test/fake-services.js';
 import { gatewayOptions } from './flags.js';
 import { shiftfsConfig, startGateway, type GatewaySettings } from './gateway.js';
-import type { HostFacts, ShiftfsSupport } from './probes.js';
+import type { HostFacts } from './probes.js';
+import type { ShiftfsSupport } from './shiftfs-support.js';
 import { grpcClient, rpc } from '../test/test-support.js';
 
 const log = createLogger({

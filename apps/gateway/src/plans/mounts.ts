@@ -83,7 +83,11 @@ export type ReqMountsPlan =
   /** `intent` is written first, then the creates run; `mountsAfter` is written even when one fails. */
   | { kind: 'create'; intent: ContainerRecord; creates: VolumeCreate[] };
 
-export function reqMountsPlan(rec: ContainerRecord, req: ReqMountsInput, config: MgrConfig): ReqMountsPlan {
+export function reqMountsPlan(
+  rec: ContainerRecord,
+  req: ReqMountsInput,
+  config: Pick<MgrConfig, 'mountBinfmtMisc'>,
+): ReqMountsPlan {
   // A restarted container gets the mounts it had (its volumes kept their contents).
   if (rec.state === 'restarted') return { kind: 'answer', mounts: mountsAnswer(rec, config) };
   const { id } = rec;

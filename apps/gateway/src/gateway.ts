@@ -18,7 +18,7 @@ import { createCore } from './core.js';
 import type { Manager } from './manager.js';
 import type { NetnsMembers } from './netns.js';
 import { hostChecks, probeHost, type HostChecks, type HostFacts } from './probes.js';
-import { ContainerRecord, watchedPathsOf } from './record.js';
+import { ContainerRecord, runningPathsOf, watchedPathsOf } from './record.js';
 import { dockerAutoRemove } from './docker.js';
 import { createOrphanCollector, type OrphanCollector } from './orphans.js';
 import { askShiftfsSupport, type ShiftfsSupport } from './shiftfs-support.js';
@@ -212,10 +212,7 @@ export async function startGateway(opts: {
     services,
     // Ids from service lists: a hostile one is refused (invalid-request), never looked up.
     known: async (id) => (await table.get(parseContainerId(id))) !== undefined,
-    running: async () =>
-      (await table.list())
-        .filter((r) => r.state !== 'stopped')
-        .map((r) => ({ id: r.id, path: r.rmWatchPath })),
+    running: async () => runningPathsOf(await table.list()),
     exists: (p) => checks.exists(p),
     forget: async (id) => {
       await manager.unregister({ id }).catch((err: unknown) => {

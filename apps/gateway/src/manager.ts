@@ -12,7 +12,6 @@ import {
   rootfsList,
   rootfsRevertChown,
   subidAlloc,
-  volPrep,
   type OciMount,
   type ShiftfsMount,
 } from '@sysbox-mgr-ts/contracts';
@@ -23,7 +22,7 @@ import type { Executor } from './executor.js';
 import type { NetnsSharing } from './netns.js';
 import { adoptClone, clonePlan, markPlan, type CloneReply } from './plans/clone.js';
 import { fsStatePlan, type FsEntry } from './plans/fs-state.js';
-import { mountsAfter, mountsAnswer, reqMountsPlan } from './plans/mounts.js';
+import { mountsAfter, mountsAnswer, prepPlan, reqMountsPlan } from './plans/mounts.js';
 import { recordUpperChown, registerPlan, updatePlan } from './plans/register.js';
 import { afterStop, pauseCalls, resumeCalls, stoppedRecord, unregisterPlan } from './plans/stop.js';
 import type { HostChecks, HostFacts } from './probes.js';
@@ -224,28 +223,18 @@ export function createManager(deps: ManagerDeps): Manager {
       });
     },
 
-    prepMounts({ id, uid, gid, prepList }) {
-      return withRecord(id, notRegistered(id), async (rec) => {
-        const needPrep = [];
-        for (const s of prepList) {
-          // A source that can be ID-mapped needs no chown.
-          if (
-            config.overlayfsOnIDMapMountOk &&
-            (await host.idMapMountSupportedOnPath(s.source).catch(() => false))
-          )
-            continue;
-          needPrep.push(s);
-        }
-        if (needPrep.length === 0) return;
-        // Recorded before asking: revert-prep of a container vol-mgr holds nothing for reverts nothing.
-        if (!rec.mountsPrepped) await table.save({ ...rec, mountsPrepped: true });
-        await exec.call(
-          id,
-          'mount source preparation',
-          volPrep,
-          { id, uid, gid, sources: needPrep },
-          'PrepMounts',
-        );
+    prepMounts(req) {
+      return withRecord(req.id, notRegistered(req.id), async (rec) => {
+        // Only asked where it counts (the check reads the filesystem of each source).
+        const idMappable = config.overlayfsOnIDMapMountOk
+          ? await Promise.all(
+              req.prepList.map((s) => host.idMapMountSupportedOnPath(s.source).catch(() => false)),
+            )
+          : [];
+        const plan = prepPlan(rec, req, idMappable, config);
+        if (!plan) return;
+        if (plan.intent !== rec) await table.save(plan.intent);
+        await exec.run(plan.intent, [plan.prep]);
       });
     },
 

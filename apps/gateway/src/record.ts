@@ -156,3 +156,8 @@ export function removalWatchPath(rootfs: string): string {
 export function watchedPathsOf(records: ContainerRecord[]): { id: string; path: string }[] {
   return records.filter((r) => r.state === 'stopped').map((r) => ({ id: r.id, path: r.rmWatchPath }));
 }
+
+/** Running containers with the path whose disappearance means the runtime removed them (the orphan collector's repair). */
+export function runningPathsOf(records: ContainerRecord[]): { id: string; path: string }[] {
+  return records.filter((r) => r.state !== 'stopped').map((r) => ({ id: r.id, path: r.rmWatchPath }));
+}

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import type { OciMount } from '@sysbox-mgr-ts/contracts';
 import { aRecord } from '../../test/records.js';
 import { ShiftType } from '../record.js';
-import { BINFMT_MISC_MOUNT, mountsAfter, mountsAnswer, reqMountsPlan } from './mounts.js';
+import { BINFMT_MISC_MOUNT, mountsAfter, mountsAnswer, prepPlan, reqMountsPlan } from './mounts.js';
 
 const DOCKER_MOUNT: OciMount = {
   source: '/var/lib/sysbox/docker/c1',
@@ -112,5 +112,44 @@ describe('ReqMounts plan', () => {
     expect(rec.containerMounts).toEqual([DOCKER_MOUNT, HEADERS]);
     expect(mountsAnswer(rec, { mountBinfmtMisc: false })).toEqual([DOCKER_MOUNT, HEADERS]);
     expect(mountsAnswer(rec, { mountBinfmtMisc: true })).toEqual([DOCKER_MOUNT, HEADERS, BINFMT_MISC_MOUNT]);
+  });
+});
+
+describe('PrepMounts plan', () => {
+  const prep = (prepList: { source: string; exclusive: boolean }[]) => ({
+    id: 'c1',
+    uid: 7,
+    gid: 8,
+    prepList,
+  });
+  const list = [
+    { source: '/a', exclusive: false },
+    { source: '/b', exclusive: true },
+  ];
+
+  it('asks vol-mgr to chown the sources that cannot be ID-mapped, recording the prep first', () => {
+    const plan = prepPlan(aRecord({ id: 'c1' }), prep(list), [true, false], {
+      overlayfsOnIDMapMountOk: true,
+    });
+    expect(plan?.intent.mountsPrepped).toBe(true);
+    expect(plan?.prep.payload).toEqual({ id: 'c1', uid: 7, gid: 8, sources: [list[1]] });
+  });
+
+  it('ID-mapping counts only where overlayfs on ID-mapped mounts works; nothing to prepare, no plan', () => {
+    expect(
+      prepPlan(aRecord({ id: 'c1' }), prep(list), [true, true], { overlayfsOnIDMapMountOk: false })?.prep
+        .payload,
+    ).toMatchObject({
+      sources: list,
+    });
+    expect(
+      prepPlan(aRecord({ id: 'c1' }), prep(list), [true, true], { overlayfsOnIDMapMountOk: true }),
+    ).toBeUndefined();
+    expect(prepPlan(aRecord({ id: 'c1' }), prep([]), [], { overlayfsOnIDMapMountOk: false })).toBeUndefined();
+  });
+
+  it('a prep already recorded is not written again', () => {
+    const rec = aRecord({ id: 'c1', mountsPrepped: true });
+    expect(prepPlan(rec, prep(list), [], { overlayfsOnIDMapMountOk: false })?.intent).toBe(rec);
   });
 });

@@ -4,12 +4,14 @@
  * ID-shift type says, its kind recorded before it is asked for (so a crash in between still
  * leaves removal a volume to destroy), with no time limit (rpc-limits.ts), adopted when an earlier
  * unanswered ReqMounts made it; the answer is the volumes' mounts, the host's kernel-header and
- * module mounts, and binfmt_misc where it is namespaced. Pure; volumes.ts runs the creates.
+ * module mounts, and binfmt_misc where it is namespaced. PrepMounts too (the sources vol-mgr
+ * chowns for the container). Pure; volumes.ts runs the creates, manager.ts the rest.
  */
 import { posix } from 'node:path';
 import {
   SysboxError,
   VOLUME_LAYOUT,
+  volPrep,
   type OciMount,
   type VolCreateRequest,
   type VolumeKind,
@@ -18,7 +20,8 @@ import type { MgrConfig } from '../container-config.js';
 import type { HostFacts } from '../probes.js';
 import { ShiftType, firstMapping, type ContainerRecord } from '../record.js';
 import { RPC_TIME_LIMITS } from '../rpc-limits.js';
-import type { ReqMountsInput } from '../wire.js';
+import { planCall, type PlanCall } from '../executor.js';
+import type { PrepMountsInput, ReqMountsInput } from '../wire.js';
 
 export const BINFMT_MISC_MOUNT: OciMount = {
   destination: '/proc/sys/fs/binfmt_misc',
@@ -137,4 +140,29 @@ export function mountsAfter(
 /** What ReqMounts answers: the record's mounts, and binfmt_misc where it is namespaced. */
 export function mountsAnswer(rec: ContainerRecord, config: Pick<MgrConfig, 'mountBinfmtMisc'>): OciMount[] {
   return [...rec.containerMounts, ...(config.mountBinfmtMisc ? [BINFMT_MISC_MOUNT] : [])];
+}
+
+/**
+ * PrepMounts: the sources that cannot be ID-mapped (`idMappable[i]` says, per request entry, and
+ * only counts where overlayfs on ID-mapped mounts works) are chowned by vol-mgr for the container;
+ * the prep is recorded before asking (revert-prep of a container vol-mgr holds nothing for
+ * reverts nothing). Undefined: nothing to prepare.
+ */
+export function prepPlan(
+  rec: ContainerRecord,
+  req: PrepMountsInput,
+  idMappable: readonly boolean[],
+  config: Pick<MgrConfig, 'overlayfsOnIDMapMountOk'>,
+): { intent: ContainerRecord; prep: PlanCall } | undefined {
+  const sources = req.prepList.filter((_, i) => !(config.overlayfsOnIDMapMountOk && idMappable[i]));
+  if (sources.length === 0) return undefined;
+  return {
+    intent: rec.mountsPrepped ? rec : { ...rec, mountsPrepped: true },
+    prep: planCall(
+      'mount source preparation',
+      volPrep,
+      { id: rec.id, uid: req.uid, gid: req.gid, sources },
+      { bound: 'PrepMounts' },
+    ),
+  };
 }

@@ -56,7 +56,7 @@ export function createCore(deps: CoreDeps): Core {
   const { host, log } = deps;
   const table = createContainerTable(deps.containers, deps.clock);
   const call = serviceCaller(deps.services, deps.timeouts);
-  const exec = createExecutor(call, log);
+  const exec = createExecutor(call, table, log);
   const checks = createReplyChecks(deps.replyChecks, log);
   const netns = createNetnsSharing({ store: deps.netns, table, host });
   const volumes = createVolumePolicy({ call, checks, noInnerImgPreload: deps.config.noInnerImgPreload, log });

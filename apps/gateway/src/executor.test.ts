@@ -5,17 +5,31 @@ import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { fakeClient } from '../test/fake-client.js';
 import { aRecord } from '../test/records.js';
 import { createExecutor, planCall } from './executor.js';
+import type { ContainerRecord, ContainerState } from './record.js';
+import { createContainerTable } from './table.js';
+import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
 import { serviceCaller } from './service-call.js';
 
 const fail = (code: 'internal' | 'already-exists') => () => {
   throw new SysboxError(code, 'no');
 };
 
-function exec(handlers: Parameters<typeof fakeClient>[0]) {
+function exec(handlers: Parameters<typeof fakeClient>[0], stored: ContainerRecord[] = []) {
   const client = fakeClient(handlers);
+  const store = createMemoryStore<ContainerRecord>({
+    initial: Object.fromEntries(stored.map((r) => [r.id, r])),
+  });
+  const writes: string[] = [];
+  const table = createContainerTable(store, () => new Date(0));
+  const counted = {
+    ...table,
+    save: (r: ContainerRecord, s?: ContainerState) => (writes.push(r.id), table.save(r, s)),
+  };
   return {
     client,
-    exec: createExecutor(serviceCaller(client, { opMs: 100, longOpMs: 100 }), silentLogger()),
+    store,
+    writes,
+    exec: createExecutor(serviceCaller(client, { opMs: 100, longOpMs: 100 }), counted, silentLogger()),
   };
 }
 
@@ -73,5 +87,17 @@ describe('plan executor', () => {
     expect((await done.run(rec, [upper])).rootfsOvfsUpperChowned).toBe(false);
     const { exec: broken } = exec({ 'rootfs.revert-upper': fail('internal') });
     await expect(broken.run(rec, [upper])).rejects.toMatchObject({ code: 'internal' });
+  });
+
+  it('a step saves once when its calls changed the record, not at all when none did, and always when told the plan did', async () => {
+    const { exec: e, store, writes } = exec({}, [rec]);
+    const next = await e.step(rec, [unmark, revertPrep]);
+    expect(writes).toEqual(['c1']);
+    expect(store.snapshot().get('c1')?.mountsPrepped).toBe(false);
+    expect(await e.step(next, [planCall('revert', rootfsRevertUpper, { id: 'c1' })])).toBe(next);
+    expect(writes).toHaveLength(1);
+    await e.step({ ...next, userns: '/u' }, [], { changed: true });
+    expect(writes).toHaveLength(2);
+    expect(store.snapshot().get('c1')?.userns).toBe('/u');
   });
 });

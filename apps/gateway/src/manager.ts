@@ -89,7 +89,7 @@ async function existingClone(exec: Executor, id: string): Promise<CloneReply | u
  * Asks, in the background as upstream does, whether the runtime will remove the container when it
  * stops; the answer goes on the record, where Unregister reads it.
  */
-function autoRemoveNoter({ table, autoRemove, log }: ManagerDeps): (id: string) => void {
+function autoRemoveNoter({ table, exec, autoRemove, log }: ManagerDeps): (id: string) => void {
   return (id) => {
     if (!autoRemove) return;
     void autoRemove(id)
@@ -98,7 +98,7 @@ function autoRemoveNoter({ table, autoRemove, log }: ManagerDeps): (id: string) 
         return table.serialized(id, async () => {
           const rec = await table.get(id);
           if (!rec || rec.autoRemove) return;
-          await table.save({ ...rec, autoRemove: true });
+          await exec.save({ ...rec, autoRemove: true });
           log.info(
             { id },
             'the runtime removes this container when it stops (docker --rm): no sync-out or upper-dir revert then',
@@ -139,8 +139,8 @@ export function createManager(deps: ManagerDeps): Manager {
     }
     const { record, restart } = registerPlan(req, existing ? { existing } : { fresh: fresh! });
     await netns.onRegister(record);
-    if (restart) await table.save(record, 'stopped');
-    else await table.create(record);
+    if (restart) await exec.save(record, 'stopped');
+    else await exec.create(record);
     log.info({ id }, restart ? 'registered container' : 'registered new container');
     return containerConfig(config, record);
   };
@@ -170,16 +170,16 @@ export function createManager(deps: ManagerDeps): Manager {
     update(req) {
       const { id } = req;
       return withRecord(id, `can't update container ${id}; not found in container table`, async (rec) => {
-        const plan = updatePlan(rec, req);
-        let record = plan.record;
+        const { record, chownedUpper } = updatePlan(rec, req);
         await netns.onUpdate(record, req.netns);
-        if (plan.chownedUpper) {
-          const upperDir = await host.overlayUpperDir(record.rootfs).catch(() => undefined);
-          if (upperDir) record = await exec.run(record, [recordUpperChown(record, upperDir)]);
-          else
-            log.warn({ id, rootfs: record.rootfs }, 'rootfs is on overlayfs but its upper dir was not found');
-        }
-        await table.save(record);
+        const upperDir = chownedUpper
+          ? await host.overlayUpperDir(record.rootfs).catch(() => undefined)
+          : undefined;
+        if (chownedUpper && !upperDir)
+          log.warn({ id, rootfs: record.rootfs }, 'rootfs is on overlayfs but its upper dir was not found');
+        await exec.step(record, [upperDir !== undefined && recordUpperChown(record, upperDir)], {
+          changed: true,
+        });
       });
     },
 
@@ -197,7 +197,7 @@ export function createManager(deps: ManagerDeps): Manager {
           .catch((err: unknown) => log.warn({ id, err }, 'netns untrack failed'));
         next = stoppedRecord(next);
         // The removal watch starts with this write (table.ts), whatever the steps below answer.
-        await table.save(next, rec.state);
+        await exec.save(next, rec.state);
         const after = afterStop(next);
         if (after.syncOut) {
           const failed = await volumes.syncOut(next, 'Unregister');
@@ -233,7 +233,7 @@ export function createManager(deps: ManagerDeps): Manager {
           : [];
         const plan = prepPlan(rec, req, idMappable, config);
         if (!plan) return;
-        if (plan.intent !== rec) await table.save(plan.intent);
+        if (plan.intent !== rec) await exec.save(plan.intent);
         await exec.run(plan.intent, [plan.prep]);
       });
     },
@@ -242,14 +242,14 @@ export function createManager(deps: ManagerDeps): Manager {
       return withRecord(req.id, notRegistered(req.id), async (rec) => {
         const plan = reqMountsPlan(rec, req, config);
         if (plan.kind === 'answer') return plan.mounts;
-        await table.save(plan.intent);
+        await exec.save(plan.intent);
         const made: OciMount[] = [];
         let next = plan.intent;
         try {
           await volumes.create(plan.intent, plan.creates, made);
         } finally {
           next = mountsAfter(plan.intent, made, facts);
-          await table.save(next);
+          await exec.save(next);
         }
         noteAutoRemove(req.id);
         return mountsAnswer(next, config);
@@ -260,10 +260,8 @@ export function createManager(deps: ManagerDeps): Manager {
       return withRecord(id, notRegistered(id), async (rec) => {
         const plan = markPlan(rec, shiftfsMarks);
         if (plan.kind === 'answer') return plan.marks;
-        await table.save(plan.intent);
-        const next = await exec.run(plan.intent, [plan.mark]);
-        await table.save(next);
-        return next.shiftfsMarks;
+        await exec.save(plan.intent);
+        return (await exec.step(plan.intent, [plan.mark], { changed: true })).shiftfsMarks;
       });
     },
 
@@ -275,9 +273,7 @@ export function createManager(deps: ManagerDeps): Manager {
 
     pause({ id }) {
       return withRecord(id, `can't pause container ${id}; not found in container table`, async (rec) => {
-        const calls = pauseCalls(rec);
-        const next = await exec.run(rec, calls);
-        if (next !== rec) await table.save(next);
+        const next = await exec.step(rec, pauseCalls(rec));
         const failed = await volumes.syncOut(next, 'Pause');
         if (failed.length > 0)
           throw new SysboxError(
@@ -289,8 +285,7 @@ export function createManager(deps: ManagerDeps): Manager {
 
     resume({ id }) {
       return withRecord(id, `can't resume container ${id}; not found in container table`, async (rec) => {
-        const next = await exec.run(rec, resumeCalls(rec));
-        if (next !== rec) await table.save(next);
+        await exec.step(rec, resumeCalls(rec));
       });
     },
 
@@ -298,7 +293,7 @@ export function createManager(deps: ManagerDeps): Manager {
       return withRecord(id, notRegistered(id), async (rec) => {
         const plan = clonePlan(rec);
         if (plan.kind === 'answer') return plan.rootfs;
-        await table.save(plan.intent);
+        await exec.save(plan.intent);
         let next: ContainerRecord;
         try {
           next = await exec.run(plan.intent, [plan.create]);
@@ -315,7 +310,7 @@ export function createManager(deps: ManagerDeps): Manager {
           );
           next = adoptClone(plan.intent, clone);
         }
-        await table.save(next);
+        await exec.save(next);
         return next.rootfs;
       });
     },

@@ -177,7 +177,7 @@ export function createManager(deps: ManagerDeps): Manager {
           : undefined;
         if (chownedUpper && !upperDir)
           log.warn({ id, rootfs: record.rootfs }, 'rootfs is on overlayfs but its upper dir was not found');
-        await exec.step(record, [upperDir !== undefined && recordUpperChown(record, upperDir)], {
+        await exec.step(record, [!!upperDir && recordUpperChown(record, upperDir)], {
           changed: true,
         });
       });

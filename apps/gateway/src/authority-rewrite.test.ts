@@ -12,7 +12,7 @@ import {
   authorityAccepted,
   createAuthorityRewriter,
 } from './authority-rewrite.js';
-import { http2Frame } from './test-support.js';
+import { http2Frame } from '../test/test-support.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 const HEADERS = 0x1;

@@ -1,7 +1,7 @@
 /** The gateway's start-up decision for a record of another boot (issue #25), as a plain function. */
 import { describe, expect, it } from 'vitest';
 import { bootDecision } from './boot.js';
-import { aRecord } from './testing/records.js';
+import { aRecord } from '../test/records.js';
 
 const BOOT_1 = '11111111-1111-4111-8111-111111111111';
 const BOOT_2 = '22222222-2222-4222-8222-222222222222';

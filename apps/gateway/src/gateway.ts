@@ -1,6 +1,7 @@
 /**
- * Builds the gateway from its parts: host probes, the container table in KV, the services
- * client, the manager, the removal watch and the gRPC server. main.ts and the tests both use it.
+ * Builds the gateway from its parts: host probes, the container table in KV and what acts on it
+ * (core.ts: one table, handed to the manager, removal and the start-up repairs), the removal watch
+ * that follows the table, the orphan collector and the gRPC server. main.ts and the tests use it.
  */
 import type { NatsConnection } from '@nats-io/nats-core';
 import { GATEWAY_BUCKET, isSysboxError } from '@sysbox-mgr-ts/contracts';
@@ -10,24 +11,22 @@ import { createServiceClient, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 import type { GatewayFlags } from './flags.js';
 import { startGrpcServer, type GrpcServerHandle } from './grpc-server.js';
-import { createManager, watchedPathsOf, type Manager, type MgrConfig } from './manager.js';
+import { askUntilAnswered, type RetrySchedule } from './background-retry.js';
+import { startBootReconcile } from './boot-settle.js';
+import type { MgrConfig } from './container-config.js';
+import { createCore } from './core.js';
+import type { Manager } from './manager.js';
 import type { NetnsMembers } from './netns.js';
-import {
-  askShiftfsSupport,
-  askUntilAnswered,
-  hostChecks,
-  probeHost,
-  type HostChecks,
-  type HostFacts,
-  type RetrySchedule,
-  type ShiftfsSupport,
-} from './probes.js';
-import { ContainerRecord } from './record.js';
+import { hostChecks, probeHost, type HostChecks, type HostFacts } from './probes.js';
+import { ContainerRecord, runningPathsOf, watchedPathsOf } from './record.js';
 import { dockerAutoRemove } from './docker.js';
 import { createOrphanCollector, type OrphanCollector } from './orphans.js';
+import { askShiftfsSupport, type ShiftfsSupport } from './shiftfs-support.js';
 import type { StartReconcile } from './start-reconcile.js';
-import type { SubidReconcile } from './subid-reconcile.js';
+import { startSubidReconcile, type SubidReconcile } from './subid-reconcile.js';
+import type { ContainerTable } from './table.js';
 import { createRemovalWatcher, type RemovalWatcher } from './watcher.js';
+import { parseContainerId } from './wire.js';
 
 /**
  * A silent shiftfs-mgr is asked again after 1 s (one started just after the gateway is seen at
@@ -48,7 +47,11 @@ export interface GatewaySettings extends GatewayFlags {
 }
 
 export interface Gateway {
+  /** The gateway's state, the one table everything below reads and writes. */
+  table: ContainerTable;
   manager: Manager;
+  /** Releases everything of a stopped container and forgets it (what the watch runs). */
+  removeContainer(id: string): Promise<boolean>;
   watcher: RemovalWatcher;
   orphans: OrphanCollector;
   /** The adoption of subid ranges a lost gateway held unwritten. */
@@ -177,16 +180,7 @@ export async function startGateway(opts: {
   });
   const checks = opts.checks ?? hostChecks(facts.kernelRelease);
 
-  // eslint-disable-next-line prefer-const -- the watcher and the manager call each other
-  let manager: Manager | undefined;
-  const watcher = createRemovalWatcher({
-    intervalMs: s.watchIntervalMs,
-    exists: (p) => checks.exists(p),
-    list: () => manager!.watchedPaths(),
-    onRemoved: (id) => manager!.removeContainer(id),
-    log,
-  });
-  manager = createManager({
+  const core = createCore({
     services,
     containers,
     netns,
@@ -197,24 +191,34 @@ export async function startGateway(opts: {
     clock: opts.clock ?? (() => new Date()),
     log,
     replyChecks: { dataRoot: s.dataRoot, subuidFile: s.subuidFile, subgidFile: s.subgidFile },
-    onWatch: (id, path) => (path === undefined ? watcher.unwatch(id) : watcher.watch(id, path)),
     autoRemove: s.dockerSocket ? (id) => dockerAutoRemove(id, s.dockerSocket) : undefined,
     bootId: opts.bootId,
   });
-  // One read of the table at start serves the removal watch and the subid adoption below.
-  const records = await manager.list();
+  const { table, manager, removeContainer } = core;
+  const watcher = createRemovalWatcher({
+    intervalMs: s.watchIntervalMs,
+    exists: (p) => checks.exists(p),
+    list: async () => watchedPathsOf(await table.list()),
+    onRemoved: removeContainer,
+    log,
+  });
+  // The watch follows the table: a save that stops a container starts its watch (table.ts).
+  table.onWatchChange((id, path) => (path === undefined ? watcher.unwatch(id) : watcher.watch(id, path)));
+  // One read of the table at start serves the removal watch and the start-up repairs below.
+  const records = await table.list();
   await watcher.start(watchedPathsOf(records));
   log.info({ watching: watcher.watching().length }, 'removal watch resumed from the container table');
   const orphans = createOrphanCollector({
     services,
-    known: async (id) => (await manager.get(id)) !== undefined,
-    running: () => manager.runningPaths(),
+    // Ids from service lists: a hostile one is refused (invalid-request), never looked up.
+    known: async (id) => (await table.get(parseContainerId(id))) !== undefined,
+    running: async () => runningPathsOf(await table.list()),
     exists: (p) => checks.exists(p),
     forget: async (id) => {
       await manager.unregister({ id }).catch((err: unknown) => {
         if (!isSysboxError(err, 'failed-precondition')) throw err;
       });
-      await manager.removeContainer(id);
+      await removeContainer(id);
     },
     graceMs: s.orphanGraceMs,
     log,
@@ -222,8 +226,16 @@ export async function startGateway(opts: {
   if (s.orphanScanMs > 0) orphans.start(s.orphanScanMs);
   // Before the socket opens: a call for a container of an earlier boot, or whose range is being
   // adopted, waits for that (boot first: a container that stopped with the host needs no range).
-  const bootReconcile = manager.reconcileBoot(records, opts.subidReconcileRetry ?? START_RECONCILE_RETRY);
-  const subidReconcile = manager.reconcileSubids(records, opts.subidReconcileRetry ?? START_RECONCILE_RETRY);
+  const retry = opts.subidReconcileRetry ?? START_RECONCILE_RETRY;
+  const bootReconcile = startBootReconcile({
+    records,
+    table,
+    settle: core.settleBoot,
+    bootId: core.bootId,
+    retry,
+    log,
+  });
+  const subidReconcile = startSubidReconcile({ records, table, services, checks: core.checks, retry, log });
 
   const grpc = await startGrpcServer({
     socketPath: s.socket,
@@ -233,13 +245,13 @@ export async function startGateway(opts: {
   });
   metrics?.state(
     'containers',
-    cached(async () => (await manager.list()).length, STATE_READ_CACHE_MS),
+    cached(async () => (await table.list()).length, STATE_READ_CACHE_MS),
   );
   // shiftfs-mgr may come up after the gateway (started by hand or another supervisor, or down
   // while systemd started the gateway). Calls never wait for it: ContainerConfig says no until it
   // answers. The manager reads this config object at every Register, so the answer is filled in
   // place and holds from the next container on.
-  const retry = opts.shiftfsRetry ?? SHIFTFS_RETRY;
+  const shiftfsRetry = opts.shiftfsRetry ?? SHIFTFS_RETRY;
   const shiftfsWatch =
     !s.disableShiftfs && shiftfs === undefined
       ? askUntilAnswered(
@@ -248,16 +260,18 @@ export async function startGateway(opts: {
             Object.assign(config, shiftfsConfig(s, answer));
             tellShiftfs(answer);
           },
-          retry,
+          shiftfsRetry,
         )
       : undefined;
   if (shiftfsWatch)
     log.warn(
-      { retry },
+      { retry: shiftfsRetry },
       'shiftfs-mgr did not answer: shiftfs is off until it does; asking again in the background',
     );
   return {
+    table,
     manager,
+    removeContainer,
     watcher,
     grpc,
     config,

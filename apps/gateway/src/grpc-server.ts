@@ -86,7 +86,7 @@ export function grpcServiceImplementation(
             () =>
               opts.log.info(
                 { rpc: name, id, ms: Math.round(performance.now() - started) },
-                'still preparing the container mounts',
+                'still running: this call has no time limit (rpc-limits.ts)',
               ),
             30_000,
           )

@@ -5,11 +5,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
-import { createManager, type Manager, type MgrConfig } from './manager.js';
+import { startBootReconcile } from './boot-settle.js';
+import type { MgrConfig } from './container-config.js';
+import { createCore, type Core } from './core.js';
+import type { Manager } from './manager.js';
 import type { NetnsMembers } from './netns.js';
 import type { HostChecks, HostFacts } from './probes.js';
 import type { ContainerRecord } from './record.js';
-import { fakeClient, type FakeClient, type FakeHandler } from './testing/fake-client.js';
+import { fakeClient, type FakeClient, type FakeHandler } from '../test/fake-client.js';
 import { createMemoryStore, type MemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
 import { parseRequest } from './wire.js';
 
@@ -45,6 +48,7 @@ const BOOT_2 = '22222222-2222-4222-8222-222222222222';
 
 interface Rig {
   manager: Manager;
+  core: Core;
   client: FakeClient;
   containers: MemoryStore<ContainerRecord>;
   watches: [string, string | undefined][];
@@ -74,7 +78,7 @@ function rig(
   });
   const containers = boot.containers ?? createMemoryStore<ContainerRecord>();
   const watches: [string, string | undefined][] = [];
-  const manager = createManager({
+  const core = createCore({
     services: client,
     containers: memory
       ? {
@@ -95,12 +99,23 @@ function rig(
       subuidFile: join(dir, 'subid'),
       subgidFile: join(dir, 'subid'),
     },
-    onWatch: (id, path) => void watches.push([id, path]),
     autoRemove,
     bootId: boot.bootId ?? BOOT_1,
   });
-  return { manager, client, containers, watches };
+  core.table.onWatchChange((id, path) => void watches.push([id, path]));
+  return { manager: core.manager, core, client, containers, watches };
 }
+
+/** The boot settle the gateway starts at start, over the table as it is now. */
+const reconcileBoot = async ({ core }: Rig) =>
+  startBootReconcile({
+    records: await core.table.list(),
+    table: core.table,
+    settle: core.settleBoot,
+    bootId: core.bootId,
+    retry: { firstMs: 10, maxMs: 10 },
+    log: silentLogger(),
+  });
 
 const register = (m: Manager, id: string) =>
   m.register(
@@ -241,15 +256,14 @@ describe('lifecycle', () => {
     expect(lost.client.ops()).toContain('rootfs.container-stopped');
   });
 
-  it('answers not-found naming the container, and a hostile id from a service list is refused by get', async () => {
-    const { manager } = rig();
+  it('answers not-found naming the container; removal of an unknown one does nothing', async () => {
+    const { manager, core } = rig();
     await expect(manager.pause({ id: 'nope' })).rejects.toMatchObject({
       code: 'not-found',
       message: expect.stringContaining('nope'),
     });
-    await expect(manager.get('../x')).rejects.toMatchObject({ code: 'invalid-request' });
-    expect(await manager.get('nope')).toBeUndefined();
-    expect(await manager.removeContainer('nope')).toBe(false);
+    expect(await core.table.get('nope')).toBeUndefined();
+    expect(await core.removeContainer('nope')).toBe(false);
   });
 });
 
@@ -311,7 +325,7 @@ describe('after a reboot (issue #25)', () => {
     await containers.create('c2', stopped.containers.snapshot().get('c2')!);
 
     const after = rig({}, undefined, undefined, { bootId: BOOT_2, containers });
-    const settle = after.manager.reconcileBoot(await after.manager.list(), { firstMs: 10, maxMs: 10 });
+    const settle = await reconcileBoot(after);
     await settle.done;
     expect(after.client.ops().sort()).toEqual(['rootfs.revert-upper', 'vol.revert-prep']);
     for (const id of ['c1', 'c2'])
@@ -332,7 +346,7 @@ describe('after a reboot (issue #25)', () => {
     ]);
     // Removal then releases what the container kept, the clone included (not-found = gone).
     after.client.calls.length = 0;
-    expect(await after.manager.removeContainer('c1')).toBe(true);
+    expect(await after.core.removeContainer('c1')).toBe(true);
     expect(after.client.ops().sort()).toEqual(['rootfs.remove-clone', 'subid.free', 'vol.docker-destroy']);
     expect(containers.snapshot().has('c1')).toBe(false);
     await settle.stop();
@@ -353,7 +367,7 @@ describe('after a reboot (issue #25)', () => {
       undefined,
       { bootId: BOOT_2, containers },
     );
-    const settle = after.manager.reconcileBoot(await after.manager.list(), { firstMs: 10, maxMs: 10 });
+    const settle = await reconcileBoot(after);
     await expect(register(after.manager, 'c1')).rejects.toMatchObject({ code: 'unavailable' });
     expect(containers.snapshot().get('c1')).toMatchObject({ state: 'started', boot: BOOT_1 });
     refuse = false;
@@ -368,7 +382,9 @@ describe('after a reboot (issue #25)', () => {
     const { containers } = await runningInBoot1('c1');
     await containers.mutate('c1', (r) => r && { ...r, boot: undefined });
     const after = rig({}, undefined, undefined, { bootId: BOOT_2, containers });
-    await after.manager.reconcileBoot(await after.manager.list(), { firstMs: 10, maxMs: 10 }).done;
+    await (
+      await reconcileBoot(after)
+    ).done;
     expect(containers.snapshot().get('c1')).toMatchObject({
       state: 'started',
       boot: BOOT_2,

@@ -19,10 +19,10 @@ import {
 } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeServices, type FakeServices } from './fake-services.js';
+import { startFakeServices, type FakeServices } from '../test/fake-services.js';
 import { gatewayOptions } from './flags.js';
 import { startGateway, type Gateway, type GatewaySettings } from './gateway.js';
-import { grpcClient, rpc, statusOf, type GrpcClient } from './test-support.js';
+import { grpcClient, rpc, statusOf, type GrpcClient } from '../test/test-support.js';
 
 const log = createLogger({
   service: 'gw-metrics-test',

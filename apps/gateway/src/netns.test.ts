@@ -3,7 +3,7 @@ import { createNetnsSharing, type NetnsMembers } from './netns.js';
 import type { ContainerRecord } from './record.js';
 import { createContainerTable } from './table.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
-import { aRecord } from './testing/records.js';
+import { aRecord } from '../test/records.js';
 
 const POD_MAP = [{ containerId: 0, hostId: 300000, size: 65536 }];
 

@@ -4,12 +4,12 @@
  * then everything is undone), kernel version gates, distro and kernel-header paths, the read-only
  * kernel-header and /lib/modules mounts every container gets, and per-path checks (overlayfs, netns
  * inode, upper dir, whether a mount source can be ID-mapped) used while serving calls. Whether
- * shiftfs works is shiftfs-mgr's finding: asked at start, and in the background until it answers.
+ * shiftfs works is shiftfs-mgr's finding (shiftfs-support.ts).
  */
 import { lstat, mkdir, readFile, readdir, readlink, stat, statfs } from 'node:fs/promises';
 import { release } from 'node:os';
 import { dirname, join, posix } from 'node:path';
-import { SysboxError, shiftfsList, type OciMount } from '@sysbox-mgr-ts/contracts';
+import { SysboxError, type OciMount } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec/run';
 import {
   idMapMountSupported,
@@ -19,7 +19,6 @@ import {
   type ProbeResult,
 } from '@sysbox-mgr-ts/host-native';
 import { overlayOptions, readMountInfo, topMountAt } from '@sysbox-mgr-ts/mountinfo';
-import type { ServiceClient } from '@sysbox-mgr-ts/service-kit';
 
 const OVERLAYFS_SUPER_MAGIC = 0x794c7630;
 
@@ -270,75 +269,6 @@ export async function probeHost(opts: ProbeOptions): Promise<HostFacts> {
     overlayfsOnIDMapMountOk,
     binfmtMiscNamespaced: binfmt.ok,
     binfmtMiscReason: binfmt.reason,
-  };
-}
-
-/** What shiftfs-mgr found at its start (its functional checks, as upstream's manager ran them). */
-export interface ShiftfsSupport {
-  /** The kernel has shiftfs: what --disable-shiftfs-precheck trusts. */
-  inKernel: boolean;
-  supported: boolean;
-  supportedOnOverlayfs: boolean;
-  reason?: string;
-  reasonOnOverlayfs?: string;
-}
-
-/**
- * shiftfs-mgr's answer, or undefined when none came within timeoutMs (not running, not yet
- * started). A shiftfs-mgr 0.1 reply has `supported` only: overlayfs support is then not known, so no.
- */
-export async function askShiftfsSupport(
-  services: ServiceClient,
-  timeoutMs: number,
-): Promise<ShiftfsSupport | undefined> {
-  try {
-    const r = await services.call(shiftfsList, { limit: 1 }, { timeoutMs });
-    return {
-      inKernel: r.inKernel ?? r.supported,
-      supported: r.supported,
-      supportedOnOverlayfs: r.supportedOnOverlayfs ?? false,
-      ...(r.reason === undefined ? {} : { reason: r.reason }),
-      ...(r.reasonOnOverlayfs === undefined ? {} : { reasonOnOverlayfs: r.reasonOnOverlayfs }),
-    };
-  } catch {
-    return undefined;
-  }
-}
-
-export interface RetrySchedule {
-  firstMs: number;
-  maxMs: number;
-}
-
-/**
- * Asks again in the background until an answer comes, after firstMs and then at intervals that
- * double up to maxMs, and hands it to onAnswer once. stop() ends it, waiting for an ask in flight.
- */
-export function askUntilAnswered<T>(
-  ask: () => Promise<T | undefined>,
-  onAnswer: (answer: T) => void,
-  schedule: RetrySchedule,
-): { stop(): Promise<void> } {
-  let stopped = false;
-  let inFlight: Promise<void> = Promise.resolve();
-  let timer: NodeJS.Timeout | undefined;
-  const attempt = (waitMs: number): void => {
-    timer = setTimeout(() => {
-      inFlight = (async () => {
-        const answer = await ask();
-        if (stopped) return;
-        if (answer === undefined) attempt(Math.min(waitMs * 2, schedule.maxMs));
-        else onAnswer(answer);
-      })();
-    }, waitMs);
-  };
-  attempt(schedule.firstMs);
-  return {
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await inFlight;
-    },
   };
 }
 

@@ -2,6 +2,7 @@
  * One container as the gateway remembers it, durably (JetStream KV): what upstream's mgr.go kept
  * in its in-memory containerInfo, plus what a restarted gateway needs to resume the removal watch.
  */
+import { posix } from 'node:path';
 import { z } from 'zod';
 import {
   ContainerId,
@@ -139,4 +140,24 @@ export function newRecord(
     registeredAt: now,
     updatedAt: now,
   };
+}
+
+/**
+ * Docker re-creates `<overlay2>/<id>/merged` on every start, so a stopped Docker container is
+ * watched at `<overlay2>/<id>` (upstream sanitizeRootfs).
+ */
+export function removalWatchPath(rootfs: string): string {
+  return rootfs.includes('/overlay2/') && posix.basename(rootfs) === 'merged'
+    ? posix.dirname(rootfs)
+    : rootfs;
+}
+
+/** The removal watch's paths among `records`: every stopped container's. */
+export function watchedPathsOf(records: ContainerRecord[]): { id: string; path: string }[] {
+  return records.filter((r) => r.state === 'stopped').map((r) => ({ id: r.id, path: r.rmWatchPath }));
+}
+
+/** Running containers with the path whose disappearance means the runtime removed them (the orphan collector's repair). */
+export function runningPathsOf(records: ContainerRecord[]): { id: string; path: string }[] {
+  return records.filter((r) => r.state !== 'stopped').map((r) => ({ id: r.id, path: r.rmWatchPath }));
 }

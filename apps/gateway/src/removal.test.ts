@@ -6,9 +6,9 @@ import type { ContainerRecord } from './record.js';
 import { createRemoval } from './removal.js';
 import { serviceCaller } from './service-call.js';
 import { createContainerTable } from './table.js';
-import { fakeClient, type FakeHandler } from './testing/fake-client.js';
+import { fakeClient, type FakeHandler } from '../test/fake-client.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
-import { aRecord } from './testing/records.js';
+import { aRecord } from '../test/records.js';
 
 const MARK = { source: '/lib/modules', readonly: true };
 
@@ -37,8 +37,8 @@ function rig(rec: ContainerRecord | undefined, handlers: Record<string, FakeHand
     call: serviceCaller(client, { opMs: 100, longOpMs: 1000 }),
     netns: createNetnsSharing({ store: netnsStore, table, host: { inodeOf: async () => 0 } }),
     log: silentLogger(),
-    onWatch: (id, path) => void watches.push([id, path]),
   });
+  table.onWatchChange((id, path) => void watches.push([id, path]));
   return { client, store, netnsStore, remove, watches };
 }
 

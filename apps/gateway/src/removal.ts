@@ -63,7 +63,6 @@ export function createRemoval(deps: {
   call: ServiceCall;
   netns: Pick<NetnsSharing, 'untrack'>;
   log: Logger;
-  onWatch?: (id: string, path: string | undefined) => void;
 }): (id: string) => Promise<boolean> {
   const { table, log } = deps;
   return (id) =>
@@ -89,7 +88,6 @@ export function createRemoval(deps: {
       }
       await deps.netns.untrack(id, rec.netnsInode).catch(() => undefined);
       await table.removeIfStopped(id);
-      deps.onWatch?.(id, undefined);
       log.info({ id }, 'released resources for container');
       return true;
     });

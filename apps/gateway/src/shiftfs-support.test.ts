@@ -18,11 +18,12 @@ import {
 import { commonOptions, createLogger, handle, parseConfig, serve } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startFakeServices } from './fake-services.js';
+import { startFakeServices } from '../test/fake-services.js';
 import { gatewayOptions } from './flags.js';
 import { shiftfsConfig, startGateway, type GatewaySettings } from './gateway.js';
-import type { HostFacts, ShiftfsSupport } from './probes.js';
-import { grpcClient, rpc } from './test-support.js';
+import type { HostFacts } from './probes.js';
+import type { ShiftfsSupport } from './shiftfs-support.js';
+import { grpcClient, rpc } from '../test/test-support.js';
 
 const log = createLogger({
   service: 'gw-shiftfs-test',

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hpack } from './authority-rewrite.js';
 import { boundPathOf, listenFdFromSystemd, startSocketFront } from './socket-front.js';
-import { http2Frame } from './test-support.js';
+import { http2Frame } from '../test/test-support.js';
 
 describe('listenFdFromSystemd', () => {
   it('takes fd 3 only when LISTEN_PID names this process, and clears the variables for children', () => {

@@ -5,7 +5,7 @@
  * yet) are tried again on a schedule until every one is done.
  */
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
-import { askUntilAnswered, type RetrySchedule } from './probes.js';
+import { askUntilAnswered, type RetrySchedule } from './background-retry.js';
 
 export interface StartReconcile {
   /** Settles when every container's repair is done (never, once stopped before that). */

@@ -14,7 +14,7 @@
  */
 import { subidList, type SubidAllocation } from '@sysbox-mgr-ts/contracts';
 import { allPages, type Logger, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
-import type { RetrySchedule } from './probes.js';
+import type { RetrySchedule } from './background-retry.js';
 import { withSubidRange, type ContainerRecord } from './record.js';
 import type { ReplyChecks } from './reply-checks.js';
 import { startReconcile, type StartReconcile } from './start-reconcile.js';

@@ -6,7 +6,7 @@ import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { createContainerTable } from './table.js';
 import { ContainerRecord } from './record.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
-import { aRecord } from './testing/records.js';
+import { aRecord } from '../test/records.js';
 
 const clock = () => new Date('2026-02-03T04:05:06.000Z');
 
@@ -197,5 +197,37 @@ describe('container table on JetStream KV', () => {
     expect((await other.get('c1'))?.value).toMatchObject({ state: 'stopped', volumeKinds: ['docker'] });
     // The refused write read the record afresh: memory now holds the other gateway's change.
     expect((await table.get('c1'))?.state).toBe('stopped');
+  });
+});
+
+describe('the removal watch follows the table', () => {
+  it('a save that stops a container starts its watch; one out of stopped, or a removal, ends it; others say nothing', async () => {
+    const store = createMemoryStore<ContainerRecord>();
+    const table = createContainerTable(store, clock);
+    const watches: [string, string | undefined][] = [];
+    table.onWatchChange((id, path) => void watches.push([id, path]));
+    const rec = aRecord({ id: 'c1' });
+    await table.create(rec);
+    await table.save({ ...rec, userns: '/u' });
+    expect(watches).toEqual([]);
+    await table.save({ ...rec, state: 'stopped' }, 'started');
+    expect(watches).toEqual([['c1', rec.rmWatchPath]]);
+    await table.save({ ...rec, state: 'restarted' }, 'stopped');
+    expect(watches).toEqual([
+      ['c1', rec.rmWatchPath],
+      ['c1', undefined],
+    ]);
+    await table.save({ ...rec, state: 'stopped', rmWatchPath: '/ovl/work' }, 'restarted');
+    await table.removeIfStopped('c1');
+    expect(watches.slice(2)).toEqual([
+      ['c1', '/ovl/work'],
+      ['c1', undefined],
+    ]);
+    // A failed save (the state moved meanwhile) starts nothing.
+    await table.create(rec);
+    await expect(table.save({ ...rec, state: 'stopped' }, 'restarted')).rejects.toMatchObject({
+      code: 'failed-precondition',
+    });
+    expect(watches).toHaveLength(4);
   });
 });

@@ -17,6 +17,9 @@
  * container's id before it answers, and answers the same range for the same id, so it is held
  * here, seen by every read, and carried by the record's next write (subid-reconcile.ts gives a
  * restarted gateway back what a lost one held).
+ *
+ * The removal watch follows the table: a record saved stopped is watched at its rmWatchPath, one
+ * saved out of stopped or removed is not (`onWatchChange`, which the gateway points at the watcher).
  */
 import { SysboxError, type SubidRange } from '@sysbox-mgr-ts/contracts';
 import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
@@ -47,6 +50,8 @@ export interface ContainerTable {
   serialized<T>(id: string, fn: () => Promise<T>): Promise<T>;
   /** The clock, as records spell times. */
   now(): string;
+  /** Tells `listener` each watch a write starts (the stopped record's rmWatchPath) or ends (undefined). */
+  onWatchChange(listener: (id: string, path: string | undefined) => void): void;
 }
 
 export function createContainerTable(
@@ -60,8 +65,11 @@ export function createContainerTable(
     const range = rec && heldRanges.get(rec.id);
     return range ? withSubidRange(rec, range) : rec;
   };
+  const listeners: ((id: string, path: string | undefined) => void)[] = [];
+  const tell = (id: string, path: string | undefined): void => listeners.forEach((l) => l(id, path));
   const table: ContainerTable = {
     now,
+    onWatchChange: (listener) => void listeners.push(listener),
     serialized: createKeyedLock(),
     get: async (id) => withHeld((store.peek(id) ?? (await store.get(id)))?.value),
     remembered: (id) => withHeld(store.peek(id)?.value),
@@ -87,6 +95,8 @@ export function createContainerTable(
         return { ...rec, updatedAt: now() };
       });
       if (rec.subidAllocated) heldRanges.delete(rec.id);
+      if (rec.state === 'stopped') tell(rec.id, rec.rmWatchPath);
+      else if (expectState === 'stopped') tell(rec.id, undefined);
     },
     holdSubidRange(id, range) {
       heldRanges.set(id, range);
@@ -97,7 +107,10 @@ export function createContainerTable(
     },
     async removeIfStopped(id) {
       const after = await store.mutate(id, (cur) => (cur?.state === 'stopped' ? REMOVE : undefined));
-      if (after === undefined) heldRanges.delete(id);
+      if (after === undefined) {
+        heldRanges.delete(id);
+        tell(id, undefined);
+      }
     },
     list: async () => (await store.list()).map((v) => withHeld(v.value)!),
   };

@@ -1,14 +1,18 @@
 import { describe, expect, it } from 'vitest';
-import { SysboxError, VOLUME_KINDS, type OciMount } from '@sysbox-mgr-ts/contracts';
+import { SysboxError, VOLUME_KINDS, type OciMount, type VolumeKind } from '@sysbox-mgr-ts/contracts';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { ShiftType, type ContainerRecord } from './record.js';
 import { createReplyChecks } from './reply-checks.js';
 import { serviceCaller } from './service-call.js';
-import { createContainerTable } from './table.js';
-import { fakeClient, type FakeClient } from './testing/fake-client.js';
+import { fakeClient, type FakeClient } from '../test/fake-client.js';
 import { createMemoryStore } from '@sysbox-mgr-ts/kv-state/testing';
-import { aRecord } from './testing/records.js';
-import { createVolumePolicy, hasVolumeMount, volumeOwnership } from './volumes.js';
+import { aRecord } from '../test/records.js';
+import { createVolumePolicy } from './volumes.js';
+import type { MgrConfig } from './container-config.js';
+import { createCore } from './core.js';
+import type { NetnsMembers } from './netns.js';
+import { hasVolumeMount, volumeOwnership } from './plans/mounts.js';
+import type { HostChecks, HostFacts } from './probes.js';
 
 const HOST_IDS = [{ containerId: 0, hostId: 231072, size: 65536 }];
 const HEADERS: OciMount = { source: '/usr/src/h', destination: '/usr/src/h', type: 'bind', options: ['ro'] };
@@ -65,22 +69,39 @@ function volMgr(
   return fakeClient({ ...handlers, ...over });
 }
 
+/** ReqMounts as the manager runs it (plans/mounts.ts, volumes.ts, the table), over memory stores. */
 function rig(client: FakeClient, rec: ContainerRecord, opts: { noInnerImgPreload?: boolean } = {}) {
   const store = createMemoryStore<ContainerRecord>({ initial: { [rec.id]: rec } });
   const log = silentLogger();
-  const table = createContainerTable(store, () => new Date(0));
-  const policy = createVolumePolicy({
+  const checks = createReplyChecks(
+    { dataRoot: '/var/lib/sysbox', subuidFile: '/nonexistent', subgidFile: '/nonexistent' },
+    log,
+  );
+  const volumes = createVolumePolicy({
     call: serviceCaller(client, { opMs: 100, longOpMs: 1000 }),
-    table,
-    checks: createReplyChecks(
-      { dataRoot: '/var/lib/sysbox', subuidFile: '/nonexistent', subgidFile: '/nonexistent' },
-      log,
-    ),
-    facts: { linuxHeaderMounts: [HEADERS], libModMounts: [] },
+    checks,
     noInnerImgPreload: opts.noInnerImgPreload ?? false,
     log,
   });
-  return { store, policy, table };
+  const core = createCore({
+    services: client,
+    containers: store,
+    netns: createMemoryStore<NetnsMembers>(),
+    host: {} as HostChecks,
+    facts: { linuxHeaderMounts: [HEADERS], libModMounts: [] } as unknown as HostFacts,
+    config: { mountBinfmtMisc: false, noInnerImgPreload: false } as MgrConfig,
+    timeouts: { opMs: 100, longOpMs: 1000 },
+    clock: () => new Date(0),
+    log,
+    replyChecks: { dataRoot: '/var/lib/sysbox', subuidFile: '/nonexistent', subgidFile: '/nonexistent' },
+    bootId: '11111111-1111-4111-8111-111111111111',
+  });
+  const policy = {
+    create: (r: ContainerRecord, rootfsUidShiftType: number, reqList: { kind: VolumeKind; dest: string }[]) =>
+      core.manager.reqMounts({ id: r.id, rootfsUidShiftType, reqList }),
+    syncOut: volumes.syncOut,
+  };
+  return { store, policy };
 }
 
 describe('volume creation', () => {

@@ -1,79 +1,26 @@
 /**
- * Inner-store volumes (upstream's volume managers, now vol-mgr): who owns a new volume by the
- * rootfs's ID-shift type, kinds recorded before creating, adoption of a volume an unanswered
- * ReqMounts made, and sync-out retried once when vol-mgr died in the middle of a copy.
+ * Inner-store volumes (upstream's volume managers, now vol-mgr), the calls: the creates a
+ * ReqMounts plan decided (plans/mounts.ts), adoption of a volume an unanswered ReqMounts made, and
+ * sync-out retried once when vol-mgr died in the middle of a copy. No table write: the manager
+ * saves what these answer.
  */
-import { posix } from 'node:path';
-import {
-  SysboxError,
-  VOLUME_LAYOUT,
-  isSysboxError,
-  volByKind,
-  volList,
-  type OciMount,
-  type VolumeKind,
-} from '@sysbox-mgr-ts/contracts';
+import { isSysboxError, volByKind, volList, type OciMount, type VolumeKind } from '@sysbox-mgr-ts/contracts';
 import { allPages, type Logger } from '@sysbox-mgr-ts/service-kit';
-import type { HostFacts } from './probes.js';
-import { ShiftType, firstMapping, type ContainerRecord } from './record.js';
+import type { VolumeCreate } from './plans/mounts.js';
+import type { ContainerRecord } from './record.js';
 import type { ReplyChecks } from './reply-checks.js';
 import { RPC_TIME_LIMITS } from './rpc-limits.js';
 import type { ServiceCall } from './service-call.js';
-import type { ContainerTable } from './table.js';
-
-export interface VolumeOwnership {
-  owner: { uid: number; gid: number };
-  /** vol-mgr chowns the volume by the container's offset when syncing it out and in. */
-  chownOnSync: boolean;
-}
-
-/**
- * Rootfs ID-shift   volume owner     chown on sync
- * ID-mapped         root:root        no
- * shiftfs, chown    host uid:gid     yes
- * no-shift          host uid:gid     no
- * other             `invalid-request`
- */
-export function volumeOwnership(rec: ContainerRecord, rootfsUidShiftType: number): VolumeOwnership {
-  switch (rootfsUidShiftType) {
-    case ShiftType.IDMappedMount:
-      return { owner: { uid: 0, gid: 0 }, chownOnSync: false };
-    case ShiftType.Shiftfs:
-    case ShiftType.Chown:
-      return { owner: firstMapping(rec, 'volume ownership'), chownOnSync: true };
-    case ShiftType.NoShift:
-      return { owner: firstMapping(rec, 'volume ownership'), chownOnSync: false };
-    default:
-      throw new SysboxError(
-        'invalid-request',
-        `container ${rec.id}: unexpected rootfs ID shift type ${rootfsUidShiftType}`,
-      );
-  }
-}
-
-/** Whether the record holds the mount of its `kind` volume (vol-mgr's `<data root>/<hostDir>/<id>`). */
-export function hasVolumeMount(rec: ContainerRecord, kind: VolumeKind): boolean {
-  return rec.containerMounts.some(
-    (m) =>
-      posix.basename(m.source) === rec.id &&
-      posix.basename(posix.dirname(m.source)) === VOLUME_LAYOUT[kind].hostDir,
-  );
-}
 
 /** A vol-mgr killed in the middle of a copy never answers; one more try reaches its successor. */
 export const SYNC_OUT_ATTEMPTS = 2;
 
 export interface VolumePolicy {
   /**
-   * Creates a volume per request with the ownership of `rootfsUidShiftType`, adopting one an
-   * earlier unanswered call made, and saves the record's mounts (those made, plus the host's
-   * kernel-header and module mounts) even when one fails.
+   * Runs a ReqMounts plan's creates in order, adopting a volume an earlier unanswered call made;
+   * each mount made is pushed onto `made` at once, so the caller saves them even when one fails.
    */
-  create(
-    rec: ContainerRecord,
-    rootfsUidShiftType: number,
-    requests: { kind: VolumeKind; dest: string }[],
-  ): Promise<void>;
+  create(rec: ContainerRecord, creates: readonly VolumeCreate[], made: OciMount[]): Promise<void>;
   /** Syncs every volume out to its host dir (unless inner-image preload is off); answers the kinds that failed. */
   /** `rpc`: the call it serves, whose time limit bounds each sync-out (rpc-limits.ts). */
   syncOut(rec: ContainerRecord, rpc: 'Unregister' | 'Pause'): Promise<VolumeKind[]>;
@@ -81,13 +28,11 @@ export interface VolumePolicy {
 
 export function createVolumePolicy(deps: {
   call: ServiceCall;
-  table: Pick<ContainerTable, 'save'>;
   checks: Pick<ReplyChecks, 'volumeMounts'>;
-  facts: Pick<HostFacts, 'linuxHeaderMounts' | 'libModMounts'>;
   noInnerImgPreload: boolean;
   log: Logger;
 }): VolumePolicy {
-  const { call, table, checks, facts, log } = deps;
+  const { call, checks, log } = deps;
 
   /**
    * The mount of a volume an earlier, unanswered ReqMounts made: vol-mgr lists it ready with the
@@ -110,60 +55,25 @@ export function createVolumePolicy(deps: {
   }
 
   return {
-    async create(rec, rootfsUidShiftType, requests) {
+    async create(rec, creates, made) {
       const { id } = rec;
-      const { owner, chownOnSync } = volumeOwnership(rec, rootfsUidShiftType);
-      // Kinds recorded by an earlier ReqMounts that never answered (the gateway died while
-      // vol-mgr was creating): their volume may exist although this record has no mount for it.
-      const unanswered = new Set(rec.volumeKinds.filter((k) => !hasVolumeMount(rec, k)));
-      // Recorded before creating, so a crash in between still leaves removal a volume to destroy
-      // (destroy of one that was never made answers not-found, which removal takes as done).
-      rec.volumeKinds = [...new Set([...rec.volumeKinds, ...requests.map((r) => r.kind)])];
-      await table.save(rec);
-      const mounts: OciMount[] = [];
-      const made = new Set<VolumeKind>();
-      try {
-        for (const { kind, dest } of requests) {
-          // One volume per kind and container, as upstream: a second request of a kind fails as
-          // its second create did there (vol-mgr answers an identical create the same, for
-          // callers whose answer was lost, so the duplicate is caught here).
-          if (made.has(kind))
-            throw new SysboxError(
-              'already-exists',
-              `container ${id}: a ${kind} volume was already requested (for ${dest} too)`,
-            );
-          made.add(kind);
-          const create = {
+      for (const { kind, dest, request, adoptable, duplicate } of creates) {
+        if (duplicate) throw duplicate;
+        try {
+          const created = await call(
             id,
-            rootfs: rec.rootfs,
-            mountpoint: dest,
-            uid: owner.uid,
-            gid: owner.gid,
-            chownOnSync,
-            perm: VOLUME_LAYOUT[kind].perm,
-            timeLimit: RPC_TIME_LIMITS.ReqMounts,
-          };
-          try {
-            const created = await call(
-              id,
-              `failed to setup mounts backing ${dest}`,
-              volByKind[kind].create,
-              create,
-              'ReqMounts',
-            );
-            mounts.push(...checks.volumeMounts(id, kind, created.mounts));
-          } catch (err) {
-            const adopted =
-              isSysboxError(err, 'already-exists') && unanswered.has(kind)
-                ? await adopt(rec, kind, dest)
-                : undefined;
-            if (!adopted) throw err;
-            mounts.push(adopted);
-          }
+            `failed to setup mounts backing ${dest}`,
+            volByKind[kind].create,
+            request,
+            'ReqMounts',
+          );
+          made.push(...checks.volumeMounts(id, kind, created.mounts));
+        } catch (err) {
+          const adopted =
+            isSysboxError(err, 'already-exists') && adoptable ? await adopt(rec, kind, dest) : undefined;
+          if (!adopted) throw err;
+          made.push(adopted);
         }
-      } finally {
-        rec.containerMounts = [...mounts, ...facts.linuxHeaderMounts, ...facts.libModMounts];
-        await table.save(rec);
       }
     },
 

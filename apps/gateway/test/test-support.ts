@@ -1,6 +1,6 @@
 /** Shared set-up of the gateway's tests and bench: a gateway on a temp socket and its gRPC client. */
 import { credentials, type Client, type ServiceError } from '@grpc/grpc-js';
-import { sysboxMgrClientConstructor } from './proto.js';
+import { sysboxMgrClientConstructor } from '../src/proto.js';
 
 export type GrpcClient = Client & Record<string, Function>;
 

@@ -14,13 +14,13 @@ import { percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit'
 import { createMetricsRegistry } from '@sysbox-mgr-ts/metrics/prometheus';
 import { commonOptions, silentLogger, parseConfig } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
-import { startFakeServices } from './fake-services.js';
-import { gatewayOptions } from './flags.js';
+import { startFakeServices } from '../test/fake-services.js';
+import { gatewayOptions } from '../src/flags.js';
 import { probeFigures } from './probe-bench.js';
-import { startSocketFront } from './socket-front.js';
-import { startGateway, type GatewaySettings } from './gateway.js';
-import { sysboxMgrServiceDefinition } from './codec.js';
-import { grpcClient, rpc } from './test-support.js';
+import { startSocketFront } from '../src/socket-front.js';
+import { startGateway, type GatewaySettings } from '../src/gateway.js';
+import { sysboxMgrServiceDefinition } from '../src/codec.js';
+import { grpcClient, rpc } from '../test/test-support.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const SEQUENTIAL = quick ? 150 : 1500;

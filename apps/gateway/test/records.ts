@@ -1,5 +1,5 @@
 /** Container records for unit tests: a registered, running container unless told otherwise. */
-import { newRecord, type ContainerRecord } from '../record.js';
+import { newRecord, type ContainerRecord } from '../src/record.js';
 
 export function aRecord(over: Partial<ContainerRecord> & { id: string }): ContainerRecord {
   const rootfs = `/var/lib/docker/overlay2/${over.id}/merged`;

@@ -340,8 +340,10 @@ describe('after a reboot (issue #25)', () => {
       rootfsCloned: false,
       requested: { clone: true },
     });
+    // c1 had a clone: watched at the runtime's work dir (the fake's origWorkDir), not at the
+    // work/work inside it that a mount of the overlay deletes and makes again (boot.ts).
     expect(after.watches.sort()).toEqual([
-      ['c1', '/var/lib/docker/overlay2/x/work'],
+      ['c1', '/var/lib/docker/overlay2/x'],
       ['c2', '/var/lib/docker/overlay2/c2'],
     ]);
     // Removal then releases what the container kept, the clone included (not-found = gone).

@@ -12,7 +12,9 @@ import {
   createLogger,
   option,
   parseConfig,
+  silentLogger,
   type ConfigOf,
+  type Logger,
 } from '@sysbox-mgr-ts/service-kit';
 import { z } from 'zod';
 import { formatJson, formatTable } from './format.js';
@@ -64,8 +66,8 @@ export interface FleetIo {
 /** The inventory of the fleet `nc` sees: the report, as gathered now. */
 export async function fleetReport(
   nc: NatsConnection,
-  config: Pick<FleetConfig, 'node' | 'timeoutMs' | 'discoveryMs'>,
-  log = createLogger({ service: FLEET_BIN, node: '-', version: '0', level: 'silent' }),
+  config: Pick<FleetConfig, 'timeoutMs' | 'discoveryMs'> & { node?: readonly string[] | undefined },
+  log: Logger = silentLogger(),
 ): Promise<FleetReport> {
   const snapshot = await gatherFleet(nc, {
     nodes: config.node,

@@ -2,19 +2,7 @@
  * The inventory as data: what the bus answered (a snapshot) turned into one report per node and
  * fleet totals. Pure: no network, no clock (the time is passed in), so it is tested alone.
  */
-import {
-  ALL_SERVICES,
-  type CloneInfo,
-  type MarkInfo,
-  type PrepInfo,
-  type UpperShiftInfo,
-  type ServiceName,
-  type SubidAllocation,
-  type SubidRange,
-  type VolumeInfo,
-  type VolumeKind,
-} from '@sysbox-mgr-ts/contracts';
-import type { z } from 'zod';
+import { ALL_SERVICES, type ServiceName, type SubidRange, type VolumeKind } from '@sysbox-mgr-ts/contracts';
 
 /** One running instance of a service, as its `$SRV.STATS` answer describes it. */
 export interface InstanceStats {
@@ -28,12 +16,32 @@ export interface InstanceStats {
   lastError: string;
 }
 
-/** Every page of one node's lists, read to the end; a service whose list failed has its reason. */
+/**
+ * Every page of one node's lists, read to the end: the fields of the contracts' replies the report
+ * uses. A service whose list failed has its reason in `failures`.
+ */
 export interface NodeLists {
-  subid?: { mode: 'shared' | 'exclusive'; pool: SubidRange; allocations: SubidAllocation[] };
-  vol?: { volumes: VolumeInfo[]; preps: z.infer<typeof PrepInfo>[] };
-  shiftfs?: { supported: boolean; supportedOnOverlayfs?: boolean | undefined; marks: MarkInfo[] };
-  rootfs?: { clones: CloneInfo[]; uppers: z.infer<typeof UpperShiftInfo>[] };
+  subid?: {
+    mode: 'shared' | 'exclusive';
+    pool: SubidRange;
+    allocations: { id: string; uid: number; gid: number; size: number }[];
+  };
+  vol?: { volumes: { kind: VolumeKind; id: string }[]; preps: { source: string; holders: string[] }[] };
+  shiftfs?: {
+    supported: boolean;
+    supportedOnOverlayfs?: boolean | undefined;
+    marks: { markpoint: string; holders: string[] }[];
+  };
+  rootfs?: {
+    clones: {
+      id: string;
+      cloneRootfs: string;
+      mounted: boolean;
+      chowned: boolean;
+      containerStopped: boolean;
+    }[];
+    uppers: { id: string; shifted: boolean }[];
+  };
   failures: Partial<Record<ServiceName, string>>;
 }
 

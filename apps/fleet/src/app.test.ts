@@ -4,6 +4,7 @@
  * monitor identity's credentials, its table and JSON read back.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
@@ -217,6 +218,25 @@ describe('sysbox-fleet on two simulated hosts', () => {
     expect(r.out).toBe('');
     expect(r.err).toMatch(
       new RegExp(`^sysbox-fleet: cannot read the fleet at ${ns.url}: .*authorization`, 'i'),
+    );
+  });
+
+  it('fails with exit 1 when no server answers, instead of retrying as a daemon does', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const srv = createServer().listen(0, '127.0.0.1', () => {
+        const p = (srv.address() as AddressInfo).port;
+        srv.close(() => resolve(p));
+      });
+    });
+    let err = '';
+    const code = await runFleet(
+      ['--nats-url', `nats://127.0.0.1:${port}`, ...monitor()],
+      {},
+      { stdout: () => undefined, stderr: (t) => (err += t) },
+    );
+    expect(code).toBe(1);
+    expect(err).toMatch(
+      /^sysbox-fleet: cannot read the fleet at nats:\/\/127\.0\.0\.1:\d+: .*connection refused/,
     );
   });
 

@@ -125,7 +125,7 @@ function serviceReport(
   lists: NodeLists | undefined,
   now: number,
 ): ServiceReport {
-  const failure = lists?.failures[service];
+  const failure = lists ? lists.failures[service] : 'its list was not read';
   const youngest = instances.reduce<number | undefined>((acc, i) => {
     const t = Date.parse(i.started);
     return Number.isNaN(t) ? acc : Math.max(acc ?? t, t);

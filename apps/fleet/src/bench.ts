@@ -1,13 +1,14 @@
 /**
  * sysbox-fleet on a simulated fleet (#28): FLEET_BENCH_NODES nodes (100) of FLEET_BENCH_CONTAINERS
- * containers (2,000) each, every node's four services answering `$SRV` and their lists from this
- * process (pages encoded once at start), on a real authenticated nats-server; the inventory runs
- * with the monitor identity.
+ * containers (2,000) each, every node's four services answering `$SRV` and their lists from a
+ * child process (pages encoded once at start; in a fleet they answer from their own hosts), on a
+ * real authenticated nats-server; the inventory runs in this process with the monitor identity.
  *
  * Baseline, same run, alternated with the candidate: the same NATS requests done bare (the same
  * discovery with the same quiet time, each node's list pages requested as answers arrive, replies
  * not decoded). The ratio is what decoding, validating and joining the replies add.
  */
+import { fileURLToPath } from 'node:url';
 import type { Msg, NatsConnection } from '@nats-io/nats-core';
 import { compareRuns, timeRuns, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import {
@@ -18,7 +19,14 @@ import {
   subidList,
   volList,
 } from '@sysbox-mgr-ts/contracts';
-import { decodeJson, encodeJson, type MicroService } from '@sysbox-mgr-ts/service-kit';
+import { startProcess } from '@sysbox-mgr-ts/exec';
+import {
+  connectNats,
+  decodeJson,
+  encodeJson,
+  silentLogger,
+  type MicroService,
+} from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
 import { fleetReport } from './app.js';
 import { formatJson, formatTable } from './format.js';
@@ -34,18 +42,47 @@ const SERVER_CONNECTIONS = 4;
 
 const say = (line: string): void => void process.stdout.write(`${line}\n`);
 
-const ns = await startNatsServer({ jetstream: false });
-const servers: NatsConnection[] = [];
-const services: MicroService[] = [];
-let monitor: NatsConnection | undefined;
-try {
-  for (let i = 0; i < SERVER_CONNECTIONS; i++) servers.push(await ns.connect('operator'));
-  const t0 = performance.now();
+/** The child: every simulated node, until SIGTERM. */
+async function serveSimulatedFleet(url: string, creds: string): Promise<void> {
+  const log = silentLogger();
+  const servers: NatsConnection[] = [];
+  for (let i = 0; i < SERVER_CONNECTIONS; i++)
+    servers.push(await connectNats({ natsUrl: url, natsCreds: creds }, 'operator', 'fleet-bench-sim', log));
+  const services: MicroService[] = [];
   for (let n = 0; n < NODES; n++) {
     const node = `node-${String(n).padStart(3, '0')}`;
     services.push(...startRawSimNode(servers[n % SERVER_CONNECTIONS]!, simNode(node, CONTAINERS), '0.1.0'));
   }
   await Promise.all(servers.map((s) => s.flush()));
+  say('ready');
+  await new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
+  await Promise.all(services.map((s) => s.stop()));
+  await Promise.all(servers.map((s) => s.close()));
+}
+
+if (process.argv.includes('--serve-sim')) {
+  await serveSimulatedFleet(process.env.FLEET_SIM_URL!, process.env.FLEET_SIM_CREDS!);
+  process.exit(0);
+}
+
+const ns = await startNatsServer({ jetstream: false });
+let sim: ReturnType<typeof startProcess> | undefined;
+let monitor: NatsConnection | undefined;
+try {
+  const t0 = performance.now();
+  sim = startProcess(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--serve-sim'], {
+    env: { FLEET_SIM_URL: ns.url, FLEET_SIM_CREDS: ns.credentials('operator') },
+  });
+  let simOut = '';
+  await new Promise<void>((resolve, reject) => {
+    sim!.stdout!.on('data', (c: Buffer) => {
+      simOut += c.toString();
+      if (simOut.includes('ready')) resolve();
+    });
+    void sim!.then((r) =>
+      reject(new Error(`simulated fleet exited: ${r.exitCode}\n${simOut}${r.stderr ?? ''}`)),
+    );
+  });
   say(`${NODES} simulated nodes x ${CONTAINERS} containers up in ${Math.round(performance.now() - t0)} ms`);
 
   monitor = await ns.connect('monitor');
@@ -132,8 +169,8 @@ try {
   ];
   await writeFigures('fleet', figures, say);
 } finally {
-  await Promise.all(services.map((s) => s.stop()));
   await monitor?.close();
-  await Promise.all(servers.map((s) => s.close()));
+  sim?.kill('SIGTERM');
+  await sim;
   await ns.stop();
 }

@@ -42,5 +42,11 @@ describe('vol.list', () => {
     expect(page.next).toBeDefined();
     expect(sized).toBe(100);
     expect(page.volumes.every((v) => v.sizeBytes > 0)).toBe(true);
+
+    // An inventory asks for ids only: no du at all, sizes 0 (#28).
+    const unsized = (await list.handler({ limit: 100, sizes: false }, ctx)) as typeof page;
+    expect(unsized.volumes).toHaveLength(100);
+    expect(sized).toBe(100);
+    expect(unsized.volumes.every((v) => v.sizeBytes === 0)).toBe(true);
   });
 });

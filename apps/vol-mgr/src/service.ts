@@ -46,10 +46,11 @@ export function createVolBindings(volumes: Record<VolumeKind, VolumeManager>, pr
       ];
       const page = pageOf(entries, (e) => e.key, req);
       const onPage = page.items.flatMap((e) => ('volume' in e ? [e.volume] : []));
-      // Sized here, for this page only, a few at a time (one `du` each).
-      for (let i = 0; i < onPage.length; i += LIST_SIZE_CONCURRENCY)
+      // Sized here, for this page only, a few at a time (one `du` each), unless asked not to.
+      const sized = req.sizes === false ? [] : onPage;
+      for (let i = 0; i < sized.length; i += LIST_SIZE_CONCURRENCY)
         await Promise.all(
-          onPage
+          sized
             .slice(i, i + LIST_SIZE_CONCURRENCY)
             .map(async (v) => (v.sizeBytes = await volumes[v.kind].sizeOf(v.id))),
         );

@@ -155,7 +155,17 @@ export const volList = defineContract({
   readOnly: true,
   subject: subjectOf('vol', 'list'),
   description: 'the volumes and prepared mount sources of this node, a page at a time',
-  request: z.object({ kind: VolumeKindSchema.optional(), ...PageRequest }).strict(),
+  request: z
+    .object({
+      kind: VolumeKindSchema.optional(),
+      /**
+       * false: no `du`, every sizeBytes 0 (an inventory that needs ids, not sizes: one `du` per
+       * volume made a page of 2,000 take minutes). Absent or true: each volume of the page sized.
+       */
+      sizes: z.boolean().optional(),
+      ...PageRequest,
+    })
+    .strict(),
   reply: z.object({ volumes: z.array(VolumeInfo), preps: z.array(PrepInfo), next: NextCursor }),
   errors: ['invalid-request'],
 });

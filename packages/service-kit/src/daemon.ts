@@ -88,6 +88,8 @@ export async function connectNats(
   identity: IdentityName,
   name: string,
   log: Logger,
+  /** once: a command's connection (sysbox-fleet): fail at once when the first connect fails, never reconnect. */
+  mode: { once?: boolean } = {},
 ): Promise<NatsConnection> {
   const creds =
     config.natsCreds === 'none'
@@ -104,9 +106,9 @@ export async function connectNats(
       credentialsFile: creds,
       tls: { caFile: config.natsTlsCa, certFile: config.natsTlsCert, keyFile: config.natsTlsKey },
     }),
-    maxReconnectAttempts: -1,
+    maxReconnectAttempts: mode.once ? 0 : -1,
     reconnectTimeWait: 500,
-    waitOnFirstConnect: true,
+    waitOnFirstConnect: !mode.once,
     // nats.js otherwise builds two Errors (stack traces) per request, for stacks our typed errors
     // never show: 1.8% of the gateway's CPU in a Register/SubidAlloc loop (cpu profile).
     noAsyncTraces: true,

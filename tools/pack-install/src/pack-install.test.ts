@@ -78,7 +78,7 @@ describe('packed packages installed outside the repository', () => {
     mkdirSync(install);
     const workspaces = [
       ...PACKAGES.map((p) => `packages/${p}`),
-      ...[...APPS, 'all-in-one'].map((a) => `apps/${a}`),
+      ...[...APPS, 'all-in-one', 'fleet'].map((a) => `apps/${a}`),
     ];
     const pack = await run(
       'npm',
@@ -142,6 +142,7 @@ describe('packed packages installed outside the repository', () => {
     );
     for (const a of APPS) expect(existsSync(installedBin(BIN[a]))).toBe(true);
     expect(existsSync(installedBin('sysbox-nats-auth'))).toBe(true);
+    expect(existsSync(installedBin('sysbox-fleet'))).toBe(true);
   });
 
   it('id-shift installs with its prebuilt addon: nothing compiled, and it shifts a tree', async () => {
@@ -283,6 +284,23 @@ describe('packed packages installed outside the repository', () => {
       delegated.some(([, start, count]) => uid >= start && uid + 65536 <= start + count),
       `${uid} in ${readFileSync(subuid, 'utf8')}`,
     ).toBe(true);
+
+    // The installed inventory, with the monitor identity, sees this node's four services answer.
+    const fleet = await run(
+      installedBin('sysbox-fleet'),
+      ['--nats-url', `nats://127.0.0.1:${port}`, '--nats-creds', join(creds, 'monitor.nk'), '--json'],
+      { cwd: install, timeout: 30_000 },
+    );
+    const report = JSON.parse(fleet.stdout) as {
+      nodes: { node: string; services: { service: string; replicas: number; health: string }[] }[];
+    };
+    expect(report.nodes.map((n) => n.node)).toEqual([node]);
+    expect(report.nodes[0]!.services.map((s) => [s.service, s.replicas, s.health])).toEqual([
+      ['sysbox-subid', 1, 'ok'],
+      ['sysbox-vol', 1, 'ok'],
+      ['sysbox-shiftfs', 1, 'ok'],
+      ['sysbox-rootfs', 1, 'ok'],
+    ]);
 
     // Clean stop: daemons (exit 0) before the server they drain to (which exits 1 on SIGTERM), each within 10 s.
     for (const p of [...procs].reverse()) {

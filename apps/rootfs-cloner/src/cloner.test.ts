@@ -39,7 +39,7 @@ import {
   testGuard,
   unmountAllUnder,
   type RuntimeRootfs,
-} from './rootfs-fixture.test-util.js';
+} from '../test/rootfs.js';
 
 const OFFSET = 165536;
 const BOOT_1 = '11111111-1111-4111-8111-111111111111';

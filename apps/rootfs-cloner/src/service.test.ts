@@ -30,7 +30,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
 import { createMounter } from './mounter.js';
 import { shift } from '@sysbox-mgr-ts/id-shift';
-import { buildRuntimeRootfs, testGuard, unmountAllUnder } from './rootfs-fixture.test-util.js';
+import { buildRuntimeRootfs, testGuard, unmountAllUnder } from '../test/rootfs.js';
 import { createBindings } from './service.js';
 
 const OFFSET = 165536;

@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks, markKey, type ShiftfsMarks, type ShiftfsMarksDeps } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
-import { FakeKernel, WORKING_SHIFTFS, captureLogger } from './testing/fake-kernel.js';
+import { FakeKernel, WORKING_SHIFTFS, captureLogger } from '../test/fake-kernel.js';
 
 const rw = (source: string) => ({ source, readonly: false });
 

@@ -23,7 +23,7 @@ import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
 import { createShiftfsBindings, shiftfsMetadata } from './service.js';
-import { FakeKernel, WORKING_SHIFTFS, captureLogger } from './testing/fake-kernel.js';
+import { FakeKernel, WORKING_SHIFTFS, captureLogger } from '../test/fake-kernel.js';
 
 describe('sysbox-shiftfs over a real nats-server', () => {
   let ns: NatsServer;

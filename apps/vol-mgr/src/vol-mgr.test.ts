@@ -39,7 +39,7 @@ import { createMetricsRegistry, type MetricsRegistry } from '@sysbox-mgr-ts/metr
 import { parseExposition } from '@sysbox-mgr-ts/metrics/testing';
 import { startVolApp, type VolApp, type VolAppConfig } from './app.js';
 import { VolumeRecord } from './volumes.js';
-import { makeOverlayRootfs, snapshotTree, type OverlayRootfs } from './testing/tree.js';
+import { makeOverlayRootfs, snapshotTree, type OverlayRootfs } from '../test/tree.js';
 
 const OFFSET = 165536;
 const idShift = { shift, scanIds, needsShift };

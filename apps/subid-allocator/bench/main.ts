@@ -25,9 +25,9 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import { createLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
-import { createSubidAlloc, type SubidAllocator } from './allocator.js';
-import { createSubidBindings } from './service.js';
-import { openSubidStores } from './subid-store.js';
+import { createSubidAlloc, type SubidAllocator } from '../src/allocator.js';
+import { createSubidBindings } from '../src/service.js';
+import { openSubidStores } from '../src/subid-store.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const ALLOCS = quick ? 200 : 1000;

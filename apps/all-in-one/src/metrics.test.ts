@@ -5,7 +5,6 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Writable } from 'node:stream';
 import {
   GATEWAY_BUCKET,
   rootfsList,
@@ -19,7 +18,7 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import { scrape } from '@sysbox-mgr-ts/metrics/testing';
 import {
-  createLogger,
+  silentLogger,
   createServiceClient,
   serveMetrics,
   type MetricsEndpoint,
@@ -28,13 +27,7 @@ import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configure, startApps, type StartedApps } from './all-in-one.js';
 
-const log = createLogger({
-  service: 't',
-  node: 'n',
-  version: '0',
-  level: 'silent',
-  destination: new Writable({ write: (_c, _e, cb) => cb() }),
-});
+const log = silentLogger();
 
 describe('all-in-one metrics', () => {
   let ns: NatsServer;

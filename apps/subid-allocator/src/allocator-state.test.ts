@@ -3,7 +3,6 @@
  * connections racing for blocks, multi-block runs, what a crash between two writes leaves and who
  * repairs it, migration from the single-key table, and list pages.
  */
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
   SUBID_BLOCK,
@@ -12,7 +11,7 @@ import {
   subidService,
   type SubidAllocReply,
 } from '@sysbox-mgr-ts/contracts';
-import { createLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSubidAlloc, type SubidAllocator, type SubidMode } from './allocator.js';
@@ -20,14 +19,7 @@ import { createSubidBindings } from './service.js';
 import { LEGACY_TABLE_KEY, openSubidStores, type SubidStores } from './subid-store.js';
 
 const B = SUBID_BLOCK;
-const silent = () =>
-  createLogger({
-    service: 't',
-    node: 'n',
-    version: '0',
-    level: 'warn',
-    destination: new Writable({ write: (_c, _e, cb) => cb() }),
-  });
+const silent = silentLogger;
 const START = 100000;
 
 function overlaps(ranges: readonly { uid: number; size: number }[]): number {

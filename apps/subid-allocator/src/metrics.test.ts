@@ -5,14 +5,13 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SUBID_BLOCK, subidAlloc, subidFree, subidService } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import { listeningPorts, scrape } from '@sysbox-mgr-ts/metrics/testing';
 import {
   commonOptions,
-  createLogger,
+  silentLogger,
   createServiceClient,
   decodeJson,
   parseConfig,
@@ -24,13 +23,7 @@ import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { subidAllocatorApp } from './app.js';
 
-const log = createLogger({
-  service: 't',
-  node: 'n',
-  version: '0',
-  level: 'warn',
-  destination: new Writable({ write: (_c, _e, cb) => cb() }),
-});
+const log = silentLogger();
 const appDir = new URL('..', import.meta.url).pathname;
 const POOL_BLOCKS = 16;
 

@@ -6,7 +6,6 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
   SUBID_BLOCK,
@@ -18,7 +17,7 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import {
-  createLogger,
+  silentLogger,
   createServiceClient,
   serve,
   type Binding,
@@ -32,14 +31,7 @@ import { createSubidBindings } from './service.js';
 import { openSubidStores } from './subid-store.js';
 
 const B = SUBID_BLOCK;
-const silent = () =>
-  createLogger({
-    service: 't',
-    node: 'n',
-    version: '0',
-    level: 'warn',
-    destination: new Writable({ write: (_c, _e, cb) => cb() }),
-  });
+const silent = silentLogger;
 
 /** Every pair of ranges is disjoint. */
 function overlaps(ranges: readonly { uid: number; size: number }[]): number {

@@ -8,6 +8,7 @@ import { CALL_ID_HEADER } from './wire.js';
 import {
   ERROR_CODE_HEADER,
   createLogger,
+  silentLogger,
   createServiceClient,
   decodeJson,
   encodeJson,
@@ -47,14 +48,7 @@ const testService = {
   contracts: [echo, fail],
 } as const satisfies ServiceContract;
 
-const silent = () =>
-  createLogger({
-    service: 't',
-    node: 'n',
-    version: '0',
-    level: 'debug',
-    destination: new Writable({ write: (_c, _e, cb) => cb() }),
-  });
+const silent = silentLogger;
 
 describe('service kit on a real nats-server', () => {
   let ns: NatsServer;

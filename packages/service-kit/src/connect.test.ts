@@ -1,7 +1,7 @@
 import { chmodSync, copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { SysboxError, defineContract, subjectOf } from '@sysbox-mgr-ts/contracts';
 import { z } from 'zod';
@@ -95,7 +95,8 @@ describe('a reply lost to a reconnect', () => {
     const nc = await ns.connect('operator', { reconnectTimeWait: 50 });
     const client = createServiceClient(nc, { node: 'n1', timeoutMs: 20_000 });
     const call = client.call(contract(true), {});
-    await new Promise((res) => setTimeout(res, 200));
+    // The first copy reached the responder (which drops it) before the connection goes.
+    await vi.waitFor(() => expect(r.seen()).toBe(1));
     await nc.reconnect();
     // The second copy answered: the request was sent again, not left to wait out its 20 s bound
     // (which would also outlast this test's own time-out).
@@ -169,7 +170,8 @@ describe('a reply lost to a reconnect', () => {
     const nc = await ns.connect('operator', { reconnectTimeWait: 50 });
     const client = createServiceClient(nc, { node: 'n1', timeoutMs: 1500 });
     const call = client.call(contract(false), {});
-    await new Promise((res) => setTimeout(res, 200));
+    // The first copy reached the responder (which drops it) before the connection goes.
+    await vi.waitFor(() => expect(r.seen()).toBe(1));
     await nc.reconnect();
     await expect(call).rejects.toMatchObject({ code: 'timeout' });
     expect(r.seen()).toBe(1);

@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { listenDatagram, type DatagramListener } from '@sysbox-mgr-ts/host-native';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 
 const pkgDir = resolve(import.meta.dirname, '..');
 const node = 'sdtest';
@@ -108,11 +108,14 @@ describe('runDaemon and sd_notify', () => {
     const env: Record<string, string> = { NOTIFY_SOCKET: join(dir, 'nobody.sock') };
     const d = startDaemon(ns, env);
     try {
-      const deadline = Date.now() + 20_000;
-      while (!/"msg":"started"/.test(d.output()) && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 20));
-      await new Promise((r) => setTimeout(r, 50));
-      expect(d.output()).toMatch(/"msg":"sd_notify READY=1 failed"/);
+      await vi.waitFor(() => expect(d.output()).toMatch(/"msg":"started"/), {
+        timeout: 20_000,
+        interval: 20,
+      });
+      await vi.waitFor(() => expect(d.output()).toMatch(/"msg":"sd_notify READY=1 failed"/), {
+        timeout: 5_000,
+        interval: 20,
+      });
       expect(
         new TextDecoder().decode((await nc.request(`sysbox.${node}.subid.ping`, '', { timeout: 1000 })).data),
       ).toBe('pong');

@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import { headers, type NatsConnection } from '@nats-io/nats-core';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { SysboxError, defineContract, subjectOf, type ServiceContract } from '@sysbox-mgr-ts/contracts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import { CALL_ID_HEADER } from './wire.js';
 import {
@@ -201,15 +201,17 @@ describe('service kit on a real nats-server', () => {
 
   it('stop waits for requests in flight', async () => {
     const slow = defineContract({ ...echo, endpoint: 'slow', subject: subjectOf('subid', 'slow') });
+    let started = false;
     let finished = false;
     const s = serveOne(slow, async (req) => {
+      started = true;
       await new Promise((r) => setTimeout(r, 300));
       finished = true;
       return { id: req.id, n: req.n, by: 'slow' };
     });
     await nc.flush();
     const reply = createServiceClient(nc, { node: 'n1' }).call(slow, { id: 'c', n: 1 });
-    await new Promise((r) => setTimeout(r, 50));
+    await vi.waitFor(() => expect(started).toBe(true));
     await s.stop();
     expect(finished).toBe(true);
     await expect(reply).resolves.toMatchObject({ by: 'slow' });

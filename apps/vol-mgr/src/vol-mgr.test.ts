@@ -34,7 +34,7 @@ import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createMetricsRegistry, type MetricsRegistry } from '@sysbox-mgr-ts/metrics/prometheus';
 import { parseExposition } from '@sysbox-mgr-ts/metrics/testing';
 import { startVolApp, type VolApp, type VolAppConfig } from './app.js';
@@ -393,8 +393,11 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
 
     const target = join(rootfs.upper, 'var/lib/docker');
     const syncing = client.call(docker.syncOut, { id: 'slow' });
-    while (!(await lstat(target).catch(() => undefined))) await new Promise((r) => setTimeout(r, 20));
-    await new Promise((r) => setTimeout(r, 200));
+    // The copy is under way once rsync wrote its first (temporary) file into the target.
+    await vi.waitFor(async () => expect((await readdir(target).catch(() => [])).length).toBeGreaterThan(0), {
+      timeout: 10_000,
+      interval: 20,
+    });
     await rm(join(rootfs.upper, 'var'), { recursive: true, force: true });
     // An answer, not the typed timeout the 2.5 s bound would give: the vanished target ended the copy.
     await expect(syncing).resolves.toEqual({});

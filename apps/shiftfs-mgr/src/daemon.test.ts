@@ -9,9 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { shiftfsList, shiftfsMark } from '@sysbox-mgr-ts/contracts';
-import { startProcess } from '@sysbox-mgr-ts/exec';
+import type { startProcess } from '@sysbox-mgr-ts/exec';
 import { createServiceClient, decodeJson } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startAppDaemon, startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { markKey } from './marks.js';
 import { openMarkStore } from './mark-store.js';
@@ -27,41 +27,15 @@ describe('sysbox-shiftfs-mgr process', () => {
 
   /** Starts main.ts and resolves with a reader of its log once it says "started". */
   async function startDaemon(): Promise<{ proc: ReturnType<typeof startProcess>; logs: () => string }> {
-    // node itself (no npx/tsx wrapper process), so SIGKILL hits the daemon and nothing is orphaned.
-    const proc = startProcess(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        '--conditions=@sysbox-mgr-ts/source',
-        'src/main.ts',
-        '--nats-url',
-        ns.url,
-        '--nats-creds',
-        ns.credentials('shiftfs-mgr'),
-        '--node',
-        'd1',
-        '--data-root',
-        join(dir, 'root'),
-        '--no-modprobe',
-      ],
-      { cwd: appDir, output: 'pipe' },
-    );
-    children.push(proc);
-    let out = '';
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${out}`)), 15_000);
-      const onData = (chunk: Buffer): void => {
-        out += chunk.toString();
-        if (out.includes('"msg":"started"')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      proc.stdout?.on('data', onData);
-      proc.stderr?.on('data', onData);
+    const d = await startAppDaemon({
+      appDir,
+      ns,
+      identity: 'shiftfs-mgr',
+      args: ['--node', 'd1', '--data-root', join(dir, 'root'), '--no-modprobe'],
+      startTimeoutMs: 15_000,
     });
-    return { proc, logs: () => out };
+    children.push(d.proc);
+    return d;
   }
 
   beforeAll(async () => {

@@ -7,7 +7,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SUBID_BLOCK, subidAlloc, subidFree, subidService } from '@sysbox-mgr-ts/contracts';
-import { startProcess } from '@sysbox-mgr-ts/exec';
 import { listeningPorts, scrape } from '@sysbox-mgr-ts/metrics/testing';
 import {
   commonOptions,
@@ -19,7 +18,7 @@ import {
   type MetricsEndpoint,
   type Stoppable,
 } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startAppDaemon, startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { subidAllocatorApp } from './app.js';
 
@@ -119,43 +118,13 @@ describe('subid-allocator metrics', () => {
 
   /** main.ts as a process: resolves once it logged "started", with its log. */
   async function startDaemon(extra: string[]): Promise<{ pid: number; log: string; stop(): Promise<void> }> {
-    const proc = startProcess(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        '--conditions=@sysbox-mgr-ts/source',
-        'src/main.ts',
-        '--nats-url',
-        ns.url,
-        '--nats-creds',
-        ns.credentials('subid-allocator'),
-        ...flags(`p${extra.length}`),
-        ...extra,
-      ],
-      { cwd: appDir, output: 'pipe' },
-    );
-    let out = '';
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${out}`)), 30_000);
-      const onData = (chunk: Buffer): void => {
-        out += chunk.toString();
-        if (out.includes('"msg":"started"')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      proc.stdout?.on('data', onData);
-      proc.stderr?.on('data', onData);
+    const d = await startAppDaemon({
+      appDir,
+      ns,
+      identity: 'subid-allocator',
+      args: [...flags(`p${extra.length}`), ...extra],
     });
-    return {
-      pid: proc.pid!,
-      log: out,
-      stop: async () => {
-        proc.kill('SIGTERM');
-        await proc.catch(() => undefined);
-      },
-    };
+    return { pid: d.pid, log: d.logs(), stop: d.stop };
   }
 
   it('listens for nothing without --metrics-address, and only there with it', async () => {

@@ -15,14 +15,13 @@ import {
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { rootfsService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { run } from '@sysbox-mgr-ts/exec';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   CloneRecord,
   UpperRecord,
@@ -52,14 +51,13 @@ const exists = (p: string) =>
   );
 
 describe('rootfs cloner on real overlay mounts', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer();
   let base: string;
   let dataRoot: string;
   let shiftIds: ShiftIds;
 
   const makeCloner = async (node = 'n1', bootId = BOOT_1): Promise<Cloner> => {
-    const kv = await openBucket(nc, rootfsService.bucket);
+    const kv = await openBucket(nats.nc, rootfsService.bucket);
     return createCloner({
       dataRoot,
       clones: createStateStore(kv, { node, namespace: 'clone', schema: CloneRecord }),
@@ -76,18 +74,12 @@ describe('rootfs cloner on real overlay mounts', () => {
   };
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
     shiftIds = shift;
-  });
-  afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
   });
 
   /** The state stores a cloner of `node` uses, to write what a daemon killed mid-shift leaves. */
   const storesOf = async (node = 'n1') => {
-    const kv = await openBucket(nc, rootfsService.bucket);
+    const kv = await openBucket(nats.nc, rootfsService.bucket);
     return {
       clones: createStateStore(kv, { node, namespace: 'clone', schema: CloneRecord }),
       uppers: createStateStore(kv, { node, namespace: 'upper', schema: UpperRecord }),
@@ -614,7 +606,7 @@ describe('rootfs cloner on real overlay mounts', () => {
       const decoy = join(base, 'decoy');
       await mkdir(join(decoy, 'overlay2'), { recursive: true });
       await writeFile(join(decoy, 'keep'), 'host data');
-      const kv = await openBucket(nc, rootfsService.bucket);
+      const kv = await openBucket(nats.nc, rootfsService.bucket);
       const clones = createStateStore(kv, { node: 'forged', namespace: 'clone', schema: CloneRecord });
       const uppers = createStateStore(kv, { node: 'forged', namespace: 'upper', schema: UpperRecord });
       const forged: CloneRecord = {

@@ -19,7 +19,6 @@ import {
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import {
   VOLUME_KINDS,
   VOLUME_LAYOUT,
@@ -33,7 +32,7 @@ import {
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createMetricsRegistry, type MetricsRegistry } from '@sysbox-mgr-ts/metrics/prometheus';
 import { parseExposition } from '@sysbox-mgr-ts/metrics/testing';
@@ -103,8 +102,7 @@ async function listAll(dir: string): Promise<string[]> {
 }
 
 describe('vol-mgr on a real nats-server with real mounts (root)', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer();
   let base: string;
   let client: ServiceClient;
   // Each test has its own node (so its own KV keys and subjects) and data root.
@@ -135,7 +133,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     metrics?: MetricsRegistry,
   ): Promise<VolApp> => {
     const app = await startVolApp(config(over), {
-      nc,
+      nc: nats.nc,
       log: capture.log,
       version: '0.0.0',
       idShift,
@@ -151,23 +149,19 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   };
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
     base = await mkdtemp(join(tmpdir(), 'volmgr-it-'));
     await writeFile(join(base, 'subid'), `sysbox:${OFFSET}:${16 * 65536}\n`);
   });
   beforeEach(async () => {
     testNo++;
     data = join(base, `data${testNo}`);
-    client = createServiceClient(nc, { node: `t${testNo}`, timeoutMs: 30_000 });
+    client = createServiceClient(nats.nc, { node: `t${testNo}`, timeoutMs: 30_000 });
   });
   afterEach(async () => {
     for (const app of apps.splice(0)) await app.stop();
     for (const r of rootfses.splice(0)) await r.cleanup();
   });
   afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
     if (base) await rm(base, { recursive: true, force: true });
   });
 
@@ -694,7 +688,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     const outside = await mkdtemp(join(tmpdir(), 'volmgr-outside-'));
     try {
       const rootfs = await mkdtemp(join(base, 'rootfs-'));
-      const store = createStateStore(await openBucket(nc, volService.bucket), {
+      const store = createStateStore(await openBucket(nats.nc, volService.bucket), {
         node: `t${testNo}`,
         namespace: 'docker',
         schema: VolumeRecord,

@@ -12,8 +12,8 @@ import {
   type SubidAllocReply,
 } from '@sysbox-mgr-ts/contracts';
 import { silentLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createSubidAlloc, type SubidAllocator, type SubidMode } from './allocator.js';
 import { createSubidBindings } from './service.js';
 import { LEGACY_TABLE_KEY, openSubidStores, type SubidStores } from './subid-store.js';
@@ -28,22 +28,18 @@ function overlaps(ranges: readonly { uid: number; size: number }[]): number {
 }
 
 describe('per-key subid state on a real nats-server', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer();
   const connections: NatsConnection[] = [];
   const services: MicroService[] = [];
 
-  beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-  });
   afterAll(async () => {
     await Promise.all(services.map((s) => s.stop()));
     await Promise.all(connections.map((nc) => nc.close()));
-    await ns?.stop();
   });
 
   /** Its own connection and stores: as separate from the others as another process. */
   const stores = async (node: string): Promise<SubidStores> => {
-    const nc = await ns.connect();
+    const nc = await nats.ns.connect();
     connections.push(nc);
     return openSubidStores(nc, { node });
   };
@@ -234,7 +230,7 @@ describe('per-key subid state on a real nats-server', () => {
         await Promise.all(ids.slice(i, i + 200).map((id) => a.alloc(id, B)));
       await a.free('container-00010');
 
-      const nc = await ns.connect();
+      const nc = await nats.ns.connect();
       connections.push(nc);
       services.push(
         serve({

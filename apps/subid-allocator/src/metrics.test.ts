@@ -18,7 +18,8 @@ import {
   type MetricsEndpoint,
   type Stoppable,
 } from '@sysbox-mgr-ts/service-kit';
-import { startAppDaemon, startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startAppDaemon } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { subidAllocatorApp } from './app.js';
 
@@ -27,7 +28,7 @@ const appDir = new URL('..', import.meta.url).pathname;
 const POOL_BLOCKS = 16;
 
 describe('subid-allocator metrics', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer();
   let dir: string;
   let nc: NatsConnection;
   let caller: NatsConnection;
@@ -50,11 +51,10 @@ describe('subid-allocator metrics', () => {
   ];
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
     dir = await mkdtemp(join(tmpdir(), 'subid-metrics-'));
     metrics = await serveMetrics('127.0.0.1:0', log);
-    nc = await ns.connect('subid-allocator');
-    caller = await ns.connect('gateway');
+    nc = await nats.ns.connect('subid-allocator');
+    caller = await nats.ns.connect('gateway');
     const parsed = parseConfig({ ...commonOptions, ...subidAllocatorApp.options }, flags('m1'), {});
     if ('help' in parsed) throw new Error('help');
     app = await subidAllocatorApp.start({
@@ -70,7 +70,6 @@ describe('subid-allocator metrics', () => {
     await metrics?.stop();
     await nc?.drain();
     await caller?.drain();
-    await ns?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -120,7 +119,7 @@ describe('subid-allocator metrics', () => {
   async function startDaemon(extra: string[]): Promise<{ pid: number; log: string; stop(): Promise<void> }> {
     const d = await startAppDaemon({
       appDir,
-      ns,
+      ns: nats.ns,
       identity: 'subid-allocator',
       args: [...flags(`p${extra.length}`), ...extra],
     });

@@ -470,33 +470,11 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
         client.call(docker.create, { ...good, id: 'h2', rootfs: join(base, 'no-such-rootfs') }),
         'invalid-request',
       );
-      await expectCode(
-        client.call(volPrep, {
-          id: 'h1',
-          uid: OFFSET,
-          gid: OFFSET,
-          sources: [{ source: '/', exclusive: false }],
-        }),
-        'invalid-request',
-      );
-      await expectCode(
-        client.call(volPrep, {
-          id: 'h1',
-          uid: OFFSET,
-          gid: OFFSET,
-          sources: [{ source: base, exclusive: false }],
-        }),
-        'invalid-request',
-      );
-      await expectCode(
-        client.call(volPrep, {
-          id: 'h1',
-          uid: OFFSET,
-          gid: OFFSET,
-          sources: [{ source: join(base, 'nope'), exclusive: false }],
-        }),
-        'not-found',
-      );
+      const prepOf = (source: string) =>
+        client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source, exclusive: false }] });
+      await expectCode(prepOf('/'), 'invalid-request');
+      await expectCode(prepOf(base), 'invalid-request');
+      await expectCode(prepOf(join(base, 'nope')), 'not-found');
       expect(await listAll(base)).toEqual(before);
       expect((await client.call(volList, {})).volumes).toEqual([]);
 

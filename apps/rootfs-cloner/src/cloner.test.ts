@@ -484,15 +484,18 @@ describe('rootfs cloner on real overlay mounts', () => {
       await chown(join(upper, 'home', 'user'), 1000, 1000);
       await chown(join(upper, 'home', 'user', 'notes'), 1000, 1000);
       const before = await owners(upper);
+      /** What shift-upper leaves when killed mid-walk: its record saying a shift is under way. */
+      const recordPendingShift = () =>
+        uppers.create('u9', {
+          id: 'u9',
+          upperDir: upper,
+          uidOffset: OFFSET,
+          gidOffset: OFFSET,
+          shifted: false,
+          pending: 'shift',
+        });
 
-      await uppers.create('u9', {
-        id: 'u9',
-        upperDir: upper,
-        uidOffset: OFFSET,
-        gidOffset: OFFSET,
-        shifted: false,
-        pending: 'shift',
-      });
+      await recordPendingShift();
       await shift(join(upper, 'etc'), OFFSET, OFFSET);
       expectMixed(before, await owners(upper));
       expect((await (await makeCloner()).reconcile()).finished).toEqual([
@@ -512,14 +515,7 @@ describe('rootfs cloner on real overlay mounts', () => {
       expect(await uppers.get('u9')).toBeUndefined();
 
       const cloner = await makeCloner();
-      await uppers.create('u9', {
-        id: 'u9',
-        upperDir: upper,
-        uidOffset: OFFSET,
-        gidOffset: OFFSET,
-        shifted: false,
-        pending: 'shift',
-      });
+      await recordPendingShift();
       await shift(join(upper, 'home'), OFFSET, OFFSET);
       await expect(cloner.shiftUpper('u9', upper, OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({
         code: 'already-exists',

@@ -647,18 +647,8 @@ describe('rootfs cloner on real overlay mounts', () => {
         shifted: true,
       });
       try {
-        const cloner = createCloner({
-          dataRoot,
-          clones,
-          uppers,
-          mounter: createMounter({ timeoutMs: 10_000 }),
-          shiftIds,
-          log: silent,
-          pageSize: 4096,
-          shiftTimeoutMs: 20_000,
-          readMounts: () => readMountInfo(),
-          guard: await testGuard(base, dataRoot),
-        });
+        // The same node's stores as the forged records were written through.
+        const cloner = await makeCloner('forged');
         const decoyOwners = await owners(decoy);
         const rootfsOwners = await owners(fx.rootfs);
         await expect(cloner.removeClone('f1')).rejects.toMatchObject({

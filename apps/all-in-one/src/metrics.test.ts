@@ -5,7 +5,6 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { Writable } from 'node:stream';
 import {
   GATEWAY_BUCKET,
   rootfsList,
@@ -19,41 +18,34 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import { scrape } from '@sysbox-mgr-ts/metrics/testing';
 import {
-  createLogger,
+  silentLogger,
   createServiceClient,
   serveMetrics,
   type MetricsEndpoint,
 } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { configure, startApps, type StartedApps } from './all-in-one.js';
 
-const log = createLogger({
-  service: 't',
-  node: 'n',
-  version: '0',
-  level: 'silent',
-  destination: new Writable({ write: (_c, _e, cb) => cb() }),
-});
+const log = silentLogger();
 
 describe('all-in-one metrics', () => {
-  let ns: NatsServer;
+  const node = 'aio';
+  const nats = useNatsServer({ jetstream: true, auth: { nodes: [node] } });
   let dir: string;
   let metrics: MetricsEndpoint;
   let running: StartedApps;
-  const node = 'aio';
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true, auth: { nodes: [node] } });
     dir = await mkdtemp(join(tmpdir(), 'aio-metrics-'));
     const subuid = join(dir, 'subuid');
     await writeFile(subuid, 'alice:100000:65536\n');
     const plan = configure(
       [
         '--nats-url',
-        ns.url,
+        nats.ns.url,
         '--creds-dir',
-        dirname(ns.credentials('operator')),
+        dirname(nats.ns.credentials('operator')),
         '--node',
         node,
         '--data-root',
@@ -81,12 +73,11 @@ describe('all-in-one metrics', () => {
   afterAll(async () => {
     await running?.stop();
     await metrics?.stop();
-    await ns?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
   it('serves every app from one endpoint, each under its own app label', async () => {
-    const nc = await ns.connect('operator');
+    const nc = await nats.ns.connect('operator');
     try {
       const client = createServiceClient(nc, { node, log });
       await client.call(subidList, {});

@@ -15,14 +15,13 @@ import {
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { rootfsService } from '@sysbox-mgr-ts/contracts';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsAt, mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { run } from '@sysbox-mgr-ts/exec';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   CloneRecord,
   UpperRecord,
@@ -39,7 +38,7 @@ import {
   testGuard,
   unmountAllUnder,
   type RuntimeRootfs,
-} from './rootfs-fixture.test-util.js';
+} from '../test/rootfs.js';
 
 const OFFSET = 165536;
 const BOOT_1 = '11111111-1111-4111-8111-111111111111';
@@ -52,14 +51,13 @@ const exists = (p: string) =>
   );
 
 describe('rootfs cloner on real overlay mounts', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer();
   let base: string;
   let dataRoot: string;
   let shiftIds: ShiftIds;
 
   const makeCloner = async (node = 'n1', bootId = BOOT_1): Promise<Cloner> => {
-    const kv = await openBucket(nc, rootfsService.bucket);
+    const kv = await openBucket(nats.nc, rootfsService.bucket);
     return createCloner({
       dataRoot,
       clones: createStateStore(kv, { node, namespace: 'clone', schema: CloneRecord }),
@@ -76,18 +74,12 @@ describe('rootfs cloner on real overlay mounts', () => {
   };
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
     shiftIds = shift;
-  });
-  afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
   });
 
   /** The state stores a cloner of `node` uses, to write what a daemon killed mid-shift leaves. */
   const storesOf = async (node = 'n1') => {
-    const kv = await openBucket(nc, rootfsService.bucket);
+    const kv = await openBucket(nats.nc, rootfsService.bucket);
     return {
       clones: createStateStore(kv, { node, namespace: 'clone', schema: CloneRecord }),
       uppers: createStateStore(kv, { node, namespace: 'upper', schema: UpperRecord }),
@@ -492,15 +484,18 @@ describe('rootfs cloner on real overlay mounts', () => {
       await chown(join(upper, 'home', 'user'), 1000, 1000);
       await chown(join(upper, 'home', 'user', 'notes'), 1000, 1000);
       const before = await owners(upper);
+      /** What shift-upper leaves when killed mid-walk: its record saying a shift is under way. */
+      const recordPendingShift = () =>
+        uppers.create('u9', {
+          id: 'u9',
+          upperDir: upper,
+          uidOffset: OFFSET,
+          gidOffset: OFFSET,
+          shifted: false,
+          pending: 'shift',
+        });
 
-      await uppers.create('u9', {
-        id: 'u9',
-        upperDir: upper,
-        uidOffset: OFFSET,
-        gidOffset: OFFSET,
-        shifted: false,
-        pending: 'shift',
-      });
+      await recordPendingShift();
       await shift(join(upper, 'etc'), OFFSET, OFFSET);
       expectMixed(before, await owners(upper));
       expect((await (await makeCloner()).reconcile()).finished).toEqual([
@@ -520,14 +515,7 @@ describe('rootfs cloner on real overlay mounts', () => {
       expect(await uppers.get('u9')).toBeUndefined();
 
       const cloner = await makeCloner();
-      await uppers.create('u9', {
-        id: 'u9',
-        upperDir: upper,
-        uidOffset: OFFSET,
-        gidOffset: OFFSET,
-        shifted: false,
-        pending: 'shift',
-      });
+      await recordPendingShift();
       await shift(join(upper, 'home'), OFFSET, OFFSET);
       await expect(cloner.shiftUpper('u9', upper, OFFSET + 65536, OFFSET + 65536)).rejects.toMatchObject({
         code: 'already-exists',
@@ -614,7 +602,7 @@ describe('rootfs cloner on real overlay mounts', () => {
       const decoy = join(base, 'decoy');
       await mkdir(join(decoy, 'overlay2'), { recursive: true });
       await writeFile(join(decoy, 'keep'), 'host data');
-      const kv = await openBucket(nc, rootfsService.bucket);
+      const kv = await openBucket(nats.nc, rootfsService.bucket);
       const clones = createStateStore(kv, { node: 'forged', namespace: 'clone', schema: CloneRecord });
       const uppers = createStateStore(kv, { node: 'forged', namespace: 'upper', schema: UpperRecord });
       const forged: CloneRecord = {
@@ -659,18 +647,8 @@ describe('rootfs cloner on real overlay mounts', () => {
         shifted: true,
       });
       try {
-        const cloner = createCloner({
-          dataRoot,
-          clones,
-          uppers,
-          mounter: createMounter({ timeoutMs: 10_000 }),
-          shiftIds,
-          log: silent,
-          pageSize: 4096,
-          shiftTimeoutMs: 20_000,
-          readMounts: () => readMountInfo(),
-          guard: await testGuard(base, dataRoot),
-        });
+        // The same node's stores as the forged records were written through.
+        const cloner = await makeCloner('forged');
         const decoyOwners = await owners(decoy);
         const rootfsOwners = await owners(fx.rootfs);
         await expect(cloner.removeClone('f1')).rejects.toMatchObject({

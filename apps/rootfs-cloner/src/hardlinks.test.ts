@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { run } from '@sysbox-mgr-ts/exec';
 import { afterEach, describe, expect, it } from 'vitest';
-import { shiftOncePerInode, unmountAllUnder } from './rootfs-fixture.test-util.js';
+import { shiftOncePerInode, unmountAllUnder } from '../test/rootfs.js';
 
 describe('hard-linked lower files under a metacopy overlay', () => {
   let base = '';

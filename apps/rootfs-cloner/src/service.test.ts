@@ -5,7 +5,6 @@
 import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import {
   rootfsChownClone,
   rootfsCreateClone,
@@ -25,27 +24,22 @@ import {
   serve,
   ERROR_CODE_HEADER,
 } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
 import { createMounter } from './mounter.js';
 import { shift } from '@sysbox-mgr-ts/id-shift';
-import { buildRuntimeRootfs, testGuard, unmountAllUnder } from './rootfs-fixture.test-util.js';
+import { buildRuntimeRootfs, testGuard, unmountAllUnder } from '../test/rootfs.js';
 import { createBindings } from './service.js';
 
 const OFFSET = 165536;
 const silent = silentLogger();
 
 describe('rootfs service over NATS', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer();
   let base = '';
   let daemon: ReturnType<typeof startProcess> | undefined;
 
-  beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
-  });
   afterEach(async () => {
     daemon?.kill('SIGKILL');
     await daemon?.catch(() => undefined);
@@ -56,15 +50,11 @@ describe('rootfs service over NATS', () => {
       await rm(base, { recursive: true, force: true });
     }
   });
-  afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
-  });
 
   it('serves every subject; errors come back typed with NATS status headers', async () => {
     base = await mkdtemp(join(tmpdir(), 'rfc-svc-'));
     const fx = await buildRuntimeRootfs(join(base, 'runtime'));
-    const kv = await openBucket(nc, rootfsService.bucket);
+    const kv = await openBucket(nats.nc, rootfsService.bucket);
     const cloner = createCloner({
       dataRoot: join(base, 'data'),
       clones: createStateStore(kv, { node: 'svc', namespace: 'clone', schema: CloneRecord }),
@@ -78,7 +68,7 @@ describe('rootfs service over NATS', () => {
       guard: await testGuard(base, join(base, 'data')),
     });
     const svc = serve({
-      nc,
+      nc: nats.nc,
       service: rootfsService,
       node: 'svc',
       version: '0',
@@ -86,14 +76,14 @@ describe('rootfs service over NATS', () => {
       bindings: createBindings(cloner),
     });
     try {
-      const client = createServiceClient(nc, { node: 'svc', timeoutMs: 20_000 });
+      const client = createServiceClient(nats.nc, { node: 'svc', timeoutMs: 20_000 });
       const { rootfs } = await client.call(rootfsCreateClone, { id: 'web', origRootfs: fx.rootfs });
       await client.call(rootfsChownClone, { id: 'web', uidOffset: OFFSET, gidOffset: OFFSET });
       expect((await stat(join(rootfs, 'opt/app/file3'))).uid).toBe(OFFSET);
       expect((await client.call(rootfsList, {})).clones).toMatchObject([{ id: 'web', chowned: true }]);
 
       // What `nats req sysbox.svc.rootfs.create-clone '{...}'` shows for a plain directory.
-      const raw = await nc.request(
+      const raw = await nats.nc.request(
         'sysbox.svc.rootfs.create-clone',
         encodeJson({ id: 'x', origRootfs: base }),
         { timeout: 5000 },
@@ -127,8 +117,8 @@ describe('rootfs service over NATS', () => {
         {
           cwd: appDir,
           env: {
-            NATS_URL: ns.url,
-            NATS_CREDS: ns.credentials('rootfs-cloner'),
+            NATS_URL: nats.ns.url,
+            NATS_CREDS: nats.ns.credentials('rootfs-cloner'),
             SYSBOX_NODE: 'kill',
             SYSBOX_DATA_ROOT: join(base, 'data'),
             LOG_LEVEL: 'warn',
@@ -140,7 +130,7 @@ describe('rootfs service over NATS', () => {
           output: { file: join(base, 'daemon.log') },
         },
       );
-    const client = createServiceClient(nc, { node: 'kill', timeoutMs: 20_000 });
+    const client = createServiceClient(nats.nc, { node: 'kill', timeoutMs: 20_000 });
     const ready = async () => {
       for (let i = 0; i < 40; i++) {
         if (

@@ -7,11 +7,11 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import { shiftfsList, shiftfsMark } from '@sysbox-mgr-ts/contracts';
-import { startProcess } from '@sysbox-mgr-ts/exec';
+import type { startProcess } from '@sysbox-mgr-ts/exec';
 import { createServiceClient, decodeJson } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startAppDaemon } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { markKey } from './marks.js';
 import { openMarkStore } from './mark-store.js';
@@ -20,65 +20,34 @@ import { listsShiftfs } from './probe.js';
 const appDir = new URL('..', import.meta.url).pathname;
 
 describe('sysbox-shiftfs-mgr process', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer();
   let dir: string;
   const children: ReturnType<typeof startProcess>[] = [];
 
   /** Starts main.ts and resolves with a reader of its log once it says "started". */
   async function startDaemon(): Promise<{ proc: ReturnType<typeof startProcess>; logs: () => string }> {
-    // node itself (no npx/tsx wrapper process), so SIGKILL hits the daemon and nothing is orphaned.
-    const proc = startProcess(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        '--conditions=@sysbox-mgr-ts/source',
-        'src/main.ts',
-        '--nats-url',
-        ns.url,
-        '--nats-creds',
-        ns.credentials('shiftfs-mgr'),
-        '--node',
-        'd1',
-        '--data-root',
-        join(dir, 'root'),
-        '--no-modprobe',
-      ],
-      { cwd: appDir, output: 'pipe' },
-    );
-    children.push(proc);
-    let out = '';
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${out}`)), 15_000);
-      const onData = (chunk: Buffer): void => {
-        out += chunk.toString();
-        if (out.includes('"msg":"started"')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      proc.stdout?.on('data', onData);
-      proc.stderr?.on('data', onData);
+    const d = await startAppDaemon({
+      appDir,
+      ns: nats.ns,
+      identity: 'shiftfs-mgr',
+      args: ['--node', 'd1', '--data-root', join(dir, 'root'), '--no-modprobe'],
+      startTimeoutMs: 15_000,
     });
-    return { proc, logs: () => out };
+    children.push(d.proc);
+    return d;
   }
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
     dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-daemon-'));
   });
   afterAll(async () => {
     for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
     await Promise.allSettled(children);
-    await nc?.close();
-    await ns?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
   it('drops a recorded mark whose mount is gone, publishes its probe, and comes back after kill -9', async () => {
-    const store = await openMarkStore(nc, { node: 'd1' });
+    const store = await openMarkStore(nats.nc, { node: 'd1' });
     const source = join(dir, 'src');
     const markpoint = join(dir, 'root', 'shiftfs', randomUUID());
     await mkdir(source);
@@ -105,7 +74,7 @@ describe('sysbox-shiftfs-mgr process', () => {
     await expect(stat(markpoint)).rejects.toMatchObject({ code: 'ENOENT' });
 
     const info = decodeJson(
-      (await nc.request('$SRV.INFO.sysbox-shiftfs', undefined, { timeout: 2000 })).data,
+      (await nats.nc.request('$SRV.INFO.sysbox-shiftfs', undefined, { timeout: 2000 })).data,
     ) as {
       metadata: Record<string, string>;
     };
@@ -130,7 +99,7 @@ describe('sysbox-shiftfs-mgr process', () => {
       expect(plain.msg).toMatch(
         /^this kernel has no shiftfs \(not listed in \/proc\/filesystems; modprobe skipped/,
       );
-    const client = createServiceClient(nc, { node: 'd1', timeoutMs: 3000 });
+    const client = createServiceClient(nats.nc, { node: 'd1', timeoutMs: 3000 });
     expect(await client.call(shiftfsList, {})).toEqual({
       supported: plain.shiftfs,
       supportedOnOverlayfs: overlay.shiftfsOnOverlayfs,

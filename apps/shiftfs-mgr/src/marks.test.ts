@@ -3,17 +3,17 @@ import { existsSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks, markKey, type ShiftfsMarks, type ShiftfsMarksDeps } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
-import { FakeKernel, WORKING_SHIFTFS, captureLogger } from './testing/fake-kernel.js';
+import { FakeKernel, WORKING_SHIFTFS, captureLogger } from '../test/fake-kernel.js';
 
 const rw = (source: string) => ({ source, readonly: false });
 
 describe('shiftfs marks on a real nats-server with a fake kernel', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer();
   let nc: NatsConnection;
   let nodeCounter = 0;
   let node: string;
@@ -24,12 +24,10 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   let kernel: FakeKernel;
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect('operator', { reconnectTimeWait: 50 });
+    nc = await nats.ns.connect('operator', { reconnectTimeWait: 50 });
   });
   afterAll(async () => {
     await nc?.close();
-    await ns?.stop();
   });
   beforeEach(async () => {
     node = `n${++nodeCounter}`;
@@ -251,8 +249,8 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
     const first = await open();
     const [a] = await first.mark('c1', [rw(srcA)], true);
     await first.mark('c2', [rw(srcA), rw(srcB)], true);
-    await ns.restart();
-    const nc2 = await ns.connect();
+    await nats.ns.restart();
+    const nc2 = await nats.ns.connect();
     try {
       const again = await open({}, nc2);
       expect(await again.reconcile()).toEqual({ kept: 2, dropped: [], removedDirs: [] });
@@ -364,7 +362,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
 
   it('concurrent marks of one source from two replicas mount once; unmounts wait for the last holder', async () => {
     kernel.delayMs = 30;
-    const nc2 = await ns.connect();
+    const nc2 = await nats.ns.connect();
     try {
       const replicas = [await open({ pollMs: 5 }), await open({ pollMs: 5 }, nc2)];
       const ids = ['c1', 'c2', 'c3', 'c4', 'c5', 'c6'];
@@ -392,7 +390,7 @@ describe('shiftfs marks on a real nats-server with a fake kernel', () => {
   });
 
   it('a replica whose markpoint hint went stale leaves a newer mark of the same source alone', async () => {
-    const nc2 = await ns.connect();
+    const nc2 = await nats.ns.connect();
     try {
       const a = await open();
       const b = await open({}, nc2);

@@ -11,9 +11,9 @@
  * any mount call can take were abandoned by a crashed replica; whoever meets them first (a
  * waiting mark, reconcile, unmark-all) takes them over with CAS and tears them down.
  */
-import { createHash, randomUUID } from 'node:crypto';
-import { chmod, mkdir, readdir, realpath, rmdir, stat } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { chmod, mkdir, realpath, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import {
   SysboxError,
   type MarkInfo,
@@ -23,12 +23,17 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import { assertNotSystemDir } from '@sysbox-mgr-ts/host-guard';
 import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
-import { mountsAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
+import type { MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
 import type { z } from 'zod';
 import type { MarkRecord } from './mark-store.js';
 import { MOUNTER_TIMEOUT_MS, type Mounter } from './mounter.js';
 import type { ShiftfsProbe } from './probe.js';
+import { createMarkTeardown } from './mark-teardown.js';
+import { hasShiftfsAt, makeWorkDir, markKey, removeMarkpointDir } from './markpoints.js';
+import { reconcileMarks } from './marks-reconcile.js';
+
+export { makeWorkDir, markKey } from './markpoints.js';
 
 export type UnmarkAllReply = z.infer<typeof shiftfsUnmarkAll.reply>;
 
@@ -74,42 +79,12 @@ export interface ShiftfsMarks extends ShiftfsMgr {
   reconcile(): Promise<ReconcileReport>;
 }
 
-/** Record key of a source: a hash, because a 4096-byte path escaped into a subject is too long. */
-export function markKey(source: string): string {
-  return createHash('sha256').update(source).digest('hex').slice(0, 40);
-}
-
-function hasShiftfsAt(mounts: readonly MountEntry[], path: string): boolean {
-  return mountsAt(mounts, path).some((m) => m.fsType === 'shiftfs');
-}
-
 function publicInfo(rec: MarkRecord): MarkInfo {
   const { claimId: _claimId, since: _since, ...info } = rec;
   return info;
 }
 
-async function removeMarkpointDir(path: string): Promise<void> {
-  try {
-    // rmdir, never a recursive delete: if the mark were still mounted this fails instead of
-    // deleting the source's files through it.
-    await rmdir(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-}
-
-const UUID_NAME = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/**
- * Makes `<data-root>/shiftfs` (0710) if missing; answers its real path, resolved once because
- * markpoints are stored as mountinfo shows them.
- */
-export async function makeWorkDir(path: string): Promise<string> {
-  await mkdir(path, { recursive: true, mode: 0o710 });
-  return realpath(path);
-}
 
 export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<ShiftfsMarks> {
   const { store, mounter, readMounts, probe } = deps;
@@ -120,94 +95,14 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
   const workDir = await makeWorkDir(deps.workDir);
   const stamp = (): string => new Date(now()).toISOString();
   const isStale = (rec: MarkRecord): boolean => now() - Date.parse(rec.since) > staleAfterMs;
-  /**
-   * Which record holds a markpoint, as this replica last saw it: a hint that spares unmark a
-   * full listing. A markpoint names one claim only, so a hint is either right or its record is
-   * gone; every hint is checked against the record before use.
-   */
-  const keyByMarkpoint = new Map<string, string>();
-
-  /** The key of the record whose markpoint this is: the hint, the source itself, then a listing. */
-  async function findMarkKey(markpoint: string): Promise<string | undefined> {
-    const hinted = keyByMarkpoint.get(markpoint);
-    for (const key of [hinted, markKey(markpoint)]) {
-      if (key === undefined) continue;
-      if ((await store.get(key))?.value.markpoint === markpoint) return key;
-    }
-    if (hinted !== undefined) keyByMarkpoint.delete(markpoint);
-    const listed = (await store.list()).find((r) => r.value.markpoint === markpoint);
-    if (listed) keyByMarkpoint.set(markpoint, listed.key);
-    return listed?.key;
-  }
-
-  /**
-   * KV can be written by others: a record's markpoint is only unmounted or removed when it is
-   * one we make (a dir right under the work dir) or the source itself, as a mark without a
-   * markpoint has it.
-   */
-  function checkMarkpoint(rec: MarkRecord, log: Logger): void {
-    const ours = rec.createdMarkpoint ? dirname(rec.markpoint) === workDir : rec.markpoint === rec.source;
-    if (!ours) {
-      log.error({ record: rec, workDir }, 'mark record names a markpoint we never make: refused');
-      throw new SysboxError(
-        'internal',
-        `mark record of ${rec.source} names markpoint ${rec.markpoint}, which is not ours: refusing to unmount it`,
-      );
-    }
-  }
-
-  /** Unmounts (if still mounted), removes a uuid markpoint, then the record; it must be `unmounting`. */
-  async function teardown(key: string, rec: MarkRecord, log: Logger): Promise<void> {
-    checkMarkpoint(rec, log);
-    if (hasShiftfsAt(await readMounts(), rec.markpoint)) await mounter.unmount(rec.markpoint);
-    if (rec.createdMarkpoint) await removeMarkpointDir(rec.markpoint);
-    await store.mutate(key, (cur) =>
-      cur?.claimId === rec.claimId && cur.state === 'unmounting' ? REMOVE : undefined,
-    );
-    keyByMarkpoint.delete(rec.markpoint);
-    log.info({ source: rec.source, markpoint: rec.markpoint }, 'shiftfs mark removed');
-  }
-
-  /** Takes a record over (CAS on its claim and state) and tears it down; false when it changed meanwhile. */
-  async function takeOverAndTeardown(key: string, seen: MarkRecord, log: Logger): Promise<boolean> {
-    let took = false;
-    const taken = await store.mutate(key, (cur) => {
-      took = false;
-      if (!cur || cur.claimId !== seen.claimId || cur.state !== seen.state || cur.since !== seen.since)
-        return undefined;
-      took = true;
-      return { ...cur, holders: [], state: 'unmounting', since: stamp() };
-    });
-    if (!took || !taken) return false;
-    await teardown(key, taken, log);
-    return true;
-  }
-
-  /** Drops `id` from the mark at `markpoint`; the last holder unmounts. Unknown marks and ids are no-ops. */
-  async function releaseHold(id: string, key: string, markpoint: string, log: Logger): Promise<void> {
-    let emptied = false;
-    const after = await store.mutate(key, (cur) => {
-      emptied = false;
-      if (!cur || cur.markpoint !== markpoint || cur.state !== 'mounted' || !cur.holders.includes(id))
-        return undefined;
-      const holders = cur.holders.filter((h) => h !== id);
-      if (holders.length > 0) return { ...cur, holders };
-      emptied = true;
-      return { ...cur, holders, state: 'unmounting', since: stamp() };
-    });
-    if (emptied && after) {
-      try {
-        await teardown(key, after, log);
-      } catch (err) {
-        throw new SysboxError(
-          'internal',
-          `unmark of ${markpoint} failed; the mark stays in state unmounting and is retried by unmark-all or after ${staleAfterMs} ms: ${(err as Error).message}`,
-          { cause: err },
-        );
-      }
-    }
-  }
-
+  const { keyByMarkpoint, findMarkKey, takeOverAndTeardown, releaseHold } = createMarkTeardown({
+    store,
+    mounter,
+    readMounts,
+    workDir,
+    staleAfterMs,
+    stamp,
+  });
   /** Claims the source, makes the markpoint, mounts, commits; undoes its own steps on failure. */
   async function claimAndMount(
     id: string,
@@ -410,70 +305,7 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
       return (await store.list()).map((r) => publicInfo(r.value));
     },
 
-    async reconcile() {
-      const log = deps.log;
-      // Order matters with live replicas: a markpoint dir is made only after its record, and a
-      // record turns `mounted` only after its mount. So a dir seen before the listing has its
-      // record in the listing, and a mount committed before the listing is in mountinfo read after.
-      const dirsBefore = await readdir(workDir);
-      const records = await store.list();
-      const mounts = await readMounts();
-      const report: ReconcileReport = { kept: 0, dropped: [], removedDirs: [] };
-      for (const { key, value: rec } of records) {
-        if (rec.state === 'mounted' && hasShiftfsAt(mounts, rec.markpoint)) {
-          report.kept++;
-          continue;
-        }
-        if (rec.state === 'mounted') {
-          let removed = false;
-          await store.mutate(key, (cur) => {
-            removed = cur?.claimId === rec.claimId && cur.state === 'mounted';
-            return removed ? REMOVE : undefined;
-          });
-          if (!removed) continue;
-          if (rec.createdMarkpoint) {
-            await removeMarkpointDir(rec.markpoint).catch((err: unknown) =>
-              log.warn({ err, markpoint: rec.markpoint }, 'markpoint of a dropped mark not removed'),
-            );
-          }
-          const dropped = {
-            source: rec.source,
-            markpoint: rec.markpoint,
-            holders: rec.holders,
-            reason: 'mount is gone from mountinfo',
-          };
-          log.warn(dropped, 'dropped a shiftfs mark whose mount is gone');
-          report.dropped.push(dropped);
-        } else if (isStale(rec)) {
-          if (await takeOverAndTeardown(key, rec, log)) {
-            const dropped = {
-              source: rec.source,
-              markpoint: rec.markpoint,
-              holders: rec.holders,
-              reason: `abandoned while ${rec.state}`,
-            };
-            log.warn(dropped, 'tore down an abandoned shiftfs claim');
-            report.dropped.push(dropped);
-          }
-        } else {
-          report.kept++;
-        }
-      }
-      // Empty uuid dirs no record names: left by a crash between dropping a record and its rmdir.
-      const referenced = new Set(records.map((r) => r.value.markpoint));
-      for (const name of dirsBefore.filter((n) => UUID_NAME.test(n))) {
-        const path = join(workDir, name);
-        if (referenced.has(path) || mountsAt(mounts, path).length > 0) continue;
-        try {
-          await rmdir(path);
-          report.removedDirs.push(path);
-        } catch (err) {
-          log.warn({ err, path }, 'stray markpoint dir not removed');
-        }
-      }
-      if (report.removedDirs.length > 0)
-        log.warn({ dirs: report.removedDirs }, 'removed stray markpoint dirs');
-      return report;
-    },
+    reconcile: () =>
+      reconcileMarks({ store, readMounts, workDir, log: deps.log, isStale, takeOverAndTeardown }),
   };
 }

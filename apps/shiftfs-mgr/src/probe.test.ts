@@ -6,7 +6,7 @@ import type { ProbeResult } from '@sysbox-mgr-ts/host-native';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listsShiftfs, probeShiftfs, type ShiftfsChecks } from './probe.js';
-import { captureLogger } from './testing/fake-kernel.js';
+import { captureLogger } from '../test/fake-kernel.js';
 
 describe('listsShiftfs', () => {
   it.each([

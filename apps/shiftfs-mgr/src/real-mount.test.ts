@@ -12,7 +12,7 @@ import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks } from './marks.js';
 import { createShiftfsMounter } from './mounter.js';
 import { listsShiftfs, probeShiftfs } from './probe.js';
-import { captureLogger } from './testing/fake-kernel.js';
+import { captureLogger } from '../test/fake-kernel.js';
 
 const hostHasShiftfs = listsShiftfs(await readFile('/proc/filesystems', 'utf8'));
 const SKIP_REASON = '/proc/filesystems does not list shiftfs on this kernel';

@@ -1,7 +1,6 @@
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import {
   shiftfsList,
   shiftfsMark,
@@ -17,17 +16,16 @@ import {
   ERROR_CODE_HEADER,
 } from '@sysbox-mgr-ts/service-kit';
 import type { MicroService } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openMarkStore } from './mark-store.js';
 import { createShiftfsMarks } from './marks.js';
 import { probeShiftfs, type ShiftfsProbe } from './probe.js';
 import { createShiftfsBindings, shiftfsMetadata } from './service.js';
-import { FakeKernel, WORKING_SHIFTFS, captureLogger } from './testing/fake-kernel.js';
+import { FakeKernel, WORKING_SHIFTFS, captureLogger } from '../test/fake-kernel.js';
 
 describe('sysbox-shiftfs over a real nats-server', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer();
   let dir: string;
   let hostProbe: ShiftfsProbe;
   const kernel = new FakeKernel();
@@ -37,7 +35,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
   async function startReplica(node: string, probe: ShiftfsProbe): Promise<void> {
     const { log } = captureLogger();
     const marks = await createShiftfsMarks({
-      store: await openMarkStore(nc, { node }),
+      store: await openMarkStore(nats.nc, { node }),
       mounter: kernel.mounter,
       readMounts: kernel.readMounts,
       workDir: join(dir, node, 'shiftfs'),
@@ -48,7 +46,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     await marks.reconcile();
     services.push(
       serve({
-        nc,
+        nc: nats.nc,
         service: shiftfsService,
         node,
         version: '0.1.0',
@@ -60,8 +58,6 @@ describe('sysbox-shiftfs over a real nats-server', () => {
   }
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
     dir = await mkdtemp(join(tmpdir(), 'shiftfsmgr-svc-'));
     await mkdir(join(dir, 'src'));
     hostProbe = await probeShiftfs({
@@ -76,14 +72,14 @@ describe('sysbox-shiftfs over a real nats-server', () => {
   });
   afterAll(async () => {
     for (const s of services) await s.stop();
-    await nc?.close();
-    await ns?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
   it('publishes the probe result in $SRV.INFO metadata', async () => {
     const infos: { metadata: Record<string, string> }[] = [];
-    for await (const m of await nc.requestMany('$SRV.INFO.sysbox-shiftfs', undefined, { maxWait: 500 })) {
+    for await (const m of await nats.nc.requestMany('$SRV.INFO.sysbox-shiftfs', undefined, {
+      maxWait: 500,
+    })) {
       infos.push(decodeJson(m.data) as { metadata: Record<string, string> });
     }
     const byNode = infos
@@ -98,7 +94,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
 
   it('without shiftfs, a raw request to mark gets a 501 unsupported reply that says why', async (ctx) => {
     if (hostProbe.supported) ctx.skip(); // this host has shiftfs
-    const msg = await nc.request(
+    const msg = await nats.nc.request(
       shiftfsMark.subject('host'),
       encodeJson({
         id: 'c1',
@@ -111,7 +107,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     const body = decodeJson(msg.data) as { error: { code: string; message: string } };
     expect(body.error.code).toBe('unsupported');
     expect(body.error.message).toMatch(/no shiftfs/);
-    const client = createServiceClient(nc, { node: 'host' });
+    const client = createServiceClient(nats.nc, { node: 'host' });
     expect(await client.call(shiftfsList, {})).toEqual({
       supported: false,
       supportedOnOverlayfs: false,
@@ -129,7 +125,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
   });
 
   it('marks, lists, unmarks and unmarks all through two replicas', async () => {
-    const client = createServiceClient(nc, { node: 'fake' });
+    const client = createServiceClient(nats.nc, { node: 'fake' });
     const source = join(dir, 'src');
     const first = await client.call(shiftfsMark, {
       id: 'c1',
@@ -175,7 +171,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
   });
 
   it('rejects a relative source before touching anything', async () => {
-    const client = createServiceClient(nc, { node: 'fake' });
+    const client = createServiceClient(nats.nc, { node: 'fake' });
     await expect(
       client.call(shiftfsMark, {
         id: 'c1',

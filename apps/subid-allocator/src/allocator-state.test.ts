@@ -3,7 +3,6 @@
  * connections racing for blocks, multi-block runs, what a crash between two writes leaves and who
  * repairs it, migration from the single-key table, and list pages.
  */
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
   SUBID_BLOCK,
@@ -12,22 +11,15 @@ import {
   subidService,
   type SubidAllocReply,
 } from '@sysbox-mgr-ts/contracts';
-import { createLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createSubidAlloc, type SubidAllocator, type SubidMode } from './allocator.js';
 import { createSubidBindings } from './service.js';
 import { LEGACY_TABLE_KEY, openSubidStores, type SubidStores } from './subid-store.js';
 
 const B = SUBID_BLOCK;
-const silent = () =>
-  createLogger({
-    service: 't',
-    node: 'n',
-    version: '0',
-    level: 'warn',
-    destination: new Writable({ write: (_c, _e, cb) => cb() }),
-  });
+const silent = silentLogger;
 const START = 100000;
 
 function overlaps(ranges: readonly { uid: number; size: number }[]): number {
@@ -36,22 +28,18 @@ function overlaps(ranges: readonly { uid: number; size: number }[]): number {
 }
 
 describe('per-key subid state on a real nats-server', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer();
   const connections: NatsConnection[] = [];
   const services: MicroService[] = [];
 
-  beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-  });
   afterAll(async () => {
     await Promise.all(services.map((s) => s.stop()));
     await Promise.all(connections.map((nc) => nc.close()));
-    await ns?.stop();
   });
 
   /** Its own connection and stores: as separate from the others as another process. */
   const stores = async (node: string): Promise<SubidStores> => {
-    const nc = await ns.connect();
+    const nc = await nats.ns.connect();
     connections.push(nc);
     return openSubidStores(nc, { node });
   };
@@ -242,7 +230,7 @@ describe('per-key subid state on a real nats-server', () => {
         await Promise.all(ids.slice(i, i + 200).map((id) => a.alloc(id, B)));
       await a.free('container-00010');
 
-      const nc = await ns.connect();
+      const nc = await nats.ns.connect();
       connections.push(nc);
       services.push(
         serve({

@@ -5,14 +5,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SUBID_BLOCK, subidAlloc, subidFree, subidService } from '@sysbox-mgr-ts/contracts';
-import { startProcess } from '@sysbox-mgr-ts/exec';
 import { listeningPorts, scrape } from '@sysbox-mgr-ts/metrics/testing';
 import {
   commonOptions,
-  createLogger,
+  silentLogger,
   createServiceClient,
   decodeJson,
   parseConfig,
@@ -20,22 +18,17 @@ import {
   type MetricsEndpoint,
   type Stoppable,
 } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { startAppDaemon } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { subidAllocatorApp } from './app.js';
 
-const log = createLogger({
-  service: 't',
-  node: 'n',
-  version: '0',
-  level: 'warn',
-  destination: new Writable({ write: (_c, _e, cb) => cb() }),
-});
+const log = silentLogger();
 const appDir = new URL('..', import.meta.url).pathname;
 const POOL_BLOCKS = 16;
 
 describe('subid-allocator metrics', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer();
   let dir: string;
   let nc: NatsConnection;
   let caller: NatsConnection;
@@ -58,11 +51,10 @@ describe('subid-allocator metrics', () => {
   ];
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
     dir = await mkdtemp(join(tmpdir(), 'subid-metrics-'));
     metrics = await serveMetrics('127.0.0.1:0', log);
-    nc = await ns.connect('subid-allocator');
-    caller = await ns.connect('gateway');
+    nc = await nats.ns.connect('subid-allocator');
+    caller = await nats.ns.connect('gateway');
     const parsed = parseConfig({ ...commonOptions, ...subidAllocatorApp.options }, flags('m1'), {});
     if ('help' in parsed) throw new Error('help');
     app = await subidAllocatorApp.start({
@@ -78,7 +70,6 @@ describe('subid-allocator metrics', () => {
     await metrics?.stop();
     await nc?.drain();
     await caller?.drain();
-    await ns?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
@@ -126,43 +117,13 @@ describe('subid-allocator metrics', () => {
 
   /** main.ts as a process: resolves once it logged "started", with its log. */
   async function startDaemon(extra: string[]): Promise<{ pid: number; log: string; stop(): Promise<void> }> {
-    const proc = startProcess(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        '--conditions=@sysbox-mgr-ts/source',
-        'src/main.ts',
-        '--nats-url',
-        ns.url,
-        '--nats-creds',
-        ns.credentials('subid-allocator'),
-        ...flags(`p${extra.length}`),
-        ...extra,
-      ],
-      { cwd: appDir, output: 'pipe' },
-    );
-    let out = '';
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${out}`)), 30_000);
-      const onData = (chunk: Buffer): void => {
-        out += chunk.toString();
-        if (out.includes('"msg":"started"')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      proc.stdout?.on('data', onData);
-      proc.stderr?.on('data', onData);
+    const d = await startAppDaemon({
+      appDir,
+      ns: nats.ns,
+      identity: 'subid-allocator',
+      args: [...flags(`p${extra.length}`), ...extra],
     });
-    return {
-      pid: proc.pid!,
-      log: out,
-      stop: async () => {
-        proc.kill('SIGTERM');
-        await proc.catch(() => undefined);
-      },
-    };
+    return { pid: d.pid, log: d.logs(), stop: d.stop };
   }
 
   it('listens for nothing without --metrics-address, and only there with it', async () => {

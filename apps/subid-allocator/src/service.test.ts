@@ -6,7 +6,6 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
   SUBID_BLOCK,
@@ -18,13 +17,13 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import {
-  createLogger,
+  silentLogger,
   createServiceClient,
   serve,
   type Binding,
   type MicroService,
 } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSubidAlloc, type SubidMode } from './allocator.js';
 import { setupSubidPool } from './hostfiles.js';
@@ -32,14 +31,7 @@ import { createSubidBindings } from './service.js';
 import { openSubidStores } from './subid-store.js';
 
 const B = SUBID_BLOCK;
-const silent = () =>
-  createLogger({
-    service: 't',
-    node: 'n',
-    version: '0',
-    level: 'warn',
-    destination: new Writable({ write: (_c, _e, cb) => cb() }),
-  });
+const silent = silentLogger;
 
 /** Every pair of ranges is disjoint. */
 function overlaps(ranges: readonly { uid: number; size: number }[]): number {
@@ -48,13 +40,12 @@ function overlaps(ranges: readonly { uid: number; size: number }[]): number {
 }
 
 describe('subid service on a real nats-server', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer();
   let dir: string;
   const connections: NatsConnection[] = [];
   let services: MicroService[] = [];
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
     dir = await mkdtemp(join(tmpdir(), 'subid-alloc-svc-'));
   });
   afterEach(async () => {
@@ -63,12 +54,11 @@ describe('subid service on a real nats-server', () => {
   });
   afterAll(async () => {
     await Promise.all(connections.map((nc) => nc.close()));
-    await ns?.stop();
     await rm(dir, { recursive: true, force: true });
   });
 
   const connection = async () => {
-    const nc = await ns.connect();
+    const nc = await nats.ns.connect();
     connections.push(nc);
     return nc;
   };
@@ -192,7 +182,7 @@ describe('subid service on a real nats-server', () => {
     const b = await client.call(subidAlloc, { id: 'b', size: B });
     await Promise.all(services.map((s) => s.stop()));
     services = [];
-    await ns.restart();
+    await nats.ns.restart();
 
     await replica('restart', 'exclusive', pool);
     client = createServiceClient(await connection(), { node: 'restart' });
@@ -208,8 +198,8 @@ describe('subid service on a real nats-server', () => {
     const N = 200;
     const appDir = resolve(import.meta.dirname, '..');
     const env = {
-      NATS_URL: ns.url,
-      NATS_CREDS: ns.credentials('subid-allocator'),
+      NATS_URL: nats.ns.url,
+      NATS_CREDS: nats.ns.credentials('subid-allocator'),
       SYSBOX_NODE: 'kill',
       LOG_LEVEL: 'warn',
     };

@@ -8,6 +8,7 @@ import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMountPrep, prepKey, type IdShifter, type PrepRecord } from './prep.js';
 import { createMemoryStore as memoryStore } from '@sysbox-mgr-ts/kv-state/testing';
+import type { KvStateStore } from '@sysbox-mgr-ts/kv-state';
 
 const log = silentLogger();
 const OFFSET = 165536;
@@ -277,6 +278,18 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     return src;
   };
 
+  /** What prep leaves when killed mid-walk: its record saying a shift of `src` is under way. */
+  const recordPendingShift = (store: KvStateStore<PrepRecord>, src: string, offset: number) =>
+    store.create(prepKey(src), {
+      id: 'c1',
+      source: src,
+      exclusive: false,
+      uidOffset: offset,
+      gidOffset: offset,
+      holders: ['c1'],
+      pending: 'shift',
+    });
+
   const expectShiftedBy = async (
     src: string,
     before: Map<string, { uid: number; gid: number; mode: number }>,
@@ -293,16 +306,8 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     const before = await ownersOf(src);
     const offset = OFFSET - 1000;
     const store = memoryStore<PrepRecord>();
-    // What prep leaves when killed mid-walk: its record saying a shift is under way, one subdir shifted.
-    await store.create(prepKey(src), {
-      id: 'c1',
-      source: src,
-      exclusive: false,
-      uidOffset: offset,
-      gidOffset: offset,
-      holders: ['c1'],
-      pending: 'shift',
-    });
+    // Killed mid-walk: the record says a shift is under way, one subdir shifted.
+    await recordPendingShift(store, src, offset);
     await shift(join(src, 'one'), offset, offset);
 
     const afterKill = createMountPrep({ store, shifter: realShifter, guard, log });
@@ -333,15 +338,7 @@ describe.skipIf(!isRoot)('mount prep cut short by a kill (real trees)', () => {
     const offset = OFFSET - 1000;
     const store = memoryStore<PrepRecord>();
     const prep = createMountPrep({ store, shifter: realShifter, guard, log });
-    await store.create(prepKey(src), {
-      id: 'c1',
-      source: src,
-      exclusive: false,
-      uidOffset: offset,
-      gidOffset: offset,
-      holders: ['c1'],
-      pending: 'shift',
-    });
+    await recordPendingShift(store, src, offset);
     await shift(join(src, 'two'), offset, offset);
 
     // Answered as the prep that was cut short would have been.

@@ -19,7 +19,6 @@ import {
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { NatsConnection } from '@nats-io/nats-core';
 import {
   VOLUME_KINDS,
   VOLUME_LAYOUT,
@@ -33,13 +32,13 @@ import {
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { createLogger, createServiceClient, type ServiceClient } from '@sysbox-mgr-ts/service-kit';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createMetricsRegistry, type MetricsRegistry } from '@sysbox-mgr-ts/metrics/prometheus';
 import { parseExposition } from '@sysbox-mgr-ts/metrics/testing';
 import { startVolApp, type VolApp, type VolAppConfig } from './app.js';
 import { VolumeRecord } from './volumes.js';
-import { makeOverlayRootfs, snapshotTree, type OverlayRootfs } from './testing/tree.js';
+import { makeOverlayRootfs, snapshotTree, type OverlayRootfs } from '../test/tree.js';
 
 const OFFSET = 165536;
 const idShift = { shift, scanIds, needsShift };
@@ -103,8 +102,7 @@ async function listAll(dir: string): Promise<string[]> {
 }
 
 describe('vol-mgr on a real nats-server with real mounts (root)', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer();
   let base: string;
   let client: ServiceClient;
   // Each test has its own node (so its own KV keys and subjects) and data root.
@@ -135,7 +133,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     metrics?: MetricsRegistry,
   ): Promise<VolApp> => {
     const app = await startVolApp(config(over), {
-      nc,
+      nc: nats.nc,
       log: capture.log,
       version: '0.0.0',
       idShift,
@@ -151,23 +149,19 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
   };
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: true });
-    nc = await ns.connect();
     base = await mkdtemp(join(tmpdir(), 'volmgr-it-'));
     await writeFile(join(base, 'subid'), `sysbox:${OFFSET}:${16 * 65536}\n`);
   });
   beforeEach(async () => {
     testNo++;
     data = join(base, `data${testNo}`);
-    client = createServiceClient(nc, { node: `t${testNo}`, timeoutMs: 30_000 });
+    client = createServiceClient(nats.nc, { node: `t${testNo}`, timeoutMs: 30_000 });
   });
   afterEach(async () => {
     for (const app of apps.splice(0)) await app.stop();
     for (const r of rootfses.splice(0)) await r.cleanup();
   });
   afterAll(async () => {
-    await nc?.close();
-    await ns?.stop();
     if (base) await rm(base, { recursive: true, force: true });
   });
 
@@ -393,8 +387,11 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
 
     const target = join(rootfs.upper, 'var/lib/docker');
     const syncing = client.call(docker.syncOut, { id: 'slow' });
-    while (!(await lstat(target).catch(() => undefined))) await new Promise((r) => setTimeout(r, 20));
-    await new Promise((r) => setTimeout(r, 200));
+    // The copy is under way once rsync wrote its first (temporary) file into the target.
+    await vi.waitFor(async () => expect((await readdir(target).catch(() => [])).length).toBeGreaterThan(0), {
+      timeout: 10_000,
+      interval: 20,
+    });
     await rm(join(rootfs.upper, 'var'), { recursive: true, force: true });
     // An answer, not the typed timeout the 2.5 s bound would give: the vanished target ended the copy.
     await expect(syncing).resolves.toEqual({});
@@ -473,33 +470,11 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
         client.call(docker.create, { ...good, id: 'h2', rootfs: join(base, 'no-such-rootfs') }),
         'invalid-request',
       );
-      await expectCode(
-        client.call(volPrep, {
-          id: 'h1',
-          uid: OFFSET,
-          gid: OFFSET,
-          sources: [{ source: '/', exclusive: false }],
-        }),
-        'invalid-request',
-      );
-      await expectCode(
-        client.call(volPrep, {
-          id: 'h1',
-          uid: OFFSET,
-          gid: OFFSET,
-          sources: [{ source: base, exclusive: false }],
-        }),
-        'invalid-request',
-      );
-      await expectCode(
-        client.call(volPrep, {
-          id: 'h1',
-          uid: OFFSET,
-          gid: OFFSET,
-          sources: [{ source: join(base, 'nope'), exclusive: false }],
-        }),
-        'not-found',
-      );
+      const prepOf = (source: string) =>
+        client.call(volPrep, { id: 'h1', uid: OFFSET, gid: OFFSET, sources: [{ source, exclusive: false }] });
+      await expectCode(prepOf('/'), 'invalid-request');
+      await expectCode(prepOf(base), 'invalid-request');
+      await expectCode(prepOf(join(base, 'nope')), 'not-found');
       expect(await listAll(base)).toEqual(before);
       expect((await client.call(volList, {})).volumes).toEqual([]);
 
@@ -691,7 +666,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     const outside = await mkdtemp(join(tmpdir(), 'volmgr-outside-'));
     try {
       const rootfs = await mkdtemp(join(base, 'rootfs-'));
-      const store = createStateStore(await openBucket(nc, volService.bucket), {
+      const store = createStateStore(await openBucket(nats.nc, volService.bucket), {
         node: `t${testNo}`,
         namespace: 'docker',
         schema: VolumeRecord,

@@ -3,7 +3,7 @@
  * container's root owns, filled from the rootfs on create (sync-in) and copied back on sync-out.
  * State lives in KV so a restart or kill -9 of the daemon forgets nothing.
  */
-import { chmod, chown, mkdir, readdir, realpath, rm, stat } from 'node:fs/promises';
+import { chmod, chown, mkdir, readdir, realpath, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import {
@@ -31,9 +31,11 @@ import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/moun
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
 import { createInFlight } from './in-flight.js';
-import { assertStrictlyUnder, exists, mkdirChainInside, resolveInRoot, resolveInside } from './paths.js';
+import { exists, mkdirChainInside, resolveInRoot, resolveInside } from './paths.js';
 import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { rsyncTree, type ScanIds } from './rsync.js';
+import { volumeDirs } from './volume-dirs.js';
+import { reconcileVolumes } from './volumes-reconcile.js';
 
 export const VolumeRecord = z.object({
   kind: VolumeKindSchema,
@@ -110,32 +112,11 @@ export interface VolumeManager extends VolMgr {
 
 export function createVolumeManager(deps: VolumeDeps): VolumeManager {
   const layout = VOLUME_LAYOUT[deps.kind];
-  const hostDir = join(deps.dataRoot, layout.hostDir);
-  assertStrictlyUnder(deps.dataRoot, hostDir, 'volume host dir');
+  const dirs = volumeDirs(deps);
+  const { hostDir, volPathOf, ensureHostDir, removeVolDir, checkRecordPath } = dirs;
   const locked = createKeyedLock();
   const inFlight = createInFlight();
   const now = deps.now ?? (() => new Date());
-
-  const volPathOf = (id: string): string => {
-    const path = join(hostDir, id);
-    // Ids are validated tokens; this catches any that slipped through (`..`, `a/b`).
-    if (join(path, '..') !== hostDir)
-      throw new SysboxError('invalid-request', `volume id ${id} is not a single path token`);
-    assertStrictlyUnder(deps.dataRoot, path, 'volume path');
-    return path;
-  };
-
-  const ensureHostDir = async (): Promise<void> => {
-    await mkdir(deps.dataRoot, { recursive: true });
-    await resolveInside(deps.dataRoot, `/${layout.hostDir}`, 'volume host dir');
-    // 0700 as upstream: only root walks into a kind's volumes (each volume keeps its own perm).
-    await mkdirChainInside(deps.dataRoot, layout.hostDir, 0o700);
-  };
-
-  const removeVolDir = async (path: string): Promise<void> => {
-    assertStrictlyUnder(hostDir, path, 'volume path');
-    await rm(path, { recursive: true, force: true });
-  };
 
   const getRecord = async (id: string): Promise<VolumeRecord> => {
     const rec = await deps.store.get(id);
@@ -155,22 +136,6 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
   }): Promise<void> => {
     if (v.uid === 0 && v.gid === 0 && !v.chownOnSync) return;
     await deps.guard.idsDelegated({ uid: v.uid, gid: v.gid }, `owner of the ${deps.kind} volume of ${v.id}`);
-  };
-
-  /** A record's path is only trusted when it is the one derived from the id: KV can be written by others. */
-  const checkRecordPath = (rec: VolumeRecord, log: Logger): string => {
-    const path = volPathOf(rec.id);
-    if (rec.path !== path) {
-      log.error(
-        { kind: deps.kind, id: rec.id, recorded: rec.path, expected: path },
-        'volume record names a foreign path: refused',
-      );
-      throw new SysboxError(
-        'internal',
-        `record of ${rec.id} names ${rec.path}, not ${path}: refusing to use it`,
-      );
-    }
-    return path;
   };
 
   /** Where a rootfs on overlayfs keeps its writable layer; undefined when it is not an overlay mount. */
@@ -383,55 +348,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       }
       return out;
     },
-    async reconcile({ removeOrphans }) {
-      await ensureHostDir();
-      const report: ReconcileReport = {
-        kind: deps.kind,
-        kept: [],
-        vanished: [],
-        unfinished: [],
-        orphans: [],
-        removedOrphans: [],
-      };
-      const owned = new Set<string>();
-      for (const { value } of await deps.store.list()) {
-        if (value.state === 'creating') {
-          await removeVolDir(volPathOf(value.id));
-          await deps.store.delete(value.id);
-          report.unfinished.push(value.id);
-        } else if (!(await exists(volPathOf(value.id)))) {
-          await deps.store.delete(value.id);
-          report.vanished.push(value.id);
-        } else {
-          owned.add(value.id);
-          report.kept.push(value.id);
-        }
-      }
-      for (const name of await readdir(hostDir)) {
-        if (owned.has(name)) continue;
-        report.orphans.push(name);
-        if (removeOrphans) {
-          await removeVolDir(join(hostDir, name));
-          report.removedOrphans.push(name);
-        }
-      }
-      if (report.vanished.length)
-        deps.log.warn(
-          { kind: deps.kind, ids: report.vanished },
-          'volumes whose dir vanished: records dropped',
-        );
-      if (report.unfinished.length)
-        deps.log.warn({ kind: deps.kind, ids: report.unfinished }, 'half-created volumes removed');
-      if (report.orphans.length) {
-        deps.log.warn(
-          { kind: deps.kind, dirs: report.orphans.map((n) => join(hostDir, n)), removed: removeOrphans },
-          removeOrphans
-            ? 'orphan volume dirs removed'
-            : 'orphan volume dirs no record owns (--remove-orphans removes them)',
-        );
-      }
-      return report;
-    },
+    reconcile: ({ removeOrphans }) => reconcileVolumes(deps, dirs, removeOrphans),
     drain: (graceMs) => inFlight.drain(graceMs),
   };
   return mgr;

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '@sysbox-mgr-ts/exec';
 import { needsShift, scanIds, shift, unfinishedIds } from './index.js';
-import { buildTree, snapshotOwners, type EntryState } from './tree-fixture.js';
+import { buildTree, snapshotOwners, type EntryState } from '../test/tree.js';
 import { seededRandom } from '@sysbox-mgr-ts/bench-kit';
 
 const isRoot = process.getuid?.() === 0;

@@ -6,7 +6,7 @@ import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { REMOVE, createStateStore, openBucket, type KvStateStore } from './index.js';
-import { createMemoryStore } from './memory.js';
+import { createMemoryStore } from '../test/memory-store.js';
 
 const Rec = z.object({ n: z.number(), tags: z.array(z.string()) });
 type Rec = z.infer<typeof Rec>;

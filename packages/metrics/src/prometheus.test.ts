@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { METRICS, parseListenAddress, timedShift } from './index.js';
 import { createMetricsRegistry, startMetricsServer } from './prometheus.js';
-import { parseExposition, scrape } from './testing.js';
+import { parseExposition, scrape } from '../test/scrape.js';
 
 describe('metrics registry', () => {
   it('exports every catalogue metric with its type, and process metrics unprefixed', async () => {

@@ -1,8 +1,8 @@
 import { chmodSync, copyFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { SysboxError, defineContract, subjectOf } from '@sysbox-mgr-ts/contracts';
 import { z } from 'zod';
 import { createServiceClient } from './client.js';
@@ -11,20 +11,18 @@ import { silentLogger } from './logger.js';
 import { errorReply } from './wire.js';
 
 describe('connectNats', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer({ jetstream: false });
   let dir: string;
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: false });
     dir = mkdtempSync(join(tmpdir(), 'kit-creds-'));
   });
   afterAll(async () => {
-    await ns?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
   it('connects as its identity with an owner-only credentials file, replies under its own inbox', async () => {
     const nc = await connectNats(
-      { natsUrl: ns.url, natsCreds: ns.credentials('gateway') },
+      { natsUrl: nats.ns.url, natsCreds: nats.ns.credentials('gateway') },
       'gateway',
       'test',
       silentLogger(),
@@ -36,16 +34,16 @@ describe('connectNats', () => {
 
   it('refuses a credentials file that group or others can read, before connecting', async () => {
     const file = join(dir, 'gateway.nk');
-    copyFileSync(ns.credentials('gateway'), file);
+    copyFileSync(nats.ns.credentials('gateway'), file);
     chmodSync(file, 0o644);
     await expect(
-      connectNats({ natsUrl: ns.url, natsCreds: file }, 'gateway', 'test', silentLogger()),
+      connectNats({ natsUrl: nats.ns.url, natsCreds: file }, 'gateway', 'test', silentLogger()),
     ).rejects.toThrow(/open to group or others \(mode 0644\)/);
   });
 
   it('without credentials, the authenticated server refuses the connection', async () => {
     await expect(
-      connectNats({ natsUrl: ns.url, natsCreds: 'none' }, 'gateway', 'test', silentLogger()).then((nc) =>
+      connectNats({ natsUrl: nats.ns.url, natsCreds: 'none' }, 'gateway', 'test', silentLogger()).then((nc) =>
         nc.close(),
       ),
     ).rejects.toThrow(/Authorization Violation/);
@@ -53,19 +51,18 @@ describe('connectNats', () => {
 
   it('a missing default credentials file is an error that names it', async () => {
     await expect(
-      connectNats({ natsUrl: ns.url, natsCreds: join(dir, 'absent.nk') }, 'gateway', 'test', silentLogger()),
+      connectNats(
+        { natsUrl: nats.ns.url, natsCreds: join(dir, 'absent.nk') },
+        'gateway',
+        'test',
+        silentLogger(),
+      ),
     ).rejects.toThrow(/absent\.nk/);
   });
 });
 
 describe('a reply lost to a reconnect', () => {
-  let ns: NatsServer;
-  beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: false });
-  });
-  afterAll(async () => {
-    await ns?.stop();
-  });
+  const nats = useNatsServer({ jetstream: false });
 
   const contract = (idempotent: boolean) =>
     defineContract({
@@ -81,7 +78,7 @@ describe('a reply lost to a reconnect', () => {
 
   /** A responder that drops the first request it gets and answers later ones. */
   async function responder(subject: string): Promise<{ seen: () => number; close: () => Promise<void> }> {
-    const nc = await ns.connect();
+    const nc = await nats.ns.connect();
     let seen = 0;
     nc.subscribe(subject, {
       callback: (_e, m) => void (++seen > 1 && m.respond(JSON.stringify({ answer: seen }))),
@@ -92,10 +89,11 @@ describe('a reply lost to a reconnect', () => {
 
   it('sends an idempotent request again when the connection comes back, instead of waiting out its bound', async () => {
     const r = await responder('sysbox.n1.subid.again');
-    const nc = await ns.connect('operator', { reconnectTimeWait: 50 });
+    const nc = await nats.ns.connect('operator', { reconnectTimeWait: 50 });
     const client = createServiceClient(nc, { node: 'n1', timeoutMs: 20_000 });
     const call = client.call(contract(true), {});
-    await new Promise((res) => setTimeout(res, 200));
+    // The first copy reached the responder (which drops it) before the connection goes.
+    await vi.waitFor(() => expect(r.seen()).toBe(1));
     await nc.reconnect();
     // The second copy answered: the request was sent again, not left to wait out its 20 s bound
     // (which would also outlast this test's own time-out).
@@ -107,7 +105,7 @@ describe('a reply lost to a reconnect', () => {
 
   it("sends an idempotent request again when no reply came (the service's own server lost it), with no reconnect here", async () => {
     const r = await responder('sysbox.n1.subid.again');
-    const nc = await ns.connect('operator');
+    const nc = await nats.ns.connect('operator');
     const client = createServiceClient(nc, { node: 'n1', timeoutMs: 20_000, resendAfterMs: 200 });
     expect(await client.call(contract(true), {})).toEqual({ answer: 2 });
     expect(r.seen()).toBe(2);
@@ -116,7 +114,7 @@ describe('a reply lost to a reconnect', () => {
   });
 
   it("a repeat's error does not cut short the first request, still at work", async () => {
-    const nc = await ns.connect();
+    const nc = await nats.ns.connect();
     let seen = 0;
     // The first request is slow and succeeds; a repeat (another replica seeing the work half done) fails at once.
     nc.subscribe('sysbox.n1.subid.again', {
@@ -129,7 +127,7 @@ describe('a reply lost to a reconnect', () => {
       },
     });
     await nc.flush();
-    const caller = await ns.connect('operator');
+    const caller = await nats.ns.connect('operator');
     const client = createServiceClient(caller, { node: 'n1', timeoutMs: 20_000, resendAfterMs: 100 });
     expect(await client.call(contract(true), {})).toEqual({ answer: 1 });
     expect(seen).toBeGreaterThan(1);
@@ -138,7 +136,7 @@ describe('a reply lost to a reconnect', () => {
   });
 
   it("a first request lost with its service is answered by a repeat's error, not left to wait out its bound", async () => {
-    const nc = await ns.connect();
+    const nc = await nats.ns.connect();
     let seen = 0;
     // The first request is never answered (its service was killed mid-call); the restarted
     // service answers every repeat with not-found.
@@ -150,7 +148,7 @@ describe('a reply lost to a reconnect', () => {
       },
     });
     await nc.flush();
-    const caller = await ns.connect('operator');
+    const caller = await nats.ns.connect('operator');
     // A 60 s bound, past this test's own time-out: only the lost-first rule ends the call.
     const client = createServiceClient(caller, {
       node: 'n1',
@@ -166,10 +164,11 @@ describe('a reply lost to a reconnect', () => {
 
   it('never sends a non-idempotent request twice', async () => {
     const r = await responder('sysbox.n1.subid.once');
-    const nc = await ns.connect('operator', { reconnectTimeWait: 50 });
+    const nc = await nats.ns.connect('operator', { reconnectTimeWait: 50 });
     const client = createServiceClient(nc, { node: 'n1', timeoutMs: 1500 });
     const call = client.call(contract(false), {});
-    await new Promise((res) => setTimeout(res, 200));
+    // The first copy reached the responder (which drops it) before the connection goes.
+    await vi.waitFor(() => expect(r.seen()).toBe(1));
     await nc.reconnect();
     await expect(call).rejects.toMatchObject({ code: 'timeout' });
     expect(r.seen()).toBe(1);

@@ -10,8 +10,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { listenDatagram, type DatagramListener } from '@sysbox-mgr-ts/host-native';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 
 const pkgDir = resolve(import.meta.dirname, '..');
 const node = 'sdtest';
@@ -63,23 +64,21 @@ function startDaemon(ns: NatsServer, env: Record<string, string>): Child {
 }
 
 describe('runDaemon and sd_notify', () => {
-  let ns: NatsServer;
+  const nats = useNatsServer({ jetstream: false });
   let nc: NatsConnection;
   let dir: string;
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: false });
-    nc = await ns.connect('operator');
+    nc = await nats.ns.connect('operator');
     dir = mkdtempSync(join(tmpdir(), 'kit-notify-'));
   });
   afterAll(async () => {
     await nc?.close();
-    await ns?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
   it('sends READY=1 once started and answering, STOPPING=1 when SIGTERM starts the stop, from its own pid', async () => {
     const listener: DatagramListener = listenDatagram(join(dir, 'notify.sock'));
-    const d = startDaemon(ns, { NOTIFY_SOCKET: listener.path });
+    const d = startDaemon(nats.ns, { NOTIFY_SOCKET: listener.path });
     try {
       const ready = await listener.next(20_000);
       expect(ready).toEqual({ message: 'READY=1', pid: d.proc.pid });
@@ -106,13 +105,16 @@ describe('runDaemon and sd_notify', () => {
 
   it('with a NOTIFY_SOCKET nobody binds it warns, still serves and stops cleanly', async () => {
     const env: Record<string, string> = { NOTIFY_SOCKET: join(dir, 'nobody.sock') };
-    const d = startDaemon(ns, env);
+    const d = startDaemon(nats.ns, env);
     try {
-      const deadline = Date.now() + 20_000;
-      while (!/"msg":"started"/.test(d.output()) && Date.now() < deadline)
-        await new Promise((r) => setTimeout(r, 20));
-      await new Promise((r) => setTimeout(r, 50));
-      expect(d.output()).toMatch(/"msg":"sd_notify READY=1 failed"/);
+      await vi.waitFor(() => expect(d.output()).toMatch(/"msg":"started"/), {
+        timeout: 20_000,
+        interval: 20,
+      });
+      await vi.waitFor(() => expect(d.output()).toMatch(/"msg":"sd_notify READY=1 failed"/), {
+        timeout: 5_000,
+        interval: 20,
+      });
       expect(
         new TextDecoder().decode((await nc.request(`sysbox.${node}.subid.ping`, '', { timeout: 1000 })).data),
       ).toBe('pong');

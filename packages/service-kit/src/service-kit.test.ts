@@ -1,13 +1,14 @@
 import { Writable } from 'node:stream';
 import { headers, type NatsConnection } from '@nats-io/nats-core';
-import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
+import { useNatsServer } from '@sysbox-mgr-ts/test-nats/vitest';
 import { SysboxError, defineContract, subjectOf, type ServiceContract } from '@sysbox-mgr-ts/contracts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import { CALL_ID_HEADER } from './wire.js';
 import {
   ERROR_CODE_HEADER,
   createLogger,
+  silentLogger,
   createServiceClient,
   decodeJson,
   encodeJson,
@@ -47,18 +48,10 @@ const testService = {
   contracts: [echo, fail],
 } as const satisfies ServiceContract;
 
-const silent = () =>
-  createLogger({
-    service: 't',
-    node: 'n',
-    version: '0',
-    level: 'debug',
-    destination: new Writable({ write: (_c, _e, cb) => cb() }),
-  });
+const silent = silentLogger;
 
 describe('service kit on a real nats-server', () => {
-  let ns: NatsServer;
-  let nc: NatsConnection;
+  const nats = useNatsServer({ jetstream: false });
   let ncB: NatsConnection;
   let a: MicroService;
   let b: MicroService;
@@ -78,11 +71,9 @@ describe('service kit on a real nats-server', () => {
   ];
 
   beforeAll(async () => {
-    ns = await startNatsServer({ jetstream: false });
-    nc = await ns.connect();
-    ncB = await ns.connect();
+    ncB = await nats.ns.connect();
     a = serve({
-      nc,
+      nc: nats.nc,
       service: testService,
       node: 'n1',
       version: '1.2.3',
@@ -97,32 +88,32 @@ describe('service kit on a real nats-server', () => {
       log: silent(),
       bindings: bindings('b'),
     });
-    await nc.flush();
+    await nats.nc.flush();
     await ncB.flush();
   });
   afterAll(async () => {
     await a?.stop();
     await b?.stop();
-    await nc?.close();
     await ncB?.close();
-    await ns?.stop();
   });
 
   it('round-trips a request through the typed client', async () => {
-    const client = createServiceClient(nc, { node: 'n1' });
+    const client = createServiceClient(nats.nc, { node: 'n1' });
     const r = await client.call(echo, { id: 'c1', n: 7 });
     expect(r).toMatchObject({ id: 'c1', n: 7 });
   });
 
   it('answers a bad request invalid-request without calling the handler', async () => {
     const before = handled.length;
-    const msg = await nc.request('sysbox.n1.subid.echo', encodeJson({ id: '', n: 'x' }), { timeout: 2000 });
+    const msg = await nats.nc.request('sysbox.n1.subid.echo', encodeJson({ id: '', n: 'x' }), {
+      timeout: 2000,
+    });
     expect(msg.headers?.get(ERROR_CODE_HEADER)).toBe('400');
     const body = decodeJson(msg.data) as { error: { code: string; message: string } };
     expect(body.error.code).toBe('invalid-request');
     expect(body.error.message).toMatch(/id/);
     expect(body.error.message).toMatch(/n/);
-    const notJson = await nc.request('sysbox.n1.subid.echo', new TextEncoder().encode('{oops'), {
+    const notJson = await nats.nc.request('sysbox.n1.subid.echo', new TextEncoder().encode('{oops'), {
       timeout: 2000,
     });
     expect((decodeJson(notJson.data) as any).error.message).toMatch(/not valid JSON/);
@@ -130,13 +121,13 @@ describe('service kit on a real nats-server', () => {
   });
 
   it('turns async and sync failures into typed replies, counted in $SRV.STATS', async () => {
-    const client = createServiceClient(nc, { node: 'n1' });
+    const client = createServiceClient(nats.nc, { node: 'n1' });
     await expect(client.call(fail, { kind: 'typed' })).rejects.toMatchObject({
       code: 'exhausted',
       message: 'pool is empty',
     });
     await expect(client.call(fail, { kind: 'sync' })).rejects.toMatchObject({ code: 'exhausted' });
-    const unknown = await nc.request('sysbox.n1.subid.fail', encodeJson({ kind: 'unknown' }), {
+    const unknown = await nats.nc.request('sysbox.n1.subid.fail', encodeJson({ kind: 'unknown' }), {
       timeout: 2000,
     });
     expect(unknown.headers?.get(ERROR_CODE_HEADER)).toBe('500');
@@ -145,7 +136,7 @@ describe('service kit on a real nats-server', () => {
       message: 'cannot read x of undefined',
     });
 
-    const stats = await gather(nc, '$SRV.STATS.sysbox-test');
+    const stats = await gather(nats.nc, '$SRV.STATS.sysbox-test');
     const failEndpoints = stats.flatMap((s: any) => s.endpoints.filter((e: any) => e.name === 'fail'));
     const total = failEndpoints.reduce((n: number, e: any) => n + e.num_errors, 0);
     expect(total).toBe(3);
@@ -156,35 +147,35 @@ describe('service kit on a real nats-server', () => {
   });
 
   it('$SRV.PING and $SRV.INFO list both replicas with their endpoints', async () => {
-    const pings = await gather(nc, '$SRV.PING');
+    const pings = await gather(nats.nc, '$SRV.PING');
     expect(pings.filter((p: any) => p.name === 'sysbox-test')).toHaveLength(2);
     expect(pings[0]).toMatchObject({ type: 'io.nats.micro.v1.ping_response', version: '1.2.3' });
-    const infos = await gather(nc, '$SRV.INFO.sysbox-test');
+    const infos = await gather(nats.nc, '$SRV.INFO.sysbox-test');
     expect(infos).toHaveLength(2);
     expect(infos[0].endpoints.map((e: any) => e.subject).sort()).toEqual([
       'sysbox.n1.subid.echo',
       'sysbox.n1.subid.fail',
     ]);
     expect(infos[0].endpoints[0].queue_group).toBe('sysbox-test');
-    const one = await gather(nc, `$SRV.INFO.sysbox-test.${a.id}`);
+    const one = await gather(nats.nc, `$SRV.INFO.sysbox-test.${a.id}`);
     expect(one.map((i: any) => i.id)).toEqual([a.id]);
   });
 
   it('two replicas in one queue group both serve', async () => {
-    const client = createServiceClient(nc, { node: 'n1' });
+    const client = createServiceClient(nats.nc, { node: 'n1' });
     const by = new Set<string>();
     for (let i = 0; i < 60; i++) by.add((await client.call(echo, { id: 'c', n: i })).by);
     expect(by).toEqual(new Set(['a', 'b']));
   });
 
   it('client maps no responders to unavailable, fast', async () => {
-    const client = createServiceClient(nc, { node: 'nobody', timeoutMs: 5000 });
+    const client = createServiceClient(nats.nc, { node: 'nobody', timeoutMs: 5000 });
     // unavailable, not timeout: it did not wait out its 5 s bound.
     await expect(client.call(echo, { id: 'c', n: 1 })).rejects.toMatchObject({ code: 'unavailable' });
   });
 
   it('client validates the request before sending', async () => {
-    const client = createServiceClient(nc, { node: 'n1' });
+    const client = createServiceClient(nats.nc, { node: 'n1' });
     await expect(client.call(echo, { id: '', n: 1 })).rejects.toMatchObject({ code: 'invalid-request' });
   });
 
@@ -196,7 +187,7 @@ describe('service kit on a real nats-server', () => {
       contracts: [contract],
     } as const satisfies ServiceContract;
     return serve({
-      nc,
+      nc: nats.nc,
       service,
       node: 'n1',
       version: '0.0.1',
@@ -207,15 +198,17 @@ describe('service kit on a real nats-server', () => {
 
   it('stop waits for requests in flight', async () => {
     const slow = defineContract({ ...echo, endpoint: 'slow', subject: subjectOf('subid', 'slow') });
+    let started = false;
     let finished = false;
     const s = serveOne(slow, async (req) => {
+      started = true;
       await new Promise((r) => setTimeout(r, 300));
       finished = true;
       return { id: req.id, n: req.n, by: 'slow' };
     });
-    await nc.flush();
-    const reply = createServiceClient(nc, { node: 'n1' }).call(slow, { id: 'c', n: 1 });
-    await new Promise((r) => setTimeout(r, 50));
+    await nats.nc.flush();
+    const reply = createServiceClient(nats.nc, { node: 'n1' }).call(slow, { id: 'c', n: 1 });
+    await vi.waitFor(() => expect(started).toBe(true));
     await s.stop();
     expect(finished).toBe(true);
     await expect(reply).resolves.toMatchObject({ by: 'slow' });
@@ -234,9 +227,9 @@ describe('service kit on a real nats-server', () => {
       await new Promise((r) => setTimeout(r, 700));
       return { id: req.id, n: runs, by: 'long' };
     });
-    await nc.flush();
+    await nats.nc.flush();
     // Copies go out every 100 ms while the first runs for 700 ms: they share its outcome.
-    const client = createServiceClient(nc, { node: 'n1', resendAfterMs: 100 });
+    const client = createServiceClient(nats.nc, { node: 'n1', resendAfterMs: 100 });
     await expect(client.call(long, { id: 'c', n: 1 })).resolves.toEqual({ id: 'c', n: 1, by: 'long' });
     expect(runs).toBe(1);
     // Another call is another call.
@@ -246,7 +239,7 @@ describe('service kit on a real nats-server', () => {
     h.set(CALL_ID_HEADER, 'reused');
     const ask = async (n: number) =>
       decodeJson(
-        (await nc.request(long.subject('n1'), encodeJson({ id: 'c', n }), { headers: h, timeout: 5000 }))
+        (await nats.nc.request(long.subject('n1'), encodeJson({ id: 'c', n }), { headers: h, timeout: 5000 }))
           .data,
       );
     expect(await ask(1)).toMatchObject({ n: 3 });

@@ -338,3 +338,4 @@ export async function freePorts(n: number): Promise<number[]> {
   await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
   return ports;
 }
+export { startAppDaemon, type AppDaemon, type AppDaemonOptions } from './daemon.js';

@@ -65,7 +65,13 @@ const tarballs = join(dir, 'tarballs');
 const install = join(dir, 'install');
 const procs: Proc[] = [];
 const node = 'packinstall';
-let packed: { name: string; filename: string; size: number; unpackedSize: number }[] = [];
+let packed: {
+  name: string;
+  filename: string;
+  size: number;
+  unpackedSize: number;
+  files: { path: string }[];
+}[] = [];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const safeRead = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8') : '');
@@ -143,6 +149,18 @@ describe('packed packages installed outside the repository', () => {
     for (const a of APPS) expect(existsSync(installedBin(BIN[a]))).toBe(true);
     expect(existsSync(installedBin('sysbox-nats-auth'))).toBe(true);
     expect(existsSync(installedBin('sysbox-fleet'))).toBe(true);
+  });
+
+  it('ships no test, fake, fixture or bench code in any tarball', () => {
+    // CONTRIBUTING.md "Tests and benches": tests beside the code as *.test.ts, helpers in test/,
+    // benches in bench/; the build compiles src/ without the tests, so none of it is packed.
+    const testCode =
+      /(^|\/)(test|tests|testing|bench|__tests__)\/|\.(test|spec|test-util)\.|(^|\/)(testing|bench)\.|fake|fixture/i;
+    const shipped = packed.flatMap((p) =>
+      p.files.filter((f) => testCode.test(f.path)).map((f) => `${p.name}: ${f.path}`),
+    );
+    expect(packed.every((p) => p.files.length > 0)).toBe(true);
+    expect(shipped).toEqual([]);
   });
 
   it('id-shift installs with its prebuilt addon: nothing compiled, and it shifts a tree', async () => {

@@ -11,8 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { compareRuns, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
-import { shift } from './index.js';
-import { BENCH_TREE, buildTree } from './tree-fixture.js';
+import { shift } from '../src/index.js';
+import { BENCH_TREE, buildTree } from '../test/tree.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const spec = { ...BENCH_TREE, top: quick ? 8 : BENCH_TREE.top, outside: '/etc/hostname' };

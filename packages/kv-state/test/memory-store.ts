@@ -5,7 +5,7 @@
  * with a revision is compare-and-set.
  */
 import { SysboxError } from '@sysbox-mgr-ts/contracts';
-import { REMOVE, type Change, type KvStateStore, type Mutation, type Versioned } from './index.js';
+import { REMOVE, type Change, type KvStateStore, type Mutation, type Versioned } from '../src/types.js';
 
 interface Slot<T> {
   value: T | undefined;

@@ -12,7 +12,6 @@
  *   then what a full node costs: an `exhausted` answer (it reads every claim), the first list
  *   page, and the start reconcile of a fresh replica.
  */
-import { Writable } from 'node:stream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { compareRuns, percentile, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import {
@@ -23,11 +22,11 @@ import {
   subidService,
   type SubidAlloc,
 } from '@sysbox-mgr-ts/contracts';
-import { createLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
+import { silentLogger, createServiceClient, serve, type MicroService } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
-import { createSubidAlloc, type SubidAllocator } from './allocator.js';
-import { createSubidBindings } from './service.js';
-import { openSubidStores } from './subid-store.js';
+import { createSubidAlloc, type SubidAllocator } from '../src/allocator.js';
+import { createSubidBindings } from '../src/service.js';
+import { openSubidStores } from '../src/subid-store.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const ALLOCS = quick ? 200 : 1000;
@@ -38,13 +37,7 @@ const LATENCY_SAMPLES = quick ? 100 : 500;
 const FULL_POOL_BLOCKS = quick ? 2000 : 65_000;
 const pool = { start: 100000, size: 4096 * SUBID_BLOCK };
 
-const log = createLogger({
-  service: 'bench',
-  node: 'bench',
-  version: '0',
-  level: 'warn',
-  destination: new Writable({ write: (_c, _e, cb) => cb() }),
-});
+const log = silentLogger();
 
 /** Runs `count` calls of `fn`, `IN_FLIGHT` at a time. */
 async function burst(count: number, fn: (i: number) => Promise<unknown>): Promise<void> {

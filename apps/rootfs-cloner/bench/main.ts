@@ -15,8 +15,8 @@ import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
 import { mountsUnder, readMountInfo } from '@sysbox-mgr-ts/mountinfo';
 import { silentLogger } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
-import { CloneRecord, UpperRecord, createCloner } from './cloner.js';
-import { createMounter } from './mounter.js';
+import { CloneRecord, UpperRecord, createCloner } from '../src/cloner.js';
+import { createMounter } from '../src/mounter.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const ENTRIES = quick ? 10_000 : 100_000;

@@ -13,8 +13,8 @@ import { run } from '@sysbox-mgr-ts/exec';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { silentLogger, createServiceClient } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
-import { startVolApp } from './app.js';
-import { idMapOption } from './rsync.js';
+import { startVolApp } from '../src/app.js';
+import { idMapOption } from '../src/rsync.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const ENTRIES = quick ? 10_000 : 100_000;

@@ -7,8 +7,8 @@
 import { Writable } from 'node:stream';
 import type { MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import { createLogger, type Logger } from '@sysbox-mgr-ts/service-kit';
-import type { Mounter } from '../mounter.js';
-import type { ShiftfsProbe } from '../probe.js';
+import type { Mounter } from '../src/mounter.js';
+import type { ShiftfsProbe } from '../src/probe.js';
 
 /** The probe of a kernel where shiftfs is present and works, on overlayfs too. */
 export const WORKING_SHIFTFS: ShiftfsProbe = {

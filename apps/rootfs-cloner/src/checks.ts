@@ -1,0 +1,34 @@
+/** The host checks on what a request or a record read back from KV names: allowed roots, delegated ids. */
+import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
+import { exists } from './fs.js';
+import type { CloneRecord } from './records.js';
+
+/** The runtime's dirs a record names (we bind over them, unmount them, mount its layers): allowed roots only. */
+export async function recordedRuntimeDirsAllowed(guard: HostGuard, rec: CloneRecord): Promise<void> {
+  const named = [
+    [rec.origRootfs, 'rootfs'],
+    [rec.origUpperDir, 'upper dir'],
+    [rec.origWorkDir, 'work dir'],
+    ...rec.lowerDirs.map((d) => [d, 'lower dir'] as const),
+  ] as const;
+  for (const [path, what] of named) {
+    if (await exists(path)) await guard.allowedRootfs(path, `recorded ${what} of clone ${rec.id}`);
+  }
+}
+
+/** Positive offsets into a delegated range; undoing one is revert-chown's job, from the record. */
+export async function offsetsDelegated(
+  guard: HostGuard,
+  uidOffset: number,
+  gidOffset: number,
+  what: string,
+): Promise<void> {
+  if (uidOffset < 0 || gidOffset < 0) {
+    throw new SysboxError(
+      'invalid-request',
+      `${what}: negative offset ${uidOffset}:${gidOffset} is refused; only a revert undoes a recorded shift`,
+    );
+  }
+  await guard.idsDelegated({ uid: uidOffset, gid: gidOffset }, what);
+}

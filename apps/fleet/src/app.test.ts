@@ -15,7 +15,7 @@ import { startNatsServer, type NatsServer } from '@sysbox-mgr-ts/test-nats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runFleet } from './app.js';
 import type { FleetReport } from './report.js';
-import { serveSimNode, simContainerId, simNode } from './testing/sim-node.js';
+import { serveSimNode, simContainerId, simNode } from '../test/sim-node.js';
 
 const identityOf = (svc: ServiceContract): IdentityName =>
   (Object.keys(SERVICE_IDENTITIES) as (keyof typeof SERVICE_IDENTITIES)[]).find(

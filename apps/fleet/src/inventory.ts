@@ -74,7 +74,7 @@ function instanceOf(data: Uint8Array): InstanceStats | undefined {
  * What the inventory reads of each list page: the fields it reports, checked for type on read.
  * Not the contracts' full reply schemas: those re-check every path (normalized, absolute, no
  * control characters), which for 100 nodes of 2,000 containers cost 10 s of CPU here against
- * 3 s for the JSON itself (bench.ts); nothing read here reaches a host path or a decision.
+ * 3 s for the JSON itself (bench/main.ts); nothing read here reaches a host path or a decision.
  */
 const ListPage = z.object({ next: z.string().optional() });
 const SubidPage = ListPage.extend({

@@ -28,9 +28,9 @@ import {
   type MicroService,
 } from '@sysbox-mgr-ts/service-kit';
 import { startNatsServer } from '@sysbox-mgr-ts/test-nats';
-import { fleetReport } from './app.js';
-import { formatJson, formatTable } from './format.js';
-import { simNode, startRawSimNode } from './testing/sim-node.js';
+import { fleetReport } from '../src/app.js';
+import { formatJson, formatTable } from '../src/format.js';
+import { simNode, startRawSimNode } from '../test/sim-node.js';
 
 const quick = process.env.BENCH_QUICK === '1';
 const NODES = Number(process.env.FLEET_BENCH_NODES ?? 100);

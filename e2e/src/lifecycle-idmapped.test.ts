@@ -3,7 +3,7 @@
  * rootfs' upper dir itself before Update (overlayfs cannot ID-map it); Update records that chown,
  * Pause and Unregister give the upper dir back its at-rest owners, Resume shifts it again.
  */
-import { lchown, lstat, mkdir, readdir, writeFile, chown } from 'node:fs/promises';
+import { mkdir, writeFile, chown } from 'node:fs/promises';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
@@ -18,20 +18,11 @@ import {
   owner,
   removeLikeDocker,
   servicesState,
+  shiftTree,
   text,
   until,
   type ContainerRootfs,
 } from './runtime.js';
-
-/** runc's chown of the upper dir: every entry shifted by the offset, symlinks not followed. */
-async function shiftTree(dir: string, offset: number): Promise<void> {
-  const walk = async (p: string): Promise<void> => {
-    const s = await lstat(p);
-    await lchown(p, s.uid + offset, s.gid + offset);
-    if (s.isDirectory()) for (const e of await readdir(p)) await walk(join(p, e));
-  };
-  await walk(dir);
-}
 
 describe('ID-mapped-mode container through the gateway', () => {
   let sys: System;

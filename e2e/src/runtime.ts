@@ -4,7 +4,7 @@
  * the scenarios assert on.
  */
 import { existsSync, lstatSync, readdirSync } from 'node:fs';
-import { chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { chown, lchown, lstat, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { rootfsList, shiftfsList, subidList, volList } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec';
@@ -21,12 +21,23 @@ export interface ImageLayers {
 /**
  * Three image layers like a system-container image's: a base (a user's home owned by 1000:1000),
  * an inner Docker's store (/var/lib/docker, 0700, owned by root), and kubelet state; plus
- * `extraEntries` files spread over a few dirs of the base layer.
+ * `extraEntries` files spread over a few dirs of the base layer (`extraIn: 'base'`), or of the
+ * inner Docker's store (`'inner-docker'`: a preloaded inner image, which the docker volume's
+ * sync-in and sync-out move).
  */
-export async function buildImage(overlay2: string, name: string, extraEntries = 0): Promise<ImageLayers> {
+export async function buildImage(
+  overlay2: string,
+  name: string,
+  extraEntries = 0,
+  extraIn: 'base' | 'inner-docker' = 'base',
+): Promise<ImageLayers> {
   const base = join(overlay2, `${name}-l1`, 'diff');
   const dockerLayer = join(overlay2, `${name}-l2`, 'diff');
   const kubeLayer = join(overlay2, `${name}-l3`, 'diff');
+  const extraRoot =
+    extraIn === 'base'
+      ? join(base, 'usr', 'share')
+      : join(dockerLayer, 'var', 'lib', 'docker', 'overlay2', 'preloaded', 'diff');
   await mkdir(join(base, 'etc'), { recursive: true });
   await writeFile(join(base, 'etc', 'os-release'), 'ID=debian\nVERSION_ID="12"\n');
   await mkdir(join(base, 'home', 'user'), { recursive: true });
@@ -34,7 +45,7 @@ export async function buildImage(overlay2: string, name: string, extraEntries = 
   await chown(join(base, 'home', 'user'), 1000, 1000);
   await chown(join(base, 'home', 'user', 'notes.txt'), 1000, 1000);
   for (let d = 0; extraEntries > 0 && d < Math.ceil(extraEntries / 500); d++) {
-    const dir = join(base, 'usr', 'share', `pkg${d}`);
+    const dir = join(extraRoot, `pkg${d}`);
     await mkdir(dir, { recursive: true });
     const n = Math.min(500, extraEntries - d * 500);
     await Promise.all(Array.from({ length: n }, (_, i) => writeFile(join(dir, `f${i}`), `${d}/${i}\n`)));
@@ -89,6 +100,13 @@ export async function mountContainerRootfs(
     { timeout: 10_000 },
   );
   return r;
+}
+
+/** runc's chown of an upper dir: every entry shifted by the offset, symlinks not followed. */
+export async function shiftTree(dir: string, offset: number): Promise<void> {
+  const s = await lstat(dir);
+  await lchown(dir, s.uid + offset, s.gid + offset);
+  if (s.isDirectory()) for (const e of await readdir(dir)) await shiftTree(join(dir, e), offset);
 }
 
 /** Unmounts every mount stacked on `path`, top first (a runtime's unmount of a rootfs). */

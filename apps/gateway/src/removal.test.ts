@@ -93,6 +93,30 @@ describe('removal', () => {
     expect(watches).toEqual([]);
   });
 
+  it('runs the release steps at once, not one after another', async () => {
+    // The docker volume's destroy (the first step) answers only once the clone removal (a later
+    // one) has been asked for: one step at a time, it would wait for it until its bound.
+    let cloneAsked!: () => void;
+    const cloneRemovalAsked = new Promise<void>((resolve) => (cloneAsked = resolve));
+    const { client, remove } = rig(holdingAll(), {
+      'vol.docker-destroy': async () => {
+        await Promise.race([
+          cloneRemovalAsked,
+          new Promise((_, reject) =>
+            setTimeout(() => reject(new SysboxError('timeout', 'clone removal never asked')), 2000),
+          ),
+        ]);
+        return {};
+      },
+      'rootfs.remove-clone': () => {
+        cloneAsked();
+        return {};
+      },
+    });
+    expect(await remove('c1')).toBe(true);
+    expect(client.ops()).toEqual(ALL_STEPS);
+  });
+
   it('releases what was requested but never confirmed (intents), and only the subid range by id otherwise', async () => {
     const rec = aRecord({
       id: 'c1',

@@ -2,6 +2,7 @@
  * Benchmarks compare every figure with a baseline measured in the same process and run, because
  * these machines are shared and noisy: absolute times alone mean little, ratios travel.
  */
+import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
@@ -11,6 +12,14 @@ export interface Sample {
   max: number;
   /** (max - min) / median: how much the runs disagreed. */
   spread: number;
+  /** First and third quartile (linear interpolation between ranks). */
+  q1: number;
+  q3: number;
+  /**
+   * (q3 - q1) / median: how much the middle half of the runs disagreed. One run hit by a
+   * neighbour's burst moves `spread` as much as a real change would, but not this.
+   */
+  iqr: number;
   runs: number;
 }
 
@@ -21,7 +30,18 @@ export function summarize(values: readonly number[]): Sample {
   const median = sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
   const min = sorted[0]!;
   const max = sorted[sorted.length - 1]!;
-  return { median, min, max, spread: median === 0 ? 0 : (max - min) / median, runs: values.length };
+  const q1 = quantile(sorted, 0.25);
+  const q3 = quantile(sorted, 0.75);
+  const rel = (d: number) => (median === 0 ? 0 : d / median);
+  return { median, min, max, spread: rel(max - min), q1, q3, iqr: rel(q3 - q1), runs: values.length };
+}
+
+/** The q-quantile of sorted values, interpolating between ranks. */
+function quantile(sorted: readonly number[], q: number): number {
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.min(sorted.length - 1, lo + 1);
+  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
 }
 
 export function percentile(values: readonly number[], p: number): number {
@@ -48,14 +68,24 @@ export async function timeRuns(
 
 /**
  * Runs candidate and baseline alternately, so drift in machine load hits both alike.
- * `setup` runs before each timed call, untimed (e.g. to rebuild a tree).
+ * `setup` runs before each timed call, untimed (e.g. to rebuild a tree). `warmup` pairs run
+ * first, untimed (caches, JIT, the first KV writes). `pairs` is the candidate/baseline time ratio
+ * of each adjacent pair: the two ran under nearly the same load, so its median and interquartile
+ * spread say more on a shared machine than the ratio of the two medians.
  */
 export async function compareRuns(opts: {
   runs: number;
   candidate: () => Promise<unknown>;
   baseline: () => Promise<unknown>;
   setup?: () => Promise<unknown>;
-}): Promise<{ candidate: Sample; baseline: Sample; ratio: number }> {
+  warmup?: number;
+}): Promise<{ candidate: Sample; baseline: Sample; ratio: number; pairs: Sample }> {
+  for (let i = 0; i < (opts.warmup ?? 0); i++) {
+    await opts.setup?.();
+    await opts.candidate();
+    await opts.setup?.();
+    await opts.baseline();
+  }
   const c: number[] = [];
   const b: number[] = [];
   for (let i = 0; i < opts.runs; i++) {
@@ -76,8 +106,29 @@ export async function compareRuns(opts: {
   }
   const candidate = summarize(c);
   const baseline = summarize(b);
-  return { candidate, baseline, ratio: candidate.median / baseline.median };
+  return {
+    candidate,
+    baseline,
+    ratio: candidate.median / baseline.median,
+    pairs: summarize(c.map((x, i) => x / b[i]!)),
+  };
 }
+
+/**
+ * CPU time (user + system, with that of its reaped children) a process has used, in ms, from
+ * /proc/<pid>/stat. Work a process hands to a child (rsync, chown, mount) counts once the child
+ * was waited for. Unlike wall time, it does not grow with the other processes sharing the cores.
+ */
+export function processCpuMs(pid: number | 'self'): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces), from field 3 (state) on.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(f[i]), 0);
+  return (ticks * 1000) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** USER_HZ: 100 on every Linux architecture Node runs on. */
+const CLOCK_TICKS_PER_SECOND = 100;
 
 export interface Figure {
   /** What was measured, e.g. "shift 100k entries (tmpfs)". */

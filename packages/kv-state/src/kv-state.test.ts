@@ -245,6 +245,50 @@ describe('kv-state remembered revisions', () => {
     expect(stale).toBe(0);
   });
 
+  it('a read that fetched a value just before this store deleted it does not bring it back into peek', async () => {
+    const real = await openBucket(nats.nc, 'read-beside-delete');
+    let gate: Promise<void> | undefined;
+    let fetched!: () => void;
+    // A get that has its answer and is held before it returns: the delete lands meanwhile.
+    const held = new Proxy(real, {
+      get(target, prop, receiver) {
+        if (prop !== 'get' || !gate) return Reflect.get(target, prop, receiver);
+        return async (k: string) => {
+          const entry = await target.get(k);
+          fetched();
+          await gate;
+          return entry;
+        };
+      },
+    });
+    const s = createStateStore(held, { node: 'n1', schema: Counter });
+    await s.create('k', { n: 1 });
+    let open!: () => void;
+    gate = new Promise<void>((resolve) => (open = resolve));
+    const hasFetched = new Promise<void>((resolve) => (fetched = resolve));
+    const reading = s.get('k');
+    await hasFetched;
+    gate = undefined;
+    await s.mutate('k', () => REMOVE);
+    open();
+    expect((await reading)?.value).toEqual({ n: 1 });
+    expect(s.peek('k')).toBeUndefined();
+  });
+
+  it("a list running beside this store's deletes never brings a deleted key back into peek", async () => {
+    const kv = await openBucket(nats.nc, 'list-beside-deletes');
+    const s = createStateStore(kv, { node: 'n1', schema: Counter });
+    let back = 0;
+    for (let round = 0; round < 10; round++) {
+      for (let i = 0; i < 100; i++) await s.create(`r${round}k${i}`, { n: i });
+      const listing = s.list();
+      for (let i = 0; i < 100; i += 10) await s.mutate(`r${round}k${i}`, () => REMOVE);
+      await listing;
+      for (let i = 0; i < 100; i += 10) if (s.peek(`r${round}k${i}`) !== undefined) back++;
+    }
+    expect(back).toBe(0);
+  });
+
   it('peek makes no request and may be stale; a write decided on it still compare-and-sets', async () => {
     const kv = await openBucket(nats.nc, 'peeked');
     const mine = createStateStore(kv, { node: 'n1', schema: Counter });

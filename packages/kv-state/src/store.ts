@@ -54,17 +54,37 @@ export function createStateStore<S extends z.ZodType>(
    * A decision not to write is never taken on a remembered value (it could be stale).
    */
   const known = new Map<string, Snapshot<T>>();
-
-  const read = async (key: string, op: KvOp = 'get'): Promise<Snapshot<T>> => {
-    const entry: KvEntry | null = await kvRead(() => kv.get(fullKey(key)), op);
-    if (entry && entry.operation !== 'PUT') await sweepMarker(kv as Bucket, entry.revision);
-    const snap =
-      !entry || entry.operation !== 'PUT'
-        ? { value: undefined, revision: 0 }
-        : { value: parse(entry.key, entry.json()), revision: entry.revision };
-    known.set(key, snap);
-    return snap;
+  /**
+   * Keys this store deleted while a read or a list was in flight, with the revision deleted: that
+   * read may have fetched the value just before the delete and must not put it back into `known`
+   * after it (a removed container's record then answered peek() as present, for good: seen in the
+   * e2e bench). Cleared when no read is in flight, so it holds only what a running read can race.
+   */
+  const deletedDuringReads = new Map<string, number>();
+  let readsInFlight = 0;
+  const reading = async <R>(fn: () => Promise<R>): Promise<R> => {
+    readsInFlight++;
+    try {
+      return await fn();
+    } finally {
+      if (--readsInFlight === 0) deletedDuringReads.clear();
+    }
   };
+  /** A value read at `revision` that a delete of this store has since removed. */
+  const deletedSince = (key: string, revision: number): boolean =>
+    revision <= (deletedDuringReads.get(key) ?? 0);
+
+  const read = (key: string, op: KvOp = 'get'): Promise<Snapshot<T>> =>
+    reading(async () => {
+      const entry: KvEntry | null = await kvRead(() => kv.get(fullKey(key)), op);
+      if (entry && entry.operation !== 'PUT') await sweepMarker(kv as Bucket, entry.revision);
+      const snap =
+        !entry || entry.operation !== 'PUT'
+          ? { value: undefined, revision: 0 }
+          : { value: parse(entry.key, entry.json()), revision: entry.revision };
+      if (snap.value === undefined || !deletedSince(key, snap.revision)) known.set(key, snap);
+      return snap;
+    });
 
   const write = async (key: string, value: T, revision: number): Promise<number> => {
     try {
@@ -80,6 +100,7 @@ export function createStateStore<S extends z.ZodType>(
   const remove = async (key: string, revision: number): Promise<void> => {
     await casDelete(ctx, key, revision);
     known.delete(key);
+    if (readsInFlight > 0) deletedDuringReads.set(key, revision);
   };
 
   const store: KvStateStore<T> = {
@@ -87,22 +108,25 @@ export function createStateStore<S extends z.ZodType>(
       const { value, revision } = await read(key);
       return value === undefined ? undefined : { key, value: structuredClone(value), revision };
     },
-    async list() {
-      const out: Versioned<T>[] = [];
-      for (const m of await kvRead(() => lastMessages(kv as Bucket, prefix), 'list')) {
-        if (m.deleted) {
-          await sweepMarker(kv as Bucket, m.revision);
-          continue;
+    list: () =>
+      reading(async () => {
+        const out: Versioned<T>[] = [];
+        for (const m of await kvRead(() => lastMessages(kv as Bucket, prefix), 'list')) {
+          if (m.deleted) {
+            await sweepMarker(kv as Bucket, m.revision);
+            continue;
+          }
+          const key = decodeKeyToken(m.subject.slice(`${(kv as Bucket).prefix}.${prefix}`.length));
+          const value = parse(key, m.json());
+          // A list runs beside this store's own writes: one that landed after the list's pass read
+          // the key is newer than what the pass saw, and peek() must not go back to the older.
+          // Nor may it bring back a key this store deleted after the pass read it.
+          if ((known.get(key)?.revision ?? 0) <= m.revision && !deletedSince(key, m.revision))
+            known.set(key, { value, revision: m.revision });
+          out.push({ key, value: structuredClone(value), revision: m.revision });
         }
-        const key = decodeKeyToken(m.subject.slice(`${(kv as Bucket).prefix}.${prefix}`.length));
-        const value = parse(key, m.json());
-        // A list runs beside this store's own writes: one that landed after the list's pass read
-        // the key is newer than what the pass saw, and peek() must not go back to the older.
-        if ((known.get(key)?.revision ?? 0) <= m.revision) known.set(key, { value, revision: m.revision });
-        out.push({ key, value: structuredClone(value), revision: m.revision });
-      }
-      return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    },
+        return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+      }),
     async keys() {
       return kvRead(() => listKeys(kv as Bucket, prefix), 'list');
     },

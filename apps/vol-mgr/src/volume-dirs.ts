@@ -1,7 +1,8 @@
 /** A kind's host dir and the volume dirs under it: derived from the id, never from a record. */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SysboxError, VOLUME_LAYOUT, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import { run } from '@sysbox-mgr-ts/exec';
 import type { Logger } from 'pino';
 import { assertStrictlyUnder, mkdirChainInside, resolveInside } from './paths.js';
 import type { VolumeRecord } from './volumes.js';
@@ -14,6 +15,9 @@ export interface VolumeDirs {
   /** A record's path is only trusted when it is the one derived from the id: KV can be written by others. */
   checkRecordPath(rec: VolumeRecord, log: Logger): string;
 }
+
+/** A volume of millions of entries on a slow disk still goes within this; past it the removal retries. */
+const REMOVE_TIMEOUT_MS = 30 * 60_000;
 
 export function volumeDirs(deps: { dataRoot: string; kind: VolumeKind }): VolumeDirs {
   const layout = VOLUME_LAYOUT[deps.kind];
@@ -35,9 +39,13 @@ export function volumeDirs(deps: { dataRoot: string; kind: VolumeKind }): Volume
     await mkdirChainInside(deps.dataRoot, layout.hostDir, 0o700);
   };
 
+  // rm(1), not fs.rm: a volume holds an inner Docker's image store, and fs.rm's walk through
+  // libuv's thread pool took 1.7 s for 10,000 entries where rm -rf takes a third of that (the
+  // removal step of the lifecycle bench). Same semantics: no symlink followed, a missing path is
+  // fine. Killed with this daemon, so a restart's reconcile never races a delete left running.
   const removeVolDir = async (path: string): Promise<void> => {
     assertStrictlyUnder(hostDir, path, 'volume path');
-    await rm(path, { recursive: true, force: true });
+    await run('rm', ['-rf', '--', path], { timeout: REMOVE_TIMEOUT_MS, dieWithParent: true });
   };
 
   /** A record's path is only trusted when it is the one derived from the id: KV can be written by others. */

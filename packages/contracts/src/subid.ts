@@ -78,7 +78,10 @@ export const subidSummary = defineContract({
   reply: z.object({
     mode: z.enum(['shared', 'exclusive']),
     pool: SubidRange,
-    /** Container ids with an allocation record. */
+    /**
+     * Container ids with an allocation record, from its keys: one whose alloc is still in flight
+     * counts too (`list`, which reads each record, shows claimed ones only).
+     */
     allocations: z.number().int().min(0),
     /** Exclusive mode: ids in claimed blocks (65,536 a block); absent in shared mode. */
     idsClaimed: z.number().int().min(0).optional(),

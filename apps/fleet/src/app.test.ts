@@ -40,6 +40,13 @@ async function fleet(...args: string[]): Promise<{ code: number; out: string; er
 
 const monitor = () => ['--nats-creds', ns.credentials('monitor')];
 
+/** Requests the simulated services have answered on one endpoint (`list`, `summary`), all nodes. */
+const requestsTo = (endpoint: string): number =>
+  services
+    .flatMap((s) => (s.stats() as { endpoints: { name: string; num_requests: number }[] }).endpoints)
+    .filter((e) => e.name === endpoint)
+    .reduce((n, e) => n + e.num_requests, 0);
+
 beforeAll(async () => {
   ns = await startNatsServer({ jetstream: false });
   const connect = async (svc: ServiceContract) => {
@@ -70,8 +77,72 @@ afterAll(async () => {
 });
 
 describe('sysbox-fleet on two simulated hosts', () => {
-  it('lists every node: services, containers and what each holds, and totals (--json)', async () => {
+  it("by default answers each node from its services' summaries: counts, no container (--json)", async () => {
+    const [summaries, lists] = [requestsTo('summary'), requestsTo('list')];
     const r = await fleet(...monitor(), '--json');
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.out) as FleetReport;
+    expect(report.mode).toBe('summary');
+    expect(report.nodes.map((n) => n.node)).toEqual(['host-a', 'host-b']);
+    const [a, b] = report.nodes as [FleetReport['nodes'][0], FleetReport['nodes'][0]];
+    expect(a.services.map((s) => [s.service, s.versions, s.replicas, s.health])).toEqual([
+      ['sysbox-subid', ['1.2.3'], 1, 'ok'],
+      ['sysbox-vol', ['1.2.3'], 1, 'ok'],
+      ['sysbox-shiftfs', ['1.2.3'], 1, 'ok'],
+      ['sysbox-rootfs', ['1.2.3'], 1, 'ok'],
+    ]);
+    expect(b.services.map((s) => [s.service, s.versions, s.replicas, s.health, s.problem])).toEqual([
+      ['sysbox-subid', ['1.2.4'], 1, 'ok', undefined],
+      ['sysbox-vol', ['1.2.4', '1.2.5'], 2, 'ok', undefined],
+      ['sysbox-shiftfs', [], 0, 'missing', 'no instance answered its summary'],
+      ['sysbox-rootfs', ['1.2.4'], 1, 'ok', undefined],
+    ]);
+    // No list was read: no container, and no container count.
+    expect(a.containers).toBeUndefined();
+    expect(a.subid).toEqual({
+      mode: 'exclusive',
+      pool: { uid: 165536, gid: 165536, size: 4096 * 65536 },
+      idsClaimed: 3 * 65536,
+    });
+    expect(a.shiftfs).toEqual({ supported: true, supportedOnOverlayfs: false });
+    expect(b.shiftfs).toBeUndefined();
+    expect(a.volumesByKind).toEqual({ docker: 3, kubelet: 1 });
+    expect(b.volumesByKind).toEqual({ docker: 2, kubelet: 1 });
+    expect(a.counts).toEqual({ subidRanges: 3, volumes: 4, clones: 2, upperShifts: 1, marks: 1, preps: 1 });
+    expect(b.counts).toEqual({ subidRanges: 2, volumes: 3, clones: 1, upperShifts: 1, marks: 0, preps: 1 });
+    expect(report.totals).toEqual({
+      nodes: 2,
+      serviceInstances: 8,
+      servicesNotOk: 1,
+      subidRanges: 5,
+      volumes: 7,
+      clones: 3,
+      upperShifts: 2,
+      marks: 1,
+      preps: 2,
+    });
+    // One summary request per service of each node, and no list page.
+    expect(requestsTo('summary') - summaries).toBe(7);
+    expect(requestsTo('list') - lists).toBe(0);
+  });
+
+  it('prints the summary as tables, without a row per container', async () => {
+    const r = await fleet(...monitor());
+    expect(r.code).toBe(0);
+    const lines = r.out.split('\n').map((l) => l.split(/ {2,}/));
+    const row = (...head: string[]) => lines.find((l) => head.every((h, i) => l[i] === h));
+    expect(row('host-b', 'sysbox-shiftfs')?.at(-1)).toBe('missing: no instance answered its summary');
+    expect(row('NODE', 'CONTAINER')).toBeUndefined();
+    expect(row('host-a', '-')).toEqual(['host-a', '-', '3', '4', '2', '1', '1', '4/4']);
+    expect(row('TOTAL')).toEqual(['TOTAL', '-', '5', '7', '3', '1', '2', '7/8']);
+    expect(r.out).toContain(
+      '2 node(s), 8 service instance(s), 5 subid range(s) (per container: --containers), 1 service(s) not ok',
+    );
+  });
+
+  it('--containers lists every node: services, containers and what each holds, and totals', async () => {
+    const r = await fleet(...monitor(), '--json', '--containers');
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     const report = JSON.parse(r.out) as FleetReport;
@@ -98,8 +169,9 @@ describe('sysbox-fleet on two simulated hosts', () => {
     const a0 = simContainerId('host-a', 0);
     const a1 = simContainerId('host-a', 1);
     const a2 = simContainerId('host-a', 2);
-    expect(a.containers.map((c) => c.id)).toEqual([a0, a1, a2].sort());
-    expect(a.containers.find((c) => c.id === a0)).toEqual({
+    expect(report.mode).toBe('containers');
+    expect(a.containers!.map((c) => c.id)).toEqual([a0, a1, a2].sort());
+    expect(a.containers!.find((c) => c.id === a0)).toEqual({
       id: a0,
       subid: { uid: 165536, gid: 165536, size: 65536 },
       volumes: ['docker', 'kubelet'],
@@ -108,7 +180,7 @@ describe('sysbox-fleet on two simulated hosts', () => {
       marks: [`/var/lib/sysbox/shiftfs/${a0}`],
       preps: [`/srv/shared/${a0}`],
     });
-    expect(a.containers.find((c) => c.id === a1)).toEqual({
+    expect(a.containers!.find((c) => c.id === a1)).toEqual({
       id: a1,
       subid: { uid: 165536 + 65536, gid: 165536 + 65536, size: 65536 },
       volumes: ['docker'],
@@ -150,8 +222,8 @@ describe('sysbox-fleet on two simulated hosts', () => {
     });
   });
 
-  it('prints the same as tables for people', async () => {
-    const r = await fleet(...monitor());
+  it('--containers prints the same as tables for people', async () => {
+    const r = await fleet(...monitor(), '--containers');
     expect(r.code).toBe(0);
     const lines = r.out.split('\n').map((l) => l.split(/ {2,}/));
     const row = (...head: string[]) => lines.find((l) => head.every((h, i) => l[i] === h));
@@ -195,12 +267,12 @@ describe('sysbox-fleet on two simulated hosts', () => {
   });
 
   it('--node narrows the inventory to the nodes named', async () => {
-    const r = await fleet(...monitor(), '--json', '--node', 'host-b');
+    const r = await fleet(...monitor(), '--json', '--containers', '--node', 'host-b');
     expect(r.code).toBe(0);
     const report = JSON.parse(r.out) as FleetReport;
     expect(report.nodes.map((n) => n.node)).toEqual(['host-b']);
     expect(report.totals.containers).toBe(2);
-    expect(report.nodes[0]!.containers.map((c) => c.id)).toEqual(
+    expect(report.nodes[0]!.containers!.map((c) => c.id)).toEqual(
       [simContainerId('host-b', 0), simContainerId('host-b', 1)].sort(),
     );
 

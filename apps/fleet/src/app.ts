@@ -39,6 +39,11 @@ export const fleetOptions = {
       .optional(),
   }),
   json: boolOption('json', undefined, 'print the report as JSON (for scripts) instead of tables'),
+  containers: boolOption(
+    'containers',
+    undefined,
+    'read every list and show each container and what it holds (default: counts from each service)',
+  ),
   timeoutMs: option({
     flag: 'timeout-ms',
     env: 'SYSBOX_FLEET_TIMEOUT_MS',
@@ -66,13 +71,17 @@ export interface FleetIo {
 /** The inventory of the fleet `nc` sees: the report, as gathered now. */
 export async function fleetReport(
   nc: NatsConnection,
-  config: Pick<FleetConfig, 'timeoutMs' | 'discoveryMs'> & { node?: readonly string[] | undefined },
+  config: Pick<FleetConfig, 'timeoutMs' | 'discoveryMs'> & {
+    node?: readonly string[] | undefined;
+    containers?: boolean | undefined;
+  },
   log: Logger = silentLogger(),
 ): Promise<FleetReport> {
   const snapshot = await gatherFleet(nc, {
     nodes: config.node,
     discoveryQuietMs: config.discoveryMs,
     timeoutMs: config.timeoutMs,
+    containers: config.containers,
     log,
   });
   return buildReport(snapshot, Date.now());

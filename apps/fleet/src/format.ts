@@ -38,7 +38,7 @@ function clone(c: ContainerHoldings): string {
 const list = (xs: readonly string[]): string => (xs.length === 0 ? '-' : xs.join(','));
 
 function countCells(c: Counts): string[] {
-  return [c.containers, c.subidRanges, c.volumes, c.clones, c.marks, c.preps].map(String);
+  return [c.containers ?? '-', c.subidRanges, c.volumes, c.clones, c.marks, c.preps].map(String);
 }
 
 export function formatTable(report: FleetReport): string {
@@ -60,7 +60,7 @@ export function formatTable(report: FleetReport): string {
   const containers = alignRows([
     ['NODE', 'CONTAINER', 'SUBIDS', 'VOLUMES', 'CLONE', 'MARKS', 'PREPS'],
     ...report.nodes.flatMap((n) =>
-      n.containers.map((c) => [
+      (n.containers ?? []).map((c) => [
         n.node,
         c.id,
         c.subid ? `${c.subid.uid}:${c.subid.gid}/${c.subid.size}` : '-',
@@ -82,8 +82,13 @@ export function formatTable(report: FleetReport): string {
     ]),
     ['TOTAL', ...countCells(t), `${serviceCount - t.servicesNotOk}/${serviceCount}`],
   ]);
-  const summary = `${t.nodes} node(s), ${t.serviceInstances} service instance(s), ${t.containers} container(s), ${t.servicesNotOk} service(s) not ok`;
-  return [...services, '', ...containers, '', ...totals, '', summary, ''].join('\n');
+  const held =
+    t.containers === undefined
+      ? `${t.subidRanges} subid range(s) (per container: --containers)`
+      : `${t.containers} container(s)`;
+  const summary = `${t.nodes} node(s), ${t.serviceInstances} service instance(s), ${held}, ${t.servicesNotOk} service(s) not ok`;
+  const detail = report.mode === 'containers' ? [...containers, ''] : [];
+  return [...services, '', ...detail, ...totals, '', summary, ''].join('\n');
 }
 
 export function formatJson(report: FleetReport): string {

@@ -1,9 +1,10 @@
 /**
  * Reads the fleet off the bus with read-only requests only: one `$SRV.STATS` that every instance
- * of every service answers (name, version, node, start time, counts), and each node's four list
- * subjects, read page by page to the end. A node's lists start as soon as its first instance
- * answers discovery (or at once for a node named with --node), all nodes at the same time, so the
- * whole inventory takes about the time of the slowest node's lists, not their sum.
+ * of every service answers (name, version, node, start time, counts), then per node either its four
+ * `summary` subjects (the default: one small reply each, counts only) or, with `containers`, its
+ * four list subjects, read page by page to the end. A node's reads start as soon as its first
+ * instance answers discovery (or at once for a node named with --node), all nodes at the same
+ * time, so the whole inventory takes about the time of the slowest node's reads, not their sum.
  */
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
@@ -12,9 +13,13 @@ import {
   SysboxError,
   VolumeKindSchema,
   rootfsList,
+  rootfsSummary,
   shiftfsList,
+  shiftfsSummary,
   subidList,
+  subidSummary,
   volList,
+  volSummary,
   type Contract,
   type RequestInputOf,
   type ServiceName,
@@ -22,7 +27,13 @@ import {
 import { allPages, decodeJson, encodeJson, errorFromReply } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { isSysboxService, type FleetSnapshot, type InstanceStats, type NodeLists } from './report.js';
+import {
+  isSysboxService,
+  type FleetSnapshot,
+  type InstanceStats,
+  type NodeLists,
+  type NodeSummaries,
+} from './report.js';
 
 /** The part of a `$SRV.STATS` answer (ADR-32) the inventory reads. */
 const SrvStats = z.object({
@@ -43,6 +54,8 @@ export interface GatherOptions {
   discoveryQuietMs: number;
   /** Bound of each request, discovery's first answer included. */
   timeoutMs: number;
+  /** Read every list and join per container (detail); otherwise each service's summary only. */
+  containers?: boolean | undefined;
   log: Logger;
 }
 
@@ -137,19 +150,54 @@ function isNoResponders(err: unknown): boolean {
   return e?.code === '503' || e?.name === 'NoRespondersError' || /no responders/i.test(String(e?.message));
 }
 
-async function listNode(nc: NatsConnection, node: string, opts: GatherOptions): Promise<NodeLists> {
-  const out: NodeLists = { failures: {} };
-  const t = opts.timeoutMs;
-  const attempt = async (service: ServiceName, read: () => Promise<void>): Promise<void> => {
+/** Runs one service's read, its failure recorded in `failures` (what: 'list' or 'summary'). */
+function attempter(failures: NodeLists['failures'], what: string, node: string, log: Logger) {
+  return async (service: ServiceName, read: () => Promise<void>): Promise<void> => {
     try {
       await read();
     } catch (err) {
-      out.failures[service] = isNoResponders(err)
-        ? 'no instance answered its list'
+      failures[service] = isNoResponders(err)
+        ? `no instance answered its ${what}`
         : SysboxError.from(err).message;
-      opts.log.debug({ err, node, service }, 'list failed');
+      log.debug({ err, node, service }, `${what} failed`);
     }
   };
+}
+
+/** One node's summary of one service: one request, its reply checked against the contract. */
+async function readSummary<C extends Contract>(
+  nc: NatsConnection,
+  contract: C,
+  node: string,
+  timeoutMs: number,
+): Promise<z.infer<C['reply']>> {
+  const subject = contract.subject(node);
+  const msg = await nc.request(subject, encodeJson({}), { timeout: timeoutMs });
+  const failed = errorFromReply(msg.data, msg.headers);
+  if (failed) throw failed;
+  // Counts only, a few hundred bytes: the contract's own schema checks it.
+  const r = contract.reply.safeParse(decodeJson(msg.data));
+  if (!r.success) throw new SysboxError('internal', `${subject}: unexpected reply: ${r.error.message}`);
+  return r.data as z.infer<C['reply']>;
+}
+
+async function summarizeNode(nc: NatsConnection, node: string, opts: GatherOptions): Promise<NodeSummaries> {
+  const out: NodeSummaries = { failures: {} };
+  const t = opts.timeoutMs;
+  const attempt = attempter(out.failures, 'summary', node, opts.log);
+  await Promise.all([
+    attempt('subid', async () => void (out.subid = await readSummary(nc, subidSummary, node, t))),
+    attempt('vol', async () => void (out.vol = await readSummary(nc, volSummary, node, t))),
+    attempt('shiftfs', async () => void (out.shiftfs = await readSummary(nc, shiftfsSummary, node, t))),
+    attempt('rootfs', async () => void (out.rootfs = await readSummary(nc, rootfsSummary, node, t))),
+  ]);
+  return out;
+}
+
+async function listNode(nc: NatsConnection, node: string, opts: GatherOptions): Promise<NodeLists> {
+  const out: NodeLists = { failures: {} };
+  const t = opts.timeoutMs;
+  const attempt = attempter(out.failures, 'list', node, opts.log);
   await Promise.all([
     attempt('subid', async () => {
       const pages = await readList(nc, subidList, node, { limit: SUBID_LIST_MAX_LIMIT }, SubidPage, t);
@@ -181,9 +229,10 @@ async function listNode(nc: NatsConnection, node: string, opts: GatherOptions): 
 
 export async function gatherFleet(nc: NatsConnection, opts: GatherOptions): Promise<FleetSnapshot> {
   const wanted = opts.nodes && opts.nodes.length > 0 ? new Set(opts.nodes) : undefined;
-  const lists = new Map<string, Promise<NodeLists>>();
+  const lists = new Map<string, Promise<NodeLists | NodeSummaries>>();
+  const read = opts.containers ? listNode : summarizeNode;
   const startNode = (node: string): void => {
-    if (!lists.has(node) && (!wanted || wanted.has(node))) lists.set(node, listNode(nc, node, opts));
+    if (!lists.has(node) && (!wanted || wanted.has(node))) lists.set(node, read(nc, node, opts));
   };
   for (const node of wanted ?? []) startNode(node);
 
@@ -214,5 +263,7 @@ export async function gatherFleet(nc: NatsConnection, opts: GatherOptions): Prom
     }
   }
   const done = await Promise.all([...lists].map(async ([node, p]) => [node, await p] as const));
-  return { instances, lists: new Map(done) };
+  return opts.containers
+    ? { instances, lists: new Map(done as [string, NodeLists][]) }
+    : { instances, lists: new Map(), summaries: new Map(done as [string, NodeSummaries][]) };
 }

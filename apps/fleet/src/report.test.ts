@@ -90,6 +90,49 @@ describe('buildReport', () => {
       { id: 'c3', volumes: [], marks: ['/m'], preps: [] },
     ]);
     expect(n1.counts).toMatchObject({ containers: 3, volumes: 2, marks: 1, preps: 1 });
+    expect(n1.volumesByKind).toEqual({ docker: 1, kubelet: 1 });
+  });
+
+  it('in summary mode counts from the summaries, names no container, and sums nodes', () => {
+    const report = buildReport(
+      {
+        instances: [
+          instance('sysbox-subid', 'n1', '2026-12-07T11:00:00.000Z'),
+          instance('sysbox-vol', 'n2', '2026-12-07T11:00:00.000Z'),
+        ],
+        lists: new Map(),
+        summaries: new Map([
+          [
+            'n1',
+            {
+              subid: {
+                mode: 'shared',
+                pool: { uid: 1, gid: 1, size: 65536 },
+                allocations: 7,
+              },
+              vol: {
+                volumes: { docker: 7, kubelet: 0, k0s: 2, k3s: 0, rke2: 0, buildkit: 0, containerd: 0 },
+                preps: 1,
+              },
+              rootfs: { clones: 4, uppers: 3 },
+              failures: { shiftfs: 'no instance answered its summary' },
+            },
+          ],
+        ]),
+      },
+      NOW,
+    );
+    expect(report.mode).toBe('summary');
+    const [n1, n2] = report.nodes as [(typeof report.nodes)[0], (typeof report.nodes)[0]];
+    expect(n1.containers).toBeUndefined();
+    expect(n1.subid).toEqual({ mode: 'shared', pool: { uid: 1, gid: 1, size: 65536 } });
+    expect(n1.volumesByKind).toEqual({ docker: 7, k0s: 2 });
+    expect(n1.counts).toEqual({ subidRanges: 7, volumes: 9, clones: 4, upperShifts: 3, marks: 0, preps: 1 });
+    expect(n1.services.map((s) => s.health)).toEqual(['ok', 'ok', 'missing', 'ok']);
+    // n2 answered discovery only: its summaries were not read.
+    expect(n2.services[1]).toMatchObject({ health: 'failing', problem: 'its summary was not read' });
+    expect(report.totals).toMatchObject({ nodes: 2, subidRanges: 7, volumes: 9, servicesNotOk: 5 });
+    expect(report.totals.containers).toBeUndefined();
   });
 });
 

@@ -2,7 +2,18 @@
  * The inventory as data: what the bus answered (a snapshot) turned into one report per node and
  * fleet totals. Pure: no network, no clock (the time is passed in), so it is tested alone.
  */
-import { ALL_SERVICES, type ServiceName, type SubidRange, type VolumeKind } from '@sysbox-mgr-ts/contracts';
+import {
+  ALL_SERVICES,
+  VOLUME_KINDS,
+  type ReplyOf,
+  type ServiceName,
+  type SubidRange,
+  type VolumeKind,
+  type rootfsSummary,
+  type shiftfsSummary,
+  type subidSummary,
+  type volSummary,
+} from '@sysbox-mgr-ts/contracts';
 
 /** One running instance of a service, as its `$SRV.STATS` answer describes it. */
 export interface InstanceStats {
@@ -45,10 +56,23 @@ export interface NodeLists {
   failures: Partial<Record<ServiceName, string>>;
 }
 
-/** What the bus answered: every instance that answered discovery, and each node's lists. */
+/** One node's four `summary` replies (counts only); a service whose summary failed has its reason in `failures`. */
+export interface NodeSummaries {
+  subid?: ReplyOf<typeof subidSummary>;
+  vol?: ReplyOf<typeof volSummary>;
+  shiftfs?: ReplyOf<typeof shiftfsSummary>;
+  rootfs?: ReplyOf<typeof rootfsSummary>;
+  failures: Partial<Record<ServiceName, string>>;
+}
+
+/**
+ * What the bus answered: every instance that answered discovery, and each node's lists (detail
+ * mode) or, when `summaries` is there, each node's summaries (the default: counts only).
+ */
 export interface FleetSnapshot {
   instances: InstanceStats[];
   lists: Map<string, NodeLists>;
+  summaries?: Map<string, NodeSummaries>;
 }
 
 export type Health = 'ok' | 'missing' | 'failing';
@@ -85,7 +109,8 @@ export interface ContainerHoldings {
 }
 
 export interface Counts {
-  containers: number;
+  /** Distinct container ids across the lists: detail mode only (summaries do not name containers). */
+  containers?: number;
   subidRanges: number;
   volumes: number;
   clones: number;
@@ -97,13 +122,19 @@ export interface Counts {
 export interface NodeReport {
   node: string;
   services: ServiceReport[];
-  containers: ContainerHoldings[];
-  subid?: { mode: 'shared' | 'exclusive'; pool: SubidRange };
+  /** Detail mode only (--containers). */
+  containers?: ContainerHoldings[];
+  /** `idsClaimed`: ids in claimed blocks (exclusive mode), from the summary. */
+  subid?: { mode: 'shared' | 'exclusive'; pool: SubidRange; idsClaimed?: number };
   shiftfs?: { supported: boolean; supportedOnOverlayfs?: boolean | undefined };
+  /** Volumes of each kind that the node holds any of. */
+  volumesByKind: Partial<Record<VolumeKind, number>>;
   counts: Counts;
 }
 
 export interface FleetReport {
+  /** summary: counts from each service's `summary`; containers: every list read and joined. */
+  mode: 'summary' | 'containers';
   generatedAt: string;
   nodes: NodeReport[];
   totals: Counts & { nodes: number; serviceInstances: number; servicesNotOk: number };
@@ -122,10 +153,11 @@ function serviceReport(
   name: string,
   service: ServiceName,
   instances: readonly InstanceStats[],
-  lists: NodeLists | undefined,
+  failures: NodeLists['failures'] | undefined,
+  what: 'list' | 'summary',
   now: number,
 ): ServiceReport {
-  const failure = lists ? lists.failures[service] : 'its list was not read';
+  const failure = failures ? failures[service] : `its ${what} was not read`;
   const youngest = instances.reduce<number | undefined>((acc, i) => {
     const t = Date.parse(i.started);
     return Number.isNaN(t) ? acc : Math.max(acc ?? t, t);
@@ -180,7 +212,7 @@ function holdings(lists: NodeLists | undefined): ContainerHoldings[] {
   return [...out.values()].sort((a, b) => byString(a.id, b.id));
 }
 
-function countsOf(lists: NodeLists | undefined, containers: number): Counts {
+function countsOf(lists: NodeLists | undefined, containers: number): Counts & { containers: number } {
   return {
     containers,
     subidRanges: lists?.subid?.allocations.length ?? 0,
@@ -192,9 +224,29 @@ function countsOf(lists: NodeLists | undefined, containers: number): Counts {
   };
 }
 
+function summaryCounts(s: NodeSummaries | undefined): Counts {
+  return {
+    subidRanges: s?.subid?.allocations ?? 0,
+    volumes: Object.values(s?.vol?.volumes ?? {}).reduce((n, k) => n + k, 0),
+    clones: s?.rootfs?.clones ?? 0,
+    upperShifts: s?.rootfs?.uppers ?? 0,
+    marks: s?.shiftfs?.marks ?? 0,
+    preps: s?.vol?.preps ?? 0,
+  };
+}
+
+function byKind(kinds: Iterable<[VolumeKind, number]>): Partial<Record<VolumeKind, number>> {
+  const out: Partial<Record<VolumeKind, number>> = {};
+  for (const [kind, n] of kinds) if (n > 0) out[kind] = (out[kind] ?? 0) + n;
+  // In VOLUME_KINDS order, whatever order the replies had.
+  return Object.fromEntries(VOLUME_KINDS.flatMap((k) => (out[k] ? [[k, out[k]]] : [])));
+}
+
 function add(a: Counts, b: Counts): Counts {
   return {
-    containers: a.containers + b.containers,
+    ...(a.containers === undefined || b.containers === undefined
+      ? {}
+      : { containers: a.containers + b.containers }),
     subidRanges: a.subidRanges + b.subidRanges,
     volumes: a.volumes + b.volumes,
     clones: a.clones + b.clones,
@@ -205,7 +257,6 @@ function add(a: Counts, b: Counts): Counts {
 }
 
 const ZERO: Counts = {
-  containers: 0,
   subidRanges: 0,
   volumes: 0,
   clones: 0,
@@ -215,11 +266,57 @@ const ZERO: Counts = {
 };
 
 /** The report of a snapshot taken at `now` (ms since the epoch). */
+/** One node in detail mode: its lists joined per container. */
+function detailNode(lists: NodeLists | undefined): Omit<NodeReport, 'node' | 'services'> {
+  const containers = holdings(lists);
+  return {
+    containers,
+    ...(lists?.subid ? { subid: { mode: lists.subid.mode, pool: lists.subid.pool } } : {}),
+    ...(lists?.shiftfs
+      ? {
+          shiftfs: {
+            supported: lists.shiftfs.supported,
+            supportedOnOverlayfs: lists.shiftfs.supportedOnOverlayfs,
+          },
+        }
+      : {}),
+    volumesByKind: byKind((lists?.vol?.volumes ?? []).map((v) => [v.kind, 1])),
+    counts: countsOf(lists, containers.length),
+  };
+}
+
+/** One node in summary mode: its services' counts. */
+function summaryNode(s: NodeSummaries | undefined): Omit<NodeReport, 'node' | 'services'> {
+  return {
+    ...(s?.subid
+      ? {
+          subid: {
+            mode: s.subid.mode,
+            pool: s.subid.pool,
+            ...(s.subid.idsClaimed === undefined ? {} : { idsClaimed: s.subid.idsClaimed }),
+          },
+        }
+      : {}),
+    ...(s?.shiftfs
+      ? { shiftfs: { supported: s.shiftfs.supported, supportedOnOverlayfs: s.shiftfs.supportedOnOverlayfs } }
+      : {}),
+    volumesByKind: byKind(Object.entries(s?.vol?.volumes ?? {}) as [VolumeKind, number][]),
+    counts: summaryCounts(s),
+  };
+}
+
+/** The report of a snapshot taken at `now` (ms since the epoch). */
 export function buildReport(snapshot: FleetSnapshot, now: number): FleetReport {
-  const nodeNames = new Set([...snapshot.lists.keys(), ...snapshot.instances.map((i) => i.node)]);
+  const summaries = snapshot.summaries;
+  const nodeNames = new Set([
+    ...snapshot.lists.keys(),
+    ...(summaries?.keys() ?? []),
+    ...snapshot.instances.map((i) => i.node),
+  ]);
   const nodes = [...nodeNames].sort(byString).map((node): NodeReport => {
     const lists = snapshot.lists.get(node);
-    const containers = holdings(lists);
+    const sums = summaries?.get(node);
+    const failures = summaries ? sums?.failures : lists?.failures;
     return {
       node,
       services: ALL_SERVICES.map((svc) =>
@@ -227,32 +324,24 @@ export function buildReport(snapshot: FleetSnapshot, now: number): FleetReport {
           svc.name,
           svc.service,
           snapshot.instances.filter((i) => i.node === node && i.service === svc.name),
-          lists,
+          failures,
+          summaries ? 'summary' : 'list',
           now,
         ),
       ),
-      containers,
-      ...(lists?.subid ? { subid: { mode: lists.subid.mode, pool: lists.subid.pool } } : {}),
-      ...(lists?.shiftfs
-        ? {
-            shiftfs: {
-              supported: lists.shiftfs.supported,
-              supportedOnOverlayfs: lists.shiftfs.supportedOnOverlayfs,
-            },
-          }
-        : {}),
-      counts: countsOf(lists, containers.length),
+      ...(summaries ? summaryNode(sums) : detailNode(lists)),
     };
   });
   const services = nodes.flatMap((n) => n.services);
   return {
+    mode: summaries ? 'summary' : 'containers',
     generatedAt: new Date(now).toISOString(),
     nodes,
     totals: {
       nodes: nodes.length,
       serviceInstances: services.reduce((n, s) => n + s.replicas, 0),
       servicesNotOk: services.filter((s) => s.health !== 'ok').length,
-      ...nodes.reduce((acc, n) => add(acc, n.counts), ZERO),
+      ...nodes.reduce((acc, n) => add(acc, n.counts), summaries ? ZERO : { ...ZERO, containers: 0 }),
     },
   };
 }

@@ -1,25 +1,31 @@
 /**
  * Simulated sysbox nodes for the fleet's test and bench: a node's four services answering `$SRV`
- * and their list subjects with generated holdings, on a real nats-server.
+ * and their list and summary subjects with generated holdings, on a real nats-server.
  *
  * - `serveSimNode`: each service through service-kit's `serve()` on its own identity's
  *   connection, so requests and replies go through the contracts' schemas (the test);
- * - `startRawSimNode`: `$SRV` from the kit, list pages encoded once at start and answered as
- *   bytes, so a bench of 100 nodes times the inventory, not 400 simulated services' encoding.
+ * - `startRawSimNode`: `$SRV` from the kit, list pages and the summary encoded once at start and
+ *   answered as bytes, so a bench of 100 nodes times the inventory, not 400 simulated services'
+ *   encoding.
  */
 import { createHash } from 'node:crypto';
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
   LIST_MAX_LIMIT,
   SUBID_BLOCK,
+  VOLUME_KINDS,
   rootfsList,
   rootfsService,
+  rootfsSummary,
   shiftfsList,
   shiftfsService,
+  shiftfsSummary,
   subidList,
   subidService,
+  subidSummary,
   volList,
   volService,
+  volSummary,
   type Contract,
   type ReplyOf,
   type ServiceContract,
@@ -187,11 +193,63 @@ function pageReply(
 }
 
 const LISTS = [
-  { svc: subidService, list: subidList as Contract, name: 'subid', fields: ['allocations'] },
-  { svc: volService, list: volList as Contract, name: 'vol', fields: ['volumes', 'preps'] },
-  { svc: shiftfsService, list: shiftfsList as Contract, name: 'shiftfs', fields: ['marks'] },
-  { svc: rootfsService, list: rootfsList as Contract, name: 'rootfs', fields: ['clones', 'uppers'] },
+  {
+    svc: subidService,
+    list: subidList as Contract,
+    summary: subidSummary as Contract,
+    name: 'subid',
+    fields: ['allocations'],
+  },
+  {
+    svc: volService,
+    list: volList as Contract,
+    summary: volSummary as Contract,
+    name: 'vol',
+    fields: ['volumes', 'preps'],
+  },
+  {
+    svc: shiftfsService,
+    list: shiftfsList as Contract,
+    summary: shiftfsSummary as Contract,
+    name: 'shiftfs',
+    fields: ['marks'],
+  },
+  {
+    svc: rootfsService,
+    list: rootfsList as Contract,
+    summary: rootfsSummary as Contract,
+    name: 'rootfs',
+    fields: ['clones', 'uppers'],
+  },
 ] as const;
+
+/** What each service's `summary` answers for the node: its holdings counted. */
+export function simSummary(sim: SimNode, name: (typeof LISTS)[number]['name']): Record<string, unknown> {
+  switch (name) {
+    case 'subid':
+      return {
+        mode: sim.subid.mode,
+        pool: sim.subid.pool,
+        allocations: sim.subid.allocations.length,
+        idsClaimed: sim.subid.allocations.reduce((n, a) => n + a.size, 0),
+      };
+    case 'vol':
+      return {
+        volumes: Object.fromEntries(
+          VOLUME_KINDS.map((k) => [k, sim.vol.volumes.filter((v) => v.kind === k).length]),
+        ),
+        preps: sim.vol.preps.length,
+      };
+    case 'shiftfs':
+      return {
+        supported: sim.shiftfs.supported,
+        supportedOnOverlayfs: sim.shiftfs.supportedOnOverlayfs ?? false,
+        marks: sim.shiftfs.marks.length,
+      };
+    case 'rootfs':
+      return { clones: sim.rootfs.clones.length, uppers: sim.rootfs.uppers.length };
+  }
+}
 
 function fixedFields(sim: SimNode, name: (typeof LISTS)[number]['name']): Record<string, unknown> {
   if (name === 'subid') return { mode: sim.subid.mode, pool: sim.subid.pool };
@@ -202,8 +260,8 @@ function fixedFields(sim: SimNode, name: (typeof LISTS)[number]['name']): Record
 
 /**
  * Serves a simulated node through `serve()`: every endpoint of each service (the kit refuses a
- * contract without a handler); the lists answer the node's holdings, every other operation fails
- * with `internal`. `connect(svc)` gives each service its connection (its own identity).
+ * contract without a handler); the lists and summaries answer the node's holdings, every other
+ * operation fails with `internal`. `connect(svc)` gives each service its connection (its own identity).
  */
 export async function serveSimNode(
   sim: SimNode,
@@ -228,7 +286,9 @@ export async function serveSimNode(
                 req as { cursor?: string; limit?: number },
               ) as never,
           )
-        : handle(c, () => Promise.reject(new Error('not simulated'))),
+        : c === l.summary
+          ? handle(c, async () => simSummary(sim, l.name) as never)
+          : handle(c, () => Promise.reject(new Error('not simulated'))),
     );
     out.push(serve({ nc, service: l.svc, node: sim.node, version: opts.version, log: opts.log, bindings }));
   }
@@ -237,7 +297,7 @@ export async function serveSimNode(
 
 /**
  * A simulated node on one connection: `$SRV` from the kit, each list's pages (at the page size
- * the inventory asks) encoded once here and answered by cursor.
+ * the inventory asks) and each summary encoded once here, the pages answered by cursor.
  */
 export function startRawSimNode(nc: NatsConnection, sim: SimNode, version: string): MicroService[] {
   const s = streams(sim);
@@ -252,6 +312,7 @@ export function startRawSimNode(nc: NatsConnection, sim: SimNode, version: strin
       pages.set(cursor ?? '', encodeJson(reply));
       cursor = reply.next as string | undefined;
     } while (cursor !== undefined);
+    const summary = encodeJson(simSummary(sim, l.name));
     return startMicroService(nc, {
       name: l.svc.name,
       version,
@@ -267,6 +328,14 @@ export function startRawSimNode(nc: NatsConnection, sim: SimNode, version: strin
             const page = pages.get(req.cursor ?? '');
             if (!page) return { error: 'unknown cursor' };
             msg.respond(page);
+            return {};
+          },
+        },
+        {
+          name: l.summary.endpoint,
+          subject: l.summary.subject(sim.node),
+          handler: async (msg) => {
+            msg.respond(summary);
             return {};
           },
         },

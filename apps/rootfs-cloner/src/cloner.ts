@@ -19,7 +19,7 @@ import {
   type rootfsRemoveAll,
 } from '@sysbox-mgr-ts/contracts';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
-import { readBootId, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { readBootId, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import { topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import { createKeyedLock, type Logger } from '@sysbox-mgr-ts/service-kit';
 import { createCloneMounts, isOverlayMounted } from './clone-mounts.js';
@@ -38,8 +38,8 @@ export type { ReconcileReport } from './reconcile.js';
 
 export interface ClonerDeps {
   dataRoot: string;
-  clones: StateStore<CloneRecord>;
-  uppers: StateStore<UpperRecord>;
+  clones: KvStateStore<CloneRecord>;
+  uppers: KvStateStore<UpperRecord>;
   mounter: Mounter;
   shiftIds: ShiftIds;
   log: Logger;
@@ -65,6 +65,8 @@ export interface Cloner extends RootfsCloner {
   ): Promise<void>;
   revertUpper(id: string): Promise<void>;
   list(): Promise<{ clones: CloneInfo[]; uppers: z.infer<typeof UpperShiftInfo>[] }>;
+  /** How many clones and upper-dir shifts: the stores' keys, one request each, no record read. */
+  summary(): Promise<{ clones: number; uppers: number }>;
   /**
    * Checks every recorded clone against the host: adopt, re-establish, or report and drop; then
    * finishes every clone chown or upper-dir shift (or revert) a killed daemon left half done.
@@ -311,6 +313,11 @@ export function createCloner(deps: ClonerDeps): Cloner {
         shifted: u.shifted,
       }));
       return { clones, uppers };
+    },
+
+    async summary() {
+      const [clones, uppers] = await Promise.all([deps.clones.keys(), deps.uppers.keys()]);
+      return { clones: clones.length, uppers: uppers.length };
     },
 
     reconcile,

@@ -9,6 +9,7 @@ import {
   rootfsChownClone,
   rootfsCreateClone,
   rootfsList,
+  rootfsSummary,
   rootfsRemoveClone,
   rootfsRevertChown,
   rootfsService,
@@ -81,6 +82,7 @@ describe('rootfs service over NATS', () => {
       await client.call(rootfsChownClone, { id: 'web', uidOffset: OFFSET, gidOffset: OFFSET });
       expect((await stat(join(rootfs, 'opt/app/file3'))).uid).toBe(OFFSET);
       expect((await client.call(rootfsList, {})).clones).toMatchObject([{ id: 'web', chowned: true }]);
+      expect(await client.call(rootfsSummary, {})).toEqual({ clones: 1, uppers: 0 });
 
       // What `nats req sysbox.svc.rootfs.create-clone '{...}'` shows for a plain directory.
       const raw = await nats.nc.request(
@@ -98,6 +100,7 @@ describe('rootfs service over NATS', () => {
       ).rejects.toMatchObject({ code: 'invalid-request' });
 
       await client.call(rootfsRemoveClone, { id: 'web' });
+      expect(await client.call(rootfsSummary, {})).toEqual({ clones: 0, uppers: 0 });
       expect(mountsUnder(await readMountInfo(), join(base, 'data'))).toEqual([]);
     } finally {
       await svc.stop();

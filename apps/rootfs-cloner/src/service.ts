@@ -9,6 +9,7 @@ import {
   rootfsRevertChown,
   rootfsRevertUpper,
   rootfsShiftUpper,
+  rootfsSummary,
 } from '@sysbox-mgr-ts/contracts';
 import { handle, pageOf, type Binding } from '@sysbox-mgr-ts/service-kit';
 import type { Cloner } from './cloner.js';
@@ -54,5 +55,6 @@ export function createBindings(cloner: Cloner): Binding[] {
         next: page.next,
       };
     }),
+    handle(rootfsSummary, () => cloner.summary()),
   ];
 }

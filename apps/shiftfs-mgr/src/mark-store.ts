@@ -4,7 +4,7 @@
  */
 import type { NatsConnection } from '@nats-io/nats-core';
 import { MarkInfo, Timestamp, shiftfsService } from '@sysbox-mgr-ts/contracts';
-import { createStateStore, openBucket, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { createStateStore, openBucket, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import type { AppMetrics } from '@sysbox-mgr-ts/metrics';
 import { z } from 'zod';
 
@@ -28,7 +28,7 @@ export interface MarkStoreOptions {
 export async function openMarkStore(
   nc: NatsConnection,
   opts: MarkStoreOptions,
-): Promise<StateStore<MarkRecord>> {
+): Promise<KvStateStore<MarkRecord>> {
   const kv = await openBucket(nc, opts.bucket ?? shiftfsService.bucket, {
     replicas: opts.replicas,
     description: 'shiftfs marks and holders',

@@ -22,7 +22,7 @@ import {
   type shiftfsUnmarkAll,
 } from '@sysbox-mgr-ts/contracts';
 import { assertNotSystemDir } from '@sysbox-mgr-ts/host-guard';
-import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import type { MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import type { Logger } from '@sysbox-mgr-ts/service-kit';
 import type { z } from 'zod';
@@ -38,7 +38,7 @@ export { makeWorkDir, markKey } from './markpoints.js';
 export type UnmarkAllReply = z.infer<typeof shiftfsUnmarkAll.reply>;
 
 export interface ShiftfsMarksDeps {
-  store: StateStore<MarkRecord>;
+  store: KvStateStore<MarkRecord>;
   mounter: Mounter;
   /** /proc/self/mountinfo by default; injected so tests can show mounts made by "someone else". */
   readMounts: () => Promise<MountEntry[]>;
@@ -75,6 +75,8 @@ export interface ShiftfsMarks extends ShiftfsMgr {
   unmark(id: string, mounts: ShiftfsMount[], log?: Logger): Promise<void>;
   unmarkAll(log?: Logger): Promise<UnmarkAllReply>;
   list(): Promise<MarkInfo[]>;
+  /** How many marks: the store's keys, one request, no record read. */
+  count(): Promise<number>;
   /** At start: drop marks whose mount is gone, tear down abandoned claims; returns what changed. */
   reconcile(): Promise<ReconcileReport>;
 }
@@ -304,6 +306,7 @@ export async function createShiftfsMarks(deps: ShiftfsMarksDeps): Promise<Shiftf
     async list() {
       return (await store.list()).map((r) => publicInfo(r.value));
     },
+    count: async () => (await store.keys()).length,
 
     reconcile: () =>
       reconcileMarks({ store, readMounts, workDir, log: deps.log, isStale, takeOverAndTeardown }),

@@ -5,6 +5,7 @@ import {
   shiftfsList,
   shiftfsMark,
   shiftfsService,
+  shiftfsSummary,
   shiftfsUnmark,
   shiftfsUnmarkAll,
 } from '@sysbox-mgr-ts/contracts';
@@ -152,6 +153,12 @@ describe('sysbox-shiftfs over a real nats-server', () => {
         createdMarkpoint: true,
       }),
     ]);
+    // Two holders, one mark.
+    expect(await client.call(shiftfsSummary, {})).toEqual({
+      supported: true,
+      supportedOnOverlayfs: true,
+      marks: 1,
+    });
 
     await client.call(shiftfsUnmark, { id: 'c1', mounts: first.mounts });
     expect(kernel.unmountCalls).toEqual([]);
@@ -168,6 +175,7 @@ describe('sysbox-shiftfs over a real nats-server', () => {
     expect(all.failures).toEqual([]);
     await expect(stat(first.mounts[0]!.source)).rejects.toMatchObject({ code: 'ENOENT' });
     expect((await client.call(shiftfsList, {})).marks).toEqual([]);
+    expect((await client.call(shiftfsSummary, {})).marks).toBe(0);
   });
 
   it('rejects a relative source before touching anything', async () => {

@@ -1,5 +1,11 @@
 /** The shiftfs service's handlers, one per contract, built from the marks domain module. */
-import { shiftfsList, shiftfsMark, shiftfsUnmark, shiftfsUnmarkAll } from '@sysbox-mgr-ts/contracts';
+import {
+  shiftfsList,
+  shiftfsMark,
+  shiftfsSummary,
+  shiftfsUnmark,
+  shiftfsUnmarkAll,
+} from '@sysbox-mgr-ts/contracts';
 import { handle, pageOf, type Binding } from '@sysbox-mgr-ts/service-kit';
 import type { ShiftfsMarks } from './marks.js';
 import type { ShiftfsProbe } from './probe.js';
@@ -18,6 +24,11 @@ export function createShiftfsBindings(marks: ShiftfsMarks, probe: ShiftfsProbe):
       const page = pageOf(await marks.list(), (m) => m.source, req);
       return { ...probeReply(probe), marks: page.items, next: page.next };
     }),
+    handle(shiftfsSummary, async () => ({
+      supported: probe.supported,
+      supportedOnOverlayfs: probe.onOverlayfs.supported,
+      marks: await marks.count(),
+    })),
   ];
 }
 

@@ -29,6 +29,7 @@ import {
   type SubidAllocReply,
   type SubidAllocation,
   type SubidListReply,
+  type SubidSummaryReply,
 } from '@sysbox-mgr-ts/contracts';
 import { REMOVE } from '@sysbox-mgr-ts/kv-state';
 import { createKeyedLock, silentLogger, type Logger } from '@sysbox-mgr-ts/service-kit';
@@ -65,6 +66,8 @@ export interface SubidAllocator extends SubidAlloc {
    * every other call waits for it, and `main` calls it at start to log the report.
    */
   reconcile(): Promise<ReconcileReport>;
+  /** Counts from the stores' keys (one request each, no record read): for a fleet inventory. */
+  summary(): Promise<SubidSummaryReply>;
 }
 
 export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
@@ -300,6 +303,16 @@ export function createSubidAlloc(opts: SubidAllocOptions): SubidAllocator {
       }
       if (consumed < keys.length && consumed > 0) reply.next = keys[consumed - 1];
       return reply;
+    },
+    async summary() {
+      await reconcile();
+      const [idKeys, blockKeys] = await Promise.all([ids.keys(), mode === 'exclusive' ? blocks.keys() : []]);
+      return {
+        mode,
+        pool: { uid: pool.start, gid: pool.start, size: pool.size },
+        allocations: idKeys.length,
+        ...(mode === 'exclusive' ? { idsClaimed: blockKeys.length * SUBID_BLOCK } : {}),
+      };
     },
   };
 }

@@ -13,6 +13,7 @@ import {
   subidFree,
   subidList,
   subidService,
+  subidSummary,
   type SubidAllocReply,
 } from '@sysbox-mgr-ts/contracts';
 import { startProcess } from '@sysbox-mgr-ts/exec';
@@ -111,6 +112,20 @@ describe('subid service on a real nats-server', () => {
     const list = await client.call(subidList, {});
     expect(list.allocations).toHaveLength(200);
     expect(list.allocations.find((a) => a.id === 'c7')).toMatchObject({ uid: replies[7]!.uid, size: B });
+
+    // The counts a fleet inventory reads, from the stores' keys.
+    expect(await client.call(subidSummary, {})).toEqual({
+      mode: 'exclusive',
+      pool: { uid: pool.start, gid: pool.start, size: 200 * B },
+      allocations: 200,
+      idsClaimed: 200 * B,
+    });
+    await client.call(subidFree, { id: 'c7' });
+    expect(await client.call(subidSummary, {})).toMatchObject({ allocations: 199, idsClaimed: 199 * B });
+    // It takes an empty request only.
+    await expect(client.call(subidSummary, { all: true } as never)).rejects.toMatchObject({
+      code: 'invalid-request',
+    });
   });
 
   it('more concurrent allocs than blocks, mixed sizes: exhausted exactly for what does not fit', async () => {

@@ -152,6 +152,7 @@ describe('mount prep bookkeeping (fake shifter)', () => {
       ]),
     );
     expect(await prep.list()).toHaveLength(2);
+    expect(await prep.count()).toBe(2);
   });
 
   it('is idempotent for a container that preps the same source twice', async () => {

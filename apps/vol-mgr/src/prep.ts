@@ -7,7 +7,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { PrepInfo, SysboxError, type VolPrepRequest } from '@sysbox-mgr-ts/contracts';
-import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { containerIds, type ShiftOnly } from '@sysbox-mgr-ts/id-shift';
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
@@ -37,7 +37,7 @@ export interface IdShifter {
 }
 
 export interface PrepDeps {
-  store: StateStore<PrepRecord>;
+  store: KvStateStore<PrepRecord>;
   shifter: IdShifter;
   /** System dirs, the data root and its parents are never sources; prep ids must be subordinate. */
   guard: HostGuard;
@@ -55,6 +55,8 @@ export interface MountPrep {
   prep(req: VolPrepRequest, log?: Logger): Promise<{ prepared: string[]; skipped: string[] }>;
   revertPrep(id: string, log?: Logger): Promise<{ reverted: string[] }>;
   list(): Promise<PrepRecord[]>;
+  /** How many sources are prepared: the store's keys, one request, no record read. */
+  count(): Promise<number>;
   /** At start: finishes every shift and shift back that a killed daemon left half done. */
   reconcile(): Promise<PrepReconcileReport>;
 }
@@ -238,6 +240,7 @@ export function createMountPrep(deps: PrepDeps): MountPrep {
       return { reverted };
     },
     list,
+    count: async () => (await deps.store.keys()).length,
     async reconcile() {
       const report: PrepReconcileReport = { finished: [], failed: [] };
       for (const { key, value: rec } of await deps.store.list()) {

@@ -1,10 +1,11 @@
-/** The vol service's handlers: four per volume kind, plus prep, revert-prep and list. */
+/** The vol service's handlers: four per volume kind, plus prep, revert-prep, list and summary. */
 import {
   VOLUME_KINDS,
   volByKind,
   volList,
   volPrep,
   volRevertPrep,
+  volSummary,
   type VolumeKind,
 } from '@sysbox-mgr-ts/contracts';
 import { pageOf } from '@sysbox-mgr-ts/service-kit';
@@ -59,6 +60,10 @@ export function createVolBindings(volumes: Record<VolumeKind, VolumeManager>, pr
         preps: page.items.flatMap((e) => ('prep' in e ? [e.prep] : [])),
         next: page.next,
       };
+    }),
+    handle(volSummary, async () => {
+      const counts = await Promise.all(VOLUME_KINDS.map(async (k) => [k, await volumes[k].count()] as const));
+      return { volumes: Object.fromEntries(counts) as Record<VolumeKind, number>, preps: await prep.count() };
     }),
   ];
 }

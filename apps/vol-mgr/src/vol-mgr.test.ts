@@ -28,6 +28,7 @@ import {
   volPrep,
   volRevertPrep,
   volService,
+  volSummary,
 } from '@sysbox-mgr-ts/contracts';
 import { needsShift, scanIds, shift } from '@sysbox-mgr-ts/id-shift';
 import { createStateStore, openBucket } from '@sysbox-mgr-ts/kv-state';
@@ -245,6 +246,11 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
       uid: OFFSET,
     });
     expect(listed.volumes[0]!.sizeBytes).toBeGreaterThan(0);
+    // The counts a fleet inventory reads: every kind, from the stores' keys.
+    expect(await client.call(volSummary, {})).toEqual({
+      volumes: { ...Object.fromEntries(VOLUME_KINDS.map((k) => [k, 0])), docker: 1 },
+      preps: 0,
+    });
 
     await client.call(docker.syncOut, { id: 'c1' });
     expect(
@@ -263,6 +269,7 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     await client.call(docker.destroy, { id: 'c1' });
     await expect(stat(volPath)).rejects.toThrow(/ENOENT/);
     expect((await client.call(volList, {})).volumes).toEqual([]);
+    expect((await client.call(volSummary, {})).volumes.docker).toBe(0);
     await expectCode(client.call(docker.destroy, { id: 'c1' }), 'not-found');
     await expectCode(client.call(docker.syncOut, { id: 'c1' }), 'not-found');
   });

@@ -26,7 +26,7 @@ import {
 } from '@sysbox-mgr-ts/contracts';
 import { run } from '@sysbox-mgr-ts/exec/run';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
-import { REMOVE, type StateStore } from '@sysbox-mgr-ts/kv-state';
+import { REMOVE, type KvStateStore } from '@sysbox-mgr-ts/kv-state';
 import { overlayOptions, topMountAt, type MountEntry } from '@sysbox-mgr-ts/mountinfo';
 import { createKeyedLock } from '@sysbox-mgr-ts/service-kit';
 import type { Logger } from 'pino';
@@ -63,7 +63,7 @@ export type VolumeRecord = z.infer<typeof VolumeRecord>;
 export interface VolumeDeps {
   kind: VolumeKind;
   dataRoot: string;
-  store: StateStore<VolumeRecord>;
+  store: KvStateStore<VolumeRecord>;
   scanIds: ScanIds;
   readMounts: () => Promise<MountEntry[]>;
   log: Logger;
@@ -103,6 +103,8 @@ export interface VolumeManager extends VolMgr {
    * quadratic (17 s for 300 volumes).
    */
   list(opts?: { sizes?: boolean }): Promise<VolumeInfo[]>;
+  /** How many volumes of this kind: the store's keys, one request, no record read. */
+  count(): Promise<number>;
   /** The bytes a volume takes on disk (`du`); 0 when unknown. */
   sizeOf(id: string): Promise<number>;
   reconcile(opts: { removeOrphans: boolean }): Promise<ReconcileReport>;
@@ -330,6 +332,7 @@ export function createVolumeManager(deps: VolumeDeps): VolumeManager {
       return { destroyed, failures };
     },
     sizeOf: (id) => sizeOnDisk(volPathOf(id), deps.log),
+    count: async () => (await deps.store.keys()).length,
     async list(opts = {}) {
       const out: VolumeInfo[] = [];
       for (const { value } of await deps.store.list()) {

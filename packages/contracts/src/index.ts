@@ -53,11 +53,13 @@ export {
   subidFree,
   subidList,
   subidService,
+  subidSummary,
   type SubidAlloc,
   type SubidAllocReply,
   type SubidAllocRequest,
   type SubidListReply,
   type SubidListRequest,
+  type SubidSummaryReply,
 } from './subid.js';
 export {
   PrepInfo,
@@ -71,9 +73,11 @@ export {
   volPrep,
   volRevertPrep,
   volService,
+  volSummary,
   type VolCreateReply,
   type VolCreateRequest,
   type VolListReply,
+  type VolSummaryReply,
   type VolMgr,
   type VolPrepRequest,
   type VolumeKind,
@@ -85,6 +89,7 @@ export {
   shiftfsList,
   shiftfsMark,
   shiftfsService,
+  shiftfsSummary,
   shiftfsUnmark,
   shiftfsUnmarkAll,
   type ShiftfsMarkRequest,
@@ -103,6 +108,7 @@ export {
   rootfsRevertUpper,
   rootfsService,
   rootfsShiftUpper,
+  rootfsSummary,
   type RootfsCloner,
 } from './rootfs.js';
 export { ALL_SERVICES, jsonSchemas } from './catalog.js';

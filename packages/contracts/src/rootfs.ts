@@ -142,6 +142,18 @@ export const rootfsList = defineContract({
   errors: [],
 });
 
+/** Counts only: clones and upper-dir shifts, from the stores' keys (no record read). */
+export const rootfsSummary = defineContract({
+  service: 'rootfs',
+  endpoint: 'summary',
+  readOnly: true,
+  subject: subjectOf('rootfs', 'summary'),
+  description: 'how many rootfs clones and upper-dir shifts this node holds (counts)',
+  request: Empty,
+  reply: z.object({ clones: z.number().int().min(0), uppers: z.number().int().min(0) }),
+  errors: ['invalid-request'],
+});
+
 export const rootfsService = {
   service: 'rootfs',
   name: 'sysbox-rootfs',
@@ -157,6 +169,7 @@ export const rootfsService = {
     rootfsShiftUpper,
     rootfsRevertUpper,
     rootfsList,
+    rootfsSummary,
   ],
 } as const satisfies ServiceContract;
 

@@ -85,12 +85,28 @@ export const shiftfsList = defineContract({
   errors: [],
 });
 
+/** Counts only: the marks of this node (from the store's keys, no record read) and shiftfs support. */
+export const shiftfsSummary = defineContract({
+  service: 'shiftfs',
+  endpoint: 'summary',
+  readOnly: true,
+  subject: subjectOf('shiftfs', 'summary'),
+  description: 'how many shiftfs marks this node holds, and whether shiftfs works here (counts)',
+  request: Empty,
+  reply: z.object({
+    supported: z.boolean(),
+    supportedOnOverlayfs: z.boolean(),
+    marks: z.number().int().min(0),
+  }),
+  errors: ['invalid-request'],
+});
+
 export const shiftfsService = {
   service: 'shiftfs',
   name: 'sysbox-shiftfs',
   bucket: 'sysbox-shiftfs',
   description: 'reference-counted shiftfs marks on host paths',
-  contracts: [shiftfsMark, shiftfsUnmark, shiftfsUnmarkAll, shiftfsList],
+  contracts: [shiftfsMark, shiftfsUnmark, shiftfsUnmarkAll, shiftfsList, shiftfsSummary],
 } as const satisfies ServiceContract;
 
 export type ShiftfsMarkRequest = z.infer<typeof shiftfsMark.request>;

@@ -64,18 +64,44 @@ export const subidList = defineContract({
   errors: ['invalid-request'],
 });
 
+/**
+ * Counts only, for an inventory of many nodes: from the stores' keys (one request each, no record
+ * read), so its cost does not grow with what the records hold.
+ */
+export const subidSummary = defineContract({
+  service: 'subid',
+  endpoint: 'summary',
+  readOnly: true,
+  subject: subjectOf('subid', 'summary'),
+  description: "this node's mode, pool and how many allocations it holds (counts, no record read)",
+  request: Empty,
+  reply: z.object({
+    mode: z.enum(['shared', 'exclusive']),
+    pool: SubidRange,
+    /**
+     * Container ids with an allocation record, from its keys: one whose alloc is still in flight
+     * counts too (`list`, which reads each record, shows claimed ones only).
+     */
+    allocations: z.number().int().min(0),
+    /** Exclusive mode: ids in claimed blocks (65,536 a block); absent in shared mode. */
+    idsClaimed: z.number().int().min(0).optional(),
+  }),
+  errors: ['invalid-request'],
+});
+
 export const subidService = {
   service: 'subid',
   name: 'sysbox-subid',
   bucket: 'sysbox-subid',
   description: 'subordinate uid/gid ranges for system containers',
-  contracts: [subidAlloc, subidFree, subidList],
+  contracts: [subidAlloc, subidFree, subidList, subidSummary],
 } as const satisfies ServiceContract;
 
 export type SubidAllocRequest = z.infer<typeof subidAlloc.request>;
 export type SubidAllocReply = z.infer<typeof subidAlloc.reply>;
 export type SubidListRequest = z.infer<typeof subidList.request>;
 export type SubidListReply = z.infer<typeof subidList.reply>;
+export type SubidSummaryReply = z.infer<typeof subidSummary.reply>;
 
 /** The seed interface (upstream intf.SubidAlloc). */
 export interface SubidAlloc {

@@ -170,6 +170,21 @@ export const volList = defineContract({
   errors: ['invalid-request'],
 });
 
+/** Counts only: volumes of each kind and prepared sources, from the stores' keys (no record read). */
+export const volSummary = defineContract({
+  service: 'vol',
+  endpoint: 'summary',
+  readOnly: true,
+  subject: subjectOf('vol', 'summary'),
+  description: 'how many volumes of each kind and prepared mount sources this node holds (counts)',
+  request: Empty,
+  reply: z.object({
+    volumes: z.record(VolumeKindSchema, z.number().int().min(0)),
+    preps: z.number().int().min(0),
+  }),
+  errors: ['invalid-request'],
+});
+
 export const volService = {
   service: 'vol',
   name: 'sysbox-vol',
@@ -181,6 +196,7 @@ export const volService = {
     volPrep,
     volRevertPrep,
     volList,
+    volSummary,
   ],
 } as const satisfies ServiceContract;
 
@@ -188,6 +204,7 @@ export type VolCreateRequest = z.infer<(typeof volByKind)['docker']['create']['r
 export type VolCreateReply = z.infer<(typeof volByKind)['docker']['create']['reply']>;
 export type VolPrepRequest = z.infer<typeof volPrep.request>;
 export type VolListReply = z.infer<typeof volList.reply>;
+export type VolSummaryReply = z.infer<typeof volSummary.reply>;
 
 /** The seed interface (upstream intf.VolMgr), one instance per kind. */
 export interface VolMgr {

@@ -122,7 +122,7 @@ describe('permissionsFor', () => {
     expect(p.allow_responses).toBe(true);
   });
 
-  it('gives the monitor discovery and list subjects, and no mutating subject', () => {
+  it('gives the monitor discovery, list and summary subjects, and no mutating subject', () => {
     const p = permissionsFor('monitor', ['host1']);
     expect(p.publish.allow).toEqual(
       expect.arrayContaining([
@@ -131,9 +131,15 @@ describe('permissionsFor', () => {
         'sysbox.host1.vol.list',
         'sysbox.host1.rootfs.list',
         'sysbox.host1.shiftfs.list',
+        'sysbox.host1.subid.summary',
+        'sysbox.host1.vol.summary',
+        'sysbox.host1.rootfs.summary',
+        'sysbox.host1.shiftfs.summary',
       ]),
     );
-    expect(p.publish.allow.filter((s) => s.startsWith('sysbox.') && !s.endsWith('.list'))).toEqual([]);
+    expect(p.publish.allow.filter((s) => s.startsWith('sysbox.') && !/\.(list|summary)$/.test(s))).toEqual(
+      [],
+    );
   });
 
   it('lets the gateway call services but never serve them', () => {
@@ -204,9 +210,13 @@ describe('hub and leaf configurations', () => {
     expect(leafPermissions('h1').subscribe.allow).toEqual([
       '$SRV.>',
       'sysbox.h1.subid.list',
+      'sysbox.h1.subid.summary',
       'sysbox.h1.vol.list',
+      'sysbox.h1.vol.summary',
       'sysbox.h1.shiftfs.list',
+      'sysbox.h1.shiftfs.summary',
       'sysbox.h1.rootfs.list',
+      'sysbox.h1.rootfs.summary',
     ]);
     // Each host's password in a 0600 file of its own, to copy to that host only.
     for (const node of ['h1', 'h2']) expect(lstatSync(leafSecretFile(dir, node)).mode & 0o777).toBe(0o600);

@@ -94,7 +94,7 @@ function servicePermissions(identity: IdentityName, svc: ServiceContract, nodes:
   };
 }
 
-/** The subjects of every read-only operation (`list`), for the monitor identity. */
+/** The subjects of every read-only operation (`list`, `summary`), for the monitor identity. */
 export function readOnlySubjects(nodes: NodeScope): string[] {
   return Object.values(SERVICE_IDENTITIES).flatMap((svc) =>
     svc.contracts.filter((c) => c.readOnly).flatMap((c) => nodes.map((node) => c.subject(node))),

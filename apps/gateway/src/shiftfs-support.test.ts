@@ -13,6 +13,7 @@ import {
   shiftfsMark,
   shiftfsService,
   shiftfsUnmark,
+  shiftfsSummary,
   shiftfsUnmarkAll,
 } from '@sysbox-mgr-ts/contracts';
 import { commonOptions, createLogger, handle, parseConfig, serve } from '@sysbox-mgr-ts/service-kit';
@@ -142,6 +143,7 @@ describe('a gateway and a shiftfs-mgr that comes up later', () => {
         handle(shiftfsMark, async (req) => ({ mounts: req.mounts })),
         handle(shiftfsUnmark, async () => ({})),
         handle(shiftfsUnmarkAll, async () => ({ unmarked: [], failures: [] })),
+        handle(shiftfsSummary, async () => ({ supported: false, supportedOnOverlayfs: false, marks: 0 })),
       ],
     });
     cleanups.push(() => svc.stop());

@@ -13,6 +13,7 @@ import {
   rootfsContainerStopped,
   rootfsCreateClone,
   rootfsList,
+  rootfsSummary,
   rootfsRemoveAll,
   rootfsRemoveClone,
   rootfsRevertChown,
@@ -20,6 +21,7 @@ import {
   rootfsService,
   rootfsShiftUpper,
   shiftfsList,
+  shiftfsSummary,
   shiftfsMark,
   shiftfsService,
   shiftfsUnmark,
@@ -27,9 +29,11 @@ import {
   subidAlloc,
   subidFree,
   subidList,
+  subidSummary,
   subidService,
   volByKind,
   volList,
+  volSummary,
   volPrep,
   volRevertPrep,
   volService,
@@ -105,6 +109,11 @@ export function startFakeServices(
           allocatedAt: r.allocatedAt,
         })),
       })),
+      rec(subidSummary, () => ({
+        mode: 'exclusive',
+        pool: { uid: 165536, gid: 165536, size: 2 ** 24 },
+        allocations: ranges.size,
+      })),
     ],
     vol: [
       ...VOLUME_KINDS.flatMap((kind) => [
@@ -128,6 +137,7 @@ export function startFakeServices(
       })),
       rec(volRevertPrep, () => ({ reverted: [] })),
       rec(volList, () => ({ volumes: [], preps: [] })),
+      rec(volSummary, () => ({ volumes: Object.fromEntries(VOLUME_KINDS.map((k) => [k, 0])), preps: 0 })),
     ],
     shiftfs: [
       rec(shiftfsMark, (r: { mounts: { source: string; readonly: boolean }[] }) => {
@@ -137,6 +147,11 @@ export function startFakeServices(
       rec(shiftfsUnmark, () => ({})),
       rec(shiftfsUnmarkAll, () => ({ unmarked: [], failures: [] })),
       rec(shiftfsList, () => ({ supported: opts.shiftfsSupported ?? false, marks: [] })),
+      rec(shiftfsSummary, () => ({
+        supported: opts.shiftfsSupported ?? false,
+        supportedOnOverlayfs: false,
+        marks: 0,
+      })),
     ],
     rootfs: [
       rec(rootfsCreateClone, (r: { id: string; origRootfs: string }) => {
@@ -155,6 +170,7 @@ export function startFakeServices(
       rec(rootfsShiftUpper, () => ({})),
       rec(rootfsRevertUpper, () => ({})),
       rec(rootfsList, () => ({ clones: [], uppers: [] })),
+      rec(rootfsSummary, () => ({ clones: clones.size, uppers: 0 })),
     ],
   };
   const descriptors = {

@@ -10,6 +10,8 @@ bash tools/install-deps.sh || exit 1
 export NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false FORCE_COLOR=0
 npm run --silent lint || { echo "lint, format or commit-subject check failed (npm run format fixes the format)"; exit 1; }
 npx nx run-many -t typecheck build --output-style=static || { echo "typecheck/build failed"; exit 1; }
+# tools/ is no nx project: its scripts (dev-up behind `npm run up`, the bench report) are checked here.
+npx tsc --noEmit -p tools/tsconfig.json || { echo "typecheck of tools/ failed"; exit 1; }
 
 log=$(mktemp)
 npx nx run-many -t test --parallel=1 --output-style=stream 2>&1 | tee "$log"

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { prettyFactory } from 'pino-pretty';
 import { z } from 'zod';
-import type { IdentityName } from '@sysbox-mgr-ts/contracts';
+import { SERVICE_IDENTITIES, type IdentityName } from '@sysbox-mgr-ts/contracts';
 import { DEFAULT_CREDENTIALS_DIR } from '@sysbox-mgr-ts/nats-auth';
 import { startProcess } from '@sysbox-mgr-ts/exec';
 import { boolOption, commonOptions, createLogger, option, parseConfig } from '@sysbox-mgr-ts/service-kit';
@@ -79,6 +79,8 @@ interface App {
 }
 
 /** Every app with a bin, one process each; or the all-in-one alone, which runs them itself. */
+const DAEMONS = new Set<string>([...Object.keys(SERVICE_IDENTITIES), 'gateway']);
+
 function discoverApps(): App[] {
   if (config.oneProcess) {
     const pkg = JSON.parse(readFileSync(join(root, 'apps', 'all-in-one', 'package.json'), 'utf8')) as {
@@ -90,7 +92,8 @@ function discoverApps(): App[] {
   return (
     readdirSync(join(root, 'apps'))
       .filter((dir) => existsSync(join(root, 'apps', dir, 'dist', 'main.js')))
-      .filter((dir) => dir !== 'all-in-one' && (!only || only.includes(dir)))
+      // The daemons: the four services and the gateway (apps/fleet is a command, not a daemon).
+      .filter((dir) => DAEMONS.has(dir) && (!only || only.includes(dir)))
       .map((dir) => {
         const pkg = JSON.parse(readFileSync(join(root, 'apps', dir, 'package.json'), 'utf8')) as {
           bin: Record<string, string>;
@@ -125,11 +128,12 @@ const env = {
 const children = discoverApps().map((app) => {
   // The app's directory name is its identity; the path (never the seed) goes in its environment.
   // Each app's own credentials (the path, never the seed); the all-in-one reads the directory.
-  const creds =
+  const creds: Record<string, string> =
     app.name === 'all-in-one'
       ? { SYSBOX_CREDS_DIR: config.credsDir }
       : { NATS_CREDS: nats.credentials(app.name as IdentityName) };
-  const only = app.name === 'all-in-one' && config.only ? { SYSBOX_ONLY: config.only } : {};
+  const only: Record<string, string> =
+    app.name === 'all-in-one' && config.only ? { SYSBOX_ONLY: config.only } : {};
   const proc = startProcess(app.bin, [], {
     env: { ...env, ...creds, ...only },
     output: 'pipe',

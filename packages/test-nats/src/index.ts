@@ -339,3 +339,5 @@ export async function freePorts(n: number): Promise<number[]> {
   return ports;
 }
 export { startAppDaemon, type AppDaemon, type AppDaemonOptions } from './daemon.js';
+/** Where an identity's credentials lie in a directory `sysbox-nats-auth init` (or the embedded default) made. */
+export { credentialsFile } from '@sysbox-mgr-ts/nats-auth';

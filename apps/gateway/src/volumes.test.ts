@@ -160,6 +160,79 @@ describe('volume creation', () => {
     expect(stored.containerMounts.map((m) => m.source)).toEqual(['/var/lib/sysbox/docker/c1', '/usr/src/h']);
   });
 
+  it('runs the creates at once and answers the mounts in request order', async () => {
+    // The docker create answers only once the kubelet one has been asked for and has answered:
+    // one after another, this would never end.
+    let kubeletDone!: () => void;
+    const kubeletAnswered = new Promise<void>((r) => (kubeletDone = r));
+    const base = volMgr();
+    const client = volMgr({
+      'vol.docker-create': async (p) => {
+        await kubeletAnswered;
+        return base.call({ service: 'vol', endpoint: 'docker-create' } as never, p);
+      },
+      'vol.kubelet-create': async (p) => {
+        const r = await base.call({ service: 'vol', endpoint: 'kubelet-create' } as never, p);
+        kubeletDone();
+        return r;
+      },
+    });
+    const rec = aRecord({ id: 'c1' });
+    const { store, policy } = rig(client, rec);
+    await policy.create(rec, ShiftType.IDMappedMount, [
+      { kind: 'docker', dest: '/var/lib/docker' },
+      { kind: 'kubelet', dest: '/var/lib/kubelet' },
+    ]);
+    expect(
+      store
+        .snapshot()
+        .get('c1')!
+        .containerMounts.map((m) => m.source),
+    ).toEqual(['/var/lib/sysbox/docker/c1', '/var/lib/sysbox/kubelet/c1', '/usr/src/h']);
+  });
+
+  it('waits for every create before failing, and keeps the ones made', async () => {
+    let dockerFinished = false;
+    const client = volMgr({
+      'vol.docker-create': async (p) => {
+        await new Promise((r) => setTimeout(r, 20));
+        dockerFinished = true;
+        return volMgr().call({ service: 'vol', endpoint: 'docker-create' } as never, p);
+      },
+      'vol.kubelet-create': () => {
+        throw new SysboxError('internal', 'disk full');
+      },
+    });
+    const rec = aRecord({ id: 'c1' });
+    const { store, policy } = rig(client, rec);
+    await expect(
+      policy.create(rec, ShiftType.IDMappedMount, [
+        { kind: 'docker', dest: '/var/lib/docker' },
+        { kind: 'kubelet', dest: '/var/lib/kubelet' },
+      ]),
+    ).rejects.toMatchObject({ code: 'internal' });
+    expect(dockerFinished).toBe(true);
+    expect(
+      store
+        .snapshot()
+        .get('c1')!
+        .containerMounts.map((m) => m.source),
+    ).toEqual(['/var/lib/sysbox/docker/c1', '/usr/src/h']);
+  });
+
+  it('refuses a kind asked twice before creating anything', async () => {
+    const client = volMgr();
+    const rec = aRecord({ id: 'c1' });
+    const { policy } = rig(client, rec);
+    await expect(
+      policy.create(rec, ShiftType.IDMappedMount, [
+        { kind: 'docker', dest: '/a' },
+        { kind: 'docker', dest: '/b' },
+      ]),
+    ).rejects.toMatchObject({ code: 'already-exists' });
+    expect(client.ops()).toEqual([]);
+  });
+
   it('refuses a shift type it has no rule for before recording anything', async () => {
     const client = volMgr();
     const rec = aRecord({ id: 'c1' });

@@ -17,8 +17,9 @@ export const SYNC_OUT_ATTEMPTS = 2;
 
 export interface VolumePolicy {
   /**
-   * Runs a ReqMounts plan's creates in order, adopting a volume an earlier unanswered call made;
-   * each mount made is pushed onto `made` at once, so the caller saves them even when one fails.
+   * Runs a ReqMounts plan's creates at once, adopting a volume an earlier unanswered call made;
+   * the mounts made are pushed onto `made` in request order, also when one create fails, so the
+   * caller saves them. A kind asked twice is refused before anything is created.
    */
   create(rec: ContainerRecord, creates: readonly VolumeCreate[], made: OciMount[]): Promise<void>;
   /** Syncs every volume out to its host dir (unless inner-image preload is off); answers the kinds that failed. */
@@ -57,8 +58,9 @@ export function createVolumePolicy(deps: {
   return {
     async create(rec, creates, made) {
       const { id } = rec;
-      for (const { kind, dest, request, adoptable, duplicate } of creates) {
-        if (duplicate) throw duplicate;
+      const duplicate = creates.find((c) => c.duplicate)?.duplicate;
+      if (duplicate) throw duplicate;
+      const createOne = async ({ kind, dest, request, adoptable }: VolumeCreate): Promise<OciMount[]> => {
         try {
           const created = await call(
             id,
@@ -67,14 +69,21 @@ export function createVolumePolicy(deps: {
             request,
             'ReqMounts',
           );
-          made.push(...checks.volumeMounts(id, kind, created.mounts));
+          return checks.volumeMounts(id, kind, created.mounts);
         } catch (err) {
           const adopted =
             isSysboxError(err, 'already-exists') && adoptable ? await adopt(rec, kind, dest) : undefined;
           if (!adopted) throw err;
-          made.push(adopted);
+          return [adopted];
         }
-      }
+      };
+      // Each kind's volume is a dir of its own, synced in from the rootfs, which the copies only
+      // read: they run at once, and the container waits for the longest copy, not for their sum.
+      // Every create is waited for, so no copy is still running when the caller saves the record.
+      const results = await Promise.allSettled(creates.map(createOne));
+      for (const r of results) if (r.status === 'fulfilled') made.push(...r.value);
+      const failed = results.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
     },
 
     async syncOut(rec, rpc) {

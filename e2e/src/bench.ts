@@ -11,9 +11,17 @@
 import { readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { compareRuns, processCpuMs, summarize, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
+import { compareRuns, writeFigures, type Figure } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
-import { daemonSpans, formatBreakdown, summarizeSpans, timedClient, type Span } from './breakdown.js';
+import { timedClient, type Span } from './breakdown.js';
+import {
+  benchScratch,
+  cpuMeter,
+  cpuSamples,
+  lifecycleFigures,
+  measuredWindow,
+  type LifecycleComparison,
+} from './bench-support.js';
 import { status } from '@grpc/grpc-js';
 import { connectGateway, rpc, statusOf } from './grpc.js';
 import { startSystem, type System } from './harness.js';
@@ -119,31 +127,28 @@ async function directLifecycle(
 }
 
 async function main(): Promise<void> {
+  const scratch = await benchScratch();
   const sys: System = await startSystem({
     args: { gateway: ['--disable-ovfs-on-idmapped-mount'] },
     logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
+    under: scratch.dir,
   });
   const figures: Figure[] = [];
   const client = connectGateway(sys.socket);
   try {
     const overlay2 = join(sys.dir, 'docker', 'overlay2');
     const image = await buildImage(overlay2, 'img', ENTRIES);
-    let spans: Span[] = [];
+    const spans: Span[] = [];
     const timed = timedClient(client, (s) => spans.push(s));
     const o: LifecycleOptions = { client: () => timed, overlay2, image, workload: true };
     const daemons = sys.procs.map((p) => ({ app: p.app, pid: p.proc.pid! }));
-    // CPU time of every process a lifecycle involves: the daemons (their rsync, mount and walker
-    // threads included), nats-server, and this process with its children (the runtime's mounts,
-    // the direct run's rsync and chown). Unlike wall time it does not grow with the neighbours.
-    const natsPid = (sys.nats as { pid?: number }).pid;
-    const cpuPids = [...daemons.map((d) => d.pid), ...(natsPid ? [natsPid] : [])];
-    const cpuNow = () => cpuPids.reduce((sum, pid) => sum + processCpuMs(pid), processCpuMs('self'));
-    let cpu = { system: [] as number[], direct: [] as number[] };
+    const meter = cpuMeter(sys);
+    const cpu = { system: [] as number[], direct: [] as number[] };
     const withCpu =
       (k: number, side: 'system' | 'direct', fn: () => Promise<unknown>) => async (): Promise<void> => {
-        const from = cpuNow();
+        const used = meter();
         await fn();
-        cpu[side].push((cpuNow() - from) / k);
+        cpu[side].push(used() / k);
       };
     await new Promise((r) => setTimeout(r, 2000));
     const idle = new Map(daemons.map((d) => [d.app, rssMb(d.pid)]));
@@ -186,80 +191,35 @@ async function main(): Promise<void> {
     };
 
     const breakdown: string[] = [];
-    const window = async <T>(title: string, lifecycles: number, fn: () => Promise<T>): Promise<T> => {
-      spans = [];
-      cpu = { system: [], direct: [] };
-      const from = Date.now();
-      const r = await fn();
-      // The daemons' async log writes land a moment after the reply.
-      await new Promise((res) => setTimeout(res, 300));
-      const rows = summarizeSpans([...spans, ...daemonSpans(sys.procs, from, Date.now())]);
-      breakdown.push(...formatBreakdown(title, rows, lifecycles));
-      return r;
+    // Warm-up pairs are in the spans too: the breakdown divides by the lifecycles it saw.
+    const compare = async (k: number, runs: number, title: string): Promise<LifecycleComparison> => {
+      cpu.system = [];
+      cpu.direct = [];
+      const r = await measuredWindow(
+        sys,
+        spans,
+        breakdown,
+        `${title} (${runs + 1} x ${k}, warm-up included)`,
+        (runs + 1) * k,
+        () =>
+          compareRuns({
+            runs,
+            warmup: 1,
+            candidate: withCpu(k, 'system', () => Promise.all(Array.from({ length: k }, viaSystem))),
+            baseline: withCpu(k, 'direct', () => Promise.all(Array.from({ length: k }, direct))),
+          }),
+      );
+      return { ...r, ...cpuSamples(cpu, 1) };
     };
-    // Warm-up pairs are in `spans` and `cpu` too: the breakdown divides by the lifecycles it saw.
-    const seq = await window(
-      `one lifecycle at a time (${SEQ_RUNS + 1} runs, warm-up included)`,
-      SEQ_RUNS + 1,
-      () =>
-        compareRuns({
-          runs: SEQ_RUNS,
-          warmup: 1,
-          candidate: withCpu(1, 'system', viaSystem),
-          baseline: withCpu(1, 'direct', direct),
-        }),
-    );
-    const seqCpu = { system: summarize(cpu.system.slice(1)), direct: summarize(cpu.direct.slice(1)) };
-    const conc = await window(
-      `${CONCURRENCY} at a time (${CONC_RUNS + 1} x ${CONCURRENCY} lifecycles, warm-up included)`,
-      (CONC_RUNS + 1) * CONCURRENCY,
-      () =>
-        compareRuns({
-          runs: CONC_RUNS,
-          warmup: 1,
-          candidate: withCpu(CONCURRENCY, 'system', () =>
-            Promise.all(Array.from({ length: CONCURRENCY }, viaSystem)),
-          ),
-          baseline: withCpu(CONCURRENCY, 'direct', () =>
-            Promise.all(Array.from({ length: CONCURRENCY }, direct)),
-          ),
-        }),
-    );
-    const concCpu = { system: summarize(cpu.system.slice(1)), direct: summarize(cpu.direct.slice(1)) };
+    const seq = await compare(1, SEQ_RUNS, 'one lifecycle at a time');
+    const conc = await compare(CONCURRENCY, CONC_RUNS, `${CONCURRENCY} at a time`);
     clearInterval(sampler);
 
-    const perSec = (ms: number, k: number) => (1000 * k) / ms;
-    const lifecycleFigures = (label: string, r: typeof seq, k: number, c: typeof seqCpu, goal: string) => {
-      figures.push({
-        name: `lifecycle containers/s, ${label} (ratio: median of per-pair ratios; spread: their IQR)`,
-        value: perSec(r.candidate.median, k),
-        unit: 'ctr/s',
-        baseline: { name: 'same fs work direct', value: perSec(r.baseline.median, k) },
-        ratio: 1 / r.pairs.median,
-        better: 'higher',
-        spread: r.pairs.iqr,
-        runs: r.pairs.runs,
-        goal,
-      });
-      figures.push({
-        name: `lifecycle CPU ms per container, ${label} (all processes)`,
-        value: c.system.median,
-        unit: 'ms',
-        baseline: { name: 'same fs work direct', value: c.direct.median },
-        ratio: c.system.median / c.direct.median,
-        better: 'lower',
-        spread: c.system.iqr,
-        runs: c.system.runs,
-      });
-    };
-    lifecycleFigures(
-      `sequential (${ENTRIES} entries, clone + docker and kubelet volumes)`,
-      seq,
-      1,
-      seqCpu,
-      '>= 0.9x',
+    const on = `${ENTRIES} entries, clone + docker and kubelet volumes, ${scratch.label}`;
+    figures.push(...lifecycleFigures(`chown lifecycle, sequential (${on})`, seq, 1, '>= 0.9x'));
+    figures.push(
+      ...lifecycleFigures(`chown lifecycle, ${CONCURRENCY} at a time`, conc, CONCURRENCY, '>= 0.9x'),
     );
-    lifecycleFigures(`${CONCURRENCY} at a time`, conc, CONCURRENCY, concCpu, '>= 0.9x');
     for (const d of daemons) {
       figures.push({
         name: `${d.app} RSS idle`,
@@ -275,9 +235,8 @@ async function main(): Promise<void> {
         better: 'lower',
       });
     }
-    const lifecycleMs = summarize([seq.candidate.median]);
     out(
-      `one lifecycle through the system: ${lifecycleMs.median.toFixed(0)} ms (${seq.candidate.min.toFixed(0)}-${seq.candidate.max.toFixed(0)}); direct: ${seq.baseline.median.toFixed(0)} ms (${seq.baseline.min.toFixed(0)}-${seq.baseline.max.toFixed(0)}); per-pair ratios ${seq.pairs.min.toFixed(2)}-${seq.pairs.max.toFixed(2)}`,
+      `one lifecycle through the system: ${seq.candidate.median.toFixed(0)} ms (${seq.candidate.min.toFixed(0)}-${seq.candidate.max.toFixed(0)}); direct: ${seq.baseline.median.toFixed(0)} ms (${seq.baseline.min.toFixed(0)}-${seq.baseline.max.toFixed(0)}); per-pair ratios ${seq.pairs.min.toFixed(2)}-${seq.pairs.max.toFixed(2)}`,
     );
     out('');
     out(
@@ -288,6 +247,7 @@ async function main(): Promise<void> {
   } finally {
     client.close();
     await sys.stop();
+    await scratch.close();
   }
   await writeFigures('e2e-system', figures, out);
 }

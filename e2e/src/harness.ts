@@ -106,10 +106,12 @@ export interface SystemOptions {
    * `<dir>/etc/daemon.json` naming `<dir>/docker` as data-root.
    */
   rootfsRoots?: 'flag' | 'daemon-json';
+  /** The dir the system's temp root is made in (default: the OS temp dir); benches pick a filesystem. */
+  under?: string;
 }
 
 export async function startSystem(opts: SystemOptions = {}): Promise<System> {
-  const dir = mkdtempSync(join(tmpdir(), 'sysbox-e2e-'));
+  const dir = mkdtempSync(join(opts.under ?? tmpdir(), 'sysbox-e2e-'));
   const dataRoot = join(dir, 'data');
   const etcDir = join(dir, 'etc');
   mkdirSync(dataRoot);

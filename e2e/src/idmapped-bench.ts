@@ -16,16 +16,17 @@
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
-import {
-  compareRuns,
-  processCpuMs,
-  summarize,
-  writeFigures,
-  type Figure,
-  type Sample,
-} from '@sysbox-mgr-ts/bench-kit';
+import { compareRuns, writeFigures, type Figure, type Sample } from '@sysbox-mgr-ts/bench-kit';
 import { run } from '@sysbox-mgr-ts/exec';
-import { daemonSpans, formatBreakdown, summarizeSpans, timedClient, type Span } from './breakdown.js';
+import { timedClient, type Span } from './breakdown.js';
+import {
+  benchScratch,
+  cpuMeter,
+  cpuSamples,
+  lifecycleFigures,
+  measuredWindow,
+  type LifecycleComparison,
+} from './bench-support.js';
 import { connectGateway, rpc, statusOf, type SysboxMgrClient } from './grpc.js';
 import { startSystem, type System } from './harness.js';
 import { SHIFT, VOLUME_REQUESTS } from './lifecycle.js';
@@ -172,17 +173,12 @@ async function directLifecycle(
   });
 }
 
-/** CPU ms used by the daemons, nats-server and this process (children included) since `from`. */
-function cpuMeter(pids: number[]): () => () => number {
-  const total = () => pids.reduce((sum, pid) => sum + processCpuMs(pid), processCpuMs('self'));
-  return () => {
-    const from = total();
-    return () => total() - from;
-  };
-}
-
 async function main(): Promise<void> {
-  const sys: System = await startSystem({ logLevel: process.env.BENCH_LOG_LEVEL ?? 'info' });
+  const scratch = await benchScratch();
+  const sys: System = await startSystem({
+    logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
+    under: scratch.dir,
+  });
   const figures: Figure[] = [];
   const client = connectGateway(sys.socket);
   try {
@@ -190,11 +186,9 @@ async function main(): Promise<void> {
     const volumesDir = join(sys.dir, 'direct-volumes');
     const image = await buildImage(overlay2, 'img', ENTRIES, 'inner-docker');
     const small = await buildImage(overlay2, 'small', Math.min(ENTRIES, 1000), 'inner-docker');
-    let spans: Span[] = [];
+    const spans: Span[] = [];
     const timed = timedClient(client, (s) => spans.push(s));
-    const natsPid = (sys.nats as { pid?: number }).pid;
-    const pids = [...sys.procs.map((p) => p.proc.pid!), ...(natsPid ? [natsPid] : [])];
-    const meter = cpuMeter(pids);
+    const meter = cpuMeter(sys);
     const cpu = { system: [] as number[], direct: [] as number[] };
 
     let n = 0;
@@ -212,63 +206,36 @@ async function main(): Promise<void> {
     };
 
     const breakdown: string[] = [];
-    const window = async <T>(title: string, lifecycles: number, fn: () => Promise<T>): Promise<T> => {
-      spans = [];
+    const compare = async (k: number, runs: number, img: ImageLayers, label: string) => {
       cpu.system = [];
       cpu.direct = [];
-      const from = Date.now();
-      const r = await fn();
-      await new Promise((res) => setTimeout(res, 300));
-      const rows = summarizeSpans([...spans, ...daemonSpans(sys.procs, from, Date.now())]);
-      breakdown.push(...formatBreakdown(title, rows, lifecycles));
-      return r;
-    };
-    const compare = async (k: number, runs: number, img: ImageLayers, label: string) => {
-      const r = await window(`${label} (${runs} x ${k} lifecycles)`, runs * k, () =>
-        compareRuns({
-          runs,
-          warmup: 1,
-          candidate: measured(k, img, true),
-          baseline: measured(k, img, false),
-        }),
+      const r = await measuredWindow(
+        sys,
+        spans,
+        breakdown,
+        `${label} (${runs} x ${k} lifecycles)`,
+        runs * k,
+        () =>
+          compareRuns({
+            runs,
+            warmup: 1,
+            candidate: measured(k, img, true),
+            baseline: measured(k, img, false),
+          }),
       );
-      // Warm-up runs are in cpu too: drop them.
-      const cpuSys = summarize(cpu.system.slice(1));
-      const cpuDirect = summarize(cpu.direct.slice(1));
       const maxCall = Math.max(
         0,
         ...spans.filter((s) => s.step.startsWith('grpc ')).map((s) => s.end - s.start),
       );
-      return { ...r, cpuSys, cpuDirect, maxCall };
+      // Warm-up runs are in cpu too: dropped.
+      return { ...r, ...cpuSamples(cpu, 1), maxCall };
     };
-    const perSec = (ms: number, k: number) => (1000 * k) / ms;
-    const push = (name: string, k: number, r: Awaited<ReturnType<typeof compare>>, goal: string) => {
-      figures.push({
-        name: `ID-mapped lifecycle containers/s, ${name} (ratio: median of per-pair ratios; spread: their IQR)`,
-        value: perSec(r.candidate.median, k),
-        unit: 'ctr/s',
-        baseline: { name: 'same fs work direct', value: perSec(r.baseline.median, k) },
-        ratio: 1 / r.pairs.median,
-        better: 'higher',
-        spread: r.pairs.iqr,
-        runs: r.pairs.runs,
-        goal,
-      });
-      figures.push({
-        name: `ID-mapped lifecycle CPU ms per container, ${name} (all processes)`,
-        value: r.cpuSys.median,
-        unit: 'ms',
-        baseline: { name: 'same fs work direct', value: r.cpuDirect.median },
-        ratio: r.cpuSys.median / r.cpuDirect.median,
-        better: 'lower',
-        spread: r.cpuSys.iqr,
-        runs: r.cpuSys.runs,
-      });
-    };
+    const push = (name: string, k: number, r: LifecycleComparison, goal: string) =>
+      figures.push(...lifecycleFigures(`ID-mapped lifecycle, ${name}`, r, k, goal));
     const spreadOf = (s: Sample) => `${s.min.toFixed(0)}-${s.max.toFixed(0)} ms`;
 
     const seq = await compare(1, SEQ_RUNS, image, 'ID-mapped, one lifecycle at a time');
-    push(`sequential (${ENTRIES}-entry inner image)`, 1, seq, '>= 0.95x');
+    push(`sequential (${ENTRIES}-entry inner image, ${scratch.label})`, 1, seq, '>= 0.95x');
     if (CONC_RUNS > 0) {
       const conc = await compare(CONCURRENCY, CONC_RUNS, image, `ID-mapped, ${CONCURRENCY} at a time`);
       push(`${CONCURRENCY} at a time`, CONCURRENCY, conc, '>= 0.95x');
@@ -302,6 +269,7 @@ async function main(): Promise<void> {
   } finally {
     client.close();
     await sys.stop();
+    await scratch.close();
   }
   await writeFigures('e2e-idmapped', figures, out);
 }

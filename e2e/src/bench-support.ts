@@ -14,8 +14,9 @@ import type { System } from './harness.js';
 export interface Scratch {
   /** Where the bench's system keeps its data root, runtime dirs and volumes. */
   dir: string;
-  /** What the figures ran on, for their names. */
+  /** What the figures ran on, for their names and report file. */
   label: string;
+  kind: 'ram' | 'disk';
   close(): Promise<void>;
 }
 
@@ -34,7 +35,7 @@ const RAM_DISK_BYTES = 6 * 2 ** 30;
 export async function benchScratch(): Promise<Scratch> {
   if (process.env.BENCH_SCRATCH === 'disk') {
     const dir = await mkdtemp(join(tmpdir(), 'sysbox-bench-'));
-    return { dir, label: 'host disk', close: () => rm(dir, { recursive: true, force: true }) };
+    return { dir, label: 'host disk', kind: 'disk', close: () => rm(dir, { recursive: true, force: true }) };
   }
   const root = await mkdtemp(join(tmpdir(), 'sysbox-bench-ram-'));
   const ram = join(root, 'tmpfs');
@@ -56,6 +57,7 @@ export async function benchScratch(): Promise<Scratch> {
   return {
     dir,
     label: 'RAM-backed ext4',
+    kind: 'ram',
     async close() {
       await run('umount', [dir], t);
       await run('umount', [ram], t);

@@ -44,13 +44,13 @@ interface DirIdentity {
   ino: number;
 }
 
+/** Device and inode of each dir that exists, stat'ed at once (this runs on every guarded request). */
 async function identities(dirs: readonly string[]): Promise<DirIdentity[]> {
-  const out: DirIdentity[] = [];
-  for (const dir of dirs) {
-    const st = await stat(dir).catch(() => undefined);
-    if (st) out.push({ dir, dev: st.dev, ino: st.ino });
-  }
-  return out;
+  const stats = await Promise.all(dirs.map((dir) => stat(dir).catch(() => undefined)));
+  return dirs.flatMap((dir, i) => {
+    const st = stats[i];
+    return st ? [{ dir, dev: st.dev, ino: st.ino }] : [];
+  });
 }
 
 function refuse(what: string, path: string, real: string, rule: string): never {
@@ -85,10 +85,15 @@ export async function assertNotSystemDir(path: string, ctx: SystemDirContext): P
   }
 
   // The same directory under another name: compare device and inode, which a bind mount keeps.
-  const treeIds = await identities(SYSTEM_TREES);
-  const dirIds = await identities(SYSTEM_DIRS);
-  for (const p of selfAndAncestors(real)) {
-    const st = await stat(p);
+  // SYSTEM_DIRS holds every tree: one batch of stats serves both lists.
+  const chain = selfAndAncestors(real);
+  const [dirIds, chainStats] = await Promise.all([
+    identities(SYSTEM_DIRS),
+    Promise.all(chain.map((p) => stat(p))),
+  ]);
+  const treeIds = dirIds.filter((i) => SYSTEM_TREES.includes(i.dir));
+  for (const [k, p] of chain.entries()) {
+    const st = chainStats[k]!;
     const same = (i: DirIdentity) => i.dev === st.dev && i.ino === st.ino;
     const hit = treeIds.find(same) ?? (p === real ? dirIds.find(same) : undefined);
     if (hit)

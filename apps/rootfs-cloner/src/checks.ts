@@ -1,5 +1,5 @@
 /** The host checks on what a request or a record read back from KV names: allowed roots, delegated ids. */
-import { SysboxError } from '@sysbox-mgr-ts/contracts';
+import { SysboxError, isSysboxError } from '@sysbox-mgr-ts/contracts';
 import type { HostGuard } from '@sysbox-mgr-ts/host-guard';
 import { exists } from './fs.js';
 import type { CloneRecord } from './records.js';
@@ -13,7 +13,15 @@ export async function recordedRuntimeDirsAllowed(guard: HostGuard, rec: CloneRec
     ...rec.lowerDirs.map((d) => [d, 'lower dir'] as const),
   ] as const;
   for (const [path, what] of named) {
-    if (await exists(path)) await guard.allowedRootfs(path, `recorded ${what} of clone ${rec.id}`);
+    if (!(await exists(path))) continue;
+    try {
+      await guard.allowedRootfs(path, `recorded ${what} of clone ${rec.id}`);
+    } catch (err) {
+      // The runtime deletes its rootfs while a removal runs: a dir gone between the two checks
+      // holds no mount to act on, as one gone before them. A refusal of a dir that is there stands.
+      if (isSysboxError(err, 'not-found') && !(await exists(path))) continue;
+      throw err;
+    }
   }
 }
 

@@ -89,7 +89,12 @@ export async function assertNotSystemDir(path: string, ctx: SystemDirContext): P
   const chain = selfAndAncestors(real);
   const [dirIds, chainStats] = await Promise.all([
     identities(SYSTEM_DIRS),
-    Promise.all(chain.map((p) => stat(p))),
+    Promise.all(chain.map((p) => stat(p))).catch((err: NodeJS.ErrnoException) => {
+      // Deleted since the realpath above (a runtime removing its rootfs): as if never there.
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR')
+        throw new SysboxError('not-found', `${what} ${path} does not exist`);
+      throw err;
+    }),
   ]);
   const treeIds = dirIds.filter((i) => SYSTEM_TREES.includes(i.dir));
   for (const [k, p] of chain.entries()) {

@@ -54,8 +54,15 @@ const CONCURRENCY = 8;
 const OFFSET = 165536;
 const out = (l: string) => void process.stdout.write(`${l}\n`);
 
+/** A daemon's resident MB; NaN once it is gone (the bench's own error then says why). */
 function rssMb(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    return NaN;
+  }
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
@@ -132,6 +139,9 @@ async function main(): Promise<void> {
     args: { gateway: ['--disable-ovfs-on-idmapped-mount'] },
     logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
     under: scratch.dir,
+  }).catch(async (err: unknown) => {
+    await scratch.close();
+    throw err;
   });
   const figures: Figure[] = [];
   const client = connectGateway(sys.socket);

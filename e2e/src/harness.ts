@@ -327,7 +327,13 @@ export async function startSystem(opts: SystemOptions = {}): Promise<System> {
     },
   };
 
-  for (const app of opts.apps ?? [...SERVICE_APPS, 'gateway']) await start(app);
+  try {
+    for (const app of opts.apps ?? [...SERVICE_APPS, 'gateway']) await start(app);
+  } catch (err) {
+    // A daemon that does not come up must not leave the ones before it running, nor the temp root.
+    await system.stop().catch(() => undefined);
+    throw err;
+  }
   return system;
 }
 

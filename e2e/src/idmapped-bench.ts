@@ -178,6 +178,9 @@ async function main(): Promise<void> {
   const sys: System = await startSystem({
     logLevel: process.env.BENCH_LOG_LEVEL ?? 'info',
     under: scratch.dir,
+  }).catch(async (err: unknown) => {
+    await scratch.close();
+    throw err;
   });
   const figures: Figure[] = [];
   const client = connectGateway(sys.socket);

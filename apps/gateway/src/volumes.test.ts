@@ -48,24 +48,25 @@ describe('volume ownership by rootfs ID-shift type', () => {
   });
 });
 
-/** vol-mgr as data: create answers the volume's dir under /var/lib/sysbox; `volumes` is what list answers. */
+/** vol-mgr's create answer: the volume's dir under /var/lib/sysbox. */
+const createdVolume = (kind: VolumeKind, p: { id: string; mountpoint: string }) => ({
+  mounts: [
+    {
+      source: `/var/lib/sysbox/${kind === 'k3s' ? 'rancher-k3s' : kind}/${p.id}`,
+      destination: p.mountpoint,
+      type: 'bind',
+      options: ['rbind', 'rprivate'],
+    },
+  ],
+});
+
+/** vol-mgr as data: create answers createdVolume; `volumes` is what list answers. */
 function volMgr(
   over: Record<string, (p: any) => unknown> = {},
   volumes: { id: string; path: string; mountpoint: string }[] = [],
 ): FakeClient {
   const handlers: Record<string, (p: any) => unknown> = { 'vol.list': () => ({ volumes, preps: [] }) };
-  for (const kind of VOLUME_KINDS) {
-    handlers[`vol.${kind}-create`] = (p) => ({
-      mounts: [
-        {
-          source: `/var/lib/sysbox/${kind === 'k3s' ? 'rancher-k3s' : kind}/${p.id}`,
-          destination: p.mountpoint,
-          type: 'bind',
-          options: ['rbind', 'rprivate'],
-        },
-      ],
-    });
-  }
+  for (const kind of VOLUME_KINDS) handlers[`vol.${kind}-create`] = (p) => createdVolume(kind, p);
   return fakeClient({ ...handlers, ...over });
 }
 
@@ -165,16 +166,14 @@ describe('volume creation', () => {
     // one after another, this would never end.
     let kubeletDone!: () => void;
     const kubeletAnswered = new Promise<void>((r) => (kubeletDone = r));
-    const base = volMgr();
     const client = volMgr({
       'vol.docker-create': async (p) => {
         await kubeletAnswered;
-        return base.call({ service: 'vol', endpoint: 'docker-create' } as never, p);
+        return createdVolume('docker', p);
       },
-      'vol.kubelet-create': async (p) => {
-        const r = await base.call({ service: 'vol', endpoint: 'kubelet-create' } as never, p);
+      'vol.kubelet-create': (p) => {
         kubeletDone();
-        return r;
+        return createdVolume('kubelet', p);
       },
     });
     const rec = aRecord({ id: 'c1' });
@@ -197,7 +196,7 @@ describe('volume creation', () => {
       'vol.docker-create': async (p) => {
         await new Promise((r) => setTimeout(r, 20));
         dockerFinished = true;
-        return volMgr().call({ service: 'vol', endpoint: 'docker-create' } as never, p);
+        return createdVolume('docker', p);
       },
       'vol.kubelet-create': () => {
         throw new SysboxError('internal', 'disk full');

@@ -1,12 +1,13 @@
 /**
  * Whole-system bench: full container lifecycles (Register .. removal, chown mode, a rootfs clone,
- * a docker volume, a 10,000-entry image) through the gateway socket with every daemon as its own
+ * docker and kubelet volumes, a 10,000-entry image) through the gateway socket with every daemon as its own
  * process, sequentially and 8 at a time. The same-run baseline is the same filesystem work done
  * directly (mount the clone overlay, rsync both volumes in with chown, chown -R the clone, revert,
  * rsync out, unmount, delete), so the ratio is what the system adds: gRPC, NATS, KV, processes.
  * Also each daemon's resident memory idle and at its peak under that load, and where the time goes
  * (breakdown.ts): every gRPC call as the client sees it and every daemon's own per-request time,
- * for the sequential runs and for the concurrent ones.
+ * for the sequential runs and for the concurrent ones. Runs on a RAM-backed ext4 (bench-support.ts);
+ * BENCH_SCRATCH=disk on the host's temp dir, BENCH_CONC_RUNS=0 one at a time only.
  */
 import { readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';

@@ -11,7 +11,7 @@
  * per-pair ratios and their interquartile spread), the CPU time of every process involved per
  * lifecycle (the daemons, nats-server and this process with its children) against the direct
  * work's, and 32 lifecycles at once through the one gateway with the longest call against
- * sysbox-ipc's 10-minute deadline.
+ * sysbox-ipc's 10-minute deadline. Runs on a RAM-backed ext4 (bench-support.ts).
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';

@@ -242,8 +242,8 @@ export interface NatsCluster {
 
 /**
  * An N-member JetStream cluster on loopback: routes authenticated with a shared secret, the same
- * identities on every member, a store per member. Resolves once JetStream answers (a meta leader
- * is elected).
+ * identities on every member, a store per member. Resolves once JetStream can place a stream on
+ * every member.
  */
 export async function startNatsCluster(
   opts: {
@@ -297,20 +297,34 @@ export async function startNatsCluster(
       await rm(credentialsDir, { recursive: true, force: true });
     },
   };
-  await waitForJetStream(cluster);
+  await waitForJetStream(cluster, size);
   return cluster;
 }
 
-async function waitForJetStream(cluster: NatsCluster): Promise<void> {
+/**
+ * Until a stream with one replica per member can be placed: a meta leader answering is not enough,
+ * as it may not know every peer yet ("no suitable peers for placement" for an R3 bucket made at
+ * once; seen in CI). A memory stream of `size` replicas is created and deleted as the probe.
+ */
+async function waitForJetStream(cluster: NatsCluster, size: number): Promise<void> {
   const nc = await cluster.connect();
+  const probe = 'TEST_NATS_PLACEMENT_PROBE';
+  const api = async (subject: string, body: object): Promise<void> => {
+    const m = await nc.request(subject, JSON.stringify(body), { timeout: 2000 });
+    const reply = m.json<{ error?: { description: string } }>();
+    if (reply.error) throw new Error(reply.error.description);
+  };
   try {
     const deadline = Date.now() + 30_000;
     for (;;) {
       try {
-        await nc.request('$JS.API.INFO', '', { timeout: 1000 }).then((m) => {
-          const reply = m.json<{ error?: { description: string } }>();
-          if (reply.error) throw new Error(reply.error.description);
+        await api(`$JS.API.STREAM.CREATE.${probe}`, {
+          name: probe,
+          subjects: ['test-nats.placement-probe'],
+          storage: 'memory',
+          num_replicas: size,
         });
+        await api(`$JS.API.STREAM.DELETE.${probe}`, {});
         return;
       } catch (err) {
         if (Date.now() > deadline)

@@ -2,7 +2,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SysboxError, VOLUME_LAYOUT, type VolumeKind } from '@sysbox-mgr-ts/contracts';
-import { run } from '@sysbox-mgr-ts/exec';
+import { run } from '@sysbox-mgr-ts/exec/run';
 import type { Logger } from 'pino';
 import { assertStrictlyUnder, mkdirChainInside, resolveInside } from './paths.js';
 import type { VolumeRecord } from './volumes.js';

@@ -33,14 +33,15 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     const first = await start({}, undefined, firstMetrics);
     const docker = volByKind.docker;
 
-    const created = await rig.client.call(docker.create, {
+    const createReq = {
       id: 'c1',
       rootfs: rootfs.merged,
       mountpoint: '/var/lib/docker',
       uid: OFFSET,
       gid: OFFSET,
       chownOnSync: true,
-    });
+    };
+    const created = await rig.client.call(docker.create, createReq);
     const volPath = join(rig.data, 'docker/c1');
     expect(created.mounts).toEqual([
       { source: volPath, destination: '/var/lib/docker', type: 'bind', options: ['rbind', 'rprivate'] },
@@ -57,27 +58,9 @@ describe('vol-mgr on a real nats-server with real mounts (root)', () => {
     expect(afterCreate.sum('sysbox_volumes', { app: 'vol-mgr', kind: 'docker' })).toBe(1);
     expect(afterCreate.sum('sysbox_volumes', { kind: 'kubelet' })).toBe(0);
     // The same create again (an answer lost in a reconnect) gets the same answer; another one is refused.
-    expect(
-      (
-        await rig.client.call(docker.create, {
-          id: 'c1',
-          rootfs: rootfs.merged,
-          mountpoint: '/var/lib/docker',
-          uid: OFFSET,
-          gid: OFFSET,
-          chownOnSync: true,
-        })
-      ).mounts,
-    ).toEqual(created.mounts);
+    expect((await rig.client.call(docker.create, createReq)).mounts).toEqual(created.mounts);
     await expectCode(
-      rig.client.call(docker.create, {
-        id: 'c1',
-        rootfs: rootfs.merged,
-        mountpoint: '/var/lib/docker2',
-        uid: OFFSET,
-        gid: OFFSET,
-        chownOnSync: true,
-      }),
+      rig.client.call(docker.create, { ...createReq, mountpoint: '/var/lib/docker2' }),
       'already-exists',
     );
 
